@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    start the relay on ws://127.0.0.1:7777 (SQLite under ./data, demo payments)
+#   make test   run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LNBITS_VENV := .venv-lnbits
+
+.PHONY: run test lint bench test-deps chromium
+
+$(BIN)/satsrelay: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# A real LNbits server for the Lightning tests lives in its own venv: its pins clash with ours.
+$(LNBITS_VENV)/.installed:
+	$(PYTHON) -m venv $(LNBITS_VENV)
+	$(LNBITS_VENV)/bin/pip install -q "lnbits==1.6.2" "bitstring<5"
+	touch $@
+
+# Debian's Chromium for the join-page browser test (browser downloads do not work here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
+
+test-deps: $(BIN)/satsrelay $(LNBITS_VENV)/.installed chromium
+
+run: $(BIN)/satsrelay
+	$(BIN)/satsrelay serve --config config.example.toml
+
+test: test-deps
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/satsrelay
+	$(BIN)/ruff check relay lightning tests bench
+	$(BIN)/mypy --strict relay lightning
+
+bench: $(BIN)/satsrelay
+	$(BIN)/python -m bench

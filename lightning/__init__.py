@@ -1,0 +1,1 @@
+"""Lightning payments: wallet backends, the ledger's settlement rules, the write gate."""

@@ -1,0 +1,126 @@
+"""One validated Settings object: TOML file (``--config``) overlaid by ``SATSRELAY_*`` env.
+
+Environment variables name nested keys with ``__``: ``SATSRELAY_LIMITS__MAX_LIMIT=100``.
+Unknown keys are refused, so a typo in the file stops start-up instead of being ignored.
+``config.example.toml`` documents every key with its default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from lightning.settings import PaymentSettings
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RelayInfo(_Section):
+    """What NIP-11 and the HTML page publish."""
+
+    name: str = "satsrelay"
+    description: str = "A Nostr relay whose writes are paid in sats."
+    pubkey: str | None = None
+    contact: str | None = None
+    icon: str | None = None
+    banner: str | None = None
+    terms_of_service: str | None = None
+    public_url: str = Field("ws://127.0.0.1:7777", description="ws(s):// URL clients use; NIP-42 checks it")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(7777, ge=0, le=65535)
+    compression: bool = Field(False, description="permessage-deflate; costs ~40 KiB RSS per connection")
+    workers: int = Field(1, ge=1)
+    shutdown_grace_seconds: float = Field(5.0, ge=0)
+
+
+class StorageSettings(_Section):
+    url: str = Field("sqlite:///data/satsrelay.db", description="sqlite:///path or postgresql://...")
+    synchronous: str = Field("FULL", pattern="^(FULL|NORMAL)$")
+    batch_max: int = Field(1000, ge=1)
+    read_connections: int = Field(2, ge=1)
+    purge_interval_seconds: float = Field(60.0, gt=0)
+    notify: str = Field("postgres", pattern="^(postgres|redis)$")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
+class LimitSettings(_Section):
+    max_message_length: int = Field(131072, ge=1024)
+    max_subscriptions: int = Field(50, ge=1)
+    max_filters: int = Field(10, ge=1)
+    max_limit: int = Field(5000, ge=1)
+    default_limit: int = Field(500, ge=1)
+    max_event_tags: int = Field(2000, ge=1)
+    max_content_length: int = Field(65536, ge=1)
+    events_per_second: float = Field(20.0, gt=0, description="per connection, sustained")
+    events_burst: int = Field(100, ge=1)
+    ip_events_per_second: float = Field(100.0, gt=0)
+    ip_events_burst: int = Field(500, ge=1)
+    max_connections_per_ip: int = Field(100, ge=1)
+    outgoing_queue_bytes: int = Field(4 * 1024 * 1024, ge=65536, description="slow reader is dropped past this")
+    created_at_lower_limit: int | None = Field(None, ge=0, description="NIP-22: max seconds in the past")
+    created_at_upper_limit: int | None = Field(900, ge=0, description="NIP-22: max seconds in the future")
+    min_pow_difficulty: int = Field(0, ge=0, le=256)
+
+
+class AuthSettings(_Section):
+    """NIP-42."""
+
+    enabled: bool = True
+    required_to_write: bool = False
+    required_to_read: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SATSRELAY_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    relay: RelayInfo = RelayInfo()
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    limits: LimitSettings = LimitSettings()
+    auth: AuthSettings = AuthSettings()
+    payments: PaymentSettings = PaymentSettings()
+    log_level: str = "INFO"
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names the key."""
+
+
+def load_settings(path: Path | None = None, **overrides: object) -> Settings:
+    """Settings from ``path`` (TOML), environment and keyword overrides (highest first:
+    overrides, environment, file, defaults)."""
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            return tuple(sources)
+
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return _FromFile(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"])
+            lines.append(f"{key}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None

@@ -1,0 +1,50 @@
+"""The seam through which an optional package (``lightning``) plugs into the relay.
+
+The relay core knows nothing about payments: at start-up the server builds at most one
+``Extension`` and calls it at the three points where a paid relay differs from a free
+one: the write gate, extra HTTP routes, and extra NIP-11 fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from websockets.http11 import Request, Response
+
+from relay.event import Event
+
+
+@dataclass(frozen=True, slots=True)
+class WriteContext:
+    """What a write gate may know about the connection an event came in on."""
+
+    now: int
+    authed: frozenset[str]  # pubkeys authenticated on this connection (NIP-42)
+    ip: str
+
+
+class Extension(Protocol):
+    async def start(self) -> None:
+        """Start background tasks (e.g. the payment watcher)."""
+
+    async def stop(self) -> None: ...
+
+    async def admit(self, event: Event, ctx: WriteContext) -> int:
+        """The write gate, called after every other check passed and the signature was
+        verified. Return the charge in msat (0 for free); raise a ``Rejection``
+        (``restricted: ...; pay at <url>``, ``blocked: ...``) to refuse."""
+        ...
+
+    def insufficient_credit(self, event: Event) -> str:
+        """The OK message when the charge failed at commit (credit ran out meanwhile)."""
+        ...
+
+    async def handle_http(self, request: Request, client_ip: str) -> Response | None:
+        """Answer an HTTP GET/OPTIONS the relay does not handle itself, or None.
+        (websockets accepts no request bodies, so every route is a GET.)"""
+        ...
+
+    def nip11(self) -> dict[str, Any]:
+        """Fields merged into the NIP-11 document (``limitation`` is merged key by key)."""
+        ...

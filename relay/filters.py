@@ -1,0 +1,134 @@
+"""NIP-01 subscription filters: parse, validate, clamp, and match one event.
+
+Pure. The store turns a ``Filter`` into an index search; ``matches`` is the single
+definition of what a filter means, used for live events and by the property test that
+checks the store against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from relay.errors import Invalid, Unsupported
+from relay.event import Event, is_hex64
+
+_HEX_TAGS = frozenset("ep")  # NIP-01: #e and #p values MUST be 64-char lowercase hex
+_SCALAR_KEYS = frozenset(("ids", "authors", "kinds", "since", "until", "limit"))
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """One filter; ``None`` means the condition is absent, an empty set matches nothing."""
+
+    ids: frozenset[str] | None = None
+    authors: frozenset[str] | None = None
+    kinds: frozenset[int] | None = None
+    tags: tuple[tuple[str, frozenset[str]], ...] = ()
+    since: int | None = None
+    until: int | None = None
+    limit: int | None = None
+
+    def matches(self, event: Event) -> bool:
+        """True when every present condition holds (limit is ignored: NIP-01)."""
+        if self.ids is not None and event.id not in self.ids:
+            return False
+        if self.authors is not None and event.pubkey not in self.authors:
+            return False
+        if self.kinds is not None and event.kind not in self.kinds:
+            return False
+        if self.since is not None and event.created_at < self.since:
+            return False
+        if self.until is not None and event.created_at > self.until:
+            return False
+        for name, values in self.tags:
+            if not any(len(t) > 1 and t[0] == name and t[1] in values for t in event.tags):
+                return False
+        return True
+
+    def is_empty(self) -> bool:
+        """True when no event can match, so the store need not be asked."""
+        if self.limit == 0:
+            return True
+        if any(s is not None and not s for s in (self.ids, self.authors, self.kinds)):
+            return True
+        if any(not values for _, values in self.tags):
+            return True
+        return self.since is not None and self.until is not None and self.since > self.until
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.ids is not None:
+            out["ids"] = sorted(self.ids)
+        if self.authors is not None:
+            out["authors"] = sorted(self.authors)
+        if self.kinds is not None:
+            out["kinds"] = sorted(self.kinds)
+        for name, values in self.tags:
+            out["#" + name] = sorted(values)
+        for key in ("since", "until", "limit"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+def matches_any(filters: tuple[Filter, ...] | list[Filter], event: Event) -> bool:
+    return any(f.matches(event) for f in filters)
+
+
+def _int(value: object, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise Invalid(f"{key} must be a non-negative integer")
+    return value
+
+
+def _hex_set(value: object, key: str) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise Invalid(f"{key} must be an array")
+    for item in value:
+        if not is_hex64(item):
+            raise Invalid(f"{key} must hold 64-character lowercase hex values")
+    return frozenset(value)
+
+
+def parse_filter(obj: object, max_limit: int, default_limit: int | None = None) -> Filter:
+    """Validate one filter object; ``limit`` is clamped to ``max_limit`` (NIP-11) and
+    defaults to ``default_limit`` when absent."""
+    if not isinstance(obj, dict):
+        raise Invalid("filter must be a JSON object")
+    ids = authors = None
+    kinds: frozenset[int] | None = None
+    since = until = None
+    limit = default_limit
+    tags: list[tuple[str, frozenset[str]]] = []
+    for key, value in obj.items():
+        if key == "ids":
+            ids = _hex_set(value, key)
+        elif key == "authors":
+            authors = _hex_set(value, key)
+        elif key == "kinds":
+            if not isinstance(value, list):
+                raise Invalid("kinds must be an array")
+            kinds = frozenset(_int(k, "kinds") for k in value)
+        elif key == "since":
+            since = _int(value, key)
+        elif key == "until":
+            until = _int(value, key)
+        elif key == "limit":
+            limit = _int(value, key)
+        elif isinstance(key, str) and len(key) == 2 and key[0] == "#" and key[1].isascii() and key[1].isalpha():
+            name = key[1]
+            if name in _HEX_TAGS:
+                values = _hex_set(value, key)
+            else:
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise Invalid(f"{key} must be an array of strings")
+                values = frozenset(value)
+            tags.append((name, values))
+        elif key not in _SCALAR_KEYS:
+            raise Unsupported(f"filter field {key!r} is not supported")
+    if limit is not None and limit > max_limit:
+        limit = max_limit
+    tags.sort()
+    return Filter(ids, authors, kinds, tuple(tags), since, until, limit)

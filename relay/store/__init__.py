@@ -1,0 +1,1 @@
+"""Storage: one ``Store`` protocol, a SQLite and a PostgreSQL implementation."""

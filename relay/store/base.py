@@ -1,0 +1,158 @@
+"""The storage seam: the only thing the server and the lightning package know about storage.
+
+Both implementations (``sqlite.SqliteStore``, ``postgres.PostgresStore``) pass one shared
+test suite (``tests/store/``). Events and the payments ledger live in the same database
+so that a per-event credit charge commits in the very transaction that stores the event.
+
+Rules every implementation applies inside ``write_batch``'s single transaction (NIP-01/09/40):
+
+- an id already stored -> ``DUPLICATE`` (the event *is* stored: OK true);
+- an id removed by a NIP-09 deletion (``e`` tag by the same author), or an addressable /
+  replaceable version at or before a NIP-09 ``a``-tag deletion's created_at -> ``DELETED``;
+- replaceable (0, 3, 10000-19999) keeps the newest per (pubkey, kind), addressable
+  (30000-39999) per (pubkey, kind, d tag); equal created_at keeps the lowest id. An event
+  that loses to a stored version -> ``SUPERSEDED`` (not stored: OK false);
+- a kind-5 event deletes the author's own events named by its ``e`` tags and, for ``a``
+  tags ``kind:pubkey:d`` with the author's pubkey, every version with created_at <= its own;
+  kind-5 events themselves are never deleted (NIP-09: deleting a deletion has no effect);
+- ``charge_msat`` > 0 debits the author's credit; not enough credit -> ``INSUFFICIENT_CREDIT``
+  and nothing is stored or charged; a DUPLICATE/SUPERSEDED/DELETED event is never charged;
+- ephemeral events never reach the store.
+
+Queries never return expired events (NIP-40, ``expiration`` tag <= now).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from relay.event import Event
+from relay.filters import Filter
+
+FOREVER = 2**62  # admitted_until value for "admitted for good"
+
+
+class WriteOutcome(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    SUPERSEDED = "superseded"
+    DELETED = "deleted"
+    INSUFFICIENT_CREDIT = "insufficient-credit"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    event: Event
+    charge_msat: int = 0
+
+
+class InvoiceState(enum.Enum):
+    PENDING = "pending"
+    PAID = "paid"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    """A Lightning invoice as the ledger keeps it, stored *before* it is shown to anyone.
+
+    What settlement grants is fixed here at creation (``admit_seconds``, ``admit_forever``,
+    ``credit_msat``), so a price change between issue and payment cannot alter it.
+    """
+
+    payment_hash: str
+    pubkey: str
+    plan: str
+    amount_msat: int
+    bolt11: str
+    created_at: int
+    expires_at: int
+    admit_seconds: int = 0
+    admit_forever: bool = False
+    credit_msat: int = 0
+    state: InvoiceState = InvoiceState.PENDING
+    paid_at: int | None = None
+    paid_msat: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    pubkey: str
+    admitted_until: int = 0  # unix time; FOREVER for good; 0 never admitted
+    credit_msat: int = 0
+    banned: bool = False
+    allowed: bool = False  # operator allow-list: writes free of charge
+    updated_at: int = 0
+
+    def admitted(self, now: int) -> bool:
+        return self.admitted_until > now
+
+
+class Store(Protocol):
+    """Events, deletions and the payments ledger in one database."""
+
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations."""
+
+    async def close(self) -> None: ...
+
+    # --- events -------------------------------------------------------------------
+
+    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome]:
+        """Apply a batch in ONE transaction (see module docstring); one outcome per request,
+        in order. Returns only after the commit is durable. Called by the writer alone."""
+        ...
+
+    async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
+        """Raw JSON of matching events: each filter contributes at most its ``limit`` newest;
+        the union is de-duplicated and ordered newest first, ties by lowest id."""
+        ...
+
+    async def count(self, filters: Sequence[Filter], now: int) -> int:
+        """Distinct events matching any filter (NIP-45); ``limit`` is ignored."""
+        ...
+
+    async def purge_expired(self, now: int) -> int:
+        """Delete events whose NIP-40 expiration has passed; return how many."""
+        ...
+
+    # --- payments ledger ----------------------------------------------------------
+
+    async def add_invoice(self, invoice: Invoice) -> None: ...
+
+    async def get_invoice(self, payment_hash: str) -> Invoice | None: ...
+
+    async def list_invoices(self, *, pending_only: bool = False, pubkey: str | None = None) -> list[Invoice]:
+        """Newest first."""
+        ...
+
+    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int) -> bool:
+        """Mark a pending (or locally expired) invoice paid and apply its grant to the
+        account, in one transaction, exactly once: True only for the call that did it,
+        even when several nodes race on the same payment hash. The caller has already
+        checked the amount against the invoice."""
+        ...
+
+    async def expire_invoices(self, now: int) -> int:
+        """Mark pending invoices past ``expires_at`` expired; return how many."""
+        ...
+
+    async def get_account(self, pubkey: str) -> Account | None: ...
+
+    async def list_accounts(self) -> list[Account]: ...
+
+    async def update_account(
+        self,
+        pubkey: str,
+        now: int,
+        *,
+        admitted_until: int | None = None,
+        credit_delta_msat: int = 0,
+        banned: bool | None = None,
+        allowed: bool | None = None,
+    ) -> Account:
+        """Operator changes (grant/revoke/ban/allow); creates the account when missing."""
+        ...
