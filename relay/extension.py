@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from websockets.http11 import Request, Response
 
+from relay.errors import Rejection
 from relay.event import Event
 
 
@@ -36,8 +37,8 @@ class Extension(Protocol):
         (``restricted: ...; pay at <url>``, ``blocked: ...``) to refuse."""
         ...
 
-    def insufficient_credit(self, event: Event) -> str:
-        """The OK message when the charge failed at commit (credit ran out meanwhile)."""
+    def insufficient_credit(self, event: Event) -> Rejection:
+        """The refusal when the charge failed at commit (credit ran out meanwhile)."""
         ...
 
     async def handle_http(self, request: Request, client_ip: str) -> Response | None:
