@@ -1,0 +1,125 @@
+"""Versioned schema migrations: an ordered list of steps per backend, applied once each.
+
+Shape (mirrored by the PostgreSQL store, which keeps its own ``POSTGRES_MIGRATIONS`` list
+of the same ``Migration`` values next to its code):
+
+- a migration is ``(version, description, statements)``; versions start at 1 and grow by 1;
+- a database records the last version it applied (SQLite: ``PRAGMA user_version``;
+  PostgreSQL: a one-row table) and ``pending`` answers which steps remain;
+- the runner applies all pending steps and the new version number in ONE transaction
+  taken with the write lock (SQLite ``BEGIN IMMEDIATE``), re-reading the version under
+  that lock so two processes opening the same file at once cannot both migrate.
+
+Statements are kept separate (not one script) because Python's ``executescript`` commits
+any open transaction first, which would break the "all or nothing" rule above.
+Never edit a released step: add a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+def pending(migrations: Sequence[Migration], current: int) -> list[Migration]:
+    """Steps newer than ``current``, in order; refuses a list with gaps or disorder, and a
+    database newer than this code (downgrades are not supported)."""
+    for expected, step in enumerate(migrations, start=1):
+        if step.version != expected:
+            raise ValueError(f"migration {step.version} out of order (expected {expected})")
+    if current > len(migrations):
+        raise RuntimeError(f"database schema version {current} is newer than this code ({len(migrations)})")
+    return list(migrations[current:])
+
+
+# --- SQLite -----------------------------------------------------------------------------
+#
+# Ids and pubkeys are 32-byte BLOBs: half the size of hex in the table and every index, and
+# BLOB order (memcmp) equals lowercase-hex order, so "ties by lowest id" sorts the same.
+# ``raw`` is the event's compact JSON, returned to clients byte for byte.
+# ``d_tag`` is NULL for regular events, "" for replaceable ones and the d value for
+# addressable ones, so one UNIQUE index enforces "one version per (pubkey, kind, d)".
+# ``tags`` repeats created_at so a ``#x`` filter with since/until is one index range in
+# created_at order; its primary key (rid, name, value) serves both the deletion of an
+# event's tags and the "also has tag y" check of a filter with several tag conditions.
+
+SQLITE_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "events, tags, deletions, invoices, accounts",
+        (
+            """CREATE TABLE events (
+                rid INTEGER PRIMARY KEY,
+                id BLOB NOT NULL UNIQUE,
+                pubkey BLOB NOT NULL,
+                created_at INTEGER NOT NULL,
+                kind INTEGER NOT NULL,
+                d_tag TEXT,
+                expiration INTEGER,
+                raw BLOB NOT NULL
+            )""",
+            "CREATE INDEX events_created ON events (created_at)",
+            "CREATE INDEX events_pubkey ON events (pubkey, created_at)",
+            "CREATE INDEX events_pubkey_kind ON events (pubkey, kind, created_at)",
+            "CREATE INDEX events_kind ON events (kind, created_at)",
+            "CREATE UNIQUE INDEX events_address ON events (pubkey, kind, d_tag) WHERE d_tag IS NOT NULL",
+            "CREATE INDEX events_expiration ON events (expiration) WHERE expiration IS NOT NULL",
+            """CREATE TABLE tags (
+                rid INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                value TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                PRIMARY KEY (rid, name, value)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX tags_value ON tags (name, value, created_at)",
+            # NIP-09 "e" deletions: (id, author of the deletion). An event with this id by
+            # this author is refused forever, even if it arrives after its deletion.
+            """CREATE TABLE deleted_ids (
+                id BLOB NOT NULL,
+                pubkey BLOB NOT NULL,
+                PRIMARY KEY (id, pubkey)
+            ) WITHOUT ROWID""",
+            # NIP-09 "a" deletions: versions with created_at <= until are refused.
+            """CREATE TABLE deleted_addresses (
+                pubkey BLOB NOT NULL,
+                kind INTEGER NOT NULL,
+                d_tag TEXT NOT NULL,
+                until INTEGER NOT NULL,
+                PRIMARY KEY (pubkey, kind, d_tag)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE invoices (
+                payment_hash TEXT PRIMARY KEY,
+                pubkey TEXT NOT NULL,
+                plan TEXT NOT NULL,
+                amount_msat INTEGER NOT NULL,
+                bolt11 TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL,
+                admit_seconds INTEGER NOT NULL,
+                admit_forever INTEGER NOT NULL,
+                credit_msat INTEGER NOT NULL,
+                state TEXT NOT NULL,
+                paid_at INTEGER,
+                paid_msat INTEGER
+            )""",
+            "CREATE INDEX invoices_pubkey ON invoices (pubkey, created_at)",
+            "CREATE INDEX invoices_created ON invoices (created_at)",
+            "CREATE INDEX invoices_pending ON invoices (expires_at) WHERE state = 'pending'",
+            """CREATE TABLE accounts (
+                pubkey TEXT PRIMARY KEY,
+                admitted_until INTEGER NOT NULL DEFAULT 0,
+                credit_msat INTEGER NOT NULL DEFAULT 0,
+                banned INTEGER NOT NULL DEFAULT 0,
+                allowed INTEGER NOT NULL DEFAULT 0,
+                updated_at INTEGER NOT NULL DEFAULT 0
+            )""",
+        ),
+    ),
+)

@@ -1,0 +1,608 @@
+"""The embedded store: one SQLite file in WAL mode, events and the payments ledger together.
+
+Two kinds of connection, because reads and writes have opposite needs:
+
+- **One writer**: a stdlib ``sqlite3`` connection owned by a single-thread executor. Every
+  write (an event batch, a settlement, an operator change) runs as ONE plain synchronous
+  function on that thread: ``write_batch`` costs one thread hop per batch, not one per
+  statement. With aiosqlite each ``execute`` is a hop through a queue and a future (tens of
+  microseconds); a batch of 1,000 events issues about 5,000 statements, so per-statement
+  hops alone would cap the writer well below the 12k events/s target on two cores. SQLite
+  allows one writer per file anyway, so a single thread also means the relay's own writes
+  never fight over the lock (no SQLITE_BUSY between them).
+- **``read_connections`` readers**: aiosqlite connections (each has its own thread), handed
+  out from a small pool. WAL lets them read the last committed state while the writer
+  writes, so a slow REQ never delays a commit and a commit never blocks a REQ. Each query
+  or count is a single ``execute_fetchall``: one hop, one snapshot, even with several
+  filters (they are combined into one SQL statement).
+
+``synchronous="FULL"`` fsyncs the WAL at every commit, so an OK sent after a commit
+survives power loss; ``"NORMAL"`` survives a process crash but may lose the last commits on
+power loss, for a faster commit (see bench figures in the commit history).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from relay.event import Event, KindClass, is_hex64, kind_class
+from relay.filters import Filter
+from relay.store.base import FOREVER, Account, Invoice, InvoiceState, WriteOutcome, WriteRequest
+from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
+
+_SYNCHRONOUS = frozenset(("OFF", "NORMAL", "FULL", "EXTRA"))
+# SQLite's default SQLITE_MAX_VARIABLE_NUMBER since 3.32; past it, filters run one by one.
+_MAX_PARAMS = 32766
+_INVOICE_COLUMNS = (
+    "payment_hash, pubkey, plan, amount_msat, bolt11, created_at, expires_at, admit_seconds, "
+    "admit_forever, credit_msat, state, paid_at, paid_msat"
+)
+_ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at"
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _filter_where(f: Filter, now: int, *, skip_tag: str | None = None) -> tuple[str, list[Any]]:
+    """WHERE clause (over ``events e``) of one filter.
+
+    Tag conditions are ``e.rid IN (SELECT rid FROM tags ...)`` so an event matching through
+    two values of the same tag is counted once, and since/until are repeated on the tags'
+    own created_at so the ``tags_value`` index range is as narrow as the filter.
+    ``skip_tag`` names a tag condition the caller has already turned into a join.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    if f.ids is not None:
+        where.append(f"e.id IN ({_marks(len(f.ids))})")
+        params.extend(bytes.fromhex(i) for i in sorted(f.ids))
+    if f.authors is not None:
+        where.append(f"e.pubkey IN ({_marks(len(f.authors))})")
+        params.extend(bytes.fromhex(a) for a in sorted(f.authors))
+    if f.kinds is not None:
+        where.append(f"e.kind IN ({_marks(len(f.kinds))})")
+        params.extend(sorted(f.kinds))
+    if f.since is not None:
+        where.append("e.created_at >= ?")
+        params.append(f.since)
+    if f.until is not None:
+        where.append("e.created_at <= ?")
+        params.append(f.until)
+    for name, values in f.tags:
+        if name == skip_tag:
+            continue
+        sub = f"SELECT t.rid FROM tags t WHERE t.name = ? AND t.value IN ({_marks(len(values))})"
+        params.append(name)
+        params.extend(sorted(values))
+        sub += _time_bounds("t", f, params)
+        where.append(f"e.rid IN ({sub})")
+    # NIP-40: an event whose expiration has passed is never sent, stored or not.
+    where.append("(e.expiration IS NULL OR e.expiration > ?)")
+    params.append(now)
+    return " AND ".join(where), params
+
+
+def _time_bounds(alias: str, f: Filter, params: list[Any]) -> str:
+    sql = ""
+    if f.since is not None:
+        sql += f" AND {alias}.created_at >= ?"
+        params.append(f.since)
+    if f.until is not None:
+        sql += f" AND {alias}.created_at <= ?"
+        params.append(f.until)
+    return sql
+
+
+def _driver(f: Filter) -> str:
+    """Which index a filter's search starts from, chosen by rule rather than left to the
+    planner: without statistics SQLite prefers an index that yields created_at order
+    (e.g. ``kind = 1`` for ``authors + kinds``) and then walks every kind-1 event to find
+    two authors. The rule, most selective first: ids, tag values (event ids, pubkeys,
+    hashtags), authors (+kinds), kinds, and created_at alone.
+    ``NOT INDEXED`` leaves the planner only rowid lookups, i.e. the tags subquery."""
+    if f.ids is not None:
+        return ""
+    if f.tags:
+        return " NOT INDEXED"
+    if f.authors is not None:
+        return " INDEXED BY events_pubkey_kind" if f.kinds is not None else " INDEXED BY events_pubkey"
+    if f.kinds is not None:
+        return " INDEXED BY events_kind"
+    return " INDEXED BY events_created"
+
+
+def _filter_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
+    """SELECT of one filter, newest first, ties lowest id, with its own LIMIT.
+
+    A tag condition with a single value (``#e``/``#p`` lookups, the common case) drives
+    the search as a join over ``tags_value``, which yields rows in created_at order, so
+    ``LIMIT n`` stops after about n rows instead of sorting every tagged event. Several
+    values would need a merge of ranges, which SQLite does not do: those sort.
+    """
+    single = next((name for name, values in f.tags if len(values) == 1), None) if f.ids is None else None
+    if single is not None:
+        (value,) = dict(f.tags)[single]
+        params: list[Any] = [single, value]
+        bounds = _time_bounds("d", f, params)
+        where, rest = _filter_where(f, now, skip_tag=single)
+        params.extend(rest)
+        sql = (
+            f"SELECT {columns} FROM tags d CROSS JOIN events e ON e.rid = d.rid "
+            f"WHERE d.name = ? AND d.value = ?{bounds} AND {where} ORDER BY d.created_at DESC, e.id"
+        )
+    else:
+        where, params = _filter_where(f, now)
+        sql = f"SELECT {columns} FROM events e{_driver(f)} WHERE {where} ORDER BY e.created_at DESC, e.id"
+    if f.limit is not None:
+        sql += " LIMIT ?"
+        params.append(f.limit)
+    return sql, params
+
+
+def _row_to_invoice(row: Sequence[Any]) -> Invoice:
+    return Invoice(
+        payment_hash=row[0],
+        pubkey=row[1],
+        plan=row[2],
+        amount_msat=row[3],
+        bolt11=row[4],
+        created_at=row[5],
+        expires_at=row[6],
+        admit_seconds=row[7],
+        admit_forever=bool(row[8]),
+        credit_msat=row[9],
+        state=InvoiceState(row[10]),
+        paid_at=row[11],
+        paid_msat=row[12],
+    )
+
+
+def _row_to_account(row: Sequence[Any]) -> Account:
+    return Account(
+        pubkey=row[0],
+        admitted_until=row[1],
+        credit_msat=row[2],
+        banned=bool(row[3]),
+        allowed=bool(row[4]),
+        updated_at=row[5],
+    )
+
+
+def sqlite_path_from_url(url: str) -> Path:
+    """``sqlite:///relative/path`` -> ``relative/path``; ``sqlite:////abs/path`` -> ``/abs/path``
+    (the SQLAlchemy convention operators already know)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ValueError(f"not a sqlite URL with a path: {url!r} (use sqlite:///relative or sqlite:////absolute)")
+    return Path(url[len(prefix) :])
+
+
+def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] = SQLITE_MIGRATIONS) -> int:
+    """Bring the file to the newest schema; return the version it is at.
+
+    Runs under ``BEGIN IMMEDIATE`` (the write lock) and reads ``user_version`` under it,
+    so of two processes opening a fresh file at once one migrates and the other sees the
+    result. All pending steps and the new version commit together or not at all.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        steps = pending(migrations, current)
+        for step in steps:
+            for statement in step.statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {int(step.version)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return steps[-1].version if steps else int(current)
+
+
+class SqliteStore:
+    """``Store`` over one SQLite file (see the module docstring for the connection design)."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", read_connections: int = 2) -> None:
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}")
+        if read_connections < 1:
+            raise ValueError("read_connections must be at least 1")
+        self.path = Path(path)
+        self.synchronous = synchronous.upper()
+        self.read_connections = read_connections
+        self._executor: ThreadPoolExecutor | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._readers: asyncio.Queue[aiosqlite.Connection] | None = None
+        self._all_readers: list[aiosqlite.Connection] = []
+
+    @classmethod
+    def from_url(cls, url: str, *, synchronous: str = "FULL", read_connections: int = 2) -> SqliteStore:
+        return cls(sqlite_path_from_url(url), synchronous=synchronous, read_connections=read_connections)
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        await self._write(self._open_writer)
+        self._readers = asyncio.Queue()
+        for _ in range(self.read_connections):
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            await conn.execute("PRAGMA query_only = ON")
+            await conn.execute("PRAGMA cache_size = -32000")
+            self._all_readers.append(conn)
+            self._readers.put_nowait(conn)
+
+    def _open_writer(self) -> None:
+        # check_same_thread=False only because the connection is created and closed through
+        # the executor's one thread; it is never touched from any other.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA cache_size = -64000")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        apply_migrations(conn)
+        self._writer = conn
+
+    async def close(self) -> None:
+        for conn in self._all_readers:
+            await conn.close()
+        self._all_readers.clear()
+        self._readers = None
+        if self._executor is not None:
+            if self._writer is not None:
+                await self._write(self._close_writer)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            # Fold the WAL back into the main file so a closed store is one self-contained file.
+            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._writer.close()
+            self._writer = None
+
+    async def schema_version(self) -> int:
+        rows = await self._read("PRAGMA user_version", ())
+        return int(rows[0][0])
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    async def _write(self, fn: Any, *args: Any) -> Any:
+        if self._executor is None:
+            raise RuntimeError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        if self._readers is None:
+            raise RuntimeError("store is not open")
+        conn = await self._readers.get()
+        try:
+            return list(await conn.execute_fetchall(sql, params))
+        finally:
+            self._readers.put_nowait(conn)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        return self._writer
+
+    def _transaction(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(conn, *args)`` in one write transaction on the writer thread."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn, *args)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    # --- events: writes -----------------------------------------------------------------
+
+    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome]:
+        for req in batch:
+            if req.event.kind_class is KindClass.EPHEMERAL:
+                raise ValueError("ephemeral events are never stored")
+        if not batch:
+            return []
+        outcomes: list[WriteOutcome] = await self._write(self._transaction, self._write_all, list(batch), now)
+        return outcomes
+
+    def _write_all(self, conn: sqlite3.Connection, batch: list[WriteRequest], now: int) -> list[WriteOutcome]:
+        return [self._write_one(conn, req, now) for req in batch]
+
+    @staticmethod
+    def _write_one(conn: sqlite3.Connection, req: WriteRequest, now: int) -> WriteOutcome:
+        ev = req.event
+        eid = bytes.fromhex(ev.id)
+        pk = bytes.fromhex(ev.pubkey)
+        if conn.execute("SELECT 1 FROM events WHERE id = ?", (eid,)).fetchone() is not None:
+            return WriteOutcome.DUPLICATE
+        # NIP-09: deleting a deletion has no effect, so kind 5 ignores tombstones.
+        if (
+            ev.kind != 5
+            and conn.execute("SELECT 1 FROM deleted_ids WHERE id = ? AND pubkey = ?", (eid, pk)).fetchone() is not None
+        ):
+            return WriteOutcome.DELETED
+        cls = ev.kind_class
+        d_tag: str | None = None
+        old_rid: int | None = None
+        if cls is KindClass.REPLACEABLE or cls is KindClass.ADDRESSABLE:
+            d_tag = ev.d_tag if cls is KindClass.ADDRESSABLE else ""
+            row = conn.execute(
+                "SELECT until FROM deleted_addresses WHERE pubkey = ? AND kind = ? AND d_tag = ?", (pk, ev.kind, d_tag)
+            ).fetchone()
+            if row is not None and ev.created_at <= row[0]:
+                return WriteOutcome.DELETED
+            row = conn.execute(
+                "SELECT rid, created_at, id FROM events WHERE pubkey = ? AND kind = ? AND d_tag = ?",
+                (pk, ev.kind, d_tag),
+            ).fetchone()
+            if row is not None:
+                if row[1] > ev.created_at or (row[1] == ev.created_at and row[2] < eid):
+                    return WriteOutcome.SUPERSEDED
+                old_rid = row[0]
+        if req.charge_msat > 0:
+            cur = conn.execute(
+                "UPDATE accounts SET credit_msat = credit_msat - ?, updated_at = ? "
+                "WHERE pubkey = ? AND credit_msat >= ?",
+                (req.charge_msat, now, ev.pubkey, req.charge_msat),
+            )
+            if cur.rowcount == 0:
+                return WriteOutcome.INSUFFICIENT_CREDIT
+        if old_rid is not None:
+            _delete_rid(conn, old_rid)
+        rid = conn.execute(
+            "INSERT INTO events (id, pubkey, created_at, kind, d_tag, expiration, raw) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (eid, pk, ev.created_at, ev.kind, d_tag, ev.expiration, ev.raw),
+        ).lastrowid
+        tags = set(ev.index_tags())
+        if tags:
+            conn.executemany(
+                "INSERT INTO tags (rid, name, value, created_at) VALUES (?, ?, ?, ?)",
+                [(rid, name, value, ev.created_at) for name, value in tags],
+            )
+        if ev.kind == 5:
+            _apply_deletion(conn, ev, pk)
+        return WriteOutcome.STORED
+
+    async def purge_expired(self, now: int) -> int:
+        purged: int = await self._write(self._transaction, _purge_expired, now)
+        return purged
+
+    # --- events: reads ------------------------------------------------------------------
+
+    async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
+        live = [f for f in filters if not f.is_empty()]
+        if not live:
+            return []
+        if len(live) == 1:
+            sql, params = _filter_select(live[0], now, "e.raw")
+            return [row[0] for row in await self._read(sql, params)]
+        arms = [_filter_select(f, now, "e.rid") for f in live]
+        if sum(len(p) for _, p in arms) <= _MAX_PARAMS:
+            # One statement, one snapshot: each filter keeps its own ORDER BY/LIMIT inside
+            # its arm, UNION de-duplicates, the outer query orders the union.
+            union = " UNION ".join(f"SELECT rid FROM ({sql})" for sql, _ in arms)
+            sql = f"SELECT e.raw FROM events e WHERE e.rid IN ({union}) ORDER BY e.created_at DESC, e.id"
+            params = [p for _, ps in arms for p in ps]
+            return [row[0] for row in await self._read(sql, params)]
+        merged: dict[bytes, tuple[int, bytes, bytes]] = {}
+        for f in live:
+            sql, params = _filter_select(f, now, "e.id, e.created_at, e.raw")
+            for eid, created_at, raw in await self._read(sql, params):
+                merged[eid] = (-created_at, eid, raw)
+        return [raw for _, _, raw in sorted(merged.values())]
+
+    async def count(self, filters: Sequence[Filter], now: int) -> int:
+        live = [f for f in filters if not f.is_empty()]
+        if not live:
+            return 0
+        arms = [_filter_where(f, now) for f in live]
+        if len(arms) == 1:
+            where, params = arms[0]
+            rows = await self._read(f"SELECT COUNT(*) FROM events e WHERE {where}", params)
+            return int(rows[0][0])
+        if sum(len(p) for _, p in arms) <= _MAX_PARAMS:
+            union = " UNION ".join(f"SELECT e.rid FROM events e WHERE {where}" for where, _ in arms)
+            rows = await self._read(f"SELECT COUNT(*) FROM ({union})", [p for _, ps in arms for p in ps])
+            return int(rows[0][0])
+        seen: set[int] = set()
+        for where, params in arms:
+            seen.update(row[0] for row in await self._read(f"SELECT e.rid FROM events e WHERE {where}", params))
+        return len(seen)
+
+    # --- payments ledger ----------------------------------------------------------------
+
+    async def add_invoice(self, invoice: Invoice) -> None:
+        await self._write(self._transaction, _insert_invoice, invoice)
+
+    async def get_invoice(self, payment_hash: str) -> Invoice | None:
+        rows = await self._read(f"SELECT {_INVOICE_COLUMNS} FROM invoices WHERE payment_hash = ?", (payment_hash,))
+        return _row_to_invoice(rows[0]) if rows else None
+
+    async def list_invoices(self, *, pending_only: bool = False, pubkey: str | None = None) -> list[Invoice]:
+        where: list[str] = []
+        params: list[Any] = []
+        if pending_only:
+            where.append("state = 'pending'")
+        if pubkey is not None:
+            where.append("pubkey = ?")
+            params.append(pubkey)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._read(
+            f"SELECT {_INVOICE_COLUMNS} FROM invoices {clause} ORDER BY created_at DESC, payment_hash", params
+        )
+        return [_row_to_invoice(row) for row in rows]
+
+    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int) -> bool:
+        settled: bool = await self._write(self._transaction, _settle_invoice, payment_hash, paid_msat, now)
+        return settled
+
+    async def expire_invoices(self, now: int) -> int:
+        expired: int = await self._write(self._transaction, _expire_invoices, now)
+        return expired
+
+    async def get_account(self, pubkey: str) -> Account | None:
+        rows = await self._read(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,))
+        return _row_to_account(rows[0]) if rows else None
+
+    async def list_accounts(self) -> list[Account]:
+        rows = await self._read(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY pubkey", ())
+        return [_row_to_account(row) for row in rows]
+
+    async def update_account(
+        self,
+        pubkey: str,
+        now: int,
+        *,
+        admitted_until: int | None = None,
+        credit_delta_msat: int = 0,
+        banned: bool | None = None,
+        allowed: bool | None = None,
+    ) -> Account:
+        account: Account = await self._write(
+            self._transaction, _update_account, pubkey, now, admitted_until, credit_delta_msat, banned, allowed
+        )
+        return account
+
+
+# --- synchronous bodies run on the writer thread inside one transaction --------------------
+
+
+def _delete_rid(conn: sqlite3.Connection, rid: int) -> None:
+    conn.execute("DELETE FROM tags WHERE rid = ?", (rid,))
+    conn.execute("DELETE FROM events WHERE rid = ?", (rid,))
+
+
+def _apply_deletion(conn: sqlite3.Connection, ev: Event, pk: bytes) -> None:
+    """NIP-09: remove the author's own events named by ``e`` tags (never a kind 5) and every
+    version of an ``a``-tag address up to the request's created_at; remember both so a
+    deleted event sent again is refused."""
+    for target in ev.tag_values("e"):
+        if not is_hex64(target):
+            continue
+        tid = bytes.fromhex(target)
+        conn.execute("INSERT OR IGNORE INTO deleted_ids (id, pubkey) VALUES (?, ?)", (tid, pk))
+        row = conn.execute("SELECT rid FROM events WHERE id = ? AND pubkey = ? AND kind != 5", (tid, pk)).fetchone()
+        if row is not None:
+            _delete_rid(conn, row[0])
+    for address in ev.tag_values("a"):
+        parts = address.split(":", 2)
+        if len(parts) != 3 or parts[1] != ev.pubkey or not parts[0].isdigit():
+            continue  # only the author's own addresses (NIP-09)
+        kind = int(parts[0])
+        cls = kind_class(kind)
+        if cls is KindClass.ADDRESSABLE:
+            d_tag = parts[2]
+        elif cls is KindClass.REPLACEABLE:
+            d_tag = ""
+        else:
+            continue
+        conn.execute(
+            "INSERT INTO deleted_addresses (pubkey, kind, d_tag, until) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (pubkey, kind, d_tag) DO UPDATE SET until = max(until, excluded.until)",
+            (pk, kind, d_tag, ev.created_at),
+        )
+        rows = conn.execute(
+            "SELECT rid FROM events WHERE pubkey = ? AND kind = ? AND d_tag = ? AND created_at <= ?",
+            (pk, kind, d_tag, ev.created_at),
+        ).fetchall()
+        for (rid,) in rows:
+            _delete_rid(conn, rid)
+
+
+def _purge_expired(conn: sqlite3.Connection, now: int) -> int:
+    conn.execute(
+        "DELETE FROM tags WHERE rid IN (SELECT rid FROM events WHERE expiration IS NOT NULL AND expiration <= ?)",
+        (now,),
+    )
+    return conn.execute("DELETE FROM events WHERE expiration IS NOT NULL AND expiration <= ?", (now,)).rowcount
+
+
+def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
+    conn.execute(
+        f"INSERT INTO invoices ({_INVOICE_COLUMNS}) VALUES ({_marks(13)})",
+        (
+            inv.payment_hash,
+            inv.pubkey,
+            inv.plan,
+            inv.amount_msat,
+            inv.bolt11,
+            inv.created_at,
+            inv.expires_at,
+            inv.admit_seconds,
+            int(inv.admit_forever),
+            inv.credit_msat,
+            inv.state.value,
+            inv.paid_at,
+            inv.paid_msat,
+        ),
+    )
+
+
+def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int, now: int) -> bool:
+    """Exactly once: the conditional UPDATE changes a row for one caller only (the write lock
+    serialises callers, across processes too), and only that caller applies the grant."""
+    row = conn.execute(
+        "UPDATE invoices SET state = 'paid', paid_at = ?, paid_msat = ? WHERE payment_hash = ? AND state != 'paid' "
+        "RETURNING pubkey, admit_seconds, admit_forever, credit_msat",
+        (now, paid_msat, payment_hash),
+    ).fetchone()
+    if row is None:
+        return False
+    pubkey, admit_seconds, admit_forever, credit_msat = row
+    conn.execute("INSERT OR IGNORE INTO accounts (pubkey, updated_at) VALUES (?, ?)", (pubkey, now))
+    if admit_forever:
+        conn.execute("UPDATE accounts SET admitted_until = ? WHERE pubkey = ?", (FOREVER, pubkey))
+    elif admit_seconds > 0:
+        conn.execute(
+            "UPDATE accounts SET admitted_until = min(?, max(?, admitted_until) + ?) WHERE pubkey = ?",
+            (FOREVER, now, admit_seconds, pubkey),
+        )
+    conn.execute(
+        "UPDATE accounts SET credit_msat = credit_msat + ?, updated_at = ? WHERE pubkey = ?",
+        (credit_msat, now, pubkey),
+    )
+    return True
+
+
+def _expire_invoices(conn: sqlite3.Connection, now: int) -> int:
+    return conn.execute(
+        "UPDATE invoices SET state = 'expired' WHERE state = 'pending' AND expires_at <= ?", (now,)
+    ).rowcount
+
+
+def _update_account(
+    conn: sqlite3.Connection,
+    pubkey: str,
+    now: int,
+    admitted_until: int | None,
+    credit_delta_msat: int,
+    banned: bool | None,
+    allowed: bool | None,
+) -> Account:
+    conn.execute("INSERT OR IGNORE INTO accounts (pubkey, updated_at) VALUES (?, ?)", (pubkey, now))
+    sets = ["credit_msat = credit_msat + ?", "updated_at = ?"]
+    params: list[Any] = [credit_delta_msat, now]
+    for column, value in (("admitted_until", admitted_until), ("banned", banned), ("allowed", allowed)):
+        if value is not None:
+            sets.append(f"{column} = ?")
+            params.append(int(value))
+    params.append(pubkey)
+    conn.execute(f"UPDATE accounts SET {', '.join(sets)} WHERE pubkey = ?", params)
+    row = conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
+    return _row_to_account(row)
