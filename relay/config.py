@@ -38,6 +38,7 @@ class ServerSettings(_Section):
     compression: bool = Field(False, description="permessage-deflate; costs ~40 KiB RSS per connection")
     workers: int = Field(1, ge=1)
     shutdown_grace_seconds: float = Field(5.0, ge=0)
+    real_ip_header: str | None = Field(None, description="e.g. X-Forwarded-For, only behind a trusted proxy")
 
 
 class StorageSettings(_Section):

@@ -47,9 +47,8 @@ class Filter:
         return True
 
     def is_empty(self) -> bool:
-        """True when no event can match, so the store need not be asked."""
-        if self.limit == 0:
-            return True
+        """True when no event can match, so the store need not be asked (``limit`` is
+        not considered: COUNT ignores it)."""
         if any(s is not None and not s for s in (self.ids, self.authors, self.kinds)):
             return True
         if any(not values for _, values in self.tags):

@@ -1,0 +1,331 @@
+"""One client's WebSocket session: reads frames, enforces limits, dispatches, and owns a
+bounded outgoing queue.
+
+Outgoing frames go through a per-connection deque drained by a sender task that exists
+only while there is something to send (an idle connection holds no task). When a client
+stops reading and the queue passes ``outgoing_queue_bytes``, the connection is dropped
+with a log line: a slow reader can never make the relay's memory grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import orjson
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from relay import messages
+from relay.errors import AuthRequired, Invalid, RateLimited, Rejection, ServerError
+from relay.event import Event, KindClass, parse_event
+from relay.extension import WriteContext
+from relay.filters import Filter
+from relay.limits import TokenBucket
+from relay.messages import AuthMessage, BadMessage, CloseMessage, CountMessage, EventMessage, ReqMessage
+from relay.policy import check_auth_event, check_private_read, check_write, filter_may_return_private, may_see
+from relay.store.base import WriteOutcome, WriteRequest
+
+if TYPE_CHECKING:
+    from relay.server import Relay
+
+log = logging.getLogger(__name__)
+
+_ID_IN_FRAME = re.compile(rb'"id"\s*:\s*"([0-9a-f]{64})"')
+MAX_IN_FLIGHT = 1000  # EVENTs of one connection awaiting verification or commit
+
+_OUTCOME_REPLY = {
+    WriteOutcome.STORED: (True, ""),
+    WriteOutcome.DUPLICATE: (True, "duplicate: already have this event"),
+    WriteOutcome.SUPERSEDED: (False, "duplicate: a newer version of this replaceable event is stored"),
+    WriteOutcome.DELETED: (False, "blocked: this event was deleted by its author"),
+}
+
+
+class Connection:
+    """State of one client: its subscriptions, NIP-42 identity, rate limits, output."""
+
+    def __init__(self, relay: Relay, ws: ServerConnection, ip: str) -> None:
+        self.relay = relay
+        self.ws = ws
+        self.ip = ip
+        self.subs: dict[str, tuple[Filter, ...]] = {}
+        # subscriptions whose stored query is running: live events wait here (NIP-01 order)
+        self._pending_live: dict[str, list[Event]] = {}
+        self.authed: frozenset[str] = frozenset()
+        self.challenge = secrets.token_hex(16)
+        limits = relay.settings.limits
+        self._bucket = TokenBucket(limits.events_per_second, limits.events_burst)
+        self._out: deque[bytes] = deque()
+        self._out_bytes = 0
+        self._out_limit = limits.outgoing_queue_bytes
+        self._sender: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self.closed = False
+
+    # --- output ------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        if self._out_bytes > self._out_limit:
+            self._drop_slow_reader()
+            return
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._out:
+                frame = self._out.popleft()
+                self._out_bytes -= len(frame)
+                await self.ws.send(frame, text=True)
+        except ConnectionClosed:
+            self.closed = True
+            self._out.clear()
+        finally:
+            self._sender = None
+
+    def _drop_slow_reader(self) -> None:
+        log.warning("dropping slow client %s: %d bytes waiting to be sent", self.ip, self._out_bytes)
+        self.relay.metrics.slow_clients_dropped.inc()
+        self.closed = True
+        self._out.clear()
+        self._out_bytes = 0
+        self.relay.spawn(self.ws.close(1008, "slow reader: outgoing buffer full"))
+
+    # --- fan-out (Subscriber protocol) ------------------------------------------------
+
+    def can_see(self, event: Event) -> bool:
+        return may_see(event, self.authed)
+
+    def send_live(self, sub_id: str, event: Event) -> None:
+        pending = self._pending_live.get(sub_id)
+        if pending is not None:
+            pending.append(event)
+        else:
+            self.send(messages.event(sub_id, event.raw))
+
+    # --- input -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.relay.settings.auth.enabled:
+            self.send(messages.auth_challenge(self.challenge))
+        max_len = self.relay.settings.limits.max_message_length
+        try:
+            async for frame in self.ws:
+                if len(frame) > max_len:
+                    self._too_long(frame if isinstance(frame, bytes) else frame.encode(), max_len)
+                    continue
+                await self.handle(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed = True
+            self.relay.index.remove_all(self, self.subs)
+            self.relay.metrics.subscriptions.set(len(self.relay.index))
+
+    def _too_long(self, frame: bytes, max_len: int) -> None:
+        text = f"invalid: message longer than {max_len} bytes"
+        match = _ID_IN_FRAME.search(frame) if frame.lstrip().startswith(b'["EVENT"') else None
+        self.send(messages.ok(match.group(1).decode(), False, text) if match else messages.notice(text))
+
+    async def handle(self, frame: str | bytes) -> None:
+        try:
+            msg = messages.parse_client_message(frame, self.relay.filter_limits)
+        except BadMessage as exc:
+            self.send(exc.reply)
+            return
+        if isinstance(msg, EventMessage):
+            self._on_event(msg.event)
+        elif isinstance(msg, ReqMessage):
+            await self._on_req(msg.sub_id, msg.filters)
+        elif isinstance(msg, CloseMessage):
+            self._close_sub(msg.sub_id)
+        elif isinstance(msg, CountMessage):
+            await self._on_count(msg.sub_id, msg.filters)
+        elif isinstance(msg, AuthMessage):
+            await self._on_auth(msg.event)
+
+    # --- EVENT -------------------------------------------------------------------
+
+    def _reject(self, event_id: str | None, rejection: Rejection) -> None:
+        self.relay.metrics.events_rejected.labels(rejection.prefix).inc()
+        if event_id:
+            self.send(messages.ok(event_id, False, str(rejection)))
+        else:
+            self.send(messages.notice(str(rejection)))
+
+    def _on_event(self, obj: object) -> None:
+        """Cheap checks inline; verification, the gate and the commit in a task so a
+        client can pipeline many EVENTs and they commit in the same batches."""
+        event_id = messages.event_id_hint(obj)
+        now_mono = time.monotonic()
+        if self._in_flight >= MAX_IN_FLIGHT or not self._bucket.take(now_mono):
+            self._reject(event_id, RateLimited("slow down: too many events from this connection"))
+            return
+        if not self.relay.ips.take_event(self.ip, now_mono):
+            self._reject(event_id, RateLimited("slow down: too many events from this address"))
+            return
+        try:
+            event = parse_event(obj)
+        except Invalid as exc:
+            self._reject(event_id, exc)
+            return
+        ctx = WriteContext(int(time.time()), self.authed, self.ip)
+        rejection = check_write(self.relay.write_policies, event, ctx)
+        if rejection is not None:
+            self._reject(event.id, rejection)
+            return
+        self._in_flight += 1
+        self.relay.spawn(self._publish(event, ctx))
+
+    async def _publish(self, event: Event, ctx: WriteContext) -> None:
+        try:
+            if not await self.relay.verifier.verify(event):
+                self._reject(event.id, Invalid("signature is invalid"))
+                return
+            charge = 0
+            if self.relay.extension is not None:
+                charge = await self.relay.extension.admit(event, ctx)
+            if event.kind_class is KindClass.EPHEMERAL:
+                self.relay.broadcast(event)
+                self._accepted(event, (True, ""))
+                return
+            outcome = await self.relay.writer.submit(WriteRequest(event, charge))
+            if outcome is WriteOutcome.INSUFFICIENT_CREDIT:
+                assert self.relay.extension is not None
+                self._reject(event.id, self.relay.extension.insufficient_credit(event))
+                return
+            self._accepted(event, _OUTCOME_REPLY[outcome])
+        except Rejection as exc:
+            self._reject(event.id, exc)
+        except Exception:
+            log.exception("storing event %s failed", event.id)
+            self._reject(event.id, ServerError("could not store the event, try again"))
+        finally:
+            self._in_flight -= 1
+
+    def _accepted(self, event: Event, reply: tuple[bool, str]) -> None:
+        accepted, text = reply
+        if accepted:
+            self.relay.metrics.events_accepted.labels(event.kind_class.value).inc()
+        else:
+            self.relay.metrics.events_rejected.labels(text.partition(":")[0]).inc()
+        self.send(messages.ok(event.id, accepted, text))
+
+    # --- REQ / CLOSE / COUNT -----------------------------------------------------------
+
+    def _read_rejection(self, filters: tuple[Filter, ...]) -> Rejection | None:
+        if self.relay.settings.auth.required_to_read and not self.authed:
+            return AuthRequired("this relay serves only authenticated clients")
+        for f in filters:
+            rejection = check_private_read(f, self.authed)
+            if rejection is not None:
+                return rejection
+        return None
+
+    async def _on_req(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
+        if sub_id not in self.subs and len(self.subs) >= self.relay.settings.limits.max_subscriptions:
+            limit = self.relay.settings.limits.max_subscriptions
+            self.send(messages.closed(sub_id, f"blocked: at most {limit} open subscriptions per connection"))
+            return
+        rejection = self._read_rejection(filters)
+        if rejection is not None:
+            self._close_sub(sub_id)
+            self.send(messages.closed(sub_id, str(rejection)))
+            return
+        started = time.perf_counter()
+        self.relay.metrics.reqs.inc()
+        # Live first, then the stored query, so nothing published meanwhile falls in the gap;
+        # live events wait in _pending_live until EOSE and skip ids already sent.
+        self.subs[sub_id] = filters
+        pending: list[Event] = []
+        self._pending_live[sub_id] = pending
+        self.relay.index.add(self, sub_id, filters)
+        self.relay.metrics.subscriptions.set(len(self.relay.index))
+        try:
+            wanted = tuple(f for f in filters if f.limit != 0 and not f.is_empty())
+            rows = await self.relay.store.query(wanted, int(time.time())) if wanted else []
+        except Exception:
+            log.exception("query failed")
+            if self._pending_live.get(sub_id) is pending:
+                self._close_sub(sub_id)
+                self.send(messages.closed(sub_id, "error: could not run the query"))
+            return
+        if self._pending_live.get(sub_id) is not pending:
+            return  # closed or replaced while the query ran
+        private = any(filter_may_return_private(f) for f in wanted)
+        sent: set[bytes] = set()
+        for raw in rows:
+            if private and not self._raw_visible(raw):
+                continue
+            sent.add(raw[7:71])
+            self.send(messages.event(sub_id, raw))
+        self.send(messages.eose(sub_id))
+        del self._pending_live[sub_id]
+        for event in pending:
+            if event.id.encode() not in sent:
+                self.send(messages.event(sub_id, event.raw))
+        self.relay.metrics.query_seconds.observe(time.perf_counter() - started)
+
+    def _raw_visible(self, raw: bytes) -> bool:
+        obj = orjson.loads(raw)
+        if obj["kind"] not in (4, 1059, 1060):
+            return True
+        if not self.authed:
+            return False
+        return obj["pubkey"] in self.authed or any(
+            len(t) > 1 and t[0] == "p" and t[1] in self.authed for t in obj["tags"]
+        )
+
+    def _close_sub(self, sub_id: str) -> None:
+        self.subs.pop(sub_id, None)
+        self._pending_live.pop(sub_id, None)
+        if self.relay.index.remove(self, sub_id):
+            self.relay.metrics.subscriptions.set(len(self.relay.index))
+
+    async def _on_count(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
+        rejection = self._read_rejection(filters)
+        if rejection is not None:
+            self.send(messages.closed(sub_id, str(rejection)))
+            return
+        self.relay.metrics.counts.inc()
+        try:
+            wanted = tuple(f for f in filters if not f.is_empty())  # NIP-45: limit does not apply
+            n = await self.relay.store.count(wanted, int(time.time())) if wanted else 0
+        except Exception:
+            log.exception("count failed")
+            self.send(messages.closed(sub_id, "error: could not run the count"))
+            return
+        self.send(messages.count(sub_id, n))
+
+    # --- AUTH (NIP-42) ---------------------------------------------------------------
+
+    async def _on_auth(self, obj: object) -> None:
+        event_id = messages.event_id_hint(obj)
+        try:
+            event = parse_event(obj)
+        except Invalid as exc:
+            self._reject(event_id, exc)
+            return
+        rejection = check_auth_event(event, self.challenge, self.relay.settings.relay.public_url, int(time.time()))
+        if rejection is None and not await self.relay.verifier.verify(event):
+            rejection = Invalid("signature is invalid")
+        if rejection is not None:
+            self.send(messages.ok(event.id, False, str(rejection)))
+            return
+        self.authed = self.authed | {event.pubkey}
+        self.send(messages.ok(event.id, True, ""))
+
+    async def close(self, code: int = 1001, reason: str = "relay shutting down") -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)

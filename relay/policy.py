@@ -1,0 +1,199 @@
+"""Write and read policies: small pure functions assembled from Settings at start-up.
+
+A write policy is ``(event, ctx) -> Rejection | None``; the first rejection wins and its
+text (with its NIP-01 prefix) becomes the OK message. Policies run before the signature
+check because they cost a fraction of it; the lightning gate runs after it (see
+``extension.Extension.admit``). Adding a rule is adding a function here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from relay.errors import AuthRequired, Blocked, Invalid, PowTooLow, Rejection
+from relay.event import Event, is_hex64
+from relay.extension import WriteContext
+from relay.filters import Filter
+
+WritePolicy = Callable[[Event, WriteContext], Rejection | None]
+
+AUTH_KIND = 22242
+# NIP-42: DMs and gift wraps are served only to an authenticated party they name.
+PRIVATE_KINDS = frozenset((4, 1059, 1060))
+AUTH_MAX_SKEW = 600  # seconds an AUTH event's created_at may differ from now
+
+
+def leading_zero_bits(hex_id: str) -> int:
+    """NIP-13 difficulty: the number of leading zero bits of the event id."""
+    value = int(hex_id, 16)
+    return 256 - value.bit_length()
+
+
+def created_at_window(lower: int | None, upper: int | None) -> WritePolicy:
+    """NIP-22: refuse events dated too far in the past or the future."""
+
+    def check(event: Event, ctx: WriteContext) -> Rejection | None:
+        if upper is not None and event.created_at > ctx.now + upper:
+            return Invalid(f"created_at is more than {upper} seconds in the future")
+        if lower is not None and event.created_at < ctx.now - lower:
+            return Invalid(f"created_at is more than {lower} seconds in the past")
+        return None
+
+    return check
+
+
+def not_expired(event: Event, ctx: WriteContext) -> Rejection | None:
+    """NIP-40: an event that has already expired is refused."""
+    expiration = event.expiration
+    if expiration is not None and expiration <= ctx.now:
+        return Invalid("event has expired")
+    return None
+
+
+def min_pow(difficulty: int) -> WritePolicy:
+    """NIP-13: require ``difficulty`` leading zero bits in the id."""
+
+    def check(event: Event, ctx: WriteContext) -> Rejection | None:
+        bits = leading_zero_bits(event.id)
+        if bits < difficulty:
+            return PowTooLow(f"difficulty {bits} is less than {difficulty}")
+        return None
+
+    return check
+
+
+def max_tags(limit: int) -> WritePolicy:
+    def check(event: Event, ctx: WriteContext) -> Rejection | None:
+        if len(event.tags) > limit:
+            return Invalid(f"too many tags ({len(event.tags)} > {limit})")
+        return None
+
+    return check
+
+
+def max_content(limit: int) -> WritePolicy:
+    """NIP-11 max_content_length counts unicode characters."""
+
+    def check(event: Event, ctx: WriteContext) -> Rejection | None:
+        if len(event.content) > limit:
+            return Invalid(f"content longer than {limit} characters")
+        return None
+
+    return check
+
+
+def no_auth_events(event: Event, ctx: WriteContext) -> Rejection | None:
+    """NIP-42: kind 22242 is only for AUTH and must never be broadcast."""
+    if event.kind == AUTH_KIND:
+        return Invalid("kind 22242 events are sent with AUTH, not published")
+    return None
+
+
+def protected_by_author(event: Event, ctx: WriteContext) -> Rejection | None:
+    """NIP-70: an event tagged ``["-"]`` is accepted only from its authenticated author."""
+    if event.is_protected and event.pubkey not in ctx.authed:
+        return AuthRequired("this event may only be published by its author")
+    return None
+
+
+def auth_to_write(event: Event, ctx: WriteContext) -> Rejection | None:
+    if not ctx.authed:
+        return AuthRequired("this relay accepts events only from authenticated clients")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRules:
+    max_event_tags: int
+    max_content_length: int
+    created_at_lower_limit: int | None
+    created_at_upper_limit: int | None
+    min_pow_difficulty: int
+    auth_required_to_write: bool
+
+
+def build_write_policies(rules: WriteRules) -> list[WritePolicy]:
+    """The policy list, cheapest and most common refusals first."""
+    policies: list[WritePolicy] = [
+        max_tags(rules.max_event_tags),
+        max_content(rules.max_content_length),
+        no_auth_events,
+        created_at_window(rules.created_at_lower_limit, rules.created_at_upper_limit),
+        not_expired,
+    ]
+    if rules.min_pow_difficulty > 0:
+        policies.append(min_pow(rules.min_pow_difficulty))
+    if rules.auth_required_to_write:
+        policies.append(auth_to_write)
+    policies.append(protected_by_author)
+    return policies
+
+
+def check_write(policies: Sequence[WritePolicy], event: Event, ctx: WriteContext) -> Rejection | None:
+    for policy in policies:
+        rejection = policy(event, ctx)
+        if rejection is not None:
+            return rejection
+    return None
+
+
+# --- reads -------------------------------------------------------------------------
+
+def may_see(event: Event, authed: frozenset[str]) -> bool:
+    """NIP-42: a private-kind event is visible only to its author or a p-tagged party."""
+    if event.kind not in PRIVATE_KINDS:
+        return True
+    if not authed:
+        return False
+    return event.pubkey in authed or any(v in authed for v in event.tag_values("p"))
+
+
+def filter_may_return_private(f: Filter) -> bool:
+    return f.kinds is None or not f.kinds.isdisjoint(PRIVATE_KINDS)
+
+
+def check_private_read(f: Filter, authed: frozenset[str]) -> Rejection | None:
+    """A filter that asks for DM kinds explicitly must be scoped to the authenticated
+    user (as author or #p); filters without ``kinds`` are served with private events
+    filtered out of the results instead."""
+    if f.kinds is None or f.kinds.isdisjoint(PRIVATE_KINDS):
+        return None
+    if not authed:
+        return AuthRequired("private messages are served only to authenticated recipients")
+    scoped_authors = f.authors is not None and f.authors <= authed
+    p_values = dict(f.tags).get("p")
+    scoped_p = p_values is not None and p_values <= authed
+    if scoped_authors or scoped_p:
+        return None
+    return Blocked("private messages are served only to the parties they name")
+
+
+def check_auth_event(event: Event, challenge: str, relay_url: str, now: int) -> Rejection | None:
+    """NIP-42 AUTH event: kind 22242, recent, our challenge, our URL."""
+    if event.kind != AUTH_KIND:
+        return Invalid("AUTH event must be kind 22242")
+    if abs(event.created_at - now) > AUTH_MAX_SKEW:
+        return Invalid("AUTH event created_at is too far from now")
+    if challenge not in event.tag_values("challenge"):
+        return Invalid("AUTH challenge does not match")
+    if not any(_same_relay(url, relay_url) for url in event.tag_values("relay")):
+        return Invalid("AUTH relay URL does not match this relay")
+    if not is_hex64(event.pubkey):
+        return Invalid("AUTH pubkey is malformed")
+    return None
+
+
+def _same_relay(a: str, b: str) -> bool:
+    """URLs equal up to scheme case, a trailing slash and default ports."""
+
+    def norm(url: str) -> str:
+        url = url.strip().lower().rstrip("/")
+        for scheme, port in (("wss://", ":443"), ("ws://", ":80")):
+            if url.startswith(scheme):
+                host, _, path = url[len(scheme):].partition("/")
+                host = host.removesuffix(port)
+                return scheme + host + ("/" + path if path else "")
+        return url
+
+    return norm(a) == norm(b)

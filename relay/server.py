@@ -1,0 +1,270 @@
+"""The relay process: wires the stages together and serves WebSocket + HTTP on one port.
+
+HTTP routes go through websockets' ``process_request`` (NIP-11 JSON, CORS preflight,
+/metrics, the extension's pages, a plain HTML page); everything else is a WebSocket
+upgrade handled by one ``Connection`` per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Coroutine
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from relay import nip11
+from relay.config import Settings
+from relay.connection import Connection
+from relay.event import Event
+from relay.extension import Extension
+from relay.limits import IpTable
+from relay.messages import FilterLimits
+from relay.metrics import RelayMetrics
+from relay.policy import WriteRules, build_write_policies
+from relay.store import open_store
+from relay.store.base import Store
+from relay.store.writer import GroupCommitWriter
+from relay.subscriptions import SubscriptionIndex
+from relay.verifier import SignatureVerifier
+
+log = logging.getLogger(__name__)
+
+CORS_HEADERS = [
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Headers", "*"),
+    ("Access-Control-Allow-Methods", "GET, OPTIONS"),
+]
+
+
+def http_response(
+    status: HTTPStatus, body: bytes, content_type: str, extra: list[tuple[str, str]] | None = None
+) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))] + (extra or []))
+    return Response(status.value, status.phrase, headers, body)
+
+
+class Relay:
+    """One relay instance: settings, store, writer, verifier, live index, server."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store: Store = store if store is not None else open_store(settings.storage)
+        self.metrics = RelayMetrics()
+        self.index = SubscriptionIndex()
+        self.verifier = SignatureVerifier()
+        self.writer = GroupCommitWriter(
+            self.store, batch_max=settings.storage.batch_max, on_committed=self._on_committed
+        )
+        self.metrics.watch_writer(lambda: self.writer.stats)
+        limits = settings.limits
+        self.ips = IpTable(limits.max_connections_per_ip, limits.ip_events_per_second, limits.ip_events_burst)
+        self.filter_limits = FilterLimits(limits.max_filters, limits.max_limit, limits.default_limit)
+        self.write_policies = build_write_policies(
+            WriteRules(
+                max_event_tags=limits.max_event_tags,
+                max_content_length=limits.max_content_length,
+                created_at_lower_limit=limits.created_at_lower_limit,
+                created_at_upper_limit=limits.created_at_upper_limit,
+                min_pow_difficulty=limits.min_pow_difficulty,
+                auth_required_to_write=settings.auth.required_to_write,
+            )
+        )
+        self.extension: Extension | None = None
+        self.connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._server: Server | None = None
+        self._info: dict[str, Any] = {}
+        self._info_json = b""
+        self._info_html = b""
+
+    # --- wiring ----------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a coroutine in the background, keeping a reference and logging failures."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def _on_committed(self, events: list[Event]) -> None:
+        for event in events:
+            self.broadcast(event)
+
+    def broadcast(self, event: Event) -> None:
+        """Hand an accepted event to live subscriptions."""
+        self.index.publish(event)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sockets = list(self._server.sockets)
+        return int(sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.settings.server.host}:{self.port}"
+
+    async def start(self, *, reuse_port: bool = False) -> None:
+        await self.store.open()
+        self.verifier.start()
+        self.writer.start()
+        if self.settings.payments.enabled:
+            self.extension = await self._build_extension()
+            await self.extension.start()
+        self._info = nip11.build_info(self.settings, self.extension.nip11() if self.extension else None)
+        self._info_json = orjson.dumps(self._info)
+        self._info_html = nip11.render_html(self._info).encode()
+        self._background.append(asyncio.create_task(self._purge_loop(), name="purge-expired"))
+        srv = self.settings.server
+        limits = self.settings.limits
+        self._server = await serve(
+            self._handle,
+            srv.host,
+            srv.port,
+            process_request=self._process_request,
+            compression="deflate" if srv.compression else None,
+            # Frames up to twice the advertised limit are read so an oversize EVENT still
+            # gets a NIP-01 OK; past that the connection is closed (1009) to bound memory.
+            max_size=2 * limits.max_message_length,
+            max_queue=16,
+            ping_interval=60,
+            ping_timeout=60,
+            reuse_port=reuse_port,
+            server_header=None,
+        )
+        log.info(
+            "satsrelay listening on ws://%s:%d (store %s, payments %s)",
+            srv.host,
+            self.port,
+            _redact(self.settings.storage.url),
+            self.settings.payments.backend if self.settings.payments.enabled else "off",
+        )
+
+    async def _build_extension(self) -> Extension:
+        import httpx
+        from lightning.extension import build_extension
+
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+        ext: Extension = build_extension(self.settings, self.store, self._http, registry=self.metrics.registry)
+        return ext
+
+    async def stop(self) -> None:
+        """Graceful: stop accepting, answer what is queued, flush the writer, close."""
+        grace = self.settings.server.shutdown_grace_seconds
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        for task in self._background:
+            task.cancel()
+        await self.writer.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+        await asyncio.gather(*(c.close() for c in list(self.connections)), return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=grace)
+        if self.extension is not None:
+            await self.extension.stop()
+            await self._http.aclose()
+        await self.verifier.close()
+        await self.store.close()
+        log.info("satsrelay stopped")
+
+    async def _purge_loop(self) -> None:
+        interval = self.settings.storage.purge_interval_seconds
+        while True:
+            try:
+                purged = await self.store.purge_expired(int(time.time()))
+                if purged:
+                    log.info("purged %d expired events", purged)
+            except Exception:
+                log.exception("purging expired events failed; will retry")
+            await asyncio.sleep(interval)
+
+    # --- connections -----------------------------------------------------------------------
+
+    def client_ip(self, ws: ServerConnection, request: Request | None) -> str:
+        header = self.settings.server.real_ip_header
+        if header and request is not None:
+            value = request.headers.get(header)
+            if value:
+                return value.split(",")[0].strip()
+        addr = ws.remote_address
+        return str(addr[0]) if addr else "unknown"
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        ip = self.client_ip(ws, ws.request)
+        if not self.ips.admit(ip):
+            self.metrics.connections_rejected.labels("per-ip-limit").inc()
+            log.warning("rejected connection from %s: too many open connections", ip)
+            await ws.close(1008, "too many connections from your address")
+            return
+        conn = Connection(self, ws, ip)
+        self.connections.add(conn)
+        self.metrics.connections.inc()
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+            self.metrics.connections.dec()
+            self.ips.release(ip)
+
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        headers = request.headers
+        if "websocket" in headers.get("Upgrade", "").lower():
+            ip = self.client_ip(ws, request)
+            if self.ips.connections(ip) >= self.ips.max_connections:
+                self.metrics.connections_rejected.labels("per-ip-limit").inc()
+                log.warning("rejected connection from %s: too many open connections", ip)
+                return http_response(HTTPStatus.TOO_MANY_REQUESTS, b"too many connections\n", "text/plain")
+            return None
+        if request.method == "OPTIONS":
+            return http_response(HTTPStatus.NO_CONTENT, b"", "text/plain", CORS_HEADERS)
+        path = request.path.split("?", 1)[0]
+        if "application/nostr+json" in headers.get("Accept", ""):
+            return http_response(HTTPStatus.OK, self._info_json, "application/nostr+json", CORS_HEADERS)
+        if path == "/metrics":
+            return http_response(HTTPStatus.OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        if self.extension is not None:
+            response = await self.extension.handle_http(request, self.client_ip(ws, request))
+            if response is not None:
+                return response
+        if path == "/":
+            return http_response(HTTPStatus.OK, self._info_html, "text/html; charset=utf-8")
+        return http_response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+
+def _redact(url: str) -> str:
+    """A store URL for logs: no password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    relay = Relay(settings)
+    await relay.start(reuse_port=settings.server.workers > 1)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await relay.stop()

@@ -1,0 +1,164 @@
+"""Fixtures shared by every test: real relays on 127.0.0.1, real SQLite files, keys.
+
+``relay_factory`` starts an in-process relay (same event loop as the test) on a free port
+with Settings overrides; ``relay_process`` starts ``satsrelay serve`` as a subprocess for
+tests that kill or signal it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay import crypto
+from relay.config import Settings, load_settings
+from relay.server import Relay
+from tests.nostr_client import NostrClient
+
+RelayFactory = Callable[..., contextlib.AbstractAsyncContextManager[Relay]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def relay_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    """Test defaults (free port, temp SQLite, generous rate limits) plus overrides."""
+    port = free_port()
+    base: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_seconds": 2.0},
+        "relay": {"public_url": f"ws://127.0.0.1:{port}"},
+        "storage": {"url": f"sqlite:///{tmp_path}/relay.db", "purge_interval_seconds": 0.2},
+        "limits": {"events_per_second": 10000, "events_burst": 10000, "ip_events_per_second": 10000,
+                   "ip_events_burst": 10000},
+        "log_level": "WARNING",
+    }
+    return load_settings(None, **_merge(base, sections))
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> RelayFactory:
+    @contextlib.asynccontextmanager
+    async def start(**sections: dict[str, Any]) -> AsyncIterator[Relay]:
+        relay = Relay(relay_settings(tmp_path, **sections))
+        await relay.start()
+        try:
+            yield relay
+        finally:
+            await relay.stop()
+
+    return start
+
+
+@pytest.fixture
+async def relay(relay_factory: RelayFactory) -> AsyncIterator[Relay]:
+    async with relay_factory() as r:
+        yield r
+
+
+@pytest.fixture
+async def client(relay: Relay) -> AsyncIterator[NostrClient]:
+    async with NostrClient(relay.url) as c:
+        yield c
+
+
+@pytest.fixture
+def alice() -> bytes:
+    return crypto.generate_secret()
+
+
+@pytest.fixture
+def bob() -> bytes:
+    return crypto.generate_secret()
+
+
+class RelayProcess:
+    """``satsrelay serve`` in a subprocess, for kill -9 and signal tests."""
+
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+        self.config, self.port = config, port
+        self.url = f"ws://127.0.0.1:{port}"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config)],
+            env=self.env,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"relay exited with {self.proc.returncode}: {err}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("relay did not start listening")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stderr_text(self) -> str:
+        assert self.proc is not None and self.proc.stderr is not None
+        return self.proc.stderr.read().decode()
+
+
+@pytest.fixture
+def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+    """Factory: ``relay_process(extra_toml="...")`` -> a started RelayProcess."""
+    procs: list[RelayProcess] = []
+
+    def make(
+        extra_toml: str = "", env: dict[str, str] | None = None, port: int | None = None, storage_url: str | None = None
+    ) -> RelayProcess:
+        """``extra_toml`` may add keys and sections but not repeat [server], [relay], [storage]."""
+        port = port or free_port()
+        storage_url = storage_url or f"sqlite:///{tmp_path}/relay.db"
+        config = tmp_path / f"relay-{port}.toml"
+        config.write_text(
+            f'log_level = "INFO"\n[server]\nhost = "127.0.0.1"\nport = {port}\n'
+            f'[relay]\npublic_url = "ws://127.0.0.1:{port}"\n'
+            f'[storage]\nurl = "{storage_url}"\n' + extra_toml
+        )
+        proc = RelayProcess(config, port, env)
+        proc.start()
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()
+
