@@ -1,0 +1,88 @@
+"""One wallet per module (lnbits, lnd, cln, phoenixd, nwc, fake), each implementing
+``lightning.backend.WalletBackend`` and nothing else.
+
+What the HTTP backends share lives here, small on purpose: one request function that turns
+every transport fault, bad status and unparsable body into ``BackendError`` with the
+credentials scrubbed out, because an exception's text ends up in logs and on status pages.
+Exceptions are raised ``from None`` so a traceback never prints the httpx error (whose text
+can carry a URL, and LNbits puts its invoice key in a websocket URL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from lightning.backend import BackendError
+
+_SNIPPET = 200  # characters of an error body worth showing an operator
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every non-empty secret replaced, cut to a readable length."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text[:_SNIPPET]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: Any  # parsed JSON; None when the body was empty
+
+
+async def request_json(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    label: str,
+    secrets: Iterable[str],
+    allow: frozenset[int] = frozenset(),
+    headers: Mapping[str, str] | None = None,
+    json: Any = None,
+    data: Mapping[str, str] | None = None,
+    auth: httpx.BasicAuth | None = None,
+) -> Reply:
+    """Send one request; a 2xx (or a status in ``allow``, e.g. 404 for "unknown") comes back
+    parsed, anything else raises ``BackendError("<label>: ...")`` without secrets."""
+    secrets = tuple(secrets)
+    try:
+        response = await client.request(method, url, headers=headers, json=json, data=data, auth=auth)
+    except httpx.HTTPError as exc:
+        raise BackendError(f"{label}: {type(exc).__name__}: {scrub(str(exc), secrets)}") from None
+    text = response.text
+    if not (200 <= response.status_code < 300 or response.status_code in allow):
+        raise BackendError(f"{label}: HTTP {response.status_code}: {scrub(text, secrets)}")
+    if not text.strip():
+        return Reply(response.status_code, None)
+    try:
+        return Reply(response.status_code, orjson.loads(text))
+    except orjson.JSONDecodeError:
+        raise BackendError(f"{label}: HTTP {response.status_code}: body is not JSON: {scrub(text, secrets)}") from None
+
+
+def as_msat(value: object) -> int:
+    """An amount in msat from an int, a numeric string (LND's int64s) or ``"1000msat"``
+    (older Core Lightning); ``BackendError`` for anything else."""
+    if isinstance(value, bool):
+        raise BackendError(f"not an amount: {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        digits = value.removesuffix("msat")
+        if digits.isdigit():
+            return int(digits)
+    raise BackendError(f"not an amount: {str(value)[:40]!r}")
+
+
+def require(body: Any, key: str, label: str) -> Any:
+    """``body[key]`` or a ``BackendError`` naming what the wallet left out."""
+    if not isinstance(body, dict) or key not in body:
+        raise BackendError(f"{label}: reply has no {key!r}")
+    return body[key]
