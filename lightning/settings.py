@@ -1,11 +1,135 @@
-"""The ``[payments]`` section of the relay's Settings."""
+"""The ``[payments]`` section of the relay's Settings.
+
+Prices are written in sats (what operators think in) except per-kind publication prices,
+which are msat because a single event is usually worth less than a sat. Everything the
+ledger stores is msat. Wallet secrets are ``SecretStr`` so a logged or printed Settings
+object never shows them.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+BackendName = Literal["fake", "lnbits", "lnd", "cln", "phoenixd", "nwc"]
 
 
-class PaymentSettings(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class AdmissionPlan(_Section):
+    """One fee admits a pubkey for good (``term_days = 0``) or for a fixed term."""
+
+    enabled: bool = True
+    fee_sats: int = Field(1000, ge=1)
+    term_days: float = Field(0, ge=0, description="0 = admitted for good")
+
+
+class SubscriptionPlan(_Section):
+    """A fee per period; paying again extends from the later of now and the current end."""
+
     enabled: bool = False
+    fee_sats: int = Field(2000, ge=1)
+    period_days: float = Field(30, gt=0)
+
+
+class CreditPlan(_Section):
+    """Prepaid balance; each accepted event costs its kind's price."""
+
+    enabled: bool = False
+    min_topup_sats: int = Field(100, ge=1)
+    max_topup_sats: int = Field(1_000_000, ge=1)
+    default_topup_sats: int = Field(1000, ge=1)
+    default_price_msat: int = Field(1000, ge=0, description="price of an event whose kind is not listed")
+    kind_prices_msat: dict[int, int] = Field(default_factory=dict, description="kind -> msat; 0 = free")
+
+    @model_validator(mode="after")
+    def _topup_range(self) -> CreditPlan:
+        if not self.min_topup_sats <= self.default_topup_sats <= self.max_topup_sats:
+            raise ValueError("need min_topup_sats <= default_topup_sats <= max_topup_sats")
+        if any(price < 0 for price in self.kind_prices_msat.values()):
+            raise ValueError("kind prices must be >= 0")
+        return self
+
+
+class FakeBackendSettings(_Section):
+    """The in-process demo wallet: invoices look real but nobody can pay them for real."""
+
+    state_file: str | None = Field(
+        None, description="SQLite file shared with `satsrelay pay-fake`; default fake-wallet.db next to the store"
+    )
+    auto_settle_seconds: float | None = Field(None, ge=0, description="settle each invoice by itself after N s")
+
+
+class LnbitsSettings(_Section):
+    url: str = "http://127.0.0.1:5000"
+    invoice_key: SecretStr = Field(SecretStr(""), description="the wallet's invoice/read key (cannot spend)")
+
+
+class LndSettings(_Section):
+    url: str = "https://127.0.0.1:8080"
+    macaroon_hex: SecretStr = SecretStr("")
+    tls_cert_path: str | None = None
+
+
+class ClnSettings(_Section):
+    url: str = "https://127.0.0.1:3010"
+    rune: SecretStr = SecretStr("")
+    tls_cert_path: str | None = None
+
+
+class PhoenixdSettings(_Section):
+    url: str = "http://127.0.0.1:9740"
+    password: SecretStr = SecretStr("")
+
+
+class NwcSettings(_Section):
+    uri: SecretStr = Field(SecretStr(""), description="nostr+walletconnect://...")
+
+
+class PaymentSettings(_Section):
+    enabled: bool = False
+    backend: BackendName = "fake"
+    payments_url: str | None = Field(
+        None, description="where the OK message sends unpaid users; default http(s) form of relay.public_url + /join"
+    )
+    invoice_expiry_seconds: int = Field(900, ge=60)
+    poll_interval_seconds: float = Field(5.0, gt=0, description="how often pending invoices are checked")
+    push: bool = Field(True, description="listen to the wallet's push stream as well as polling")
+    account_cache_seconds: float = Field(5.0, ge=0, description="how long the gate may lag a CLI/other-node change")
+    invoice_requests_per_minute: int = Field(10, ge=1, description="per client IP")
+
+    admission: AdmissionPlan = AdmissionPlan()
+    subscription: SubscriptionPlan = SubscriptionPlan()
+    credit: CreditPlan = CreditPlan()
+
+    free_kinds: list[int] = Field(default_factory=lambda: [22242, 9735])
+    free_if_p_tags_member: bool = Field(True, description="events that p-tag a paying member are free (inbox use)")
+    allow_pubkeys: list[str] = Field(default_factory=list, description="write free of charge")
+    ban_pubkeys: list[str] = Field(default_factory=list, description="never write")
+
+    fake: FakeBackendSettings = FakeBackendSettings()
+    lnbits: LnbitsSettings = LnbitsSettings()
+    lnd: LndSettings = LndSettings()
+    cln: ClnSettings = ClnSettings()
+    phoenixd: PhoenixdSettings = PhoenixdSettings()
+    nwc: NwcSettings = NwcSettings()
+
+    @field_validator("allow_pubkeys", "ban_pubkeys")
+    @classmethod
+    def _hex_pubkeys(cls, value: list[str]) -> list[str]:
+        out = []
+        for key in value:
+            key = key.strip().lower()
+            if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+                raise ValueError(f"{key!r} is not a 64-character hex pubkey")
+            out.append(key)
+        return out
+
+    @model_validator(mode="after")
+    def _some_plan(self) -> PaymentSettings:
+        if self.enabled and not (self.admission.enabled or self.subscription.enabled or self.credit.enabled):
+            raise ValueError("payments are enabled but no plan (admission, subscription, credit) is")
+        return self

@@ -1,0 +1,195 @@
+"""``PaymentsExtension``: the lightning package as the relay sees it (``relay.extension``).
+
+It wires the pieces together: a wallet backend chosen by ``payments.backend``, the
+ledger (issue + verified settlement), the watcher (push + polling + reconciliation), the
+write gate (cached account state) and the join page. The relay calls ``build_extension``
+once at start-up when ``payments.enabled`` is true.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from prometheus_client import CollectorRegistry
+from websockets.http11 import Request, Response
+
+from lightning.backend import WalletBackend
+from lightning.gate import AccountCache, Gate
+from lightning.ledger import Confirmation, ConfirmResult, Ledger
+from lightning.metrics import PaymentMetrics
+from lightning.plans import Plans
+from lightning.settings import PaymentSettings
+from lightning.watcher import Watcher
+from lightning.web import JoinWeb, PageInfo
+from relay.errors import Rejection
+from relay.event import Event
+from relay.extension import WriteContext
+from relay.store.base import Invoice, Store
+
+if TYPE_CHECKING:
+    from lightning.backends.fake import FakeBackend
+    from relay.config import Settings
+
+
+def payments_url(settings: Settings) -> str:
+    """Where unpaid writers are sent: the configured URL, else the http(s) form of the
+    relay's public URL + ``/join`` (the relay serves the page itself)."""
+    if settings.payments.payments_url:
+        return settings.payments.payments_url
+    public = settings.relay.public_url.rstrip("/")
+    if public.startswith("wss://"):
+        public = "https://" + public[len("wss://") :]
+    elif public.startswith("ws://"):
+        public = "http://" + public[len("ws://") :]
+    return public + "/join"
+
+
+def fake_state_file(settings: Settings) -> Path:
+    """The fake wallet's SQLite file: configured, else next to the SQLite store, else ./data.
+
+    ``satsrelay pay-fake`` computes the same path from the same Settings.
+    """
+    if settings.payments.fake.state_file:
+        return Path(settings.payments.fake.state_file)
+    url = settings.storage.url
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return Path(url[len("sqlite:///") :]).parent / "fake-wallet.db"
+    return Path("data") / "fake-wallet.db"
+
+
+def build_backend(settings: Settings, http: httpx.AsyncClient) -> WalletBackend:
+    """The wallet ``payments.backend`` names; each module is imported only when chosen."""
+    p: PaymentSettings = settings.payments
+    if p.backend == "fake":
+        from lightning.backends.fake import FakeBackend, FakeConfig
+
+        return FakeBackend(FakeConfig(fake_state_file(settings), auto_settle_seconds=p.fake.auto_settle_seconds))
+    if p.backend == "lnbits":
+        from lightning.backends.lnbits import LnbitsBackend, LnbitsConfig
+
+        return LnbitsBackend(LnbitsConfig(p.lnbits.url, p.lnbits.invoice_key.get_secret_value()), http)
+    if p.backend == "lnd":
+        from lightning.backends.lnd import LndBackend, LndConfig  # type: ignore[import-not-found,unused-ignore]
+
+        return LndBackend(  # type: ignore[no-any-return,unused-ignore]
+            LndConfig(p.lnd.url, p.lnd.macaroon_hex.get_secret_value()), http
+        )
+    if p.backend == "cln":
+        from lightning.backends.cln import ClnBackend, ClnConfig  # type: ignore[import-not-found,unused-ignore]
+
+        return ClnBackend(ClnConfig(p.cln.url, p.cln.rune.get_secret_value()), http)  # type: ignore[no-any-return,unused-ignore]
+    if p.backend == "phoenixd":
+        from lightning.backends.phoenixd import (  # type: ignore[import-not-found,unused-ignore]
+            PhoenixdBackend,
+            PhoenixdConfig,
+        )
+
+        return PhoenixdBackend(  # type: ignore[no-any-return,unused-ignore]
+            PhoenixdConfig(p.phoenixd.url, p.phoenixd.password.get_secret_value()), http
+        )
+    if p.backend == "nwc":
+        from lightning.backends.nwc import NwcBackend, NwcConfig  # type: ignore[import-not-found,unused-ignore]
+
+        return NwcBackend(NwcConfig(p.nwc.uri.get_secret_value()), http)  # type: ignore[no-any-return,unused-ignore]
+    raise ValueError(f"unknown payments.backend {p.backend!r}")
+
+
+class PaymentsExtension:
+    """Implements ``relay.extension.Extension``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        backend: WalletBackend,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        p = settings.payments
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.plans = Plans.from_settings(p)
+        self.payments_url = payments_url(settings)
+        self.metrics = PaymentMetrics(registry)
+        self.accounts = AccountCache(store, p.account_cache_seconds)
+        self.ledger = Ledger(store, backend, self.plans, p.invoice_expiry_seconds)
+        self.gate = Gate(p, self.plans, self.accounts, self.payments_url)
+        self.watcher = Watcher(
+            self.ledger, poll_interval=p.poll_interval_seconds, push=p.push, on_result=self._on_result, clock=clock
+        )
+        fake = self._fake_backend()
+        self.web = JoinWeb(
+            PageInfo(settings.relay.name, settings.relay.description, settings.relay.public_url, demo=fake is not None),
+            self.ledger,
+            self.plans,
+            invoices_per_minute=p.invoice_requests_per_minute,
+            on_issued=self._on_issued,
+            fake_pay=self._simulate_payment if fake is not None else None,
+            clock=clock,
+        )
+
+    def _fake_backend(self) -> FakeBackend | None:
+        from lightning.backends.fake import FakeBackend
+
+        return self.backend if isinstance(self.backend, FakeBackend) else None
+
+    # --- Extension ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.watcher.start()
+
+    async def stop(self) -> None:
+        await self.watcher.stop()
+        await self.backend.close()
+
+    async def admit(self, event: Event, ctx: WriteContext) -> int:
+        return await self.gate.admit(event, ctx)
+
+    def insufficient_credit(self, event: Event) -> Rejection:
+        return self.gate.insufficient_credit(event)
+
+    async def handle_http(self, request: Request, client_ip: str) -> Response | None:
+        return await self.web.handle(request, client_ip)
+
+    def nip11(self) -> dict[str, Any]:
+        return {
+            "limitation": {"payment_required": True, "restricted_writes": True},
+            "payments_url": self.payments_url,
+            "fees": self.plans.nip11_fees(),
+        }
+
+    # --- wiring -------------------------------------------------------------------
+
+    def _on_issued(self, invoice: Invoice) -> None:
+        self.metrics.invoices_created.labels(invoice.plan).inc()
+
+    def _on_result(self, result: ConfirmResult) -> None:
+        if result.invoice is None:
+            return
+        if result.outcome is Confirmation.CREDITED:
+            # The payer's next EVENT must see the new state at once, not after the TTL.
+            self.accounts.invalidate(result.invoice.pubkey)
+            self.metrics.invoices_settled.labels(result.invoice.plan).inc()
+            self.metrics.sats_received.inc(result.invoice.amount_msat / 1000)
+        elif result.outcome is Confirmation.REJECTED:
+            self.metrics.settlements_rejected.inc()
+
+    async def _simulate_payment(self, payment_hash: str) -> bool:
+        fake = self._fake_backend()
+        assert fake is not None
+        paid = await fake.pay(payment_hash)
+        await self.watcher.confirm(payment_hash)  # demo: credit now rather than on the next poll
+        return paid
+
+
+def build_extension(
+    settings: Settings, store: Store, http: httpx.AsyncClient, *, registry: CollectorRegistry | None = None
+) -> PaymentsExtension:
+    """The relay's entry point (``relay.server``): backend from settings, everything wired."""
+    return PaymentsExtension(settings, store, build_backend(settings, http), registry=registry)

@@ -1,0 +1,144 @@
+"""Issue invoices and confirm settlements on top of the Store's ledger methods.
+
+The Store does the exactly-once part (``settle_invoice`` is idempotent by payment hash,
+in one transaction with the account change). This module makes sure nothing reaches it
+unverified: an invoice is stored before anyone sees it, and a settlement is applied only
+after the wallet itself says the invoice is paid *and* the BOLT11 we stored decodes to the
+same payment hash and amount and the wallet received at least that amount. A push message
+is never trusted on its own (LNbits' websocket channels, for one, can be forged).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+import bolt11
+
+from lightning.backend import BackendError, InvoiceStatus, PaymentState, WalletBackend
+from lightning.plans import Plans
+from relay.store.base import Invoice, InvoiceState, Store
+
+log = logging.getLogger(__name__)
+
+
+class Confirmation(enum.Enum):
+    CREDITED = "credited"  # this call applied the grant
+    ALREADY_PAID = "already-paid"
+    PENDING = "pending"
+    EXPIRED = "expired"
+    REJECTED = "rejected"  # wallet says paid but something does not match: credit nothing
+    UNKNOWN = "unknown"  # not our invoice, or the wallet does not know it
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmResult:
+    outcome: Confirmation
+    invoice: Invoice | None  # as it was before this call; None when not ours
+
+
+def decode_bolt11(request: str) -> tuple[str, int | None]:
+    """(payment hash, amount in msat or None) of a BOLT11 string; ValueError if unreadable."""
+    try:
+        decoded = bolt11.decode(request)
+    except Exception as exc:  # the library raises many unrelated types for bad input
+        raise ValueError(f"undecodable BOLT11: {type(exc).__name__}") from None
+    amount = decoded.amount_msat
+    return str(decoded.payment_hash), None if amount is None else int(amount)
+
+
+def settlement_problem(invoice: Invoice, status: InvoiceStatus) -> str | None:
+    """Why a "paid" answer must not credit ``invoice``, or None when it may.
+
+    Checks the wallet's answer is about this payment hash, that the BOLT11 we stored (and
+    showed) decodes to the same hash and the amount we priced, and that the wallet received
+    at least that amount. A wallet that reports no received amount is taken at its word
+    for the invoice's amount: Lightning nodes refuse to settle an amount-bearing invoice
+    for less (BOLT 4, ``incorrect_or_unknown_payment_details``).
+    """
+    if status.state is not PaymentState.PAID:
+        return f"wallet state is {status.state.value}"
+    if status.payment_hash != invoice.payment_hash:
+        return "wallet answered about another payment hash"
+    try:
+        decoded_hash, decoded_amount = decode_bolt11(invoice.bolt11)
+    except ValueError as exc:
+        return str(exc)
+    if decoded_hash != invoice.payment_hash:
+        return "stored BOLT11 has another payment hash"
+    if decoded_amount != invoice.amount_msat:
+        return f"stored BOLT11 amount {decoded_amount} msat differs from the priced {invoice.amount_msat} msat"
+    received = invoice.amount_msat if status.amount_received_msat is None else status.amount_received_msat
+    if received < invoice.amount_msat:
+        return f"underpaid: received {received} of {invoice.amount_msat} msat"
+    return None
+
+
+class Ledger:
+    def __init__(self, store: Store, backend: WalletBackend, plans: Plans, expiry_seconds: int) -> None:
+        self.store = store
+        self.backend = backend
+        self.plans = plans
+        self.expiry_seconds = expiry_seconds
+
+    async def issue(self, pubkey: str, plan: str, now: int, amount_sats: int | None = None, memo: str = "") -> Invoice:
+        """Create an invoice at the wallet and store it; only then may anyone see it.
+
+        Raises ``UnknownPlan`` for a bad plan/amount and ``BackendError`` when the wallet
+        fails or hands back an invoice that does not decode to what we asked for.
+        """
+        grant = self.plans.grant(plan, amount_sats)
+        created = await self.backend.create_invoice(
+            grant.amount_msat, memo or f"{grant.plan} for {pubkey[:12]}", self.expiry_seconds
+        )
+        try:
+            decoded_hash, decoded_amount = decode_bolt11(created.bolt11)
+        except ValueError as exc:
+            raise BackendError(f"wallet returned an unreadable invoice ({exc})") from None
+        if decoded_hash != created.payment_hash or decoded_amount != grant.amount_msat:
+            raise BackendError("wallet returned an invoice whose hash or amount differs from the request")
+        invoice = Invoice(
+            payment_hash=created.payment_hash,
+            pubkey=pubkey,
+            plan=grant.plan,
+            amount_msat=grant.amount_msat,
+            bolt11=created.bolt11,
+            created_at=now,
+            # Trust the wallet's expiry unless it is nonsense (some report 0 or the past).
+            expires_at=created.expires_at if created.expires_at > now else now + self.expiry_seconds,
+            admit_seconds=grant.admit_seconds,
+            admit_forever=grant.admit_forever,
+            credit_msat=grant.credit_msat,
+        )
+        await self.store.add_invoice(invoice)
+        return invoice
+
+    async def confirm(self, payment_hash: str, now: int) -> ConfirmResult:
+        """Ask the wallet about one invoice and settle it if verifiably paid.
+
+        Safe to call any number of times, from any node: the Store settles once. A paid
+        invoice that expired locally is still credited (the payer did pay). Raises
+        ``BackendError`` when the wallet cannot be asked; the caller retries later.
+        """
+        invoice = await self.store.get_invoice(payment_hash)
+        if invoice is None:
+            return ConfirmResult(Confirmation.UNKNOWN, None)
+        if invoice.state is InvoiceState.PAID:
+            return ConfirmResult(Confirmation.ALREADY_PAID, invoice)
+        status = await self.backend.lookup_invoice(payment_hash)
+        if status.state is PaymentState.PENDING:
+            return ConfirmResult(Confirmation.PENDING, invoice)
+        if status.state is PaymentState.FAILED:
+            return ConfirmResult(Confirmation.EXPIRED, invoice)
+        if status.state is PaymentState.UNKNOWN:
+            return ConfirmResult(Confirmation.UNKNOWN, invoice)
+        problem = settlement_problem(invoice, status)
+        if problem is not None:
+            log.warning("not crediting invoice %s: %s", payment_hash, problem)
+            return ConfirmResult(Confirmation.REJECTED, invoice)
+        paid = status.amount_received_msat if status.amount_received_msat is not None else invoice.amount_msat
+        if await self.store.settle_invoice(payment_hash, paid, now):
+            log.info("invoice %s paid: %d msat, %s for %s", payment_hash, paid, invoice.plan, invoice.pubkey)
+            return ConfirmResult(Confirmation.CREDITED, invoice)
+        return ConfirmResult(Confirmation.ALREADY_PAID, invoice)

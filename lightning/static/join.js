@@ -1,0 +1,126 @@
+// The join page: pubkey -> invoice -> live status -> account. Talks only to this relay.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const demo = document.body.dataset.demo === "1";
+  let pollTimer = null;
+  let current = null;
+
+  function sats(msat) {
+    return msat % 1000 === 0 ? (msat / 1000).toLocaleString() + " sats" : msat.toLocaleString() + " msat";
+  }
+
+  function showAccount(acct) {
+    $("step-account").hidden = false;
+    let admitted = "no";
+    if (acct.admitted_until === "forever") admitted = "yes, for good";
+    else if (acct.admitted) admitted = "until " + new Date(acct.admitted_until * 1000).toLocaleString();
+    $("acct-admitted").textContent = admitted;
+    $("acct-credit").textContent = sats(acct.credit_msat);
+    $("acct-link").href = "/account/" + acct.pubkey;
+  }
+
+  function setStatus(state, text) {
+    $("status").dataset.state = state;
+    $("status").textContent = text;
+  }
+
+  async function poll() {
+    if (!current) return;
+    try {
+      const res = await fetch("/api/invoice/" + current, { headers: { Accept: "application/json" } });
+      if (res.ok) {
+        const doc = await res.json();
+        showAccount(doc.account);
+        if (doc.paid) {
+          setStatus("paid", "paid");
+          $("simulate").hidden = true;
+          clearInterval(pollTimer);
+          return;
+        }
+        if (doc.state === "expired") {
+          setStatus("expired", "expired: get a new invoice");
+          clearInterval(pollTimer);
+          return;
+        }
+      }
+    } catch (err) {
+      // A failed poll is retried on the next tick; the relay may be restarting.
+    }
+  }
+
+  async function getInvoice(event) {
+    event.preventDefault();
+    $("form-error").textContent = "";
+    const plan = (document.querySelector("input[name=plan]:checked") || {}).value || "";
+    const params = new URLSearchParams({ pubkey: $("pubkey").value.trim(), plan: plan });
+    if (plan === "credit" && $("credit-amount")) params.set("amount", $("credit-amount").value);
+    $("get-invoice").disabled = true;
+    try {
+      const res = await fetch("/api/invoice?" + params.toString(), { headers: { Accept: "application/json" } });
+      const doc = await res.json();
+      if (!res.ok) {
+        $("form-error").textContent = doc.error || "could not create an invoice";
+        return;
+      }
+      current = doc.payment_hash;
+      $("qr").src = doc.qr;
+      $("wallet-link").href = "lightning:" + doc.bolt11;
+      $("bolt11").value = doc.bolt11;
+      $("amount").textContent = sats(doc.amount_msat);
+      setStatus("pending", "waiting for payment");
+      $("simulate").hidden = !demo;
+      $("step-pay").hidden = false;
+      clearInterval(pollTimer);
+      pollTimer = setInterval(poll, 1500);
+      poll();
+    } catch (err) {
+      $("form-error").textContent = "the relay did not answer; try again";
+    } finally {
+      $("get-invoice").disabled = false;
+    }
+  }
+
+  async function copyInvoice() {
+    try {
+      await navigator.clipboard.writeText($("bolt11").value);
+      $("copy-note").textContent = "copied";
+    } catch (err) {
+      $("bolt11").select();
+      $("copy-note").textContent = "press Ctrl+C to copy";
+    }
+  }
+
+  async function simulate() {
+    if (!current) return;
+    await fetch("/api/fake/pay/" + current);
+    poll();
+  }
+
+  async function useExtension() {
+    try {
+      $("pubkey").value = await window.nostr.getPublicKey();
+    } catch (err) {
+      $("form-error").textContent = "the browser extension did not give a public key";
+    }
+  }
+
+  function planChanged() {
+    const row = $("credit-amount-row");
+    if (row) row.hidden = (document.querySelector("input[name=plan]:checked") || {}).value !== "credit";
+  }
+
+  $("join-form").addEventListener("submit", getInvoice);
+  $("copy").addEventListener("click", copyInvoice);
+  $("simulate").addEventListener("click", simulate);
+  $("nip07").addEventListener("click", useExtension);
+  document.querySelectorAll("input[name=plan]").forEach((el) => el.addEventListener("change", planChanged));
+  planChanged();
+  // NIP-07 extensions inject window.nostr after load, sometimes a little later.
+  const showNip07 = () => { if (window.nostr) $("nip07").hidden = false; };
+  showNip07();
+  setTimeout(showNip07, 500);
+  const fromUrl = new URLSearchParams(location.search).get("pubkey");
+  if (fromUrl) $("pubkey").value = fromUrl;
+})();

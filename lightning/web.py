@@ -1,0 +1,330 @@
+"""The join page, account page and invoice API, all GET (websockets reads no bodies).
+
+Routes (``handle`` answers None for anything else, so the relay falls through):
+
+- ``/`` (browsers, ``Accept: text/html``) and ``/join``: the join page;
+- ``/static/<file>``: its script and styles (nothing is loaded from other sites; the
+  Content-Security-Policy header makes the browser enforce that);
+- ``/api/invoice?pubkey=<hex|npub>&plan=<name>[&amount=<sats>]``: issue an invoice
+  (rate-limited per IP; stored before it is returned);
+- ``/api/invoice/<payment_hash>``: its state and the account's, polled by the page;
+- ``/api/invoice/<payment_hash>/qr.svg``: the QR code, drawn server-side by segno;
+- ``/account/<pubkey>``: account state, HTML or JSON (``Accept: application/json``);
+- ``/api/fake/pay/<payment_hash>``: settle a demo invoice, only with the ``fake`` wallet.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+import string
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import segno
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from lightning.backend import BackendError
+from lightning.ledger import Ledger
+from lightning.plans import PlanOffer, Plans, UnknownPlan
+from lightning.pubkeys import npub_encode, parse_pubkey
+from relay.limits import TokenBucket
+from relay.store.base import FOREVER, Account, Invoice, InvoiceState
+
+log = logging.getLogger(__name__)
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+MAX_TRACKED_IPS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class PageInfo:
+    """What the pages say about the relay."""
+
+    name: str
+    description: str
+    relay_url: str
+    demo: bool  # fake wallet: show the "simulate payment" button and a demo banner
+
+
+def _response(
+    status: HTTPStatus, body: bytes, content_type: str, extra: list[tuple[str, str]] | None = None
+) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            *(extra or []),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _json(status: HTTPStatus, doc: Any) -> Response:
+    return _response(status, orjson.dumps(doc), "application/json", [("Access-Control-Allow-Origin", "*")])
+
+
+def _error(status: HTTPStatus, message: str) -> Response:
+    return _json(status, {"error": message})
+
+
+def _html(body: str) -> Response:
+    return _response(HTTPStatus.OK, body.encode(), "text/html; charset=utf-8", [("Content-Security-Policy", CSP)])
+
+
+def account_json(pubkey: str, account: Account | None, now: int) -> dict[str, Any]:
+    """The account as the API and the CLI show it."""
+    account = account or Account(pubkey)
+    until = account.admitted_until
+    return {
+        "pubkey": pubkey,
+        "npub": npub_encode(pubkey),
+        "admitted": account.admitted(now),
+        "admitted_until": None if until == 0 else ("forever" if until >= FOREVER else until),
+        "credit_msat": account.credit_msat,
+        "banned": account.banned,
+        "allowed": account.allowed,
+    }
+
+
+def invoice_json(invoice: Invoice) -> dict[str, Any]:
+    return {
+        "payment_hash": invoice.payment_hash,
+        "pubkey": invoice.pubkey,
+        "plan": invoice.plan,
+        "amount_msat": invoice.amount_msat,
+        "bolt11": invoice.bolt11,
+        "created_at": invoice.created_at,
+        "expires_at": invoice.expires_at,
+        "state": invoice.state.value,
+        "paid": invoice.state is InvoiceState.PAID,
+        "paid_at": invoice.paid_at,
+        "qr": f"/api/invoice/{invoice.payment_hash}/qr.svg",
+    }
+
+
+def _sats(msat: int) -> str:
+    return f"{msat // 1000:,} sats" if msat % 1000 == 0 else f"{msat:,} msat"
+
+
+def _is_hash(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+class JoinWeb:
+    def __init__(
+        self,
+        info: PageInfo,
+        ledger: Ledger,
+        plans: Plans,
+        *,
+        invoices_per_minute: int,
+        on_issued: Callable[[Invoice], None] = lambda invoice: None,
+        fake_pay: Callable[[str], Awaitable[bool]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._info = info
+        self._ledger = ledger
+        self._plans = plans
+        self._rate = invoices_per_minute / 60.0
+        self._burst = float(invoices_per_minute)
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._on_issued = on_issued
+        self._fake_pay = fake_pay
+        self._clock = clock
+        templates = resources.files("lightning") / "templates"
+        self._join_template = string.Template((templates / "join.html").read_text("utf-8"))
+        self._account_template = string.Template((templates / "account.html").read_text("utf-8"))
+        self._join_page = self._render_join()
+
+    async def handle(self, request: Request, client_ip: str) -> Response | None:
+        parts = urlsplit(request.path)
+        path = parts.path
+        if path == "/join" or (path == "/" and "text/html" in request.headers.get("Accept", "")):
+            return _html(self._join_page)
+        if path.startswith("/static/"):
+            return self._static(path[len("/static/") :])
+        if path == "/api/invoice":
+            return await self._create_invoice(parse_qs(parts.query), client_ip)
+        if path.startswith("/api/invoice/"):
+            rest = path[len("/api/invoice/") :]
+            if rest.endswith("/qr.svg"):
+                return await self._qr(rest[: -len("/qr.svg")])
+            return await self._invoice_status(rest)
+        if path.startswith("/account/"):
+            return await self._account(path[len("/account/") :], request)
+        if path.startswith("/api/fake/pay/") and self._fake_pay is not None:
+            return await self._simulate_payment(path[len("/api/fake/pay/") :])
+        return None
+
+    # --- pages ------------------------------------------------------------------
+
+    def _render_join(self) -> str:
+        esc = html.escape
+        offers = self._plans.offers()
+        rows = "".join(
+            f"<li><strong>{esc(o.title)}</strong>: {esc(self._price_text(o))} <span class=muted>"
+            f"({esc(o.description)})</span></li>"
+            for o in offers
+        )
+        choices = "".join(
+            f'<label class=plan><input type=radio name=plan value="{esc(o.name)}"'
+            f"{' checked' if i == 0 else ''}> {esc(o.title)} &middot; {esc(self._price_text(o))}</label>"
+            for i, o in enumerate(offers)
+        )
+        credit = ""
+        if self._plans.credit_enabled:
+            credit = (
+                "<label id=credit-amount-row hidden>Top-up amount (sats) <input id=credit-amount type=number "
+                f'min="{self._plans.credit_min_msat // 1000}" max="{self._plans.credit_max_msat // 1000}" '
+                f'value="{self._plans.credit_default_msat // 1000}"></label>'
+            )
+        demo = (
+            "<p class=demo id=demo-banner>Demo mode: this relay uses a pretend wallet. Invoices cannot be paid "
+            "with real sats; use &ldquo;Simulate payment&rdquo;.</p>"
+            if self._info.demo
+            else ""
+        )
+        return self._join_template.substitute(
+            name=esc(self._info.name),
+            description=esc(self._info.description),
+            relay_url=esc(self._info.relay_url),
+            prices=rows,
+            plan_choices=choices,
+            credit_amount=credit,
+            demo_banner=demo,
+            demo_flag="1" if self._info.demo else "0",
+        )
+
+    def _price_text(self, offer: PlanOffer) -> str:
+        if offer.amount_msat is None:
+            low, high = self._plans.credit_min_msat, self._plans.credit_max_msat
+            return f"top up {_sats(low)} to {_sats(high)}"
+        return _sats(offer.amount_msat)
+
+    def _static(self, name: str) -> Response:
+        suffix = name[name.rfind(".") :] if "." in name else ""
+        if "/" in name or name.startswith(".") or suffix not in STATIC_TYPES:
+            return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        resource = resources.files("lightning") / "static" / name
+        if not resource.is_file():
+            return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        return _response(HTTPStatus.OK, resource.read_bytes(), STATIC_TYPES[suffix])
+
+    async def _account(self, raw_pubkey: str, request: Request) -> Response:
+        pubkey = parse_pubkey(raw_pubkey)
+        if pubkey is None:
+            return _error(HTTPStatus.BAD_REQUEST, "not a hex pubkey or npub")
+        account = await self._ledger.store.get_account(pubkey)
+        doc = account_json(pubkey, account, int(self._clock()))
+        if "application/json" in request.headers.get("Accept", ""):
+            return _json(HTTPStatus.OK, doc)
+        return _html(self._render_account(doc))
+
+    def _render_account(self, doc: dict[str, Any]) -> str:
+        esc = html.escape
+        until = doc["admitted_until"]
+        if until == "forever":
+            admitted = "yes, for good"
+        elif doc["admitted"]:
+            admitted = "until " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
+        elif until:
+            admitted = "no (ended " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until)) + ")"
+        else:
+            admitted = "no"
+        state = "banned" if doc["banned"] else ("allowed by the operator" if doc["allowed"] else "normal")
+        return self._account_template.substitute(
+            name=esc(self._info.name),
+            pubkey=esc(doc["pubkey"]),
+            npub=esc(doc["npub"]),
+            admitted=esc(admitted),
+            credit=esc(_sats(doc["credit_msat"])),
+            state=esc(state),
+        )
+
+    # --- API --------------------------------------------------------------------
+
+    def _rate_ok(self, ip: str) -> bool:
+        bucket = self._buckets.get(ip)
+        if bucket is None:
+            bucket = self._buckets[ip] = TokenBucket(self._rate, self._burst)
+            if len(self._buckets) > MAX_TRACKED_IPS:
+                self._buckets.popitem(last=False)
+        self._buckets.move_to_end(ip)
+        return bucket.take(time.monotonic())
+
+    async def _create_invoice(self, query: dict[str, list[str]], client_ip: str) -> Response:
+        pubkey = parse_pubkey(query.get("pubkey", [""])[0])
+        if pubkey is None:
+            return _error(HTTPStatus.BAD_REQUEST, "pubkey must be 64 hex characters or an npub")
+        plan = query.get("plan", [""])[0]
+        amount_text = query.get("amount", [""])[0]
+        amount: int | None = None
+        if amount_text:
+            if not amount_text.isdigit() or len(amount_text) > 12:
+                return _error(HTTPStatus.BAD_REQUEST, "amount must be a whole number of sats")
+            amount = int(amount_text)
+        if not self._rate_ok(client_ip):
+            return _error(HTTPStatus.TOO_MANY_REQUESTS, "too many invoices from your address; wait a minute")
+        try:
+            invoice = await self._ledger.issue(pubkey, plan, int(self._clock()), amount, memo=self._memo(plan))
+        except UnknownPlan as exc:
+            return _error(HTTPStatus.BAD_REQUEST, str(exc))
+        except BackendError as exc:
+            log.warning("invoice creation failed: %s", exc)
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the relay's wallet is unavailable; try again shortly")
+        self._on_issued(invoice)
+        return _json(HTTPStatus.OK, invoice_json(invoice))
+
+    def _memo(self, plan: str) -> str:
+        return f"{self._info.name}: {plan}"
+
+    async def _invoice_status(self, payment_hash: str) -> Response:
+        if not _is_hash(payment_hash):
+            return _error(HTTPStatus.BAD_REQUEST, "not a payment hash")
+        invoice = await self._ledger.store.get_invoice(payment_hash)
+        if invoice is None:
+            return _error(HTTPStatus.NOT_FOUND, "no such invoice")
+        doc = invoice_json(invoice)
+        now = int(self._clock())
+        if invoice.state is InvoiceState.PENDING and invoice.expires_at <= now:
+            doc["state"] = InvoiceState.EXPIRED.value  # the watcher marks it on its next round
+        doc["account"] = account_json(invoice.pubkey, await self._ledger.store.get_account(invoice.pubkey), now)
+        return _json(HTTPStatus.OK, doc)
+
+    async def _qr(self, payment_hash: str) -> Response:
+        if not _is_hash(payment_hash):
+            return _error(HTTPStatus.BAD_REQUEST, "not a payment hash")
+        invoice = await self._ledger.store.get_invoice(payment_hash)
+        if invoice is None:
+            return _error(HTTPStatus.NOT_FOUND, "no such invoice")
+        # Upper case lets the QR use its denser alphanumeric mode (BOLT11 allows either case).
+        qr = segno.make(f"LIGHTNING:{invoice.bolt11.upper()}", error="m")
+        out = io.BytesIO()
+        qr.save(out, kind="svg", scale=5, border=2, xmldecl=False, title="Lightning invoice")
+        return _response(HTTPStatus.OK, out.getvalue(), "image/svg+xml", [("Content-Security-Policy", CSP)])
+
+    async def _simulate_payment(self, payment_hash: str) -> Response:
+        assert self._fake_pay is not None
+        if not _is_hash(payment_hash):
+            return _error(HTTPStatus.BAD_REQUEST, "not a payment hash")
+        try:
+            paid = await self._fake_pay(payment_hash)
+        except BackendError as exc:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+        return _json(HTTPStatus.OK, {"payment_hash": payment_hash, "simulated": paid})
