@@ -36,7 +36,8 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(7777, ge=0, le=65535)
     compression: bool = Field(False, description="permessage-deflate; costs ~40 KiB RSS per connection")
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, description="processes sharing the port; needs PostgreSQL")
+    reuse_port: bool = Field(False, description="SO_REUSEPORT; set for each worker by --workers")
     shutdown_grace_seconds: float = Field(5.0, ge=0)
     real_ip_header: str | None = Field(None, description="e.g. X-Forwarded-For, only behind a trusted proxy")
 

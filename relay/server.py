@@ -260,7 +260,7 @@ def _redact(url: str) -> str:
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     relay = Relay(settings)
-    await relay.start(reuse_port=settings.server.workers > 1)
+    await relay.start(reuse_port=settings.server.reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
