@@ -1,0 +1,697 @@
+"""The scale-out store: PostgreSQL through an asyncpg pool, shared by several relay nodes.
+
+Same rules as ``SqliteStore`` (see ``relay.store.base``); what differs is that several
+processes write at once, so every rule that reads before it writes is made safe across
+nodes.
+
+**One write transaction per batch, a handful of round trips.** ``write_batch`` locks,
+reads everything the batch's rules need in a few set-based statements (existing ids,
+tombstones, current replaceable versions, credit balances), decides every outcome in
+Python in batch order (so the batch behaves exactly as if its events were applied one by
+one), then writes with one statement per table (arrays through ``unnest``), not one per
+event. Measured: see ``bench/pg_write.py`` figures in the commit history.
+
+**Concurrency across nodes: transaction-level advisory locks, not SERIALIZABLE.**
+Before reading, a batch takes ``pg_advisory_xact_lock`` on a bucket of each author it
+touches (1,024 buckets; the lock key mixes in the schema): *exclusive* for replaceable,
+addressable and kind-5 events (their rules read-then-write the author's other events),
+*shared* for regular ones (they only need a NIP-09 deletion of the same author not to
+slip in between their tombstone check and their insert). Keys are taken in sorted order
+in one statement, so two batches can wait for each other but never deadlock; once a
+lock is held, READ COMMITTED lets every later statement see what the other node
+committed. SERIALIZABLE + retry was rejected: a 1,000-event batch reads and writes
+thousands of rows, its predicate locks escalate to whole relations, and two busy nodes
+would abort each other's batches over unrelated authors, each retry redoing the whole
+batch. Locks serialise only batches that share an author bucket, and never retry.
+Duplicate ids racing across nodes need no lock: ``INSERT ... ON CONFLICT (id) DO
+NOTHING RETURNING id`` tells which ones the other node won, and those become DUPLICATE
+(and are not charged). Rows are inserted in id order and accounts locked in pubkey
+order, so unique-index and row-lock waits cannot form a cycle either.
+
+**Settlement exactly once:** ``UPDATE invoices SET state = 'paid' ... WHERE state <>
+'paid' RETURNING ...``: a second node's UPDATE waits for the first's commit, re-checks
+the row, finds it paid and changes nothing, so only one caller applies the grant.
+
+**Tags: a tags table, not a GIN index on text[].** ``bench/pg_tags.py`` on 1M events
+(2 cores): FIGURES. The table answers ``#p``/``#e`` newest-first by walking the
+``(name, value, created_at DESC)`` index and stopping after ``limit`` rows per value
+(``FETCH FIRST n ROWS WITH TIES`` keeps the lowest-id tie-break exact); GIN can only
+hand back every matching row, which PostgreSQL then fetches and sorts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from relay.event import Event, KindClass, is_hex64, kind_class
+from relay.filters import Filter
+from relay.store.base import FOREVER, Account, Invoice, InvoiceState, WriteOutcome, WriteRequest
+from relay.store.postgres_migrations import apply_migrations, quote_ident
+
+# pg_advisory_xact_lock(classid, objid) namespace for author buckets (see module docstring).
+LOCK_CLASS_AUTHOR = 0x53520002
+AUTHOR_BUCKETS = 1024
+
+_INVOICE_COLUMNS = (
+    "payment_hash, pubkey, plan, amount_msat, bolt11, created_at, expires_at, admit_seconds, "
+    "admit_forever, credit_msat, state, paid_at, paid_msat"
+)
+_ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at"
+
+_Address = tuple[str, int, str]  # (pubkey hex, kind, d) of a replaceable/addressable event
+
+
+def _address(ev: Event) -> _Address | None:
+    cls = ev.kind_class
+    if cls is KindClass.REPLACEABLE:
+        return (ev.pubkey, ev.kind, "")
+    if cls is KindClass.ADDRESSABLE:
+        return (ev.pubkey, ev.kind, ev.d_tag)
+    return None
+
+
+def _a_tag_addresses(ev: Event) -> list[_Address]:
+    """NIP-09 ``a`` targets ``kind:pubkey:d`` of the deletion's own author, replaceable or
+    addressable kinds only (a replaceable kind's address has d "")."""
+    out: list[_Address] = []
+    for address in ev.tag_values("a"):
+        parts = address.split(":", 2)
+        if len(parts) != 3 or parts[1] != ev.pubkey or not parts[0].isdigit():
+            continue
+        kind = int(parts[0])
+        cls = kind_class(kind)
+        if cls is KindClass.ADDRESSABLE:
+            out.append((ev.pubkey, kind, parts[2]))
+        elif cls is KindClass.REPLACEABLE:
+            out.append((ev.pubkey, kind, ""))
+    return out
+
+
+def _e_tag_targets(ev: Event) -> list[str]:
+    return [t for t in ev.tag_values("e") if is_hex64(t)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Present:
+    """An event present in the store at this point of the batch (stored before, or earlier
+    in this batch)."""
+
+    id: str
+    pubkey: str
+    kind: int
+    created_at: int
+    address: _Address | None
+
+
+def _newer(ev: Event, cur: _Present) -> bool:
+    """NIP-01: the newest created_at wins; on a tie, the lowest id."""
+    return ev.created_at > cur.created_at or (ev.created_at == cur.created_at and ev.id < cur.id)
+
+
+def _bucket(schema: str, pubkey: str) -> int:
+    digest = hashlib.blake2b(f"{schema}\x00{pubkey}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % AUTHOR_BUCKETS
+
+
+class _Params:
+    """Numbered asyncpg placeholders for a statement assembled from parts."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def add(self, value: Any, cast: str = "") -> str:
+        self.values.append(value)
+        return f"${len(self.values)}{cast}"
+
+
+def _event_conditions(f: Filter, now: int, p: _Params) -> list[str]:
+    """Conditions on ``events e`` for a filter's non-tag fields and NIP-40."""
+    where: list[str] = []
+    if f.ids is not None:
+        where.append(f"e.id = ANY({p.add(sorted(bytes.fromhex(i) for i in f.ids), '::bytea[]')})")
+    if f.authors is not None:
+        where.append(f"e.pubkey = ANY({p.add(sorted(bytes.fromhex(a) for a in f.authors), '::bytea[]')})")
+    if f.kinds is not None:
+        where.append(f"e.kind = ANY({p.add(sorted(f.kinds), '::int4[]')})")
+    if f.since is not None:
+        where.append(f"e.created_at >= {p.add(f.since, '::int8')}")
+    if f.until is not None:
+        where.append(f"e.created_at <= {p.add(f.until, '::int8')}")
+    # NIP-40: an expired event is never sent, purged yet or not.
+    where.append(f"(e.expiration IS NULL OR e.expiration > {p.add(now, '::int8')})")
+    return where
+
+
+def _tag_subquery(name: str, values: frozenset[str], f: Filter, p: _Params) -> str:
+    values_param = p.add(sorted(values), "::text[]")
+    sub = f"SELECT t.seq FROM tags t WHERE t.name = {p.add(name)} AND t.value = ANY({values_param})"
+    if f.since is not None:
+        sub += f" AND t.created_at >= {p.add(f.since, '::int8')}"
+    if f.until is not None:
+        sub += f" AND t.created_at <= {p.add(f.until, '::int8')}"
+    return sub
+
+
+def _filter_select(f: Filter, now: int, p: _Params, columns: str) -> str:
+    """One filter as a SELECT of ``columns`` over ``events e``, newest first, limited.
+
+    A filter whose only event-level conditions are one tag, kinds, since/until (the
+    common ``#p``/``#e`` shapes) takes the top-N path: for each tag value, the newest
+    ``limit`` rows of ``tags_lookup`` (ties kept whole, so the final lowest-id cut is
+    exact), then one events probe per candidate. Everything else is one WHERE that the
+    planner drives from the most selective index; tag conditions are ``seq IN (...)`` so
+    an event matching two values of one tag counts once.
+    """
+    if f.limit is not None and len(f.tags) == 1 and f.ids is None and f.authors is None:
+        name, values = f.tags[0]
+        inner = [f"t.name = {p.add(name)}", "t.value = v.value"]
+        if f.kinds is not None:
+            inner.append(f"t.kind = ANY({p.add(sorted(f.kinds), '::int4[]')})")
+        if f.since is not None:
+            inner.append(f"t.created_at >= {p.add(f.since, '::int8')}")
+        if f.until is not None:
+            inner.append(f"t.created_at <= {p.add(f.until, '::int8')}")
+        inner.append(f"(t.expiration IS NULL OR t.expiration > {p.add(now, '::int8')})")
+        limit = p.add(f.limit, "::int8")
+        return (
+            f"SELECT {columns} FROM events e WHERE e.seq IN ("
+            f"SELECT s.seq FROM unnest({p.add(sorted(values), '::text[]')}) v(value), LATERAL ("
+            f"SELECT t.seq FROM tags t WHERE {' AND '.join(inner)}"
+            f" ORDER BY t.created_at DESC FETCH FIRST {limit} ROWS WITH TIES) s)"
+            f" ORDER BY e.created_at DESC, e.id LIMIT {limit}"
+        )
+    where = _event_conditions(f, now, p)
+    where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)
+    sql = f"SELECT {columns} FROM events e WHERE {' AND '.join(where)} ORDER BY e.created_at DESC, e.id"
+    if f.limit is not None:
+        sql += f" LIMIT {p.add(f.limit, '::int8')}"
+    return sql
+
+
+def _filter_count(f: Filter, now: int, p: _Params) -> str:
+    where = _event_conditions(f, now, p)
+    where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)
+    return f"SELECT e.seq FROM events e WHERE {' AND '.join(where)}"
+
+
+def _row_to_invoice(row: Any) -> Invoice:
+    return Invoice(
+        payment_hash=row[0],
+        pubkey=row[1],
+        plan=row[2],
+        amount_msat=row[3],
+        bolt11=row[4],
+        created_at=row[5],
+        expires_at=row[6],
+        admit_seconds=row[7],
+        admit_forever=row[8],
+        credit_msat=row[9],
+        state=InvoiceState(row[10]),
+        paid_at=row[11],
+        paid_msat=row[12],
+    )
+
+
+def _row_to_account(row: Any) -> Account:
+    return Account(
+        pubkey=row[0],
+        admitted_until=row[1],
+        credit_msat=row[2],
+        banned=row[3],
+        allowed=row[4],
+        updated_at=row[5],
+    )
+
+
+class _BatchPlan:
+    """The outcome of a batch decided in memory, in batch order, from the state read
+    under the locks; then written with one statement per table.
+
+    Mutable working state of one ``write_batch`` call, never shared.
+    """
+
+    def __init__(
+        self,
+        present: dict[str, _Present],
+        current: dict[_Address, _Present | None],
+        tomb_ids: dict[str, set[str]],
+        tomb_addresses: dict[_Address, int],
+        credits: dict[str, int],
+    ) -> None:
+        self.present = present
+        self.current = current
+        self.tomb_ids = tomb_ids
+        self.tomb_addresses = tomb_addresses
+        self.credits = credits
+        self.outcomes: list[WriteOutcome] = []
+        self.inserts: dict[str, tuple[int, WriteRequest]] = {}  # id -> (batch index, request)
+        self.db_deletes: set[str] = set()
+        self.new_tomb_ids: set[tuple[str, str]] = set()
+        self.new_tomb_addresses: dict[_Address, int] = {}
+        self.charges: dict[str, int] = {}
+
+    def apply(self, index: int, req: WriteRequest) -> WriteOutcome:
+        ev = req.event
+        if ev.id in self.present:
+            return WriteOutcome.DUPLICATE
+        # NIP-09: deleting a deletion has no effect, so kind 5 ignores tombstones.
+        if ev.kind != 5 and ev.pubkey in self.tomb_ids.get(ev.id, ()):
+            return WriteOutcome.DELETED
+        address = _address(ev)
+        cur: _Present | None = None
+        if address is not None:
+            until = self.tomb_addresses.get(address)
+            if until is not None and ev.created_at <= until:
+                return WriteOutcome.DELETED
+            cur = self.current.get(address)
+            if cur is not None and not _newer(ev, cur):
+                return WriteOutcome.SUPERSEDED
+        if req.charge_msat > 0:
+            balance = self.credits.get(ev.pubkey)
+            if balance is None or balance < req.charge_msat:
+                return WriteOutcome.INSUFFICIENT_CREDIT
+            self.credits[ev.pubkey] = balance - req.charge_msat
+            self.charges[ev.pubkey] = self.charges.get(ev.pubkey, 0) + req.charge_msat
+        if cur is not None:
+            self._remove(cur.id)
+        entry = _Present(ev.id, ev.pubkey, ev.kind, ev.created_at, address)
+        self.present[ev.id] = entry
+        self.inserts[ev.id] = (index, req)
+        if address is not None:
+            self.current[address] = entry
+        if ev.kind == 5:
+            self._delete(ev)
+        return WriteOutcome.STORED
+
+    def _remove(self, event_id: str) -> None:
+        entry = self.present.pop(event_id)
+        if self.inserts.pop(event_id, None) is None:
+            self.db_deletes.add(event_id)
+        if entry.address is not None and self.current.get(entry.address) is entry:
+            self.current[entry.address] = None
+
+    def _delete(self, ev: Event) -> None:
+        """NIP-09: the author's own events named by ``e`` (never a kind 5), and every
+        version of an ``a`` address up to the request's created_at; tombstones kept."""
+        for target in _e_tag_targets(ev):
+            self.tomb_ids.setdefault(target, set()).add(ev.pubkey)
+            self.new_tomb_ids.add((target, ev.pubkey))
+            hit = self.present.get(target)
+            if hit is not None and hit.pubkey == ev.pubkey and hit.kind != 5:
+                self._remove(target)
+        for address in _a_tag_addresses(ev):
+            until = max(self.tomb_addresses.get(address, ev.created_at), ev.created_at)
+            self.tomb_addresses[address] = until
+            self.new_tomb_addresses[address] = max(self.new_tomb_addresses.get(address, until), until)
+            cur = self.current.get(address)
+            if cur is not None and cur.created_at <= ev.created_at:
+                self._remove(cur.id)
+
+
+class PostgresStore:
+    """``Store`` over PostgreSQL (see the module docstring for the concurrency design)."""
+
+    def __init__(self, dsn: str, *, schema: str | None = None, pool_size: int = 10) -> None:
+        if pool_size < 2:
+            raise ValueError("pool_size must be at least 2 (the writer and one reader)")
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_size = pool_size
+        self._pool: Any = None
+        self._lock_scope = schema or "public"
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        settings = {"search_path": quote_ident(self.schema)} if self.schema is not None else {}
+        pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=self.pool_size, server_settings=settings, command_timeout=60
+        )
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn, self.schema)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def schema_version(self) -> int:
+        return int(await self._fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _acquire(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool.acquire()
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        async with self._acquire() as conn:
+            return list(await conn.fetch(sql, *args))
+
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        async with self._acquire() as conn:
+            return await conn.fetchval(sql, *args)
+
+    # --- events: writes -----------------------------------------------------------------
+
+    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome]:
+        for req in batch:
+            if req.event.kind_class is KindClass.EPHEMERAL:
+                raise ValueError("ephemeral events are never stored")
+        if not batch:
+            return []
+        async with self._acquire() as conn, conn.transaction():
+            return await self._write_batch(conn, list(batch), now)
+
+    async def _write_batch(self, conn: Any, batch: list[WriteRequest], now: int) -> list[WriteOutcome]:
+        events = [req.event for req in batch]
+        await self._lock_authors(conn, events)
+
+        # Everything the rules read, in four set-based statements under the locks.
+        lookup_ids = {ev.id for ev in events}
+        addresses: set[_Address] = set()
+        for ev in events:
+            address = _address(ev)
+            if address is not None:
+                addresses.add(address)
+            if ev.kind == 5:
+                lookup_ids.update(_e_tag_targets(ev))
+                addresses.update(_a_tag_addresses(ev))
+        present: dict[str, _Present] = {}
+        rows = await conn.fetch(
+            "SELECT id, pubkey, kind, created_at, d_tag FROM events WHERE id = ANY($1::bytea[])",
+            [bytes.fromhex(i) for i in lookup_ids],
+        )
+        for row in rows:
+            eid, pk = row[0].hex(), row[1].hex()
+            present[eid] = _Present(eid, pk, row[2], row[3], (pk, row[2], row[4]) if row[4] is not None else None)
+        tomb_ids: dict[str, set[str]] = {}
+        for row in await conn.fetch(
+            "SELECT id, pubkey FROM deleted_ids WHERE id = ANY($1::bytea[])", [bytes.fromhex(ev.id) for ev in events]
+        ):
+            tomb_ids.setdefault(row[0].hex(), set()).add(row[1].hex())
+        current: dict[_Address, _Present | None] = {}
+        tomb_addresses: dict[_Address, int] = {}
+        if addresses:
+            keys = sorted(addresses)
+            args = ([bytes.fromhex(a[0]) for a in keys], [a[1] for a in keys], [a[2] for a in keys])
+            for row in await conn.fetch(
+                "SELECT e.id, e.pubkey, e.kind, e.created_at, e.d_tag FROM events e"
+                " JOIN unnest($1::bytea[], $2::int4[], $3::text[]) k(pubkey, kind, d)"
+                " ON e.pubkey = k.pubkey AND e.kind = k.kind AND e.d_tag = k.d",
+                *args,
+            ):
+                eid, pk = row[0].hex(), row[1].hex()
+                entry = _Present(eid, pk, row[2], row[3], (pk, row[2], row[4]))
+                current[(pk, row[2], row[4])] = entry
+                present[eid] = entry
+            for row in await conn.fetch(
+                "SELECT d.pubkey, d.kind, d.d_tag, d.until FROM deleted_addresses d"
+                " JOIN unnest($1::bytea[], $2::int4[], $3::text[]) k(pubkey, kind, d)"
+                " ON d.pubkey = k.pubkey AND d.kind = k.kind AND d.d_tag = k.d",
+                *args,
+            ):
+                tomb_addresses[(row[0].hex(), row[1], row[2])] = row[3]
+        credits: dict[str, int] = {}
+        charged = sorted({req.event.pubkey for req in batch if req.charge_msat > 0})
+        if charged:
+            # Row locks in pubkey order: two nodes charging the same authors cannot deadlock.
+            for row in await conn.fetch(
+                "SELECT pubkey, credit_msat FROM accounts WHERE pubkey = ANY($1::text[]) ORDER BY pubkey FOR UPDATE",
+                charged,
+            ):
+                credits[row[0]] = row[1]
+
+        plan = _BatchPlan(present, current, tomb_ids, tomb_addresses, credits)
+        outcomes = [plan.apply(i, req) for i, req in enumerate(batch)]
+
+        if plan.db_deletes:
+            await conn.execute(
+                "WITH gone AS (DELETE FROM events WHERE id = ANY($1::bytea[]) RETURNING seq)"
+                " DELETE FROM tags WHERE seq IN (SELECT seq FROM gone)",
+                [bytes.fromhex(i) for i in plan.db_deletes],
+            )
+        if plan.inserts:
+            lost = await self._insert(conn, plan)
+            for eid in lost:
+                # Another node committed the same id after our read: it is stored, by them.
+                index, req = plan.inserts[eid]
+                outcomes[index] = WriteOutcome.DUPLICATE
+                if req.charge_msat > 0:
+                    plan.charges[req.event.pubkey] -= req.charge_msat
+        if plan.new_tomb_ids:
+            ids = sorted(plan.new_tomb_ids)
+            await conn.execute(
+                "INSERT INTO deleted_ids (id, pubkey) SELECT * FROM unnest($1::bytea[], $2::bytea[])"
+                " ON CONFLICT DO NOTHING",
+                [bytes.fromhex(t[0]) for t in ids],
+                [bytes.fromhex(t[1]) for t in ids],
+            )
+        if plan.new_tomb_addresses:
+            keys = sorted(plan.new_tomb_addresses)
+            await conn.execute(
+                "INSERT INTO deleted_addresses (pubkey, kind, d_tag, until)"
+                " SELECT * FROM unnest($1::bytea[], $2::int4[], $3::text[], $4::int8[])"
+                " ON CONFLICT (pubkey, kind, d_tag)"
+                " DO UPDATE SET until = greatest(deleted_addresses.until, excluded.until)",
+                [bytes.fromhex(a[0]) for a in keys],
+                [a[1] for a in keys],
+                [a[2] for a in keys],
+                [plan.new_tomb_addresses[a] for a in keys],
+            )
+        charges = sorted((pk, amount) for pk, amount in plan.charges.items() if amount > 0)
+        if charges:
+            await conn.execute(
+                "UPDATE accounts a SET credit_msat = a.credit_msat - c.amount, updated_at = $3"
+                " FROM unnest($1::text[], $2::int8[]) c(pubkey, amount) WHERE a.pubkey = c.pubkey",
+                [c[0] for c in charges],
+                [c[1] for c in charges],
+                now,
+            )
+        return outcomes
+
+    async def _lock_authors(self, conn: Any, events: list[Event]) -> None:
+        """Advisory locks on author buckets, exclusive where the event's rules read and
+        replace the author's other events (see the module docstring), in key order."""
+        modes: dict[int, bool] = {}
+        for ev in events:
+            bucket = _bucket(self._lock_scope, ev.pubkey)
+            exclusive = ev.kind == 5 or ev.kind_class is not KindClass.REGULAR
+            modes[bucket] = modes.get(bucket, False) or exclusive
+        keys = sorted(modes)
+        await conn.execute(
+            "SELECT CASE WHEN x THEN pg_advisory_xact_lock($1, k)::text"
+            " ELSE pg_advisory_xact_lock_shared($1, k)::text END"
+            " FROM unnest($2::int4[], $3::bool[]) u(k, x)",
+            LOCK_CLASS_AUTHOR,
+            keys,
+            [modes[k] for k in keys],
+        )
+
+    @staticmethod
+    async def _insert(conn: Any, plan: _BatchPlan) -> set[str]:
+        """Insert the batch's surviving events and their tags in one statement; return the
+        ids another node inserted first (ON CONFLICT). Rows go in id order so two nodes
+        inserting overlapping ids wait on the unique index in the same order."""
+        ordered = sorted(plan.inserts)
+        evs = [plan.inserts[i][1].event for i in ordered]
+        ids, pubkeys, created, kinds, d_tags, expirations, raws = [], [], [], [], [], [], []
+        tag_ids, tag_names, tag_values = [], [], []
+        for ev in evs:
+            eid = bytes.fromhex(ev.id)
+            ids.append(eid)
+            pubkeys.append(bytes.fromhex(ev.pubkey))
+            created.append(ev.created_at)
+            kinds.append(ev.kind)
+            address = _address(ev)
+            d_tags.append(address[2] if address is not None else None)
+            expirations.append(ev.expiration)
+            raws.append(ev.raw)
+            for name, value in dict.fromkeys(ev.index_tags()):
+                tag_ids.append(eid)
+                tag_names.append(name)
+                tag_values.append(value)
+        rows = await conn.fetch(
+            "WITH ins AS (INSERT INTO events (id, pubkey, created_at, kind, d_tag, expiration, raw)"
+            " SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int4[], $5::text[], $6::int8[],"
+            " $7::bytea[])"
+            " ON CONFLICT (id) DO NOTHING RETURNING seq, id, created_at, kind, expiration),"
+            " tg AS (INSERT INTO tags (seq, name, value, created_at, kind, expiration)"
+            " SELECT ins.seq, t.name, t.value, ins.created_at, ins.kind, ins.expiration"
+            " FROM ins JOIN unnest($8::bytea[], $9::text[], $10::text[]) t(id, name, value) ON t.id = ins.id)"
+            " SELECT id FROM ins",
+            ids,
+            pubkeys,
+            created,
+            kinds,
+            d_tags,
+            expirations,
+            raws,
+            tag_ids,
+            tag_names,
+            tag_values,
+        )
+        won = {row[0].hex() for row in rows}
+        return {i for i in ordered if i not in won}
+
+    async def purge_expired(self, now: int) -> int:
+        async with self._acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "WITH gone AS (DELETE FROM events WHERE expiration IS NOT NULL AND expiration <= $1 RETURNING seq),"
+                " t AS (DELETE FROM tags WHERE seq IN (SELECT seq FROM gone))"
+                " SELECT count(*) FROM gone",
+                now,
+            )
+        return int(rows[0][0])
+
+    # --- events: reads ------------------------------------------------------------------
+
+    async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
+        live = [f for f in filters if not f.is_empty()]
+        if not live:
+            return []
+        p = _Params()
+        if len(live) == 1:
+            sql = _filter_select(live[0], now, p, "e.raw")
+            return [row[0] for row in await self._fetch(sql, *p.values)]
+        # One statement, one snapshot; each arm keeps its own ORDER BY/LIMIT, the union is
+        # de-duplicated and ordered here (cheaper than making the server compare raw).
+        arms = " UNION ALL ".join(f"({_filter_select(f, now, p, 'e.created_at, e.id, e.raw')})" for f in live)
+        merged: dict[bytes, tuple[int, bytes, bytes]] = {}
+        for created_at, eid, raw in await self._fetch(arms, *p.values):
+            merged[eid] = (-created_at, eid, raw)
+        return [raw for _, _, raw in sorted(merged.values())]
+
+    async def count(self, filters: Sequence[Filter], now: int) -> int:
+        live = [f for f in filters if not f.is_empty()]
+        if not live:
+            return 0
+        p = _Params()
+        union = " UNION ".join(_filter_count(f, now, p) for f in live)
+        return int(await self._fetchval(f"SELECT count(*) FROM ({union}) s", *p.values))
+
+    # --- payments ledger ----------------------------------------------------------------
+
+    async def add_invoice(self, invoice: Invoice) -> None:
+        inv = invoice
+        async with self._acquire() as conn:
+            await conn.execute(
+                f"INSERT INTO invoices ({_INVOICE_COLUMNS})"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                inv.payment_hash,
+                inv.pubkey,
+                inv.plan,
+                inv.amount_msat,
+                inv.bolt11,
+                inv.created_at,
+                inv.expires_at,
+                inv.admit_seconds,
+                inv.admit_forever,
+                inv.credit_msat,
+                inv.state.value,
+                inv.paid_at,
+                inv.paid_msat,
+            )
+
+    async def get_invoice(self, payment_hash: str) -> Invoice | None:
+        rows = await self._fetch(f"SELECT {_INVOICE_COLUMNS} FROM invoices WHERE payment_hash = $1", payment_hash)
+        return _row_to_invoice(rows[0]) if rows else None
+
+    async def list_invoices(self, *, pending_only: bool = False, pubkey: str | None = None) -> list[Invoice]:
+        where: list[str] = []
+        p = _Params()
+        if pending_only:
+            where.append("state = 'pending'")
+        if pubkey is not None:
+            where.append(f"pubkey = {p.add(pubkey)}")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._fetch(
+            f"SELECT {_INVOICE_COLUMNS} FROM invoices {clause} ORDER BY created_at DESC, payment_hash", *p.values
+        )
+        return [_row_to_invoice(row) for row in rows]
+
+    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int) -> bool:
+        """Exactly once across nodes: the conditional UPDATE changes the row for one caller
+        only (a concurrent one waits for its commit, re-checks ``state`` and matches
+        nothing), and only that caller applies the grant, in the same transaction."""
+        async with self._acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE invoices SET state = 'paid', paid_at = $1, paid_msat = $2"
+                " WHERE payment_hash = $3 AND state <> 'paid'"
+                " RETURNING pubkey, admit_seconds, admit_forever, credit_msat",
+                now,
+                paid_msat,
+                payment_hash,
+            )
+            if row is None:
+                return False
+            pubkey, admit_seconds, admit_forever, credit_msat = row
+            await conn.execute(
+                "INSERT INTO accounts (pubkey, admitted_until, credit_msat, updated_at)"
+                " VALUES ($1, CASE WHEN $2 THEN $5::int8 WHEN $3 > 0 THEN least($5::int8, $4 + $3) ELSE 0 END, $6, $4)"
+                " ON CONFLICT (pubkey) DO UPDATE SET"
+                " admitted_until = CASE WHEN $2 THEN $5::int8"
+                "  WHEN $3 > 0 THEN least($5::int8, greatest($4, accounts.admitted_until) + $3)"
+                "  ELSE accounts.admitted_until END,"
+                " credit_msat = accounts.credit_msat + $6, updated_at = $4",
+                pubkey,
+                admit_forever,
+                admit_seconds,
+                now,
+                FOREVER,
+                credit_msat,
+            )
+            return True
+
+    async def expire_invoices(self, now: int) -> int:
+        async with self._acquire() as conn:
+            status: str = await conn.execute(
+                "UPDATE invoices SET state = 'expired' WHERE state = 'pending' AND expires_at <= $1", now
+            )
+        return int(status.split()[-1])
+
+    async def get_account(self, pubkey: str) -> Account | None:
+        rows = await self._fetch(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = $1", pubkey)
+        return _row_to_account(rows[0]) if rows else None
+
+    async def list_accounts(self) -> list[Account]:
+        rows = await self._fetch(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY pubkey")
+        return [_row_to_account(row) for row in rows]
+
+    async def update_account(
+        self,
+        pubkey: str,
+        now: int,
+        *,
+        admitted_until: int | None = None,
+        credit_delta_msat: int = 0,
+        banned: bool | None = None,
+        allowed: bool | None = None,
+    ) -> Account:
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(
+                f"INSERT INTO accounts AS a (pubkey, admitted_until, credit_msat, banned, allowed, updated_at)"
+                f" VALUES ($1, coalesce($2, 0), $3, coalesce($4, false), coalesce($5, false), $6)"
+                f" ON CONFLICT (pubkey) DO UPDATE SET"
+                f" admitted_until = coalesce($2, a.admitted_until), credit_msat = a.credit_msat + $3,"
+                f" banned = coalesce($4, a.banned), allowed = coalesce($5, a.allowed), updated_at = $6"
+                f" RETURNING {_ACCOUNT_COLUMNS}",
+                pubkey,
+                admitted_until,
+                credit_delta_msat,
+                banned,
+                allowed,
+                now,
+            )
+        return _row_to_account(row)

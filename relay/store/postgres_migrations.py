@@ -1,0 +1,139 @@
+"""PostgreSQL schema, as versioned steps (same ``Migration`` shape as SQLite's list).
+
+Applied by ``apply_migrations`` in ONE transaction under a transaction-level advisory
+lock, re-reading ``schema_version`` under it: of several relay nodes starting together
+against an empty database, one creates the schema and the others find it done. DDL is
+transactional in PostgreSQL, so a failed step leaves nothing half-built.
+
+Layout choices (figures from ``bench/pg_tags.py``, 1M events, see ``relay.store.postgres``):
+
+- ids and pubkeys are ``bytea`` (32 bytes, half of hex in the table and every index);
+  bytea order is memcmp order, which equals lowercase-hex order, so "ties by lowest id"
+  sorts the same as the spec's hex comparison;
+- ``raw`` is ``bytea``: asyncpg hands it back as ``bytes`` with no decode, and REQ answers
+  send it as is;
+- ``seq`` (identity) is the row's short handle, used by ``tags`` instead of the 32-byte id;
+- ``d_tag`` is NULL for regular events, "" for replaceable ones and the ``d`` value for
+  addressable ones, so one partial UNIQUE index backs "one version per (pubkey, kind, d)"
+  even if the application-level locking were ever wrong;
+- ``tags`` (one row per distinct single-letter tag name/value) repeats created_at, kind
+  and expiration so a ``#p``/``#e`` filter with kinds/since/until and the NIP-40 check is
+  answered from ``tags_lookup`` alone, newest first, stopping after ``limit`` rows;
+- tombstones (``deleted_ids``, ``deleted_addresses``) keep NIP-09 deletions so a deleted
+  event sent again is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.store.migrations import Migration, pending
+
+# pg_advisory_xact_lock(classid, objid) namespace for "migrating this schema".
+LOCK_CLASS_MIGRATE = 0x53520001
+
+POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "events, tags, deletions, invoices, accounts",
+        (
+            """CREATE TABLE events (
+                seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                id bytea NOT NULL,
+                pubkey bytea NOT NULL,
+                created_at bigint NOT NULL,
+                kind integer NOT NULL,
+                d_tag text,
+                expiration bigint,
+                raw bytea NOT NULL,
+                CONSTRAINT events_id UNIQUE (id)
+            )""",
+            "CREATE INDEX events_created ON events (created_at DESC, id)",
+            "CREATE INDEX events_pubkey ON events (pubkey, created_at DESC)",
+            "CREATE INDEX events_pubkey_kind ON events (pubkey, kind, created_at DESC)",
+            "CREATE INDEX events_kind ON events (kind, created_at DESC)",
+            "CREATE UNIQUE INDEX events_address ON events (pubkey, kind, d_tag) WHERE d_tag IS NOT NULL",
+            "CREATE INDEX events_expiration ON events (expiration) WHERE expiration IS NOT NULL",
+            """CREATE TABLE tags (
+                seq bigint NOT NULL,
+                name text NOT NULL,
+                value text NOT NULL,
+                created_at bigint NOT NULL,
+                kind integer NOT NULL,
+                expiration bigint
+            )""",
+            "CREATE INDEX tags_lookup ON tags (name, value, created_at DESC) INCLUDE (kind, expiration, seq)",
+            "CREATE INDEX tags_seq ON tags (seq)",
+            """CREATE TABLE deleted_ids (
+                id bytea NOT NULL,
+                pubkey bytea NOT NULL,
+                PRIMARY KEY (id, pubkey)
+            )""",
+            """CREATE TABLE deleted_addresses (
+                pubkey bytea NOT NULL,
+                kind integer NOT NULL,
+                d_tag text NOT NULL,
+                until bigint NOT NULL,
+                PRIMARY KEY (pubkey, kind, d_tag)
+            )""",
+            """CREATE TABLE invoices (
+                payment_hash text PRIMARY KEY,
+                pubkey text NOT NULL,
+                plan text NOT NULL,
+                amount_msat bigint NOT NULL,
+                bolt11 text NOT NULL,
+                created_at bigint NOT NULL,
+                expires_at bigint NOT NULL,
+                admit_seconds bigint NOT NULL,
+                admit_forever boolean NOT NULL,
+                credit_msat bigint NOT NULL,
+                state text NOT NULL,
+                paid_at bigint,
+                paid_msat bigint
+            )""",
+            "CREATE INDEX invoices_pubkey ON invoices (pubkey, created_at DESC)",
+            "CREATE INDEX invoices_created ON invoices (created_at DESC)",
+            "CREATE INDEX invoices_pending ON invoices (expires_at) WHERE state = 'pending'",
+            """CREATE TABLE accounts (
+                pubkey text PRIMARY KEY,
+                admitted_until bigint NOT NULL DEFAULT 0,
+                credit_msat bigint NOT NULL DEFAULT 0,
+                banned boolean NOT NULL DEFAULT false,
+                allowed boolean NOT NULL DEFAULT false,
+                updated_at bigint NOT NULL DEFAULT 0
+            )""",
+        ),
+    ),
+)
+
+
+def quote_ident(name: str) -> str:
+    """A PostgreSQL identifier, quoted so any schema name is taken literally."""
+    if not name or "\x00" in name:
+        raise ValueError(f"invalid identifier {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def apply_migrations(
+    conn: Any, schema: str | None, migrations: tuple[Migration, ...] = POSTGRES_MIGRATIONS
+) -> int:
+    """Create ``schema`` when missing and apply pending steps; return the version reached.
+
+    ``conn`` is an asyncpg connection whose search_path already names ``schema``. The lock
+    key mixes in the schema name so unrelated schemas (one per test) migrate in parallel.
+    """
+    target = schema or "public"
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_CLASS_MIGRATE, target)
+        if schema is not None:
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL, applied_at timestamptz NOT NULL)"
+        )
+        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+        steps = pending(migrations, int(current))
+        for step in steps:
+            for statement in step.statements:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_version (version, applied_at) VALUES ($1, now())", step.version)
+        return steps[-1].version if steps else int(current)
