@@ -48,8 +48,7 @@ class StorageSettings(_Section):
     batch_max: int = Field(1000, ge=1)
     read_connections: int = Field(2, ge=1)
     purge_interval_seconds: float = Field(60.0, gt=0)
-    notify: str = Field("postgres", pattern="^(postgres|redis)$")
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    schema_name: str | None = Field(None, description="PostgreSQL schema for every table (default: public)")
 
 
 class LimitSettings(_Section):

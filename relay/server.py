@@ -22,6 +22,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from relay import nip11
+from relay.broadcast import Broadcast, LocalBroadcast, PostgresBroadcast
 from relay.config import Settings
 from relay.connection import Connection
 from relay.event import Event
@@ -78,6 +79,11 @@ class Relay:
                 auth_required_to_write=settings.auth.required_to_write,
             )
         )
+        self.bus: Broadcast = (
+            PostgresBroadcast(settings.storage.url, settings.storage.schema_name)
+            if settings.storage.url.startswith(("postgresql://", "postgres://"))
+            else LocalBroadcast()
+        )
         self.extension: Extension | None = None
         self.connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -103,11 +109,13 @@ class Relay:
 
     def _on_committed(self, events: list[Event]) -> None:
         for event in events:
-            self.broadcast(event)
+            self.index.publish(event)
+        self.bus.publish(events)
 
     def broadcast(self, event: Event) -> None:
-        """Hand an accepted event to live subscriptions."""
+        """Hand an accepted ephemeral event to live subscriptions here and on other nodes."""
         self.index.publish(event)
+        self.bus.publish([event])
 
     @property
     def port(self) -> int:
@@ -123,6 +131,7 @@ class Relay:
         await self.store.open()
         self.verifier.start()
         self.writer.start()
+        await self.bus.start(self.index.publish)
         if self.settings.payments.enabled:
             self.extension = await self._build_extension()
             await self.extension.start()
@@ -157,6 +166,7 @@ class Relay:
 
     async def _build_extension(self) -> Extension:
         import httpx
+
         from lightning.extension import build_extension
 
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
@@ -171,6 +181,7 @@ class Relay:
         for task in self._background:
             task.cancel()
         await self.writer.close()
+        await self.bus.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
         await asyncio.gather(*(c.close() for c in list(self.connections)), return_exceptions=True)

@@ -29,5 +29,5 @@ def open_store(settings: StorageSettings) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from relay.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, schema=settings.schema_name)
     raise ValueError(f"storage.url must start with sqlite:/// or postgresql://, got {url!r}")
