@@ -386,7 +386,7 @@ class SqliteStore:
     # --- events: reads ------------------------------------------------------------------
 
     async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
-        live = [f for f in filters if not f.is_empty()]
+        live = [f for f in filters if f.limit != 0 and not f.is_empty()]
         if not live:
             return []
         if len(live) == 1:

@@ -1,0 +1,88 @@
+"""The shared store suite runs every test against each backend: ``store`` is parametrized
+over SQLite (a real file in tmp_path) and PostgreSQL (a real server, when configured).
+
+PostgreSQL contract for the engineer writing ``relay/store/postgres.py``:
+``PostgresStore(dsn, schema=name)`` must create ``name`` if missing and keep every table
+in it (``search_path``), so each test gets a fresh, isolated schema; the fixture drops the
+schema afterwards. The test is skipped, with the reason, when the module does not exist
+yet or ``SATSRELAY_TEST_POSTGRES`` is unset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.store.base import Store
+from relay.store.sqlite import SqliteStore
+
+StoreFactory = Callable[[], contextlib.AbstractAsyncContextManager[Store]]
+
+
+def _postgres_class() -> tuple[str, Any]:
+    dsn = os.environ.get("SATSRELAY_TEST_POSTGRES")
+    if not dsn:
+        pytest.skip("SATSRELAY_TEST_POSTGRES is unset (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    try:
+        module = importlib.import_module("relay.store.postgres")
+    except ModuleNotFoundError as exc:
+        if exc.name != "relay.store.postgres":
+            raise
+        pytest.skip("relay.store.postgres does not exist yet")
+    return dsn, module.PostgresStore
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """``async with store_factory() as store``: a fresh, open, empty store of this backend.
+
+    A factory (not only a fixture) because the property test needs a fresh store per
+    hypothesis example."""
+    backend: str = request.param
+    if backend == "postgres":
+        dsn, postgres_store = _postgres_class()
+
+    @contextlib.asynccontextmanager
+    async def make() -> AsyncIterator[Store]:
+        store: Store
+        if backend == "sqlite":
+            store = SqliteStore(tmp_path / f"{uuid.uuid4().hex}" / "relay.db")
+            await store.open()
+            try:
+                yield store
+            finally:
+                await store.close()
+        else:
+            schema = f"t_{uuid.uuid4().hex}"
+            store = postgres_store(dsn, schema=schema)
+            await store.open()
+            try:
+                yield store
+            finally:
+                await store.close()
+                await _drop_schema(dsn, schema)
+
+    return make
+
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> AsyncIterator[Store]:
+    async with store_factory() as s:
+        yield s

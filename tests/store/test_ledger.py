@@ -1,0 +1,189 @@
+"""Payments ledger: invoices, exactly-once settlement, accounts, and the per-event credit
+charge that commits in the event's own transaction. Against every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from relay import crypto
+from relay.event import sign_event
+from relay.filters import Filter
+from relay.store.base import FOREVER, Account, Invoice, InvoiceState, Store, WriteOutcome, WriteRequest
+
+NOW = 1_700_000_000
+ALICE = (1).to_bytes(32, "big")
+ALICE_PK = crypto.public_key(ALICE).hex()
+BOB_PK = crypto.public_key((2).to_bytes(32, "big")).hex()
+
+
+def invoice(payment_hash: str, pubkey: str = ALICE_PK, created_at: int = NOW, **grant: int | bool) -> Invoice:
+    return Invoice(
+        payment_hash=payment_hash,
+        pubkey=pubkey,
+        plan="test",
+        amount_msat=21_000,
+        bolt11=f"lnbc210n1{payment_hash[:10]}",
+        created_at=created_at,
+        expires_at=created_at + 600,
+        **grant,  # type: ignore[arg-type]
+    )
+
+
+async def test_invoice_round_trip(store: Store) -> None:
+    inv = invoice("01" * 32, admit_seconds=3600, credit_msat=5)
+    await store.add_invoice(inv)
+    assert await store.get_invoice(inv.payment_hash) == inv
+    assert await store.get_invoice("ff" * 32) is None
+
+
+async def test_list_invoices_newest_first_with_filters(store: Store) -> None:
+    a = invoice("01" * 32, created_at=NOW)
+    b = invoice("02" * 32, pubkey=BOB_PK, created_at=NOW + 1)
+    c = invoice("03" * 32, created_at=NOW + 2)
+    for inv in (a, b, c):
+        await store.add_invoice(inv)
+    assert [i.payment_hash for i in await store.list_invoices()] == [c.payment_hash, b.payment_hash, a.payment_hash]
+    assert [i.payment_hash for i in await store.list_invoices(pubkey=ALICE_PK)] == [c.payment_hash, a.payment_hash]
+    assert await store.settle_invoice(c.payment_hash, 21_000, NOW + 5)
+    assert [i.payment_hash for i in await store.list_invoices(pending_only=True)] == [b.payment_hash, a.payment_hash]
+
+
+async def test_settle_admission_extends_from_now_or_current(store: Store) -> None:
+    await store.add_invoice(invoice("01" * 32, admit_seconds=1000))
+    await store.add_invoice(invoice("02" * 32, admit_seconds=500))
+    assert await store.settle_invoice("01" * 32, 21_000, NOW)
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.admitted_until == NOW + 1000
+    assert account.admitted(NOW + 999) and not account.admitted(NOW + 1000)
+    # Paying again before it runs out stacks on the current end, not on now.
+    assert await store.settle_invoice("02" * 32, 21_000, NOW + 100)
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.admitted_until == NOW + 1500
+    paid = await store.get_invoice("02" * 32)
+    assert paid is not None
+    assert (paid.state, paid.paid_at, paid.paid_msat) == (InvoiceState.PAID, NOW + 100, 21_000)
+
+
+async def test_settle_after_lapse_extends_from_now(store: Store) -> None:
+    await store.update_account(ALICE_PK, NOW, admitted_until=NOW - 50)
+    await store.add_invoice(invoice("01" * 32, admit_seconds=1000))
+    assert await store.settle_invoice("01" * 32, 21_000, NOW)
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.admitted_until == NOW + 1000
+
+
+async def test_settle_forever_and_credit(store: Store) -> None:
+    await store.add_invoice(invoice("01" * 32, admit_forever=True))
+    await store.add_invoice(invoice("02" * 32, credit_msat=7_000))
+    await store.add_invoice(invoice("03" * 32, admit_seconds=100, credit_msat=1_000))
+    for h in ("01", "02", "03"):
+        assert await store.settle_invoice(h * 32, 21_000, NOW)
+    account = await store.get_account(ALICE_PK)
+    assert account is not None
+    assert account.admitted_until == FOREVER
+    assert account.credit_msat == 8_000
+
+
+async def test_settle_is_exactly_once(store: Store) -> None:
+    await store.add_invoice(invoice("01" * 32, credit_msat=5_000))
+    assert await store.settle_invoice("01" * 32, 21_000, NOW) is True
+    assert await store.settle_invoice("01" * 32, 21_000, NOW + 1) is False
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.credit_msat == 5_000
+    settled = await store.get_invoice("01" * 32)
+    assert settled is not None and settled.paid_at == NOW
+    assert await store.settle_invoice("ff" * 32, 21_000, NOW) is False
+
+
+async def test_concurrent_settlements_credit_once(store: Store) -> None:
+    await store.add_invoice(invoice("01" * 32, credit_msat=5_000, admit_seconds=60))
+    results = await asyncio.gather(*(store.settle_invoice("01" * 32, 21_000, NOW) for _ in range(50)))
+    assert results.count(True) == 1
+    account = await store.get_account(ALICE_PK)
+    assert account is not None
+    assert (account.credit_msat, account.admitted_until) == (5_000, NOW + 60)
+
+
+async def test_expired_invoice_can_still_be_settled_once(store: Store) -> None:
+    await store.add_invoice(invoice("01" * 32, credit_msat=3_000))
+    await store.add_invoice(invoice("02" * 32, created_at=NOW + 1_000))
+    assert await store.expire_invoices(NOW + 601) == 1
+    assert await store.expire_invoices(NOW + 601) == 0
+    expired = await store.get_invoice("01" * 32)
+    assert expired is not None and expired.state is InvoiceState.EXPIRED
+    # A payment that arrives late (the wallet settled it anyway) is honoured.
+    assert await store.settle_invoice("01" * 32, 21_000, NOW + 700)
+    assert not await store.settle_invoice("01" * 32, 21_000, NOW + 701)
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.credit_msat == 3_000
+    # A paid invoice is never expired afterwards.
+    assert await store.expire_invoices(NOW + 10_000) == 1
+    paid = await store.get_invoice("01" * 32)
+    assert paid is not None and paid.state is InvoiceState.PAID
+
+
+async def test_update_account_creates_and_changes(store: Store) -> None:
+    assert await store.get_account(BOB_PK) is None
+    created = await store.update_account(BOB_PK, NOW, credit_delta_msat=500, allowed=True)
+    assert created == Account(BOB_PK, admitted_until=0, credit_msat=500, banned=False, allowed=True, updated_at=NOW)
+    changed = await store.update_account(BOB_PK, NOW + 1, admitted_until=NOW + 99, banned=True, credit_delta_msat=-200)
+    assert changed == dataclasses.replace(
+        created, admitted_until=NOW + 99, banned=True, credit_msat=300, updated_at=NOW + 1
+    )
+    assert await store.get_account(BOB_PK) == changed
+    revoked = await store.update_account(BOB_PK, NOW + 2, admitted_until=0, allowed=False)
+    assert (revoked.admitted_until, revoked.allowed, revoked.banned) == (0, False, True)
+    await store.update_account(ALICE_PK, NOW)
+    assert [a.pubkey for a in await store.list_accounts()] == sorted([ALICE_PK, BOB_PK])
+
+
+async def test_charge_debits_credit_with_the_event(store: Store) -> None:
+    await store.update_account(ALICE_PK, NOW, credit_delta_msat=1_000)
+    ev = sign_event(ALICE, 1, "paid note", [], 100)
+    assert await store.write_batch([WriteRequest(ev, charge_msat=300)], NOW) == [WriteOutcome.STORED]
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.credit_msat == 700
+
+
+async def test_insufficient_credit_stores_nothing_and_charges_nothing(store: Store) -> None:
+    await store.update_account(ALICE_PK, NOW, credit_delta_msat=500)
+    cheap = sign_event(ALICE, 1, "cheap", [], 100)
+    dear = sign_event(ALICE, 1, "dear", [], 101)
+    outcomes = await store.write_batch([WriteRequest(cheap, 400), WriteRequest(dear, 400)], NOW)
+    assert outcomes == [WriteOutcome.STORED, WriteOutcome.INSUFFICIENT_CREDIT]
+    assert await store.query([Filter()], NOW) == [cheap.raw]
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.credit_msat == 100
+    # No account at all is no credit at all.
+    stranger = sign_event((9).to_bytes(32, "big"), 1, "who", [], 100)
+    assert await store.write_batch([WriteRequest(stranger, 1)], NOW) == [WriteOutcome.INSUFFICIENT_CREDIT]
+    assert await store.get_account(stranger.pubkey) is None
+    assert await store.count([Filter()], NOW) == 1
+
+
+async def test_insufficient_credit_replaceable_keeps_old_version(store: Store) -> None:
+    await store.update_account(ALICE_PK, NOW, credit_delta_msat=100)
+    old = sign_event(ALICE, 0, "old profile", [], 100)
+    new = sign_event(ALICE, 0, "new profile", [], 200)
+    assert await store.write_batch([WriteRequest(old, 100), WriteRequest(new, 100)], NOW) == [
+        WriteOutcome.STORED,
+        WriteOutcome.INSUFFICIENT_CREDIT,
+    ]
+    assert await store.query([Filter()], NOW) == [old.raw]
+
+
+async def test_duplicates_superseded_and_deleted_are_not_charged(store: Store) -> None:
+    await store.update_account(ALICE_PK, NOW, credit_delta_msat=1_000)
+    note = sign_event(ALICE, 1, "note", [], 100)
+    newer = sign_event(ALICE, 3, "contacts v2", [], 200)
+    older = sign_event(ALICE, 3, "contacts v1", [], 100)
+    gone = sign_event(ALICE, 1, "gone", [], 100)
+    request = sign_event(ALICE, 5, "", [["e", gone.id]], 150)
+    batch = [WriteRequest(e, 100) for e in (note, newer, request)]
+    assert await store.write_batch(batch, NOW) == [WriteOutcome.STORED] * 3
+    again = [WriteRequest(e, 100) for e in (note, older, gone)]
+    outcomes = await store.write_batch(again, NOW)
+    assert outcomes == [WriteOutcome.DUPLICATE, WriteOutcome.SUPERSEDED, WriteOutcome.DELETED]
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.credit_msat == 700
