@@ -21,6 +21,7 @@ class NostrClient:
         self.ws: ClientConnection | None = None
         self.challenge: str | None = None
         self._backlog: list[list[Any]] = []
+        self._probe = 0
 
     async def __aenter__(self) -> NostrClient:
         self.ws = await connect(self.url, max_size=None, compression=None)
@@ -97,6 +98,27 @@ class NostrClient:
         msg = await self.recv_where(lambda m: m[0] == "OK" and m[1] == event.id)
         return bool(msg[2]), str(msg[3])
 
+    async def assert_alive(self) -> None:
+        """The connection still answers: a throw-away REQ gets its EOSE, then is closed."""
+        self._probe += 1
+        sub = f"alive-{self._probe}"
+        assert await self.req(sub, {"limit": 0}) == []
+        await self.send(["CLOSE", sub])
+
+    async def recv_closed(self, timeout: float = TIMEOUT) -> tuple[int | None, str]:
+        """Wait until the relay closes the connection; return its close code and reason.
+        Messages received meanwhile are kept for ``recv``."""
+        assert self.ws is not None
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    self._backlog.append(orjson.loads(await self.ws.recv()))
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            return (rcvd.code, rcvd.reason) if rcvd is not None else (None, "")
+
     async def expect_silence(self, seconds: float = 0.3) -> None:
         """Assert nothing (but AUTH) arrives for ``seconds``."""
         try:
@@ -104,3 +126,12 @@ class NostrClient:
         except TimeoutError:
             return
         raise AssertionError(f"unexpected message: {msg}")
+
+
+def signed(
+    secret: bytes, kind: int = 1, content: str = "", tags: list[list[str]] | None = None, created_at: int | None = None
+) -> Event:
+    """A signed event dated now unless ``created_at`` is given."""
+    import time
+
+    return sign_event(secret, kind, content, tags or [], int(time.time()) if created_at is None else created_at)
