@@ -1,0 +1,79 @@
+"""A real payments stack without the server: SqliteStore file + fake wallet + extension.
+
+Used by the unit-level payment tests (gate, ledger, watcher); end-to-end tests use the
+relay fixtures in ``tests/conftest.py`` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.backends.fake import FakeBackend
+from lightning.extension import PaymentsExtension, build_backend
+from relay import crypto
+from relay.config import Settings, load_settings
+from relay.event import Event, sign_event
+from relay.extension import WriteContext
+from relay.store.sqlite import SqliteStore
+from tests.conftest import _merge
+
+DEFAULT_PAYMENTS: dict[str, Any] = {
+    "enabled": True,
+    "backend": "fake",
+    "poll_interval_seconds": 0.2,
+    "account_cache_seconds": 60,
+}
+
+
+def payment_settings(tmp_path: Path, **payments: Any) -> Settings:
+    return load_settings(
+        None,
+        relay={"public_url": "wss://relay.example.com"},
+        storage={"url": f"sqlite:///{tmp_path}/relay.db"},
+        payments=_merge(DEFAULT_PAYMENTS, payments),
+    )
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    store: SqliteStore
+    wallet: FakeBackend
+    ext: PaymentsExtension
+
+    def ctx(self, now: int | None = None) -> WriteContext:
+        return WriteContext(now=int(time.time()) if now is None else now, authed=frozenset(), ip="127.0.0.1")
+
+
+@contextlib.asynccontextmanager
+async def payment_stack(tmp_path: Path, *, start: bool = False, **payments: Any) -> AsyncIterator[Stack]:
+    settings = payment_settings(tmp_path, **payments)
+    store = SqliteStore(tmp_path / "relay.db")
+    await store.open()
+    wallet = build_backend(settings, None)  # type: ignore[arg-type]  # the fake wallet needs no HTTP
+    assert isinstance(wallet, FakeBackend)
+    ext = PaymentsExtension(settings, store, wallet)
+    try:
+        if start:
+            await ext.start()
+        yield Stack(settings, store, wallet, ext)
+    finally:
+        if start:
+            await ext.stop()
+        else:
+            await wallet.close()
+        await store.close()
+
+
+def note(secret: bytes, kind: int = 1, tags: list[list[str]] | None = None) -> Event:
+    """A fresh event (distinct id every call)."""
+    return sign_event(secret, kind, f"hello {time.monotonic_ns()}", tags or [], created_at=int(time.time()))
+
+
+def pubkey_of(secret: bytes) -> str:
+    return crypto.public_key(secret).hex()
