@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ async def test_unpaid_pubkey_is_restricted_with_the_join_url(tmp_path: Path) -> 
 
 async def test_configured_payments_url_is_used(tmp_path: Path) -> None:
     async with payment_stack(tmp_path, payments_url="https://pay.example.com/x") as s:
-        with pytest.raises(Restricted, match="pay at https://pay.example.com/x$"):
+        with pytest.raises(Restricted, match=r"pay at https://pay\.example\.com/x$"):
             await s.ext.admit(note(crypto.generate_secret()), s.ctx())
 
 
@@ -118,5 +119,5 @@ async def test_cli_grant_is_seen_after_the_cache_ttl(tmp_path: Path) -> None:
         await s.store.update_account(pubkey_of(secret), int(time.time()), admitted_until=FOREVER)
         with pytest.raises(Restricted):  # still cached
             await s.ext.admit(note(secret), s.ctx())
-        time.sleep(0.35)
+        await asyncio.sleep(0.35)
         assert await s.ext.admit(note(secret), s.ctx()) == 0

@@ -79,7 +79,7 @@ async def test_credit_payment_credits_the_balance_exactly_once_across_restarts(t
         invoice = await s.ext.ledger.issue(PK, "credit", int(time.time()), amount_sats=500)
     mark_paid(fake_state_file(s.settings), invoice.payment_hash)
     for _ in range(3):
-        async with payment_stack(tmp_path, start=True, credit=credit, poll_interval_seconds=0.1) as again:
+        async with payment_stack(tmp_path, start=True, credit=credit, poll_interval_seconds=0.1):
             await asyncio.sleep(0.3)
     account = await _account(tmp_path)
     assert account == 500_000
