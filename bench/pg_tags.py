@@ -182,9 +182,7 @@ def table_sql(kinds: bool, since: bool, count: bool) -> str:
         cond += f" AND t.created_at >= ${5 if kinds else 4}"
     if count:
         cond = cond.replace("$4", "$3").replace("$5", "$4")
-        return (
-            "SELECT count(DISTINCT t.seq) FROM tags t WHERE t.name = $1 AND t.value = ANY($2::text[])" + cond
-        )
+        return "SELECT count(DISTINCT t.seq) FROM tags t WHERE t.name = $1 AND t.value = ANY($2::text[])" + cond
     return (
         "SELECT e.raw FROM events e JOIN ("
         " SELECT DISTINCT s.seq FROM unnest($2::text[]) v(value), LATERAL ("
@@ -300,7 +298,9 @@ async def insert_rate(conn: asyncpg.Connection, gin: bool, events: Sequence[Fake
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dsn", default=os.environ.get("SATSRELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--dsn", default=os.environ.get("SATSRELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+    )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--insert-events", type=int, default=50_000)

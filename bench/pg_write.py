@@ -55,7 +55,9 @@ async def write_all(store: PostgresStore, batches: list[list[WriteRequest]]) -> 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dsn", default=os.environ.get("SATSRELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--dsn", default=os.environ.get("SATSRELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+    )
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--replaceable", type=float, default=0.1)
@@ -76,9 +78,7 @@ async def main() -> None:
         for pubkey in {ev.pubkey for ev in events}:
             await stores[0].update_account(pubkey, 0, credit_delta_msat=10**12)
         t0 = time.perf_counter()
-        results = await asyncio.gather(
-            *(write_all(store, batches[n :: args.nodes]) for n, store in enumerate(stores))
-        )
+        results = await asyncio.gather(*(write_all(store, batches[n :: args.nodes]) for n, store in enumerate(stores)))
         elapsed = time.perf_counter() - t0
         outcomes: dict[str, int] = {}
         for counts in results:
