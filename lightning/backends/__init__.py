@@ -33,7 +33,7 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
-    body: Any  # parsed JSON; None when the body was empty
+    body: Any  # parsed JSON; None when empty; the raw text for an allowed status with a non-JSON body
 
 
 async def request_json(
@@ -48,12 +48,14 @@ async def request_json(
     json: Any = None,
     data: Mapping[str, str] | None = None,
     auth: httpx.BasicAuth | None = None,
+    timeout: httpx.Timeout | None = None,
 ) -> Reply:
     """Send one request; a 2xx (or a status in ``allow``, e.g. 404 for "unknown") comes back
     parsed, anything else raises ``BackendError("<label>: ...")`` without secrets."""
     secrets = tuple(secrets)
+    extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
     try:
-        response = await client.request(method, url, headers=headers, json=json, data=data, auth=auth)
+        response = await client.request(method, url, headers=headers, json=json, data=data, auth=auth, **extra)
     except httpx.HTTPError as exc:
         raise BackendError(f"{label}: {type(exc).__name__}: {scrub(str(exc), secrets)}") from None
     text = response.text
@@ -64,7 +66,15 @@ async def request_json(
     try:
         return Reply(response.status_code, orjson.loads(text))
     except orjson.JSONDecodeError:
+        if response.status_code in allow:  # e.g. a plain-text 404: the status is the answer
+            return Reply(response.status_code, text)
         raise BackendError(f"{label}: HTTP {response.status_code}: body is not JSON: {scrub(text, secrets)}") from None
+
+
+def long_poll_timeout(client: httpx.AsyncClient) -> httpx.Timeout:
+    """The client's own timeouts, but no read limit: for a request that waits for a payment."""
+    base = client.timeout
+    return httpx.Timeout(connect=base.connect, read=None, write=base.write, pool=base.pool)
 
 
 def as_msat(value: object) -> int:

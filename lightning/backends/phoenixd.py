@@ -1,0 +1,118 @@
+"""Phoenixd (ACINQ's headless Phoenix), HTTP basic auth with an empty user name.
+
+Phoenixd counts in whole sats: an amount in msat is rounded up, and the created invoice
+reports what was really asked so the ledger checks the payment against that. Incoming
+payments report ``receivedSat`` (sats) and ``fees`` (msat); the amount received is
+``receivedSat`` in msat. Push is the ``/websocket`` stream of ``payment_received`` messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
+
+from lightning.backend import BackendError, CreatedInvoice, InvoiceStatus, PaymentState
+from lightning.backends import request_json, require, scrub
+
+
+@dataclass(frozen=True, slots=True)
+class PhoenixdConfig:
+    url: str  # http://127.0.0.1:9740
+    password: str  # http-password (or the limited-access one) from phoenix.conf
+
+    def __repr__(self) -> str:
+        return f"PhoenixdConfig(url={self.url!r}, password='***')"
+
+
+class PhoenixdBackend:
+    name = "phoenixd"
+
+    def __init__(self, config: PhoenixdConfig, client: httpx.AsyncClient) -> None:
+        self._config = config
+        self._client = client
+        self._base = config.url.rstrip("/")
+        self._auth = httpx.BasicAuth("", config.password)
+        self._secrets = (config.password, _basic_token(config.password))
+
+    async def create_invoice(self, amount_msat: int, memo: str, expiry_seconds: int) -> CreatedInvoice:
+        label = "phoenixd createinvoice"
+        sats = -(-amount_msat // 1000)
+        requested_at = int(time.time())
+        reply = await request_json(
+            self._client,
+            "POST",
+            f"{self._base}/createinvoice",
+            label=label,
+            secrets=self._secrets,
+            auth=self._auth,
+            data={"amountSat": str(sats), "description": memo, "expirySeconds": str(expiry_seconds)},
+        )
+        return CreatedInvoice(
+            payment_hash=str(require(reply.body, "paymentHash", label)),
+            bolt11=str(require(reply.body, "serialized", label)),
+            amount_msat=sats * 1000,
+            expires_at=requested_at + expiry_seconds,
+        )
+
+    async def lookup_invoice(self, payment_hash: str) -> InvoiceStatus:
+        label = "phoenixd incoming payment"
+        reply = await request_json(
+            self._client,
+            "GET",
+            f"{self._base}/payments/incoming/{payment_hash}",
+            label=label,
+            secrets=self._secrets,
+            auth=self._auth,
+            allow=frozenset({404}),
+        )
+        if reply.status == 404:
+            return InvoiceStatus(payment_hash, PaymentState.UNKNOWN)
+        body = reply.body
+        if not isinstance(body, dict) or body.get("paymentHash") != payment_hash:
+            raise BackendError(f"{label}: reply is not the asked payment")
+        if body.get("isPaid") is not True:
+            return InvoiceStatus(payment_hash, PaymentState.PENDING)
+        received = body.get("receivedSat")
+        if not isinstance(received, int) or isinstance(received, bool):
+            raise BackendError(f"{label}: paid without a receivedSat amount")
+        return InvoiceStatus(payment_hash, PaymentState.PAID, received * 1000)
+
+    async def settlements(self) -> AsyncIterator[str]:
+        ws_url = self._base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        headers = {"Authorization": f"Basic {_basic_token(self._config.password)}"}
+        try:
+            async with connect(f"{ws_url}/websocket", additional_headers=headers, open_timeout=10) as ws:
+                async for message in ws:
+                    payment_hash = _received_hash(message)
+                    if payment_hash is not None:
+                        yield payment_hash
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            reason = scrub(str(exc), self._secrets)
+            raise BackendError(f"phoenixd push stream: {type(exc).__name__}: {reason}") from None
+        raise BackendError("phoenixd push stream: closed by phoenixd")
+
+    async def close(self) -> None:
+        """Nothing to release: the HTTP client belongs to the relay."""
+
+
+def _basic_token(password: str) -> str:
+    return base64.b64encode(f":{password}".encode()).decode("ascii")
+
+
+def _received_hash(message: str | bytes) -> str | None:
+    try:
+        data: Any = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("type") != "payment_received":
+        return None
+    payment_hash = data.get("paymentHash")
+    return payment_hash if isinstance(payment_hash, str) else None
