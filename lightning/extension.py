@@ -73,24 +73,18 @@ def build_backend(settings: Settings, http: httpx.AsyncClient) -> WalletBackend:
 
         return LnbitsBackend(LnbitsConfig(p.lnbits.url, p.lnbits.invoice_key.get_secret_value()), http)
     if p.backend == "lnd":
-        from lightning.backends.lnd import LndBackend, LndConfig  # type: ignore[import-not-found,unused-ignore]
+        from lightning.backends.lnd import LndBackend, LndConfig
 
-        return LndBackend(  # type: ignore[no-any-return,unused-ignore]
-            LndConfig(p.lnd.url, p.lnd.macaroon_hex.get_secret_value()), http
-        )
+        lnd = p.lnd
+        return LndBackend(LndConfig(lnd.url, lnd.macaroon_hex.get_secret_value(), lnd.tls_cert_path), http)
     if p.backend == "cln":
-        from lightning.backends.cln import ClnBackend, ClnConfig  # type: ignore[import-not-found,unused-ignore]
+        from lightning.backends.cln import ClnBackend, ClnConfig
 
-        return ClnBackend(ClnConfig(p.cln.url, p.cln.rune.get_secret_value()), http)  # type: ignore[no-any-return,unused-ignore]
+        return ClnBackend(ClnConfig(p.cln.url, p.cln.rune.get_secret_value()), http)
     if p.backend == "phoenixd":
-        from lightning.backends.phoenixd import (  # type: ignore[import-not-found,unused-ignore]
-            PhoenixdBackend,
-            PhoenixdConfig,
-        )
+        from lightning.backends.phoenixd import PhoenixdBackend, PhoenixdConfig
 
-        return PhoenixdBackend(  # type: ignore[no-any-return,unused-ignore]
-            PhoenixdConfig(p.phoenixd.url, p.phoenixd.password.get_secret_value()), http
-        )
+        return PhoenixdBackend(PhoenixdConfig(p.phoenixd.url, p.phoenixd.password.get_secret_value()), http)
     if p.backend == "nwc":
         from lightning.backends.nwc import NwcBackend, NwcConfig  # type: ignore[import-not-found,unused-ignore]
 

@@ -71,13 +71,12 @@ class LnbitsSettings(_Section):
 class LndSettings(_Section):
     url: str = "https://127.0.0.1:8080"
     macaroon_hex: SecretStr = SecretStr("")
-    tls_cert_path: str | None = None
+    tls_cert_path: str | None = Field(None, description="LND's tls.cert when it is self-signed")
 
 
 class ClnSettings(_Section):
     url: str = "https://127.0.0.1:3010"
     rune: SecretStr = SecretStr("")
-    tls_cert_path: str | None = None
 
 
 class PhoenixdSettings(_Section):
