@@ -1,0 +1,187 @@
+"""``python -m bench [scenario ...] [flags]``: start a relay (or use ``--url``), run the
+chosen scenarios, print one JSON document on stdout (progress goes to stderr).
+
+Scenarios: verify_ceiling ingest query fanout idle workers stores (default: the first five).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from bench.ceiling import measure_ceiling
+from bench.events import EventSetSpec, ensure_event_set
+from bench.ingest import run_ingest
+from bench.relayproc import RelayOptions, RelayProcess
+
+DEFAULT_SCENARIOS = ["verify_ceiling", "ingest", "query", "fanout", "idle"]
+ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores"]
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenarios", nargs="*", choices=[[], *ALL_SCENARIOS], metavar="scenario",
+                   help=f"any of {', '.join(ALL_SCENARIOS)} (default: {' '.join(DEFAULT_SCENARIOS)})")
+    p.add_argument("--url", help="use a running relay at this ws:// URL instead of starting one")
+    p.add_argument("--pid", type=int, help="with --url: the relay's pid, for CPU and RSS figures")
+    p.add_argument("--store-url", help="storage.url for started relays, e.g. postgresql://postgres@127.0.0.1:5432/test "
+                   "(a fresh database is created next to it per scenario and dropped after)")
+    p.add_argument("--workers", type=int, default=1, help="serve --workers N for started relays")
+    p.add_argument("--seed", type=int, default=1, help="event-set seed (a new seed gives events a relay has not seen)")
+    p.add_argument("--quick", action="store_true", help="small sizes: the default scenarios in under two minutes")
+    g = p.add_argument_group("ingest")
+    g.add_argument("--ingest-events", type=int, default=60_000)
+    g.add_argument("--ingest-processes", type=int, default=2)
+    g.add_argument("--ingest-connections", type=int, default=4, help="per process")
+    g.add_argument("--ingest-window", type=int, default=32, help="in-flight EVENTs per connection")
+    g = p.add_argument_group("verify_ceiling")
+    g.add_argument("--ceiling-signatures", type=int, default=20_000)
+    g = p.add_argument_group("query")
+    g.add_argument("--query-events", type=int, default=100_000, help="stored dataset size")
+    g.add_argument("--query-seconds", type=float, default=5.0, help="per filter, loaded phase")
+    g.add_argument("--query-serial", type=int, default=300, help="REQs per filter, one at a time, for latency")
+    g.add_argument("--query-processes", type=int, default=2)
+    g.add_argument("--query-connections", type=int, default=4, help="per process, one REQ in flight each")
+    g = p.add_argument_group("fanout")
+    g.add_argument("--fanout-subscribers", type=int, default=1000)
+    g.add_argument("--fanout-processes", type=int, default=4)
+    g.add_argument("--fanout-rate", type=float, default=20.0, help="events published per second")
+    g.add_argument("--fanout-seconds", type=float, default=5.0)
+    g = p.add_argument_group("idle")
+    g.add_argument("--idle-connections", type=int, default=2000)
+    g.add_argument("--idle-processes", type=int, default=4)
+    return p
+
+
+def apply_quick(args: argparse.Namespace) -> None:
+    args.ingest_events = min(args.ingest_events, 30_000)
+    args.ceiling_signatures = min(args.ceiling_signatures, 10_000)
+    args.query_events = min(args.query_events, 20_000)
+    args.query_seconds = min(args.query_seconds, 2.0)
+    args.query_serial = min(args.query_serial, 100)
+    args.fanout_seconds = min(args.fanout_seconds, 3.0)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.report: dict[str, Any] = {}
+
+    def relay_options(self, **overrides: Any) -> RelayOptions:
+        base: dict[str, Any] = {"store_url": self.args.store_url, "workers": self.args.workers}
+        base.update(overrides)
+        return RelayOptions(**base)
+
+    async def with_relay(
+        self, label: str, body: Callable[[str, int | None, RelayProcess | None], Awaitable[dict[str, Any]]],
+        options: RelayOptions | None = None, before_start: Callable[[RelayProcess], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``body(url, pid, relay)`` against ``--url`` or a relay started for it."""
+        if self.args.url:
+            return await body(self.args.url, self.args.pid, None)
+        relay = RelayProcess(options or self.relay_options(), label)
+        try:
+            await relay.prepare_store()
+            if before_start is not None:
+                before_start(relay)
+            await relay.start()
+            result = await body(relay.url, relay.pid, relay)
+            result["relay_store"] = "postgresql" if relay.pg else "sqlite"
+            result["relay_workers"] = relay.options.workers
+            return result
+        except BaseException:
+            if relay.proc is not None:
+                log(f"relay log tail:\n{relay.log_tail()}")
+            raise
+        finally:
+            await relay.cleanup()
+
+    # --- scenarios ---------------------------------------------------------------------
+
+    def ingest_set(self) -> EventSetSpec:
+        return EventSetSpec("ingest", self.args.ingest_events, self.args.seed, authors=500, p_targets=100)
+
+    async def verify_ceiling(self) -> dict[str, Any]:
+        spec = self.ingest_set()
+        path, signed = ensure_event_set(spec)
+        n = min(self.args.ceiling_signatures, spec.count)
+        result = measure_ceiling(path, n)
+        return result
+
+    async def ingest(self, options: RelayOptions | None = None, label: str = "ingest") -> dict[str, Any]:
+        a = self.args
+        spec = self.ingest_set()
+        path, signed = ensure_event_set(spec)
+        if signed:
+            log(f"signed {spec.count} events in {signed:.1f} s (cached in {path})")
+
+        async def body(url: str, pid: int | None, relay: RelayProcess | None) -> dict[str, Any]:
+            return await run_ingest(url, path, spec.count, processes=a.ingest_processes,
+                                    connections=a.ingest_connections, window=a.ingest_window, relay_pid=pid)
+
+        result = await self.with_relay(label, body, options)
+        ceiling = self.report.get("verify_ceiling", {}).get("verifications_per_second")
+        if ceiling:
+            result["fraction_of_verify_ceiling"] = round(result["events_per_second"] / ceiling, 3)
+        result["verdict"] = self.client_verdict(result)
+        return result
+
+    @staticmethod
+    def client_verdict(result: dict[str, Any]) -> str:
+        cores = os.cpu_count() or 1
+        client = result["client"]["cpu_cores_used"]
+        relay = result.get("relay", {}).get("cpu_cores_used")
+        if relay is None:
+            return f"client used {client} cores; relay CPU unknown (give --pid)"
+        total = client + relay
+        limit = "relay" if relay > client else "client"
+        return (
+            f"client used {client} cores ({result['client']['cpu_us_per_event']} us/event), relay {relay} cores "
+            f"({result['relay']['cpu_us_per_event']} us/event) of {cores}; "
+            + (f"the machine was CPU-saturated ({total:.2f}/{cores}), {limit} side larger"
+               if total > 0.9 * cores else "the machine had idle CPU: the relay's own pipeline sets the pace")
+        )
+
+    async def run(self) -> dict[str, Any]:
+        scenarios = self.args.scenarios or DEFAULT_SCENARIOS
+        self.report["machine"] = {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        }
+        self.report["relay"] = {"url": self.args.url or "started per scenario",
+                                "store": self.args.store_url or "sqlite (temp file)", "workers": self.args.workers}
+        for name in ALL_SCENARIOS:
+            if name not in scenarios:
+                continue
+            log(f"scenario {name} ...")
+            started = time.perf_counter()
+            self.report[name] = await getattr(self, name)()
+            log(f"scenario {name} done in {time.perf_counter() - started:.1f} s")
+        return self.report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        apply_quick(args)
+    report = asyncio.run(Bench(args).run())
+    sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

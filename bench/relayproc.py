@@ -1,0 +1,232 @@
+"""The relay under test: a ``satsrelay serve`` subprocess on a free port with its own
+temporary store, or a relay already running elsewhere (``--url``).
+
+CPU and memory are read from /proc so the figures are the kernel's, not the relay's own
+account: CPU sums the whole process tree (``--workers`` children included), RSS is VmRSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+REPO = Path(__file__).resolve().parent.parent
+SATSRELAY = [sys.executable, "-m", "relay.cli"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# Rate limits protect a public relay from one client; the load client is one client by design.
+UNLIMITED = {
+    "events_per_second": 1e9,
+    "events_burst": 1_000_000_000,
+    "ip_events_per_second": 1e9,
+    "ip_events_burst": 1_000_000_000,
+    "max_connections_per_ip": 1_000_000,
+    "max_subscriptions": 1000,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    store_url: str | None = None  # None: a fresh SQLite file in a temp dir
+    compression: bool = False
+    workers: int = 1
+    log_level: str = "WARNING"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, sections: dict[str, dict[str, object]], top: dict[str, object]) -> None:
+    lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
+    for name, values in sections.items():
+        lines.append(f"\n[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+    path.write_text("\n".join(lines) + "\n")
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc/<pid>/task/*/children)."""
+    found = [pid]
+    i = 0
+    while i < len(found):
+        p = found[i]
+        i += 1
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{p}/task/{task}/children") as f:
+                    found.extend(int(c) for c in f.read().split())
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process tree rooted at ``pid``, all threads."""
+    total = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / CLOCK_TICKS
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of the process tree rooted at ``pid``, KiB."""
+    total = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+class PostgresDatabase:
+    """A fresh database per run on the server ``base_url`` names, dropped afterwards, so
+    runs never see each other's events."""
+
+    def __init__(self, base_url: str, name: str) -> None:
+        self.base_url = base_url
+        self.name = name
+        scheme, rest = base_url.split("://", 1)
+        server = rest.split("/", 1)[0].split("?", 1)[0]
+        self.url = f"{scheme}://{server}/{name}"
+
+    async def create(self) -> None:
+        conn = await asyncpg.connect(self.base_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}"')
+            await conn.execute(f'CREATE DATABASE "{self.name}"')
+        finally:
+            await conn.close()
+
+    async def drop(self) -> None:
+        conn = await asyncpg.connect(self.base_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+class RelayProcess:
+    """A relay started for one scenario and stopped after it."""
+
+    def __init__(self, options: RelayOptions, label: str) -> None:
+        self.options = options
+        self.label = label
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"satsrelay-bench-{label}-"))
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pg: PostgresDatabase | None = None
+        if options.store_url is None:
+            self.store_url = f"sqlite:///{self.tmp / 'relay.db'}"
+        else:
+            self.pg = PostgresDatabase(options.store_url, f"bench_{label}_{os.getpid()}".replace("-", "_"))
+            self.store_url = self.pg.url
+        self.config = self.tmp / "relay.toml"
+        write_config(
+            self.config,
+            {
+                "server": {
+                    "host": "127.0.0.1",
+                    "port": self.port,
+                    "compression": options.compression,
+                    "workers": options.workers,
+                },
+                "storage": {"url": self.store_url},
+                "limits": dict(UNLIMITED),
+            },
+            {"log_level": options.log_level},
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def prepare_store(self) -> None:
+        if self.pg is not None:
+            await self.pg.create()
+
+    def import_events(self, jsonl: Path) -> tuple[str, float]:
+        """``satsrelay import`` into the stopped relay's store; the CLI's summary line and seconds."""
+        started = time.perf_counter()
+        done = subprocess.run(
+            [*SATSRELAY, "--config", str(self.config), "import", str(jsonl)],
+            cwd=REPO,
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"satsrelay import failed: {done.stderr.decode()[-2000:]}")
+        return done.stdout.decode().strip(), time.perf_counter() - started
+
+    async def start(self) -> None:
+        self.log = (self.tmp / "relay.log").open("wb")
+        self.proc = subprocess.Popen(
+            [*SATSRELAY, "serve", "--config", str(self.config)],
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.options.extra_env},
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"relay exited at start-up:\n{self.log_tail()}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            await asyncio.sleep(0.3 if self.options.workers > 1 else 0.05)  # let every worker bind
+            return
+        raise RuntimeError(f"relay did not listen within 30 s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        path = self.tmp / "relay.log"
+        return path.read_bytes()[-n:].decode(errors="replace") if path.exists() else ""
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None:
+            self.log.close()
+        self.proc = None
+
+    async def cleanup(self) -> None:
+        await self.stop()
+        if self.pg is not None:
+            with contextlib.suppress(Exception):
+                await self.pg.drop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
