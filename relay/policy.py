@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from relay.errors import AuthRequired, Blocked, Invalid, PowTooLow, Rejection
+from relay.errors import AuthRequired, Invalid, PowTooLow, Rejection, Restricted
 from relay.event import Event, is_hex64
 from relay.extension import WriteContext
 from relay.filters import Filter
@@ -91,9 +91,12 @@ def no_auth_events(event: Event, ctx: WriteContext) -> Rejection | None:
 
 
 def protected_by_author(event: Event, ctx: WriteContext) -> Rejection | None:
-    """NIP-70: an event tagged ``["-"]`` is accepted only from its authenticated author."""
+    """NIP-70: an event tagged ``["-"]`` is accepted only from its authenticated author.
+    NIP-42's prefixes: ``auth-required`` before any AUTH, ``restricted`` when the client
+    authenticated as someone else (authenticating again would not help with that key)."""
     if event.is_protected and event.pubkey not in ctx.authed:
-        return AuthRequired("this event may only be published by its author")
+        reason = "this event may only be published by its author"
+        return Restricted(reason) if ctx.authed else AuthRequired(reason)
     return None
 
 
@@ -154,19 +157,16 @@ def filter_may_return_private(f: Filter) -> bool:
 
 
 def check_private_read(f: Filter, authed: frozenset[str]) -> Rejection | None:
-    """A filter that asks for DM kinds explicitly must be scoped to the authenticated
-    user (as author or #p); filters without ``kinds`` are served with private events
-    filtered out of the results instead."""
+    """A filter that asks for DM kinds explicitly needs AUTH first (NIP-42's
+    ``auth-required`` tells the client to authenticate and retry). Once authenticated, it
+    is served like any other filter with the private events the client is not named in
+    left out (``may_see``), as NIP-42's own ``{"kinds": [4]}`` example expects; filters
+    without ``kinds`` are filtered the same way without asking for AUTH."""
     if f.kinds is None or f.kinds.isdisjoint(PRIVATE_KINDS):
         return None
     if not authed:
         return AuthRequired("private messages are served only to authenticated recipients")
-    scoped_authors = f.authors is not None and f.authors <= authed
-    p_values = dict(f.tags).get("p")
-    scoped_p = p_values is not None and p_values <= authed
-    if scoped_authors or scoped_p:
-        return None
-    return Blocked("private messages are served only to the parties they name")
+    return None
 
 
 def check_auth_event(event: Event, challenge: str, relay_url: str, now: int) -> Rejection | None:
