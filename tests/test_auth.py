@@ -1,0 +1,229 @@
+"""NIP-42 authentication, private kinds served only to the parties they name, the
+auth-required-to-write/read settings, and NIP-70 protected events."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from relay import crypto
+from relay.event import sign_event
+from relay.server import Relay
+from tests.conftest import RelayFactory
+from tests.nostr_client import NostrClient, signed
+
+
+def auth_event(secret: bytes, challenge: str, relay_url: str, *, kind: int = 22242, created_at: int | None = None,
+               ) -> dict[str, object]:
+    at = int(time.time()) if created_at is None else created_at
+    return sign_event(secret, kind, "", [["relay", relay_url], ["challenge", challenge]], at).to_dict()
+
+
+async def first_message(client: NostrClient) -> list[object]:
+    assert client.ws is not None
+    return list(orjson.loads(await client.ws.recv()))
+
+
+async def test_challenge_is_sent_on_connect(relay: Relay) -> None:
+    async with NostrClient(relay.url) as client:
+        msg = await first_message(client)
+        assert msg[0] == "AUTH" and isinstance(msg[1], str) and len(msg[1]) >= 16
+
+
+async def test_each_connection_gets_its_own_challenge(relay: Relay) -> None:
+    async with NostrClient(relay.url) as one, NostrClient(relay.url) as two:
+        assert (await first_message(one))[1] != (await first_message(two))[1]
+
+
+async def test_no_challenge_when_auth_is_disabled(relay_factory: RelayFactory) -> None:
+    async with relay_factory(auth={"enabled": False}) as relay, NostrClient(relay.url) as client:
+        await client.expect_silence(0.3)
+        assert client.challenge is None
+
+
+async def test_valid_auth_is_accepted(relay: Relay, alice: bytes) -> None:
+    async with NostrClient(relay.url) as client:
+        assert await client.auth(alice, relay.url) == (True, "")
+
+
+async def test_auth_with_trailing_slash_url_is_accepted(relay: Relay, alice: bytes) -> None:
+    async with NostrClient(relay.url) as client:
+        assert await client.auth(alice, relay.url + "/") == (True, "")
+
+
+async def test_auth_with_wrong_relay_url_is_refused(relay: Relay, alice: bytes) -> None:
+    async with NostrClient(relay.url) as client:
+        assert await client.auth(alice, "wss://other.example.com") == (
+            False, "invalid: AUTH relay URL does not match this relay")
+
+
+async def test_auth_with_wrong_challenge_is_refused(relay: Relay, alice: bytes) -> None:
+    async with NostrClient(relay.url) as client:
+        (await first_message(client))
+        event = auth_event(alice, "not-the-challenge", relay.url)
+        await client.send(["AUTH", event])
+        assert await client.recv() == ["OK", event["id"], False, "invalid: AUTH challenge does not match"]
+
+
+async def test_challenge_of_another_connection_is_refused(relay: Relay, alice: bytes) -> None:
+    async with NostrClient(relay.url) as one, NostrClient(relay.url) as two:
+        other_challenge = (await first_message(two))[1]
+        await first_message(one)
+        assert isinstance(other_challenge, str)
+        event = auth_event(alice, other_challenge, relay.url)
+        await one.send(["AUTH", event])
+        assert await one.recv() == ["OK", event["id"], False, "invalid: AUTH challenge does not match"]
+
+
+async def test_auth_with_wrong_kind_is_refused(relay: Relay, alice: bytes) -> None:
+    async with NostrClient(relay.url) as client:
+        challenge = (await first_message(client))[1]
+        assert isinstance(challenge, str)
+        event = auth_event(alice, challenge, relay.url, kind=1)
+        await client.send(["AUTH", event])
+        assert await client.recv() == ["OK", event["id"], False, "invalid: AUTH event must be kind 22242"]
+
+
+async def test_stale_auth_event_is_refused(relay: Relay, alice: bytes) -> None:
+    async with NostrClient(relay.url) as client:
+        challenge = (await first_message(client))[1]
+        assert isinstance(challenge, str)
+        event = auth_event(alice, challenge, relay.url, created_at=int(time.time()) - 3600)
+        await client.send(["AUTH", event])
+        assert await client.recv() == ["OK", event["id"], False, "invalid: AUTH event created_at is too far from now"]
+
+
+async def test_auth_with_bad_signature_is_refused(relay: Relay, alice: bytes, bob: bytes) -> None:
+    async with NostrClient(relay.url) as client:
+        challenge = (await first_message(client))[1]
+        assert isinstance(challenge, str)
+        event = auth_event(alice, challenge, relay.url)
+        event["sig"] = auth_event(bob, challenge, relay.url)["sig"]
+        await client.send(["AUTH", event])
+        assert await client.recv() == ["OK", event["id"], False, "invalid: signature is invalid"]
+
+
+async def test_auth_event_is_never_stored_or_broadcast(relay: Relay, alice: bytes) -> None:
+    async with NostrClient(relay.url) as watcher, NostrClient(relay.url) as client:
+        assert await watcher.req("w", {}) == []
+        assert await client.auth(alice, relay.url) == (True, "")
+        await watcher.expect_silence(0.3)
+        assert await client.req("s", {"kinds": [22242]}) == []
+
+
+async def test_several_pubkeys_can_authenticate_on_one_connection(relay: Relay, alice: bytes, bob: bytes) -> None:
+    async with NostrClient(relay.url) as client:
+        assert await client.auth(alice, relay.url) == (True, "")
+        assert await client.auth(bob, relay.url) == (True, "")
+        for secret in (alice, bob):
+            protected = signed(secret, 1, "mine", [["-"]])
+            assert await client.publish(protected) == (True, "")
+
+
+# --- private kinds (DMs, gift wraps) ----------------------------------------------------
+
+@pytest.fixture
+def carol() -> bytes:
+    return crypto.generate_secret()
+
+
+@pytest.mark.parametrize("kind", [4, 1059, 1060])
+async def test_private_kind_is_served_only_to_named_authenticated_parties(
+    relay: Relay, alice: bytes, bob: bytes, carol: bytes, kind: int
+) -> None:
+    bob_pk = crypto.public_key(bob).hex()
+    dm = signed(alice, kind, "secret", [["p", bob_pk]])
+    async with NostrClient(relay.url) as sender:
+        assert await sender.publish(dm) == (True, "")
+    # unauthenticated: an explicit ask is refused, a broad ask simply omits it
+    async with NostrClient(relay.url) as anon:
+        await anon.send(["REQ", "dm", {"kinds": [kind]}])
+        assert await anon.recv() == [
+            "CLOSED", "dm", "auth-required: private messages are served only to authenticated recipients"]
+        assert await anon.req("all", {}) == []
+        assert await anon.req("id", {"ids": [dm.id]}) == []
+    # authenticated as a third party: nothing
+    async with NostrClient(relay.url) as third:
+        assert await third.auth(carol, relay.url) == (True, "")
+        assert await third.req("dm", {"kinds": [kind]}) == []
+        assert await third.req("all", {"authors": [dm.pubkey]}) == []
+    # the recipient and the author see it
+    for secret in (bob, alice):
+        async with NostrClient(relay.url) as party:
+            assert await party.auth(secret, relay.url) == (True, "")
+            assert await party.req("dm", {"kinds": [kind], "#p": [bob_pk]}) == [dm.to_dict()]
+            assert await party.req("all", {}) == [dm.to_dict()]
+
+
+async def test_private_kind_live_delivery_only_to_named_parties(
+    relay: Relay, alice: bytes, bob: bytes, carol: bytes
+) -> None:
+    bob_pk = crypto.public_key(bob).hex()
+    async with NostrClient(relay.url) as anon, NostrClient(relay.url) as third, NostrClient(relay.url) as recipient:
+        assert await third.auth(carol, relay.url) == (True, "")
+        assert await recipient.auth(bob, relay.url) == (True, "")
+        for client in (anon, third, recipient):
+            assert await client.req("live", {}) == []
+        dm = signed(alice, 4, "psst", [["p", bob_pk]])
+        note = signed(alice, 1, "public")
+        assert await anon.publish(dm) == (True, "")
+        assert await anon.publish(note) == (True, "")
+        assert await recipient.recv_where(lambda m: m[0] == "EVENT") == ["EVENT", "live", dm.to_dict()]
+        assert await recipient.recv_where(lambda m: m[0] == "EVENT") == ["EVENT", "live", note.to_dict()]
+        for client in (anon, third):
+            assert await client.recv_where(lambda m: m[0] == "EVENT") == ["EVENT", "live", note.to_dict()]
+            await client.expect_silence(0.2)
+
+
+async def test_count_of_private_kind_needs_auth(relay: Relay, client: NostrClient) -> None:
+    await client.send(["COUNT", "c", {"kinds": [4]}])
+    assert await client.recv() == [
+        "CLOSED", "c", "auth-required: private messages are served only to authenticated recipients"]
+
+
+# --- auth required to write / read -------------------------------------------------------
+
+async def test_auth_required_to_write(relay_factory: RelayFactory, alice: bytes) -> None:
+    async with relay_factory(auth={"required_to_write": True}) as relay, NostrClient(relay.url) as client:
+        note = signed(alice, 1, "hi")
+        assert await client.publish(note) == (
+            False, "auth-required: this relay accepts events only from authenticated clients")
+        assert await client.req("s", {}) == []  # reading stays open
+        assert await client.auth(alice, relay.url) == (True, "")
+        assert await client.publish(note) == (True, "")
+
+
+async def test_auth_required_to_read(relay_factory: RelayFactory, alice: bytes) -> None:
+    async with relay_factory(auth={"required_to_read": True}) as relay, NostrClient(relay.url) as client:
+        note = signed(alice, 1, "hi")
+        assert await client.publish(note) == (True, "")  # writing stays open
+        await client.send(["REQ", "s", {}])
+        assert await client.recv() == ["CLOSED", "s", "auth-required: this relay serves only authenticated clients"]
+        await client.send(["COUNT", "c", {}])
+        assert await client.recv() == ["CLOSED", "c", "auth-required: this relay serves only authenticated clients"]
+        assert await client.auth(alice, relay.url) == (True, "")
+        assert await client.req("s", {}) == [note.to_dict()]
+
+
+# --- NIP-70 protected events --------------------------------------------------------------
+
+async def test_protected_event_needs_auth(client: NostrClient, alice: bytes) -> None:
+    event = signed(alice, 1, "members only", [["-"]])
+    assert await client.publish(event) == (False, "auth-required: this event may only be published by its author")
+    assert await client.req("s", {"ids": [event.id]}) == []
+
+
+async def test_protected_event_accepted_from_its_authenticated_author(relay: Relay, alice: bytes) -> None:
+    async with NostrClient(relay.url) as client:
+        assert await client.auth(alice, relay.url) == (True, "")
+        event = signed(alice, 1, "members only", [["-"]])
+        assert await client.publish(event) == (True, "")
+
+
+async def test_protected_event_from_someone_else_is_restricted(relay: Relay, alice: bytes, bob: bytes) -> None:
+    async with NostrClient(relay.url) as client:
+        assert await client.auth(bob, relay.url) == (True, "")
+        event = signed(alice, 1, "members only", [["-"]])
+        assert await client.publish(event) == (False, "restricted: this event may only be published by its author")
