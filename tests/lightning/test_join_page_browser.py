@@ -1,0 +1,78 @@
+"""The join page in real headless Chromium: pubkey -> QR -> simulated payment -> "paid" -> publish.
+
+Needs Debian's ``chromium`` (``make chromium``); skipped with the reason when absent.
+Screenshots land in docs/img/ for the README.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightning.pubkeys import npub_encode
+from relay import crypto
+from relay.event import sign_event
+from tests.conftest import RelayFactory
+from tests.nostr_client import NostrClient
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (run `make chromium`)")
+
+
+async def test_join_page_pays_and_the_event_is_then_accepted(relay_factory: RelayFactory, alice: bytes) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    payments: dict[str, Any] = {"enabled": True, "backend": "fake", "poll_interval_seconds": 0.5}
+    pubkey = crypto.public_key(alice).hex()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    async with relay_factory(payments=payments, relay={"name": "satsrelay demo"}) as relay:
+        base = f"http://127.0.0.1:{relay.port}"
+        async with NostrClient(relay.url) as client:
+            ok, message = await client.publish(sign_event(alice, 1, "before", [], created_at=int(time.time())))
+            assert not ok and f"pay at {base}/join" in message
+
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    page = await browser.new_page(viewport={"width": 900, "height": 1000})
+                    requested: list[str] = []
+                    page.on("request", lambda request: requested.append(request.url))
+                    await page.goto(base + "/", wait_until="load")
+                    assert await page.locator("h1").inner_text() == "satsrelay demo"
+                    await page.screenshot(path=str(SCREENSHOTS / "join-page.png"), full_page=True)
+
+                    await page.fill("#pubkey", npub_encode(pubkey))
+                    await page.click("#get-invoice")
+                    await page.wait_for_selector("#step-pay:not([hidden])")
+                    # The page's CSP forbids eval, so waits go through locators, not wait_for_function.
+                    await expect(page.locator("#qr")).to_have_js_property("complete", True)
+                    assert await page.locator("#qr").bounding_box() is not None
+                    bolt11 = await page.input_value("#bolt11")
+                    assert bolt11.startswith("lnbcrt")
+                    assert await page.inner_text("#status") == "waiting for payment"
+                    await page.screenshot(path=str(SCREENSHOTS / "join-invoice.png"), full_page=True)
+
+                    await page.click("#simulate")
+                    await expect(page.locator("#status")).to_have_text("paid", timeout=10_000)
+                    assert await page.inner_text("#acct-admitted") == "yes, for good"
+                    await page.screenshot(path=str(SCREENSHOTS / "join-paid.png"), full_page=True)
+                    assert requested and all(url.startswith(base + "/") for url in requested), requested
+                finally:
+                    await browser.close()
+
+            ok, message = await client.publish(sign_event(alice, 1, "after", [], created_at=int(time.time())))
+            assert ok, message
