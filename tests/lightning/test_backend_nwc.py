@@ -1,0 +1,235 @@
+"""The NWC backend against a small fake NIP-47 wallet service, both talking over
+WebSockets through a real satsrelay started by the shared ``relay_factory`` fixture."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from lightning import nip04, nip44
+from lightning.backend import BackendError, PaymentState
+from lightning.backends.nwc import NwcBackend, NwcConfig, NwcConnection
+from relay import crypto
+from relay.event import parse_event, sign_event, verify_signature
+from tests.conftest import RelayFactory
+
+
+class FakeWalletService:
+    """The wallet side of NIP-47: publishes its info event, answers make_invoice and
+    lookup_invoice, and on ``pay`` sends payment_received notifications in every scheme
+    it supports (23197 NIP-44, 23196 NIP-04)."""
+
+    def __init__(self, relay_url: str, encryption: str | None) -> None:
+        self.relay_url = relay_url
+        self.encryption = encryption  # None: an old wallet whose info has no encryption tag
+        self.secret = crypto.generate_secret()
+        self.pubkey = crypto.public_key(self.secret).hex()
+        self.client_secret = crypto.generate_secret()
+        self.client_x = crypto.public_key(self.client_secret)
+        self.invoices: dict[str, dict[str, Any]] = {}
+        self.seen: list[tuple[str, str]] = []  # (method, scheme) of every request
+        self.fail_next: str | None = None
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def schemes(self) -> list[str]:
+        return self.encryption.split() if self.encryption else ["nip04"]
+
+    def uri(self) -> str:
+        return f"nostr+walletconnect://{self.pubkey}?relay={self.relay_url}&secret={self.client_secret.hex()}"
+
+    async def start(self) -> None:
+        self._ws = ws = await connect(self.relay_url)
+        tags = [["notifications", "payment_received"]]
+        if self.encryption:
+            tags.append(["encryption", self.encryption])
+        info = sign_event(self.secret, 13194, "make_invoice lookup_invoice notifications", tags, int(time.time()))
+        await ws.send(orjson.dumps(["EVENT", info.to_dict()]).decode())
+        while (reply := orjson.loads(await ws.recv()))[0] != "OK":  # skip the NIP-42 AUTH challenge
+            pass
+        assert reply[:3] == ["OK", info.id, True]
+        await ws.send(orjson.dumps(["REQ", "requests", {"kinds": [23194], "#p": [self.pubkey]}]).decode())
+        while orjson.loads(await ws.recv())[0] != "EOSE":
+            pass
+        self._task = asyncio.create_task(self._serve(ws))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        async for raw in ws:
+            message = orjson.loads(raw)
+            if message[0] != "EVENT":
+                continue
+            request = parse_event(message[2])
+            assert verify_signature(request) and request.pubkey == self.client_x.hex()
+            scheme = "nip44_v2" if request.tag_values("encryption") == ["nip44_v2"] else "nip04"
+            body = orjson.loads(self._decrypt(request.content, scheme))
+            self.seen.append((body["method"], scheme))
+            await self._send(23195, self._answer(body), scheme, [["e", request.id]])
+
+    def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        method, params = body["method"], body["params"]
+        if self.fail_next:
+            code, self.fail_next = self.fail_next, None
+            return {"result_type": method, "error": {"code": code, "message": "wallet says no"}, "result": None}
+        if method == "make_invoice":
+            payment_hash = hashlib.sha256(os.urandom(32)).hexdigest()
+            invoice = {
+                "type": "incoming",
+                "state": "pending",
+                "invoice": f"lnbc{params['amount'] // 1000}n1fakenwc",
+                "payment_hash": payment_hash,
+                "amount": params["amount"],
+                "created_at": int(time.time()),
+                "expires_at": int(time.time()) + params["expiry"],
+            }
+            self.invoices[payment_hash] = invoice
+            return {"result_type": method, "error": None, "result": invoice}
+        if method == "lookup_invoice":
+            found = self.invoices.get(params["payment_hash"])
+            if found is None:
+                return {"result_type": method, "error": {"code": "NOT_FOUND", "message": "no such invoice"}}
+            return {"result_type": method, "error": None, "result": found}
+        return {"result_type": method, "error": {"code": "NOT_IMPLEMENTED", "message": method}}
+
+    async def pay(self, payment_hash: str) -> None:
+        invoice = self.invoices[payment_hash]
+        invoice.update(state="settled", settled_at=int(time.time()), preimage="00" * 32)
+        note = {"notification_type": "payment_received", "notification": invoice}
+        if "nip44_v2" in self.schemes:
+            await self._send(23197, note, "nip44_v2", [])
+        if "nip04" in self.schemes:
+            await self._send(23196, note, "nip04", [])
+
+    def _decrypt(self, content: str, scheme: str) -> str:
+        if scheme == "nip44_v2":
+            return nip44.decrypt(content, nip44.conversation_key(self.secret, self.client_x))
+        return nip04.decrypt(content, self.secret, self.client_x)
+
+    async def _send(self, kind: int, payload: dict[str, Any], scheme: str, tags: list[list[str]]) -> None:
+        text = orjson.dumps(payload).decode()
+        if scheme == "nip44_v2":
+            content = nip44.encrypt(text, nip44.conversation_key(self.secret, self.client_x))
+        else:
+            content = nip04.encrypt(text, self.secret, self.client_x)
+        event = sign_event(self.secret, kind, content, [["p", self.client_x.hex()], *tags], int(time.time()))
+        assert self._ws is not None
+        await self._ws.send(orjson.dumps(["EVENT", event.to_dict()]).decode())
+
+
+@contextlib.asynccontextmanager
+async def _wallet(relay_url: str, encryption: str | None) -> AsyncIterator[tuple[FakeWalletService, NwcBackend]]:
+    wallet = FakeWalletService(relay_url, encryption)
+    await wallet.start()
+    backend = NwcBackend(NwcConfig(wallet.uri(), request_timeout_seconds=5))
+    try:
+        yield wallet, backend
+    finally:
+        await backend.close()
+        await wallet.stop()
+
+
+@pytest.mark.parametrize(
+    ("encryption", "scheme"),
+    [("nip44_v2 nip04", "nip44_v2"), ("nip44_v2", "nip44_v2"), (None, "nip04"), ("nip04", "nip04")],
+)
+async def test_create_lookup_and_push_in_the_negotiated_scheme(
+    relay_factory: RelayFactory, encryption: str | None, scheme: str
+) -> None:
+    async with relay_factory() as relay, _wallet(relay.url, encryption) as (wallet, backend):
+        invoice = await backend.create_invoice(21_000, "via nwc", 600)
+        assert invoice.payment_hash in wallet.invoices
+        assert (invoice.amount_msat, invoice.bolt11) == (21_000, "lnbc21n1fakenwc")
+        pending = await backend.lookup_invoice(invoice.payment_hash)
+        assert pending.state is PaymentState.PENDING
+        stream = backend.settlements()
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0)  # let the iterator register before the payment lands
+        await wallet.pay(invoice.payment_hash)
+        async with asyncio.timeout(5):
+            assert await first == invoice.payment_hash
+        paid = await backend.lookup_invoice(invoice.payment_hash)
+        assert (paid.state, paid.amount_received_msat) == (PaymentState.PAID, 21_000)
+        assert wallet.seen == [("make_invoice", scheme), ("lookup_invoice", scheme), ("lookup_invoice", scheme)]
+        await stream.aclose()
+
+
+async def test_unknown_hash_is_unknown_and_wallet_errors_are_backend_errors(relay_factory: RelayFactory) -> None:
+    async with relay_factory() as relay, _wallet(relay.url, "nip44_v2") as (wallet, backend):
+        assert (await backend.lookup_invoice("00" * 32)).state is PaymentState.UNKNOWN
+        wallet.fail_next = "INTERNAL"
+        with pytest.raises(BackendError, match="nwc make_invoice: INTERNAL: wallet says no"):
+            await backend.create_invoice(1_000, "m", 60)
+
+
+async def test_silent_wallet_times_out_with_backend_error(relay_factory: RelayFactory) -> None:
+    async with relay_factory() as relay:
+        nobody = crypto.public_key(crypto.generate_secret()).hex()
+        secret = crypto.generate_secret().hex()
+        uri = f"nostr+walletconnect://{nobody}?relay={relay.url}&secret={secret}"
+        backend = NwcBackend(NwcConfig(uri, request_timeout_seconds=0.5))
+        try:
+            with pytest.raises(BackendError, match="no answer") as caught:
+                await backend.lookup_invoice("00" * 32)
+        finally:
+            await backend.close()
+        assert secret not in str(caught.value)
+
+
+async def test_relay_going_away_ends_settlements_with_backend_error(relay_factory: RelayFactory) -> None:
+    async with relay_factory() as relay:
+        wallet = FakeWalletService(relay.url, "nip44_v2")
+        await wallet.start()
+        backend = NwcBackend(NwcConfig(wallet.uri(), request_timeout_seconds=5))
+        stream = backend.settlements()
+        waiting = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.2)
+    # The relay has stopped: the stream must say so, not hang.
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(BackendError, match="nwc: relay connection"):
+                await waiting
+        with pytest.raises(BackendError, match="no relay usable"):
+            await backend.lookup_invoice("00" * 32)  # reconnecting fails cleanly too
+    finally:
+        await backend.close()
+        await wallet.stop()
+
+
+def test_connection_uri_parsing() -> None:
+    secret = "71a8c14c1407c113601079c4302dab36460f0ccd0ad506f1f2dc73b5100e4f3c"
+    wallet = "b889ff5b1513b641e2a139f661a661364979c5beee91842f8f0ef42ab558e9d4"
+    # The example from NIP-47, with its percent-encoded relay, plus a second relay.
+    uri = f"nostr+walletconnect://{wallet}?relay=wss%3A%2F%2Frelay.damus.io&relay=ws://127.0.0.1:7777&secret={secret}"
+    conn = NwcConnection.parse(uri)
+    assert conn.wallet_pubkey == wallet
+    assert conn.relays == ("wss://relay.damus.io", "ws://127.0.0.1:7777")
+    assert conn.secret == bytes.fromhex(secret)
+    assert secret not in repr(conn) and secret not in repr(NwcConfig(uri))
+    bad = [
+        f"nostr+wallet://{wallet}?relay=wss://r&secret={secret}",
+        f"nostr+walletconnect://{wallet[:-2]}?relay=wss://r&secret={secret}",
+        f"nostr+walletconnect://{wallet}?secret={secret}",
+        f"nostr+walletconnect://{wallet}?relay=wss://r&secret={secret[:-1]}",
+        f"nostr+walletconnect://{wallet}?relay=wss://r&secret={'f' * 64}",  # above the curve order
+    ]
+    for uri in bad:
+        with pytest.raises(BackendError) as caught:
+            NwcConnection.parse(uri)
+        assert secret not in str(caught.value)
