@@ -18,8 +18,11 @@ from typing import Any
 import orjson
 
 from bench.ceiling import measure_ceiling
-from bench.events import EventSetSpec, ensure_event_set
+from bench.events import EventSetSpec, author_pubkeys, ensure_event_set, p_target_pubkeys
+from bench.fanout import run_fanout
+from bench.idle import run_idle
 from bench.ingest import run_ingest
+from bench.query import filter_shapes, run_query
 from bench.relayproc import RelayOptions, RelayProcess
 
 DEFAULT_SCENARIOS = ["verify_ceiling", "ingest", "query", "fanout", "idle"]
@@ -116,10 +119,8 @@ class Bench:
 
     async def verify_ceiling(self) -> dict[str, Any]:
         spec = self.ingest_set()
-        path, signed = ensure_event_set(spec)
-        n = min(self.args.ceiling_signatures, spec.count)
-        result = measure_ceiling(path, n)
-        return result
+        path, _ = ensure_event_set(spec)
+        return measure_ceiling(path, min(self.args.ceiling_signatures, spec.count))
 
     async def ingest(self, options: RelayOptions | None = None, label: str = "ingest") -> dict[str, Any]:
         a = self.args
@@ -138,6 +139,90 @@ class Bench:
             result["fraction_of_verify_ceiling"] = round(result["events_per_second"] / ceiling, 3)
         result["verdict"] = self.client_verdict(result)
         return result
+
+    def query_set(self) -> EventSetSpec:
+        n = self.args.query_events
+        return EventSetSpec("query", n, self.args.seed, authors=max(1, n // 100), p_targets=max(1, n // 500))
+
+    async def query(self, options: RelayOptions | None = None, label: str = "query") -> dict[str, Any]:
+        a = self.args
+        spec = self.query_set()
+        path, signed = ensure_event_set(spec)
+        if signed:
+            log(f"signed {spec.count} events in {signed:.1f} s (cached in {path})")
+        shapes = filter_shapes(author_pubkeys(spec), p_target_pubkeys(spec), 1000, a.seed)
+        loaded: dict[str, Any] = {}
+
+        def import_dataset(relay: RelayProcess) -> None:
+            summary, seconds = relay.import_events(path)
+            loaded.update({"method": "satsrelay import", "summary": summary, "seconds": round(seconds, 1)})
+            log(f"imported dataset: {summary} in {seconds:.1f} s")
+
+        async def body(url: str, pid: int | None, relay: RelayProcess | None) -> dict[str, Any]:
+            if relay is None:  # a running relay: load the dataset over the wire
+                ingest = await run_ingest(url, path, spec.count, processes=a.ingest_processes,
+                                          connections=a.ingest_connections, window=a.ingest_window, relay_pid=pid)
+                loaded.update({"method": "EVENT over WebSocket", "ok_true": ingest["ok_true"],
+                               "ok_true_duplicate": ingest["ok_true_duplicate"]})
+            result = await run_query(url, shapes, serial_count=a.query_serial, processes=a.query_processes,
+                                     connections=a.query_connections, seconds=a.query_seconds, relay_pid=pid)
+            return {"dataset": {"events": spec.count, "authors": spec.authors, "p_targets": spec.p_targets,
+                                "load": loaded}, **result}
+
+        return await self.with_relay(label, body, options, before_start=import_dataset)
+
+    async def fanout(self) -> dict[str, Any]:
+        a = self.args
+        spec = EventSetSpec("fanout", max(1, int(a.fanout_rate * a.fanout_seconds)), a.seed, authors=20, p_targets=5)
+        path, _ = ensure_event_set(spec)
+
+        async def body(url: str, pid: int | None, relay: RelayProcess | None) -> dict[str, Any]:
+            return await run_fanout(url, path, subscribers=a.fanout_subscribers, processes=a.fanout_processes,
+                                    rate=a.fanout_rate, seconds=a.fanout_seconds, relay_pid=pid)
+
+        return await self.with_relay("fanout", body)
+
+    async def idle(self) -> dict[str, Any]:
+        a = self.args
+        out: dict[str, Any] = {}
+        for compression in (False, True):
+            async def body(url: str, pid: int | None, relay: RelayProcess | None, c: bool = compression
+                           ) -> dict[str, Any]:
+                if pid is None:
+                    return {"skipped": "give --pid with --url to read the relay's RSS"}
+                return await run_idle(url, pid, connections=a.idle_connections, processes=a.idle_processes,
+                                      compression=c)
+
+            key = "compression_on" if compression else "compression_off"
+            out[key] = await self.with_relay(f"idle-{key}", body, self.relay_options(compression=compression))
+        return out
+
+    async def workers(self) -> dict[str, Any]:
+        """issue 5: ingest with serve --workers 2 against 1 (needs --store-url: SQLite refuses workers)."""
+        if not self.args.store_url:
+            return {"skipped": "--workers needs PostgreSQL: give --store-url postgresql://..."}
+        one = await self.ingest(self.relay_options(workers=1), "workers1")
+        two = await self.ingest(self.relay_options(workers=2), "workers2")
+        return {"workers_1": one, "workers_2": two,
+                "ratio_2_to_1": round(two["events_per_second"] / max(1, one["events_per_second"]), 2)}
+
+    async def stores(self) -> dict[str, Any]:
+        """issue 5: ingest and query on SQLite and on PostgreSQL (--store-url), same load."""
+        if not self.args.store_url:
+            return {"skipped": "give --store-url postgresql://... to compare with SQLite"}
+        out: dict[str, Any] = {}
+        for name, url in (("sqlite", None), ("postgresql", self.args.store_url)):
+            options = self.relay_options(store_url=url, workers=1)
+            out[name] = {"ingest": await self.ingest(options, f"stores-{name}-ingest"),
+                         "query": await self.query(options, f"stores-{name}-query")}
+        s, p = out["sqlite"], out["postgresql"]
+        out["postgresql_to_sqlite"] = {
+            "ingest_ratio": round(p["ingest"]["events_per_second"] / max(1, s["ingest"]["events_per_second"]), 2),
+            **{f"{shape}_eose_p50_ms": [s["query"][shape]["serial"]["eose"]["p50_ms"],
+                                        p["query"][shape]["serial"]["eose"]["p50_ms"]]
+               for shape in ("authors_limit50", "kinds1_limit50", "tag_p_limit50")},
+        }
+        return out
 
     @staticmethod
     def client_verdict(result: dict[str, Any]) -> str:

@@ -42,7 +42,8 @@ class EventSetSpec:
 
     @property
     def path(self) -> Path:
-        return CACHE_DIR / f"{self.name}-n{self.count}-a{self.authors}-p{self.p_targets}-k{self.kind}-s{self.seed}.jsonl"
+        shape = f"n{self.count}-a{self.authors}-p{self.p_targets}-k{self.kind}-s{self.seed}"
+        return CACHE_DIR / f"{self.name}-{shape}.jsonl"
 
 
 def secret_for(seed: int, role: str, index: int) -> bytes:

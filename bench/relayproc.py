@@ -183,15 +183,18 @@ class RelayProcess:
             raise RuntimeError(f"satsrelay import failed: {done.stderr.decode()[-2000:]}")
         return done.stdout.decode().strip(), time.perf_counter() - started
 
-    async def start(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self.log = (self.tmp / "relay.log").open("wb")
-        self.proc = subprocess.Popen(
+        return subprocess.Popen(
             [*SATSRELAY, "serve", "--config", str(self.config)],
             cwd=REPO,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.options.extra_env},
         )
+
+    async def start(self) -> None:
+        self.proc = self._spawn()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
