@@ -1,0 +1,278 @@
+"""Operator commands: ``satsrelay accounts ...``, ``invoices list``, ``pay-fake``.
+
+``relay.cli`` calls ``add_commands`` with its sub-parser set, the shared ``--config``
+parent parser and its settings loader. Every command prints a readable table, or JSON
+with ``--json`` (for scripts). They talk to the same database as the running relay; the
+relay's gate sees a change within ``payments.account_cache_seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+
+from lightning.pubkeys import parse_pubkey
+from lightning.web import account_json, invoice_json
+from relay.config import Settings
+from relay.store import open_store
+from relay.store.base import FOREVER, Store
+
+SettingsLoader = Callable[[argparse.Namespace], Settings]
+
+
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    load: SettingsLoader,
+) -> None:
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    accounts = sub.add_parser("accounts", help="list and change payment accounts", parents=[common])
+    acc = accounts.add_subparsers(dest="accounts_command", required=True)
+    p = acc.add_parser("list", help="every account", parents=[common, output])
+    p.set_defaults(func=_runner(load, _accounts_list))
+    p = acc.add_parser("show", help="one account and its invoices", parents=[common, output])
+    p.add_argument("pubkey", help="hex or npub")
+    p.set_defaults(func=_runner(load, _accounts_show))
+    p = acc.add_parser("grant", help="admit and/or add credit, free of charge", parents=[common, output])
+    p.add_argument("pubkey", help="hex or npub")
+    term = p.add_mutually_exclusive_group()
+    term.add_argument("--days", type=float, help="admit for N more days (from the later of now and the current end)")
+    term.add_argument("--forever", action="store_true", help="admit for good")
+    p.add_argument("--credit-sats", type=int, default=0, help="add prepaid credit")
+    p.add_argument("--allow", action="store_true", help="put on the allow-list (writes always free)")
+    p.set_defaults(func=_runner(load, _accounts_grant))
+    p = acc.add_parser(
+        "revoke", help="end admission and allow-listing (credit stays unless --credit)", parents=[common, output]
+    )
+    p.add_argument("pubkey", help="hex or npub")
+    p.add_argument("--credit", action="store_true", help="also set the credit to zero")
+    p.set_defaults(func=_runner(load, _accounts_revoke))
+    p = acc.add_parser("ban", help="refuse every write from a pubkey", parents=[common, output])
+    p.add_argument("pubkey", help="hex or npub")
+    p.add_argument("--undo", action="store_true", help="lift the ban")
+    p.set_defaults(func=_runner(load, _accounts_ban))
+
+    invoices = sub.add_parser("invoices", help="list invoices", parents=[common])
+    inv = invoices.add_subparsers(dest="invoices_command", required=True)
+    p = inv.add_parser("list", help="newest first", parents=[common, output])
+    p.add_argument("--pending", action="store_true", help="only unpaid, unexpired ones")
+    p.add_argument("--pubkey", help="only this pubkey's (hex or npub)")
+    p.set_defaults(func=_runner(load, _invoices_list))
+
+    p = sub.add_parser("pay-fake", help="settle an invoice of the demo (fake) wallet", parents=[common, output])
+    p.add_argument("payment_hash")
+    p.add_argument("--amount-msat", type=int, help="pay this much instead (an underpayment is never credited)")
+    p.set_defaults(func=_pay_fake_runner(load))
+
+
+Command = Callable[[argparse.Namespace, Settings, Store], Awaitable[int]]
+
+
+def _runner(load: SettingsLoader, command: Command) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        settings = load(args)
+
+        async def main() -> int:
+            store = open_store(settings.storage)
+            await store.open()
+            try:
+                return await command(args, settings, store)
+            finally:
+                await store.close()
+
+        return asyncio.run(main())
+
+    return run
+
+
+class _Abort(Exception):
+    pass
+
+
+def _pubkey(text: str) -> str:
+    pubkey = parse_pubkey(text)
+    if pubkey is None:
+        raise _Abort(f"not a hex pubkey or npub: {text!r}")
+    return pubkey
+
+
+def _fail(message: str) -> int:
+    print(f"satsrelay: {message}", file=sys.stderr)
+    return 1
+
+
+def _when(value: Any) -> str:
+    if value is None:
+        return "-"
+    if value == "forever":
+        return "forever"
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(value)))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
+    if args.json:
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(text)
+
+
+def _account_rows(docs: Sequence[dict[str, Any]]) -> str:
+    rows = []
+    for d in docs:
+        flags = ",".join(f for f in ("banned", "allowed") if d[f]) or "-"
+        admitted = _when(d["admitted_until"]) + ("" if d["admitted"] or d["admitted_until"] is None else " (ended)")
+        rows.append([d["pubkey"], admitted, f"{d['credit_msat'] / 1000:g}", flags])
+    return _table(["pubkey", "admitted until (UTC)", "credit sats", "flags"], rows)
+
+
+def _invoice_rows(docs: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        [
+            d["payment_hash"],
+            d["pubkey"][:16] + "…",
+            d["plan"],
+            f"{d['amount_msat'] / 1000:g}",
+            d["state"],
+            _when(d["created_at"]),
+            _when(d["paid_at"]),
+        ]
+        for d in docs
+    ]
+    return _table(["payment hash", "pubkey", "plan", "sats", "state", "created (UTC)", "paid (UTC)"], rows)
+
+
+async def _accounts_list(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    now = int(time.time())
+    docs = [account_json(a.pubkey, a, now) for a in await store.list_accounts()]
+    _emit(args, docs, _account_rows(docs) if docs else "no accounts yet")
+    return 0
+
+
+async def _accounts_show(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    try:
+        pubkey = _pubkey(args.pubkey)
+    except _Abort as exc:
+        return _fail(str(exc))
+    doc = account_json(pubkey, await store.get_account(pubkey), int(time.time()))
+    invoices = [invoice_json(i) for i in await store.list_invoices(pubkey=pubkey)]
+    for invoice in invoices:
+        invoice.pop("qr")
+    text = _account_rows([doc]) + "\n\n" + (_invoice_rows(invoices) if invoices else "no invoices")
+    _emit(args, {**doc, "invoices": invoices}, text)
+    return 0
+
+
+async def _accounts_grant(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    try:
+        pubkey = _pubkey(args.pubkey)
+    except _Abort as exc:
+        return _fail(str(exc))
+    if args.days is None and not args.forever and not args.credit_sats and not args.allow:
+        return _fail("nothing to grant: give --days, --forever, --credit-sats or --allow")
+    if args.credit_sats < 0 or (args.days is not None and args.days <= 0):
+        return _fail("grants must be positive (use revoke to take away)")
+    now = int(time.time())
+    until: int | None = None
+    if args.forever:
+        until = FOREVER
+    elif args.days is not None:
+        current = await store.get_account(pubkey)
+        start = max(now, current.admitted_until if current else 0)
+        until = min(FOREVER, start + round(args.days * 86400))
+    account = await store.update_account(
+        pubkey,
+        now,
+        admitted_until=until,
+        credit_delta_msat=args.credit_sats * 1000,
+        allowed=True if args.allow else None,
+    )
+    doc = account_json(pubkey, account, now)
+    _emit(args, doc, _account_rows([doc]))
+    return 0
+
+
+async def _accounts_revoke(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    try:
+        pubkey = _pubkey(args.pubkey)
+    except _Abort as exc:
+        return _fail(str(exc))
+    now = int(time.time())
+    current = await store.get_account(pubkey)
+    delta = -current.credit_msat if (args.credit and current is not None) else 0
+    account = await store.update_account(pubkey, now, admitted_until=0, allowed=False, credit_delta_msat=delta)
+    doc = account_json(pubkey, account, now)
+    _emit(args, doc, _account_rows([doc]))
+    return 0
+
+
+async def _accounts_ban(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    try:
+        pubkey = _pubkey(args.pubkey)
+    except _Abort as exc:
+        return _fail(str(exc))
+    now = int(time.time())
+    account = await store.update_account(pubkey, now, banned=not args.undo)
+    doc = account_json(pubkey, account, now)
+    _emit(args, doc, _account_rows([doc]))
+    return 0
+
+
+async def _invoices_list(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    pubkey = None
+    if args.pubkey:
+        try:
+            pubkey = _pubkey(args.pubkey)
+        except _Abort as exc:
+            return _fail(str(exc))
+    now = int(time.time())
+    invoices = await store.list_invoices(pending_only=args.pending, pubkey=pubkey)
+    if args.pending:
+        invoices = [i for i in invoices if i.expires_at > now]
+    docs = [invoice_json(i) for i in invoices]
+    for doc in docs:
+        doc.pop("qr")
+    _emit(args, docs, _invoice_rows(docs) if docs else "no invoices")
+    return 0
+
+
+def _pay_fake_runner(load: SettingsLoader) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from lightning.backends.fake import mark_paid
+        from lightning.extension import fake_state_file
+
+        settings = load(args)
+        if settings.payments.backend != "fake":
+            return _fail(
+                f"pay-fake works only with payments.backend = 'fake' (this relay uses {settings.payments.backend!r})"
+            )
+        payment_hash = args.payment_hash.strip().lower()
+        path = fake_state_file(settings)
+        if not path.exists():
+            return _fail(f"no fake wallet state at {path}: has the relay issued an invoice yet?")
+        paid = mark_paid(path, payment_hash, args.amount_msat)
+        doc = {"payment_hash": payment_hash, "paid": paid}
+        text = (
+            f"paid {payment_hash}; the relay credits it within seconds"
+            if paid
+            else f"{payment_hash}: no such unpaid invoice in the fake wallet"
+        )
+        _emit(args, doc, text)
+        return 0 if paid else 1
+
+    return run

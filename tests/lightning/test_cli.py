@@ -1,0 +1,122 @@
+"""Operator commands run as separate processes against the relay's database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lightning.pubkeys import npub_encode
+from relay import crypto
+from relay.event import sign_event
+from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import payment_stack
+from tests.nostr_client import NostrClient
+
+
+def write_config(tmp_path: Path) -> Path:
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'[storage]\nurl = "sqlite:///{tmp_path}/relay.db"\n[payments]\nenabled = true\nbackend = "fake"\n'
+    )
+    return config
+
+
+async def satsrelay(config: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay.cli",
+        *args,
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def satsrelay_json(config: Path, *args: str) -> Any:
+    code, out, err = await satsrelay(config, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+async def test_grant_show_list_revoke_and_ban(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    pubkey = crypto.public_key(crypto.generate_secret()).hex()
+    granted = await satsrelay_json(config, "accounts", "grant", npub_encode(pubkey), "--forever", "--credit-sats", "21")
+    assert granted["admitted_until"] == "forever" and granted["credit_msat"] == 21_000
+
+    code, table, _ = await satsrelay(config, "accounts", "list")
+    assert code == 0
+    header, rule, row = table.splitlines()[:3]
+    assert header.split()[:2] == ["pubkey", "admitted"] and set(rule) <= {"-", " "}
+    assert row.split()[:3] == [pubkey, "forever", "21"]
+
+    revoked = await satsrelay_json(config, "accounts", "revoke", pubkey, "--credit")
+    assert revoked["admitted"] is False and revoked["credit_msat"] == 0
+
+    banned = await satsrelay_json(config, "accounts", "ban", pubkey)
+    assert banned["banned"] is True
+    shown = await satsrelay_json(config, "accounts", "show", pubkey)
+    assert shown["banned"] is True and shown["invoices"] == []
+    assert (await satsrelay_json(config, "accounts", "ban", pubkey, "--undo"))["banned"] is False
+
+
+async def test_grant_days_extends_from_the_current_end(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    pubkey = "b" * 64
+    first = await satsrelay_json(config, "accounts", "grant", pubkey, "--days", "1")
+    second = await satsrelay_json(config, "accounts", "grant", pubkey, "--days", "1")
+    assert second["admitted_until"] - first["admitted_until"] == 86400
+    code, _, err = await satsrelay(config, "accounts", "grant", "not-a-key", "--days", "1")
+    assert code == 1 and "not a hex pubkey" in err
+
+
+async def test_invoices_list_pending_and_pay_fake(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    async with payment_stack(tmp_path) as s:
+        paid = await s.ext.ledger.issue("c" * 64, "admission", int(time.time()))
+        pending = await s.ext.ledger.issue("d" * 64, "admission", int(time.time()))
+        await s.wallet.pay(paid.payment_hash)
+        await s.ext.ledger.confirm(paid.payment_hash, int(time.time()))
+
+    everything = await satsrelay_json(config, "invoices", "list")
+    assert {i["payment_hash"]: i["state"] for i in everything} == {
+        pending.payment_hash: "pending",
+        paid.payment_hash: "paid",
+    }
+    only_pending = await satsrelay_json(config, "invoices", "list", "--pending")
+    assert [i["payment_hash"] for i in only_pending] == [pending.payment_hash]
+    code, table, _ = await satsrelay(config, "invoices", "list", "--pending")
+    assert code == 0 and pending.payment_hash in table and "pending" in table
+
+    assert (await satsrelay_json(config, "pay-fake", pending.payment_hash))["paid"] is True
+    code, _, _ = await satsrelay(config, "pay-fake", pending.payment_hash)
+    assert code == 1  # already paid
+
+
+async def test_pay_fake_from_another_process_admits_on_the_running_relay(
+    relay_factory: RelayFactory, alice: bytes, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path)
+    pubkey = crypto.public_key(alice).hex()
+    payments = {"enabled": True, "backend": "fake", "poll_interval_seconds": 60}  # push must do it
+    async with relay_factory(payments=payments) as relay, NostrClient(relay.url) as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{relay.port}") as web:
+            invoice = (await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "admission"})).json()
+            assert (await satsrelay_json(config, "pay-fake", invoice["payment_hash"]))["paid"] is True
+            deadline = time.monotonic() + 5
+            while not (await web.get(f"/api/invoice/{invoice['payment_hash']}")).json()["paid"]:
+                assert time.monotonic() < deadline, "relay did not notice the payment"
+                await asyncio.sleep(0.1)
+        ok, message = await client.publish(sign_event(alice, 1, "paid", [], created_at=int(time.time())))
+        assert ok, message
