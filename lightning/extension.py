@@ -86,9 +86,9 @@ def build_backend(settings: Settings, http: httpx.AsyncClient) -> WalletBackend:
 
         return PhoenixdBackend(PhoenixdConfig(p.phoenixd.url, p.phoenixd.password.get_secret_value()), http)
     if p.backend == "nwc":
-        from lightning.backends.nwc import NwcBackend, NwcConfig  # type: ignore[import-not-found,unused-ignore]
+        from lightning.backends.nwc import NwcBackend, NwcConfig
 
-        return NwcBackend(NwcConfig(p.nwc.uri.get_secret_value()), http)  # type: ignore[no-any-return,unused-ignore]
+        return NwcBackend(NwcConfig(p.nwc.uri.get_secret_value()), http)
     raise ValueError(f"unknown payments.backend {p.backend!r}")
 
 

@@ -1,0 +1,51 @@
+"""Kill the relay with a pending invoice, pay it while it is down, restart: credited once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from lightning.backends.fake import mark_paid
+from tests.conftest import RelayProcess
+
+PAYMENTS = """
+[payments]
+enabled = true
+backend = "fake"
+poll_interval_seconds = 0.3
+[payments.admission]
+enabled = false
+[payments.credit]
+enabled = true
+"""
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def test_payment_made_while_relay_is_killed_is_credited_once_after_restart(
+    relay_process: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    relay = relay_process(PAYMENTS)
+    base = f"http://127.0.0.1:{relay.port}"
+    pubkey = "e" * 64
+    invoice = httpx.get(f"{base}/api/invoice", params={"pubkey": pubkey, "plan": "credit", "amount": "777"}).json()
+    relay.kill()  # SIGKILL: no graceful anything
+
+    assert mark_paid(tmp_path / "fake-wallet.db", invoice["payment_hash"])  # paid while nobody listens
+
+    for _ in range(2):  # a second restart must not credit it again
+        relay.start()
+        status = httpx.get(f"{base}/api/invoice/{invoice['payment_hash']}").json()
+        assert status["paid"] is True  # reconciled before the port even opened
+        time.sleep(0.8)  # a few poll rounds
+        account = httpx.get(f"{base}/account/{pubkey}", headers={"Accept": "application/json"}).json()
+        assert account["credit_msat"] == 777_000
+        assert relay.terminate() == 0
