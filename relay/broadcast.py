@@ -39,7 +39,7 @@ CATCH_UP_MARGIN = 1000  # seqs re-read behind the watermark (identity order != c
 CATCH_UP_BATCH = 1000
 RECENT_IDS = 20000
 
-Deliver = Callable[[Event], None]
+Deliver = Callable[[Event], object]
 
 
 class Broadcast(Protocol):
