@@ -201,7 +201,7 @@ def _filter_select(f: Filter, now: int, p: _Params, columns: str) -> str:
             f"SELECT {columns} FROM events e WHERE e.seq IN ("
             f"SELECT s.seq FROM unnest({p.add(sorted(values), '::text[]')}) v(value), LATERAL ("
             f"SELECT t.seq FROM tags t WHERE {' AND '.join(inner)}"
-            f" ORDER BY t.created_at DESC FETCH FIRST {limit} ROWS WITH TIES) s)"
+            f" ORDER BY t.created_at DESC FETCH FIRST ({limit}) ROWS WITH TIES) s)"
             f" ORDER BY e.created_at DESC, e.id LIMIT {limit}"
         )
     where = _event_conditions(f, now, p)
