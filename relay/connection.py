@@ -100,7 +100,10 @@ class Connection:
         self.closed = True
         self._out.clear()
         self._out_bytes = 0
-        self.relay.spawn(self.ws.close(1008, "slow reader: outgoing buffer full"))
+        # A client that does not read cannot complete a closing handshake either: a close
+        # frame would wait behind the very bytes it is not reading, and websockets would keep
+        # the socket (and its buffers) for close_timeout. Abort the TCP connection at once.
+        self.ws.transport.abort()
 
     # --- fan-out (Subscriber protocol) ------------------------------------------------
 
