@@ -33,10 +33,10 @@ async def test_nip11_limitation_tells_the_configured_limits(relay_factory: Relay
     limits = {"max_message_length": 20000, "max_subscriptions": 7, "max_filters": 3, "max_limit": 42,
               "default_limit": 21, "max_event_tags": 11, "max_content_length": 99, "min_pow_difficulty": 5,
               "created_at_lower_limit": 86400, "created_at_upper_limit": 120}
-    async with relay_factory(limits=limits, auth={"required_to_read": True, "required_to_write": True},
-                             relay={"name": "test relay", "pubkey": "ab" * 32, "contact": "mailto:x@y"}) as relay:
-        async with httpx.AsyncClient() as http:
-            doc = (await http.get(http_url(relay), headers=NIP11)).json()
+    auth = {"required_to_read": True, "required_to_write": True}
+    info = {"name": "test relay", "pubkey": "ab" * 32, "contact": "mailto:x@y"}
+    async with relay_factory(limits=limits, auth=auth, relay=info) as relay, httpx.AsyncClient() as http:
+        doc = (await http.get(http_url(relay), headers=NIP11)).json()
     assert doc["name"] == "test relay" and doc["pubkey"] == "ab" * 32 and doc["contact"] == "mailto:x@y"
     assert doc["limitation"] == limits | {
         "max_subid_length": 64, "auth_required": True, "restricted_writes": True, "payment_required": False}
@@ -61,9 +61,8 @@ async def test_cors_preflight_is_answered(relay: Relay) -> None:
 
 async def test_browser_gets_an_html_page_with_name_and_limits(relay_factory: RelayFactory) -> None:
     async with relay_factory(relay={"name": "Sats <Relay>", "description": "paid & fast", "pubkey": "cd" * 32},
-                             limits={"max_subscriptions": 17}) as relay:
-        async with httpx.AsyncClient() as http:
-            resp = await http.get(http_url(relay), headers={"Accept": "text/html"})
+                             limits={"max_subscriptions": 17}) as relay, httpx.AsyncClient() as http:
+        resp = await http.get(http_url(relay), headers={"Accept": "text/html"})
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/html")
     page = resp.text
