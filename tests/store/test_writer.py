@@ -1,0 +1,170 @@
+"""GroupCommitWriter over each real store: batching under load, futures resolved only
+after the commit, a failing batch fails alone, fan-out of stored events, clean close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import pytest
+
+from relay.event import Event, sign_event
+from relay.filters import Filter
+from relay.store.base import Store, WriteOutcome, WriteRequest
+from relay.store.writer import GroupCommitWriter
+
+NOW = 1_700_000_000
+ALICE = (1).to_bytes(32, "big")
+
+
+class GatedStore:
+    """Wraps a real store: each write_batch waits for ``gate`` and records batch sizes;
+    batches containing ``poison`` raise instead of writing."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.sizes: list[int] = []
+        self.poison: set[str] = set()
+        self.entered = asyncio.Event()
+
+    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome]:
+        self.entered.set()
+        await self.gate.wait()
+        self.sizes.append(len(batch))
+        if any(r.event.id in self.poison for r in batch):
+            raise RuntimeError("disk on fire")
+        return await self.inner.write_batch(batch, now)
+
+
+def notes(n: int, start: int = 100) -> list[Event]:
+    return [sign_event(ALICE, 1, f"note {i}", [], start + i) for i in range(n)]
+
+
+async def test_concurrent_submits_are_batched(store: Store) -> None:
+    gated = GatedStore(store)
+    writer = GroupCommitWriter(gated, batch_max=64)  # type: ignore[arg-type]
+    events = notes(300)
+    outcomes = await asyncio.gather(*(writer.submit(WriteRequest(e)) for e in events))
+    await writer.close()
+    assert outcomes == [WriteOutcome.STORED] * 300
+    assert sum(gated.sizes) == 300
+    assert max(gated.sizes) > 1
+    assert max(gated.sizes) <= 64
+    stats = writer.stats
+    assert (stats.events, stats.batches) == (300, len(gated.sizes))
+    assert stats.batches < 300
+    assert await store.count([Filter()], NOW) == 300
+
+
+async def test_lone_event_is_written_without_waiting_for_company(store: Store) -> None:
+    writer = GroupCommitWriter(store, batch_max=1000)
+    ev = notes(1)[0]
+    assert await asyncio.wait_for(writer.submit(WriteRequest(ev)), 5) == WriteOutcome.STORED
+    assert writer.stats.last_batch_size == 1
+    await writer.close()
+
+
+async def test_futures_resolve_only_after_commit(store: Store) -> None:
+    gated = GatedStore(store)
+    gated.gate.clear()
+    writer = GroupCommitWriter(gated)  # type: ignore[arg-type]
+    events = notes(5)
+    tasks = [asyncio.create_task(writer.submit(WriteRequest(e))) for e in events]
+    await asyncio.wait_for(gated.entered.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert not any(t.done() for t in tasks)
+    assert await store.count([Filter()], NOW) == 0
+    gated.gate.set()
+    assert await asyncio.gather(*tasks) == [WriteOutcome.STORED] * 5
+    # By the time a submit returned, its event is readable from another connection.
+    assert await store.count([Filter()], NOW) == 5
+    await writer.close()
+
+
+async def test_failed_batch_fails_only_its_own_events(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    gated = GatedStore(store)
+    gated.gate.clear()
+    writer = GroupCommitWriter(gated)  # type: ignore[arg-type]
+    bad, mate, later = notes(3)
+    gated.poison.add(bad.id)
+    first = [asyncio.create_task(writer.submit(WriteRequest(e))) for e in (bad, mate)]
+    await asyncio.wait_for(gated.entered.wait(), 5)
+    gated.gate.set()
+    results = await asyncio.gather(*first, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) and "disk on fire" in str(r) for r in results)
+    assert "write batch of 2 events failed" in caplog.text
+    # The writer goes on.
+    assert await writer.submit(WriteRequest(later)) == WriteOutcome.STORED
+    assert writer.stats.failed_batches == 1
+    assert await store.query([Filter()], NOW) == [later.raw]
+    await writer.close()
+
+
+async def test_on_committed_receives_only_stored_events(store: Store) -> None:
+    seen: list[list[str]] = []
+    writer = GroupCommitWriter(store, on_committed=lambda evs: seen.append([e.id for e in evs]))
+    old = sign_event(ALICE, 0, "old", [], 100)
+    new = sign_event(ALICE, 0, "new", [], 200)
+    note = notes(1)[0]
+    assert await writer.submit(WriteRequest(new)) == WriteOutcome.STORED
+    outcomes = await asyncio.gather(writer.submit(WriteRequest(old)), writer.submit(WriteRequest(note)))
+    assert list(outcomes) == [WriteOutcome.SUPERSEDED, WriteOutcome.STORED]
+    assert await writer.submit(WriteRequest(note)) == WriteOutcome.DUPLICATE
+    await writer.close()
+    assert [i for batch in seen for i in batch] == [new.id, note.id]
+
+
+async def test_on_committed_exception_is_logged_and_writer_survives(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(events: list[Event]) -> None:
+        raise KeyError("subscriber gone")
+
+    writer = GroupCommitWriter(store, on_committed=explode)
+    with caplog.at_level(logging.ERROR):
+        assert await writer.submit(WriteRequest(notes(1)[0])) == WriteOutcome.STORED
+        assert await writer.submit(WriteRequest(notes(1, start=500)[0])) == WriteOutcome.STORED
+    assert "on_committed callback failed" in caplog.text
+    await writer.close()
+
+
+async def test_close_flushes_queued_and_refuses_new(store: Store) -> None:
+    gated = GatedStore(store)
+    gated.gate.clear()
+    writer = GroupCommitWriter(gated, batch_max=10)  # type: ignore[arg-type]
+    events = notes(35)
+    tasks = [asyncio.create_task(writer.submit(WriteRequest(e))) for e in events]
+    await asyncio.wait_for(gated.entered.wait(), 5)
+    closing = asyncio.create_task(writer.close())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="closed"):
+        await writer.submit(WriteRequest(notes(1, start=900)[0]))
+    gated.gate.set()
+    await asyncio.wait_for(closing, 10)
+    assert all(t.done() for t in tasks)
+    assert [t.result() for t in tasks] == [WriteOutcome.STORED] * 35
+    assert await store.count([Filter()], NOW) == 35
+
+
+async def test_cancelled_submitter_event_is_still_written(store: Store) -> None:
+    gated = GatedStore(store)
+    gated.gate.clear()
+    writer = GroupCommitWriter(gated)  # type: ignore[arg-type]
+    ev = notes(1)[0]
+    task = asyncio.create_task(writer.submit(WriteRequest(ev)))
+    await asyncio.wait_for(gated.entered.wait(), 5)
+    task.cancel()
+    gated.gate.set()
+    await writer.close()
+    assert task.cancelled()
+    assert await store.query([Filter()], NOW) == [ev.raw]
+
+
+async def test_ephemeral_event_is_refused_at_submit(store: Store) -> None:
+    writer = GroupCommitWriter(store)
+    with pytest.raises(ValueError, match="ephemeral"):
+        await writer.submit(WriteRequest(sign_event(ALICE, 20000, "", [], 100)))
+    await writer.close()
