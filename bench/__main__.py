@@ -13,6 +13,7 @@ import platform
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ from bench.events import EventSetSpec, author_pubkeys, ensure_event_set, p_targe
 from bench.fanout import run_fanout
 from bench.idle import run_idle
 from bench.ingest import run_ingest
+from bench.profile import summarise_profile
 from bench.query import filter_shapes, run_query
 from bench.relayproc import RelayOptions, RelayProcess
 
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(a fresh database is created next to it per scenario and dropped after)")
     p.add_argument("--workers", type=int, default=1, help="serve --workers N for started relays")
     p.add_argument("--seed", type=int, default=1, help="event-set seed (a new seed gives events a relay has not seen)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="py-spy record each started relay into DIR/<scenario>.txt and add its top functions")
     p.add_argument("--quick", action="store_true", help="small sizes: the default scenarios in under two minutes")
     g = p.add_argument_group("ingest")
     g.add_argument("--ingest-events", type=int, default=60_000)
@@ -82,9 +86,11 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.report: dict[str, Any] = {}
+        self.profiles: dict[str, Any] = {}
 
     def relay_options(self, **overrides: Any) -> RelayOptions:
-        base: dict[str, Any] = {"store_url": self.args.store_url, "workers": self.args.workers}
+        base: dict[str, Any] = {"store_url": self.args.store_url, "workers": self.args.workers,
+                                "profile_dir": self.args.profile}
         base.update(overrides)
         return RelayOptions(**base)
 
@@ -111,6 +117,8 @@ class Bench:
             raise
         finally:
             await relay.cleanup()
+            if relay.options.profile_dir is not None:
+                self.profiles[label] = summarise_profile(relay.options.profile_dir / f"{label}.txt")
 
     # --- scenarios ---------------------------------------------------------------------
 
@@ -231,14 +239,17 @@ class Bench:
         relay = result.get("relay", {}).get("cpu_cores_used")
         if relay is None:
             return f"client used {client} cores; relay CPU unknown (give --pid)"
-        total = client + relay
-        limit = "relay" if relay > client else "client"
-        return (
-            f"client used {client} cores ({result['client']['cpu_us_per_event']} us/event), relay {relay} cores "
-            f"({result['relay']['cpu_us_per_event']} us/event) of {cores}; "
-            + (f"the machine was CPU-saturated ({total:.2f}/{cores}), {limit} side larger"
-               if total > 0.9 * cores else "the machine had idle CPU: the relay's own pipeline sets the pace")
-        )
+        busy = result["machine_busy_cores"]
+        other = result.get("other_processes_cores", 0.0)
+        head = (f"client used {client} cores ({result['client']['cpu_us_per_event']} us/event), relay {relay} "
+                f"cores ({result['relay']['cpu_us_per_event']} us/event), other processes {other}, of {cores}: ")
+        if busy < 0.9 * cores:
+            return head + "CPU to spare, so the relay's own pipeline (not the client, not the machine) set the pace"
+        if other > 0.25:
+            return head + "the machine was saturated and other processes took a share: figures are pessimistic"
+        if client >= relay:
+            return head + "the machine was saturated and the client used as much as the relay: client-bound"
+        return head + "the machine was saturated, mostly by the relay: relay-bound, client not the limit"
 
     async def run(self) -> dict[str, Any]:
         scenarios = self.args.scenarios or DEFAULT_SCENARIOS
@@ -254,8 +265,13 @@ class Bench:
                 continue
             log(f"scenario {name} ...")
             started = time.perf_counter()
+            load_before = os.getloadavg()[0]
             self.report[name] = await getattr(self, name)()
+            # Other work on the machine steals the cores being measured; keep the evidence.
+            self.report[name]["machine_load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
             log(f"scenario {name} done in {time.perf_counter() - started:.1f} s")
+        if self.profiles:
+            self.report["profiles"] = self.profiles
         return self.report
 
 

@@ -22,7 +22,7 @@ import orjson
 
 from bench.latency import summary_ms
 from bench.loadproc import Ready, WorkerGroup
-from bench.relayproc import cpu_seconds
+from bench.relayproc import cpu_seconds, machine_busy_seconds, writer_metrics
 from bench.wsclient import RawWebSocket, client_frame
 
 
@@ -177,11 +177,15 @@ async def run_ingest(
     try:
         await group.start_and_wait_ready()
         relay_cpu0 = cpu_seconds(relay_pid) if relay_pid else None
+        writer0 = await _writer_metrics_or_empty(url)
+        busy0 = machine_busy_seconds()
         wall0 = time.perf_counter()
         group.go()
         results: list[IngestResult] = await group.results(timeout + 60)
         wall = time.perf_counter() - wall0
+        busy = machine_busy_seconds() - busy0
         relay_cpu = cpu_seconds(relay_pid) - relay_cpu0 if relay_pid and relay_cpu0 is not None else None
+        writer1 = await _writer_metrics_or_empty(url)
     finally:
         group.kill()
     accepted = sum(r.accepted for r in results)
@@ -210,9 +214,27 @@ async def run_ingest(
             "cpu_us_per_event": round(client_cpu / max(1, accepted + duplicates) * 1e6, 1),
         },
     }
+    if writer0 and writer1:
+        batches = writer1["batches"] - writer0["batches"]
+        commit = writer1["commit_seconds"] - writer0["commit_seconds"]
+        out["group_commit"] = {
+            "batches": int(batches),
+            "mean_batch_events": round((writer1["events"] - writer0["events"]) / max(1, batches), 1),
+            "mean_commit_ms": round(commit / max(1, batches) * 1000, 2),
+            "writer_busy_fraction": round(commit / wall, 2),
+        }
+    out["machine_busy_cores"] = round(busy / wall, 2)
     if relay_cpu is not None:
+        out["other_processes_cores"] = round(max(0.0, busy - relay_cpu - client_cpu) / wall, 2)
         out["relay"] = {
             "cpu_cores_used": round(relay_cpu / wall, 2),
             "cpu_us_per_event": round(relay_cpu / max(1, accepted + duplicates) * 1e6, 1),
         }
     return out
+
+
+async def _writer_metrics_or_empty(url: str) -> dict[str, float]:
+    try:
+        return await writer_metrics(url)
+    except Exception:  # a relay without /metrics still gets its ingest figures
+        return {}

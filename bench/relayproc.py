@@ -42,6 +42,7 @@ class RelayOptions:
     compression: bool = False
     workers: int = 1
     log_level: str = "WARNING"
+    profile_dir: Path | None = None  # py-spy record the relay into <dir>/<label>.txt (collapsed stacks)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -139,6 +140,7 @@ class RelayProcess:
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.profiler: subprocess.Popen[bytes] | None = None
         self.pg: PostgresDatabase | None = None
         if options.store_url is None:
             self.store_url = f"sqlite:///{self.tmp / 'relay.db'}"
@@ -193,6 +195,19 @@ class RelayProcess:
             env={**os.environ, **self.options.extra_env},
         )
 
+    def _spawn_profiler(self, pid: int) -> subprocess.Popen[bytes]:
+        """py-spy samples the running relay from outside (no relay code change); ``raw`` is
+        the collapsed-stack format ``bench.profile`` summarises. ``--nonblocking`` keeps it
+        from pausing the relay at each sample, which would inflate the latencies measured."""
+        assert self.options.profile_dir is not None
+        self.options.profile_dir.mkdir(parents=True, exist_ok=True)
+        out = self.options.profile_dir / f"{self.label}.txt"
+        cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
+               "--rate", "250", "--nonblocking", "-o", str(out)]
+        if self.options.workers > 1:
+            cmd.append("--subprocesses")
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     async def start(self) -> None:
         self.proc = self._spawn()
         deadline = time.monotonic() + 30
@@ -208,6 +223,8 @@ class RelayProcess:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             await asyncio.sleep(0.3 if self.options.workers > 1 else 0.05)  # let every worker bind
+            if self.options.profile_dir is not None:
+                self.profiler = self._spawn_profiler(self.proc.pid)
             return
         raise RuntimeError(f"relay did not listen within 30 s:\n{self.log_tail()}")
 
@@ -226,6 +243,12 @@ class RelayProcess:
         if self.proc is not None:
             self.log.close()
         self.proc = None
+        if self.profiler is not None:  # py-spy writes its file when the relay exits
+            try:
+                await asyncio.to_thread(self.profiler.wait, 30)
+            except subprocess.TimeoutExpired:
+                self.profiler.kill()
+            self.profiler = None
 
     async def cleanup(self) -> None:
         await self.stop()
@@ -233,3 +256,29 @@ class RelayProcess:
             with contextlib.suppress(Exception):
                 await self.pg.drop()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+async def writer_metrics(ws_url: str) -> dict[str, float]:
+    """The relay's group-commit counters from ``/metrics`` (one worker's, with ``--workers``)."""
+    import httpx
+
+    http_url = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rstrip("/") + "/metrics"
+    wanted = {f"satsrelay_writer_{n}_total" for n in ("batches", "events", "commit_seconds")}
+    async with httpx.AsyncClient(timeout=10) as client:
+        text = (await client.get(http_url)).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            out[name.removeprefix("satsrelay_writer_").removesuffix("_total")] = float(value)
+    return out
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and
+    iowait). Sampled around a phase, it shows how much CPU *other* processes took: on a
+    shared 2-core machine that is the difference between a slow relay and a starved one."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
