@@ -1,0 +1,176 @@
+"""SQLite-only behaviour: durability across SIGKILL, migrations, URL parsing, query plans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.event import sign_event
+from relay.filters import Filter
+from relay.store.base import WriteRequest
+from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
+from relay.store.sqlite import SqliteStore, _filter_select, _filter_where, apply_migrations, sqlite_path_from_url
+
+NOW = 1_700_000_000
+ROOT = Path(__file__).resolve().parents[2]
+ALICE = (1).to_bytes(32, "big")
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+async def test_every_acknowledged_event_survives_sigkill(tmp_path: Path, synchronous: str) -> None:
+    """An id printed by the child means submit() returned, i.e. the relay would have sent
+    OK true. After SIGKILL mid-stream every such id must be in the file. (NORMAL is durable
+    against a process crash, not against power loss, so it must pass this too.)"""
+    db = tmp_path / "crash.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.store.crash_writer", str(db), synchronous],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    acknowledged: list[str] = []
+    try:
+        while len(acknowledged) < 2_000:
+            line = proc.stdout.readline()
+            if not line:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                pytest.fail(f"writer exited early: {err}")
+            acknowledged.append(line.decode().strip())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    # Lines written before the kill landed are acknowledged too; a torn last line is not.
+    acknowledged += [line for line in rest.decode().split("\n")[:-1] if line]
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        found = 0
+        for i in range(0, len(acknowledged), 500):
+            found += await store.count([Filter(ids=frozenset(acknowledged[i : i + 500]))], NOW)
+        assert found == len(set(acknowledged))
+        assert await store.count([Filter()], NOW) >= found
+    finally:
+        await store.close()
+
+
+async def test_migrations_idempotent_on_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "relay.db"
+    store = SqliteStore(path)
+    await store.open()
+    ev = sign_event(ALICE, 1, "kept", [], 100)
+    await store.write_batch([WriteRequest(ev)], NOW)
+    assert await store.schema_version() == len(SQLITE_MIGRATIONS)
+    await store.close()
+    for _ in range(2):
+        again = SqliteStore(path)
+        await again.open()
+        assert await again.schema_version() == len(SQLITE_MIGRATIONS)
+        assert await again.query([Filter()], NOW) == [ev.raw]
+        await again.close()
+
+
+def test_migration_runner_applies_pending_steps_in_one_transaction(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    steps = (
+        Migration(1, "a", ("CREATE TABLE a (x INTEGER)",)),
+        Migration(2, "b", ("CREATE TABLE b (y INTEGER)", "INSERT INTO b VALUES (1)")),
+    )
+    assert apply_migrations(conn, steps[:1]) == 1
+    assert apply_migrations(conn, steps) == 2
+    assert apply_migrations(conn, steps) == 2
+    broken = (*steps, Migration(3, "c", ("CREATE TABLE c (z INTEGER)", "CREATE TABLE a (x INTEGER)")))
+    with pytest.raises(sqlite3.OperationalError):
+        apply_migrations(conn, broken)
+    # The failed step left nothing behind: no table c, version still 2.
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'c'").fetchone()[0] == 0
+
+
+def test_pending_refuses_gaps_and_newer_databases() -> None:
+    steps = (Migration(1, "a", ()), Migration(3, "c", ()))
+    with pytest.raises(ValueError, match="out of order"):
+        pending(steps, 0)
+    with pytest.raises(RuntimeError, match="newer"):
+        pending(SQLITE_MIGRATIONS, len(SQLITE_MIGRATIONS) + 1)
+    assert pending(SQLITE_MIGRATIONS, 0) == list(SQLITE_MIGRATIONS)
+
+
+def test_sqlite_url_forms() -> None:
+    assert sqlite_path_from_url("sqlite:///data/relay.db") == Path("data/relay.db")
+    assert sqlite_path_from_url("sqlite:////var/lib/relay.db") == Path("/var/lib/relay.db")
+    with pytest.raises(ValueError):
+        sqlite_path_from_url("postgresql://x/y")
+    with pytest.raises(ValueError):
+        sqlite_path_from_url("sqlite:///")
+
+
+async def test_from_url_creates_parent_directories(tmp_path: Path) -> None:
+    os.chdir(tmp_path)
+    store = SqliteStore.from_url("sqlite:///deep/er/relay.db", synchronous="NORMAL")
+    await store.open()
+    await store.close()
+    assert (tmp_path / "deep" / "er" / "relay.db").exists()
+    absolute = SqliteStore.from_url(f"sqlite:///{tmp_path}/abs/relay.db")
+    await absolute.open()
+    await absolute.close()
+    assert (tmp_path / "abs" / "relay.db").exists()
+
+
+def test_file_is_in_wal_mode_after_open(tmp_path: Path) -> None:
+    import asyncio
+
+    async def open_close() -> None:
+        store = SqliteStore(tmp_path / "w.db")
+        await store.open()
+        await store.close()
+
+    asyncio.run(open_close())
+    conn = sqlite3.connect(tmp_path / "w.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+HEX = "ab" * 32
+SHAPES = {
+    "ids": Filter(ids=frozenset([HEX, "cd" * 32])),
+    "authors": Filter(authors=frozenset([HEX, "cd" * 32]), limit=10),
+    "authors+kinds": Filter(authors=frozenset([HEX]), kinds=frozenset([1, 6]), limit=10),
+    "kinds": Filter(kinds=frozenset([1]), limit=10),
+    "tag one value": Filter(tags=(("e", frozenset([HEX])),), limit=10),
+    "tag values": Filter(tags=(("t", frozenset(["a", "b"])),), limit=10),
+    "tag+kinds": Filter(kinds=frozenset([7]), tags=(("e", frozenset([HEX])),), limit=10),
+    "tag+authors": Filter(authors=frozenset([HEX]), tags=(("p", frozenset([HEX, "cd" * 32])),)),
+    "two tags": Filter(tags=(("e", frozenset([HEX])), ("p", frozenset([HEX])))),
+    "since/until": Filter(since=100, until=200, limit=10),
+    "authors+since": Filter(authors=frozenset([HEX]), since=100),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+async def test_every_filter_shape_is_an_index_search(tmp_path: Path, shape: str) -> None:
+    store = SqliteStore(tmp_path / "plan.db")
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    f = SHAPES[shape]
+    for sql, params in (_filter_select(f, NOW, "e.raw"), _filter_where(f, NOW)):
+        if not sql.startswith("SELECT"):
+            sql = f"SELECT COUNT(*) FROM events e WHERE {sql}"
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        assert not any(step.startswith("SCAN") for step in plan), plan
+        assert any(step.startswith("SEARCH") for step in plan), plan
+
+
+def test_purge_expired_uses_the_expiration_index(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "p.db", isolation_level=None)
+    apply_migrations(conn)
+    sql = "DELETE FROM events WHERE expiration IS NOT NULL AND expiration <= ?"
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (NOW,))]
+    assert any("events_expiration" in step for step in plan), plan
