@@ -1,11 +1,13 @@
 """The join page in real headless Chromium: pubkey -> QR -> simulated payment -> "paid" -> publish.
 
 Needs Debian's ``chromium`` (``make chromium``); skipped with the reason when absent.
-Screenshots land in docs/img/ for the README.
+Screenshots go to the test's temp folder, or to docs/img/ (for the README) when
+``SATSRELAY_UPDATE_SCREENSHOTS=1``, so an ordinary test run leaves the work tree clean.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -28,17 +30,21 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (run `make chromium`)")
 
 
-async def test_join_page_pays_and_the_event_is_then_accepted(relay_factory: RelayFactory, alice: bytes) -> None:
+async def test_join_page_pays_and_the_event_is_then_accepted(
+    relay_factory: RelayFactory, alice: bytes, tmp_path: Path
+) -> None:
     from playwright.async_api import async_playwright, expect
+
+    screenshots = DOCS_IMG if os.environ.get("SATSRELAY_UPDATE_SCREENSHOTS") == "1" else tmp_path
 
     payments: dict[str, Any] = {"enabled": True, "backend": "fake", "poll_interval_seconds": 0.5}
     pubkey = crypto.public_key(alice).hex()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    screenshots.mkdir(parents=True, exist_ok=True)
     async with relay_factory(payments=payments, relay={"name": "satsrelay demo"}) as relay:
         base = f"http://127.0.0.1:{relay.port}"
         async with NostrClient(relay.url) as client:
@@ -53,7 +59,7 @@ async def test_join_page_pays_and_the_event_is_then_accepted(relay_factory: Rela
                     page.on("request", lambda request: requested.append(request.url))
                     await page.goto(base + "/", wait_until="load")
                     assert await page.locator("h1").inner_text() == "satsrelay demo"
-                    await page.screenshot(path=str(SCREENSHOTS / "join-page.png"), full_page=True)
+                    await page.screenshot(path=str(screenshots / "join-page.png"), full_page=True)
 
                     await page.fill("#pubkey", npub_encode(pubkey))
                     await page.click("#get-invoice")
@@ -64,12 +70,12 @@ async def test_join_page_pays_and_the_event_is_then_accepted(relay_factory: Rela
                     bolt11 = await page.input_value("#bolt11")
                     assert bolt11.startswith("lnbcrt")
                     assert await page.inner_text("#status") == "waiting for payment"
-                    await page.screenshot(path=str(SCREENSHOTS / "join-invoice.png"), full_page=True)
+                    await page.screenshot(path=str(screenshots / "join-invoice.png"), full_page=True)
 
                     await page.click("#simulate")
                     await expect(page.locator("#status")).to_have_text("paid", timeout=10_000)
                     assert await page.inner_text("#acct-admitted") == "yes, for good"
-                    await page.screenshot(path=str(SCREENSHOTS / "join-paid.png"), full_page=True)
+                    await page.screenshot(path=str(screenshots / "join-paid.png"), full_page=True)
                     assert requested and all(url.startswith(base + "/") for url in requested), requested
                 finally:
                     await browser.close()
