@@ -97,17 +97,22 @@ def bob() -> bytes:
 class RelayProcess:
     """``satsrelay serve`` in a subprocess, for kill -9 and signal tests."""
 
-    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, port: int, env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> None:
         self.config, self.port = config, port
         self.url = f"ws://127.0.0.1:{port}"
         self.env = {**os.environ, **(env or {})}
+        self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config)],
+            [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config), *self.args],
             env=self.env,
             stderr=subprocess.PIPE,
+            # its own process group, so teardown can also reap ``--workers`` children
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -140,25 +145,34 @@ def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
     procs: list[RelayProcess] = []
 
     def make(
-        extra_toml: str = "", env: dict[str, str] | None = None, port: int | None = None, storage_url: str | None = None
+        extra_toml: str = "",
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        storage_url: str | None = None,
+        storage_toml: str = "",
+        args: list[str] | None = None,
     ) -> RelayProcess:
-        """``extra_toml`` may add keys and sections but not repeat [server], [relay], [storage]."""
+        """``extra_toml`` may add keys and sections but not repeat [server], [relay], [storage];
+        ``storage_toml`` adds lines to [storage] (e.g. ``schema_name = "..."``); ``args`` are
+        extra ``satsrelay serve`` arguments (e.g. ``["--workers", "2"]``)."""
         port = port or free_port()
         storage_url = storage_url or f"sqlite:///{tmp_path}/relay.db"
         config = tmp_path / f"relay-{port}.toml"
         config.write_text(
             f'log_level = "INFO"\n[server]\nhost = "127.0.0.1"\nport = {port}\n'
             f'[relay]\npublic_url = "ws://127.0.0.1:{port}"\n'
-            f'[storage]\nurl = "{storage_url}"\n' + extra_toml
+            f'[storage]\nurl = "{storage_url}"\n' + (storage_toml.rstrip("\n") + "\n" if storage_toml else "")
+            + extra_toml
         )
-        proc = RelayProcess(config, port, env)
+        proc = RelayProcess(config, port, env, args)
         proc.start()
         procs.append(proc)
         return proc
 
     yield make
     for proc in procs:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.proc.kill()
+        if proc.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.proc.pid, signal.SIGKILL)
             proc.proc.wait()
 

@@ -1,0 +1,113 @@
+"""Several relay processes on one PostgreSQL: cross-node live fan-out (LISTEN/NOTIFY),
+payments seen by every node, listener loss and catch-up, ``serve --workers N``, and the
+ledger's exactly-once settlement across two connection pools.
+
+Every test runs real ``satsrelay serve`` processes (or real PostgresStore pools) against
+the server named by ``SATSRELAY_TEST_POSTGRES``, each in a fresh schema dropped afterwards,
+and is skipped with the reason when that variable is unset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from relay import crypto
+from tests.conftest import RelayProcess
+from tests.nostr_client import NostrClient, signed
+
+MakeRelay = Callable[..., RelayProcess]
+
+WAIT = 10.0  # seconds any single condition may take before the test fails
+
+
+@pytest.fixture
+def pg_dsn() -> str:
+    dsn = os.environ.get("SATSRELAY_TEST_POSTGRES")
+    if not dsn:
+        pytest.skip("SATSRELAY_TEST_POSTGRES is unset (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    return dsn
+
+
+@pytest.fixture
+def pg_schema(pg_dsn: str) -> Iterator[str]:
+    """A fresh schema name; the relays create it, teardown drops it (after ``relay_process``
+    killed them, since a test requests this fixture first)."""
+    schema = f"nodes_{uuid.uuid4().hex[:16]}"
+    yield schema
+    asyncio.run(_drop_schema(pg_dsn, schema))
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def start_node(pg_schema: str, pg_dsn: str, relay_process: MakeRelay) -> Callable[..., RelayProcess]:
+    """``start_node(extra_toml=..., args=...)``: a ``satsrelay serve`` on the shared schema."""
+
+    def start(extra_toml: str = "", args: list[str] | None = None) -> RelayProcess:
+        return relay_process(
+            storage_url=pg_dsn,
+            storage_toml=f'schema_name = "{pg_schema}"',
+            extra_toml="[limits]\nevents_per_second = 10000\nevents_burst = 10000\n"
+            "ip_events_per_second = 10000\nip_events_burst = 10000\n" + extra_toml,
+            args=args,
+        )
+
+    return start
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def live_event(client: NostrClient, sub: str, timeout: float = WAIT) -> dict[str, Any]:
+    msg = await client.recv_where(lambda m: m[0] == "EVENT" and m[1] == sub, timeout)
+    event: dict[str, Any] = msg[2]
+    return event
+
+
+# --- two nodes: publish on A, receive on B ---------------------------------------------
+
+
+async def test_event_published_on_a_reaches_live_subscriber_and_req_on_b(
+    start_node: Callable[..., RelayProcess], alice: bytes
+) -> None:
+    a, b = start_node(), start_node()
+    async with NostrClient(a.url) as pub, NostrClient(b.url) as sub:
+        assert await sub.req("live", {"authors": [crypto.public_key(alice).hex()]}) == []
+
+        regular = signed(alice, 1, "from node A")
+        assert await pub.publish(regular) == (True, "")
+        assert (await live_event(sub, "live"))["id"] == regular.id
+
+        ephemeral = signed(alice, 20001, "ephemeral from node A")
+        assert await pub.publish(ephemeral) == (True, "")
+        assert (await live_event(sub, "live"))["id"] == ephemeral.id
+
+        # Stored on the shared database: B answers a REQ with A's regular event only
+        # (ephemeral events are never stored, NIP-01).
+        async with NostrClient(b.url) as reader:
+            stored = await reader.req("stored", {"ids": [regular.id, ephemeral.id]})
+        assert [e["id"] for e in stored] == [regular.id]
+        assert stored[0] == regular.to_dict()
+        # each event reached B's subscriber once, not echoed again
+        await sub.expect_silence(0.3)
