@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from relay import crypto
@@ -111,3 +114,65 @@ async def test_event_published_on_a_reaches_live_subscriber_and_req_on_b(
         assert stored[0] == regular.to_dict()
         # each event reached B's subscriber once, not echoed again
         await sub.expect_silence(0.3)
+
+
+# --- payments: paid on A, admitted on B ---------------------------------------------------
+
+CACHE_SECONDS = 1.5
+
+
+async def test_payment_on_a_admits_pubkey_on_b_within_cache_window(
+    start_node: Callable[..., RelayProcess], alice: bytes, tmp_path: Path
+) -> None:
+    # One (fake) wallet behind both nodes, as one LNbits/LND would be; a long poll interval
+    # so the settlement comes from A's push path, not from both nodes' polling.
+    payments = (
+        "[payments]\nenabled = true\nbackend = \"fake\"\n"
+        f"account_cache_seconds = {CACHE_SECONDS}\npoll_interval_seconds = 30\n"
+        f'[payments.fake]\nstate_file = "{tmp_path / "fake-wallet.db"}"\n'
+    )
+    a, b = start_node(payments), start_node(payments)
+    pubkey = crypto.public_key(alice).hex()
+    note = signed(alice, 1, "written on B, paid on A")
+    async with NostrClient(b.url) as on_b, httpx.AsyncClient(timeout=WAIT) as web:
+        ok, message = await on_b.publish(note)
+        assert not ok and message.startswith("restricted: ") and "/join" in message, message
+
+        created = await web.get(
+            f"http://127.0.0.1:{a.port}/api/invoice", params={"pubkey": pubkey, "plan": "admission"}
+        )
+        assert created.status_code == 200, created.text
+        payment_hash = created.json()["payment_hash"]
+        # The ledger is shared: B knows A's invoice, unpaid.
+        status_on_b = await web.get(f"http://127.0.0.1:{b.port}/api/invoice/{payment_hash}")
+        assert status_on_b.json()["paid"] is False
+
+        # the operator's command, another process writing to the shared wallet
+        pay = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay.cli", "pay-fake", payment_hash, "--config", str(a.config),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(pay.communicate(), WAIT)
+        assert pay.returncode == 0, err.decode()
+
+        async def paid_on_b() -> bool:
+            doc = (await web.get(f"http://127.0.0.1:{b.port}/api/invoice/{payment_hash}")).json()
+            return bool(doc["paid"])
+
+        await eventually(paid_on_b, "the settlement to reach the shared ledger")
+        settled_at = time.monotonic()
+
+        # B cached "not admitted" when it refused the note; it must see the payment within
+        # account_cache_seconds (plus scheduling slack), and the same EVENT is then accepted.
+        while True:
+            ok, message = await on_b.publish(note)
+            if ok:
+                break
+            assert message.startswith("restricted: "), message
+            assert time.monotonic() - settled_at < CACHE_SECONDS + 2.0, "B still refuses a paid pubkey"
+            await asyncio.sleep(0.1)
+        account = (await web.get(f"http://127.0.0.1:{b.port}/account/{pubkey}", headers={"Accept": "application/json"}))
+        assert account.json()["admitted"] is True
+
+    async with NostrClient(a.url) as on_a:
+        assert [e["id"] for e in await on_a.req("s", {"ids": [note.id]})] == [note.id]
