@@ -18,7 +18,10 @@ Two kinds of connection, because reads and writes have opposite needs:
 
 ``synchronous="FULL"`` fsyncs the WAL at every commit, so an OK sent after a commit
 survives power loss; ``"NORMAL"`` survives a process crash but may lose the last commits on
-power loss, for a faster commit (see bench figures in the commit history).
+power loss, for a faster commit. Measured on the 2-core dev VM: a commit costs ~0.13 ms
+more under FULL (0.39 vs 0.26 ms for one event), so FULL is 1.5x slower for lone events,
+~10% slower at 16 per batch, and within noise at the 1,000-event batches of a busy relay
+(12-19k events/s either way through GroupCommitWriter, 50k pre-signed kind-1 events).
 """
 
 from __future__ import annotations
