@@ -25,7 +25,7 @@ from bench.idle import run_idle
 from bench.ingest import run_ingest
 from bench.profile import summarise_profile
 from bench.query import filter_shapes, run_query
-from bench.relayproc import RelayOptions, RelayProcess
+from bench.relayproc import PROFILE_RATE, RelayOptions, RelayProcess
 
 DEFAULT_SCENARIOS = ["verify_ceiling", "ingest", "query", "fanout", "idle"]
 ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores"]
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="event-set seed (a new seed gives events a relay has not seen)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="py-spy record each started relay into DIR/<scenario>.txt and add its top functions")
+    p.add_argument("--profile-gil", action="store_true", help="with --profile: sample only the GIL holder")
+    p.add_argument("--relay-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for started relays, e.g. SATSRELAY_STORAGE__SYNCHRONOUS=NORMAL (repeatable)")
     p.add_argument("--quick", action="store_true", help="small sizes: the default scenarios in under two minutes")
     g = p.add_argument_group("ingest")
     g.add_argument("--ingest-events", type=int, default=60_000)
@@ -90,7 +93,8 @@ class Bench:
 
     def relay_options(self, **overrides: Any) -> RelayOptions:
         base: dict[str, Any] = {"store_url": self.args.store_url, "workers": self.args.workers,
-                                "profile_dir": self.args.profile}
+                                "profile_dir": self.args.profile, "profile_gil": self.args.profile_gil,
+                                "extra_env": dict(kv.split("=", 1) for kv in self.args.relay_env)}
         base.update(overrides)
         return RelayOptions(**base)
 
@@ -118,7 +122,8 @@ class Bench:
         finally:
             await relay.cleanup()
             if relay.options.profile_dir is not None:
-                self.profiles[label] = summarise_profile(relay.options.profile_dir / f"{label}.txt")
+                self.profiles[label] = summarise_profile(relay.options.profile_dir / f"{label}.txt",
+                                                         seconds=relay.profile_seconds, rate=PROFILE_RATE)
 
     # --- scenarios ---------------------------------------------------------------------
 
@@ -259,7 +264,8 @@ class Bench:
             "platform": platform.platform(),
         }
         self.report["relay"] = {"url": self.args.url or "started per scenario",
-                                "store": self.args.store_url or "sqlite (temp file)", "workers": self.args.workers}
+                                "store": self.args.store_url or "sqlite (temp file)", "workers": self.args.workers,
+                                "env": self.args.relay_env}
         for name in ALL_SCENARIOS:
             if name not in scenarios:
                 continue

@@ -3,8 +3,8 @@
 Each line is ``frame;frame;...;leaf count`` with frames like ``name (file.py:line)``.
 *Own* share counts samples whose leaf is the function (time spent in it, not its callees);
 *inclusive* share counts samples with the function anywhere on the stack (once per stack).
-Threads are not separated: py-spy names the thread in the first frame, which we keep as
-``thread`` so the event loop and the verifier/writer threads can be told apart.
+Stacks are grouped by role (``threads_percent``): the event loop, or the worker thread
+named by its first relay function (verifier, SQLite writer, readers).
 """
 
 from __future__ import annotations
@@ -30,7 +30,21 @@ def _short(frame: str) -> str:
     return f"{path}:{m.group('name')}"
 
 
-def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
+def _role(names: list[str]) -> str:
+    """Which of the relay's threads a stack belongs to: the event loop, or a worker thread
+    named by the first relay function on its stack (the verifier, the SQLite writer...)."""
+    if "runpy" in names[0] or any(n.endswith(":run_forever") for n in names):
+        return "event loop (main thread)"
+    for n in names:
+        if n.startswith(("relay/", "lightning/")):
+            return "thread: " + n
+    return "thread: " + names[-1] if names[0].startswith("threading") else "unattributed (partial stack)"
+
+
+def summarise_profile(path: Path, top: int = 15, seconds: float = 0.0, rate: int = 0) -> dict[str, Any]:
+    """Top functions of a profile. With the sampled ``seconds`` and the sampling ``rate``,
+    ``busy_threads`` is the mean number of threads found running (with ``--gil``: the
+    fraction of time the GIL was held, 1.0 meaning the relay is GIL-bound)."""
     if not path.is_file():
         return {"error": f"no profile at {path} (is py-spy installed in the venv?)"}
     own: Counter[str] = Counter()
@@ -44,8 +58,9 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
         count = int(count_text)
         frames = stack.split(";")
         total += count
-        threads[frames[0]] += count
-        names = [_short(f) for f in frames[1:]] or [frames[0]]
+        names = [_short(f) for f in frames]
+        threads[_role(names)] += count
+        names = names[1:] or names
         own[names[-1]] += count
         for name in set(names):
             inclusive[name] += count
@@ -56,7 +71,8 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
     return {
         "file": str(path),
         "samples": total,
-        "threads_percent": share(threads),
+        "busy_threads": round(total / (seconds * rate), 2) if seconds and rate else None,
+        "threads_percent": share(threads),  # by role
         "own_percent": share(own),
         "inclusive_percent": share(inclusive),
     }

@@ -24,6 +24,7 @@ import asyncpg
 REPO = Path(__file__).resolve().parent.parent
 SATSRELAY = [sys.executable, "-m", "relay.cli"]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PROFILE_RATE = 250  # py-spy samples per second
 
 # Rate limits protect a public relay from one client; the load client is one client by design.
 UNLIMITED = {
@@ -43,6 +44,7 @@ class RelayOptions:
     workers: int = 1
     log_level: str = "WARNING"
     profile_dir: Path | None = None  # py-spy record the relay into <dir>/<label>.txt (collapsed stacks)
+    profile_gil: bool = False  # sample only the thread holding the GIL
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -141,6 +143,8 @@ class RelayProcess:
         self.url = f"ws://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.profiler: subprocess.Popen[bytes] | None = None
+        self.profile_started = 0.0
+        self.profile_seconds = 0.0
         self.pg: PostgresDatabase | None = None
         if options.store_url is None:
             self.store_url = f"sqlite:///{self.tmp / 'relay.db'}"
@@ -203,7 +207,10 @@ class RelayProcess:
         self.options.profile_dir.mkdir(parents=True, exist_ok=True)
         out = self.options.profile_dir / f"{self.label}.txt"
         cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
-               "--rate", "250", "--nonblocking", "-o", str(out)]
+               "--rate", str(PROFILE_RATE), "--nonblocking", "-o", str(out)]
+        if self.options.profile_gil:
+            cmd.append("--gil")
+        self.profile_started = time.monotonic()
         if self.options.workers > 1:
             cmd.append("--subprocesses")
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -233,6 +240,8 @@ class RelayProcess:
         return path.read_bytes()[-n:].decode(errors="replace") if path.exists() else ""
 
     async def stop(self) -> None:
+        if self.profiler is not None:
+            self.profile_seconds = time.monotonic() - self.profile_started
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
