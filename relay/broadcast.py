@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -99,10 +100,16 @@ class PostgresBroadcast:
         self.listener_pid: int | None = None
         self.connected = asyncio.Event()
 
-    async def _connect(self) -> Any:
+    async def _connect(self, role: str) -> Any:
+        """A dedicated connection, named in ``pg_stat_activity.application_name`` as
+        ``satsrelay <role> <os pid>`` so an operator (or a test) can tell which process's
+        listener a backend is: its ``query`` column shows the last statement, which is the
+        periodic liveness probe rather than ``LISTEN`` most of the time."""
         import asyncpg
 
-        conn = await asyncpg.connect(self._dsn)
+        conn = await asyncpg.connect(
+            self._dsn, server_settings={"application_name": f"satsrelay {role} {os.getpid()}"}
+        )
         if self._schema:
             await conn.execute(f'SET search_path TO "{self._schema}"')
         return conn
@@ -151,7 +158,7 @@ class PostgresBroadcast:
                 batch, self._outbox = self._outbox, []
                 try:
                     if conn is None or conn.is_closed():
-                        conn = await self._connect()
+                        conn = await self._connect("notify")
                     # One round trip per batch however many events it holds.
                     await conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", self._channel, batch)
                     delay = 0.1
@@ -172,7 +179,7 @@ class PostgresBroadcast:
             conn: Any = None
             lost = asyncio.Event()
             try:
-                conn = await self._connect()
+                conn = await self._connect("listener")
                 conn.add_termination_listener(lambda _c, ev=lost: ev.set())
                 await conn.add_listener(self._channel, self._on_notify)
                 self.listener_pid = conn.get_server_pid()
@@ -241,7 +248,7 @@ class PostgresBroadcast:
 
     async def _fetch_and_emit(self, event_id: str) -> None:
         try:
-            conn = await self._connect()
+            conn = await self._connect("fetch")
             try:
                 raw = await conn.fetchval("SELECT raw FROM events WHERE id = $1", bytes.fromhex(event_id))
             finally:
