@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from lightning.settings import PaymentSettings
@@ -49,6 +49,15 @@ class StorageSettings(_Section):
     read_connections: int = Field(2, ge=1)
     purge_interval_seconds: float = Field(60.0, gt=0)
     schema_name: str | None = Field(None, description="PostgreSQL schema for every table (default: public)")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:///<path> or postgresql://")
+        if url == "sqlite:///":
+            raise ValueError("sqlite:/// needs a file path, e.g. sqlite:///data/satsrelay.db")
+        return url
 
 
 class LimitSettings(_Section):
