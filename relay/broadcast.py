@@ -94,6 +94,7 @@ class PostgresBroadcast:
         self._wakeup = asyncio.Event()
         self._seen = _RecentIds(RECENT_IDS)
         self._watermark: int | None = None
+        self._floor = 0  # max seq when this node first listened; older rows are history
         self._reconnect_max = reconnect_max
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: Any = None
@@ -215,9 +216,12 @@ class PostgresBroadcast:
     async def _catch_up(self, conn: Any) -> None:
         """Deliver stored events committed while this node was not listening."""
         if self._watermark is None:
-            self._watermark = await self._max_seq(conn)
+            self._watermark = self._floor = await self._max_seq(conn)
             return
-        after = max(0, self._watermark - CATCH_UP_MARGIN)
+        # Never below the first watermark: rows committed before this node listened were
+        # never live here, and replaying them would hand subscribers stored events (which
+        # their REQ already returned) as if they were new.
+        after = max(self._floor, self._watermark - CATCH_UP_MARGIN)
         delivered = 0
         while True:
             rows = await conn.fetch(
