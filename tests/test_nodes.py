@@ -10,11 +10,12 @@ and is skipped with the reason when that variable is unset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,107 @@ async def test_payment_on_a_admits_pubkey_on_b_within_cache_window(
 
     async with NostrClient(a.url) as on_a:
         assert [e["id"] for e in await on_a.req("s", {"ids": [note.id]})] == [note.id]
+
+
+# --- listener loss: reconnect and catch up -------------------------------------------------
+
+
+async def listener_pids(dsn: str, relay_pid: int) -> list[int]:
+    """Backends of the broadcast listener of the relay process ``relay_pid`` (named by
+    ``application_name``, see ``PostgresBroadcast._connect``)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+            f"satsrelay listener {relay_pid}",
+        )
+    finally:
+        await conn.close()
+    return [int(row["pid"]) for row in rows]
+
+
+@contextlib.asynccontextmanager
+async def listener_killer(dsn: str, relay_pid: int) -> AsyncIterator[list[int]]:
+    """While open, terminate every broadcast listener backend of ``relay_pid`` as soon as it
+    appears (polled every 10 ms), so the relay is not listening for the whole block except
+    for a few milliseconds per reconnect attempt. Yields the list of terminated pids."""
+    import asyncpg
+
+    killed: list[int] = []
+    conn = await asyncpg.connect(dsn)
+
+    async def kill_forever() -> None:
+        while True:
+            rows = await conn.fetch(
+                "SELECT pid, pg_terminate_backend(pid, 5000) AS ok FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = $1",
+                f"satsrelay listener {relay_pid}",
+            )
+            killed.extend(int(row["pid"]) for row in rows if row["ok"])
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(kill_forever())
+    try:
+        yield killed
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await conn.close()
+
+
+async def publish_all(client: NostrClient, events: list[Any]) -> None:
+    """Send every EVENT at once, then collect the OKs: the whole burst lands in a short
+    window (here, the one in which B is not listening)."""
+    for event in events:
+        await client.send(["EVENT", event.to_dict()])
+    for event in events:
+        msg = await client.recv_where(lambda m, i=event.id: m[0] == "OK" and m[1] == i)
+        assert msg[2] is True, msg
+
+
+async def test_killed_listener_reconnects_and_live_subscriber_misses_nothing(
+    start_node: Callable[..., RelayProcess], pg_dsn: str, alice: bytes
+) -> None:
+    a = start_node()
+    async with NostrClient(a.url) as pub:
+        # Stored before B exists: B's subscriber gets it from the store, and catch-up must
+        # not replay it as a live event.
+        old = signed(alice, 1, "before B started")
+        assert await pub.publish(old) == (True, "")
+        b = start_node()
+        assert b.proc is not None
+        async with NostrClient(b.url) as sub:
+            stored = await sub.req("live", {"authors": [crypto.public_key(alice).hex()]})
+            assert [e["id"] for e in stored] == [old.id]
+
+            first = signed(alice, 1, "live before the kill")
+            assert await pub.publish(first) == (True, "")
+            assert (await live_event(sub, "live"))["id"] == first.id
+
+            (first_listener,) = await listener_pids(pg_dsn, b.proc.pid)
+            gap = [signed(alice, 1, f"while B reconnects {i}") for i in range(20)]
+            async with listener_killer(pg_dsn, b.proc.pid) as killed:
+                await eventually(lambda: asyncio.sleep(0, bool(killed)), "the listener to be terminated")
+                await publish_all(pub, gap)
+            assert killed[0] == first_listener
+
+            async def listening_again() -> bool:
+                pids = await listener_pids(pg_dsn, b.proc.pid) if b.proc is not None else []
+                return len(pids) == 1 and pids[0] not in killed
+
+            await eventually(listening_again, "B's listener to reconnect")
+            got = [(await live_event(sub, "live"))["id"] for _ in gap]
+            assert old.id not in got, "catch-up replayed an event stored before B started"
+            assert sorted(got) == sorted(e.id for e in gap)
+
+            after = signed(alice, 1, "live after the reconnect")
+            assert await pub.publish(after) == (True, "")
+            assert (await live_event(sub, "live"))["id"] == after.id
+            # nothing twice, and the event stored before B started was not replayed
+            await sub.expect_silence(0.5)
+    assert b.terminate() == 0
+    log = b.stderr_text()
+    assert "broadcast listener lost" in log and "caught up" in log, log
