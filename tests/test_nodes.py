@@ -281,3 +281,111 @@ async def test_killed_listener_reconnects_and_live_subscriber_misses_nothing(
     assert b.terminate() == 0
     log = b.stderr_text()
     assert "broadcast listener lost" in log and "caught up" in log, log
+
+
+# --- serve --workers N --------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc/<n>/stat's ppid field)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def _tcp_sockets(port: int) -> list[tuple[int, int, str]]:
+    """(inode, remote port, state hex) of the TCP sockets whose local port is ``port``."""
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+                if int(local.rsplit(":", 1)[1], 16) == port:
+                    out.append((inode, int(remote.rsplit(":", 1)[1], 16), state))
+    return out
+
+
+def _socket_owners(pids: list[int]) -> dict[int, int]:
+    """socket inode -> the pid (among ``pids``) holding it."""
+    owners = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        owners[int(target[8:-1])] = pid
+    return owners
+
+
+def serving_pid(relay_port: int, client: NostrClient, workers: list[int]) -> int:
+    """The worker process holding the server side of ``client``'s TCP connection."""
+    assert client.ws is not None
+    client_port = int(client.ws.local_address[1])
+    owners = _socket_owners(workers)
+    for inode, remote_port, state in _tcp_sockets(relay_port):
+        if remote_port == client_port and state == "01" and inode in owners:  # 01 = ESTABLISHED
+            return owners[inode]
+    raise AssertionError(f"no worker holds the connection from port {client_port}")
+
+
+async def test_workers_share_the_port_fan_out_across_processes_and_stop_on_sigterm(
+    start_node: Callable[..., RelayProcess], alice: bytes
+) -> None:
+    supervisor = start_node(args=["--workers", "2"])
+    assert supervisor.proc is not None
+
+    async def two_workers_listening() -> bool:
+        workers = _children(supervisor.proc.pid) if supervisor.proc is not None else []
+        listening = {i for i, _, state in _tcp_sockets(supervisor.port) if state == "0A"}  # 0A = LISTEN
+        owners = _socket_owners(workers)
+        return len(workers) == 2 and {owners.get(i) for i in listening} >= set(workers)
+
+    await eventually(two_workers_listening, "two worker processes listening on the port")
+    workers = _children(supervisor.proc.pid)
+    assert supervisor.proc.pid not in workers
+
+    # The kernel spreads connections over the workers; open them until both have some.
+    async with contextlib.AsyncExitStack() as stack:
+        by_worker: dict[int, list[NostrClient]] = {}
+        for _ in range(64):
+            client = await stack.enter_async_context(NostrClient(supervisor.url))
+            by_worker.setdefault(serving_pid(supervisor.port, client, workers), []).append(client)
+            if len(by_worker) == 2:
+                break
+        assert sorted(by_worker) == sorted(workers), "64 connections all went to one worker"
+        (_, (sub, *_)), (w2, (pub, *_)) = by_worker.items()
+
+        assert await sub.req("live", {"authors": [crypto.public_key(alice).hex()]}) == []
+        regular, ephemeral = signed(alice, 1, f"through worker {w2}"), signed(alice, 20001, "ephemeral")
+        for event in (regular, ephemeral):
+            assert await pub.publish(event) == (True, "")
+            assert (await live_event(sub, "live"))["id"] == event.id
+        # the publishing worker's own subscriber is served locally, once
+        assert await pub.req("own", {"ids": [regular.id]}) == [regular.to_dict()]
+
+    assert supervisor.terminate(timeout=WAIT) == 0
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_workers_with_sqlite_refused_saying_why(tmp_path: Path) -> None:
+    config = tmp_path / "sqlite.toml"
+    config.write_text(f'[storage]\nurl = "sqlite:///{tmp_path}/relay.db"\n[server]\nport = 0\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay.cli", "serve", "--config", str(config), "--workers", "2",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    assert proc.returncode not in (0, None)
+    message = err.decode()
+    assert "--workers 2" in message and "postgresql://" in message and "SQLite" in message, message
