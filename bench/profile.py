@@ -35,10 +35,14 @@ def _role(names: list[str]) -> str:
     named by the first relay function on its stack (the verifier, the SQLite writer...)."""
     if "runpy" in names[0] or any(n.endswith(":run_forever") for n in names):
         return "event loop (main thread)"
-    for n in names:
-        if n.startswith(("relay/", "lightning/")):
-            return "thread: " + n
-    return "thread: " + names[-1] if names[0].startswith("threading") else "unattributed (partial stack)"
+    if names[0].startswith("threading"):
+        for n in names:
+            if n.startswith(("relay/", "lightning/")):
+                return "thread: " + n
+        return "thread: " + names[-1]
+    # py-spy --nonblocking sometimes reads a stack whose root is cut off; worker threads'
+    # roots are always intact in practice, so these are the event loop's coroutines.
+    return "event loop (partial stack)"
 
 
 def summarise_profile(path: Path, top: int = 15, seconds: float = 0.0, rate: int = 0) -> dict[str, Any]:
