@@ -246,12 +246,16 @@ class Bench:
             return f"client used {client} cores; relay CPU unknown (give --pid)"
         busy = result["machine_busy_cores"]
         other = result.get("other_processes_cores", 0.0)
+        pg = result.get("postgres_processes_cores", 0.0)
         head = (f"client used {client} cores ({result['client']['cpu_us_per_event']} us/event), relay {relay} "
-                f"cores ({result['relay']['cpu_us_per_event']} us/event), other processes {other}, of {cores}: ")
+                f"cores ({result['relay']['cpu_us_per_event']} us/event), postgres {pg}, other processes {other}, "
+                f"of {cores}: ")
         if busy < 0.9 * cores:
             return head + "CPU to spare, so the relay's own pipeline (not the client, not the machine) set the pace"
         if other > 0.25:
             return head + "the machine was saturated and other processes took a share: figures are pessimistic"
+        if pg > 0.25:
+            return head + "the machine was saturated, PostgreSQL sharing the cores with the relay"
         if client >= relay:
             return head + "the machine was saturated and the client used as much as the relay: client-bound"
         return head + "the machine was saturated, mostly by the relay: relay-bound, client not the limit"

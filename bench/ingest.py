@@ -22,7 +22,7 @@ import orjson
 
 from bench.latency import summary_ms
 from bench.loadproc import Ready, WorkerGroup
-from bench.relayproc import cpu_seconds, machine_busy_seconds, writer_metrics
+from bench.relayproc import cpu_seconds, machine_busy_seconds, postgres_cpu_seconds, writer_metrics
 from bench.wsclient import RawWebSocket, client_frame
 
 
@@ -179,11 +179,13 @@ async def run_ingest(
         relay_cpu0 = cpu_seconds(relay_pid) if relay_pid else None
         writer0 = await _writer_metrics_or_empty(url)
         busy0 = machine_busy_seconds()
+        pg0 = postgres_cpu_seconds()
         wall0 = time.perf_counter()
         group.go()
         results: list[IngestResult] = await group.results(timeout + 60)
         wall = time.perf_counter() - wall0
         busy = machine_busy_seconds() - busy0
+        pg = postgres_cpu_seconds() - pg0
         relay_cpu = cpu_seconds(relay_pid) - relay_cpu0 if relay_pid and relay_cpu0 is not None else None
         writer1 = await _writer_metrics_or_empty(url)
     finally:
@@ -225,7 +227,8 @@ async def run_ingest(
         }
     out["machine_busy_cores"] = round(busy / wall, 2)
     if relay_cpu is not None:
-        out["other_processes_cores"] = round(max(0.0, busy - relay_cpu - client_cpu) / wall, 2)
+        out["other_processes_cores"] = round(max(0.0, busy - relay_cpu - client_cpu - pg) / wall, 2)
+        out["postgres_processes_cores"] = round(pg / wall, 2)
         out["relay"] = {
             "cpu_cores_used": round(relay_cpu / wall, 2),
             "cpu_us_per_event": round(relay_cpu / max(1, accepted + duplicates) * 1e6, 1),

@@ -291,3 +291,19 @@ def machine_busy_seconds() -> float:
         fields = [int(x) for x in f.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of every process named postgres on this machine (the server's backends). With
+    ``--store-url`` on a local server this is the database's share of the work; it also
+    counts other clients' queries, so read it next to ``other_processes_cores``."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+            head, _, tail = f.read().rpartition(")")
+            if head.split("(", 1)[-1].startswith("postgres"):
+                fields = tail.split()
+                total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
