@@ -48,15 +48,18 @@ def run_workers(settings: Settings, config: Path | None) -> int:
 
     stopping = False
     children: dict[int, subprocess.Popen[bytes]] = {}
+    signaled: set[int] = set()  # pids already sent SIGTERM
 
     def start(slot: int) -> None:
-        children[slot] = subprocess.Popen(cmd, env={**env, "SATSRELAY_WORKER": str(slot)})
+        if not stopping:
+            children[slot] = subprocess.Popen(cmd, env={**env, "SATSRELAY_WORKER": str(slot)})
 
     def forward(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
         for child in children.values():
-            if child.poll() is None:
+            if child.poll() is None and child.pid not in signaled:
+                signaled.add(child.pid)
                 child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
@@ -64,15 +67,44 @@ def run_workers(settings: Settings, config: Path | None) -> int:
     for slot in range(n):
         start(slot)
     log.info("started %d workers on port %d", n, settings.server.port)
-    while True:
-        if stopping:
-            for child in children.values():
-                child.wait()
-            return 0
+    while not stopping:
         for slot, child in list(children.items()):
             code = child.poll()
             if code is not None and not stopping:
                 log.error("worker %d exited with %s; restarting", slot, code)
+                del children[slot]  # reported; a stop during the back-off must not count it again
                 time.sleep(RESTART_BACKOFF_SECONDS)
                 start(slot)
         time.sleep(0.2)
+    return _stop_all(children, signaled, settings.server.shutdown_grace_seconds)
+
+
+def _stop_all(children: dict[int, subprocess.Popen[bytes]], signaled: set[int], grace: float) -> int:
+    """SIGTERM each worker the signal handler missed, then wait for all of them.
+
+    A stop request can land between ``start``'s check and its ``Popen`` returning (or
+    during a restart back-off), and that worker never got the handler's SIGTERM; one that
+    did is not signalled twice, since a second SIGTERM reaching a relay that has finished
+    its graceful stop (its loop's handler gone) kills it with -15 during interpreter exit.
+    A worker still running well past its own grace period is killed. Exit 0 only when
+    every worker stopped cleanly: 0, or -SIGTERM for one stopped before it had installed
+    its handler (still starting, no connection yet)."""
+    for child in children.values():
+        if child.poll() is None and child.pid not in signaled:
+            signaled.add(child.pid)
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 2 * grace + 10
+    failed = []
+    for slot, child in sorted(children.items()):
+        try:
+            code = child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            code = child.wait()
+        if code not in (0, -signal.SIGTERM):
+            failed.append(f"worker {slot} exited with {code}")
+    if failed:
+        log.error("unclean shutdown: %s", "; ".join(failed))
+        return 1
+    log.info("all %d workers stopped", len(children))
+    return 0
