@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -372,7 +374,7 @@ async def test_workers_share_the_port_fan_out_across_processes_and_stop_on_sigte
         # the publishing worker's own subscriber is served locally, once
         assert await pub.req("own", {"ids": [regular.id]}) == [regular.to_dict()]
 
-    assert supervisor.terminate(timeout=WAIT) == 0
+    assert supervisor.terminate(timeout=WAIT) == 0, supervisor.stderr_text()
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -389,3 +391,32 @@ async def test_workers_with_sqlite_refused_saying_why(tmp_path: Path) -> None:
     assert proc.returncode not in (0, None)
     message = err.decode()
     assert "--workers 2" in message and "postgresql://" in message and "SQLite" in message, message
+
+
+async def test_sigterm_while_a_crashed_worker_is_being_restarted_still_stops_everything(
+    start_node: Callable[..., RelayProcess],
+) -> None:
+    supervisor = start_node(args=["--workers", "2"])
+    assert supervisor.proc is not None
+
+    async def two_workers() -> bool:
+        return supervisor.proc is not None and len(_children(supervisor.proc.pid)) == 2
+
+    await eventually(two_workers, "two worker processes")
+    crashed, survivor = _children(supervisor.proc.pid)
+    os.kill(crashed, signal.SIGKILL)
+
+    async def reaped() -> bool:
+        return not await asyncio.to_thread(os.path.exists, f"/proc/{crashed}")  # gone, not a zombie
+
+    # Once the supervisor has reaped it, it is waiting out its restart back-off: the stop
+    # request arrives before the replacement worker is started.
+    await eventually(reaped, "the supervisor to reap the killed worker")
+    supervisor.proc.send_signal(signal.SIGTERM)
+    try:
+        code = await asyncio.to_thread(supervisor.proc.wait, WAIT)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"supervisor still running; workers now {_children(supervisor.proc.pid)}") from None
+    assert code == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(survivor, 0)
