@@ -420,3 +420,51 @@ async def test_sigterm_while_a_crashed_worker_is_being_restarted_still_stops_eve
     assert code == 0
     with pytest.raises(ProcessLookupError):
         os.kill(survivor, 0)
+
+
+# --- the ledger across nodes ------------------------------------------------------------
+
+
+async def test_settlement_raced_by_two_nodes_pools_credits_exactly_once(pg_dsn: str, pg_schema: str) -> None:
+    from relay.store.base import Invoice, InvoiceState
+    from relay.store.postgres import PostgresStore
+
+    # Two stores = two pools, as on two nodes; opened at once, so the schema migration
+    # itself is raced too.
+    node_a, node_b = PostgresStore(pg_dsn, schema=pg_schema), PostgresStore(pg_dsn, schema=pg_schema)
+    await asyncio.gather(node_a.open(), node_b.open())
+    try:
+        now = int(time.time())
+        pubkeys = [crypto.public_key(crypto.generate_secret()).hex() for _ in range(4)]
+        invoices = [
+            Invoice(
+                payment_hash=f"{i:064x}", pubkey=pubkeys[i % len(pubkeys)], plan="credit", amount_msat=7_000,
+                bolt11=f"lnbcrt70n1fake{i}", created_at=now, expires_at=now + 600, admit_seconds=3600,
+                credit_msat=7_000,
+            )
+            for i in range(16)
+        ]
+        for inv in invoices:
+            await node_a.add_invoice(inv)
+
+        # Every invoice settled 12 times at once, alternating nodes: 192 concurrent calls.
+        calls = [
+            (inv.payment_hash, (node_a, node_b)[k % 2].settle_invoice(inv.payment_hash, 7_000, now))
+            for inv in invoices
+            for k in range(12)
+        ]
+        results = await asyncio.gather(*(call for _, call in calls))
+        for inv in invoices:
+            wins = [ok for (h, _), ok in zip(calls, results, strict=True) if h == inv.payment_hash]
+            assert wins.count(True) == 1, (inv.payment_hash, wins)
+            stored = await node_b.get_invoice(inv.payment_hash)
+            assert stored is not None and stored.state is InvoiceState.PAID
+
+        for pubkey in pubkeys:
+            account = await node_b.get_account(pubkey)
+            assert account is not None
+            assert account.credit_msat == 4 * 7_000  # four invoices each, credited once
+            # admission stacks once per invoice: now + 4 x 1 h, not 48 x
+            assert account.admitted_until == now + 4 * 3600
+    finally:
+        await asyncio.gather(node_a.close(), node_b.close())
