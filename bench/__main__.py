@@ -1,7 +1,8 @@
 """``python -m bench [scenario ...] [flags]``: start a relay (or use ``--url``), run the
 chosen scenarios, print one JSON document on stdout (progress goes to stderr).
 
-Scenarios: verify_ceiling ingest query fanout idle workers stores (default: the first five).
+Scenarios: verify_ceiling ingest query fanout idle (the default), and for PostgreSQL
+(issue 5, need --store-url): workers stores crossnode.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from bench.query import filter_shapes, run_query
 from bench.relayproc import PROFILE_RATE, RelayOptions, RelayProcess
 
 DEFAULT_SCENARIOS = ["verify_ceiling", "ingest", "query", "fanout", "idle"]
-ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores"]
+ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores", "crossnode"]
 
 
 def log(msg: str) -> None:
@@ -194,6 +195,38 @@ class Bench:
                                     rate=a.fanout_rate, seconds=a.fanout_seconds, relay_pid=pid)
 
         return await self.with_relay("fanout", body)
+
+    async def crossnode(self) -> dict[str, Any]:
+        """issue 5: fan-out across two relay processes on one PostgreSQL: subscribers on
+        node B, the publisher on node A (LISTEN/NOTIFY or Redis in between)."""
+        a = self.args
+        if not a.store_url:
+            return {"skipped": "cross-node fan-out needs PostgreSQL: give --store-url postgresql://..."}
+        spec = EventSetSpec("fanout", max(1, int(a.fanout_rate * a.fanout_seconds)), a.seed + 1000, authors=20,
+                            p_targets=5)
+        path, _ = ensure_event_set(spec)
+        node_a = RelayProcess(self.relay_options(workers=1), "crossnode-a")
+        node_b: RelayProcess | None = None
+        try:
+            await node_a.prepare_store()
+            await node_a.start()
+            node_b = RelayProcess(self.relay_options(workers=1, store_url=node_a.store_url, shared_store=True),
+                                  "crossnode-b")
+            await node_b.start()
+            result = await run_fanout(node_b.url, path, subscribers=a.fanout_subscribers,
+                                      processes=a.fanout_processes, rate=a.fanout_rate, seconds=a.fanout_seconds,
+                                      relay_pid=node_b.pid, publish_url=node_a.url)
+            result["relay_cpu_cores_used_is"] = "node B (the subscribers' node)"
+            return result
+        except BaseException:
+            for node in (node_a, node_b):
+                if node is not None and node.proc is not None:
+                    log(f"{node.label} log tail:\n{node.log_tail()}")
+            raise
+        finally:
+            if node_b is not None:
+                await node_b.cleanup()
+            await node_a.cleanup()
 
     async def idle(self) -> dict[str, Any]:
         a = self.args

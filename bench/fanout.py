@@ -87,7 +87,9 @@ async def run_fanout(
     rate: float,
     seconds: float,
     relay_pid: int | None,
+    publish_url: str | None = None,
 ) -> dict[str, Any]:
+    """Subscribers on ``url``; the publisher on ``publish_url`` (another node) or ``url``."""
     count = max(1, int(rate * seconds))
     lines = list(read_events(events_file, 0, count))
     frames = [client_frame(b'["EVENT",' + line + b"]") for line in lines]
@@ -105,7 +107,7 @@ async def run_fanout(
             if oks == count and not ok_done.done():
                 ok_done.set_result(None)
 
-    publisher = await RawWebSocket.connect(url, on_publisher_message)
+    publisher = await RawWebSocket.connect(publish_url or url, on_publisher_message)
     sent_at: dict[bytes, float] = {}
     try:
         await group.start_and_wait_ready()

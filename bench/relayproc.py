@@ -45,6 +45,7 @@ class RelayOptions:
     log_level: str = "WARNING"
     profile_dir: Path | None = None  # py-spy record the relay into <dir>/<label>.txt (collapsed stacks)
     profile_gil: bool = False  # sample only the thread holding the GIL
+    shared_store: bool = False  # store_url names a database another started relay already owns (cross-node)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -148,6 +149,8 @@ class RelayProcess:
         self.pg: PostgresDatabase | None = None
         if options.store_url is None:
             self.store_url = f"sqlite:///{self.tmp / 'relay.db'}"
+        elif options.shared_store:
+            self.store_url = options.store_url
         else:
             self.pg = PostgresDatabase(options.store_url, f"bench_{label}_{os.getpid()}".replace("-", "_"))
             self.store_url = self.pg.url
