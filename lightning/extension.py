@@ -125,6 +125,7 @@ class PaymentsExtension:
             invoices_per_minute=p.invoice_requests_per_minute,
             on_issued=self._on_issued,
             fake_pay=self._simulate_payment if fake is not None else None,
+            confirm=self.watcher.confirm,
             clock=clock,
         )
 
@@ -139,6 +140,7 @@ class PaymentsExtension:
         await self.watcher.start()
 
     async def stop(self) -> None:
+        await self.web.close()
         await self.watcher.stop()
         await self.backend.close()
 

@@ -7,7 +7,10 @@ Routes (``handle`` answers None for anything else, so the relay falls through):
   Content-Security-Policy header makes the browser enforce that);
 - ``/api/invoice?pubkey=<hex|npub>&plan=<name>[&amount=<sats>]``: issue an invoice
   (rate-limited per IP; stored before it is returned);
-- ``/api/invoice/<payment_hash>``: its state and the account's, polled by the page;
+- ``/api/invoice/<payment_hash>``: its state and the account's, polled by the page; while
+  the invoice is pending this also asks the wallet about it (at most once every
+  ``check_interval`` seconds per invoice), so a payer is admitted within seconds even when
+  the wallet has no push stream and the watcher's next poll is far off;
 - ``/api/invoice/<payment_hash>/qr.svg``: the QR code, drawn server-side by segno;
 - ``/account/<pubkey>``: account state, HTML or JSON (``Accept: application/json``);
 - ``/api/fake/pay/<payment_hash>``: settle a demo invoice, only with the ``fake`` wallet.
@@ -15,6 +18,7 @@ Routes (``handle`` answers None for anything else, so the relay falls through):
 
 from __future__ import annotations
 
+import asyncio
 import html
 import io
 import logging
@@ -48,6 +52,9 @@ CSP = (
 )
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 MAX_TRACKED_IPS = 10_000
+MAX_TRACKED_CHECKS = 10_000  # invoices whose last status-route lookup time is remembered
+STATUS_CHECK_INTERVAL = 2.0  # seconds between wallet lookups of one invoice caused by status requests
+STATUS_CHECK_WAIT = 1.5  # how long a status request waits for its lookup before answering from the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +143,14 @@ class JoinWeb:
         invoices_per_minute: int,
         on_issued: Callable[[Invoice], None] = lambda invoice: None,
         fake_pay: Callable[[str], Awaitable[bool]] | None = None,
+        confirm: Callable[[str], Awaitable[object]] | None = None,
+        check_interval: float = STATUS_CHECK_INTERVAL,
+        check_wait: float = STATUS_CHECK_WAIT,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``confirm(payment_hash)`` asks the wallet about one invoice and settles it if paid
+        (the watcher's ``confirm``, so the gate's account cache is refreshed too); without
+        it the status route only reports what the store holds."""
         self._info = info
         self._ledger = ledger
         self._plans = plans
@@ -146,11 +159,23 @@ class JoinWeb:
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._on_issued = on_issued
         self._fake_pay = fake_pay
+        self._confirm = confirm
+        self._check_interval = check_interval
+        self._check_wait = check_wait
+        self._last_check: OrderedDict[str, float] = OrderedDict()  # payment hash -> monotonic time
+        self._checks: dict[str, asyncio.Task[None]] = {}  # lookups in flight, by payment hash
         self._clock = clock
         templates = resources.files("lightning") / "templates"
         self._join_template = string.Template((templates / "join.html").read_text("utf-8"))
         self._account_template = string.Template((templates / "account.html").read_text("utf-8"))
         self._join_page = self._render_join()
+
+    async def close(self) -> None:
+        """Cancel status-route lookups still in flight (the store is about to close)."""
+        tasks = list(self._checks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def handle(self, request: Request, client_ip: str) -> Response | None:
         parts = urlsplit(request.path)
@@ -300,12 +325,53 @@ class JoinWeb:
         invoice = await self._ledger.store.get_invoice(payment_hash)
         if invoice is None:
             return _error(HTTPStatus.NOT_FOUND, "no such invoice")
-        doc = invoice_json(invoice)
         now = int(self._clock())
+        if invoice.state is InvoiceState.PENDING and invoice.expires_at > now and await self._check(payment_hash):
+            invoice = await self._ledger.store.get_invoice(payment_hash) or invoice
+            now = int(self._clock())
+        doc = invoice_json(invoice)
         if invoice.state is InvoiceState.PENDING and invoice.expires_at <= now:
             doc["state"] = InvoiceState.EXPIRED.value  # the watcher marks it on its next round
         doc["account"] = account_json(invoice.pubkey, await self._ledger.store.get_account(invoice.pubkey), now)
         return _json(HTTPStatus.OK, doc)
+
+    async def _check(self, payment_hash: str) -> bool:
+        """Ask the wallet about a pending invoice unless that was done in the last
+        ``check_interval`` seconds; True when a lookup finished while we waited.
+
+        The page polls its status every second or so, and anyone may poll any stored
+        invoice, so lookups are limited per invoice (and concurrent requests share one).
+        The lookup runs in its own task and the request waits at most ``check_wait``: a
+        stalled wallet delays the answer by that much, never by the HTTP timeout, and the
+        lookup still finishes (and credits) in the background.
+        """
+        if self._confirm is None:
+            return False
+        task = self._checks.get(payment_hash)
+        if task is None:
+            started = time.monotonic()
+            last = self._last_check.get(payment_hash)
+            if last is not None and started - last < self._check_interval:
+                return False
+            self._last_check[payment_hash] = started
+            self._last_check.move_to_end(payment_hash)
+            if len(self._last_check) > MAX_TRACKED_CHECKS:
+                self._last_check.popitem(last=False)
+            task = asyncio.create_task(self._lookup(payment_hash), name=f"invoice-status-check-{payment_hash[:12]}")
+            self._checks[payment_hash] = task
+            task.add_done_callback(lambda _: self._checks.pop(payment_hash, None))
+        done, _ = await asyncio.wait({task}, timeout=self._check_wait)
+        return bool(done)
+
+    async def _lookup(self, payment_hash: str) -> None:
+        assert self._confirm is not None
+        try:
+            await self._confirm(payment_hash)
+        except BackendError as exc:
+            # Not a warning: the watcher's poll loop reports an unreachable wallet once.
+            log.info("status check of invoice %s failed: %s", payment_hash, exc)
+        except Exception:
+            log.exception("status check of invoice %s crashed", payment_hash)
 
     async def _qr(self, payment_hash: str) -> Response:
         if not _is_hash(payment_hash):
