@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -39,6 +40,18 @@ MAX_PAYLOAD = 7900  # bytes; PostgreSQL's NOTIFY limit is 8000
 CATCH_UP_MARGIN = 1000  # seqs re-read behind the watermark (identity order != commit order)
 CATCH_UP_BATCH = 1000
 RECENT_IDS = 20000
+MAX_IDENTIFIER = 63  # bytes; pg_notify refuses longer channel names, LISTEN truncates them
+
+
+def channel_name(schema: str | None) -> str:
+    """The NOTIFY channel of one schema's nodes: readable when it fits in an identifier,
+    else named by a hash of the schema (a 63-byte schema name is legal)."""
+    if not schema:
+        return CHANNEL
+    name = f"{CHANNEL}_{schema}"
+    if len(name.encode()) <= MAX_IDENTIFIER:
+        return name
+    return f"{CHANNEL}_{hashlib.sha256(schema.encode()).hexdigest()[:32]}"
 
 Deliver = Callable[[Event], object]
 
@@ -87,7 +100,7 @@ class PostgresBroadcast:
     def __init__(self, dsn: str, schema: str | None = None, *, reconnect_max: float = 5.0) -> None:
         self._dsn = dsn
         self._schema = schema
-        self._channel = f"{CHANNEL}_{schema}" if schema else CHANNEL
+        self._channel = channel_name(schema)
         self.node_id = secrets.token_hex(4)
         self._deliver: Deliver | None = None
         self._outbox: list[str] = []
