@@ -468,3 +468,23 @@ async def test_settlement_raced_by_two_nodes_pools_credits_exactly_once(pg_dsn: 
             assert account.admitted_until == now + 4 * 3600
     finally:
         await asyncio.gather(node_a.close(), node_b.close())
+
+
+async def test_longest_schema_name_still_fans_out(pg_dsn: str, relay_factory: Any, alice: bytes) -> None:
+    """PostgreSQL identifiers (schema and NOTIFY channel names) stop at 63 bytes; the
+    channel derived from a long schema name must still be one pg_notify accepts."""
+    schema = f"nodes_{uuid.uuid4().hex}".ljust(63, "x")
+    storage = {"url": pg_dsn, "schema_name": schema}
+    try:
+        async with (
+            relay_factory(storage=storage) as a,
+            relay_factory(storage=storage) as b,
+            NostrClient(a.url) as pub,
+            NostrClient(b.url) as sub,
+        ):
+            assert await sub.req("live", {"kinds": [1]}) == []
+            note = signed(alice, 1, "long schema name")
+            assert await pub.publish(note) == (True, "")
+            assert (await live_event(sub, "live", timeout=5))["id"] == note.id
+    finally:
+        await _drop_schema(pg_dsn, schema)
