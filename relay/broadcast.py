@@ -104,6 +104,7 @@ class PostgresBroadcast:
         self.node_id = secrets.token_hex(4)
         self._deliver: Deliver | None = None
         self._outbox: list[str] = []
+        self._sending = False  # a batch is being sent (no longer in _outbox)
         self._wakeup = asyncio.Event()
         self._seen = _RecentIds(RECENT_IDS)
         self._watermark: int | None = None
@@ -149,9 +150,9 @@ class PostgresBroadcast:
             self._wakeup.set()
 
     async def stop(self) -> None:
-        # give queued notifications a moment to go out before closing
+        # give queued (and in-flight) notifications a moment to go out before closing
         for _ in range(20):
-            if not self._outbox:
+            if not self._outbox and not self._sending:
                 break
             await asyncio.sleep(0.05)
         for task in self._tasks:
@@ -165,25 +166,38 @@ class PostgresBroadcast:
     async def _send_forever(self) -> None:
         conn: Any = None
         delay = 0.1
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                try:
-                    if conn is None or conn.is_closed():
-                        conn = await self._connect("notify")
-                    # One round trip per batch however many events it holds.
-                    await conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", self._channel, batch)
-                    delay = 0.1
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("NOTIFY failed (%s); retrying in %.1fs", type(exc).__name__, delay)
-                    self._outbox = batch + self._outbox
-                    conn = None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self._reconnect_max)
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._outbox:
+                    batch, self._outbox = self._outbox, []
+                    self._sending = True
+                    try:
+                        if conn is None or conn.is_closed():
+                            conn = await self._connect("notify")
+                        # One round trip per batch however many events it holds.
+                        await conn.execute(
+                            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", self._channel, batch
+                        )
+                        delay = 0.1
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("NOTIFY failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                        self._outbox = batch + self._outbox
+                        if conn is not None:
+                            # a fresh connection next time; this one may still be open
+                            conn.terminate()
+                            conn = None
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, self._reconnect_max)
+                    finally:
+                        self._sending = False
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), timeout=1)
 
     # --- listening ------------------------------------------------------------------
 
