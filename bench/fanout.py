@@ -20,7 +20,7 @@ from typing import Any
 from bench.events import read_events
 from bench.latency import summary_ms
 from bench.loadproc import Ready, WorkerGroup
-from bench.relayproc import cpu_seconds
+from bench.relayproc import cpu_seconds, machine_busy_seconds
 from bench.wsclient import RawWebSocket, client_frame
 
 SUB_FRAME = client_frame(b'["REQ","f",{"kinds":[1],"limit":0}]')
@@ -112,6 +112,7 @@ async def run_fanout(
     try:
         await group.start_and_wait_ready()
         relay_cpu0 = cpu_seconds(relay_pid) if relay_pid else 0.0
+        busy0 = machine_busy_seconds()
         group.go()
         await asyncio.sleep(0.2)  # let every worker leave its start barrier
         wall0 = time.perf_counter()
@@ -125,6 +126,7 @@ async def run_fanout(
         await asyncio.wait_for(ok_done, 30)
         results: list[SubscriberResult] = await group.results(seconds + 90)
         wall = time.perf_counter() - wall0
+        busy = machine_busy_seconds() - busy0
         relay_cpu = cpu_seconds(relay_pid) - relay_cpu0 if relay_pid else None
     finally:
         publisher.close()
@@ -140,6 +142,7 @@ async def run_fanout(
         "deliveries_per_second": round(len(delays) / wall, 1),
         "delivery_latency": summary_ms(delays),
         "client_cpu_cores_used": round(sum(r.cpu_seconds for r in results) / wall, 2),
+        "machine_busy_cores": round(busy / wall, 2),
     }
     if relay_cpu is not None:
         out["relay_cpu_cores_used"] = round(relay_cpu / wall, 2)

@@ -20,7 +20,7 @@ import orjson
 
 from bench.latency import summary_ms
 from bench.loadproc import Ready, WorkerGroup
-from bench.relayproc import cpu_seconds
+from bench.relayproc import cpu_seconds, machine_busy_seconds
 from bench.wsclient import RawWebSocket, client_frame
 
 CLOSE_FRAME = client_frame(b'["CLOSE","q"]')
@@ -149,10 +149,12 @@ async def loaded(
     try:
         await group.start_and_wait_ready()
         relay_cpu0 = cpu_seconds(relay_pid) if relay_pid else 0.0
+        busy0 = machine_busy_seconds()
         wall0 = time.perf_counter()
         group.go()
         results: list[QueryResult] = await group.results(seconds + 120)
         wall = time.perf_counter() - wall0
+        busy = machine_busy_seconds() - busy0
         relay_cpu = cpu_seconds(relay_pid) - relay_cpu0 if relay_pid else None
     finally:
         group.kill()
@@ -164,6 +166,7 @@ async def loaded(
         "concurrent_reqs": processes * connections,
         "errors": [e for r in results for e in r.errors][:5],
         "client_cpu_cores_used": round(sum(r.cpu_seconds for r in results) / wall, 2),
+        "machine_busy_cores": round(busy / wall, 2),
     }
     if relay_cpu is not None:
         out["relay_cpu_cores_used"] = round(relay_cpu / wall, 2)
