@@ -111,6 +111,7 @@ class PostgresBroadcast:
         self._floor = 0  # max seq when this node first listened; older rows are history
         self._reconnect_max = reconnect_max
         self._tasks: list[asyncio.Task[None]] = []
+        self._fetches: set[asyncio.Task[None]] = set()  # reads of events announced by id
         self._listener: Any = None
         self.listener_pid: int | None = None
         self.connected = asyncio.Event()
@@ -155,9 +156,10 @@ class PostgresBroadcast:
             if not self._outbox and not self._sending:
                 break
             await asyncio.sleep(0.05)
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._fetches]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -271,7 +273,10 @@ class PostgresBroadcast:
         if origin == self.node_id:
             return
         if body.startswith("@"):
-            asyncio.get_running_loop().create_task(self._fetch_and_emit(body[1:]))
+            # the loop holds tasks weakly: keep a reference until the read is done
+            task = asyncio.get_running_loop().create_task(self._fetch_and_emit(body[1:]))
+            self._fetches.add(task)
+            task.add_done_callback(self._fetches.discard)
             return
         event = self._parse(body.encode())
         if event is not None and self._seen.add(event.id):
