@@ -488,3 +488,22 @@ async def test_longest_schema_name_still_fans_out(pg_dsn: str, relay_factory: An
             assert (await live_event(sub, "live", timeout=5))["id"] == note.id
     finally:
         await _drop_schema(pg_dsn, schema)
+
+
+async def test_event_too_large_for_notify_is_announced_by_id_and_read_on_b(
+    pg_dsn: str, pg_schema: str, relay_factory: Any, alice: bytes
+) -> None:
+    """NOTIFY payloads stop at 8000 bytes: a bigger event crosses as its id and B reads it
+    from the shared table."""
+    storage = {"url": pg_dsn, "schema_name": pg_schema}
+    async with (
+        relay_factory(storage=storage) as a,
+        relay_factory(storage=storage) as b,
+        NostrClient(a.url) as pub,
+        NostrClient(b.url) as sub,
+    ):
+        assert await sub.req("live", {"kinds": [1]}) == []
+        big = signed(alice, 1, "x" * 20_000)
+        assert len(big.raw) > 8000
+        assert await pub.publish(big) == (True, "")
+        assert await live_event(sub, "live") == big.to_dict()
