@@ -40,6 +40,7 @@ MAX_PAYLOAD = 7900  # bytes; PostgreSQL's NOTIFY limit is 8000
 CATCH_UP_MARGIN = 1000  # seqs re-read behind the watermark (identity order != commit order)
 CATCH_UP_BATCH = 1000
 RECENT_IDS = 20000
+MAX_OUTBOX = 100_000  # notifications held while PostgreSQL is unreachable
 MAX_IDENTIFIER = 63  # bytes; pg_notify refuses longer channel names, LISTEN truncates them
 
 
@@ -105,6 +106,7 @@ class PostgresBroadcast:
         self._deliver: Deliver | None = None
         self._outbox: list[str] = []
         self._sending = False  # a batch is being sent (no longer in _outbox)
+        self._overflowing = False
         self._wakeup = asyncio.Event()
         self._seen = _RecentIds(RECENT_IDS)
         self._watermark: int | None = None
@@ -147,6 +149,13 @@ class PostgresBroadcast:
             if len(payload.encode()) > MAX_PAYLOAD:
                 payload = f"{self.node_id} @{event.id}"
             self._outbox.append(payload)
+        if len(self._outbox) > MAX_OUTBOX:
+            # PostgreSQL unreachable for a while: stored events cannot commit then, but
+            # ephemeral ones keep coming; drop the oldest rather than grow without bound.
+            del self._outbox[: len(self._outbox) - MAX_OUTBOX]
+            if not self._overflowing:  # once per outage, not once per event
+                self._overflowing = True
+                log.warning("NOTIFY backlog passed %d; dropping the oldest until PostgreSQL answers", MAX_OUTBOX)
         if events:
             self._wakeup.set()
 
@@ -183,6 +192,7 @@ class PostgresBroadcast:
                             "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", self._channel, batch
                         )
                         delay = 0.1
+                        self._overflowing = False
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
