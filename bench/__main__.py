@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="py-spy record each started relay into DIR/<scenario>.txt and add its top functions")
     p.add_argument("--profile-gil", action="store_true", help="with --profile: sample only the GIL holder")
+    p.add_argument("--relay-uvloop", action="store_true",
+                   help="start relays on uvloop (experiment: pip install uvloop into the venv first)")
     p.add_argument("--relay-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for started relays, e.g. SATSRELAY_STORAGE__SYNCHRONOUS=NORMAL (repeatable)")
     p.add_argument("--quick", action="store_true", help="small sizes: the default scenarios in under two minutes")
@@ -95,6 +97,7 @@ class Bench:
     def relay_options(self, **overrides: Any) -> RelayOptions:
         base: dict[str, Any] = {"store_url": self.args.store_url, "workers": self.args.workers,
                                 "profile_dir": self.args.profile, "profile_gil": self.args.profile_gil,
+                                "uvloop": self.args.relay_uvloop,
                                 "extra_env": dict(kv.split("=", 1) for kv in self.args.relay_env)}
         base.update(overrides)
         return RelayOptions(**base)
@@ -302,7 +305,7 @@ class Bench:
         }
         self.report["relay"] = {"url": self.args.url or "started per scenario",
                                 "store": self.args.store_url or "sqlite (temp file)", "workers": self.args.workers,
-                                "env": self.args.relay_env}
+                                "env": self.args.relay_env, "uvloop": self.args.relay_uvloop}
         for name in ALL_SCENARIOS:
             if name not in scenarios:
                 continue
