@@ -111,6 +111,11 @@ class LnbitsServer:
             raise
         return server
 
+    @property
+    def pid(self) -> int:
+        """The uvicorn process (the only LNbits process: no supervisor, no workers)."""
+        return self._process.pid
+
     def log_tail(self, chars: int = 3000) -> str:
         path = Path(self._workdir.name) / "lnbits.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""

@@ -128,16 +128,16 @@ async def test_stalled_wallet_delays_the_status_answer_only_briefly_and_still_cr
     pubkey = crypto.public_key(crypto.generate_secret()).hex()
     payment_hash = await issue(web, pubkey)
     mark_paid(tmp_path / "fake-wallet.db", payment_hash)
-    wallet.delay = STATUS_CHECK_WAIT + 2.0
+    wallet.delay = STATUS_CHECK_WAIT + 4.0
 
     start = time.monotonic()
     doc = await status(web, payment_hash)
     answered = time.monotonic() - start
     assert doc["state"] == "pending"
-    assert STATUS_CHECK_WAIT - 0.1 <= answered < STATUS_CHECK_WAIT + 1.0  # waited for the lookup, but not for long
+    assert STATUS_CHECK_WAIT - 0.1 <= answered < STATUS_CHECK_WAIT + 2.5  # waited for the lookup, not its 5.5 s
 
     # The lookup carried on without anyone waiting for it, and credited.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while True:
         account = (await web.get(f"/account/{pubkey}", headers={"Accept": "application/json"})).json()
         if account["admitted"]:
