@@ -73,7 +73,7 @@
       $("simulate").hidden = !demo;
       $("step-pay").hidden = false;
       clearInterval(pollTimer);
-      pollTimer = setInterval(poll, 1500);
+      pollTimer = setInterval(poll, 1000);  // the server asks the wallet at most every 2 s
       poll();
     } catch (err) {
       $("form-error").textContent = "the relay did not answer; try again";
