@@ -29,7 +29,14 @@ from relay.extension import WriteContext
 from relay.filters import Filter
 from relay.limits import TokenBucket
 from relay.messages import AuthMessage, BadMessage, CloseMessage, CountMessage, EventMessage, ReqMessage
-from relay.policy import check_auth_event, check_private_read, check_write, filter_may_return_private, may_see
+from relay.policy import (
+    check_auth_event,
+    check_private_read,
+    check_write,
+    filter_may_return_private,
+    may_see,
+    may_see_fields,
+)
 from relay.store.base import WriteOutcome, WriteRequest
 
 if TYPE_CHECKING:
@@ -282,13 +289,7 @@ class Connection:
 
     def _raw_visible(self, raw: bytes) -> bool:
         obj = orjson.loads(raw)
-        if obj["kind"] not in (4, 1059, 1060):
-            return True
-        if not self.authed:
-            return False
-        return obj["pubkey"] in self.authed or any(
-            len(t) > 1 and t[0] == "p" and t[1] in self.authed for t in obj["tags"]
-        )
+        return may_see_fields(obj["kind"], obj["pubkey"], obj["tags"], self.authed)
 
     def _close_sub(self, sub_id: str) -> None:
         self.subs.pop(sub_id, None)

@@ -145,11 +145,16 @@ def check_write(policies: Sequence[WritePolicy], event: Event, ctx: WriteContext
 
 def may_see(event: Event, authed: frozenset[str]) -> bool:
     """NIP-42: a private-kind event is visible only to its author or a p-tagged party."""
-    if event.kind not in PRIVATE_KINDS:
+    return may_see_fields(event.kind, event.pubkey, event.tags, authed)
+
+
+def may_see_fields(kind: int, pubkey: str, tags: list[list[str]], authed: frozenset[str]) -> bool:
+    """``may_see`` for a stored event read back as plain JSON (no Event built)."""
+    if kind not in PRIVATE_KINDS:
         return True
     if not authed:
         return False
-    return event.pubkey in authed or any(v in authed for v in event.tag_values("p"))
+    return pubkey in authed or any(len(t) > 1 and t[0] == "p" and t[1] in authed for t in tags)
 
 
 def filter_may_return_private(f: Filter) -> bool:
