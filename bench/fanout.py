@@ -131,16 +131,16 @@ async def run_fanout(
     finally:
         publisher.close()
         group.kill()
-    delays = [t - sent_at[i] for r in results for i, ts in r.arrivals.items() if i in sent_at for t in ts]
+    delays = [t - sent_at[eid] for r in results for eid, ts in r.arrivals.items() if eid in sent_at for t in ts]
     # Split each event's delay: until its first delivery (verify + group commit + the first
     # send) and from first to last delivery (the fan-out loop over 1,000 connections).
     first: dict[bytes, float] = {}
     last: dict[bytes, float] = {}
     for r in results:
-        for i, ts in r.arrivals.items():
-            if i in sent_at and ts:
-                first[i] = min(first.get(i, ts[0]), min(ts))
-                last[i] = max(last.get(i, ts[0]), max(ts))
+        for eid, ts in r.arrivals.items():
+            if eid in sent_at and ts:
+                first[eid] = min(first.get(eid, ts[0]), min(ts))
+                last[eid] = max(last.get(eid, ts[0]), max(ts))
     expected = count * subscribers
     out: dict[str, Any] = {
         "subscribers": subscribers,
@@ -150,8 +150,8 @@ async def run_fanout(
         "deliveries_expected": expected,
         "deliveries_per_second": round(len(delays) / wall, 1),
         "delivery_latency": summary_ms(delays),
-        "per_event_first_delivery": summary_ms([first[i] - sent_at[i] for i in first]),
-        "per_event_first_to_last_delivery": summary_ms([last[i] - first[i] for i in first]),
+        "per_event_first_delivery": summary_ms([first[eid] - sent_at[eid] for eid in first]),
+        "per_event_first_to_last_delivery": summary_ms([last[eid] - first[eid] for eid in first]),
         "client_cpu_cores_used": round(sum(r.cpu_seconds for r in results) / wall, 2),
         "machine_busy_cores": round(busy / wall, 2),
     }

@@ -12,12 +12,12 @@ import asyncio
 import multiprocessing
 import queue
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
 Ready = Callable[[], Awaitable[None]]
-WorkerMain = Callable[[Any, Ready], Awaitable[Any]]
+WorkerMain = Callable[[Any, Ready], Coroutine[Any, Any, Any]]
 
 _CTX = multiprocessing.get_context("spawn")
 
@@ -28,7 +28,7 @@ def _entry(main: WorkerMain, job: Any, ready_q: Any, go: EventType, result_q: An
         await asyncio.to_thread(go.wait)
 
     try:
-        result = asyncio.run(main(job, ready))
+        result: Any = asyncio.run(main(job, ready))
     except BaseException as exc:  # report, so the parent does not wait for a result that never comes
         ready_q.put(False)
         result_q.put(("error", f"{type(exc).__name__}: {exc}"))
