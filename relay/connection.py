@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _ID_IN_FRAME = re.compile(rb'"id"\s*:\s*"([0-9a-f]{64})"')
 MAX_IN_FLIGHT = 1000  # EVENTs of one connection awaiting verification or commit
+SHUTTING_DOWN = "relay is shutting down, try again later"
 
 _OUTCOME_REPLY = {
     WriteOutcome.STORED: (True, ""),
@@ -178,6 +179,9 @@ class Connection:
         """Cheap checks inline; verification, the gate and the commit in a task so a
         client can pipeline many EVENTs and they commit in the same batches."""
         event_id = messages.event_id_hint(obj)
+        if self.relay.closing:
+            self._reject(event_id, ServerError(SHUTTING_DOWN))
+            return
         now_mono = time.monotonic()
         if self._in_flight >= MAX_IN_FLIGHT or not self._bucket.take(now_mono):
             self._reject(event_id, RateLimited("slow down: too many events from this connection"))
@@ -244,6 +248,9 @@ class Connection:
         return None
 
     async def _on_req(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
+        if self.relay.closing:
+            self.send(messages.closed(sub_id, str(ServerError(SHUTTING_DOWN))))
+            return
         if sub_id not in self.subs and len(self.subs) >= self.relay.settings.limits.max_subscriptions:
             limit = self.relay.settings.limits.max_subscriptions
             self.send(messages.closed(sub_id, f"blocked: at most {limit} open subscriptions per connection"))
@@ -298,6 +305,9 @@ class Connection:
             self.relay.metrics.subscriptions.set(len(self.relay.index))
 
     async def _on_count(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
+        if self.relay.closing:
+            self.send(messages.closed(sub_id, str(ServerError(SHUTTING_DOWN))))
+            return
         rejection = self._read_rejection(filters)
         if rejection is not None:
             self.send(messages.closed(sub_id, str(rejection)))
@@ -330,6 +340,11 @@ class Connection:
         self.authed = self.authed | {event.pubkey}
         self.send(messages.ok(event.id, True, ""))
 
-    async def close(self, code: int = 1001, reason: str = "relay shutting down") -> None:
+    async def close(self, code: int = 1001, reason: str = "relay shutting down", grace: float = 5.0) -> None:
+        """Send what is still queued (the last OKs of a shutdown), then the close frame;
+        a client that does not read within ``grace`` seconds loses the rest."""
+        sender = self._sender
+        if sender is not None:
+            await asyncio.wait([sender], timeout=grace)
         with contextlib.suppress(Exception):
             await self.ws.close(code, reason)

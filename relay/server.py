@@ -86,6 +86,7 @@ class Relay:
         )
         self.extension: Extension | None = None
         self.connections: set[Connection] = set()
+        self.closing = False  # set by stop(): connections take no new work
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._server: Server | None = None
@@ -176,15 +177,20 @@ class Relay:
     async def stop(self) -> None:
         """Graceful: stop accepting, answer what is queued, flush the writer, close."""
         grace = self.settings.server.shutdown_grace_seconds
+        # From here connections refuse new EVENT/REQ/COUNT ("error: ... shutting down");
+        # EVENTs already in flight go on to the still-running writer, so each gets its real
+        # OK. Closing the writer first made them fail ("writer is closed") and log a
+        # traceback each.
+        self.closing = True
         if self._server is not None:
             self._server.close(close_connections=False)
         for task in self._background:
             task.cancel()
-        await self.writer.close()
-        await self.bus.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
-        await asyncio.gather(*(c.close() for c in list(self.connections)), return_exceptions=True)
+        await self.writer.close()
+        await self.bus.stop()
+        await asyncio.gather(*(c.close(grace=grace) for c in list(self.connections)), return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=grace)
