@@ -105,20 +105,23 @@ class RelayProcess:
         self.env = {**os.environ, **(env or {})}
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
+        # stderr goes to a file, not a pipe: an undrained pipe blocks the relay once it has
+        # logged 64 KiB, which turned a noisy shutdown into a hang
+        self.log_path = config.with_suffix(".log")
 
     def start(self, timeout: float = 20.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config), *self.args],
-            env=self.env,
-            stderr=subprocess.PIPE,
-            # its own process group, so teardown can also reap ``--workers`` children
-            start_new_session=True,
-        )
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config), *self.args],
+                env=self.env,
+                stderr=log,
+                # its own process group, so teardown can also reap ``--workers`` children
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"relay exited with {self.proc.returncode}: {err}")
+                raise RuntimeError(f"relay exited with {self.proc.returncode}: {self.stderr_text()}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
                 return
             time.sleep(0.05)
@@ -135,8 +138,8 @@ class RelayProcess:
         return self.proc.wait(timeout)
 
     def stderr_text(self) -> str:
-        assert self.proc is not None and self.proc.stderr is not None
-        return self.proc.stderr.read().decode()
+        """Everything this relay logged so far (all its starts on this config)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 @pytest.fixture
