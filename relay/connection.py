@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from relay import messages
 from relay.errors import AuthRequired, Invalid, RateLimited, Rejection, ServerError
@@ -82,6 +83,8 @@ class Connection:
     def send(self, frame: bytes) -> None:
         if self.closed:
             return
+        if self._sender is None and self._write_now(frame):
+            return
         self._out.append(frame)
         self._out_bytes += len(frame)
         if self._out_bytes > self._out_limit:
@@ -89,6 +92,23 @@ class Connection:
             return
         if self._sender is None:
             self._sender = asyncio.create_task(self._drain())
+
+    def _write_now(self, frame: bytes) -> bool:
+        """Write a text frame straight to the socket when nothing is queued and the
+        transport is not pushing back, the common case for fan-out to 1,000 clients.
+
+        ``await ws.send()`` costs a task and a context manager per frame (measured: ~30 µs
+        per delivery, the bulk of a 1,000-subscriber fan-out); this is what it does without
+        them. When the transport is paused (the client reads slower than we write) or the
+        connection is not open, the frame goes through the queue and ``ws.send()``, which
+        waits for the drain and handles closing.
+        """
+        ws = self.ws
+        if ws.paused or ws.send_in_progress is not None or ws.protocol.state is not State.OPEN:
+            return False
+        ws.protocol.send_text(frame)
+        ws.send_data()
+        return True
 
     async def _drain(self) -> None:
         try:
