@@ -37,6 +37,7 @@ NOTICE_CASES: dict[str, tuple[str | bytes, str]] = {
     "binary_non_utf8": (b"\xff\xfe\x00garbage", NOT_JSON),
     "nan": ('["REQ","s",{"limit":NaN}]', NOT_JSON),
     "deep_nesting": ("[" * 5000 + "]" * 5000, NOT_JSON),
+    "lone_surrogate": ('["EVENT",{"content":"\\ud800"}]', NOT_JSON),
     "object": ('{"EVENT":{}}', NOT_ARRAY),
     "empty_array": ("[]", NOT_ARRAY),
     "number_verb": ("[1,2]", NOT_ARRAY),
