@@ -215,3 +215,35 @@ async def test_count_does_not_open_a_subscription(client: NostrClient, alice: by
 async def test_count_with_bad_filter_is_closed_with_reason(client: NostrClient) -> None:
     await client.send(["COUNT", "c", {"authors": ["nope"]}])
     assert await client.recv() == ["CLOSED", "c", "invalid: authors must hold 64-character lowercase hex values"]
+
+
+async def test_events_published_during_a_req_arrive_exactly_once(relay: Relay, alice: bytes) -> None:
+    """The live subscription is registered before the stored query: an event committed
+    while the query runs comes either with the stored ones or after EOSE, never twice,
+    never lost."""
+    events = [signed(alice, 1, f"race {i}") for i in range(400)]
+    async with NostrClient(relay.url) as publisher, NostrClient(relay.url) as reader:
+        for event in events[:200]:
+            await publisher.send(["EVENT", event.to_dict()])
+        for event in events[200:]:
+            await publisher.send(["EVENT", event.to_dict()])
+            if event is events[250]:
+                await reader.send(["REQ", "race", {"authors": [event.pubkey], "limit": 1000}])
+        seen: list[str] = []
+        oks = 0
+        while oks < len(events):
+            msg = await publisher.recv()
+            if msg[0] == "OK":
+                assert msg[2] is True, msg
+                oks += 1
+        eose = False
+        while len(seen) < len(events) or not eose:
+            msg = await reader.recv()
+            if msg[0] == "EOSE":
+                assert not eose
+                eose = True
+                continue
+            assert msg[0] == "EVENT", msg
+            seen.append(msg[2]["id"])
+        assert sorted(seen) == sorted(e.id for e in events)
+        await reader.expect_silence(0.2)
