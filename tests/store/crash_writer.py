@@ -1,8 +1,9 @@
 """Child process for the crash-durability test (not a test module).
 
-Runs a GroupCommitWriter over a SqliteStore file and prints each event id, one line at a
-time, as soon as its ``submit()`` returned, then keeps going until it is killed.
+Runs a GroupCommitWriter over a store and prints each event id, one line at a time, as
+soon as its ``submit()`` returned, then keeps going until it is killed.
 Usage: python -m tests.store.crash_writer DB_PATH SYNCHRONOUS
+       python -m tests.store.crash_writer --postgres DSN SCHEMA
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import sys
 
 from relay.event import sign_event
-from relay.store.base import WriteRequest
+from relay.store.base import Store, WriteRequest
 from relay.store.sqlite import SqliteStore
 from relay.store.writer import GroupCommitWriter
 
@@ -29,7 +30,13 @@ async def producer(writer: GroupCommitWriter, worker: int) -> None:
 
 
 async def main(path: str, synchronous: str) -> None:
-    store = SqliteStore(path, synchronous=synchronous)
+    store: Store
+    if path == "--postgres":
+        from relay.store.postgres import PostgresStore
+
+        store = PostgresStore(synchronous, schema=sys.argv[3])
+    else:
+        store = SqliteStore(path, synchronous=synchronous)
     await store.open()
     writer = GroupCommitWriter(store, batch_max=200)
     await asyncio.gather(*(producer(writer, w) for w in range(16)))
