@@ -76,6 +76,7 @@ class Connection:
         self._out_limit = limits.outgoing_queue_bytes
         self._sender: asyncio.Task[None] | None = None
         self._in_flight = 0
+        self._flush_scheduled = False
         self.closed = False
 
     # --- output ------------------------------------------------------------------
@@ -107,8 +108,22 @@ class Connection:
         if ws.paused or ws.send_in_progress is not None or ws.protocol.state is not State.OPEN:
             return False
         ws.protocol.send_text(frame)
-        ws.send_data()
+        if not self._flush_scheduled:
+            # Frames produced in one turn of the loop (the OKs of one group commit, say)
+            # leave in one socket write instead of one syscall each.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
         return True
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            ws.send_data()  # closing: let websockets write what is left, EOF included
+            return
+        chunks = ws.protocol.data_to_send()
+        if chunks:
+            ws.transport.write(b"".join(chunks))
 
     async def _drain(self) -> None:
         try:
