@@ -124,17 +124,22 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     ),
     # Fewer pages dirtied per stored event (the writer's COMMIT was the ingest bottleneck:
     # each B-tree keyed by a random value dirties about one page per event per batch).
-    # - events_pubkey goes: events_pubkey_kind (pubkey, kind, created_at) serves authors
-    #   filters too, as an index search plus a sort of that author's rows.
+    # - events_pubkey (pubkey, created_at) and events_pubkey_kind (pubkey, kind,
+    #   created_at), two B-trees keyed by the author, become one, events_author (pubkey,
+    #   created_at, kind): authors filters read it newest first and test kinds on the
+    #   index entry; filters whose kinds are all replaceable/addressable (profiles,
+    #   follow lists) search events_address instead.
     # - tags becomes ONE B-tree keyed (name, value, created_at, rid) instead of a table
     #   keyed (rid, name, value) plus the tags_value index: it is the index every tag
     #   filter searches, and an event's rows are deleted by their full key (the store
     #   re-reads the tags from the event's raw JSON, deletions being rare).
     Migration(
         2,
-        "drop events_pubkey; tags as one B-tree keyed (name, value, created_at, rid)",
+        "one author index (pubkey, created_at, kind); tags as one B-tree keyed (name, value, created_at, rid)",
         (
             "DROP INDEX events_pubkey",
+            "DROP INDEX events_pubkey_kind",
+            "CREATE INDEX events_author ON events (pubkey, created_at, kind)",
             """CREATE TABLE tags_v2 (
                 name TEXT NOT NULL,
                 value TEXT NOT NULL,

@@ -48,9 +48,11 @@ log = logging.getLogger(__name__)
 _SYNCHRONOUS = frozenset(("OFF", "NORMAL", "FULL", "EXTRA"))
 # SQLite's default SQLITE_MAX_VARIABLE_NUMBER since 3.32; past it, filters run one by one.
 _MAX_PARAMS = 32766
-# WalCheckpointer: a PASSIVE pass at most every 50 ms while commits happen; a RESTART once
-# the WAL holds 16,384 frames (64 MiB at 4 KiB pages); the file truncated back to 64 MiB.
-_CHECKPOINT_INTERVAL = 0.05
+# WalCheckpointer: a PASSIVE pass at most every 250 ms while commits happen; the WAL rewound
+# once it holds 16,384 frames (64 MiB at 4 KiB pages) and its file truncated back to 64 MiB.
+# Measured in the relay (ingest, 256 in flight): intervals of 0.05-0.5 s and rewinds at
+# 4k-16k frames are within noise of each other; 64k frames was worse (p99 60-70 ms).
+_CHECKPOINT_INTERVAL = 0.25
 _RESTART_FRAMES = 16_384
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _INVOICE_COLUMNS = (
@@ -83,6 +85,9 @@ def _filter_where(f: Filter, now: int, *, skip_tag: str | None = None) -> tuple[
     if f.kinds is not None:
         where.append(f"e.kind IN ({_marks(len(f.kinds))})")
         params.extend(sorted(f.kinds))
+        if _addresses_only(f):
+            # Always true for these kinds; it lets events_address (partial) serve the search.
+            where.append("e.d_tag IS NOT NULL")
     if f.since is not None:
         where.append("e.created_at >= ?")
         params.append(f.since)
@@ -120,16 +125,30 @@ def _driver(f: Filter) -> str:
     (e.g. ``kind = 1`` for ``authors + kinds``) and then walks every kind-1 event to find
     two authors. The rule, most selective first: ids, tag values (event ids, pubkeys,
     hashtags), authors (+kinds), kinds, and created_at alone.
+    Authors use ``events_author`` (pubkey, created_at, kind), newest first with the kinds
+    tested on the index entry, except when every kind is replaceable or addressable
+    (profiles, follow lists: at most one row per author, kind and d tag), which
+    ``events_address`` finds directly (``_filter_where`` adds its ``d_tag IS NOT NULL``).
     ``NOT INDEXED`` leaves the planner only rowid lookups, i.e. the tags subquery."""
     if f.ids is not None:
         return ""
     if f.tags:
         return " NOT INDEXED"
     if f.authors is not None:
-        return " INDEXED BY events_pubkey_kind"
+        return " INDEXED BY events_address" if _addresses_only(f) else " INDEXED BY events_author"
     if f.kinds is not None:
         return " INDEXED BY events_kind"
     return " INDEXED BY events_created"
+
+
+def _addresses_only(f: Filter) -> bool:
+    """Authors and kinds given, every kind replaceable or addressable: only rows with a
+    ``d_tag`` can match."""
+    return (
+        f.authors is not None
+        and f.kinds is not None
+        and all(kind_class(k) in (KindClass.REPLACEABLE, KindClass.ADDRESSABLE) for k in f.kinds)
+    )
 
 
 def _filter_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
@@ -225,22 +244,27 @@ class WalCheckpointer:
 
     Why: with SQLite's automatic checkpoint, the COMMIT that pushes the WAL past 1,000
     pages also copies them into the database file and fsyncs it, on the writer thread,
-    while every event of the next batch waits. Here the writer's connection has
-    ``wal_autocheckpoint = 0`` and only appends to the WAL; after each commit it calls
-    ``after_commit``, which wakes this thread for a PASSIVE checkpoint (it never blocks
-    the writer or readers) at most once per ``interval`` seconds.
+    while every event of the next batch waits (bench/README.md: the COMMIT line was 62%
+    of the writer thread, which was busy 89-93% of an ingest run). Here the writer's
+    connection has ``wal_autocheckpoint = 0`` and only appends to the WAL; after each
+    commit it calls ``after_commit``, which wakes this thread for a PASSIVE checkpoint
+    (never blocks the writer or readers) at most once per ``interval`` seconds.
 
-    Rewinding the WAL: SQLite starts writing the WAL from its beginning again only when a
-    write transaction begins with every frame already copied. Under steady load a pass on
-    this thread never achieves that (the writer has appended more by the time it ends),
-    and a RESTART checkpoint from this connection starves on the write lock the writer
-    keeps retaking (measured: 0.2-1 s, stalling a batch for as long). So once a pass sees
-    ``restart_frames`` frames, the *writer* runs one PASSIVE checkpoint itself between two
-    transactions, which copies only what arrived since the pass, and its next BEGIN
-    rewinds the WAL; ``journal_size_limit`` then truncates the file. A reader still on old
-    frames makes that attempt a no-op and a later one retries; past four times the limit
-    the writer uses RESTART, which waits for such readers (bounded by busy_timeout).
-    Durability is unchanged: an event is durable once its commit is in the WAL.
+    Rewinding the WAL: SQLite writes the WAL from its start again only when a write
+    transaction begins with every frame already copied. Under steady load a pass on this
+    thread never achieves that (the writer has appended more by the time it ends), and a
+    RESTART checkpoint from this connection starves on the write lock that the writer
+    keeps retaking (measured: 0.2-1 s, stalling a batch as long). So once a pass finds
+    ``restart_frames`` frames, the *writer* runs one PASSIVE checkpoint itself between
+    two transactions (copying only what arrived since the pass: 5-20 ms, once per
+    ``restart_frames``), and its next BEGIN rewinds the WAL; ``journal_size_limit`` then
+    truncates the file. A reader still on old frames turns that into a no-op that a later
+    pass retries; past four times the limit the writer uses RESTART, which waits for such
+    readers (up to the writer's busy_timeout). A WAL kept short also keeps page reads
+    fast: SQLite searches one WAL-index hash table per 4,096 frames for every page read.
+
+    Durability is unchanged: a commit is durable once it is in the WAL, checkpointed or
+    not. Should this thread die, the writer goes back to SQLite's automatic checkpoint.
     """
 
     def __init__(self, path: Path, synchronous: str, *, interval: float, restart_frames: int) -> None:
@@ -251,53 +275,69 @@ class WalCheckpointer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpointer", daemon=True)
+        self._conn: sqlite3.Connection | None = None
         # Set by this thread, cleared by the writer: while set, no pass starts here, so the
-        # writer's own checkpoint does not find the checkpoint lock taken.
+        # writer's own checkpoint never finds the checkpoint lock taken.
         self._rewind_due = False
+        self._fallback = False
         self.wal_frames = 0
 
     def start(self) -> None:
+        """Connect (errors surface to the caller) and start the thread."""
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        self._conn = conn
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def after_commit(self, writer: sqlite3.Connection) -> None:
         """Called on the writer thread after each COMMIT, outside any transaction."""
-        if not self._rewind_due:
+        if self._rewind_due:
+            mode = "RESTART" if self.wal_frames >= 4 * self._restart_frames else "PASSIVE"
+            try:
+                writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            finally:
+                self._rewind_due = False
+        elif self._thread.is_alive():
             self._wake.set()
-            return
-        mode = "RESTART" if self.wal_frames >= 4 * self._restart_frames else "PASSIVE"
-        try:
-            writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-        finally:
-            self._rewind_due = False
+        elif not self._fallback and not self._stop.is_set():
+            self._fallback = True
+            writer.execute("PRAGMA wal_autocheckpoint = 1000")
+            log.error("WAL checkpointer is gone: the writer checkpoints inside its commits again")
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             while True:
                 self._wake.wait()
                 if self._stop.is_set():
                     return
                 self._wake.clear()
-                if self._rewind_due:
-                    continue
-                try:
-                    _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error:
-                    # A failed pass loses nothing (the frames stay in the WAL); the next
-                    # commit wakes another. Logged, never fatal.
-                    log.exception("WAL checkpoint failed")
-                else:
-                    self.wal_frames = frames
-                    self._rewind_due = frames >= self._restart_frames
+                if not self._rewind_due:
+                    self._pass()
                 self._stop.wait(self._interval)
-        finally:
-            conn.close()
+        except Exception:
+            # after_commit sees the thread gone and falls back to automatic checkpoints.
+            log.exception("WAL checkpointer stopped")
+
+    def _pass(self) -> None:
+        assert self._conn is not None
+        try:
+            _busy, frames, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            # A failed pass loses nothing (the frames stay in the WAL); the next commit
+            # wakes another.
+            log.exception("WAL checkpoint failed")
+            return
+        self.wal_frames = frames
+        self._rewind_due = frames >= self._restart_frames
 
 
 class SqliteStore:
