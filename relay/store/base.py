@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from relay.event import Event
 from relay.filters import Filter
@@ -89,6 +89,45 @@ class Account:
 
     def admitted(self, now: int) -> bool:
         return self.admitted_until > now
+
+
+# Column order both stores use for the ledger tables, so one mapping reads either.
+INVOICE_COLUMNS = (
+    "payment_hash, pubkey, plan, amount_msat, bolt11, created_at, expires_at, admit_seconds, "
+    "admit_forever, credit_msat, state, paid_at, paid_msat"
+)
+ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at"
+
+
+def invoice_from_row(row: Sequence[Any]) -> Invoice:
+    """An ``Invoice`` from a row selected as ``INVOICE_COLUMNS``."""
+    return Invoice(
+        payment_hash=row[0],
+        pubkey=row[1],
+        plan=row[2],
+        amount_msat=row[3],
+        bolt11=row[4],
+        created_at=row[5],
+        expires_at=row[6],
+        admit_seconds=row[7],
+        admit_forever=bool(row[8]),  # SQLite keeps booleans as 0/1
+        credit_msat=row[9],
+        state=InvoiceState(row[10]),
+        paid_at=row[11],
+        paid_msat=row[12],
+    )
+
+
+def account_from_row(row: Sequence[Any]) -> Account:
+    """An ``Account`` from a row selected as ``ACCOUNT_COLUMNS``."""
+    return Account(
+        pubkey=row[0],
+        admitted_until=row[1],
+        credit_msat=row[2],
+        banned=bool(row[3]),
+        allowed=bool(row[4]),
+        updated_at=row[5],
+    )
 
 
 class Store(Protocol):

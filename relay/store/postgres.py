@@ -127,7 +127,17 @@ import asyncpg
 
 from relay.event import Event, KindClass, is_hex64, kind_class
 from relay.filters import Filter
-from relay.store.base import FOREVER, Account, Invoice, InvoiceState, WriteOutcome, WriteRequest
+from relay.store.base import (
+    ACCOUNT_COLUMNS,
+    FOREVER,
+    INVOICE_COLUMNS,
+    Account,
+    Invoice,
+    WriteOutcome,
+    WriteRequest,
+    account_from_row,
+    invoice_from_row,
+)
 from relay.store.postgres_migrations import apply_migrations, quote_ident
 
 # pg_advisory_xact_lock(classid, objid) namespace for author buckets (see module docstring).
@@ -138,11 +148,6 @@ AUTHOR_BUCKETS = 1024
 # "Query plans" in the module docstring).
 PROBE_ROWS_MAX = 2500
 
-_INVOICE_COLUMNS = (
-    "payment_hash, pubkey, plan, amount_msat, bolt11, created_at, expires_at, admit_seconds, "
-    "admit_forever, credit_msat, state, paid_at, paid_msat"
-)
-_ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at"
 
 # write_regular_batch's one-letter answers (migration 2).
 _REGULAR_OUTCOMES = {"s": WriteOutcome.STORED, "d": WriteOutcome.DELETED, "u": WriteOutcome.DUPLICATE}
@@ -351,33 +356,6 @@ def _filter_count(f: Filter, now: int, p: _Params) -> str:
     return f"SELECT e.seq FROM events e WHERE {' AND '.join(where)}"
 
 
-def _row_to_invoice(row: Any) -> Invoice:
-    return Invoice(
-        payment_hash=row[0],
-        pubkey=row[1],
-        plan=row[2],
-        amount_msat=row[3],
-        bolt11=row[4],
-        created_at=row[5],
-        expires_at=row[6],
-        admit_seconds=row[7],
-        admit_forever=row[8],
-        credit_msat=row[9],
-        state=InvoiceState(row[10]),
-        paid_at=row[11],
-        paid_msat=row[12],
-    )
-
-
-def _row_to_account(row: Any) -> Account:
-    return Account(
-        pubkey=row[0],
-        admitted_until=row[1],
-        credit_msat=row[2],
-        banned=row[3],
-        allowed=row[4],
-        updated_at=row[5],
-    )
 
 
 class _BatchPlan:
@@ -786,7 +764,7 @@ class PostgresStore:
         inv = invoice
         async with self._acquire() as conn:
             await conn.execute(
-                f"INSERT INTO invoices ({_INVOICE_COLUMNS})"
+                f"INSERT INTO invoices ({INVOICE_COLUMNS})"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 inv.payment_hash,
                 inv.pubkey,
@@ -804,8 +782,8 @@ class PostgresStore:
             )
 
     async def get_invoice(self, payment_hash: str) -> Invoice | None:
-        rows = await self._fetch(f"SELECT {_INVOICE_COLUMNS} FROM invoices WHERE payment_hash = $1", payment_hash)
-        return _row_to_invoice(rows[0]) if rows else None
+        rows = await self._fetch(f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE payment_hash = $1", payment_hash)
+        return invoice_from_row(rows[0]) if rows else None
 
     async def list_invoices(self, *, pending_only: bool = False, pubkey: str | None = None) -> list[Invoice]:
         where: list[str] = []
@@ -816,9 +794,9 @@ class PostgresStore:
             where.append(f"pubkey = {p.add(pubkey)}")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._fetch(
-            f"SELECT {_INVOICE_COLUMNS} FROM invoices {clause} ORDER BY created_at DESC, payment_hash", *p.values
+            f"SELECT {INVOICE_COLUMNS} FROM invoices {clause} ORDER BY created_at DESC, payment_hash", *p.values
         )
-        return [_row_to_invoice(row) for row in rows]
+        return [invoice_from_row(row) for row in rows]
 
     async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int) -> bool:
         """Exactly once across nodes: the conditional UPDATE changes the row for one caller
@@ -861,12 +839,12 @@ class PostgresStore:
         return int(status.split()[-1])
 
     async def get_account(self, pubkey: str) -> Account | None:
-        rows = await self._fetch(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = $1", pubkey)
-        return _row_to_account(rows[0]) if rows else None
+        rows = await self._fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = $1", pubkey)
+        return account_from_row(rows[0]) if rows else None
 
     async def list_accounts(self) -> list[Account]:
-        rows = await self._fetch(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY pubkey")
-        return [_row_to_account(row) for row in rows]
+        rows = await self._fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY pubkey")
+        return [account_from_row(row) for row in rows]
 
     async def update_account(
         self,
@@ -885,7 +863,7 @@ class PostgresStore:
                 f" ON CONFLICT (pubkey) DO UPDATE SET"
                 f" admitted_until = coalesce($2, a.admitted_until), credit_msat = a.credit_msat + $3,"
                 f" banned = coalesce($4, a.banned), allowed = coalesce($5, a.allowed), updated_at = $6"
-                f" RETURNING {_ACCOUNT_COLUMNS}",
+                f" RETURNING {ACCOUNT_COLUMNS}",
                 pubkey,
                 admitted_until,
                 credit_delta_msat,
@@ -893,4 +871,4 @@ class PostgresStore:
                 allowed,
                 now,
             )
-        return _row_to_account(row)
+        return account_from_row(row)

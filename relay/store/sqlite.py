@@ -40,7 +40,17 @@ import orjson
 
 from relay.event import Event, KindClass, is_hex64, kind_class, parse_event
 from relay.filters import Filter
-from relay.store.base import FOREVER, Account, Invoice, InvoiceState, WriteOutcome, WriteRequest
+from relay.store.base import (
+    ACCOUNT_COLUMNS,
+    FOREVER,
+    INVOICE_COLUMNS,
+    Account,
+    Invoice,
+    WriteOutcome,
+    WriteRequest,
+    account_from_row,
+    invoice_from_row,
+)
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
 
 log = logging.getLogger(__name__)
@@ -55,11 +65,6 @@ _MAX_PARAMS = 32766
 _CHECKPOINT_INTERVAL = 0.25
 _RESTART_FRAMES = 16_384
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
-_INVOICE_COLUMNS = (
-    "payment_hash, pubkey, plan, amount_msat, bolt11, created_at, expires_at, admit_seconds, "
-    "admit_forever, credit_msat, state, paid_at, paid_msat"
-)
-_ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at"
 
 
 def _marks(n: int) -> str:
@@ -179,33 +184,6 @@ def _filter_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def _row_to_invoice(row: Sequence[Any]) -> Invoice:
-    return Invoice(
-        payment_hash=row[0],
-        pubkey=row[1],
-        plan=row[2],
-        amount_msat=row[3],
-        bolt11=row[4],
-        created_at=row[5],
-        expires_at=row[6],
-        admit_seconds=row[7],
-        admit_forever=bool(row[8]),
-        credit_msat=row[9],
-        state=InvoiceState(row[10]),
-        paid_at=row[11],
-        paid_msat=row[12],
-    )
-
-
-def _row_to_account(row: Sequence[Any]) -> Account:
-    return Account(
-        pubkey=row[0],
-        admitted_until=row[1],
-        credit_msat=row[2],
-        banned=bool(row[3]),
-        allowed=bool(row[4]),
-        updated_at=row[5],
-    )
 
 
 def sqlite_path_from_url(url: str) -> Path:
@@ -583,8 +561,8 @@ class SqliteStore:
         await self._write(self._transaction, _insert_invoice, invoice)
 
     async def get_invoice(self, payment_hash: str) -> Invoice | None:
-        rows = await self._read(f"SELECT {_INVOICE_COLUMNS} FROM invoices WHERE payment_hash = ?", (payment_hash,))
-        return _row_to_invoice(rows[0]) if rows else None
+        rows = await self._read(f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE payment_hash = ?", (payment_hash,))
+        return invoice_from_row(rows[0]) if rows else None
 
     async def list_invoices(self, *, pending_only: bool = False, pubkey: str | None = None) -> list[Invoice]:
         where: list[str] = []
@@ -596,9 +574,9 @@ class SqliteStore:
             params.append(pubkey)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._read(
-            f"SELECT {_INVOICE_COLUMNS} FROM invoices {clause} ORDER BY created_at DESC, payment_hash", params
+            f"SELECT {INVOICE_COLUMNS} FROM invoices {clause} ORDER BY created_at DESC, payment_hash", params
         )
-        return [_row_to_invoice(row) for row in rows]
+        return [invoice_from_row(row) for row in rows]
 
     async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int) -> bool:
         settled: bool = await self._write(self._transaction, _settle_invoice, payment_hash, paid_msat, now)
@@ -609,12 +587,12 @@ class SqliteStore:
         return expired
 
     async def get_account(self, pubkey: str) -> Account | None:
-        rows = await self._read(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,))
-        return _row_to_account(rows[0]) if rows else None
+        rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,))
+        return account_from_row(rows[0]) if rows else None
 
     async def list_accounts(self) -> list[Account]:
-        rows = await self._read(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY pubkey", ())
-        return [_row_to_account(row) for row in rows]
+        rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY pubkey", ())
+        return [account_from_row(row) for row in rows]
 
     async def update_account(
         self,
@@ -756,7 +734,7 @@ def _purge_expired(conn: sqlite3.Connection, now: int) -> int:
 
 def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
     conn.execute(
-        f"INSERT INTO invoices ({_INVOICE_COLUMNS}) VALUES ({_marks(13)})",
+        f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ({_marks(13)})",
         (
             inv.payment_hash,
             inv.pubkey,
@@ -825,5 +803,5 @@ def _update_account(
             params.append(int(value))
     params.append(pubkey)
     conn.execute(f"UPDATE accounts SET {', '.join(sets)} WHERE pubkey = ?", params)
-    row = conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
-    return _row_to_account(row)
+    row = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
+    return account_from_row(row)
