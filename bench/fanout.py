@@ -152,6 +152,11 @@ async def run_fanout(
         "delivery_latency": summary_ms(delays),
         "per_event_first_delivery": summary_ms([first[eid] - sent_at[eid] for eid in first]),
         "per_event_first_to_last_delivery": summary_ms([last[eid] - first[eid] for eid in first]),
+        # which published event (0 = first) waited longest for its first delivery: tells a
+        # cold start from a stall in steady state
+        "slowest_first_delivery_index": max(
+            range(len(ids)), key=lambda i: first.get(ids[i], 0.0) - sent_at.get(ids[i], 0.0)
+        ),
         "client_cpu_cores_used": round(sum(r.cpu_seconds for r in results) / wall, 2),
         "machine_busy_cores": round(busy / wall, 2),
     }

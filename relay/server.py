@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -274,10 +275,28 @@ def _redact(url: str) -> str:
     return url
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector from pausing fan-out.
+
+    With 1,000 connections a full (generation 2) collection walks every websockets object
+    and stalled the loop for ~60 ms once every few seconds: one event in a hundred reached
+    its subscribers that late (bench fanout p99 83 ms). Freezing what start-up allocated and
+    collecting the young generation less often (CPython's default is 700, 10, 10) took p99 to
+    26 ms. Reference counting still frees acyclic garbage at once; only cycles wait longer.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     relay = Relay(settings)
     await relay.start(reuse_port=settings.server.reuse_port)
+    _tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
