@@ -51,11 +51,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # websockets logs every connection opened and closed at INFO: a line per client is noise
+    # on a busy relay (ours are: start-up, dropped slow client, rejected connection).
+    logging.getLogger("websockets").setLevel(max(numeric, logging.WARNING))
 
 
 # --- serve -----------------------------------------------------------------------------
