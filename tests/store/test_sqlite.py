@@ -1,13 +1,10 @@
-"""SQLite-only behaviour: durability across SIGKILL, migrations, URL parsing, query plans."""
+"""SQLite-only behaviour: migrations, URL parsing, query plans (durability: test_durability.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,50 +18,6 @@ from relay.store.sqlite import SqliteStore, _filter_select, _filter_where, apply
 NOW = 1_700_000_000
 ROOT = Path(__file__).resolve().parents[2]
 ALICE = (1).to_bytes(32, "big")
-
-
-@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
-def test_every_acknowledged_event_survives_sigkill(tmp_path: Path, synchronous: str) -> None:
-    """An id printed by the child means submit() returned, i.e. the relay would have sent
-    OK true. After SIGKILL mid-stream every such id must be in the file. (NORMAL is durable
-    against a process crash, not against power loss, so it must pass this too.)"""
-    db = tmp_path / "crash.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.store.crash_writer", str(db), synchronous],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    acknowledged: list[str] = []
-    try:
-        while len(acknowledged) < 2_000:
-            line = proc.stdout.readline()
-            if not line:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"writer exited early: {err}")
-            acknowledged.append(line.decode().strip())
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-    # Lines written before the kill landed are acknowledged too; a torn last line is not.
-    acknowledged += [line for line in rest.decode().split("\n")[:-1] if line]
-    found, total = asyncio.run(_count_ids(db, acknowledged))
-    assert found == len(set(acknowledged))
-    assert total >= found
-
-
-async def _count_ids(db: Path, wanted: list[str]) -> tuple[int, int]:
-    store = SqliteStore(db)
-    await store.open()
-    try:
-        found = 0
-        for i in range(0, len(wanted), 500):
-            found += await store.count([Filter(ids=frozenset(wanted[i : i + 500]))], NOW)
-        return found, await store.count([Filter()], NOW)
-    finally:
-        await store.close()
 
 
 async def test_migrations_idempotent_on_reopen(tmp_path: Path) -> None:
