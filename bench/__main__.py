@@ -1,7 +1,7 @@
 """``python -m bench [scenario ...] [flags]``: start a relay (or use ``--url``), run the
 chosen scenarios, print one JSON document on stdout (progress goes to stderr).
 
-Scenarios: verify_ceiling ingest query fanout idle (the default), and for PostgreSQL
+Scenarios: verify_ceiling subindex ingest query fanout idle (the default), and for PostgreSQL
 (issue 5, need --store-url): workers stores crossnode.
 """
 
@@ -27,8 +27,9 @@ from bench.ingest import run_ingest
 from bench.profile import summarise_profile
 from bench.query import filter_shapes, run_query
 from bench.relayproc import PROFILE_RATE, RelayOptions, RelayProcess
+from bench.subindex import run_subindex
 
-DEFAULT_SCENARIOS = ["verify_ceiling", "ingest", "query", "fanout", "idle"]
+DEFAULT_SCENARIOS = ["verify_ceiling", "subindex", "ingest", "query", "fanout", "idle"]
 ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores", "crossnode"]
 
 
@@ -138,6 +139,9 @@ class Bench:
         spec = self.ingest_set()
         path, _ = ensure_event_set(spec)
         return measure_ceiling(path, min(self.args.ceiling_signatures, spec.count))
+
+    async def subindex(self) -> dict[str, Any]:
+        return run_subindex()
 
     async def ingest(self, options: RelayOptions | None = None, label: str = "ingest") -> dict[str, Any]:
         a = self.args
