@@ -167,9 +167,12 @@ class Connection:
             self.send(messages.auth_challenge(self.challenge))
         max_len = self.relay.settings.limits.max_message_length
         try:
-            async for frame in self.ws:
+            while True:
+                # Text frames as undecoded UTF-8: orjson parses bytes (and rejects invalid
+                # UTF-8) itself, and the length limit counts bytes, as NIP-11 defines it.
+                frame = await self.ws.recv(decode=False)
                 if len(frame) > max_len:
-                    self._too_long(frame if isinstance(frame, bytes) else frame.encode(), max_len)
+                    self._too_long(frame, max_len)
                     continue
                 await self.handle(frame)
         except ConnectionClosed:

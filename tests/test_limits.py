@@ -25,6 +25,16 @@ async def test_event_longer_than_max_message_length_gets_ok_false(relay_factory:
         assert await client.publish(signed(alice, 1, "small")) == (True, "")
 
 
+async def test_max_message_length_counts_utf8_bytes_not_characters(relay_factory: RelayFactory, alice: bytes) -> None:
+    """NIP-11: the limit is bytes after UTF-8 encoding. 600 emoji are 600 characters but
+    2,400 bytes, so this event is over a 2,048-byte limit."""
+    async with relay_factory(limits={"max_message_length": 2048}) as relay, NostrClient(relay.url) as client:
+        wide = signed(alice, 1, "\U0001f600" * 600)
+        assert len(orjson.dumps(["EVENT", wide.to_dict()]).decode()) < 2048
+        assert await client.publish(wide) == (False, "invalid: message longer than 2048 bytes")
+        assert await client.publish(signed(alice, 1, "\U0001f600" * 100)) == (True, "")
+
+
 async def test_other_message_longer_than_max_message_length_gets_notice(relay_factory: RelayFactory) -> None:
     async with relay_factory(limits={"max_message_length": 2048}) as relay, NostrClient(relay.url) as client:
         await client.send(["REQ", "s", {"ids": ["a" * 64] * 40}])
