@@ -21,7 +21,7 @@ from lightning.pubkeys import parse_pubkey
 from lightning.web import account_json, invoice_json
 from relay.config import Settings
 from relay.store import open_store
-from relay.store.base import FOREVER, Store
+from relay.store.base import FOREVER, Account, Store
 
 SettingsLoader = Callable[[argparse.Namespace], Settings]
 
@@ -202,6 +202,11 @@ async def _accounts_grant(args: argparse.Namespace, settings: Settings, store: S
         credit_delta_msat=args.credit_sats * 1000,
         allowed=True if args.allow else None,
     )
+    return _show_account(args, pubkey, account, now)
+
+
+def _show_account(args: argparse.Namespace, pubkey: str, account: Account | None, now: int) -> int:
+    """What grant, revoke and ban print: the account as it is after the change."""
     doc = account_json(pubkey, account, now)
     _emit(args, doc, _account_rows([doc]))
     return 0
@@ -216,9 +221,7 @@ async def _accounts_revoke(args: argparse.Namespace, settings: Settings, store: 
     current = await store.get_account(pubkey)
     delta = -current.credit_msat if (args.credit and current is not None) else 0
     account = await store.update_account(pubkey, now, admitted_until=0, allowed=False, credit_delta_msat=delta)
-    doc = account_json(pubkey, account, now)
-    _emit(args, doc, _account_rows([doc]))
-    return 0
+    return _show_account(args, pubkey, account, now)
 
 
 async def _accounts_ban(args: argparse.Namespace, settings: Settings, store: Store) -> int:
@@ -228,9 +231,7 @@ async def _accounts_ban(args: argparse.Namespace, settings: Settings, store: Sto
         return _fail(str(exc))
     now = int(time.time())
     account = await store.update_account(pubkey, now, banned=not args.undo)
-    doc = account_json(pubkey, account, now)
-    _emit(args, doc, _account_rows([doc]))
-    return 0
+    return _show_account(args, pubkey, account, now)
 
 
 async def _invoices_list(args: argparse.Namespace, settings: Settings, store: Store) -> int:
