@@ -249,6 +249,12 @@ class Connection:
             if self.relay.extension is not None:
                 charge = await self.relay.extension.admit(event, ctx)
             if event.kind_class is KindClass.EPHEMERAL:
+                # Never stored, so write_batch cannot charge them: the price is debited in
+                # its own ledger transaction before the event is fanned out (issue 8).
+                if charge > 0 and not await self.relay.store.charge_credit(event.pubkey, charge, ctx.now):
+                    assert self.relay.extension is not None
+                    self._reject(event.id, self.relay.extension.insufficient_credit(event))
+                    return
                 self.relay.broadcast(event)
                 self._accepted(event, (True, ""))
                 return

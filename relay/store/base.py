@@ -17,7 +17,7 @@ Rules every implementation applies inside ``write_batch``'s single transaction (
   kind-5 events themselves are never deleted (NIP-09: deleting a deletion has no effect);
 - ``charge_msat`` > 0 debits the author's credit; not enough credit -> ``INSUFFICIENT_CREDIT``
   and nothing is stored or charged; a DUPLICATE/SUPERSEDED/DELETED event is never charged;
-- ephemeral events never reach the store.
+- ephemeral events never reach the store (their price is taken by ``charge_credit``).
 
 Queries never return expired events (NIP-40, ``expiration`` tag <= now).
 """
@@ -160,7 +160,24 @@ class Store(Protocol):
 
     # --- payments ledger ----------------------------------------------------------
 
-    async def add_invoice(self, invoice: Invoice) -> None: ...
+    async def add_invoice(
+        self, invoice: Invoice, *, max_pending: int | None = None, max_pending_per_pubkey: int | None = None
+    ) -> bool:
+        """Store ``invoice``. With caps, only while fewer than ``max_pending`` unexpired
+        pending invoices exist in all (``max_pending_per_pubkey`` for its pubkey): counted and
+        inserted in one transaction serialised across nodes, so concurrent requests cannot
+        overshoot. False (nothing stored) when a cap is reached."""
+        ...
+
+    async def find_pending_invoice(self, pubkey: str, plan: str, amount_msat: int, valid_after: int) -> Invoice | None:
+        """The newest pending invoice of ``pubkey`` for ``plan`` and ``amount_msat`` that
+        expires after ``valid_after``: the join page hands it out again instead of a new one."""
+        ...
+
+    async def delete_unpaid_invoices(self, expired_before: int) -> int:
+        """Delete invoices marked expired whose ``expires_at`` is before ``expired_before``;
+        paid invoices are never deleted (accounting). Returns how many."""
+        ...
 
     async def get_invoice(self, payment_hash: str) -> Invoice | None: ...
 
@@ -177,6 +194,12 @@ class Store(Protocol):
 
     async def expire_invoices(self, now: int) -> int:
         """Mark pending invoices past ``expires_at`` expired; return how many."""
+        ...
+
+    async def charge_credit(self, pubkey: str, amount_msat: int, now: int) -> bool:
+        """Debit ``amount_msat`` from the account's credit in one transaction; False (and
+        nothing changed) when the account has less. For events that never reach
+        ``write_batch`` (ephemeral kinds, NIP-01 20000-29999)."""
         ...
 
     async def get_account(self, pubkey: str) -> Account | None: ...

@@ -143,6 +143,8 @@ from relay.store.postgres_migrations import apply_migrations, quote_ident
 # pg_advisory_xact_lock(classid, objid) namespace for author buckets (see module docstring).
 LOCK_CLASS_AUTHOR = 0x53520002
 AUTHOR_BUCKETS = 1024
+# pg_advisory_xact_lock(classid, objid) for "count pending invoices, then insert" (caps).
+LOCK_CLASS_INVOICES = 0x53520003
 # Most rows a filter's per-author/per-kind index probes may read (probes x limit), beyond
 # which the plain WHERE is left to the planner; a single probe is always taken (see
 # "Query plans" in the module docstring).
@@ -760,9 +762,28 @@ class PostgresStore:
 
     # --- payments ledger ----------------------------------------------------------------
 
-    async def add_invoice(self, invoice: Invoice) -> None:
+    async def add_invoice(
+        self, invoice: Invoice, *, max_pending: int | None = None, max_pending_per_pubkey: int | None = None
+    ) -> bool:
         inv = invoice
-        async with self._acquire() as conn:
+        async with self._acquire() as conn, conn.transaction():
+            if max_pending is not None or max_pending_per_pubkey is not None:
+                # One transaction-scoped lock for every node: count and insert cannot interleave.
+                await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS_INVOICES)
+                if max_pending is not None:
+                    total = await conn.fetchval(
+                        "SELECT count(*) FROM invoices WHERE state = 'pending' AND expires_at > $1", inv.created_at
+                    )
+                    if total >= max_pending:
+                        return False
+                if max_pending_per_pubkey is not None:
+                    mine = await conn.fetchval(
+                        "SELECT count(*) FROM invoices WHERE pubkey = $1 AND state = 'pending' AND expires_at > $2",
+                        inv.pubkey,
+                        inv.created_at,
+                    )
+                    if mine >= max_pending_per_pubkey:
+                        return False
             await conn.execute(
                 f"INSERT INTO invoices ({INVOICE_COLUMNS})"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -780,6 +801,36 @@ class PostgresStore:
                 inv.paid_at,
                 inv.paid_msat,
             )
+        return True
+
+    async def find_pending_invoice(self, pubkey: str, plan: str, amount_msat: int, valid_after: int) -> Invoice | None:
+        rows = await self._fetch(
+            f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE pubkey = $1 AND state = 'pending' AND plan = $2"
+            " AND amount_msat = $3 AND expires_at > $4 ORDER BY created_at DESC LIMIT 1",
+            pubkey,
+            plan,
+            amount_msat,
+            valid_after,
+        )
+        return invoice_from_row(rows[0]) if rows else None
+
+    async def delete_unpaid_invoices(self, expired_before: int) -> int:
+        async with self._acquire() as conn:
+            status: str = await conn.execute(
+                "DELETE FROM invoices WHERE state = 'expired' AND expires_at < $1", expired_before
+            )
+        return int(status.split()[-1])
+
+    async def charge_credit(self, pubkey: str, amount_msat: int, now: int) -> bool:
+        async with self._acquire() as conn:
+            status: str = await conn.execute(
+                "UPDATE accounts SET credit_msat = credit_msat - $1, updated_at = $2"
+                " WHERE pubkey = $3 AND credit_msat >= $1",
+                amount_msat,
+                now,
+                pubkey,
+            )
+        return status == "UPDATE 1"
 
     async def get_invoice(self, payment_hash: str) -> Invoice | None:
         rows = await self._fetch(f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE payment_hash = $1", payment_hash)

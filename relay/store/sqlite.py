@@ -557,8 +557,29 @@ class SqliteStore:
 
     # --- payments ledger ----------------------------------------------------------------
 
-    async def add_invoice(self, invoice: Invoice) -> None:
-        await self._write(self._transaction, _insert_invoice, invoice)
+    async def add_invoice(
+        self, invoice: Invoice, *, max_pending: int | None = None, max_pending_per_pubkey: int | None = None
+    ) -> bool:
+        added: bool = await self._write(
+            self._transaction, _insert_invoice_capped, invoice, max_pending, max_pending_per_pubkey
+        )
+        return added
+
+    async def find_pending_invoice(self, pubkey: str, plan: str, amount_msat: int, valid_after: int) -> Invoice | None:
+        rows = await self._read(
+            f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE pubkey = ? AND state = 'pending' AND plan = ?"
+            " AND amount_msat = ? AND expires_at > ? ORDER BY created_at DESC LIMIT 1",
+            (pubkey, plan, amount_msat, valid_after),
+        )
+        return invoice_from_row(rows[0]) if rows else None
+
+    async def delete_unpaid_invoices(self, expired_before: int) -> int:
+        deleted: int = await self._write(self._transaction, _delete_unpaid_invoices, expired_before)
+        return deleted
+
+    async def charge_credit(self, pubkey: str, amount_msat: int, now: int) -> bool:
+        charged: bool = await self._write(self._transaction, _charge_credit, pubkey, amount_msat, now)
+        return charged
 
     async def get_invoice(self, payment_hash: str) -> Invoice | None:
         rows = await self._read(f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE payment_hash = ?", (payment_hash,))
@@ -751,6 +772,42 @@ def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
             inv.paid_msat,
         ),
     )
+
+
+def _insert_invoice_capped(
+    conn: sqlite3.Connection, inv: Invoice, max_pending: int | None, max_pending_per_pubkey: int | None
+) -> bool:
+    """Count and insert under the write lock (BEGIN IMMEDIATE), so the caps hold across
+    concurrent requests and processes. Pending rows past their expiry do not count."""
+    if max_pending is not None:
+        (total,) = conn.execute(
+            "SELECT count(*) FROM invoices WHERE state = 'pending' AND expires_at > ?", (inv.created_at,)
+        ).fetchone()
+        if total >= max_pending:
+            return False
+    if max_pending_per_pubkey is not None:
+        (mine,) = conn.execute(
+            "SELECT count(*) FROM invoices WHERE pubkey = ? AND state = 'pending' AND expires_at > ?",
+            (inv.pubkey, inv.created_at),
+        ).fetchone()
+        if mine >= max_pending_per_pubkey:
+            return False
+    _insert_invoice(conn, inv)
+    return True
+
+
+def _delete_unpaid_invoices(conn: sqlite3.Connection, expired_before: int) -> int:
+    return conn.execute(
+        "DELETE FROM invoices WHERE state = 'expired' AND expires_at < ?", (expired_before,)
+    ).rowcount
+
+
+def _charge_credit(conn: sqlite3.Connection, pubkey: str, amount_msat: int, now: int) -> bool:
+    cursor = conn.execute(
+        "UPDATE accounts SET credit_msat = credit_msat - ?, updated_at = ? WHERE pubkey = ? AND credit_msat >= ?",
+        (amount_msat, now, pubkey, amount_msat),
+    )
+    return cursor.rowcount == 1
 
 
 def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int, now: int) -> bool:

@@ -187,3 +187,63 @@ async def test_duplicates_superseded_and_deleted_are_not_charged(store: Store) -
     assert outcomes == [WriteOutcome.DUPLICATE, WriteOutcome.SUPERSEDED, WriteOutcome.DELETED]
     account = await store.get_account(ALICE_PK)
     assert account is not None and account.credit_msat == 700
+
+
+async def test_charge_credit_debits_atomically_or_not_at_all(store: Store) -> None:
+    await store.update_account(ALICE_PK, NOW, credit_delta_msat=1_000)
+    results = await asyncio.gather(*(store.charge_credit(ALICE_PK, 300, NOW) for _ in range(5)))
+    assert sorted(results) == [False, False, True, True, True]
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.credit_msat == 100
+    assert await store.charge_credit(BOB_PK, 1, NOW) is False  # no account: nothing to take
+    assert await store.get_account(BOB_PK) is None
+
+
+async def test_add_invoice_caps_pending_per_pubkey_and_overall(store: Store) -> None:
+    caps = {"max_pending": 3, "max_pending_per_pubkey": 2}
+    assert await store.add_invoice(invoice("01" * 32), **caps)
+    assert await store.add_invoice(invoice("02" * 32), **caps)
+    assert not await store.add_invoice(invoice("03" * 32), **caps)  # Alice's two are pending
+    assert await store.add_invoice(invoice("04" * 32, pubkey=BOB_PK), **caps)
+    assert not await store.add_invoice(invoice("05" * 32, pubkey="ab" * 32), **caps)  # 3 in all
+    assert await store.get_invoice("03" * 32) is None and await store.get_invoice("05" * 32) is None
+    # a paid invoice and one past its expiry no longer count
+    await store.settle_invoice("01" * 32, 21_000, NOW + 1)
+    assert await store.add_invoice(invoice("06" * 32, created_at=NOW + 1), **caps)
+    later = NOW + 10_000
+    for n in range(3):
+        assert await store.add_invoice(invoice(f"1{n}" * 32, pubkey="cd" * 32, created_at=later), max_pending=3)
+
+
+async def test_add_invoice_caps_hold_under_concurrent_requests(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.add_invoice(invoice(f"{n:064x}", pubkey=f"{n % 7:064x}"), max_pending=10) for n in range(40))
+    )
+    assert results.count(True) == 10
+    assert len(await store.list_invoices(pending_only=True)) == 10
+
+
+async def test_find_pending_invoice_matches_pubkey_plan_amount_and_time_left(store: Store) -> None:
+    await store.add_invoice(invoice("01" * 32))
+    await store.add_invoice(invoice("02" * 32, created_at=NOW + 5))
+    found = await store.find_pending_invoice(ALICE_PK, "test", 21_000, NOW)
+    assert found is not None and found.payment_hash == "02" * 32
+    assert await store.find_pending_invoice(ALICE_PK, "other", 21_000, NOW) is None
+    assert await store.find_pending_invoice(ALICE_PK, "test", 22_000, NOW) is None
+    assert await store.find_pending_invoice(BOB_PK, "test", 21_000, NOW) is None
+    assert await store.find_pending_invoice(ALICE_PK, "test", 21_000, NOW + 605) is None  # too little time left
+    await store.settle_invoice("02" * 32, 21_000, NOW + 6)
+    found = await store.find_pending_invoice(ALICE_PK, "test", 21_000, NOW)
+    assert found is not None and found.payment_hash == "01" * 32
+
+
+async def test_delete_unpaid_invoices_keeps_paid_and_pending_ones(store: Store) -> None:
+    await store.add_invoice(invoice("01" * 32))  # will expire
+    await store.add_invoice(invoice("02" * 32))  # paid
+    await store.add_invoice(invoice("03" * 32, created_at=NOW + 5_000))  # still pending
+    await store.settle_invoice("02" * 32, 21_000, NOW + 1)
+    assert await store.expire_invoices(NOW + 1_000) == 1
+    assert await store.delete_unpaid_invoices(NOW + 600) == 0  # expired at NOW+600: not before it
+    assert await store.delete_unpaid_invoices(NOW + 10_000) == 1
+    remaining = {inv.payment_hash for inv in await store.list_invoices()}
+    assert remaining == {"02" * 32, "03" * 32}
