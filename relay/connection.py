@@ -31,12 +31,12 @@ from relay.filters import Filter
 from relay.limits import TokenBucket
 from relay.messages import AuthMessage, BadMessage, CloseMessage, CountMessage, EventMessage, ReqMessage
 from relay.policy import (
+    ReadScope,
     check_auth_event,
     check_private_read,
     check_write,
-    filter_may_return_private,
     may_see,
-    may_see_fields,
+    read_scope,
 )
 from relay.store.base import WriteOutcome, WriteRequest
 
@@ -324,10 +324,11 @@ class Connection:
             return
         if self._pending_live.get(sub_id) is not pending:
             return  # closed or replaced while the query ran
-        private = any(filter_may_return_private(f) for f in wanted)
+        scope = read_scope(self.authed)
+        private = any(scope.hides_from(f) for f in wanted)
         sent: set[bytes] = set()
         for raw in rows:
-            if private and not self._raw_visible(raw):
+            if private and not self._raw_visible(raw, scope):
                 continue
             sent.add(raw[7:71])
             self.send(messages.event(sub_id, raw))
@@ -338,9 +339,10 @@ class Connection:
                 self.send(messages.event(sub_id, event.raw))
         self.relay.metrics.query_seconds.observe(time.perf_counter() - started)
 
-    def _raw_visible(self, raw: bytes) -> bool:
+    @staticmethod
+    def _raw_visible(raw: bytes, scope: ReadScope) -> bool:
         obj = orjson.loads(raw)
-        return may_see_fields(obj["kind"], obj["pubkey"], obj["tags"], self.authed)
+        return scope.allows(obj["kind"], obj["pubkey"], obj["tags"])
 
     def _close_sub(self, sub_id: str) -> None:
         self.subs.pop(sub_id, None)
@@ -359,7 +361,10 @@ class Connection:
         self.relay.metrics.counts.inc()
         try:
             wanted = tuple(f for f in filters if not f.is_empty())  # NIP-45: limit does not apply
-            n = await self.relay.store.count(wanted, int(time.time())) if wanted else 0
+            # The store counts with the connection's read scope: what REQ would hide is
+            # not counted either (NIP-45 COUNT must not reveal private events).
+            scope = read_scope(self.authed)
+            n = await self.relay.store.count(wanted, int(time.time()), scope) if wanted else 0
         except Exception:
             log.exception("count failed")
             self.send(messages.closed(sub_id, "error: could not run the count"))

@@ -143,22 +143,51 @@ def check_write(policies: Sequence[WritePolicy], event: Event, ctx: WriteContext
 
 # --- reads -------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class ReadScope:
+    """The one read-visibility rule (NIP-42), shared by REQ, live fan-out and COUNT.
+
+    An event of a kind in ``private_kinds`` (DMs, gift wraps) is visible only to a
+    connection authenticated as its author or as a pubkey it ``p``-tags; every other event
+    is visible to all. REQ and live delivery apply ``allows`` to each event; COUNT hands
+    the scope to the store, which applies the same rule in SQL (``Store.count``), so a
+    COUNT never reveals how many private events a REQ on the same connection would hide
+    (issue 8, item 7: COUNT used to count them).
+    """
+
+    private_kinds: frozenset[int]
+    readers: frozenset[str]  # pubkeys authenticated on the connection
+
+    def allows(self, kind: int, pubkey: str, tags: list[list[str]]) -> bool:
+        if kind not in self.private_kinds:
+            return True
+        if not self.readers:
+            return False
+        readers = self.readers
+        return pubkey in readers or any(len(t) > 1 and t[0] == "p" and t[1] in readers for t in tags)
+
+    def hides_from(self, f: Filter) -> bool:
+        """True when ``f`` may match an event this scope could hide: only then need a
+        query or count apply the rule."""
+        return f.kinds is None or not f.kinds.isdisjoint(self.private_kinds)
+
+
+def read_scope(authed: frozenset[str]) -> ReadScope:
+    return ReadScope(PRIVATE_KINDS, authed)
+
+
 def may_see(event: Event, authed: frozenset[str]) -> bool:
     """NIP-42: a private-kind event is visible only to its author or a p-tagged party."""
-    return may_see_fields(event.kind, event.pubkey, event.tags, authed)
+    return read_scope(authed).allows(event.kind, event.pubkey, event.tags)
 
 
 def may_see_fields(kind: int, pubkey: str, tags: list[list[str]], authed: frozenset[str]) -> bool:
     """``may_see`` for a stored event read back as plain JSON (no Event built)."""
-    if kind not in PRIVATE_KINDS:
-        return True
-    if not authed:
-        return False
-    return pubkey in authed or any(len(t) > 1 and t[0] == "p" and t[1] in authed for t in tags)
+    return read_scope(authed).allows(kind, pubkey, tags)
 
 
 def filter_may_return_private(f: Filter) -> bool:
-    return f.kinds is None or not f.kinds.isdisjoint(PRIVATE_KINDS)
+    return read_scope(frozenset()).hides_from(f)
 
 
 def check_private_read(f: Filter, authed: frozenset[str]) -> Rejection | None:

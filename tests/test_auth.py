@@ -3,13 +3,18 @@ auth-required-to-write/read settings, and NIP-70 protected events."""
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
 
 from relay import crypto
-from relay.event import sign_event
+from relay.event import Event, sign_event
+from relay.filters import parse_filter
 from relay.server import Relay
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
@@ -181,6 +186,91 @@ async def test_count_of_private_kind_needs_auth(relay: Relay, client: NostrClien
     await client.send(["COUNT", "c", {"kinds": [4]}])
     assert await client.recv() == [
         "CLOSED", "c", "auth-required: private messages are served only to authenticated recipients"]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def storage(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
+    """``[storage]`` overrides for relay_factory: the default SQLite file, or a fresh
+    PostgreSQL schema (dropped afterwards) when SATSRELAY_TEST_POSTGRES is set."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    dsn = os.environ.get("SATSRELAY_TEST_POSTGRES")
+    if not dsn:
+        pytest.skip("SATSRELAY_TEST_POSTGRES is unset (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    import asyncpg
+
+    schema = f"auth_{uuid.uuid4().hex[:16]}"
+    yield {"url": dsn, "schema_name": schema}
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def _req_answer(client: NostrClient, sub_id: str, f: dict[str, Any]) -> int | str:
+    """How many stored events a REQ returns, or the CLOSED reason."""
+    await client.send(["REQ", sub_id, {**f, "limit": 100}])
+    n = 0
+    while True:
+        msg = await client.recv_where(lambda m: m[0] in ("EVENT", "EOSE", "CLOSED") and m[1] == sub_id)
+        if msg[0] == "EVENT":
+            n += 1
+        else:
+            await client.send(["CLOSE", sub_id])
+            return n if msg[0] == "EOSE" else str(msg[2])
+
+
+async def _count_answer(client: NostrClient, sub_id: str, f: dict[str, Any]) -> int | str:
+    await client.send(["COUNT", sub_id, f])
+    msg = await client.recv_where(lambda m: m[0] in ("COUNT", "CLOSED") and m[1] == sub_id)
+    return int(msg[2]["count"]) if msg[0] == "COUNT" else str(msg[2])
+
+
+async def test_count_counts_exactly_what_req_returns_for_every_filter_and_auth_state(
+    relay_factory: RelayFactory, storage: dict[str, str], alice: bytes, bob: bytes, carol: bytes
+) -> None:
+    """Issue 8, item 7: COUNT used to count DMs and gift wraps a REQ on the same
+    connection hides (``{"#p": [B]}`` unauthenticated gave B's DM count). For every filter
+    shape and every auth state, COUNT must equal the number of events REQ returns (or both
+    refuse with the same reason)."""
+    a_pk, b_pk = crypto.public_key(alice).hex(), crypto.public_key(bob).hex()
+    dm = signed(alice, 4, "secret", [["p", b_pk]])
+    wrap = signed(crypto.generate_secret(), 1059, "sealed", [["p", b_pk]])
+    note = signed(alice, 1, "public mention", [["p", b_pk]])
+    shapes: list[dict[str, Any]] = [
+        {"ids": [dm.id]}, {"#p": [b_pk]}, {"authors": [a_pk]}, {"kinds": [4], "#p": [b_pk]}, {"kinds": [1059]}, {},
+    ]
+    # what each auth state may read of {dm, wrap, note}: the rule, spelled out
+    visible = {"none": {note.id}, "sender": {dm.id, note.id}, "recipient": {dm.id, wrap.id, note.id},
+               "unrelated": {note.id}}
+    async with relay_factory(storage=storage) as relay:
+        async with NostrClient(relay.url) as publisher:
+            for event in (dm, wrap, note):
+                assert await publisher.publish(event) == (True, "")
+        for state, secret in (("none", None), ("sender", alice), ("recipient", bob), ("unrelated", carol)):
+            async with NostrClient(relay.url) as client:
+                if secret is not None:
+                    assert await client.auth(secret, relay.url) == (True, "")
+                for i, f in enumerate(shapes):
+                    req = await _req_answer(client, f"r{i}", f)
+                    count = await _count_answer(client, f"c{i}", f)
+                    assert count == req, (state, f, req, count)
+                    if isinstance(req, int):
+                        got = await client.req(f"x{i}", {**f, "limit": 100})
+                        await client.send(["CLOSE", f"x{i}"])
+                        assert {e["id"] for e in got} <= visible[state], (state, f)
+                        expected = {e.id for e in (dm, wrap, note) if e.id in visible[state]
+                                    and _matches(f, e)}
+                        assert req == len(expected), (state, f, req, expected)
+                    else:
+                        assert state == "none" and "kinds" in f
+                        assert req.startswith("auth-required:")
+
+
+def _matches(f: dict[str, Any], event: Event) -> bool:
+    return parse_filter(f, 1000).matches(event)
 
 
 # --- auth required to write / read -------------------------------------------------------

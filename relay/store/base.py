@@ -27,10 +27,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.event import Event
 from relay.filters import Filter
+
+if TYPE_CHECKING:
+    from relay.policy import ReadScope
 
 FOREVER = 2**62  # admitted_until value for "admitted for good"
 
@@ -150,8 +153,10 @@ class Store(Protocol):
         the union is de-duplicated and ordered newest first, ties by lowest id."""
         ...
 
-    async def count(self, filters: Sequence[Filter], now: int) -> int:
-        """Distinct events matching any filter (NIP-45); ``limit`` is ignored."""
+    async def count(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> int:
+        """Distinct events matching any filter (NIP-45); ``limit`` is ignored. With a
+        ``scope``, only events its rule lets that connection read are counted (the
+        private kinds of ``relay.policy.ReadScope``), so COUNT agrees with REQ."""
         ...
 
     async def purge_expired(self, now: int) -> int:

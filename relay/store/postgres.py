@@ -121,7 +121,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -139,6 +139,9 @@ from relay.store.base import (
     invoice_from_row,
 )
 from relay.store.postgres_migrations import apply_migrations, quote_ident
+
+if TYPE_CHECKING:
+    from relay.policy import ReadScope
 
 # pg_advisory_xact_lock(classid, objid) namespace for author buckets (see module docstring).
 LOCK_CLASS_AUTHOR = 0x53520002
@@ -352,9 +355,26 @@ def _filter_select(f: Filter, now: int, p: _Params, columns: str) -> str:
     return sql
 
 
-def _filter_count(f: Filter, now: int, p: _Params) -> str:
+def _scope_condition(scope: ReadScope, p: _Params) -> str:
+    """``ReadScope.allows`` in SQL: a private kind only when authored by or ``p``-tagging
+    one of the connection's authenticated pubkeys (every ``p`` tag is in ``tags``)."""
+    sql = f"e.kind <> ALL({p.add(sorted(scope.private_kinds), '::int4[]')})"
+    if scope.readers:
+        readers = sorted(scope.readers)
+        keys = p.add([bytes.fromhex(r) for r in readers if is_hex64(r)], "::bytea[]")
+        values = p.add(readers, "::text[]")
+        sql += (
+            f" OR e.pubkey = ANY({keys})"
+            f" OR e.seq IN (SELECT t.seq FROM tags t WHERE t.name = 'p' AND t.value = ANY({values}))"
+        )
+    return f"({sql})"
+
+
+def _filter_count(f: Filter, now: int, p: _Params, scope: ReadScope | None = None) -> str:
     where = _event_conditions(f, now, p)
     where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)
+    if scope is not None and scope.hides_from(f):
+        where.append(_scope_condition(scope, p))
     return f"SELECT e.seq FROM events e WHERE {' AND '.join(where)}"
 
 
@@ -752,12 +772,12 @@ class PostgresStore:
             merged[eid] = (-created_at, eid, raw)
         return [raw for _, _, raw in sorted(merged.values())]
 
-    async def count(self, filters: Sequence[Filter], now: int) -> int:
+    async def count(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> int:
         live = [f for f in filters if not f.is_empty()]
         if not live:
             return 0
         p = _Params()
-        union = " UNION ".join(_filter_count(f, now, p) for f in live)
+        union = " UNION ".join(_filter_count(f, now, p, scope) for f in live)
         return int(await self._fetchval(f"SELECT count(*) FROM ({union}) s", *p.values))
 
     # --- payments ledger ----------------------------------------------------------------

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import orjson
@@ -53,6 +53,9 @@ from relay.store.base import (
 )
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
 
+if TYPE_CHECKING:
+    from relay.policy import ReadScope
+
 log = logging.getLogger(__name__)
 
 _SYNCHRONOUS = frozenset(("OFF", "NORMAL", "FULL", "EXTRA"))
@@ -71,7 +74,9 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _filter_where(f: Filter, now: int, *, skip_tag: str | None = None) -> tuple[str, list[Any]]:
+def _filter_where(
+    f: Filter, now: int, *, skip_tag: str | None = None, scope: ReadScope | None = None
+) -> tuple[str, list[Any]]:
     """WHERE clause (over ``events e``) of one filter.
 
     Tag conditions are ``e.rid IN (SELECT rid FROM tags ...)`` so an event matching through
@@ -110,7 +115,27 @@ def _filter_where(f: Filter, now: int, *, skip_tag: str | None = None) -> tuple[
     # NIP-40: an event whose expiration has passed is never sent, stored or not.
     where.append("(e.expiration IS NULL OR e.expiration > ?)")
     params.append(now)
+    if scope is not None and scope.hides_from(f):
+        where.append(_scope_condition(scope, params))
     return " AND ".join(where), params
+
+
+def _scope_condition(scope: ReadScope, params: list[Any]) -> str:
+    """``ReadScope.allows`` in SQL: a private kind only when authored by or ``p``-tagging
+    one of the connection's authenticated pubkeys (every ``p`` tag is in ``tags``)."""
+    kinds = sorted(scope.private_kinds)
+    params.extend(kinds)
+    sql = f"e.kind NOT IN ({_marks(len(kinds))})"
+    if scope.readers:
+        readers = sorted(scope.readers)
+        params.extend(bytes.fromhex(r) for r in readers if is_hex64(r))
+        marks = _marks(sum(1 for r in readers if is_hex64(r)))
+        params.extend(readers)
+        sql += (
+            f" OR e.pubkey IN ({marks})"
+            f" OR e.rid IN (SELECT t.rid FROM tags t WHERE t.name = 'p' AND t.value IN ({_marks(len(readers))}))"
+        )
+    return f"({sql})"
 
 
 def _time_bounds(alias: str, f: Filter, params: list[Any]) -> str:
@@ -537,11 +562,11 @@ class SqliteStore:
                 merged[eid] = (-created_at, eid, raw)
         return [raw for _, _, raw in sorted(merged.values())]
 
-    async def count(self, filters: Sequence[Filter], now: int) -> int:
+    async def count(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> int:
         live = [f for f in filters if not f.is_empty()]
         if not live:
             return 0
-        arms = [_filter_where(f, now) for f in live]
+        arms = [_filter_where(f, now, scope=scope) for f in live]
         if len(arms) == 1:
             where, params = arms[0]
             rows = await self._read(f"SELECT COUNT(*) FROM events e WHERE {where}", params)
