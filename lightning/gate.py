@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from lightning.plans import Plans
 from lightning.settings import PaymentSettings
-from relay.errors import Blocked, Restricted
+from lightning.zap_receipts import ZAP_RECEIPT_KIND, receipt_problem
+from relay.errors import Blocked, RateLimited, Restricted
 from relay.event import Event
 from relay.extension import WriteContext
 from relay.store.base import Account, Store
 
 MAX_P_TAGS_CHECKED = 10  # an inbox event names a few recipients; do not look up hundreds
 CACHE_ENTRIES = 50_000
+INBOX_ENTRIES = 100_000  # senders (and IPs) whose inbox allowance is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +60,92 @@ class AccountCache:
         self._entries.pop(pubkey, None)
 
 
+@dataclass(slots=True)
+class _Allowance:
+    """A token bucket refilled at ``per_hour`` per hour, holding at most ``per_hour``."""
+
+    tokens: float
+    stamp: float
+
+    def refill(self, now: float, per_hour: int) -> float:
+        self.tokens = min(float(per_hour), self.tokens + (now - self.stamp) * per_hour / 3600.0)
+        self.stamp = now
+        return self.tokens
+
+
+class InboxAllowance:
+    """Free inbox events left per sender pubkey and per client IP (token buckets).
+
+    Keyed by pubkey, not connection, so reconnecting does not refill it. Kept in a bounded
+    LRU in memory: evicting the longest-idle sender gives an attacker nothing a fresh key
+    would not give anyway (keys cost nothing), which is why the per-IP bucket exists too.
+    Each node keeps its own, so N nodes grant up to N times the allowance.
+    """
+
+    def __init__(self, per_hour: int, per_hour_per_ip: int, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._per_hour = per_hour
+        self._per_hour_ip = per_hour_per_ip
+        self._monotonic = monotonic
+        self._senders: OrderedDict[str, _Allowance] = OrderedDict()
+        self._ips: OrderedDict[str, _Allowance] = OrderedDict()
+
+    def take(self, pubkey: str, ip: str) -> bool:
+        """Spend one free inbox event of ``pubkey`` from ``ip``; False (nothing spent) when
+        either allowance is used up."""
+        now = self._monotonic()
+        sender = _entry(self._senders, pubkey, self._per_hour, now)
+        address = _entry(self._ips, ip, self._per_hour_ip, now)
+        if sender.refill(now, self._per_hour) < 1 or address.refill(now, self._per_hour_ip) < 1:
+            return False
+        sender.tokens -= 1
+        address.tokens -= 1
+        return True
+
+
+def _entry(table: OrderedDict[str, _Allowance], key: str, per_hour: int, now: float) -> _Allowance:
+    entry = table.get(key)
+    if entry is None:
+        entry = table[key] = _Allowance(float(per_hour), now)
+        while len(table) > INBOX_ENTRIES:
+            table.popitem(last=False)
+    table.move_to_end(key)
+    return entry
+
+
 class Gate:
-    def __init__(self, settings: PaymentSettings, plans: Plans, accounts: AccountCache, payments_url: str) -> None:
+    """The write policy of a paid relay (README "Free rules").
+
+    In order: banned -> ``blocked:``; allow-listed, allowed or admitted -> free; a kind in
+    ``free_kinds`` -> free for anyone; a NIP-57 zap receipt signed by a trusted zapper ->
+    free; with the credit plan, a kind priced 0 -> free for a paying account, otherwise
+    charged when the balance covers it; an inbox event to a member -> free within the
+    sender's allowance; anything else -> ``restricted: ...; pay at <url>``.
+    """
+
+    def __init__(
+        self,
+        settings: PaymentSettings,
+        plans: Plans,
+        accounts: AccountCache,
+        payments_url: str,
+        *,
+        trusted_zappers: Collection[str] = (),
+        inbox: InboxAllowance | None = None,
+    ) -> None:
+        """``trusted_zappers`` adds keys to ``settings.trusted_zappers`` (the relay's own
+        key, once it signs receipts for zaps to itself)."""
         self._plans = plans
         self._accounts = accounts
         self._payments_url = payments_url
         self._free_kinds = frozenset(settings.free_kinds)
         self._allow = frozenset(settings.allow_pubkeys)
         self._ban = frozenset(settings.ban_pubkeys)
+        self._zappers = frozenset(settings.trusted_zappers) | frozenset(trusted_zappers)
+        self._zap_max_bytes = settings.zap_receipt_max_bytes
         self._free_p_tags = settings.free_if_p_tags_member
+        self._inbox_kinds = frozenset(settings.inbox_kinds)
+        self._inbox_max_bytes = settings.inbox_max_bytes
+        self._inbox = inbox or InboxAllowance(settings.inbox_events_per_hour, settings.inbox_events_per_hour_per_ip)
         self._credit = settings.credit.enabled
 
     async def admit(self, event: Event, ctx: WriteContext) -> int:
@@ -84,13 +163,20 @@ class Gate:
                 return 0
         if event.kind in self._free_kinds:
             return 0
+        if event.kind == ZAP_RECEIPT_KIND and self._genuine_receipt(event):
+            return 0
         price = self._plans.price_msat(event.kind) if self._credit else None
-        if price == 0:
-            return 0
-        if price is not None and account is not None and account.credit_msat >= price:
+        if price is not None and account is not None and account.credit_msat > 0 and account.credit_msat >= price:
+            # A kind priced 0 is free for an account that holds paid credit, not for everyone:
+            # free-for-all kinds are exactly ``free_kinds``.
             return price
-        if self._free_p_tags and await self._p_tags_member(event, ctx.now):
-            return 0
+        if self._free_p_tags and self._inbox_eligible(event) and await self._p_tags_member(event, ctx.now):
+            if self._inbox.take(pubkey, ctx.ip):
+                return 0
+            raise RateLimited(
+                "free messages to members of this relay are used up for now; "
+                f"pay to write without limits at {self._payments_url}"
+            )
         if price is not None and account is not None and account.credit_msat > 0:
             raise Restricted(f"not enough credit for this event ({price} msat); pay at {self._payments_url}")
         if account is not None and account.admitted_until > 0:
@@ -103,7 +189,9 @@ class Gate:
         return Restricted(f"credit ran out; pay at {self._payments_url}")
 
     async def is_member(self, pubkey: str, now: int) -> bool:
-        """A paying (or operator-allowed) account in good standing."""
+        """Whose inbox strangers may write to for free: an operator-allowed or admitted
+        account, or one holding at least the minimum top-up in credit (what one real
+        payment buys). A token grant of a few msat, or a drained balance, opens no inbox."""
         if pubkey in self._ban:
             return False
         if pubkey in self._allow:
@@ -111,7 +199,15 @@ class Gate:
         account = await self._accounts.get(pubkey)
         if account is None or account.banned:
             return False
-        return account.allowed or account.admitted(now) or account.credit_msat > 0
+        if account.allowed or account.admitted(now):
+            return True
+        return self._credit and account.credit_msat >= max(1, self._plans.credit_min_msat)
+
+    def _genuine_receipt(self, event: Event) -> bool:
+        return receipt_problem(event, self._zappers, max_bytes=self._zap_max_bytes) is None
+
+    def _inbox_eligible(self, event: Event) -> bool:
+        return event.kind in self._inbox_kinds and len(event.content.encode()) <= self._inbox_max_bytes
 
     async def _p_tags_member(self, event: Event, now: int) -> bool:
         checked = 0

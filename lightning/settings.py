@@ -104,8 +104,18 @@ class PaymentSettings(_Section):
     subscription: SubscriptionPlan = SubscriptionPlan()
     credit: CreditPlan = CreditPlan()
 
-    free_kinds: list[int] = Field(default_factory=lambda: [22242, 9735])
+    free_kinds: list[int] = Field(default_factory=lambda: [22242], description="kinds anyone may write")
+    trusted_zappers: list[str] = Field(
+        default_factory=list, description="hex pubkeys whose valid NIP-57 zap receipts (kind 9735) are free"
+    )
+    zap_receipt_max_bytes: int = Field(8192, ge=1024, description="a larger zap receipt is priced like any event")
     free_if_p_tags_member: bool = Field(True, description="events that p-tag a paying member are free (inbox use)")
+    inbox_kinds: list[int] = Field(
+        default_factory=lambda: [1, 4, 7, 1059, 1111], description="kinds the members' inbox accepts for free"
+    )
+    inbox_events_per_hour: int = Field(30, ge=0, description="free inbox events per unpaid sender pubkey")
+    inbox_events_per_hour_per_ip: int = Field(300, ge=0, description="free inbox events per client IP")
+    inbox_max_bytes: int = Field(4096, ge=0, description="content of a free inbox event, in UTF-8 bytes")
     allow_pubkeys: list[str] = Field(default_factory=list, description="write free of charge")
     ban_pubkeys: list[str] = Field(default_factory=list, description="never write")
 
@@ -116,7 +126,7 @@ class PaymentSettings(_Section):
     phoenixd: PhoenixdSettings = PhoenixdSettings()
     nwc: NwcSettings = NwcSettings()
 
-    @field_validator("allow_pubkeys", "ban_pubkeys")
+    @field_validator("allow_pubkeys", "ban_pubkeys", "trusted_zappers")
     @classmethod
     def _hex_pubkeys(cls, value: list[str]) -> list[str]:
         out = []

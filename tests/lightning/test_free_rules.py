@@ -1,0 +1,177 @@
+"""README "Free rules" over real WebSockets: no free path around the payment wall (issue 8, item 4).
+
+- kind 9735 is free only as a NIP-57 zap receipt signed by a trusted zapper;
+- the members' inbox is bounded per sender (surviving reconnects), by size and by kind;
+- a kind priced 0 is free for accounts that paid, not for everyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+import bolt11
+import orjson
+from bolt11.models.tags import TagChar
+
+from lightning.backends.fake import FAKE_NODE_KEY
+from relay import crypto
+from relay.event import Event
+from relay.server import Relay
+from tests.conftest import RelayFactory
+from tests.nostr_client import NostrClient, signed
+
+ZAPPER = crypto.generate_secret()
+ZAPPER_PK = crypto.public_key(ZAPPER).hex()
+PAID: dict[str, Any] = {
+    "enabled": True,
+    "backend": "fake",
+    "account_cache_seconds": 0,
+    "trusted_zappers": [ZAPPER_PK],
+}
+
+
+def pk(secret: bytes) -> str:
+    return crypto.public_key(secret).hex()
+
+
+def invoice_for(description: str | None, amount_msat: int | None) -> str:
+    tags = bolt11.Tags()
+    tags.add(TagChar.payment_hash, os.urandom(32).hex())
+    tags.add(TagChar.payment_secret, os.urandom(32).hex())
+    if description is None:
+        tags.add(TagChar.description, "not a zap")
+    else:
+        tags.add(TagChar.description_hash, hashlib.sha256(description.encode()).hexdigest())
+    amount = None if amount_msat is None else bolt11.MilliSatoshi(amount_msat)
+    invoice = bolt11.Bolt11(currency="bcrt", date=int(time.time()), tags=tags, amount_msat=amount)
+    return str(bolt11.encode(invoice, private_key=FAKE_NODE_KEY))
+
+
+def zap_receipt(
+    recipient: str,
+    *,
+    zapper: bytes = ZAPPER,
+    request_amount: int | None = 21_000,
+    invoice_amount: int | None = 21_000,
+    request_p: str | None = None,
+    hashed_description: str | None = None,
+    padding: int = 0,
+) -> Event:
+    """A NIP-57 receipt: a zap request by a random sender, embedded and hashed into the bolt11."""
+    sender = crypto.generate_secret()
+    tags = [["p", request_p or recipient], ["relays", "wss://relay.example.com"]]
+    if request_amount is not None:
+        tags.append(["amount", str(request_amount)])
+    request = signed(sender, kind=9734, tags=tags)
+    description = orjson.dumps(request.to_dict()).decode()
+    bolt = invoice_for(description if hashed_description is None else hashed_description, invoice_amount)
+    receipt_tags = [["p", recipient], ["P", request.pubkey], ["bolt11", bolt], ["description", description]]
+    if padding:
+        receipt_tags.append(["padding", "x" * padding])
+    return signed(zapper, kind=9735, tags=receipt_tags)
+
+
+async def grant(relay: Relay, secret: bytes, **change: Any) -> None:
+    await relay.store.update_account(pk(secret), int(time.time()), **change)
+
+
+async def test_fake_zap_receipts_from_unpaid_keys_are_refused(relay_factory: RelayFactory, alice: bytes) -> None:
+    async with relay_factory(payments=PAID) as relay, NostrClient(relay.url) as client:
+        bare = signed(alice, kind=9735, content="x" * 60_000)
+        ok, message = await client.publish(bare)
+        assert not ok and message.startswith("restricted: ")
+        # a well-formed receipt is not enough: it must come from a zapper the relay trusts
+        ok, message = await client.publish(zap_receipt(pk(alice), zapper=alice))
+        assert not ok and message.startswith("restricted: ")
+
+
+async def test_valid_receipt_from_trusted_zapper_is_free(relay_factory: RelayFactory, bob: bytes) -> None:
+    async with relay_factory(payments=PAID) as relay, NostrClient(relay.url) as client:
+        ok, message = await client.publish(zap_receipt(pk(bob)))
+        assert ok, message
+        ok, message = await client.publish(zap_receipt(pk(bob), request_amount=None))
+        assert ok, message  # the request's amount tag is optional
+        assert await relay.store.get_account(ZAPPER_PK) is None  # nothing charged, no account made
+
+
+async def test_receipts_failing_nip57_checks_are_priced(relay_factory: RelayFactory, bob: bytes) -> None:
+    bad = {
+        "amount differs": zap_receipt(pk(bob), request_amount=21_000, invoice_amount=1_000),
+        "no amount in bolt11": zap_receipt(pk(bob), request_amount=None, invoice_amount=None),
+        "request p differs": zap_receipt(pk(bob), request_p="ab" * 32),
+        "description hash differs": zap_receipt(pk(bob), hashed_description="something else"),
+        "too large": zap_receipt(pk(bob), padding=9000),
+        "no description": signed(ZAPPER, kind=9735, tags=[["p", pk(bob)], ["bolt11", invoice_for(None, 1000)]]),
+    }
+    async with relay_factory(payments=PAID) as relay, NostrClient(relay.url) as client:
+        for why, receipt in bad.items():
+            ok, message = await client.publish(receipt)
+            assert not ok and message.startswith("restricted: "), why
+
+
+async def test_inbox_is_bounded_per_sender_across_reconnects(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    async with relay_factory(payments={**PAID, "inbox_events_per_hour": 5}) as relay:
+        await grant(relay, alice, admitted_until=int(time.time()) + 3600)
+        accepted = 0
+        for _ in range(3):  # reconnecting does not refill the allowance
+            async with NostrClient(relay.url) as client:
+                for _ in range(4):
+                    ok, message = await client.publish(signed(bob, tags=[["p", pk(alice)]], content="hi"))
+                    accepted += ok
+                    if not ok:
+                        assert message.startswith("rate-limited: "), message
+        assert accepted == 5
+        # another stranger still has its own allowance
+        async with NostrClient(relay.url) as client:
+            ok, message = await client.publish(signed(crypto.generate_secret(), tags=[["p", pk(alice)]]))
+            assert ok, message
+
+
+async def test_inbox_takes_only_small_events_of_inbox_kinds(relay_factory: RelayFactory, alice: bytes) -> None:
+    async with relay_factory(payments=PAID) as relay, NostrClient(relay.url) as client:
+        await grant(relay, alice, admitted_until=int(time.time()) + 3600)
+        to_alice = [["p", pk(alice)]]
+        for kind in (1, 4, 7, 1059, 1111):
+            ok, message = await client.publish(signed(crypto.generate_secret(), kind=kind, tags=to_alice))
+            assert ok, (kind, message)
+        for event in (
+            signed(crypto.generate_secret(), kind=30023, tags=[*to_alice, ["d", "x"]]),
+            signed(crypto.generate_secret(), kind=9735, tags=to_alice),
+            signed(crypto.generate_secret(), kind=1, tags=to_alice, content="x" * 4097),
+        ):
+            ok, message = await client.publish(event)
+            assert not ok and message.startswith("restricted: "), (event.kind, message)
+        ok, message = await client.publish(signed(crypto.generate_secret(), kind=1, tags=to_alice, content="é" * 2048))
+        assert ok, message  # 4096 UTF-8 bytes is the limit, inclusive
+
+
+async def test_token_credit_does_not_open_an_inbox(relay_factory: RelayFactory, alice: bytes, bob: bytes) -> None:
+    credit = {"enabled": True, "min_topup_sats": 100}
+    async with relay_factory(payments={**PAID, "credit": credit}) as relay, NostrClient(relay.url) as client:
+        await grant(relay, alice, credit_delta_msat=1)
+        ok, message = await client.publish(signed(bob, tags=[["p", pk(alice)]]))
+        assert not ok and message.startswith("restricted: "), message
+        await grant(relay, alice, credit_delta_msat=100_000)  # what one real top-up buys
+        ok, message = await client.publish(signed(bob, tags=[["p", pk(alice)]]))
+        assert ok, message
+
+
+async def test_kind_priced_zero_is_free_only_for_accounts_that_paid(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    credit = {"enabled": True, "default_price_msat": 1000, "kind_prices_msat": {0: 0, 3: 0}}
+    async with relay_factory(payments={**PAID, "credit": credit}) as relay, NostrClient(relay.url) as client:
+        for kind in (0, 3):
+            ok, message = await client.publish(signed(bob, kind=kind))
+            assert not ok and message.startswith("restricted: "), message
+        await grant(relay, alice, credit_delta_msat=5_000)
+        for kind in (0, 3):
+            ok, message = await client.publish(signed(alice, kind=kind))
+            assert ok, message
+        account = await relay.store.get_account(pk(alice))
+        assert account is not None and account.credit_msat == 5_000
