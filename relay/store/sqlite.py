@@ -42,7 +42,6 @@ from relay.event import Event, KindClass, is_hex64, kind_class, parse_event
 from relay.filters import Filter
 from relay.store.base import (
     ACCOUNT_COLUMNS,
-    FOREVER,
     INVOICE_COLUMNS,
     Account,
     Invoice,
@@ -52,6 +51,14 @@ from relay.store.base import (
     invoice_from_row,
 )
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
+from relay.store.rules import (
+    a_tag_addresses,
+    address_of,
+    admitted_until_after_grant,
+    deletion_removes,
+    e_tag_targets,
+    newer,
+)
 
 if TYPE_CHECKING:
     from relay.policy import ReadScope
@@ -688,11 +695,11 @@ def _write_one(conn: sqlite3.Connection, req: WriteRequest, eid: bytes, pk: byte
     """A replaceable, addressable or kind-5 event, already known to be neither stored nor
     tombstoned: apply the replacement rules, store it as ``rid``, apply a deletion."""
     ev = req.event
-    cls = ev.kind_class
+    address = address_of(ev)
     d_tag: str | None = None
     old: tuple[int, bytes] | None = None
-    if cls is KindClass.REPLACEABLE or cls is KindClass.ADDRESSABLE:
-        d_tag = ev.d_tag if cls is KindClass.ADDRESSABLE else ""
+    if address is not None:
+        d_tag = address[2]
         row = conn.execute(
             "SELECT until FROM deleted_addresses WHERE pubkey = ? AND kind = ? AND d_tag = ?", (pk, ev.kind, d_tag)
         ).fetchone()
@@ -703,7 +710,7 @@ def _write_one(conn: sqlite3.Connection, req: WriteRequest, eid: bytes, pk: byte
             (pk, ev.kind, d_tag),
         ).fetchone()
         if row is not None:
-            if row[1] > ev.created_at or (row[1] == ev.created_at and row[2] < eid):
+            if not newer(ev.created_at, ev.id, row[1], row[2].hex()):
                 return WriteOutcome.SUPERSEDED
             old = (row[0], row[3])
     if req.charge_msat > 0 and not _charge(conn, req, now):
@@ -734,28 +741,13 @@ def _apply_deletion(conn: sqlite3.Connection, ev: Event, pk: bytes) -> None:
     """NIP-09: remove the author's own events named by ``e`` tags (never a kind 5) and every
     version of an ``a``-tag address up to the request's created_at; remember both so a
     deleted event sent again is refused."""
-    for target in ev.tag_values("e"):
-        if not is_hex64(target):
-            continue
+    for target in e_tag_targets(ev):
         tid = bytes.fromhex(target)
         conn.execute("INSERT OR IGNORE INTO deleted_ids (id, pubkey) VALUES (?, ?)", (tid, pk))
-        row = conn.execute(
-            "SELECT rid, raw FROM events WHERE id = ? AND pubkey = ? AND kind != 5", (tid, pk)
-        ).fetchone()
-        if row is not None:
+        row = conn.execute("SELECT rid, raw, pubkey, kind FROM events WHERE id = ?", (tid,)).fetchone()
+        if row is not None and deletion_removes(row[2].hex(), row[3], ev.pubkey):
             _delete_event(conn, row[0], row[1])
-    for address in ev.tag_values("a"):
-        parts = address.split(":", 2)
-        if len(parts) != 3 or parts[1] != ev.pubkey or not parts[0].isdigit():
-            continue  # only the author's own addresses (NIP-09)
-        kind = int(parts[0])
-        cls = kind_class(kind)
-        if cls is KindClass.ADDRESSABLE:
-            d_tag = parts[2]
-        elif cls is KindClass.REPLACEABLE:
-            d_tag = ""
-        else:
-            continue
+    for _, kind, d_tag in a_tag_addresses(ev):
         conn.execute(
             "INSERT INTO deleted_addresses (pubkey, kind, d_tag, until) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (pubkey, kind, d_tag) DO UPDATE SET until = max(until, excluded.until)",
@@ -847,16 +839,10 @@ def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int,
         return False
     pubkey, admit_seconds, admit_forever, credit_msat = row
     conn.execute("INSERT OR IGNORE INTO accounts (pubkey, updated_at) VALUES (?, ?)", (pubkey, now))
-    if admit_forever:
-        conn.execute("UPDATE accounts SET admitted_until = ? WHERE pubkey = ?", (FOREVER, pubkey))
-    elif admit_seconds > 0:
-        conn.execute(
-            "UPDATE accounts SET admitted_until = min(?, max(?, admitted_until) + ?) WHERE pubkey = ?",
-            (FOREVER, now, admit_seconds, pubkey),
-        )
+    (current,) = conn.execute("SELECT admitted_until FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
     conn.execute(
-        "UPDATE accounts SET credit_msat = credit_msat + ?, updated_at = ? WHERE pubkey = ?",
-        (credit_msat, now, pubkey),
+        "UPDATE accounts SET admitted_until = ?, credit_msat = credit_msat + ?, updated_at = ? WHERE pubkey = ?",
+        (admitted_until_after_grant(current, now, admit_seconds, bool(admit_forever)), credit_msat, now, pubkey),
     )
     return True
 
