@@ -33,6 +33,9 @@ UNLIMITED = {
     "ip_events_per_second": 1e9,
     "ip_events_burst": 1_000_000_000,
     "max_connections_per_ip": 1_000_000,
+    "max_connections": 1_000_000,
+    "pubkey_events_per_second": 1e9,
+    "pubkey_events_burst": 1_000_000_000,
     "max_subscriptions": 1000,
 }
 

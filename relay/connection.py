@@ -245,6 +245,11 @@ class Connection:
             if not await self.relay.verifier.verify(event):
                 self._reject(event.id, Invalid("signature is invalid"))
                 return
+            # Per author, whatever the connection or address, and only once the signature
+            # proves the author sent it: a forger must not drain someone else's bucket.
+            if not self.relay.authors.take(event.pubkey, time.monotonic()):
+                self._reject(event.id, RateLimited("slow down: too many events from this author"))
+                return
             charge = 0
             if self.relay.extension is not None:
                 charge = await self.relay.extension.admit(event, ctx)

@@ -28,7 +28,7 @@ from relay.config import Settings
 from relay.connection import Connection
 from relay.event import Event
 from relay.extension import Extension
-from relay.limits import IpTable
+from relay.limits import BucketTable, IpTable, LogThrottle
 from relay.messages import FilterLimits
 from relay.metrics import RelayMetrics
 from relay.policy import WriteRules, build_write_policies
@@ -68,7 +68,16 @@ class Relay:
         )
         self.metrics.watch_writer(lambda: self.writer.stats)
         limits = settings.limits
-        self.ips = IpTable(limits.max_connections_per_ip, limits.ip_events_per_second, limits.ip_events_burst)
+        self.ips = IpTable(
+            limits.max_connections_per_ip,
+            limits.ip_events_per_second,
+            limits.ip_events_burst,
+            max_total=limits.max_connections,
+            ipv6_prefix=limits.ipv6_prefix,
+            capacity=limits.rate_table_size,
+        )
+        self.authors = BucketTable(limits.pubkey_events_per_second, limits.pubkey_events_burst, limits.rate_table_size)
+        self._refusal_log = LogThrottle()
         self.filter_limits = FilterLimits(limits.max_filters, limits.max_limit, limits.default_limit)
         self.write_policies = build_write_policies(
             WriteRules(
@@ -226,10 +235,11 @@ class Relay:
 
     async def _handle(self, ws: ServerConnection) -> None:
         ip = self.client_ip(ws, ws.request)
-        if not self.ips.admit(ip):
-            self.metrics.connections_rejected.labels("per-ip-limit").inc()
-            log.warning("rejected connection from %s: too many open connections", ip)
-            await ws.close(1008, "too many connections from your address")
+        if not self.ips.admit(ip):  # raced past _process_request's check
+            if self._refused(ip) == "global-limit":
+                await ws.close(1013, "relay is full, try again later")  # 1013: try again later
+            else:
+                await ws.close(1008, "too many connections from your address")
             return
         conn = Connection(self, ws, ip)
         self.connections.add(conn)
@@ -241,15 +251,26 @@ class Relay:
             self.metrics.connections.dec()
             self.ips.release(ip)
 
+    def _refused(self, ip: str) -> str:
+        """Count and log (at most one line per reason per 10 s) a refused connection."""
+        reason = self.ips.refusal(ip) or "per-ip-limit"
+        self.metrics.connections_rejected.labels(reason).inc()
+        suppressed = self._refusal_log.ready(reason, time.monotonic())
+        if suppressed is not None:
+            what = "the relay is at max_connections" if reason == "global-limit" else "too many open connections"
+            more = f" ({suppressed} more refused since the last line)" if suppressed else ""
+            log.warning("rejected connection from %s: %s%s", ip, what, more)
+        return reason
+
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         headers = request.headers
         if "websocket" in headers.get("Upgrade", "").lower():
             ip = self.client_ip(ws, request)
-            if self.ips.connections(ip) >= self.ips.max_connections:
-                self.metrics.connections_rejected.labels("per-ip-limit").inc()
-                log.warning("rejected connection from %s: too many open connections", ip)
-                return http_response(HTTPStatus.TOO_MANY_REQUESTS, b"too many connections\n", "text/plain")
-            return None
+            if self.ips.refusal(ip) is None:
+                return None
+            if self._refused(ip) == "global-limit":
+                return http_response(HTTPStatus.SERVICE_UNAVAILABLE, b"relay is full, try again later\n", "text/plain")
+            return http_response(HTTPStatus.TOO_MANY_REQUESTS, b"too many connections\n", "text/plain")
         if request.method == "OPTIONS":
             return http_response(HTTPStatus.NO_CONTENT, b"", "text/plain", CORS_HEADERS)
         path = request.path.split("?", 1)[0]

@@ -52,7 +52,7 @@ def relay_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
         "relay": {"public_url": f"ws://127.0.0.1:{port}"},
         "storage": {"url": f"sqlite:///{tmp_path}/relay.db", "purge_interval_seconds": 0.2},
         "limits": {"events_per_second": 10000, "events_burst": 10000, "ip_events_per_second": 10000,
-                   "ip_events_burst": 10000},
+                   "ip_events_burst": 10000, "pubkey_events_per_second": 10000, "pubkey_events_burst": 10000},
         "log_level": "WARNING",
     }
     return load_settings(None, **_merge(base, sections))

@@ -103,7 +103,7 @@ def test_token_bucket_refills_at_rate_up_to_burst() -> None:
     assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
 
 
-def test_ip_table_caps_connections_and_forgets_idle_addresses() -> None:
+def test_ip_table_caps_connections_and_keeps_buckets_past_reconnects() -> None:
     table = IpTable(max_connections=2, rate=1.0, burst=1)
     assert table.admit("1.2.3.4") and table.admit("1.2.3.4")
     assert not table.admit("1.2.3.4")
@@ -113,7 +113,8 @@ def test_ip_table_caps_connections_and_forgets_idle_addresses() -> None:
     table.release("1.2.3.4")
     assert table.connections("1.2.3.4") == 0
     assert table.admit("1.2.3.4")
-    assert table.take_event("1.2.3.4", 0.0)  # a fresh bucket
+    assert not table.take_event("1.2.3.4", 0.0)  # the drained bucket outlived its connections
+    assert table.take_event("1.2.3.4", 1.0)  # and refills at its rate
 
 
 def test_relay_messages_encode_as_nip01_arrays() -> None:

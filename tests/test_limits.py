@@ -10,9 +10,11 @@ import time
 import httpx
 import orjson
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from relay import crypto
+from relay.limits import BucketTable, address_group
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 
@@ -190,3 +192,122 @@ async def test_slow_reader_is_dropped_and_others_are_unaffected(
             assert await publisher.publish(signed(alice, 1, "after")) == (True, "")
         slow.transport.abort()
     assert any("dropping slow client 127.0.0.1" in r.getMessage() for r in caplog.records)
+
+
+# --- rate limits that survive reconnects (issue 8, item 3) ---------------------------------
+
+async def test_reconnecting_in_a_loop_cannot_exceed_the_address_rate(relay_factory: RelayFactory, alice: bytes) -> None:
+    """The address's bucket outlives its connections: before, it was dropped with the last
+    connection and each reconnect started with a full burst (6,572 events/s accepted from
+    one IP against an advertised 100/s)."""
+    rate, burst = 5.0, 5
+    limits = {"ip_events_per_second": rate, "ip_events_burst": burst}
+    accepted = refused = 0
+    async with relay_factory(limits=limits) as relay:
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:
+            async with NostrClient(relay.url) as client:
+                for i in range(3):
+                    ok, text = await client.publish(signed(alice, 1, f"{accepted + refused} {i}"))
+                    if ok:
+                        accepted += 1
+                    else:
+                        assert text == "rate-limited: slow down: too many events from this address"
+                        refused += 1
+        elapsed = time.monotonic() - started
+    assert refused > 0
+    assert accepted <= burst + rate * elapsed + 1, (accepted, elapsed)
+
+
+async def test_ipv6_clients_share_limits_per_64(relay_factory: RelayFactory, alice: bytes) -> None:
+    """Two addresses of one /64 (as a proxy reports them) are one client for the
+    connection cap and the event bucket; another /64 is not."""
+    settings = {"server": {"real_ip_header": "X-Forwarded-For"},
+                "limits": {"max_connections_per_ip": 1, "ip_events_per_second": 0.01, "ip_events_burst": 1}}
+    async with relay_factory(**settings) as relay:
+        def as_ip(ip: str) -> dict[str, str]:
+            return {"X-Forwarded-For": ip}
+
+        async def publish(ws: ClientConnection, text: str) -> list[object]:
+            await ws.send(orjson.dumps(["EVENT", signed(alice, 1, text).to_dict()]).decode())
+            while (msg := orjson.loads(await ws.recv()))[0] != "OK":
+                pass
+            return list(msg[2:])
+
+        async with connect(relay.url, additional_headers=as_ip("2001:db8:1:2::1")) as first:
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(relay.url, additional_headers=as_ip("2001:db8:1:2:ffff::9")):
+                    pass
+            assert refused.value.response.status_code == 429
+            async with connect(relay.url, additional_headers=as_ip("2001:db8:1:3::1")) as other:
+                assert await publish(other, "other /64") == [True, ""]
+            assert await publish(first, "first") == [True, ""]
+        async with connect(relay.url, additional_headers=as_ip("2001:db8:1:2:abcd::5")) as again:
+            assert await publish(again, "same /64") == [
+                False, "rate-limited: slow down: too many events from this address"]
+
+
+def test_address_groups() -> None:
+    assert address_group("203.0.113.7") == "203.0.113.7"
+    assert address_group("2001:db8:1:2:3:4:5:6") == address_group("2001:db8:1:2::ffff") == "2001:db8:1:2::/64"
+    assert address_group("2001:db8:1:3::1") != address_group("2001:db8:1:2::1")
+    assert address_group("2001:db8:1:2:3::1", 48) == address_group("2001:db8:1:ffff::1", 48) == "2001:db8:1::/48"
+    assert address_group("2001:db8::1", 128) == "2001:db8::1/128"
+    assert address_group("::ffff:203.0.113.7") == "203.0.113.7"  # IPv4-mapped is the IPv4 client
+    assert address_group("fe80::1%eth0") == "fe80::/64"
+    assert address_group("not an address " * 10) == ("not an address " * 10)[:64]
+
+
+def test_bucket_table_is_bounded_and_least_recently_used_goes_first() -> None:
+    table = BucketTable(rate=0.001, burst=1, capacity=1000)
+    assert table.take("a", 0.0) and not table.take("a", 0.0)
+    for i in range(999):
+        table.take(f"k{i}", 1.0)
+    assert len(table) == 1000 and not table.take("a", 2.0)  # still remembered, still empty
+    table.take("one more", 3.0)  # evicts k0, the least recently used
+    assert len(table) == 1000 and table.take("k0", 4.0)
+
+
+async def test_pubkey_rate_spans_connections_and_forgeries_do_not_drain_it(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    limits = {"pubkey_events_per_second": 0.01, "pubkey_events_burst": 2}
+    async with relay_factory(limits=limits) as relay, NostrClient(relay.url) as one, NostrClient(relay.url) as two:
+        # an attacker sends events claiming alice's pubkey with bad signatures first
+        for i in range(5):
+            forged = signed(bob, 1, f"forged {i}").to_dict() | {"pubkey": crypto.public_key(alice).hex()}
+            ok, text = await one.publish(forged)
+            assert not ok and text.startswith("invalid:")
+        assert await one.publish(signed(alice, 1, "1")) == (True, "")
+        assert await two.publish(signed(alice, 1, "2")) == (True, "")
+        assert await one.publish(signed(alice, 1, "3")) == (
+            False, "rate-limited: slow down: too many events from this author")
+        async with NostrClient(relay.url) as three:  # a new connection does not help
+            assert await three.publish(signed(alice, 1, "4")) == (
+                False, "rate-limited: slow down: too many events from this author")
+            assert await three.publish(signed(bob, 1, "bob is not alice")) == (True, "")
+
+
+async def test_global_connection_cap_refuses_with_503_and_logs_rate_limited(
+    relay_factory: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with relay_factory(limits={"max_connections": 2}) as relay:
+        async with NostrClient(relay.url) as one, NostrClient(relay.url) as two:
+            for _ in range(20):
+                with pytest.raises(InvalidStatus) as refused:
+                    async with connect(relay.url):
+                        pass
+                assert refused.value.response.status_code == 503
+            await one.assert_alive()
+            await two.assert_alive()
+        deadline = time.monotonic() + 5
+        while relay.ips.total > 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        async with NostrClient(relay.url) as three:  # room again once they closed
+            await three.assert_alive()
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"http://127.0.0.1:{relay.port}/metrics")).text
+    assert 'satsrelay_connections_rejected_total{reason="global-limit"} 20.0' in metrics
+    lines = [r.getMessage() for r in caplog.records if "rejected connection" in r.getMessage()]
+    assert lines == ["rejected connection from 127.0.0.1: the relay is at max_connections"]
