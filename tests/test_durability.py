@@ -29,7 +29,8 @@ async def stored_ids(url: str, author: str) -> set[str]:
 
 async def test_kill_9_loses_no_event_that_got_ok_true(relay_process: MakeRelay, alice: bytes) -> None:
     relay = relay_process(extra_toml="[limits]\nevents_per_second = 100000\nevents_burst = 100000\n"
-                          "ip_events_per_second = 100000\nip_events_burst = 100000\n")
+                          "ip_events_per_second = 100000\nip_events_burst = 100000\n"
+                          "pubkey_events_per_second = 100000\npubkey_events_burst = 100000\n")
     author = crypto.public_key(alice).hex()
     events = [signed(alice, 1, f"durable {i}") for i in range(3000)]
     acked: set[str] = set()
@@ -70,7 +71,8 @@ async def test_kill_9_loses_no_event_that_got_ok_true(relay_process: MakeRelay, 
 
 async def test_sigterm_delivers_pending_oks_and_exits_cleanly(relay_process: MakeRelay, alice: bytes) -> None:
     relay = relay_process(extra_toml="[limits]\nevents_per_second = 100000\nevents_burst = 100000\n"
-                          "ip_events_per_second = 100000\nip_events_burst = 100000\n")
+                          "ip_events_per_second = 100000\nip_events_burst = 100000\n"
+                          "pubkey_events_per_second = 100000\npubkey_events_burst = 100000\n")
     author = crypto.public_key(alice).hex()
     # fewer than MAX_IN_FLIGHT (1000), so none is refused for pipelining too deep
     events: list[Event] = [signed(alice, 1, f"graceful {i}") for i in range(900)]

@@ -69,7 +69,8 @@ def start_node(pg_schema: str, pg_dsn: str, relay_process: MakeRelay) -> Callabl
             storage_url=pg_dsn,
             storage_toml=f'schema_name = "{pg_schema}"',
             extra_toml="[limits]\nevents_per_second = 10000\nevents_burst = 10000\n"
-            "ip_events_per_second = 10000\nip_events_burst = 10000\n" + extra_toml,
+            "ip_events_per_second = 10000\nip_events_burst = 10000\n"
+            "pubkey_events_per_second = 10000\npubkey_events_burst = 10000\n" + extra_toml,
             args=args,
         )
 
