@@ -12,7 +12,8 @@ Routes (``handle`` answers None for anything else, so the relay falls through):
   ``check_interval`` seconds per invoice), so a payer is admitted within seconds even when
   the wallet has no push stream and the watcher's next poll is far off;
 - ``/api/invoice/<payment_hash>/qr.svg``: the QR code, drawn server-side by segno;
-- ``/account/<pubkey>``: account state, HTML or JSON (``Accept: application/json``);
+- ``/account/<pubkey>``: whether the pubkey may write (and until when), HTML or JSON
+  (``Accept: application/json``); balance and flags only to the owner, by NIP-98;
 - ``/api/fake/pay/<payment_hash>``: settle a demo invoice, only with the ``fake`` wallet.
 """
 
@@ -41,6 +42,7 @@ from lightning.backend import BackendError
 from lightning.ledger import Ledger
 from lightning.plans import PlanOffer, Plans, UnknownPlan
 from lightning.pubkeys import npub_encode, parse_pubkey
+from relay import nip98
 from relay.limits import TokenBucket
 from relay.store.base import FOREVER, Account, Invoice, InvoiceState
 
@@ -107,6 +109,35 @@ def account_json(pubkey: str, account: Account | None, now: int) -> dict[str, An
         "banned": account.banned,
         "allowed": account.allowed,
     }
+
+
+def may_write(account: Account, now: int) -> bool:
+    """What the public account view tells anyone: this pubkey can publish here now."""
+    return not account.banned and (account.allowed or account.admitted(now) or account.credit_msat > 0)
+
+
+def public_account_json(pubkey: str, account: Account | None, now: int) -> dict[str, Any]:
+    """The account as anyone may see it: whether the pubkey may write, and until when.
+    Balances and flags are the owner's business (``account_json`` after NIP-98)."""
+    account = account or Account(pubkey)
+    until = account.admitted_until
+    return {
+        "pubkey": pubkey,
+        "npub": npub_encode(pubkey),
+        "may_write": may_write(account, now),
+        "admitted": account.admitted(now),
+        "admitted_until": None if until == 0 else ("forever" if until >= FOREVER else until),
+    }
+
+
+def http_url(relay_url: str) -> str:
+    """The http(s) origin of a ws(s):// relay URL (NIP-98's ``u`` tags are http URLs)."""
+    url = relay_url.rstrip("/")
+    if url.startswith("wss://"):
+        return "https://" + url[len("wss://") :]
+    if url.startswith("ws://"):
+        return "http://" + url[len("ws://") :]
+    return url
 
 
 def invoice_json(invoice: Invoice) -> dict[str, Any]:
@@ -252,17 +283,56 @@ class JoinWeb:
         return _response(HTTPStatus.OK, resource.read_bytes(), STATIC_TYPES[suffix])
 
     async def _account(self, raw_pubkey: str, request: Request) -> Response:
+        """Anyone sees whether ``pubkey`` may write; its owner, signing the request with
+        NIP-98 (``Authorization: Nostr <base64 kind-27235>`` for this URL and GET), also
+        sees the balance and flags. A header that does not verify is 401 (NIP-98), a valid
+        one from another key 403: a failed sign-in never falls back to the public view
+        silently."""
         pubkey = parse_pubkey(raw_pubkey)
         if pubkey is None:
             return _error(HTTPStatus.BAD_REQUEST, "not a hex pubkey or npub")
+        now = int(self._clock())
+        authorization = request.headers.get("Authorization")
+        owner = False
+        if authorization is not None:
+            url = http_url(self._info.relay_url) + request.path
+            try:
+                signer = nip98.authorised_pubkey(authorization, url=url, method="GET", now=now)
+            except nip98.Nip98Error as exc:
+                return _error(HTTPStatus.UNAUTHORIZED, f"NIP-98 authorization refused: {exc}")
+            if signer != pubkey:
+                return _error(HTTPStatus.FORBIDDEN, "only the account's owner sees its balance")
+            owner = True
         account = await self._ledger.store.get_account(pubkey)
-        doc = account_json(pubkey, account, int(self._clock()))
+        doc = account_json(pubkey, account, now) if owner else public_account_json(pubkey, account, now)
         if "application/json" in request.headers.get("Accept", ""):
             return _json(HTTPStatus.OK, doc)
         return _html(self._render_account(doc))
 
     def _render_account(self, doc: dict[str, Any]) -> str:
+        """The owner's view (``credit_msat`` present) or the public one."""
         esc = html.escape
+        if "credit_msat" not in doc:
+            return self._account_template.substitute(
+                name=esc(self._info.name),
+                pubkey=esc(doc["pubkey"]),
+                npub=esc(doc["npub"]),
+                admitted=esc(self._admitted_text(doc)),
+                credit="shown to its owner only (NIP-98 signed request)",
+                state="may write" if doc["may_write"] else "may not write",
+            )
+        state = "banned" if doc["banned"] else ("allowed by the operator" if doc["allowed"] else "normal")
+        return self._account_template.substitute(
+            name=esc(self._info.name),
+            pubkey=esc(doc["pubkey"]),
+            npub=esc(doc["npub"]),
+            admitted=esc(self._admitted_text(doc)),
+            credit=esc(_sats(doc["credit_msat"])),
+            state=esc(state),
+        )
+
+    @staticmethod
+    def _admitted_text(doc: dict[str, Any]) -> str:
         until = doc["admitted_until"]
         if until == "forever":
             admitted = "yes, for good"
@@ -272,15 +342,7 @@ class JoinWeb:
             admitted = "no (ended " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until)) + ")"
         else:
             admitted = "no"
-        state = "banned" if doc["banned"] else ("allowed by the operator" if doc["allowed"] else "normal")
-        return self._account_template.substitute(
-            name=esc(self._info.name),
-            pubkey=esc(doc["pubkey"]),
-            npub=esc(doc["npub"]),
-            admitted=esc(admitted),
-            credit=esc(_sats(doc["credit_msat"])),
-            state=esc(state),
-        )
+        return admitted
 
     # --- API --------------------------------------------------------------------
 
@@ -332,7 +394,9 @@ class JoinWeb:
         doc = invoice_json(invoice)
         if invoice.state is InvoiceState.PENDING and invoice.expires_at <= now:
             doc["state"] = InvoiceState.EXPIRED.value  # the watcher marks it on its next round
-        doc["account"] = account_json(invoice.pubkey, await self._ledger.store.get_account(invoice.pubkey), now)
+        # Anyone can create an invoice in any pubkey's name and poll it: the public view only.
+        account = await self._ledger.store.get_account(invoice.pubkey)
+        doc["account"] = public_account_json(invoice.pubkey, account, now)
         return _json(HTTPStatus.OK, doc)
 
     async def _check(self, payment_hash: str) -> bool:

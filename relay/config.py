@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from lightning.settings import PaymentSettings
@@ -40,6 +40,28 @@ class ServerSettings(_Section):
     reuse_port: bool = Field(False, description="SO_REUSEPORT; set for each worker by --workers")
     shutdown_grace_seconds: float = Field(5.0, ge=0)
     real_ip_header: str | None = Field(None, description="e.g. X-Forwarded-For, only behind a trusted proxy")
+    metrics_listen: str = Field(
+        "127.0.0.1:9477", description="host:port of a separate /metrics listener; empty = none"
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="serve /metrics on the public port too, to `Authorization: Bearer <token>`"
+    )
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError("must be host:port (e.g. 127.0.0.1:9477) or empty")
+        return value
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics listener, or None when it is off."""
+        if not self.metrics_listen:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 class StorageSettings(_Section):

@@ -1,8 +1,9 @@
 """The relay process: wires the stages together and serves WebSocket + HTTP on one port.
 
 HTTP routes go through websockets' ``process_request`` (NIP-11 JSON, CORS preflight,
-/metrics, the extension's pages, a plain HTML page); everything else is a WebSocket
-upgrade handled by one ``Connection`` per client.
+/metrics to a bearer token only, the extension's pages, a plain HTML page); everything else
+is a WebSocket upgrade handled by one ``Connection`` per client. /metrics is otherwise served
+by a second, loopback-only listener (``[server] metrics_listen``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import signal
 import time
@@ -100,6 +102,7 @@ class Relay:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._server: Server | None = None
+        self._metrics_server: Server | None = None
         self._info: dict[str, Any] = {}
         self._info_json = b""
         self._info_html = b""
@@ -167,6 +170,7 @@ class Relay:
             reuse_port=reuse_port,
             server_header=None,
         )
+        await self._start_metrics_listener()
         log.info(
             "satsrelay listening on ws://%s:%d (store %s, payments %s)",
             srv.host,
@@ -194,6 +198,8 @@ class Relay:
         self.closing = True
         if self._server is not None:
             self._server.close(close_connections=False)
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         for task in self._background:
             task.cancel()
         if self._tasks:
@@ -277,7 +283,7 @@ class Relay:
         if "application/nostr+json" in headers.get("Accept", ""):
             return http_response(HTTPStatus.OK, self._info_json, "application/nostr+json", CORS_HEADERS)
         if path == "/metrics":
-            return http_response(HTTPStatus.OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+            return self._public_metrics(headers.get("Authorization"))
         if self.extension is not None:
             response = await self.extension.handle_http(request, self.client_ip(ws, request))
             if response is not None:
@@ -285,6 +291,52 @@ class Relay:
         if path == "/":
             return http_response(HTTPStatus.OK, self._info_html, "text/html; charset=utf-8")
         return http_response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+
+    # --- /metrics: operational data (revenue, rejections), never public ------------------
+
+    def _metrics_response(self) -> Response:
+        return http_response(HTTPStatus.OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+
+    def _public_metrics(self, authorization: str | None) -> Response:
+        """On the public port /metrics exists only with ``metrics_token``, to its bearer."""
+        token = self.settings.server.metrics_token
+        if token is None:
+            return http_response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        expected = f"Bearer {token.get_secret_value()}".encode()
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+            return http_response(
+                HTTPStatus.UNAUTHORIZED, b"unauthorized\n", "text/plain", [("WWW-Authenticate", "Bearer")]
+            )
+        return self._metrics_response()
+
+    async def _start_metrics_listener(self) -> None:
+        """``[server] metrics_listen``: a second listener (loopback by default) that answers
+        /metrics and nothing else, for a local Prometheus scraper. SO_REUSEPORT: the workers
+        of ``--workers`` (and several relays on one host) share the address, as they share the
+        public port; each answers with its own process's counters."""
+        address = self.settings.server.metrics_address()
+        if address is None:
+            return
+
+        async def metrics_only(ws: ServerConnection, request: Request) -> Response:
+            if request.path.split("?", 1)[0] == "/metrics":
+                return self._metrics_response()
+            return http_response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+        async def never(ws: ServerConnection) -> None:  # every request is answered above
+            await ws.close()
+
+        host, port = address
+        self._metrics_server = await serve(
+            never, host, port, process_request=metrics_only, reuse_port=True, server_header=None
+        )
+
+    @property
+    def metrics_port(self) -> int | None:
+        if self._metrics_server is None:
+            return None
+        return int(next(iter(self._metrics_server.sockets)).getsockname()[1])
 
 
 def _redact(url: str) -> str:

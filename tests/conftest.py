@@ -48,7 +48,8 @@ def relay_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     """Test defaults (free port, temp SQLite, generous rate limits) plus overrides."""
     port = free_port()
     base: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_seconds": 2.0},
+        # metrics on a port of their own: several relays (and engineers) share this machine
+        "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_seconds": 2.0, "metrics_listen": "127.0.0.1:0"},
         "relay": {"public_url": f"ws://127.0.0.1:{port}"},
         "storage": {"url": f"sqlite:///{tmp_path}/relay.db", "purge_interval_seconds": 0.2},
         "limits": {"events_per_second": 10000, "events_burst": 10000, "ip_events_per_second": 10000,
@@ -162,7 +163,7 @@ def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
         storage_url = storage_url or f"sqlite:///{tmp_path}/relay.db"
         config = tmp_path / f"relay-{port}.toml"
         config.write_text(
-            f'log_level = "INFO"\n[server]\nhost = "127.0.0.1"\nport = {port}\n'
+            f'log_level = "INFO"\n[server]\nhost = "127.0.0.1"\nport = {port}\nmetrics_listen = "127.0.0.1:0"\n'
             f'[relay]\npublic_url = "ws://127.0.0.1:{port}"\n'
             f'[storage]\nurl = "{storage_url}"\n' + (storage_toml.rstrip("\n") + "\n" if storage_toml else "")
             + extra_toml

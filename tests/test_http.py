@@ -76,7 +76,7 @@ async def test_metrics_are_prometheus_text_and_count_events(relay: Relay, client
     await client.publish(signed(alice, 1, "bad") .to_dict() | {"content": "tampered"})
     await client.req("s", {"kinds": [1]})
     async with httpx.AsyncClient() as http:
-        resp = await http.get(http_url(relay, "/metrics"))
+        resp = await http.get(f"http://127.0.0.1:{relay.metrics_port}/metrics")  # [server] metrics_listen
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
     text = resp.text

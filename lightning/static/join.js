@@ -17,7 +17,8 @@
     if (acct.admitted_until === "forever") admitted = "yes, for good";
     else if (acct.admitted) admitted = "until " + new Date(acct.admitted_until * 1000).toLocaleString();
     $("acct-admitted").textContent = admitted;
-    $("acct-credit").textContent = sats(acct.credit_msat);
+    // The status route shows the public view (anyone may poll an invoice): no balance.
+    $("acct-write").textContent = acct.may_write ? "yes" : "no";
     $("acct-link").href = "/account/" + acct.pubkey;
   }
 

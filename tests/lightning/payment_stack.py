@@ -6,12 +6,15 @@ relay fixtures in ``tests/conftest.py`` instead.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from lightning.backends.fake import FakeBackend
 from lightning.extension import PaymentsExtension, build_backend
@@ -73,6 +76,13 @@ async def payment_stack(tmp_path: Path, *, start: bool = False, **payments: Any)
 def note(secret: bytes, kind: int = 1, tags: list[list[str]] | None = None) -> Event:
     """A fresh event (distinct id every call)."""
     return sign_event(secret, kind, f"hello {time.monotonic_ns()}", tags or [], created_at=int(time.time()))
+
+
+def nip98_header(secret: bytes, url: str, method: str = "GET", created_at: int | None = None) -> str:
+    """``Authorization`` value signing ``method url`` as NIP-98 does (kind 27235, base64)."""
+    when = int(time.time()) if created_at is None else created_at
+    event = sign_event(secret, 27235, "", [["u", url], ["method", method]], created_at=when)
+    return "Nostr " + base64.b64encode(orjson.dumps(event.to_dict())).decode()
 
 
 def pubkey_of(secret: bytes) -> str:

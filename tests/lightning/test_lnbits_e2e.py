@@ -37,6 +37,7 @@ from relay import crypto
 from relay.event import Event, sign_event
 from relay.server import Relay
 from tests.conftest import RelayFactory, RelayProcess
+from tests.lightning.payment_stack import nip98_header
 from tests.lnbits_server import LnbitsServer
 from tests.nostr_client import NostrClient
 
@@ -248,7 +249,8 @@ def test_invoice_paid_while_relay_is_killed_is_credited_once_after_restart(
 ) -> None:
     relay = relay_process(CREDIT_TOML.format(poll=POLL_NEVER, url=lnbits.url, key=lnbits.wallet_a.inkey))
     base = f"http://127.0.0.1:{relay.port}"
-    pubkey = crypto.public_key(crypto.generate_secret()).hex()
+    secret = crypto.generate_secret()
+    pubkey = crypto.public_key(secret).hex()
     reply = httpx.get(f"{base}/api/invoice", params={"pubkey": pubkey, "plan": "credit", "amount": "321"})
     assert reply.status_code == 200, reply.text
     invoice = reply.json()
@@ -261,7 +263,8 @@ def test_invoice_paid_while_relay_is_killed_is_credited_once_after_restart(
     paid_at = None
     for _ in range(2):  # the second restart must not credit it again
         relay.start()  # returns once the port is open; start-up reconciliation ran before that
-        doc = httpx.get(f"{base}/account/{pubkey}", headers={"Accept": "application/json"}).json()
+        url = f"{base}/account/{pubkey}"  # the balance is shown to its owner only (NIP-98)
+        doc = httpx.get(url, headers={"Accept": "application/json", "Authorization": nip98_header(secret, url)}).json()
         assert doc["credit_msat"] == 321_000
         listed = satsrelay_json(relay.config, "invoices", "list")
         assert len(listed) == 1 and listed[0]["state"] == "paid"

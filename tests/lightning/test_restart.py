@@ -9,7 +9,9 @@ from pathlib import Path
 import httpx
 
 from lightning.backends.fake import mark_paid
+from relay import crypto
 from tests.conftest import RelayProcess
+from tests.lightning.payment_stack import nip98_header
 
 PAYMENTS = """
 [payments]
@@ -35,7 +37,8 @@ def test_payment_made_while_relay_is_killed_is_credited_once_after_restart(
 ) -> None:
     relay = relay_process(PAYMENTS)
     base = f"http://127.0.0.1:{relay.port}"
-    pubkey = "e" * 64
+    secret = crypto.generate_secret()
+    pubkey = crypto.public_key(secret).hex()
     invoice = httpx.get(f"{base}/api/invoice", params={"pubkey": pubkey, "plan": "credit", "amount": "777"}).json()
     relay.kill()  # SIGKILL: no graceful anything
 
@@ -46,6 +49,8 @@ def test_payment_made_while_relay_is_killed_is_credited_once_after_restart(
         status = httpx.get(f"{base}/api/invoice/{invoice['payment_hash']}").json()
         assert status["paid"] is True  # reconciled before the port even opened
         time.sleep(0.8)  # a few poll rounds
-        account = httpx.get(f"{base}/account/{pubkey}", headers={"Accept": "application/json"}).json()
+        url = f"{base}/account/{pubkey}"
+        owner = {"Accept": "application/json", "Authorization": nip98_header(secret, url)}  # NIP-98
+        account = httpx.get(url, headers=owner).json()
         assert account["credit_msat"] == 777_000
         assert relay.terminate() == 0

@@ -12,6 +12,7 @@ from relay import crypto
 from relay.event import sign_event
 from relay.server import Relay
 from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import nip98_header
 from tests.nostr_client import NostrClient
 
 PAID: dict[str, Any] = {"enabled": True, "backend": "fake", "poll_interval_seconds": 0.2}
@@ -98,8 +99,10 @@ async def test_account_page_in_html_and_json(relay_factory: RelayFactory, alice:
     pubkey = crypto.public_key(alice).hex()
     async with relay_factory(payments=PAID) as relay, httpx.AsyncClient(base_url=http_base(relay)) as web:
         await relay.store.update_account(pubkey, int(time.time()), credit_delta_msat=21_000)
-        as_json = (await web.get(f"/account/{npub_encode(pubkey)}", headers={"Accept": "application/json"})).json()
-        as_html = await web.get(f"/account/{pubkey}", headers={"Accept": "text/html"})
+        url = f"{http_base(relay)}/account/{npub_encode(pubkey)}"
+        signed_in = {"Authorization": nip98_header(alice, url)}  # balances only to the owner (NIP-98)
+        as_json = (await web.get(url, headers={"Accept": "application/json", **signed_in})).json()
+        as_html = await web.get(url, headers={"Accept": "text/html", **signed_in})
         bad = await web.get("/account/nonsense", headers={"Accept": "application/json"})
     assert as_json["pubkey"] == pubkey and as_json["credit_msat"] == 21_000 and as_json["admitted"] is False
     assert "21 sats" in as_html.text and npub_encode(pubkey) in as_html.text
@@ -116,7 +119,7 @@ async def test_invoice_requests_are_validated_and_rate_limited(relay_factory: Re
         bad_plan = await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "gold"})
         first = await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "admission"})
         third = await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "admission"})
-        metrics = (await web.get("/metrics")).text
+        metrics = (await web.get(f"http://127.0.0.1:{relay.metrics_port}/metrics")).text
     assert bad_key.status_code == 400 and "pubkey" in bad_key.json()["error"]
     assert bad_plan.status_code == 400 and first.status_code == 200
     assert third.status_code == 429
