@@ -155,7 +155,7 @@ async def test_max_connections_per_ip(relay_factory: RelayFactory) -> None:
         async with NostrClient(relay.url) as three:
             await three.assert_alive()
         async with httpx.AsyncClient() as http:
-            metrics = (await http.get(f"http://127.0.0.1:{relay.port}/metrics")).text
+            metrics = (await http.get(f"http://127.0.0.1:{relay.metrics_port}/metrics")).text
         assert 'satsrelay_connections_rejected_total{reason="per-ip-limit"} 1.0' in metrics
 
 
