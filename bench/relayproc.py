@@ -167,6 +167,9 @@ class RelayProcess:
                     "port": self.port,
                     "compression": options.compression,
                     "workers": options.workers,
+                    # /metrics on the relay's own port, to this token (no shared loopback listener)
+                    "metrics_listen": "",
+                    "metrics_token": BENCH_METRICS_TOKEN,
                 },
                 "storage": {"url": self.store_url},
                 "limits": dict(UNLIMITED),
@@ -278,6 +281,9 @@ class RelayProcess:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+BENCH_METRICS_TOKEN = "bench-metrics"  # [server] metrics_token of the relays bench starts
+
+
 async def writer_metrics(ws_url: str) -> dict[str, float]:
     """The relay's group-commit counters from ``/metrics`` (one worker's, with ``--workers``)."""
     import httpx
@@ -285,7 +291,7 @@ async def writer_metrics(ws_url: str) -> dict[str, float]:
     http_url = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rstrip("/") + "/metrics"
     wanted = {f"satsrelay_writer_{n}_total" for n in ("batches", "events", "commit_seconds")}
     async with httpx.AsyncClient(timeout=10) as client:
-        text = (await client.get(http_url)).text
+        text = (await client.get(http_url, headers={"Authorization": f"Bearer {BENCH_METRICS_TOKEN}"})).text
     out: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")

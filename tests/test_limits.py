@@ -307,7 +307,7 @@ async def test_global_connection_cap_refuses_with_503_and_logs_rate_limited(
         async with NostrClient(relay.url) as three:  # room again once they closed
             await three.assert_alive()
         async with httpx.AsyncClient() as http:
-            metrics = (await http.get(f"http://127.0.0.1:{relay.port}/metrics")).text
+            metrics = (await http.get(f"http://127.0.0.1:{relay.metrics_port}/metrics")).text
     assert 'satsrelay_connections_rejected_total{reason="global-limit"} 20.0' in metrics
     lines = [r.getMessage() for r in caplog.records if "rejected connection" in r.getMessage()]
     assert lines == ["rejected connection from 127.0.0.1: the relay is at max_connections"]
