@@ -151,10 +151,12 @@ def _invoice_rows(docs: Sequence[dict[str, Any]]) -> str:
             d["state"],
             _when(d["created_at"]),
             _when(d["paid_at"]),
+            "" if d.get("fee_msat") is None else f"{d['fee_msat'] / 1000:g}",
         ]
         for d in docs
     ]
-    return _table(["payment hash", "pubkey", "plan", "sats", "state", "created (UTC)", "paid (UTC)"], rows)
+    headers = ["payment hash", "pubkey", "plan", "sats", "state", "created (UTC)", "paid (UTC)", "wallet fee (sats)"]
+    return _table(headers, rows)
 
 
 async def _accounts_list(args: argparse.Namespace, settings: Settings, store: Store) -> int:
@@ -170,7 +172,7 @@ async def _accounts_show(args: argparse.Namespace, settings: Settings, store: St
     except _Abort as exc:
         return _fail(str(exc))
     doc = account_json(pubkey, await store.get_account(pubkey), int(time.time()))
-    invoices = [invoice_json(i) for i in await store.list_invoices(pubkey=pubkey)]
+    invoices = [{**invoice_json(i), "fee_msat": i.fee_msat} for i in await store.list_invoices(pubkey=pubkey)]
     for invoice in invoices:
         invoice.pop("qr")
     text = _account_rows([doc]) + "\n\n" + (_invoice_rows(invoices) if invoices else "no invoices")
@@ -245,7 +247,7 @@ async def _invoices_list(args: argparse.Namespace, settings: Settings, store: St
     invoices = await store.list_invoices(pending_only=args.pending, pubkey=pubkey)
     if args.pending:
         invoices = [i for i in invoices if i.expires_at > now]
-    docs = [invoice_json(i) for i in invoices]
+    docs = [{**invoice_json(i), "fee_msat": i.fee_msat} for i in invoices]
     for doc in docs:
         doc.pop("qr")
     _emit(args, docs, _invoice_rows(docs) if docs else "no invoices")

@@ -80,7 +80,7 @@ def build_backend(settings: Settings, http: httpx.AsyncClient) -> WalletBackend:
     if p.backend == "cln":
         from lightning.backends.cln import ClnBackend, ClnConfig
 
-        return ClnBackend(ClnConfig(p.cln.url, p.cln.rune.get_secret_value()), http)
+        return ClnBackend(ClnConfig(p.cln.url, p.cln.rune.get_secret_value(), ca_cert_path=p.cln.ca_cert_path), http)
     if p.backend == "phoenixd":
         from lightning.backends.phoenixd import PhoenixdBackend, PhoenixdConfig
 
@@ -173,6 +173,7 @@ class PaymentsExtension:
             self.accounts.invalidate(result.invoice.pubkey)
             self.metrics.invoices_settled.labels(result.invoice.plan).inc()
             self.metrics.sats_received.inc(result.invoice.amount_msat / 1000)
+            self.metrics.wallet_fees_msat.inc(result.fee_msat)
         elif result.outcome is Confirmation.REJECTED:
             self.metrics.settlements_rejected.inc()
 

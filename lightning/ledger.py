@@ -36,6 +36,7 @@ class Confirmation(enum.Enum):
 class ConfirmResult:
     outcome: Confirmation
     invoice: Invoice | None  # as it was before this call; None when not ours
+    fee_msat: int = 0  # CREDITED: what the wallet kept of the payment (the operator's cost)
 
 
 def decode_bolt11(request: str) -> tuple[str, int | None]:
@@ -138,7 +139,7 @@ class Ledger:
             log.warning("not crediting invoice %s: %s", payment_hash, problem)
             return ConfirmResult(Confirmation.REJECTED, invoice)
         paid = status.amount_received_msat if status.amount_received_msat is not None else invoice.amount_msat
-        if await self.store.settle_invoice(payment_hash, paid, now):
+        if await self.store.settle_invoice(payment_hash, paid, now, status.fee_msat):
             log.info("invoice %s paid: %d msat, %s for %s", payment_hash, paid, invoice.plan, invoice.pubkey)
-            return ConfirmResult(Confirmation.CREDITED, invoice)
+            return ConfirmResult(Confirmation.CREDITED, invoice, status.fee_msat)
         return ConfirmResult(Confirmation.ALREADY_PAID, invoice)

@@ -21,6 +21,11 @@ class PaymentMetrics:
             "satsrelay_invoices_settled_total", "Invoices credited (exactly once each), by plan", ["plan"], registry=r
         )
         self.sats_received = Counter("satsrelay_sats_received_total", "Sats credited from settled invoices", registry=r)
+        self.wallet_fees_msat = Counter(
+            "satsrelay_wallet_fees_msat_total",
+            "What the wallet kept of settled payments (e.g. phoenixd's liquidity fees), in msat: the operator's cost",
+            registry=r,
+        )
         self.settlements_rejected = Counter(
             "satsrelay_settlements_rejected_total", "Paid answers refused (amount or hash mismatch)", registry=r
         )

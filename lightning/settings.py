@@ -77,6 +77,7 @@ class LndSettings(_Section):
 class ClnSettings(_Section):
     url: str = "https://127.0.0.1:3010"
     rune: SecretStr = SecretStr("")
+    ca_cert_path: str | None = Field(None, description="clnrest's ca.pem, when it serves its own certificates")
 
 
 class PhoenixdSettings(_Section):

@@ -23,7 +23,7 @@ from pathlib import Path
 import bolt11
 from bolt11.models.tags import TagChar
 
-from lightning.backend import BackendError, CreatedInvoice, InvoiceStatus, PaymentState
+from lightning.backend import BackendError, CreatedInvoice, InvoiceStatus, PaymentState, description_hash
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,30 @@ class FakeConfig:
     watch_interval_seconds: float = 0.2
 
 
-def make_bolt11(payment_hash: str, amount_msat: int, memo: str, created_at: int, expiry_seconds: int) -> str:
-    """A signed regtest BOLT11 invoice for ``payment_hash`` (also used by tests to forge)."""
+def make_bolt11(
+    payment_hash: str,
+    amount_msat: int,
+    memo: str,
+    created_at: int,
+    expiry_seconds: int,
+    *,
+    hashed_description: str | None = None,
+    description_hash_hex: str | None = None,
+) -> str:
+    """A signed regtest BOLT11 invoice for ``payment_hash`` (also used by tests to forge).
+
+    With ``hashed_description`` the invoice carries the ``h`` tag (sha256 of it) instead of
+    the ``d`` memo, as a real node does for a description-hash invoice (BOLT 11: one or
+    the other); ``description_hash_hex`` gives that tag's value directly."""
+    if hashed_description is not None:
+        description_hash_hex = description_hash(hashed_description).hex()
     tags = bolt11.Tags()
     tags.add(TagChar.payment_hash, payment_hash)
     tags.add(TagChar.payment_secret, os.urandom(32).hex())
-    tags.add(TagChar.description, memo)
+    if description_hash_hex is None:
+        tags.add(TagChar.description, memo)
+    else:
+        tags.add(TagChar.description_hash, description_hash_hex)
     tags.add(TagChar.expire_time, expiry_seconds)
     invoice = bolt11.Bolt11(currency="bcrt", date=created_at, tags=tags, amount_msat=bolt11.MilliSatoshi(amount_msat))
     return str(bolt11.encode(invoice, private_key=FAKE_NODE_KEY))
@@ -124,12 +142,16 @@ class FakeBackend:
 
     # --- WalletBackend ----------------------------------------------------------
 
-    async def create_invoice(self, amount_msat: int, memo: str, expiry_seconds: int) -> CreatedInvoice:
+    async def create_invoice(
+        self, amount_msat: int, memo: str, expiry_seconds: int, *, hashed_description: str | None = None
+    ) -> CreatedInvoice:
         self._check_up()
         preimage = os.urandom(32)
         payment_hash = hashlib.sha256(preimage).hexdigest()
         now = int(time.time())
-        request = make_bolt11(payment_hash, amount_msat, memo, now, expiry_seconds)
+        request = make_bolt11(
+            payment_hash, amount_msat, memo, now, expiry_seconds, hashed_description=hashed_description
+        )
         expires_at = now + expiry_seconds
 
         def insert() -> None:
@@ -152,9 +174,9 @@ class FakeBackend:
         row = await asyncio.to_thread(self._row, payment_hash)
         if row is None:
             return InvoiceStatus(payment_hash, PaymentState.UNKNOWN)
-        expires_at, paid_msat = row
+        expires_at, paid_msat, preimage = row
         if paid_msat is not None:
-            return InvoiceStatus(payment_hash, PaymentState.PAID, amount_received_msat=paid_msat)
+            return InvoiceStatus(payment_hash, PaymentState.PAID, amount_received_msat=paid_msat, preimage=preimage)
         if expires_at <= time.time():
             return InvoiceStatus(payment_hash, PaymentState.FAILED)
         return InvoiceStatus(payment_hash, PaymentState.PENDING)
@@ -183,15 +205,15 @@ class FakeBackend:
         if self._outage:
             raise BackendError("fake wallet unreachable (simulated outage)")
 
-    def _row(self, payment_hash: str) -> tuple[int, int | None] | None:
+    def _row(self, payment_hash: str) -> tuple[int, int | None, str] | None:
         conn = _connect(self._config.state_file)
         try:
             row = conn.execute(
-                "SELECT expires_at, paid_msat FROM fake_invoices WHERE payment_hash = ?", (payment_hash,)
+                "SELECT expires_at, paid_msat, preimage FROM fake_invoices WHERE payment_hash = ?", (payment_hash,)
             ).fetchone()
         finally:
             conn.close()
-        return None if row is None else (int(row[0]), None if row[1] is None else int(row[1]))
+        return None if row is None else (int(row[0]), None if row[1] is None else int(row[1]), str(row[2]))
 
     def _auto_settle(self) -> None:
         delay = self._config.auto_settle_seconds

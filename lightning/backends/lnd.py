@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -21,8 +22,18 @@ from typing import Any
 import httpx
 import orjson
 
-from lightning.backend import BackendError, CreatedInvoice, InvoiceStatus, PaymentState
+from lightning.backend import (
+    BackendError,
+    CreatedInvoice,
+    InvoiceStatus,
+    PaymentState,
+    check_description_hash,
+    description_hash,
+    fit_memo,
+)
 from lightning.backends import as_msat, long_poll_timeout, request_json, require, scrub
+
+MAX_MEMO = 639  # BOLT11's cap on a ``d`` tag; LND refuses longer memos
 
 _STATES = {
     "OPEN": PaymentState.PENDING,
@@ -30,7 +41,8 @@ _STATES = {
     "SETTLED": PaymentState.PAID,
     "CANCELED": PaymentState.FAILED,
 }
-# LND < 0.18 answered an unknown hash with gRPC code 2 (HTTP 500) and this text; newer: 404.
+# LND < 0.14 answered an unknown hash with gRPC code 2 (HTTP 500) and this text; 0.14 and
+# newer map it to gRPC NotFound, which the REST gateway serves as 404.
 _NOT_FOUND_TEXTS = ("unable to locate invoice", "there are no existing invoices")
 
 
@@ -58,9 +70,16 @@ class LndBackend:
         self._client = client
         self._settle_index = 0
 
-    async def create_invoice(self, amount_msat: int, memo: str, expiry_seconds: int) -> CreatedInvoice:
+    async def create_invoice(
+        self, amount_msat: int, memo: str, expiry_seconds: int, *, hashed_description: str | None = None
+    ) -> CreatedInvoice:
         label = "lnd create_invoice"
         requested_at = int(time.time())
+        # int64 fields travel as strings through the gRPC gateway, bytes as base64.
+        body = {"value_msat": str(amount_msat), "memo": fit_memo(memo, MAX_MEMO), "expiry": str(expiry_seconds)}
+        if hashed_description is not None:
+            # LND then signs only the hash (``h``); the memo stays in its own database.
+            body["description_hash"] = base64.b64encode(description_hash(hashed_description)).decode("ascii")
         reply = await request_json(
             self._client,
             "POST",
@@ -68,11 +87,12 @@ class LndBackend:
             label=label,
             secrets=self._secrets,
             headers=self._headers,
-            # int64 fields travel as strings through the gRPC gateway.
-            json={"value_msat": str(amount_msat), "memo": memo, "expiry": str(expiry_seconds)},
+            json=body,
         )
         payment_hash = _hash_hex(require(reply.body, "r_hash", label), label)
         bolt11 = str(require(reply.body, "payment_request", label))
+        if hashed_description is not None:
+            check_description_hash(bolt11, hashed_description, label)
         return CreatedInvoice(payment_hash, bolt11, amount_msat, requested_at + expiry_seconds)
 
     async def lookup_invoice(self, payment_hash: str) -> InvoiceStatus:
@@ -163,4 +183,8 @@ def _status(payment_hash: str, invoice: Any, label: str) -> InvoiceStatus:
     else:
         state = PaymentState.PENDING
     received = as_msat(invoice.get("amt_paid_msat", "0")) if state is PaymentState.PAID else None
-    return InvoiceStatus(payment_hash, state, received)
+    preimage = None
+    if state is PaymentState.PAID and isinstance(invoice.get("r_preimage"), str):
+        with contextlib.suppress(BackendError):
+            preimage = _hash_hex(invoice["r_preimage"], label)
+    return InvoiceStatus(payment_hash, state, received, preimage=preimage)

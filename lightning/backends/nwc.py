@@ -32,7 +32,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from lightning import nip04, nip44
-from lightning.backend import BackendError, CreatedInvoice, InvoiceStatus, PaymentState
+from lightning.backend import (
+    BackendError,
+    CreatedInvoice,
+    InvoiceStatus,
+    PaymentState,
+    check_description_hash,
+    description_hash,
+    fit_memo,
+)
 from relay import crypto
 from relay.errors import Invalid
 from relay.event import is_hex64, parse_event, sign_event, verify_signature
@@ -42,6 +50,7 @@ log = logging.getLogger(__name__)
 INFO_KIND, REQUEST_KIND, RESPONSE_KIND = 13194, 23194, 23195
 NOTIFY_NIP04_KIND, NOTIFY_NIP44_KIND = 23196, 23197
 _SUB = "nwc"
+MAX_MEMO = 639  # BOLT11's cap on a ``d`` tag
 _STATES = {
     "settled": PaymentState.PAID,
     "pending": PaymentState.PENDING,
@@ -134,13 +143,22 @@ class NwcBackend:
 
     # -- the WalletBackend seam -------------------------------------------------------
 
-    async def create_invoice(self, amount_msat: int, memo: str, expiry_seconds: int) -> CreatedInvoice:
+    async def create_invoice(
+        self, amount_msat: int, memo: str, expiry_seconds: int, *, hashed_description: str | None = None
+    ) -> CreatedInvoice:
         requested_at = int(time.time())
-        params = {"amount": amount_msat, "description": memo, "expiry": expiry_seconds}
+        params: dict[str, Any] = {"amount": amount_msat, "expiry": expiry_seconds}
+        if hashed_description is None:
+            params["description"] = fit_memo(memo, MAX_MEMO)
+        else:
+            # NIP-47 leaves honouring it to the wallet: the returned invoice is checked.
+            params["description_hash"] = description_hash(hashed_description).hex()
         result = _result(await self._request("make_invoice", params), "make_invoice")
         payment_hash, bolt11 = result.get("payment_hash"), result.get("invoice")
         if not isinstance(payment_hash, str) or not isinstance(bolt11, str):
             raise BackendError("nwc make_invoice: the wallet returned no invoice or payment_hash")
+        if hashed_description is not None:
+            check_description_hash(bolt11, hashed_description, "nwc make_invoice")
         amount = result.get("amount")
         expires_at = result.get("expires_at")
         return CreatedInvoice(
@@ -165,7 +183,10 @@ class NwcBackend:
             state = PaymentState.PAID if result.get("settled_at") else PaymentState.PENDING
         amount = result.get("amount")
         received = amount if state is PaymentState.PAID and isinstance(amount, int) else None
-        return InvoiceStatus(payment_hash, state, received)
+        preimage = result.get("preimage") if state is PaymentState.PAID else None
+        if not (isinstance(preimage, str) and len(preimage) == 64):
+            preimage = None
+        return InvoiceStatus(payment_hash, state, received, preimage=preimage)
 
     async def settlements(self) -> AsyncIterator[str]:
         session = await self._live_session()
@@ -260,8 +281,9 @@ class NwcBackend:
     async def _fetch_info(self, ws: ClientConnection, relay_url: str) -> Any:
         """The wallet's newest info event, or None when it published none (then NIP-04)."""
         await ws.send(
-            orjson.dumps(["REQ", "info", {"kinds": [INFO_KIND], "authors": [self._conn.wallet_pubkey], "limit": 1}])
-            .decode()
+            orjson.dumps(
+                ["REQ", "info", {"kinds": [INFO_KIND], "authors": [self._conn.wallet_pubkey], "limit": 1}]
+            ).decode()
         )
         newest = None
         for message in await self._until_eose(ws, "info", relay_url):

@@ -1,9 +1,22 @@
 """Phoenixd (ACINQ's headless Phoenix), HTTP basic auth with an empty user name.
 
 Phoenixd counts in whole sats: an amount in msat is rounded up, and the created invoice
-reports what was really asked so the ledger checks the payment against that. Incoming
-payments report ``receivedSat`` (sats) and ``fees`` (msat); the amount received is
-``receivedSat`` in msat. Push is the ``/websocket`` stream of ``payment_received`` messages.
+reports what was really asked so the ledger checks the payment against that.
+
+Checked against phoenixd 0.8's ``Api.kt`` and ``JsonSerializers.kt``:
+- ``POST /createinvoice`` takes a form with ``amountSat``, ``expirySeconds`` and either
+  ``description`` (HTTP 400 past 128 characters, so the memo is cut to fit) or
+  ``descriptionHash`` (64 hex: the invoice then carries the BOLT11 ``h`` tag, NIP-57).
+- ``GET /payments/incoming/{hash}`` reports ``receivedSat`` *after* fees: when phoenixd
+  opens or splices a channel on the fly to receive (the first payment to a new node, or
+  when inbound liquidity runs out) it keeps the liquidity fee out of the payment and
+  reports it in ``fees`` (msat). The payer still sent the full amount, so the amount
+  that settles the invoice is ``receivedSat`` x 1000 + ``fees``; and since a node never
+  settles an amount-bearing invoice for less than asked (BOLT 4), ``isPaid`` with
+  ``requestedSat`` proves at least that much even where rounding to whole sats loses a
+  few msat. The fee is reported separately: it is the operator's cost, not the payer's
+  debt. ``isExpired`` marks an unpaid invoice that can no longer be paid.
+- Push is the ``/websocket`` stream of ``payment_received`` messages.
 """
 
 from __future__ import annotations
@@ -12,15 +25,25 @@ import base64
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from lightning.backend import BackendError, CreatedInvoice, InvoiceStatus, PaymentState
+from lightning.backend import (
+    BackendError,
+    CreatedInvoice,
+    InvoiceStatus,
+    PaymentState,
+    check_description_hash,
+    description_hash,
+    fit_memo,
+)
 from lightning.backends import request_json, require, scrub
+
+MAX_DESCRIPTION = 128  # phoenixd's Api.kt: longer descriptions are a 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +65,17 @@ class PhoenixdBackend:
         self._auth = httpx.BasicAuth("", config.password)
         self._secrets = (config.password, _basic_token(config.password))
 
-    async def create_invoice(self, amount_msat: int, memo: str, expiry_seconds: int) -> CreatedInvoice:
+    async def create_invoice(
+        self, amount_msat: int, memo: str, expiry_seconds: int, *, hashed_description: str | None = None
+    ) -> CreatedInvoice:
         label = "phoenixd createinvoice"
         sats = -(-amount_msat // 1000)
         requested_at = int(time.time())
+        form = {"amountSat": str(sats), "expirySeconds": str(expiry_seconds)}
+        if hashed_description is None:
+            form["description"] = fit_memo(memo, MAX_DESCRIPTION)
+        else:
+            form["descriptionHash"] = description_hash(hashed_description).hex()
         reply = await request_json(
             self._client,
             "POST",
@@ -53,11 +83,14 @@ class PhoenixdBackend:
             label=label,
             secrets=self._secrets,
             auth=self._auth,
-            data={"amountSat": str(sats), "description": memo, "expirySeconds": str(expiry_seconds)},
+            data=form,
         )
+        bolt11 = str(require(reply.body, "serialized", label))
+        if hashed_description is not None:
+            check_description_hash(bolt11, hashed_description, label)
         return CreatedInvoice(
             payment_hash=str(require(reply.body, "paymentHash", label)),
-            bolt11=str(require(reply.body, "serialized", label)),
+            bolt11=bolt11,
             amount_msat=sats * 1000,
             expires_at=requested_at + expiry_seconds,
         )
@@ -79,11 +112,22 @@ class PhoenixdBackend:
         if not isinstance(body, dict) or body.get("paymentHash") != payment_hash:
             raise BackendError(f"{label}: reply is not the asked payment")
         if body.get("isPaid") is not True:
-            return InvoiceStatus(payment_hash, PaymentState.PENDING)
-        received = body.get("receivedSat")
-        if not isinstance(received, int) or isinstance(received, bool):
-            raise BackendError(f"{label}: paid without a receivedSat amount")
-        return InvoiceStatus(payment_hash, PaymentState.PAID, received * 1000)
+            state = PaymentState.FAILED if body.get("isExpired") is True else PaymentState.PENDING
+            return InvoiceStatus(payment_hash, state)
+        received, fees, requested = body.get("receivedSat"), body.get("fees", 0), body.get("requestedSat")
+        if not _count(received) or not _count(fees):
+            raise BackendError(f"{label}: paid without receivedSat and fees amounts")
+        sent = received * 1000 + fees  # what the payer sent; phoenixd kept ``fees`` of it
+        if _count(requested):
+            sent = max(sent, requested * 1000)
+        preimage = body.get("preimage")
+        return InvoiceStatus(
+            payment_hash,
+            PaymentState.PAID,
+            sent,
+            fee_msat=fees,
+            preimage=preimage if isinstance(preimage, str) and len(preimage) == 64 else None,
+        )
 
     async def settlements(self) -> AsyncIterator[str]:
         ws_url = self._base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
@@ -101,6 +145,10 @@ class PhoenixdBackend:
 
     async def close(self) -> None:
         """Nothing to release: the HTTP client belongs to the relay."""
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _basic_token(password: str) -> str:

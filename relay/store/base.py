@@ -79,6 +79,7 @@ class Invoice:
     state: InvoiceState = InvoiceState.PENDING
     paid_at: int | None = None
     paid_msat: int | None = None
+    fee_msat: int | None = None  # what the wallet kept of the payment (the operator's cost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ class Account:
 # Column order both stores use for the ledger tables, so one mapping reads either.
 INVOICE_COLUMNS = (
     "payment_hash, pubkey, plan, amount_msat, bolt11, created_at, expires_at, admit_seconds, "
-    "admit_forever, credit_msat, state, paid_at, paid_msat"
+    "admit_forever, credit_msat, state, paid_at, paid_msat, fee_msat"
 )
 ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at"
 
@@ -118,6 +119,7 @@ def invoice_from_row(row: Sequence[Any]) -> Invoice:
         state=InvoiceState(row[10]),
         paid_at=row[11],
         paid_msat=row[12],
+        fee_msat=row[13],
     )
 
 
@@ -190,11 +192,12 @@ class Store(Protocol):
         """Newest first."""
         ...
 
-    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int) -> bool:
+    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0) -> bool:
         """Mark a pending (or locally expired) invoice paid and apply its grant to the
         account, in one transaction, exactly once: True only for the call that did it,
         even when several nodes race on the same payment hash. The caller has already
-        checked the amount against the invoice."""
+        checked the amount against the invoice. ``paid_msat`` is what the payer sent;
+        ``fee_msat`` what the wallet kept of it (recorded, never charged to the payer)."""
         ...
 
     async def expire_invoices(self, now: int) -> int:

@@ -152,4 +152,9 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE tags_v2 RENAME TO tags",
         ),
     ),
+    # Phoenixd keeps a liquidity fee out of some incoming payments (issue 13): the payer
+    # is credited for what they sent, the operator's cost is recorded beside it.
+    Migration(
+        3, "invoices.fee_msat: what the wallet kept of a payment", ("ALTER TABLE invoices ADD COLUMN fee_msat INTEGER",)
+    ),
 )

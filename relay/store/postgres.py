@@ -559,7 +559,7 @@ class PostgresStore:
                         return False
             await conn.execute(
                 f"INSERT INTO invoices ({INVOICE_COLUMNS})"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 inv.payment_hash,
                 inv.pubkey,
                 inv.plan,
@@ -573,6 +573,7 @@ class PostgresStore:
                 inv.state.value,
                 inv.paid_at,
                 inv.paid_msat,
+                inv.fee_msat,
             )
         return True
 
@@ -622,18 +623,19 @@ class PostgresStore:
         )
         return [invoice_from_row(row) for row in rows]
 
-    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int) -> bool:
+    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0) -> bool:
         """Exactly once across nodes: the conditional UPDATE changes the row for one caller
         only (a concurrent one waits for its commit, re-checks ``state`` and matches
         nothing), and only that caller applies the grant, in the same transaction."""
         async with self._acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "UPDATE invoices SET state = 'paid', paid_at = $1, paid_msat = $2"
+                "UPDATE invoices SET state = 'paid', paid_at = $1, paid_msat = $2, fee_msat = $4"
                 " WHERE payment_hash = $3 AND state <> 'paid'"
                 " RETURNING pubkey, admit_seconds, admit_forever, credit_msat",
                 now,
                 paid_msat,
                 payment_hash,
+                fee_msat,
             )
             if row is None:
                 return False

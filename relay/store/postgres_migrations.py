@@ -165,6 +165,11 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             $fn$""",
         ),
     ),
+    # Phoenixd keeps a liquidity fee out of some incoming payments (issue 13): the payer
+    # is credited for what they sent, the operator's cost is recorded beside it.
+    Migration(
+        3, "invoices.fee_msat: what the wallet kept of a payment", ("ALTER TABLE invoices ADD COLUMN fee_msat bigint",)
+    ),
 )
 
 

@@ -216,8 +216,6 @@ def _filter_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
     return sql, params
 
 
-
-
 def sqlite_path_from_url(url: str) -> Path:
     """``sqlite:///relative/path`` -> ``relative/path``; ``sqlite:////abs/path`` -> ``/abs/path``
     (the SQLAlchemy convention operators already know)."""
@@ -631,8 +629,8 @@ class SqliteStore:
         )
         return [invoice_from_row(row) for row in rows]
 
-    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int) -> bool:
-        settled: bool = await self._write(self._transaction, _settle_invoice, payment_hash, paid_msat, now)
+    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0) -> bool:
+        settled: bool = await self._write(self._transaction, _settle_invoice, payment_hash, paid_msat, now, fee_msat)
         return settled
 
     async def expire_invoices(self, now: int) -> int:
@@ -772,7 +770,7 @@ def _purge_expired(conn: sqlite3.Connection, now: int) -> int:
 
 def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
     conn.execute(
-        f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ({_marks(13)})",
+        f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ({_marks(14)})",
         (
             inv.payment_hash,
             inv.pubkey,
@@ -787,6 +785,7 @@ def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
             inv.state.value,
             inv.paid_at,
             inv.paid_msat,
+            inv.fee_msat,
         ),
     )
 
@@ -827,13 +826,13 @@ def _charge_credit(conn: sqlite3.Connection, pubkey: str, amount_msat: int, now:
     return cursor.rowcount == 1
 
 
-def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int, now: int) -> bool:
+def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int, now: int, fee_msat: int) -> bool:
     """Exactly once: the conditional UPDATE changes a row for one caller only (the write lock
     serialises callers, across processes too), and only that caller applies the grant."""
     row = conn.execute(
-        "UPDATE invoices SET state = 'paid', paid_at = ?, paid_msat = ? WHERE payment_hash = ? AND state != 'paid' "
-        "RETURNING pubkey, admit_seconds, admit_forever, credit_msat",
-        (now, paid_msat, payment_hash),
+        "UPDATE invoices SET state = 'paid', paid_at = ?, paid_msat = ?, fee_msat = ?"
+        " WHERE payment_hash = ? AND state != 'paid' RETURNING pubkey, admit_seconds, admit_forever, credit_msat",
+        (now, paid_msat, fee_msat, payment_hash),
     ).fetchone()
     if row is None:
         return False

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
+import bolt11
 import httpx
 import orjson
 import pytest
 
-from lightning.backend import BackendError, PaymentState
+from lightning.backend import BackendError, PaymentState, bolt11_description_hash
 from lightning.backends.lnbits import LnbitsBackend, LnbitsConfig
 from tests.lnbits_server import LnbitsServer
 
@@ -171,3 +173,45 @@ async def test_unreachable_server_is_a_backend_error(http: httpx.AsyncClient) ->
     backend = LnbitsBackend(LnbitsConfig("http://127.0.0.1:9", "k" * 32), http)
     with pytest.raises(BackendError, match="lnbits create_invoice: ConnectError"):
         await backend.create_invoice(1_000, "x", 600)
+
+
+@pytest.mark.parametrize("field", ["description_hash", "unhashed_description"])
+async def test_real_lnbits_fakewallet_honours_each_description_field(
+    lnbits: LnbitsServer, http: httpx.AsyncClient, field: str
+) -> None:
+    """What the backend relies on, asked of the real server one field at a time: LNbits
+    1.6.2 with FakeWallet signs the sha256 into the ``h`` tag for either field."""
+    zap_request = '{"kind":9734,"content":"field ' + field + '"}'
+    value = (
+        hashlib.sha256(zap_request.encode()).hexdigest() if field == "description_hash" else zap_request.encode().hex()
+    )
+    reply = await http.post(
+        f"{lnbits.url}/api/v1/payments",
+        headers={"X-Api-Key": lnbits.wallet_a.inkey},
+        json={"out": False, "amount": 21, "memo": "ignored", field: value},
+    )
+    assert reply.status_code in (200, 201), reply.text
+    decoded = bolt11.decode(reply.json()["bolt11"])
+    assert decoded.description_hash == hashlib.sha256(zap_request.encode()).hexdigest()
+    assert decoded.description is None  # the memo is not signed alongside
+
+
+async def test_description_hash_invoice_commits_to_the_zap_request_and_pays(
+    lnbits: LnbitsServer, http: httpx.AsyncClient
+) -> None:
+    backend = _backend(lnbits, http)
+    zap_request = '{"kind":9734,"content":"' + "long zap request " * 60 + '"}'  # past LNbits' 640-char memo cut
+    invoice = await backend.create_invoice(21_000, "zap", 600, hashed_description=zap_request)
+    assert bolt11_description_hash(invoice.bolt11) == hashlib.sha256(zap_request.encode()).hexdigest()
+    await asyncio.to_thread(lnbits.pay, invoice.bolt11)
+    paid = await backend.lookup_invoice(invoice.payment_hash)
+    assert (paid.state, paid.amount_received_msat) == (PaymentState.PAID, 21_000)
+    assert paid.preimage is not None
+    assert hashlib.sha256(bytes.fromhex(paid.preimage)).hexdigest() == invoice.payment_hash
+
+
+async def test_long_memo_is_cut_to_what_lnbits_keeps(lnbits: LnbitsServer, http: httpx.AsyncClient) -> None:
+    backend = _backend(lnbits, http)
+    invoice = await backend.create_invoice(1_000, "R" * 2_000 + ": admission", 600)
+    description = bolt11.decode(invoice.bolt11).description
+    assert description is not None and description.startswith("RRR") and len(description) <= 640

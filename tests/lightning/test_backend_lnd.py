@@ -17,15 +17,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import bolt11
 import httpx
 import orjson
 import pytest
+from bolt11.models.tags import TagChar
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lightning.backend import BackendError, PaymentState
+from lightning.backend import BackendError, PaymentState, bolt11_description_hash
+from lightning.backends.fake import FAKE_NODE_KEY
 from lightning.backends.lnd import LndBackend, LndConfig
 
 MACAROON = "0201036c6e6402f801" + "ab" * 40
@@ -70,6 +73,11 @@ class FakeLnd:
                 "amt_paid_msat": "0",
             }
             pay_req = f"lnbc{int(body['value_msat']) // 1000}n1fake{r_hash.hex()[:10]}"
+            if "description_hash" in body:  # lnd signs the hash (``h``) and keeps the memo local
+                hashed = base64.b64decode(body["description_hash"])
+                if len(hashed) != 32:
+                    return httpx.Response(500, json={"code": 2, "message": "description hash is 32 bytes"})
+                pay_req = _bolt11_with_hash(r_hash.hex(), int(body["value_msat"]), hashed.hex())
             return httpx.Response(200, json={"r_hash": base64.b64encode(r_hash).decode(), "payment_request": pay_req})
         if request.method == "GET" and path.startswith("/v1/invoice/"):
             invoice = self.invoices.get(path.rsplit("/", 1)[1])
@@ -81,6 +89,15 @@ class FakeLnd:
         if request.method == "GET" and path == "/v1/invoices/subscribe":
             return httpx.Response(200, content=self._lines())
         return httpx.Response(404, json={"code": 5, "message": "Not Found"})
+
+
+def _bolt11_with_hash(payment_hash: str, amount_msat: int, description_hash_hex: str) -> str:
+    tags = bolt11.Tags()
+    tags.add(TagChar.payment_hash, payment_hash)
+    tags.add(TagChar.payment_secret, os.urandom(32).hex())
+    tags.add(TagChar.description_hash, description_hash_hex)
+    invoice = bolt11.Bolt11(currency="bc", date=1_700_000_000, tags=tags, amount_msat=bolt11.MilliSatoshi(amount_msat))
+    return str(bolt11.encode(invoice, private_key=FAKE_NODE_KEY))
 
 
 @pytest.fixture
@@ -210,8 +227,14 @@ async def test_self_signed_tls_cert_is_pinned_by_path(tmp_path: Path) -> None:
             head = await reader.readuntil(b"\r\n\r\n")
             ok = MACAROON.encode() in head
             status, body = (b"200 OK", paid) if ok else (b"500 Internal Server Error", b'{"message":"no macaroon"}')
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
             await writer.drain()
         writer.close()
 
@@ -230,3 +253,22 @@ async def test_self_signed_tls_cert_is_pinned_by_path(tmp_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_description_hash_is_base64_of_the_32_bytes_and_checked(lnd: tuple[FakeLnd, LndBackend]) -> None:
+    fake, backend = lnd
+    zap_request = '{"kind":9734,"tags":[["p","' + "ab" * 32 + '"]]}'
+    invoice = await backend.create_invoice(21_000, "zap", 600, hashed_description=zap_request)
+    sent = orjson.loads(fake.requests[-1].content)
+    digest = hashlib.sha256(zap_request.encode()).digest()
+    assert base64.b64decode(sent["description_hash"]) == digest
+    assert bolt11_description_hash(invoice.bolt11) == digest.hex()
+
+
+async def test_paid_invoice_reports_its_preimage(lnd: tuple[FakeLnd, LndBackend]) -> None:
+    fake, backend = lnd
+    invoice = await backend.create_invoice(1_000, "m", 600)
+    preimage = os.urandom(32)
+    fake.invoices[invoice.payment_hash]["r_preimage"] = base64.b64encode(preimage).decode()
+    fake.settle(invoice.payment_hash, 1_000)
+    assert (await backend.lookup_invoice(invoice.payment_hash)).preimage == preimage.hex()

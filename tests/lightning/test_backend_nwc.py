@@ -16,7 +16,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from lightning import nip04, nip44
-from lightning.backend import BackendError, PaymentState
+from lightning.backend import BackendError, PaymentState, bolt11_description_hash
+from lightning.backends.fake import make_bolt11
 from lightning.backends.nwc import NwcBackend, NwcConfig, NwcConnection
 from relay import crypto
 from relay.event import parse_event, sign_event, verify_signature
@@ -38,6 +39,7 @@ class FakeWalletService:
         self.invoices: dict[str, dict[str, Any]] = {}
         self.seen: list[tuple[str, str]] = []  # (method, scheme) of every request
         self.fail_next: str | None = None
+        self.honours_description_hash = True  # NIP-47 leaves it to the wallet
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -90,10 +92,17 @@ class FakeWalletService:
             return {"result_type": method, "error": {"code": code, "message": "wallet says no"}, "result": None}
         if method == "make_invoice":
             payment_hash = hashlib.sha256(os.urandom(32)).hexdigest()
+            bolt11 = f"lnbc{params['amount'] // 1000}n1fakenwc"
+            if "description_hash" in params:
+                hashed = params["description_hash"] if self.honours_description_hash else None
+                memo = params.get("description", "")
+                bolt11 = make_bolt11(
+                    payment_hash, params["amount"], memo, int(time.time()), 600, description_hash_hex=hashed
+                )
             invoice = {
                 "type": "incoming",
                 "state": "pending",
-                "invoice": f"lnbc{params['amount'] // 1000}n1fakenwc",
+                "invoice": bolt11,
                 "payment_hash": payment_hash,
                 "amount": params["amount"],
                 "created_at": int(time.time()),
@@ -168,6 +177,17 @@ async def test_create_lookup_and_push_in_the_negotiated_scheme(
         assert (paid.state, paid.amount_received_msat) == (PaymentState.PAID, 21_000)
         assert wallet.seen == [("make_invoice", scheme), ("lookup_invoice", scheme), ("lookup_invoice", scheme)]
         await stream.aclose()
+
+
+async def test_make_invoice_with_description_hash_checks_the_wallet_honoured_it(relay_factory: RelayFactory) -> None:
+    zap_request = '{"kind":9734,"content":"thanks"}'
+    expected = hashlib.sha256(zap_request.encode()).hexdigest()
+    async with relay_factory() as relay, _wallet(relay.url, "nip44_v2") as (wallet, backend):
+        invoice = await backend.create_invoice(21_000, "zap", 600, hashed_description=zap_request)
+        assert bolt11_description_hash(invoice.bolt11) == expected
+        wallet.honours_description_hash = False  # signs a plain description instead
+        with pytest.raises(BackendError, match="does not commit to the description hash"):
+            await backend.create_invoice(21_000, "zap", 600, hashed_description=zap_request)
 
 
 async def test_unknown_hash_is_unknown_and_wallet_errors_are_backend_errors(relay_factory: RelayFactory) -> None:
