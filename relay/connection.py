@@ -39,11 +39,16 @@ from relay.policy import (
     read_scope,
 )
 from relay.store.base import WriteOutcome, WriteRequest
+from relay.throttled_log import ThrottledLog
 
 if TYPE_CHECKING:
     from relay.server import Relay
 
 log = logging.getLogger(__name__)
+# Client input never reaches these (the parser refuses what a store cannot hold, and the
+# writer answers a refused event with ``error:`` itself); a store that is down does, for
+# every client at once, so its tracebacks are throttled (relay.throttled_log).
+_store_fault_log = ThrottledLog(log, per_second=0.2, burst=3)
 
 _ID_IN_FRAME = re.compile(rb'"id"\s*:\s*"([0-9a-f]{64})"')
 MAX_IN_FLIGHT = 1000  # EVENTs of one connection awaiting verification or commit
@@ -271,8 +276,8 @@ class Connection:
             self._accepted(event, _OUTCOME_REPLY[outcome])
         except Rejection as exc:
             self._reject(event.id, exc)
-        except Exception:
-            log.exception("storing event %s failed", event.id)
+        except Exception as exc:
+            _store_fault_log.error("storing event %s failed", event.id, exc_info=exc)
             self._reject(event.id, ServerError("could not store the event, try again"))
         finally:
             self._in_flight -= 1
@@ -321,8 +326,8 @@ class Connection:
         try:
             wanted = tuple(f for f in filters if f.limit != 0 and not f.is_empty())
             rows = await self.relay.store.query(wanted, int(time.time())) if wanted else []
-        except Exception:
-            log.exception("query failed")
+        except Exception as exc:
+            _store_fault_log.error("query failed", exc_info=exc)
             if self._pending_live.get(sub_id) is pending:
                 self._close_sub(sub_id)
                 self.send(messages.closed(sub_id, "error: could not run the query"))
@@ -370,8 +375,8 @@ class Connection:
             # not counted either (NIP-45 COUNT must not reveal private events).
             scope = read_scope(self.authed)
             n = await self.relay.store.count(wanted, int(time.time()), scope) if wanted else 0
-        except Exception:
-            log.exception("count failed")
+        except Exception as exc:
+            _store_fault_log.error("count failed", exc_info=exc)
             self.send(messages.closed(sub_id, "error: could not run the count"))
             return
         self.send(messages.count(sub_id, n))

@@ -63,7 +63,10 @@ CANONICAL_CONTENTS = {
 
 @pytest.mark.parametrize("content", list(CANONICAL_CONTENTS.values()), ids=list(CANONICAL_CONTENTS))
 async def test_canonical_id_matches_independent_serialization(client: NostrClient, alice: bytes, content: str) -> None:
-    tags = [["t", content], ["e", "0" * 64, "", content]]
+    # U+0000 stays in content (stored losslessly) but is refused in tags, where PostgreSQL
+    # text cannot hold it (relay.event._check_tags; tests/test_bad_input.py).
+    tag_text = content.replace("\x00", "")
+    tags = [["t", tag_text], ["e", "0" * 64, "", tag_text]]
     obj = independent_event(alice, 1, content, tags, int(time.time()))
     assert await client.publish(obj) == (True, "")
     (stored,) = await client.req("s", {"ids": [obj["id"]]})

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relay.event import Event, KindClass, is_hex64, kind_class
+from relay.event import Event, KindClass, is_hex64, kind_class, parse_address
 from relay.store.base import FOREVER, WriteOutcome, WriteRequest
 
 Address = tuple[str, int, str]  # (pubkey hex, kind, d) of a replaceable/addressable event
@@ -40,14 +40,16 @@ def a_tag_addresses(ev: Event) -> list[Address]:
     """NIP-09 ``a`` targets ``kind:pubkey:d`` of the deletion's own author, replaceable or
     addressable kinds only (a replaceable kind's address has d "")."""
     out: list[Address] = []
-    for address in ev.tag_values("a"):
-        parts = address.split(":", 2)
-        if len(parts) != 3 or parts[1] != ev.pubkey or not parts[0].isdigit():
+    for value in ev.tag_values("a"):
+        # parse_address, not str.isdigit + int: "²" and 5,000-digit kinds raised inside
+        # the batch's transaction and failed every event in it (issue 8).
+        address = parse_address(value)
+        if address is None or address[1] != ev.pubkey:
             continue
-        kind = int(parts[0])
+        kind = address[0]
         cls = kind_class(kind)
         if cls is KindClass.ADDRESSABLE:
-            out.append((ev.pubkey, kind, parts[2]))
+            out.append((ev.pubkey, kind, address[2]))
         elif cls is KindClass.REPLACEABLE:
             out.append((ev.pubkey, kind, ""))
     return out

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 import orjson
 
-from relay.event import Event, KindClass, is_hex64, kind_class, parse_event
+from relay.event import Event, KindClass, index_tags, is_hex64, kind_class
 from relay.filters import Filter
 from relay.store.base import (
     ACCOUNT_COLUMNS,
@@ -726,11 +726,14 @@ def _write_one(conn: sqlite3.Connection, req: WriteRequest, eid: bytes, pk: byte
 
 def _delete_event(conn: sqlite3.Connection, rid: int, raw: bytes) -> None:
     """Remove a stored event and its tag rows, found by their full key: the tags are read
-    back from the event's own JSON, since the tags table is keyed by value, not by rid."""
-    ev = parse_event(orjson.loads(raw))
+    back from the event's own JSON, since the tags table is keyed by value, not by rid.
+    Not through ``parse_event``: a row stored before a parse rule was tightened must stay
+    deletable (refusing it here would fail every batch that replaces or deletes it)."""
+    obj = orjson.loads(raw)
+    created_at = obj["created_at"]
     conn.executemany(
         "DELETE FROM tags WHERE name = ? AND value = ? AND created_at = ? AND rid = ?",
-        [(name, value, ev.created_at, rid) for name, value in set(ev.index_tags())],
+        [(name, value, created_at, rid) for name, value in set(index_tags(obj["tags"]))],
     )
     conn.execute("DELETE FROM events WHERE rid = ?", (rid,))
 

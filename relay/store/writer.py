@@ -10,6 +10,16 @@ One fsync then serves a whole batch instead of one per event.
 After the futures, ``on_committed`` receives the events that were actually STORED (not
 duplicates, superseded or deleted ones) for live fan-out. It runs on the event loop and
 must not block; its exceptions are logged and never stop the writer.
+
+**One event never fails its neighbours.** The parser refuses every value a store cannot
+hold (``relay.event``), but should a batch fail anyway, it is split in halves and each
+half committed on its own, recursively, in batch order, until the failing events stand
+alone: only they get ``error:``, every other event gets its real outcome (issue 8: five
+unstorable events had failed 100 of 1,000 bystanders' events). Committing the halves in
+order keeps the batch's meaning (a replaceable event still meets the versions before it),
+and a failed attempt is one rolled-back transaction, so nothing is applied twice. k bad
+events among n cost about 2k·log2(n) extra commits; a budget of failed attempts per batch
+(``_split_budget``) bounds the cost when the store itself is down and every attempt fails.
 """
 
 from __future__ import annotations
@@ -21,10 +31,22 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from relay.errors import ServerError
 from relay.event import Event, KindClass
 from relay.store.base import Store, WriteOutcome, WriteRequest
+from relay.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
+
+STORE_FAILED = "could not store the event, try again"
+EVENT_REFUSED = "the store could not hold this event"
+
+
+def _split_budget(n: int) -> int:
+    """Failed attempts allowed while isolating the bad events of an n-event batch: every
+    bad event costs at most one failed attempt per level of the split (log2 n), so this
+    isolates about eight bad events in any batch, then gives up on the rest of it."""
+    return 8 * max(1, n.bit_length())
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +91,14 @@ class GroupCommitWriter:
         self._last_size = 0
         self._commit_seconds = 0.0
         self._last_commit_seconds = 0.0
+        # An event the store refused on its own while its neighbours were stored: a client
+        # can make that happen (with a value the parser does not know to refuse yet), so one
+        # WARNING line each, no traceback, throttled. A batch in which nothing could be
+        # stored is the store's fault: its traceback is logged, throttled too (an outage
+        # fails every batch).
+        self._event_log = ThrottledLog(log)
+        self._store_ok = True  # the last batch stored something
+        self._fault_log = ThrottledLog(log, per_second=0.2, burst=3)
 
     @property
     def stats(self) -> WriterStats:
@@ -96,8 +126,11 @@ class GroupCommitWriter:
     async def submit(self, req: WriteRequest) -> WriteOutcome:
         """Queue one event; return its outcome once the batch holding it has committed.
 
-        Raises what ``write_batch`` raised for that batch. If the caller is cancelled
-        (its client went away) the event is still written: it was already accepted.
+        Raises ``ServerError`` (its text the NIP-01 ``error:`` reply, the store's exception
+        as its cause) when the store could not write this event: alone when the store
+        refused just this one, or with the rest of its batch when the store is failing.
+        If the caller is cancelled (its client went away) the event is still written: it
+        was already accepted.
         """
         if self._closing:
             raise RuntimeError("writer is closed")
@@ -130,19 +163,16 @@ class GroupCommitWriter:
 
     async def _commit(self, batch: list[tuple[WriteRequest, asyncio.Future[WriteOutcome]]]) -> None:
         requests = [req for req, _ in batch]
+        now = self._clock()
         started = time.perf_counter()
         try:
-            outcomes = await self._store.write_batch(requests, self._clock())
-            if len(outcomes) != len(requests):
-                raise RuntimeError(f"store returned {len(outcomes)} outcomes for {len(requests)} events")
-        except Exception as exc:
-            # Only this batch fails; its senders get "error: ..." and the writer goes on.
-            self._failed += 1
-            log.exception("write batch of %d events failed", len(batch))
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
+            first = await self._attempt(requests, now)
+            if isinstance(first, Exception):
+                self._failed += 1
+                results = await self._isolate(requests, first, now)
+            else:
+                results = list(first)
+                self._store_ok = True
         except BaseException:
             # Cancelled mid-commit: nobody may wait forever on a future of this batch.
             for _, fut in batch:
@@ -155,13 +185,87 @@ class GroupCommitWriter:
         self._commit_seconds += elapsed
         self._last_commit_seconds = elapsed
         stored: list[Event] = []
-        for (req, fut), outcome in zip(batch, outcomes, strict=True):
+        for (req, fut), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                if not fut.done():
+                    fut.set_exception(result)
+                continue
             if not fut.done():
-                fut.set_result(outcome)
-            if outcome is WriteOutcome.STORED:
+                fut.set_result(result)
+            if result is WriteOutcome.STORED:
                 stored.append(req.event)
         if stored and self._on_committed is not None:
             try:
                 self._on_committed(stored)
             except Exception:
                 log.exception("on_committed callback failed for a batch of %d events", len(stored))
+
+    async def _attempt(self, requests: list[WriteRequest], now: int) -> list[WriteOutcome] | Exception:
+        """One ``write_batch`` transaction: its outcomes, or the exception it raised."""
+        try:
+            outcomes = await self._store.write_batch(requests, now)
+            if len(outcomes) != len(requests):
+                raise RuntimeError(f"store returned {len(outcomes)} outcomes for {len(requests)} events")
+        except Exception as exc:
+            return exc
+        return outcomes
+
+    async def _isolate(
+        self, requests: list[WriteRequest], failure: Exception, now: int
+    ) -> list[WriteOutcome | ServerError]:
+        """The batch failed as a whole: commit its halves on their own, in order, splitting
+        each failing part again, so that only the events the store refuses alone fail."""
+        results: list[WriteOutcome | ServerError | None] = [None] * len(requests)
+        alone: list[tuple[int, Exception]] = []  # events that failed in a batch of one
+        budget = _split_budget(len(requests))
+
+        async def split(lo: int, hi: int, exc: Exception) -> None:
+            nonlocal budget
+            if hi - lo == 1:
+                alone.append((lo, exc))
+                return
+            mid = (lo + hi) // 2
+            for a, b in ((lo, mid), (mid, hi)):
+                if budget <= 0:
+                    for i in range(a, b):
+                        results[i] = _store_failed(exc)
+                    continue
+                outcome = await self._attempt(requests[a:b], now)
+                if isinstance(outcome, Exception):
+                    budget -= 1
+                    await split(a, b, outcome)
+                else:
+                    results[a:b] = outcome
+
+        await split(0, len(requests), failure)
+        some_stored = any(isinstance(r, WriteOutcome) for r in results)
+        # The store took this event's neighbours (or, for a lone event, the batch before it)
+        # and refused this one: the event, not the store, is at fault.
+        blame_events = some_stored or (len(requests) == 1 and self._store_ok)
+        self._store_ok = some_stored
+        for i, exc in alone:
+            if blame_events:
+                results[i] = _refused(exc)
+                self._event_log.warning(
+                    "the store refused event %s (%s: %.200s)",
+                    requests[i].event.id,
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
+                results[i] = _store_failed(exc)
+        if not blame_events:
+            self._fault_log.error("write batch of %d events failed", len(requests), exc_info=failure)
+        return [r if r is not None else _store_failed(failure) for r in results]
+
+
+def _store_failed(exc: Exception) -> ServerError:
+    error = ServerError(STORE_FAILED)
+    error.__cause__ = exc
+    return error
+
+
+def _refused(exc: Exception) -> ServerError:
+    error = ServerError(EVENT_REFUSED)
+    error.__cause__ = exc
+    return error

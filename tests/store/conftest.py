@@ -86,3 +86,23 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactor
 async def store(store_factory: StoreFactory) -> AsyncIterator[Store]:
     async with store_factory() as s:
         yield s
+
+
+@pytest.fixture
+async def both_stores(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
+    """(SQLite, PostgreSQL), open and empty, for tests that compare the two stores on the
+    same input; skipped when PostgreSQL is not configured."""
+    dsn, postgres_store = _postgres_class()
+    schema = f"t_{uuid.uuid4().hex}"
+    lite = SqliteStore(tmp_path / "both" / "relay.db")
+    pg: Store = postgres_store(dsn, schema=schema)
+    await lite.open()
+    try:
+        await pg.open()
+        try:
+            yield lite, pg
+        finally:
+            await pg.close()
+            await _drop_schema(dsn, schema)
+    finally:
+        await lite.close()

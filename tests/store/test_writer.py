@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from relay.errors import ServerError
 from relay.event import Event, sign_event
 from relay.filters import Filter
 from relay.store.base import Store, WriteOutcome, WriteRequest
@@ -84,21 +85,83 @@ async def test_futures_resolve_only_after_commit(store: Store) -> None:
     await writer.close()
 
 
-async def test_failed_batch_fails_only_its_own_events(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+async def test_failing_event_is_isolated_and_its_batch_mates_are_stored(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 8: a batch the store refuses is split until the refused events stand alone;
+    only they get ``error:``, the others their real outcome, with no traceback logged."""
     gated = GatedStore(store)
     gated.gate.clear()
     writer = GroupCommitWriter(gated)  # type: ignore[arg-type]
-    bad, mate, later = notes(3)
-    gated.poison.add(bad.id)
-    first = [asyncio.create_task(writer.submit(WriteRequest(e))) for e in (bad, mate)]
+    events = notes(1000)
+    bad = {events[i].id for i in (3, 250, 251, 600, 999)}
+    gated.poison.update(bad)
+    tasks = [asyncio.create_task(writer.submit(WriteRequest(e))) for e in events]
     await asyncio.wait_for(gated.entered.wait(), 5)
     gated.gate.set()
-    results = await asyncio.gather(*first, return_exceptions=True)
-    assert all(isinstance(r, RuntimeError) and "disk on fire" in str(r) for r in results)
-    assert "write batch of 2 events failed" in caplog.text
-    # The writer goes on.
-    assert await writer.submit(WriteRequest(later)) == WriteOutcome.STORED
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for ev, result in zip(events, results, strict=True):
+        if ev.id in bad:
+            assert isinstance(result, ServerError), result
+            assert str(result) == "error: the store could not hold this event"
+            assert isinstance(result.__cause__, RuntimeError)
+        else:
+            assert result is WriteOutcome.STORED
+    assert await store.count([Filter()], NOW) == 995
     assert writer.stats.failed_batches == 1
+    assert gated.sizes[0] == 1000
+    assert len(gated.sizes) < 200  # 5 bad among 1,000: about 2 x 5 x log2(1000) attempts
+    warnings = [r for r in caplog.records if r.name == "relay.store.writer"]
+    assert len(warnings) == 5
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in warnings)
+    await writer.close()
+
+
+async def test_split_batches_commit_in_batch_order(store: Store) -> None:
+    """The halves commit in order, so a replaceable event still meets the versions that
+    came before it in the batch (and a refused one is as if it had never been sent)."""
+    gated = GatedStore(store)
+    gated.gate.clear()
+    writer = GroupCommitWriter(gated)  # type: ignore[arg-type]
+    v1 = sign_event(ALICE, 0, "v1", [], 100)
+    bad = sign_event(ALICE, 1, "bad", [], 150)
+    v2 = sign_event(ALICE, 0, "v2", [], 200)
+    v0 = sign_event(ALICE, 0, "v0", [], 50)
+    gated.poison.add(bad.id)
+    tasks = [asyncio.create_task(writer.submit(WriteRequest(e))) for e in (v1, bad, v2, v0)]
+    await asyncio.wait_for(gated.entered.wait(), 5)
+    gated.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[0] is WriteOutcome.STORED
+    assert isinstance(results[1], ServerError)
+    assert results[2:] == [WriteOutcome.STORED, WriteOutcome.SUPERSEDED]
+    assert await store.query([Filter()], NOW) == [v2.raw]
+    await writer.close()
+
+
+async def test_store_that_fails_everything_fails_the_batch_with_bounded_retries(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that is down refuses every attempt: the split gives up after its budget,
+    every event gets ``error: ... try again``, and the fault is logged once, with its
+    traceback; the writer goes on once the store is back."""
+    gated = GatedStore(store)
+    gated.gate.clear()
+    writer = GroupCommitWriter(gated)  # type: ignore[arg-type]
+    events = notes(1000)
+    gated.poison.update(e.id for e in events)
+    tasks = [asyncio.create_task(writer.submit(WriteRequest(e))) for e in events]
+    await asyncio.wait_for(gated.entered.wait(), 5)
+    gated.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, ServerError) and str(r) == "error: could not store the event, try again"
+               for r in results)
+    assert len(gated.sizes) <= 1 + 8 * (1000).bit_length() + 1
+    errors = [r for r in caplog.records if r.name == "relay.store.writer" and r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert "write batch of 1000 events failed" in errors[0].getMessage()
+    later = notes(1, start=5000)[0]
+    assert await writer.submit(WriteRequest(later)) == WriteOutcome.STORED
     assert await store.query([Filter()], NOW) == [later.raw]
     await writer.close()
 
