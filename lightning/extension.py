@@ -19,11 +19,11 @@ from websockets.http11 import Request, Response
 
 from lightning.backend import WalletBackend
 from lightning.gate import AccountCache, Gate
-from lightning.ledger import Confirmation, ConfirmResult, Ledger
+from lightning.ledger import Confirmation, ConfirmResult, Ledger, PendingCaps
 from lightning.metrics import PaymentMetrics
 from lightning.plans import Plans
 from lightning.settings import PaymentSettings
-from lightning.watcher import Watcher
+from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
 from relay.errors import Rejection
 from relay.event import Event
@@ -112,10 +112,25 @@ class PaymentsExtension:
         self.payments_url = payments_url(settings)
         self.metrics = PaymentMetrics(registry)
         self.accounts = AccountCache(store, p.account_cache_seconds)
-        self.ledger = Ledger(store, backend, self.plans, p.invoice_expiry_seconds)
+        caps = PendingCaps(p.max_pending_invoices, p.max_pending_invoices_per_pubkey)
+        self.ledger = Ledger(store, backend, self.plans, p.invoice_expiry_seconds, caps)
         self.gate = Gate(p, self.plans, self.accounts, self.payments_url)
+        schedule = PollSchedule(
+            poll_interval=p.poll_interval_seconds,
+            young_seconds=p.young_invoice_seconds,
+            watched_seconds=p.watched_invoice_seconds,
+            old_interval=p.old_invoice_poll_seconds,
+            max_lookups=p.max_lookups_per_poll,
+            reconcile_interval=p.reconcile_interval_seconds,
+            prune_after=p.prune_expired_invoices_after_seconds,
+        )
         self.watcher = Watcher(
-            self.ledger, poll_interval=p.poll_interval_seconds, push=p.push, on_result=self._on_result, clock=clock
+            self.ledger,
+            poll_interval=p.poll_interval_seconds,
+            push=p.push,
+            schedule=schedule,
+            on_result=self._on_result,
+            clock=clock,
         )
         fake = self._fake_backend()
         self.web = JoinWeb(
@@ -126,6 +141,8 @@ class PaymentsExtension:
             on_issued=self._on_issued,
             fake_pay=self._simulate_payment if fake is not None else None,
             confirm=self.watcher.confirm,
+            watch=self.watcher.watch,
+            status_lookups_per_second=p.status_lookups_per_second,
             clock=clock,
         )
 

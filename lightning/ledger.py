@@ -76,20 +76,62 @@ def settlement_problem(invoice: Invoice, status: InvoiceStatus) -> str | None:
     return None
 
 
+class TooManyPending(Exception):
+    """A cap on unpaid invoices is reached; ``per_pubkey`` says which."""
+
+    def __init__(self, message: str, *, per_pubkey: bool) -> None:
+        super().__init__(message)
+        self.per_pubkey = per_pubkey
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCaps:
+    """Bounds on unpaid, unexpired invoices (issue 8: 100 IPs made 1,000 in 7 s)."""
+
+    total: int | None = None
+    per_pubkey: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    invoice: Invoice
+    reused: bool  # an unpaid invoice for the same pubkey, plan and amount handed out again
+
+
 class Ledger:
-    def __init__(self, store: Store, backend: WalletBackend, plans: Plans, expiry_seconds: int) -> None:
+    def __init__(
+        self, store: Store, backend: WalletBackend, plans: Plans, expiry_seconds: int, caps: PendingCaps | None = None
+    ) -> None:
         self.store = store
         self.backend = backend
         self.plans = plans
         self.expiry_seconds = expiry_seconds
+        self.caps = caps or PendingCaps()
 
     async def issue(self, pubkey: str, plan: str, now: int, amount_sats: int | None = None, memo: str = "") -> Invoice:
-        """Create an invoice at the wallet and store it; only then may anyone see it.
+        """``issue_or_reuse``'s invoice."""
+        return (await self.issue_or_reuse(pubkey, plan, now, amount_sats, memo)).invoice
 
-        Raises ``UnknownPlan`` for a bad plan/amount and ``BackendError`` when the wallet
-        fails or hands back an invoice that does not decode to what we asked for.
+    async def issue_or_reuse(
+        self, pubkey: str, plan: str, now: int, amount_sats: int | None = None, memo: str = ""
+    ) -> Issued:
+        """The pending invoice for this pubkey, plan and amount if one has at least a third
+        of its life left; else a new one, created at the wallet and stored before anyone
+        may see it, within the caps.
+
+        Raises ``UnknownPlan`` for a bad plan/amount, ``TooManyPending`` when a cap is
+        reached (checked before the wallet is asked, and again atomically with the insert),
+        and ``BackendError`` when the wallet fails or hands back an invoice that does not
+        decode to what we asked for.
         """
         grant = self.plans.grant(plan, amount_sats)
+        reusable = await self.store.find_pending_invoice(
+            pubkey, grant.plan, grant.amount_msat, now + self.expiry_seconds // 3
+        )
+        if reusable is not None:
+            return Issued(reusable, reused=True)
+        mine, total = await self.store.pending_invoice_counts(pubkey, now)
+        self._check_caps(mine, total)
         created = await self.backend.create_invoice(
             grant.amount_msat, memo or f"{grant.plan} for {pubkey[:12]}", self.expiry_seconds
         )
@@ -112,8 +154,22 @@ class Ledger:
             admit_forever=grant.admit_forever,
             credit_msat=grant.credit_msat,
         )
-        await self.store.add_invoice(invoice)
-        return invoice
+        if not await self.store.add_invoice(
+            invoice, max_pending=self.caps.total, max_pending_per_pubkey=self.caps.per_pubkey
+        ):
+            # Lost a race with concurrent requests: the wallet's invoice is never shown.
+            mine, total = await self.store.pending_invoice_counts(pubkey, now)
+            self._check_caps(mine, total)
+            raise TooManyPending("too many unpaid invoices; try again later", per_pubkey=False)
+        return Issued(invoice, reused=False)
+
+    def _check_caps(self, mine: int, total: int) -> None:
+        if self.caps.per_pubkey is not None and mine >= self.caps.per_pubkey:
+            raise TooManyPending(
+                f"this pubkey has {mine} unpaid invoices; pay one or wait for them to expire", per_pubkey=True
+            )
+        if self.caps.total is not None and total >= self.caps.total:
+            raise TooManyPending("too many unpaid invoices at this relay; try again later", per_pubkey=False)
 
     async def confirm(self, payment_hash: str, now: int) -> ConfirmResult:
         """Ask the wallet about one invoice and settle it if verifiably paid.

@@ -100,6 +100,23 @@ class PaymentSettings(_Section):
     push: bool = Field(True, description="listen to the wallet's push stream as well as polling")
     account_cache_seconds: float = Field(5.0, ge=0, description="how long the gate may lag a CLI/other-node change")
     invoice_requests_per_minute: int = Field(10, ge=1, description="per client IP")
+    max_pending_invoices: int = Field(1000, ge=1, description="unpaid, unexpired invoices in all")
+    max_pending_invoices_per_pubkey: int = Field(3, ge=1, description="unpaid, unexpired invoices per pubkey")
+    prune_expired_invoices_after_seconds: int = Field(
+        86400, ge=0, description="never-paid invoices are deleted this long after they expired; paid ones are kept"
+    )
+    young_invoice_seconds: float = Field(600, ge=0, description="invoices this young are polled every poll interval")
+    watched_invoice_seconds: float = Field(
+        60, ge=0, description="an invoice whose status was asked this recently is polled every poll interval"
+    )
+    old_invoice_poll_seconds: float = Field(300, gt=0, description="how often older pending invoices are polled")
+    max_lookups_per_poll: int = Field(20, ge=1, description="wallet lookups per poll round, whatever is pending")
+    reconcile_interval_seconds: float = Field(
+        3600, gt=0, description="full reconciliation of every pending invoice (also at start-up)"
+    )
+    status_lookups_per_second: float = Field(
+        5.0, gt=0, description="wallet lookups the public invoice-status route may cause, in all"
+    )
 
     admission: AdmissionPlan = AdmissionPlan()
     subscription: SubscriptionPlan = SubscriptionPlan()

@@ -1,12 +1,22 @@
-"""Turns wallet settlements into ledger credits, and never lets one slip by.
+"""Turns wallet settlements into ledger credits, and never lets one slip by, at a bounded cost.
 
-Two loops share one job. The *push* loop listens to the backend's settlement stream for
-speed (admission within about a second of payment) and reconnects with backoff when the
-stream drops. The *poll* loop asks the wallet about every pending invoice at start-up
-(reconciliation: payments made while the relay was down) and then on a schedule, so a
-missed or forged push, a dropped stream, a restart or a wallet outage only delays a
-credit. Both go through ``Ledger.confirm``, which verifies with the wallet and settles
-exactly once; running both (or several nodes) at once is therefore harmless.
+Three paths share one job, all through ``Ledger.confirm`` (which verifies with the wallet
+and settles exactly once, so running them together, or on several nodes, is harmless):
+
+- *push*: the backend's settlement stream, for speed (admission within about a second of
+  payment); reconnects with backoff when the stream drops.
+- *poll rounds* every ``poll_interval``: a missed or forged push, or a wallet without push,
+  only delays a credit. Which invoices are asked about is scheduled so the cost does not
+  grow with rows an attacker creates (issue 8): invoices someone is watching (the join
+  page is polling their status) and young ones are due every round, older ones every
+  ``old_interval``; invoices already past their expiry wait for the next reconciliation;
+  and at most ``max_lookups`` lookups run per round whatever is pending (watched first,
+  then young, then the longest unasked).
+- *reconciliation* of every pending invoice at start-up (payments made while the relay was
+  down) and every ``reconcile_interval``; it is also what marks unpaid invoices expired
+  (each got its last look in that same pass) and deletes never-paid ones ``prune_after``
+  seconds after they expired. Pending rows are capped (``max_pending_invoices``), so a
+  reconciliation is bounded too.
 """
 
 from __future__ import annotations
@@ -15,15 +25,32 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from lightning.backend import BackendError
 from lightning.ledger import Confirmation, ConfirmResult, Ledger
+from relay.store.base import Invoice
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
 POLL_CONCURRENCY = 8
+MAX_WATCHED = 10_000  # invoices whose "someone is looking at it" time is remembered
+
+
+@dataclass(frozen=True, slots=True)
+class PollSchedule:
+    """How often which pending invoice is asked about (see the module docstring)."""
+
+    poll_interval: float = 5.0
+    young_seconds: float = 600.0
+    watched_seconds: float = 60.0
+    old_interval: float = 300.0
+    max_lookups: int = 20
+    reconcile_interval: float = 3600.0
+    prune_after: int = 86400
 
 
 class Watcher:
@@ -33,16 +60,21 @@ class Watcher:
         *,
         poll_interval: float,
         push: bool = True,
+        schedule: PollSchedule | None = None,
         on_result: Callable[[ConfirmResult], None] = lambda result: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._ledger = ledger
+        self._schedule = schedule or PollSchedule(poll_interval=poll_interval)
         self._poll_interval = poll_interval
         self._push = push
         self._on_result = on_result
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
         self._poll_wakeup = asyncio.Event()
+        self._last_lookup: dict[str, float] = {}  # payment hash -> clock() of our last lookup
+        self._watched: OrderedDict[str, float] = OrderedDict()  # payment hash -> clock() last asked
+        self._last_reconcile = 0.0
         self.stream_connects = 0  # how many times the push stream was (re)opened
 
     async def start(self) -> None:
@@ -65,8 +97,15 @@ class Watcher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def poll_soon(self) -> None:
-        """Run the next poll now (e.g. after the join page's simulated payment)."""
+        """Run the next poll round now (e.g. after the join page's simulated payment)."""
         self._poll_wakeup.set()
+
+    def watch(self, payment_hash: str) -> None:
+        """Someone is looking at this invoice (its status route was asked): poll it often."""
+        self._watched[payment_hash] = self._clock()
+        self._watched.move_to_end(payment_hash)
+        while len(self._watched) > MAX_WATCHED:
+            self._watched.popitem(last=False)
 
     async def confirm(self, payment_hash: str) -> ConfirmResult:
         result = await self._ledger.confirm(payment_hash, int(self._clock()))
@@ -74,14 +113,47 @@ class Watcher:
         return result
 
     async def poll_once(self) -> int:
-        """Confirm every pending invoice with the wallet, then mark the expired ones.
+        """Reconcile: confirm EVERY pending invoice with the wallet, then mark the unpaid ones
+        past their expiry expired and delete never-paid ones expired ``prune_after`` ago.
 
         Invoices just past their expiry get this last look before they are marked, and
         ``settle_invoice`` still accepts a locally expired one, so a payment that raced
         the expiry is credited either way. Returns how many were credited.
         """
+        started = self._clock()
         store = self._ledger.store
         pending = await store.list_invoices(pending_only=True)
+        credited = await self._look_up(pending, started, raise_on_failure=True)
+        self._last_reconcile = started
+        await store.expire_invoices(int(started))
+        pruned = await store.delete_unpaid_invoices(int(started) - self._schedule.prune_after)
+        if pruned:
+            log.info("deleted %d never-paid invoices that expired over %d s ago", pruned, self._schedule.prune_after)
+        return credited
+
+    async def poll_due(self) -> int:
+        """One poll round: look up the invoices the schedule says are due, at most
+        ``max_lookups`` of them. Returns how many were credited."""
+        s = self._schedule
+        now = self._clock()
+        pending = await self._ledger.store.list_invoices(pending_only=True)
+        live = {invoice.payment_hash for invoice in pending}
+        for payment_hash in [h for h in self._last_lookup if h not in live]:
+            del self._last_lookup[payment_hash]  # settled, expired or pruned: forget it
+        due: list[tuple[int, float, Invoice]] = []
+        for invoice in pending:
+            watched = now - self._watched.get(invoice.payment_hash, -1e18) < s.watched_seconds
+            if invoice.expires_at <= now and not watched:
+                continue  # its last look is the next reconciliation's
+            young = now - invoice.created_at < s.young_seconds
+            last = self._last_lookup.get(invoice.payment_hash, 0.0)
+            interval = s.poll_interval if watched or young else s.old_interval
+            if now - last >= interval * 0.95:  # rounds are not exactly poll_interval apart
+                due.append((0 if watched else 1 if young else 2, last, invoice))
+        due.sort(key=lambda item: (item[0], item[1]))
+        return await self._look_up([invoice for _, _, invoice in due[: s.max_lookups]], now)
+
+    async def _look_up(self, invoices: list[Invoice], now: float, *, raise_on_failure: bool = False) -> int:
         limit = asyncio.Semaphore(POLL_CONCURRENCY)
         credited = 0
         failures: list[BackendError] = []
@@ -89,6 +161,7 @@ class Watcher:
         async def check(payment_hash: str) -> None:
             nonlocal credited
             async with limit:
+                self._last_lookup[payment_hash] = now
                 try:
                     result = await self.confirm(payment_hash)
                 except BackendError as exc:
@@ -97,11 +170,10 @@ class Watcher:
                 if result.outcome is Confirmation.CREDITED:
                     credited += 1
 
-        await asyncio.gather(*(check(invoice.payment_hash) for invoice in pending))
-        if failures:
+        await asyncio.gather(*(check(invoice.payment_hash) for invoice in invoices))
+        if failures and (raise_on_failure or len(failures) == len(invoices)):
             # Do not expire anything we could not check: it may have been paid.
-            raise BackendError(f"{len(failures)} of {len(pending)} lookups failed: {failures[0]}")
-        await store.expire_invoices(int(self._clock()))
+            raise BackendError(f"{len(failures)} of {len(invoices)} lookups failed: {failures[0]}")
         return credited
 
     async def _poll_loop(self) -> None:
@@ -111,7 +183,10 @@ class Watcher:
                 await asyncio.wait_for(self._poll_wakeup.wait(), self._poll_interval)
             self._poll_wakeup.clear()
             try:
-                await self.poll_once()
+                if self._clock() - self._last_reconcile >= self._schedule.reconcile_interval:
+                    await self.poll_once()
+                else:
+                    await self.poll_due()
             except BackendError as exc:
                 failures += 1
                 if failures == 1 or failures % 60 == 0:

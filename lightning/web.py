@@ -10,7 +10,9 @@ Routes (``handle`` answers None for anything else, so the relay falls through):
 - ``/api/invoice/<payment_hash>``: its state and the account's, polled by the page; while
   the invoice is pending this also asks the wallet about it (at most once every
   ``check_interval`` seconds per invoice), so a payer is admitted within seconds even when
-  the wallet has no push stream and the watcher's next poll is far off;
+  the wallet has no push stream and the watcher's next poll is far off (those lookups share
+  one budget, ``status_lookups_per_second``, and the invoice is marked watched so the
+  watcher polls it every round meanwhile);
 - ``/api/invoice/<payment_hash>/qr.svg``: the QR code, drawn server-side by segno;
 - ``/account/<pubkey>``: whether the pubkey may write (and until when), HTML or JSON
   (``Accept: application/json``); balance and flags only to the owner, by NIP-98;
@@ -39,7 +41,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from lightning.backend import BackendError
-from lightning.ledger import Ledger
+from lightning.ledger import Ledger, TooManyPending
 from lightning.plans import PlanOffer, Plans, UnknownPlan
 from lightning.pubkeys import npub_encode, parse_pubkey
 from relay import nip98
@@ -175,6 +177,8 @@ class JoinWeb:
         on_issued: Callable[[Invoice], None] = lambda invoice: None,
         fake_pay: Callable[[str], Awaitable[bool]] | None = None,
         confirm: Callable[[str], Awaitable[object]] | None = None,
+        watch: Callable[[str], None] = lambda payment_hash: None,
+        status_lookups_per_second: float = 5.0,
         check_interval: float = STATUS_CHECK_INTERVAL,
         check_wait: float = STATUS_CHECK_WAIT,
         clock: Callable[[], float] = time.time,
@@ -191,6 +195,9 @@ class JoinWeb:
         self._on_issued = on_issued
         self._fake_pay = fake_pay
         self._confirm = confirm
+        self._watch = watch
+        # Anyone may poll any invoice's status: all status-caused wallet lookups share one budget.
+        self._status_lookups = TokenBucket(status_lookups_per_second, max(1.0, 2 * status_lookups_per_second))
         self._check_interval = check_interval
         self._check_wait = check_wait
         self._last_check: OrderedDict[str, float] = OrderedDict()  # payment hash -> monotonic time
@@ -369,14 +376,18 @@ class JoinWeb:
         if not self._rate_ok(client_ip):
             return _error(HTTPStatus.TOO_MANY_REQUESTS, "too many invoices from your address; wait a minute")
         try:
-            invoice = await self._ledger.issue(pubkey, plan, int(self._clock()), amount, memo=self._memo(plan))
+            issued = await self._ledger.issue_or_reuse(pubkey, plan, int(self._clock()), amount, memo=self._memo(plan))
         except UnknownPlan as exc:
             return _error(HTTPStatus.BAD_REQUEST, str(exc))
+        except TooManyPending as exc:
+            status = HTTPStatus.TOO_MANY_REQUESTS if exc.per_pubkey else HTTPStatus.SERVICE_UNAVAILABLE
+            return _error(status, str(exc))
         except BackendError as exc:
             log.warning("invoice creation failed: %s", exc)
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the relay's wallet is unavailable; try again shortly")
-        self._on_issued(invoice)
-        return _json(HTTPStatus.OK, invoice_json(invoice))
+        if not issued.reused:
+            self._on_issued(issued.invoice)
+        return _json(HTTPStatus.OK, invoice_json(issued.invoice))
 
     def _memo(self, plan: str) -> str:
         return f"{self._info.name}: {plan}"
@@ -388,6 +399,8 @@ class JoinWeb:
         if invoice is None:
             return _error(HTTPStatus.NOT_FOUND, "no such invoice")
         now = int(self._clock())
+        if invoice.state is InvoiceState.PENDING:
+            self._watch(payment_hash)  # the watcher polls it often while someone looks at it
         if invoice.state is InvoiceState.PENDING and invoice.expires_at > now and await self._check(payment_hash):
             invoice = await self._ledger.store.get_invoice(payment_hash) or invoice
             now = int(self._clock())
@@ -417,6 +430,8 @@ class JoinWeb:
             last = self._last_check.get(payment_hash)
             if last is not None and started - last < self._check_interval:
                 return False
+            if not self._status_lookups.take(started):
+                return False  # the budget is spent: answer from the store; the watcher polls it
             self._last_check[payment_hash] = started
             self._last_check.move_to_end(payment_hash)
             if len(self._last_check) > MAX_TRACKED_CHECKS:

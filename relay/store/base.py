@@ -181,6 +181,11 @@ class Store(Protocol):
         expires after ``valid_after``: the join page hands it out again instead of a new one."""
         ...
 
+    async def pending_invoice_counts(self, pubkey: str, now: int) -> tuple[int, int]:
+        """(pending invoices of ``pubkey``, pending invoices in all), counting only those
+        that expire after ``now``: a cheap look before asking the wallet for a new one."""
+        ...
+
     async def delete_unpaid_invoices(self, expired_before: int) -> int:
         """Delete invoices marked expired whose ``expires_at`` is before ``expired_before``;
         paid invoices are never deleted (accounting). Returns how many."""

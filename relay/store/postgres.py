@@ -588,6 +588,15 @@ class PostgresStore:
         )
         return invoice_from_row(rows[0]) if rows else None
 
+    async def pending_invoice_counts(self, pubkey: str, now: int) -> tuple[int, int]:
+        rows = await self._fetch(
+            "SELECT count(*) FILTER (WHERE pubkey = $1), count(*) FROM invoices"
+            " WHERE state = 'pending' AND expires_at > $2",
+            pubkey,
+            now,
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
     async def delete_unpaid_invoices(self, expired_before: int) -> int:
         async with self._acquire() as conn:
             status: str = await conn.execute(

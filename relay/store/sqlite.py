@@ -603,6 +603,14 @@ class SqliteStore:
         )
         return invoice_from_row(rows[0]) if rows else None
 
+    async def pending_invoice_counts(self, pubkey: str, now: int) -> tuple[int, int]:
+        rows = await self._read(
+            "SELECT count(*) FILTER (WHERE pubkey = ?), count(*) FROM invoices"
+            " WHERE state = 'pending' AND expires_at > ?",
+            (pubkey, now),
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
     async def delete_unpaid_invoices(self, expired_before: int) -> int:
         deleted: int = await self._write(self._transaction, _delete_unpaid_invoices, expired_before)
         return deleted

@@ -215,6 +215,16 @@ async def test_add_invoice_caps_pending_per_pubkey_and_overall(store: Store) -> 
         assert await store.add_invoice(invoice(f"1{n}" * 32, pubkey="cd" * 32, created_at=later), max_pending=3)
 
 
+async def test_pending_invoice_counts_skip_paid_and_expired(store: Store) -> None:
+    await store.add_invoice(invoice("01" * 32))
+    await store.add_invoice(invoice("02" * 32))
+    await store.add_invoice(invoice("03" * 32, pubkey=BOB_PK))
+    await store.add_invoice(invoice("04" * 32, created_at=NOW - 1_000))  # expired at NOW-400
+    await store.settle_invoice("02" * 32, 21_000, NOW)
+    assert await store.pending_invoice_counts(ALICE_PK, NOW) == (1, 2)
+    assert await store.pending_invoice_counts("ab" * 32, NOW) == (0, 2)
+
+
 async def test_add_invoice_caps_hold_under_concurrent_requests(store: Store) -> None:
     results = await asyncio.gather(
         *(store.add_invoice(invoice(f"{n:064x}", pubkey=f"{n % 7:064x}"), max_pending=10) for n in range(40))
