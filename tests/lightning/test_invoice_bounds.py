@@ -25,6 +25,7 @@ from relay.server import Relay
 from relay.store.base import Invoice, InvoiceState
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import payment_stack
+from tests.lnbits_server import LnbitsServer
 
 PAID: dict[str, Any] = {"enabled": True, "backend": "fake", "credit": {"enabled": True}}
 
@@ -36,8 +37,10 @@ class CountingWallet:
         self.inner = inner
         self.name = inner.name
         self.lookups = 0
+        self.creates = 0
 
     async def create_invoice(self, amount_msat: int, memo: str, expiry_seconds: int) -> CreatedInvoice:
+        self.creates += 1
         return await self.inner.create_invoice(amount_msat, memo, expiry_seconds)
 
     async def lookup_invoice(self, payment_hash: str) -> InvoiceStatus:
@@ -196,3 +199,42 @@ async def test_status_route_lookups_share_one_budget(relay_factory: RelayFactory
             assert (await web.get(f"/api/invoice/{payment_hash}")).status_code == 200
         elapsed = time.monotonic() - started
         assert wallet.lookups <= 2 + int(elapsed * 1.0) + 1  # burst of 2, then 1 per second
+
+
+async def test_lnbits_reused_invoice_and_bounded_polling_still_credit_a_payer(
+    lnbits: LnbitsServer, relay_factory: RelayFactory
+) -> None:
+    payments = {
+        "enabled": True,
+        "backend": "lnbits",
+        "lnbits": {"url": lnbits.url, "invoice_key": lnbits.wallet_a.inkey},
+        "invoice_requests_per_minute": 100,
+        "push": False,  # polling alone must find the payment
+        "poll_interval_seconds": 0.2,
+        "max_lookups_per_poll": 5,
+    }
+    async with relay_factory(payments=payments) as relay, httpx.AsyncClient(base_url=base(relay)) as web:
+        ext: Any = relay.extension
+        wallet = CountingWallet(ext.ledger.backend)
+        ext.ledger.backend = wallet
+        now = int(time.time())
+        for _ in range(200):  # rows LNbits never issued (it answers 404 for each)
+            await relay.store.add_invoice(stored_invoice(now - 700))
+        await ext.watcher.poll_once()  # a reconciliation asks about every one of them once
+        assert wallet.lookups >= 200
+        wallet.lookups = 0
+        await asyncio.sleep(2.0)  # ~10 poll rounds: the old rows are not due again for 5 minutes
+        assert wallet.lookups <= 5
+
+        secret = crypto.generate_secret()
+        pubkey = crypto.public_key(secret).hex()
+        params = {"pubkey": pubkey, "plan": "admission"}
+        invoice = (await web.get("/api/invoice", params=params)).json()
+        assert (await web.get("/api/invoice", params=params)).json()["payment_hash"] == invoice["payment_hash"]
+        assert wallet.creates == 1  # the second request did not ask LNbits for another invoice
+        await asyncio.to_thread(lnbits.pay, invoice["bolt11"])
+        deadline = time.monotonic() + 10
+        while not ((account := await relay.store.get_account(pubkey)) and account.admitted(int(time.time()))):
+            assert time.monotonic() < deadline, "young invoice not polled"
+            await asyncio.sleep(0.1)
+        assert wallet.lookups <= 5 + 5 * (10 + 50)  # bounded by the per-round budget throughout
