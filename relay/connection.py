@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 # writer answers a refused event with ``error:`` itself); a store that is down does, for
 # every client at once, so its tracebacks are throttled (relay.throttled_log).
 _store_fault_log = ThrottledLog(log, per_second=0.2, burst=3)
+# A client decides when it is dropped for not reading (and can reconnect to be dropped
+# again): one WARNING line each, throttled.
+_slow_client_log = ThrottledLog(log)
 
 _ID_IN_FRAME = re.compile(rb'"id"\s*:\s*"([0-9a-f]{64})"')
 MAX_IN_FLIGHT = 1000  # EVENTs of one connection awaiting verification or commit
@@ -143,7 +146,7 @@ class Connection:
             self._sender = None
 
     def _drop_slow_reader(self) -> None:
-        log.warning("dropping slow client %s: %d bytes waiting to be sent", self.ip, self._out_bytes)
+        _slow_client_log.warning("dropping slow client %s: %d bytes waiting to be sent", self.ip, self._out_bytes)
         self.relay.metrics.slow_clients_dropped.inc()
         self.closed = True
         self._out.clear()

@@ -15,12 +15,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from relay import crypto
 from relay.server import Relay
 from relay.store.sqlite import sqlite_path_from_url
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
+from tests.store.test_storable_property import event_objects, filter_objects
 
 
 @pytest.fixture
@@ -407,3 +410,43 @@ async def test_malformed_expiration_is_invalid(client: NostrClient, alice: bytes
     assert await client.publish(event) == (
         False, "invalid: expiration tag must be a unix timestamp between 0 and 4611686018427387904"
     )
+
+
+def _client_messages() -> st.SearchStrategy[list[Any]]:
+    """Every kind of message a client can send, built from the parser's edge cases."""
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+        max_leaves=8,
+    )
+    sub_id = st.one_of(st.text(max_size=70), json_values)
+    event = event_objects().map(lambda drawn: drawn[0])
+    return st.one_of(
+        st.tuples(st.just("EVENT"), event).map(list),
+        st.tuples(st.just("AUTH"), event).map(list),
+        st.tuples(st.sampled_from(["REQ", "COUNT"]), sub_id, st.lists(filter_objects(), max_size=3)).map(
+            lambda t: [t[0], t[1], *t[2]]
+        ),
+        st.tuples(st.sampled_from(["CLOSE", "EVENT", "REQ", "COUNT", "AUTH", "HELLO"]), json_values).map(list),
+        st.lists(json_values, max_size=4),
+    )
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(msg=_client_messages())
+async def test_no_client_message_logs_a_traceback(
+    relay: Relay, caplog: pytest.LogCaptureFixture, msg: list[Any]
+) -> None:
+    """Issue 8, "Also": whatever a client sends (the parser's edges: integers past int64,
+    U+0000, lone surrogates as JSON escapes, odd shapes) is answered and the connection
+    lives; the relay logs no traceback and nothing above WARNING."""
+    caplog.set_level(logging.WARNING)
+    # json, not orjson: it writes integers past 64 bits and lone surrogates (as escapes)
+    frame = json.dumps(msg)
+    assume(len(frame.encode()) <= relay.settings.limits.max_message_length)  # longer: NOTICE, tested above
+    async with NostrClient(relay.url) as client:
+        await client.send_raw(frame)
+        await client.assert_alive()
+    assert_no_traceback_logged(caplog)
