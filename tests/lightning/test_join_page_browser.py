@@ -82,3 +82,35 @@ async def test_join_page_pays_and_the_event_is_then_accepted(
 
             ok, message = await client.publish(sign_event(alice, 1, "after", [], created_at=int(time.time())))
             assert ok, message
+
+
+async def test_account_page_shows_the_balance_to_its_owner_after_a_nip07_signed_request(
+    relay_factory: RelayFactory, alice: bytes
+) -> None:
+    """The "signed-in view": the page asks the NIP-07 extension to sign a NIP-98 event for
+    this very URL and fetches the owner's view with it (a stand-in extension signs here)."""
+    from playwright.async_api import async_playwright, expect
+
+    pubkey = crypto.public_key(alice).hex()
+    payments: dict[str, Any] = {"enabled": True, "backend": "fake", "credit": {"enabled": True}}
+    async with relay_factory(payments=payments) as relay:
+        await relay.store.update_account(pubkey, int(time.time()), credit_delta_msat=21_000)
+        url = f"http://127.0.0.1:{relay.port}/account/{pubkey}"
+
+        def sign(template: dict[str, Any]) -> dict[str, Any]:
+            event = sign_event(alice, template["kind"], template["content"], template["tags"], template["created_at"])
+            return event.to_dict()
+
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                await page.expose_function("standInSign", sign)
+                await page.add_init_script("window.nostr = { signEvent: (t) => window.standInSign(t) };")
+                await page.goto(url, wait_until="load")
+                assert "owner only" in await page.inner_text("#acct-credit")  # the public view
+                await page.click("#sign-in")
+                await expect(page.locator("#acct-credit")).to_have_text("21 sats", timeout=10_000)
+                assert await page.inner_text("#acct-state") == "normal"
+            finally:
+                await browser.close()
