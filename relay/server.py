@@ -331,6 +331,7 @@ class Relay:
         self._metrics_server = await serve(
             never, host, port, process_request=metrics_only, reuse_port=True, server_header=None
         )
+        log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
 
     @property
     def metrics_port(self) -> int | None:
