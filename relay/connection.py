@@ -38,7 +38,7 @@ from relay.policy import (
     may_see,
     read_scope,
 )
-from relay.store.base import WriteOutcome, WriteRequest
+from relay.store.base import PAGE_BYTES, WriteOutcome, WriteRequest
 from relay.throttled_log import ThrottledLog
 
 if TYPE_CHECKING:
@@ -82,6 +82,9 @@ class Connection:
         self._out: deque[bytes] = deque()
         self._out_bytes = 0
         self._out_limit = limits.outgoing_queue_bytes
+        # stored answers are read in pages of at most a quarter of the bound
+        self._page_bytes = min(PAGE_BYTES, limits.outgoing_queue_bytes // 4)
+        self._pending_bytes = 0  # raw bytes of live events waiting in _pending_live
         self._sender: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._flush_scheduled = False
@@ -164,7 +167,11 @@ class Connection:
     def send_live(self, sub_id: str, event: Event) -> None:
         pending = self._pending_live.get(sub_id)
         if pending is not None:
+            # Live events held back until EOSE count against the same bound as the queue.
             pending.append(event)
+            self._pending_bytes += len(event.raw)
+            if self._out_bytes + self._pending_bytes > self._out_limit:
+                self._drop_slow_reader()
         else:
             self.send(messages.event(sub_id, event.raw))
 
@@ -326,9 +333,26 @@ class Connection:
         self._pending_live[sub_id] = pending
         self.relay.index.add(self, sub_id, filters)
         self.relay.metrics.subscriptions.set(len(self.relay.index))
+        wanted = tuple(f for f in filters if f.limit != 0 and not f.is_empty())
+        scope = read_scope(self.authed)
+        private = any(scope.hides_from(f) for f in wanted)
+        sent: set[bytes] = set()
         try:
-            wanted = tuple(f for f in filters if f.limit != 0 and not f.is_empty())
-            rows = await self.relay.store.query(wanted, int(time.time())) if wanted else []
+            if wanted:
+                pages = self.relay.store.query_pages(wanted, int(time.time()), page_bytes=self._page_bytes)
+                async with contextlib.aclosing(pages):
+                    async for page in pages:
+                        for raw in page:
+                            if private and not self._raw_visible(raw, scope):
+                                continue
+                            sent.add(raw[7:71])
+                            self.send(messages.event(sub_id, raw))
+                        # Back-pressure: the next page is read only once the client has
+                        # taken this one, so a client that does not read holds about one
+                        # page, never its whole answer (issue 8, item 2).
+                        await self._room()
+                        if self.closed or self._pending_live.get(sub_id) is not pending:
+                            return  # dropped, gone, or the subscription closed meanwhile
         except Exception as exc:
             _store_fault_log.error("query failed", exc_info=exc)
             if self._pending_live.get(sub_id) is pending:
@@ -337,20 +361,32 @@ class Connection:
             return
         if self._pending_live.get(sub_id) is not pending:
             return  # closed or replaced while the query ran
-        scope = read_scope(self.authed)
-        private = any(scope.hides_from(f) for f in wanted)
-        sent: set[bytes] = set()
-        for raw in rows:
-            if private and not self._raw_visible(raw, scope):
-                continue
-            sent.add(raw[7:71])
-            self.send(messages.event(sub_id, raw))
         self.send(messages.eose(sub_id))
         del self._pending_live[sub_id]
+        self._pending_bytes = 0
         for event in pending:
             if event.id.encode() not in sent:
                 self.send(messages.event(sub_id, event.raw))
         self.relay.metrics.query_seconds.observe(time.perf_counter() - started)
+
+    async def _room(self) -> None:
+        """Wait until what is queued for this client has left: the sender task has sent
+        the queue and the transport accepts writes again. No extra yield when nothing is
+        waiting: reading the next page from the store is itself an await (a thread hop or
+        a round trip), so other clients run between two pages anyway, and a small answer
+        (one page) reaches its EOSE without an extra turn of the loop."""
+        ws = self.ws
+        while not self.closed and ws.protocol.state is State.OPEN:
+            sender = self._sender
+            if sender is not None:
+                await asyncio.wait([sender])
+            elif ws.paused:
+                try:
+                    await ws.drain()
+                except Exception:
+                    return  # the connection was lost; run() sees it on its next read
+            else:
+                break
 
     @staticmethod
     def _raw_visible(raw: bytes, scope: ReadScope) -> bool:
@@ -359,7 +395,8 @@ class Connection:
 
     def _close_sub(self, sub_id: str) -> None:
         self.subs.pop(sub_id, None)
-        self._pending_live.pop(sub_id, None)
+        if self._pending_live.pop(sub_id, None) is not None:
+            self._pending_bytes = 0  # one stored query at a time: those were its events
         if self.relay.index.remove(self, sub_id):
             self.relay.metrics.subscriptions.set(len(self.relay.index))
 

@@ -311,3 +311,71 @@ async def test_global_connection_cap_refuses_with_503_and_logs_rate_limited(
     assert 'satsrelay_connections_rejected_total{reason="global-limit"} 20.0' in metrics
     lines = [r.getMessage() for r in caplog.records if "rejected connection" in r.getMessage()]
     assert lines == ["rejected connection from 127.0.0.1: the relay is at max_connections"]
+
+
+# --- stored answers are bounded too (issue 8, item 2) -------------------------------------
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def test_req_answers_are_paged_against_the_outgoing_bound(relay_factory: RelayFactory, alice: bytes) -> None:
+    """Clients that REQ limit 5000 over big stored events and never read used to make the
+    relay frame every answer at once (16 of them: 2.5 GB RSS, nobody dropped, a bystander's
+    EOSE 3.8 s). Now each holds about a page: relay memory stays flat, the bystander's EOSE
+    stays fast, and once live events push a stalled client past outgoing_queue_bytes it is
+    dropped."""
+    n_clients, n_events, size = 8, 240, 60_000
+    limits = {"outgoing_queue_bytes": 1 << 20, "max_content_length": 65536}
+    async with relay_factory(limits=limits) as relay:
+        async with NostrClient(relay.url) as publisher:
+            for i in range(n_events):
+                await publisher.send(["EVENT", signed(alice, 1, f"{i} " + "z" * size).to_dict()])
+            for _ in range(n_events):
+                assert (await publisher.recv_where(lambda m: m[0] == "OK"))[2] is True
+        # a reader that reads gets the whole answer, in order (both read connections warm)
+        async with NostrClient(relay.url) as r1, NostrClient(relay.url) as r2:
+            answers = await asyncio.gather(r1.req("all", {"limit": 5000}), r2.req("all", {"limit": 5000}))
+            assert [len(a) for a in answers] == [n_events, n_events]
+            assert [e["created_at"] for e in answers[0]] == sorted((e["created_at"] for e in answers[0]), reverse=True)
+        baseline = _rss_bytes()
+        stalled = []
+        for _ in range(n_clients):
+            ws = await connect(relay.url, max_queue=1, compression=None, max_size=None)
+            ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            ws.transport.pause_reading()  # never read again
+            await ws.send(orjson.dumps(["REQ", "all", {"limit": 5000}]).decode())
+            stalled.append(ws)
+        peak = baseline
+        eose_ms: list[float] = []
+        async with NostrClient(relay.url) as bystander:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                assert len(await bystander.req(f"b{len(eose_ms)}", {"kinds": [1], "limit": 3})) == 3
+                eose_ms.append((time.perf_counter() - started) * 1000)
+                await bystander.send(["CLOSE", f"b{len(eose_ms) - 1}"])
+                peak = max(peak, _rss_bytes())
+                await asyncio.sleep(0.05)
+            assert max(eose_ms) < 500, eose_ms
+            # every stalled client is either dropped already or still waiting mid-answer
+            others = [c for c in relay.connections if c.subs.get("all") is not None]
+            assert all(c._pending_live for c in others) and len(others) <= n_clients
+            growth = peak - baseline
+            # whole answers framed at once cost 2 x 240 x 60 KB = 29 MB per client here
+            assert growth < 40 * 2**20, f"relay RSS grew {growth / 2**20:.0f} MiB"
+            # live events matching their subscriptions push them past the bound: dropped
+            async with NostrClient(relay.url) as publisher:
+                for i in range(30):
+                    assert await publisher.publish(signed(alice, 1, f"live {i} " + "z" * size)) == (True, "")
+            drop_deadline = time.monotonic() + 10
+            while relay.metrics.slow_clients_dropped._value.get() < n_clients:
+                assert time.monotonic() < drop_deadline, relay.metrics.slow_clients_dropped._value.get()
+                await asyncio.sleep(0.05)
+            await bystander.assert_alive()
+        for ws in stalled:
+            ws.transport.abort()

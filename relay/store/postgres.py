@@ -21,7 +21,7 @@ Why each choice, the alternatives rejected and the figures measured: docs/postgr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -30,13 +30,18 @@ from relay.event import Event, KindClass, is_hex64
 from relay.filters import Filter
 from relay.store.base import (
     ACCOUNT_COLUMNS,
+    FAST_ROWS,
     INVOICE_COLUMNS,
+    PAGE_BYTES,
     Account,
+    AnswerKeys,
     Invoice,
     WriteOutcome,
     WriteRequest,
     account_from_row,
+    answer_rows,
     invoice_from_row,
+    read_pages,
 )
 from relay.store.postgres_migrations import apply_migrations, quote_ident
 from relay.store.rules import (
@@ -155,7 +160,7 @@ def _probe_select(f: Filter, now: int, p: _Params, columns: str) -> str | None:
     limit = p.add(f.limit, "::int8")
     return (
         f"SELECT {columns} FROM {source}, LATERAL ("
-        f"SELECT e.created_at, e.id, e.raw FROM events e WHERE {' AND '.join(keys)}"
+        f"SELECT e.seq, e.created_at, e.id, e.raw FROM events e WHERE {' AND '.join(keys)}"
         f" ORDER BY e.created_at DESC FETCH FIRST ({limit}) ROWS WITH TIES) e"
         f" ORDER BY e.created_at DESC, e.id LIMIT {limit}"
     )
@@ -513,17 +518,44 @@ class PostgresStore:
         live = [f for f in filters if not f.is_empty()]
         if not live:
             return []
+        return [row[0] for row in await self._answer(live, now, "e.raw")]
+
+    async def query_pages(
+        self, filters: Sequence[Filter], now: int, *, page_bytes: int = PAGE_BYTES
+    ) -> AsyncGenerator[list[bytes], None]:
+        live = [f for f in filters if not f.is_empty()]
+        if not live:
+            return
+        rows = answer_rows(live)
+        if rows is not None and rows <= FAST_ROWS:
+            raws = [row[0] for row in await self._answer(live, now, "e.raw")]
+            if raws:
+                yield raws
+            return
+        # octet_length() of a TOASTed bytea reads its header, not the value.
+        answer = AnswerKeys()
+        for seq, eid, size in await self._answer(live, now, "e.seq, e.id, octet_length(e.raw)"):
+            answer.add(seq, eid, size)
+        async for page in read_pages(answer, self._rows_by_seq, page_bytes):
+            yield page
+
+    async def _rows_by_seq(self, seqs: list[int]) -> list[tuple[int, bytes, bytes]]:
+        rows = await self._fetch("SELECT seq, id, raw FROM events WHERE seq = ANY($1::int8[])", seqs)
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def _answer(self, live: list[Filter], now: int, columns: str) -> list[Any]:
+        """Rows of ``columns`` (over ``events e``) of the answer to ``live``: each filter
+        contributes its ``limit`` newest, the union de-duplicated, newest first, ties lowest id."""
         p = _Params()
         if len(live) == 1:
-            sql = _filter_select(live[0], now, p, "e.raw")
-            return [row[0] for row in await self._fetch(sql, *p.values)]
+            return await self._fetch(_filter_select(live[0], now, p, columns), *p.values)
         # One statement, one snapshot; each arm keeps its own ORDER BY/LIMIT, the union is
         # de-duplicated and ordered here (cheaper than making the server compare raw).
-        arms = " UNION ALL ".join(f"({_filter_select(f, now, p, 'e.created_at, e.id, e.raw')})" for f in live)
-        merged: dict[bytes, tuple[int, bytes, bytes]] = {}
-        for created_at, eid, raw in await self._fetch(arms, *p.values):
-            merged[eid] = (-created_at, eid, raw)
-        return [raw for _, _, raw in sorted(merged.values())]
+        arms = " UNION ALL ".join(f"({_filter_select(f, now, p, f'e.created_at, e.id, {columns}')})" for f in live)
+        merged: dict[bytes, tuple[int, bytes, tuple[Any, ...]]] = {}
+        for row in await self._fetch(arms, *p.values):
+            merged[row[1]] = (-row[0], row[1], tuple(row[2:]))
+        return [rest for _, _, rest in sorted(merged.values())]
 
     async def count(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> int:
         live = [f for f in filters if not f.is_empty()]

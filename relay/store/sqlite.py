@@ -30,7 +30,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,13 +42,18 @@ from relay.event import Event, KindClass, index_tags, is_hex64, kind_class
 from relay.filters import Filter
 from relay.store.base import (
     ACCOUNT_COLUMNS,
+    FAST_ROWS,
     INVOICE_COLUMNS,
+    PAGE_BYTES,
     Account,
+    AnswerKeys,
     Invoice,
     WriteOutcome,
     WriteRequest,
     account_from_row,
+    answer_rows,
     invoice_from_row,
+    read_pages,
 )
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
 from relay.store.rules import (
@@ -549,23 +554,49 @@ class SqliteStore:
         live = [f for f in filters if f.limit != 0 and not f.is_empty()]
         if not live:
             return []
+        return [row[0] for row in await self._answer(live, now, "e.raw")]
+
+    async def query_pages(
+        self, filters: Sequence[Filter], now: int, *, page_bytes: int = PAGE_BYTES
+    ) -> AsyncGenerator[list[bytes], None]:
+        live = [f for f in filters if f.limit != 0 and not f.is_empty()]
+        if not live:
+            return
+        rows = answer_rows(live)
+        if rows is not None and rows <= FAST_ROWS:
+            raws = [row[0] for row in await self._answer(live, now, "e.raw")]
+            if raws:
+                yield raws
+            return
+        # length() of a BLOB reads the record header, not the (overflow) pages of the event.
+        answer = AnswerKeys()
+        for rid, eid, size in await self._answer(live, now, "e.rid, e.id, length(e.raw)"):
+            answer.add(rid, eid, size)
+        async for page in read_pages(answer, self._rows_by_rid, page_bytes):
+            yield page
+
+    async def _rows_by_rid(self, rids: list[int]) -> list[tuple[int, bytes, bytes]]:
+        return await self._read(f"SELECT rid, id, raw FROM events WHERE rid IN ({_marks(len(rids))})", rids)
+
+    async def _answer(self, live: list[Filter], now: int, columns: str) -> list[Any]:
+        """Rows of ``columns`` (over ``events e``) of the answer to ``live``: each filter
+        contributes its ``limit`` newest, the union de-duplicated, newest first, ties lowest id."""
         if len(live) == 1:
-            sql, params = _filter_select(live[0], now, "e.raw")
-            return [row[0] for row in await self._read(sql, params)]
+            sql, params = _filter_select(live[0], now, columns)
+            return await self._read(sql, params)
         arms = [_filter_select(f, now, "e.rid") for f in live]
         if sum(len(p) for _, p in arms) <= _MAX_PARAMS:
             # One statement, one snapshot: each filter keeps its own ORDER BY/LIMIT inside
             # its arm, UNION de-duplicates, the outer query orders the union.
             union = " UNION ".join(f"SELECT rid FROM ({sql})" for sql, _ in arms)
-            sql = f"SELECT e.raw FROM events e WHERE e.rid IN ({union}) ORDER BY e.created_at DESC, e.id"
-            params = [p for _, ps in arms for p in ps]
-            return [row[0] for row in await self._read(sql, params)]
-        merged: dict[bytes, tuple[int, bytes, bytes]] = {}
+            sql = f"SELECT {columns} FROM events e WHERE e.rid IN ({union}) ORDER BY e.created_at DESC, e.id"
+            return await self._read(sql, [p for _, ps in arms for p in ps])
+        merged: dict[bytes, tuple[int, bytes, tuple[Any, ...]]] = {}
         for f in live:
-            sql, params = _filter_select(f, now, "e.id, e.created_at, e.raw")
-            for eid, created_at, raw in await self._read(sql, params):
-                merged[eid] = (-created_at, eid, raw)
-        return [raw for _, _, raw in sorted(merged.values())]
+            sql, params = _filter_select(f, now, f"e.id, e.created_at, {columns}")
+            for row in await self._read(sql, params):
+                merged[row[0]] = (-row[1], row[0], tuple(row[2:]))
+        return [rest for _, _, rest in sorted(merged.values())]
 
     async def count(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> int:
         live = [f for f in filters if not f.is_empty()]
