@@ -19,7 +19,8 @@ unstorable events had failed 100 of 1,000 bystanders' events). Committing the ha
 order keeps the batch's meaning (a replaceable event still meets the versions before it),
 and a failed attempt is one rolled-back transaction, so nothing is applied twice. k bad
 events among n cost about 2k·log2(n) extra commits; a budget of failed attempts per batch
-(``_split_budget``) bounds the cost when the store itself is down and every attempt fails.
+(``_split_budget``) bounds the cost, tightly while the store may be down (every attempt
+fails), loosely once it has taken part of the batch.
 """
 
 from __future__ import annotations
@@ -42,11 +43,17 @@ STORE_FAILED = "could not store the event, try again"
 EVENT_REFUSED = "the store could not hold this event"
 
 
-def _split_budget(n: int) -> int:
-    """Failed attempts allowed while isolating the bad events of an n-event batch: every
-    bad event costs at most one failed attempt per level of the split (log2 n), so this
-    isolates about eight bad events in any batch, then gives up on the rest of it."""
-    return 8 * max(1, n.bit_length())
+def _split_budget(n: int, store_ok: bool) -> int:
+    """Failed attempts allowed while isolating the bad events of an n-event batch. Each bad
+    event costs at most one failed attempt per level of the split (log2 n). Until some part
+    of the batch has been stored, the store may simply be down: about eight bad events'
+    worth, then the rest fails with "try again". Once the store has taken a part, it works,
+    and up to n/2 failed attempts more are allowed (measured, SQLite, 1,000 events: 1 bad
+    -> 19 write_batch calls, 5 -> 83, 20 -> 255 (0.17 s), 100 -> 847 (0.54 s), all isolated),
+    so a client needs hundreds of bad events in one batch before a neighbour is failed
+    ("try again") rather than the writer stalled for everyone."""
+    systemic = 8 * max(1, n.bit_length())
+    return systemic + n // 2 if store_ok else systemic
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,25 +224,27 @@ class GroupCommitWriter:
         each failing part again, so that only the events the store refuses alone fail."""
         results: list[WriteOutcome | ServerError | None] = [None] * len(requests)
         alone: list[tuple[int, Exception]] = []  # events that failed in a batch of one
-        budget = _split_budget(len(requests))
+        failed = 0
+        stored_any = False
 
         async def split(lo: int, hi: int, exc: Exception) -> None:
-            nonlocal budget
+            nonlocal failed, stored_any
             if hi - lo == 1:
                 alone.append((lo, exc))
                 return
             mid = (lo + hi) // 2
             for a, b in ((lo, mid), (mid, hi)):
-                if budget <= 0:
+                if failed >= _split_budget(len(requests), stored_any):
                     for i in range(a, b):
                         results[i] = _store_failed(exc)
                     continue
                 outcome = await self._attempt(requests[a:b], now)
                 if isinstance(outcome, Exception):
-                    budget -= 1
+                    failed += 1
                     await split(a, b, outcome)
                 else:
                     results[a:b] = outcome
+                    stored_any = True
 
         await split(0, len(requests), failure)
         some_stored = any(isinstance(r, WriteOutcome) for r in results)

@@ -117,6 +117,23 @@ async def test_failing_event_is_isolated_and_its_batch_mates_are_stored(
     await writer.close()
 
 
+async def test_many_refused_events_are_all_isolated_while_the_store_works(store: Store) -> None:
+    """Once the store has taken part of the batch it is known to work: 50 refused events
+    among 1,000 still fail alone (the tighter "store is down" budget would give up)."""
+    gated = GatedStore(store)
+    gated.gate.clear()
+    writer = GroupCommitWriter(gated)  # type: ignore[arg-type]
+    events = notes(1000)
+    gated.poison.update(e.id for e in events[7::20])
+    tasks = [asyncio.create_task(writer.submit(WriteRequest(e))) for e in events]
+    await asyncio.wait_for(gated.entered.wait(), 5)
+    gated.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(isinstance(r, ServerError) for r in results) == 50
+    assert await store.count([Filter()], NOW) == 950
+    await writer.close()
+
+
 async def test_split_batches_commit_in_batch_order(store: Store) -> None:
     """The halves commit in order, so a replaceable event still meets the versions that
     came before it in the batch (and a refused one is as if it had never been sent)."""
