@@ -9,7 +9,7 @@ once at start-up when ``payments.enabled`` is true.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +103,10 @@ class PaymentsExtension:
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        trusted_zappers: Collection[str] = (),
     ) -> None:
+        """``trusted_zappers`` adds to ``[payments] trusted_zappers`` the keys whose valid
+        NIP-57 receipts are free (the relay's own, once it signs receipts for zaps to itself)."""
         p = settings.payments
         self.settings = settings
         self.store = store
@@ -114,7 +117,7 @@ class PaymentsExtension:
         self.accounts = AccountCache(store, p.account_cache_seconds)
         caps = PendingCaps(p.max_pending_invoices, p.max_pending_invoices_per_pubkey)
         self.ledger = Ledger(store, backend, self.plans, p.invoice_expiry_seconds, caps)
-        self.gate = Gate(p, self.plans, self.accounts, self.payments_url)
+        self.gate = Gate(p, self.plans, self.accounts, self.payments_url, trusted_zappers=trusted_zappers)
         schedule = PollSchedule(
             poll_interval=p.poll_interval_seconds,
             young_seconds=p.young_invoice_seconds,

@@ -121,3 +121,17 @@ async def test_cli_grant_is_seen_after_the_cache_ttl(tmp_path: Path) -> None:
             await s.ext.admit(note(secret), s.ctx())
         await asyncio.sleep(0.35)
         assert await s.ext.admit(note(secret), s.ctx()) == 0
+
+
+async def test_extension_trusts_extra_zapper_keys_for_receipts(tmp_path: Path) -> None:
+    """The seam for "zap the relay": the relay's own key, handed in by code, not config."""
+    from lightning.extension import PaymentsExtension
+    from tests.lightning.test_free_rules import zap_receipt
+
+    relay_key = crypto.generate_secret()
+    async with payment_stack(tmp_path) as s:
+        receipt = zap_receipt(pubkey_of(crypto.generate_secret()), zapper=relay_key)
+        with pytest.raises(Restricted):
+            await s.ext.admit(receipt, s.ctx())
+        ext = PaymentsExtension(s.settings, s.store, s.wallet, trusted_zappers={pubkey_of(relay_key)})
+        assert await ext.admit(receipt, s.ctx()) == 0
