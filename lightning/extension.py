@@ -25,9 +25,11 @@ from lightning.plans import Plans
 from lightning.settings import PaymentSettings
 from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
+from lightning.zapper import Publish, Zapper
 from relay.errors import Rejection
 from relay.event import Event
 from relay.extension import WriteContext
+from relay.identity import RelayIdentity
 from relay.store.base import Invoice, Store
 
 if TYPE_CHECKING:
@@ -104,9 +106,13 @@ class PaymentsExtension:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         trusted_zappers: Collection[str] = (),
+        identity: RelayIdentity | None = None,
+        publish: Publish | None = None,
     ) -> None:
         """``trusted_zappers`` adds to ``[payments] trusted_zappers`` the keys whose valid
-        NIP-57 receipts are free (the relay's own, once it signs receipts for zaps to itself)."""
+        NIP-57 receipts are free; ``identity`` and ``publish`` (the relay's key and its
+        own-event writer) turn on zaps to the relay (``payments.zaps``), and the relay's
+        key then trusts its own receipts."""
         p = settings.payments
         self.settings = settings
         self.store = store
@@ -117,7 +123,32 @@ class PaymentsExtension:
         self.accounts = AccountCache(store, p.account_cache_seconds)
         caps = PendingCaps(p.max_pending_invoices, p.max_pending_invoices_per_pubkey)
         self.ledger = Ledger(store, backend, self.plans, p.invoice_expiry_seconds, caps)
-        self.gate = Gate(p, self.plans, self.accounts, self.payments_url, trusted_zappers=trusted_zappers)
+        self.zapper: Zapper | None = None
+        if identity is not None and publish is not None and p.zaps.enabled:
+            self.zapper = Zapper(
+                p.zaps,
+                relay_name=settings.relay.name,
+                public_url=settings.relay.public_url,
+                identity=identity,
+                ledger=self.ledger,
+                plans=self.plans,
+                publish=publish,
+                invoices_per_minute=p.invoice_requests_per_minute,
+                on_issued=self._on_issued,
+                clock=clock,
+            )
+        zap_hint = None
+        if self.zapper is not None:
+            zap_hint = f"zap {self.zapper.address} {self.zapper.min_msat // 1000} sats"
+        self.gate = Gate(
+            p,
+            self.plans,
+            self.accounts,
+            self.payments_url,
+            # The relay's own receipts (zaps to itself) are genuine by construction.
+            trusted_zappers=(*trusted_zappers, *((identity.pubkey,) if identity is not None else ())),
+            zap_hint=zap_hint,
+        )
         schedule = PollSchedule(
             poll_interval=p.poll_interval_seconds,
             young_seconds=p.young_invoice_seconds,
@@ -160,6 +191,8 @@ class PaymentsExtension:
         await self.watcher.start()
 
     async def stop(self) -> None:
+        if self.zapper is not None:
+            await self.zapper.close()
         await self.web.close()
         await self.watcher.stop()
         await self.backend.close()
@@ -171,14 +204,21 @@ class PaymentsExtension:
         return self.gate.insufficient_credit(event)
 
     async def handle_http(self, request: Request, client_ip: str) -> Response | None:
+        if self.zapper is not None:
+            response = await self.zapper.handle(request, client_ip)
+            if response is not None:
+                return response
         return await self.web.handle(request, client_ip)
 
     def nip11(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "limitation": {"payment_required": True, "restricted_writes": True},
             "payments_url": self.payments_url,
             "fees": self.plans.nip11_fees(),
         }
+        if self.zapper is not None:
+            doc.update(supported_nips=[57], lud16=self.zapper.address)
+        return doc
 
     # --- wiring -------------------------------------------------------------------
 
@@ -194,6 +234,8 @@ class PaymentsExtension:
             self.metrics.invoices_settled.labels(result.invoice.plan).inc()
             self.metrics.sats_received.inc(result.invoice.amount_msat / 1000)
             self.metrics.wallet_fees_msat.inc(result.fee_msat)
+            if self.zapper is not None:
+                self.zapper.settled(result.invoice, result.preimage)
         elif result.outcome is Confirmation.REJECTED:
             self.metrics.settlements_rejected.inc()
 
@@ -206,7 +248,14 @@ class PaymentsExtension:
 
 
 def build_extension(
-    settings: Settings, store: Store, http: httpx.AsyncClient, *, registry: CollectorRegistry | None = None
+    settings: Settings,
+    store: Store,
+    http: httpx.AsyncClient,
+    *,
+    registry: CollectorRegistry | None = None,
+    identity: RelayIdentity | None = None,
+    publish: Publish | None = None,
 ) -> PaymentsExtension:
     """The relay's entry point (``relay.server``): backend from settings, everything wired."""
-    return PaymentsExtension(settings, store, build_backend(settings, http), registry=registry)
+    backend = build_backend(settings, http)
+    return PaymentsExtension(settings, store, backend, registry=registry, identity=identity, publish=publish)

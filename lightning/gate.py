@@ -131,6 +131,7 @@ class Gate:
         *,
         trusted_zappers: Collection[str] = (),
         inbox: InboxAllowance | None = None,
+        zap_hint: str | None = None,
     ) -> None:
         """``trusted_zappers`` adds keys to ``settings.trusted_zappers`` (the relay's own
         key, once it signs receipts for zaps to itself)."""
@@ -147,6 +148,7 @@ class Gate:
         self._inbox_max_bytes = settings.inbox_max_bytes
         self._inbox = inbox or InboxAllowance(settings.inbox_events_per_hour, settings.inbox_events_per_hour_per_ip)
         self._credit = settings.credit.enabled
+        self._zap_hint = zap_hint  # "zap relay@host 21 sats": the unpaid reply names both ways to pay
 
     async def admit(self, event: Event, ctx: WriteContext) -> int:
         """The charge in msat, or raise ``Blocked`` (banned) / ``Restricted`` (unpaid)."""
@@ -181,6 +183,9 @@ class Gate:
             raise Restricted(f"not enough credit for this event ({price} msat); pay at {self._payments_url}")
         if account is not None and account.admitted_until > 0:
             raise Restricted(f"your paid period has ended; pay at {self._payments_url}")
+        if self._zap_hint is not None:
+            join = self._payments_url + ("&" if "?" in self._payments_url else "?") + f"pubkey={pubkey}"
+            raise Restricted(f"writing here needs a payment; {self._zap_hint} or pay at {join}")
         raise Restricted(f"writing here needs a payment; pay at {self._payments_url}")
 
     def insufficient_credit(self, event: Event) -> Restricted:

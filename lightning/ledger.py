@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import bolt11
 
 from lightning.backend import BackendError, InvoiceStatus, PaymentState, WalletBackend
-from lightning.plans import Plans
+from lightning.plans import Grant, Plans
 from relay.store.base import Invoice, InvoiceState, Store
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class ConfirmResult:
     outcome: Confirmation
     invoice: Invoice | None  # as it was before this call; None when not ours
     fee_msat: int = 0  # CREDITED: what the wallet kept of the payment (the operator's cost)
+    preimage: str | None = None  # CREDITED: when the wallet disclosed it (NIP-57 receipts)
 
 
 def decode_bolt11(request: str) -> tuple[str, int | None]:
@@ -130,10 +131,21 @@ class Ledger:
         )
         if reusable is not None:
             return Issued(reusable, reused=True)
+        return Issued(await self.issue_grant(pubkey, grant, now, memo=memo), reused=False)
+
+    async def issue_grant(
+        self, pubkey: str, grant: Grant, now: int, *, memo: str = "", hashed_description: str | None = None
+    ) -> Invoice:
+        """A new invoice for a grant computed by the caller (a zap's, ``lightning.zap``),
+        within the caps; with ``hashed_description`` it commits to it (BOLT11 ``h``) and
+        keeps it. Raises like ``issue_or_reuse``."""
         mine, total = await self.store.pending_invoice_counts(pubkey, now)
         self._check_caps(mine, total)
         created = await self.backend.create_invoice(
-            grant.amount_msat, memo or f"{grant.plan} for {pubkey[:12]}", self.expiry_seconds
+            grant.amount_msat,
+            memo or f"{grant.plan} for {pubkey[:12]}",
+            self.expiry_seconds,
+            hashed_description=hashed_description,
         )
         try:
             decoded_hash, decoded_amount = decode_bolt11(created.bolt11)
@@ -153,6 +165,7 @@ class Ledger:
             admit_seconds=grant.admit_seconds,
             admit_forever=grant.admit_forever,
             credit_msat=grant.credit_msat,
+            description=hashed_description,
         )
         if not await self.store.add_invoice(
             invoice, max_pending=self.caps.total, max_pending_per_pubkey=self.caps.per_pubkey
@@ -161,7 +174,7 @@ class Ledger:
             mine, total = await self.store.pending_invoice_counts(pubkey, now)
             self._check_caps(mine, total)
             raise TooManyPending("too many unpaid invoices; try again later", per_pubkey=False)
-        return Issued(invoice, reused=False)
+        return invoice
 
     def _check_caps(self, mine: int, total: int) -> None:
         if self.caps.per_pubkey is not None and mine >= self.caps.per_pubkey:
@@ -197,5 +210,5 @@ class Ledger:
         paid = status.amount_received_msat if status.amount_received_msat is not None else invoice.amount_msat
         if await self.store.settle_invoice(payment_hash, paid, now, status.fee_msat):
             log.info("invoice %s paid: %d msat, %s for %s", payment_hash, paid, invoice.plan, invoice.pubkey)
-            return ConfirmResult(Confirmation.CREDITED, invoice, status.fee_msat)
+            return ConfirmResult(Confirmation.CREDITED, invoice, status.fee_msat, status.preimage)
         return ConfirmResult(Confirmation.ALREADY_PAID, invoice)

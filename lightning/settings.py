@@ -89,6 +89,19 @@ class NwcSettings(_Section):
     uri: SecretStr = Field(SecretStr(""), description="nostr+walletconnect://...")
 
 
+class ZapSettings(_Section):
+    """Zap the relay to join (NIP-57 over LNURL-pay, LUD-06/LUD-16)."""
+
+    enabled: bool = Field(True, description="serve /.well-known/lnurlp/<name> and credit zaps to the relay")
+    name: str = Field("relay", pattern=r"^[a-z0-9._-]{1,64}$", description="the lud16 is <name>@<public_url host>")
+    max_sats: int = Field(1_000_000, ge=1, description="largest zap accepted (LNURL maxSendable)")
+    publish_timeout_seconds: float = Field(5.0, gt=0, description="per relay named in the zap request")
+    max_publish_relays: int = Field(5, ge=0, description="receipts go to at most this many of the request's relays")
+    publish_to_private_addresses: bool = Field(
+        False, description="also publish receipts to relays on loopback/private addresses (tests, LAN setups)"
+    )
+
+
 class PaymentSettings(_Section):
     enabled: bool = False
     backend: BackendName = "fake"
@@ -143,6 +156,7 @@ class PaymentSettings(_Section):
     cln: ClnSettings = ClnSettings()
     phoenixd: PhoenixdSettings = PhoenixdSettings()
     nwc: NwcSettings = NwcSettings()
+    zaps: ZapSettings = ZapSettings()
 
     @field_validator("allow_pubkeys", "ban_pubkeys", "trusted_zappers")
     @classmethod

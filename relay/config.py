@@ -30,6 +30,8 @@ class RelayInfo(_Section):
     banner: str | None = None
     terms_of_service: str | None = None
     public_url: str = Field("ws://127.0.0.1:7777", description="ws(s):// URL clients use; NIP-42 checks it")
+    secret_key: SecretStr | None = Field(None, description="the relay's own key (64 hex); default: the key file")
+    key_file: str | None = Field(None, description="default relay.key beside the SQLite database (or data/)")
 
 
 class ServerSettings(_Section):
@@ -40,9 +42,7 @@ class ServerSettings(_Section):
     reuse_port: bool = Field(False, description="SO_REUSEPORT; set for each worker by --workers")
     shutdown_grace_seconds: float = Field(5.0, ge=0)
     real_ip_header: str | None = Field(None, description="e.g. X-Forwarded-For, only behind a trusted proxy")
-    metrics_listen: str = Field(
-        "127.0.0.1:9477", description="host:port of a separate /metrics listener; empty = none"
-    )
+    metrics_listen: str = Field("127.0.0.1:9477", description="host:port of a separate /metrics listener; empty = none")
     metrics_token: SecretStr | None = Field(
         None, description="serve /metrics on the public port too, to `Authorization: Bearer <token>`"
     )
@@ -115,9 +115,7 @@ class AuthSettings(_Section):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="SATSRELAY_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="SATSRELAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     relay: RelayInfo = RelayInfo()
     server: ServerSettings = ServerSettings()

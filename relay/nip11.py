@@ -48,6 +48,7 @@ def build_info(settings: Settings, extra: dict[str, Any] | None = None) -> dict[
         limitation["created_at_upper_limit"] = limits.created_at_upper_limit
     extra = dict(extra or {})
     limitation.update(extra.pop("limitation", {}))
+    doc["supported_nips"] = sorted(set(SUPPORTED_NIPS) | set(extra.pop("supported_nips", [])))
     doc["limitation"] = limitation
     doc.update(extra)
     return doc

@@ -30,12 +30,14 @@ from relay.config import Settings
 from relay.connection import Connection
 from relay.event import Event
 from relay.extension import Extension
+from relay.filters import Filter
+from relay.identity import RelayIdentity, load_identity, profile_content, profile_event
 from relay.limits import BucketTable, IpTable, LogThrottle
 from relay.messages import FilterLimits
 from relay.metrics import RelayMetrics
 from relay.policy import WriteRules, build_write_policies
 from relay.store import open_store
-from relay.store.base import Store
+from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.writer import GroupCommitWriter
 from relay.subscriptions import SubscriptionIndex
 from relay.verifier import SignatureVerifier
@@ -97,6 +99,7 @@ class Relay:
             else LocalBroadcast()
         )
         self.extension: Extension | None = None
+        self.identity: RelayIdentity  # loaded in start(): a bad key file is an operator error
         self.connections: set[Connection] = set()
         self.closing = False  # set by stop(): connections take no new work
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -142,6 +145,7 @@ class Relay:
         return f"ws://{self.settings.server.host}:{self.port}"
 
     async def start(self, *, reuse_port: bool = False) -> None:
+        self.identity = load_identity(self.settings)
         await self.store.open()
         self.verifier.start()
         self.writer.start()
@@ -149,7 +153,9 @@ class Relay:
         if self.settings.payments.enabled:
             self.extension = await self._build_extension()
             await self.extension.start()
-        self._info = nip11.build_info(self.settings, self.extension.nip11() if self.extension else None)
+        extra = self.extension.nip11() if self.extension else {}
+        self._info = nip11.build_info(self.settings, {**extra, "self": self.identity.pubkey})
+        await self._publish_profile(extra.get("lud16"))
         self._info_json = orjson.dumps(self._info)
         self._info_html = nip11.render_html(self._info).encode()
         self._background.append(asyncio.create_task(self._purge_loop(), name="purge-expired"))
@@ -185,8 +191,31 @@ class Relay:
         from lightning.extension import build_extension
 
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
-        ext: Extension = build_extension(self.settings, self.store, self._http, registry=self.metrics.registry)
+        ext: Extension = build_extension(
+            self.settings,
+            self.store,
+            self._http,
+            registry=self.metrics.registry,
+            identity=self.identity,
+            publish=self.publish_own,
+        )
         return ext
+
+    async def publish_own(self, event: Event) -> WriteOutcome:
+        """Store and fan out an event the relay signed itself (its profile, zap receipts):
+        the write policies and the gate are for clients, not for the relay's own key."""
+        return await self.writer.submit(WriteRequest(event))
+
+    async def _publish_profile(self, lud16: object) -> None:
+        """The relay's kind-0 profile, re-signed only when its content changed (NIP-01
+        replaceable: a restart does not churn it)."""
+        content = profile_content(self.settings, lud16 if isinstance(lud16, str) else None)
+        stored = await self.store.query(
+            [Filter(authors=frozenset({self.identity.pubkey}), kinds=frozenset({0}), limit=1)], int(time.time())
+        )
+        if stored and orjson.loads(stored[0]).get("content") == content:
+            return
+        await self.publish_own(profile_event(self.identity, content, int(time.time())))
 
     async def stop(self) -> None:
         """Graceful: stop accepting, answer what is queued, flush the writer, close."""
@@ -291,7 +320,6 @@ class Relay:
         if path == "/":
             return http_response(HTTPStatus.OK, self._info_html, "text/html; charset=utf-8")
         return http_response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
-
 
     # --- /metrics: operational data (revenue, rejections), never public ------------------
 

@@ -91,6 +91,7 @@ class Invoice:
     paid_at: int | None = None
     paid_msat: int | None = None
     fee_msat: int | None = None  # what the wallet kept of the payment (the operator's cost)
+    description: str | None = None  # what the BOLT11 ``h`` tag commits to (a NIP-57 zap request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,7 @@ class Account:
 # Column order both stores use for the ledger tables, so one mapping reads either.
 INVOICE_COLUMNS = (
     "payment_hash, pubkey, plan, amount_msat, bolt11, created_at, expires_at, admit_seconds, "
-    "admit_forever, credit_msat, state, paid_at, paid_msat, fee_msat"
+    "admit_forever, credit_msat, state, paid_at, paid_msat, fee_msat, description"
 )
 ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at"
 
@@ -131,6 +132,7 @@ def invoice_from_row(row: Sequence[Any]) -> Invoice:
         paid_at=row[11],
         paid_msat=row[12],
         fee_msat=row[13],
+        description=row[14],
     )
 
 

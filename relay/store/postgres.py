@@ -71,6 +71,7 @@ PROBE_ROWS_MAX = 2500
 # write_regular_batch's one-letter answers (migration 2).
 _REGULAR_OUTCOMES = {"s": WriteOutcome.STORED, "d": WriteOutcome.DELETED, "u": WriteOutcome.DUPLICATE}
 
+
 def _bucket(schema: str, pubkey: str) -> int:
     digest = hashlib.blake2b(f"{schema}\x00{pubkey}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") % AUTHOR_BUCKETS
@@ -227,8 +228,6 @@ def _filter_count(f: Filter, now: int, p: _Params, scope: ReadScope | None = Non
     if scope is not None and scope.hides_from(f):
         where.append(_scope_condition(scope, p))
     return f"SELECT e.seq FROM events e WHERE {' AND '.join(where)}"
-
-
 
 
 class PostgresStore:
@@ -591,7 +590,7 @@ class PostgresStore:
                         return False
             await conn.execute(
                 f"INSERT INTO invoices ({INVOICE_COLUMNS})"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 inv.payment_hash,
                 inv.pubkey,
                 inv.plan,
@@ -606,6 +605,7 @@ class PostgresStore:
                 inv.paid_at,
                 inv.paid_msat,
                 inv.fee_msat,
+                inv.description,
             )
         return True
 

@@ -170,6 +170,8 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         3, "invoices.fee_msat: what the wallet kept of a payment", ("ALTER TABLE invoices ADD COLUMN fee_msat bigint",)
     ),
+    # A zap invoice keeps the zap request its BOLT11 commits to, for the receipt (NIP-57).
+    Migration(4, "invoices.description: the hashed description", ("ALTER TABLE invoices ADD COLUMN description text",)),
 )
 
 

@@ -812,7 +812,7 @@ def _purge_expired(conn: sqlite3.Connection, now: int) -> int:
 
 def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
     conn.execute(
-        f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ({_marks(14)})",
+        f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ({_marks(15)})",
         (
             inv.payment_hash,
             inv.pubkey,
@@ -828,6 +828,7 @@ def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
             inv.paid_at,
             inv.paid_msat,
             inv.fee_msat,
+            inv.description,
         ),
     )
 
@@ -855,9 +856,7 @@ def _insert_invoice_capped(
 
 
 def _delete_unpaid_invoices(conn: sqlite3.Connection, expired_before: int) -> int:
-    return conn.execute(
-        "DELETE FROM invoices WHERE state = 'expired' AND expires_at < ?", (expired_before,)
-    ).rowcount
+    return conn.execute("DELETE FROM invoices WHERE state = 'expired' AND expires_at < ?", (expired_before,)).rowcount
 
 
 def _charge_credit(conn: sqlite3.Connection, pubkey: str, amount_msat: int, now: int) -> bool:

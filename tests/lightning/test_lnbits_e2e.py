@@ -143,7 +143,7 @@ async def test_unpaid_event_then_lnbits_payment_admits_via_push(
         ok, message = await client.publish(event)
         assert not ok
         assert message.startswith("restricted: ")
-        assert message.endswith(f"; pay at http://127.0.0.1:{relay.port}/join")
+        assert message.endswith(f" or pay at http://127.0.0.1:{relay.port}/join?pubkey={pubkey}")
 
         invoice = await issue(web, pubkey)
         assert invoice["amount_msat"] == 1_000_000 and invoice["bolt11"].startswith("lnbc10u")

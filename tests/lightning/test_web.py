@@ -35,7 +35,11 @@ async def test_unpaid_then_paid_event_flow(relay_factory: RelayFactory, alice: b
         ok, message = await client.publish(note(alice))
         assert not ok
         assert message.startswith("restricted: ")
-        assert message.endswith(f"; pay at http://127.0.0.1:{relay.port}/join")
+        hexkey = crypto.public_key(alice).hex()
+        assert message == (
+            f"restricted: writing here needs a payment; zap relay@127.0.0.1:{relay.port} 1000 sats"
+            f" or pay at http://127.0.0.1:{relay.port}/join?pubkey={hexkey}"
+        )
 
         npub = npub_encode(crypto.public_key(alice).hex())
         res = await web.get("/api/invoice", params={"pubkey": npub, "plan": "admission"})

@@ -1,0 +1,223 @@
+"""Zap the relay to join: the LNURL-pay routes and the receipts (NIP-57, LUD-06/16).
+
+Thin over the pure parts (``lightning.lnurl`` documents, ``lightning.zap`` rules):
+
+- ``GET /.well-known/lnurlp/<name>``: the pay-request document (``allowsNostr``,
+  ``nostrPubkey`` = the relay's key, min/max sendable, the callback).
+- ``GET /lnurlp/<name>/callback?amount=<msat>&nostr=<zap request>``: the request is
+  checked (NIP-57 Appendix D), an invoice committing to its hash is created through the
+  configured wallet and stored in the ledger *before* the answer (the same exactly-once
+  settlement as the join page), and the bolt11 goes back. A plain LNURL payment without
+  ``nostr`` is refused: it would name nobody to credit.
+- When such an invoice is credited (``settled``), the relay signs a kind-9735 receipt,
+  stores it through its own writer, and sends it to the request's ``relays`` (at most
+  ``max_publish_relays``, each within ``publish_timeout_seconds``, public addresses only
+  unless configured otherwise): best effort, in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
+from websockets.exceptions import WebSocketException
+from websockets.http11 import Request, Response
+
+from lightning import lnurl
+from lightning.backend import BackendError
+from lightning.ledger import Ledger, TooManyPending
+from lightning.plans import Plans
+from lightning.settings import ZapSettings
+from lightning.zap import (
+    ZAP_PLAN,
+    ZapRequestError,
+    is_public_address,
+    min_zap_msat,
+    parse_zap_request,
+    publish_targets,
+    receipt_event,
+    zap_grant,
+)
+from relay.event import Event
+from relay.identity import RelayIdentity
+from relay.limits import TokenBucket
+from relay.store.base import Invoice
+
+log = logging.getLogger(__name__)
+
+MAX_TRACKED_IPS = 10_000
+MAX_AMOUNT_DIGITS = 15
+
+Publish = Callable[[Event], Awaitable[object]]
+
+
+def _json(status: HTTPStatus, doc: Any) -> Response:
+    body = orjson.dumps(doc)
+    headers = Headers(
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            # LUD-01: browser wallets fetch these cross-origin.
+            ("Access-Control-Allow-Origin", "*"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+class Zapper:
+    def __init__(
+        self,
+        settings: ZapSettings,
+        *,
+        relay_name: str,
+        public_url: str,
+        identity: RelayIdentity,
+        ledger: Ledger,
+        plans: Plans,
+        publish: Publish,
+        invoices_per_minute: int,
+        on_issued: Callable[[Invoice], None] = lambda invoice: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._identity = identity
+        self._ledger = ledger
+        self._plans = plans
+        self._publish = publish
+        self._clock = clock
+        self._on_issued = on_issued
+        self._public_url = public_url
+        base = lnurl.http_base(public_url)
+        self.address = lnurl.lightning_address(settings.name, public_url)
+        self.min_msat = min_zap_msat(plans)
+        self.max_msat = max(settings.max_sats * 1000, self.min_msat)
+        self._info_path = f"/.well-known/lnurlp/{settings.name}"
+        self._callback_path = f"/lnurlp/{settings.name}/callback"
+        self._callback_url = base + self._callback_path
+        self._metadata = lnurl.metadata(relay_name, self.address)
+        self._rate = invoices_per_minute / 60.0
+        self._burst = float(invoices_per_minute)
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- HTTP -----------------------------------------------------------------------
+
+    async def handle(self, request: Request, client_ip: str) -> Response | None:
+        parts = urlsplit(request.path)
+        if parts.path == self._info_path:
+            doc = lnurl.pay_request(
+                self._callback_url, self.min_msat, self.max_msat, self._metadata, self._identity.pubkey
+            )
+            return _json(HTTPStatus.OK, doc)
+        if parts.path == self._callback_path:
+            status, doc = await self.callback(parse_qs(parts.query), client_ip)
+            return _json(status, doc)
+        return None
+
+    async def callback(self, query: dict[str, list[str]], client_ip: str) -> tuple[HTTPStatus, dict[str, Any]]:
+        """The LNURL callback: an invoice for a valid zap request, or an LNURL error."""
+        amount_text = query.get("amount", [""])[0]
+        if not amount_text.isdigit() or len(amount_text) > MAX_AMOUNT_DIGITS:
+            return HTTPStatus.BAD_REQUEST, lnurl.error("amount must be a whole number of millisatoshis")
+        amount = int(amount_text)
+        if not self.min_msat <= amount <= self.max_msat or amount % 1000:
+            return HTTPStatus.BAD_REQUEST, lnurl.error(
+                f"amount must be whole sats from {self.min_msat // 1000} to {self.max_msat // 1000}"
+            )
+        raw = query.get("nostr", [""])[0]
+        if not raw:
+            return HTTPStatus.BAD_REQUEST, lnurl.error("zap from a Nostr client: this address needs a zap request")
+        try:
+            zap = parse_zap_request(raw, relay_pubkey=self._identity.pubkey, amount_msat=amount)
+        except ZapRequestError as exc:
+            return HTTPStatus.BAD_REQUEST, lnurl.error(str(exc))
+        if not self._rate_ok(client_ip):
+            return HTTPStatus.TOO_MANY_REQUESTS, lnurl.error("too many invoices from your address; wait a minute")
+        grant = zap_grant(self._plans, amount)
+        try:
+            invoice = await self._ledger.issue_grant(
+                zap.event.pubkey, grant, int(self._clock()), memo="zap", hashed_description=zap.raw
+            )
+        except TooManyPending as exc:
+            return HTTPStatus.TOO_MANY_REQUESTS, lnurl.error(str(exc))
+        except BackendError as exc:
+            log.warning("zap invoice creation failed: %s", exc)
+            return HTTPStatus.SERVICE_UNAVAILABLE, lnurl.error("the relay's wallet is unavailable; try again shortly")
+        self._on_issued(invoice)
+        return HTTPStatus.OK, lnurl.invoice_answer(invoice.bolt11)
+
+    def _rate_ok(self, ip: str) -> bool:
+        bucket = self._buckets.get(ip)
+        if bucket is None:
+            bucket = self._buckets[ip] = TokenBucket(self._rate, self._burst)
+            if len(self._buckets) > MAX_TRACKED_IPS:
+                self._buckets.popitem(last=False)
+        self._buckets.move_to_end(ip)
+        return bucket.take(time.monotonic())
+
+    # --- receipts ---------------------------------------------------------------------
+
+    def settled(self, invoice: Invoice, preimage: str | None) -> None:
+        """A zap invoice was credited (exactly once, on this node): sign and spread the
+        receipt in the background."""
+        if invoice.plan != ZAP_PLAN or invoice.description is None:
+            return
+        task = asyncio.create_task(self._receipt(invoice, preimage), name="zap-receipt")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _receipt(self, invoice: Invoice, preimage: str | None) -> None:
+        try:
+            assert invoice.description is not None
+            zap = parse_zap_request(
+                invoice.description, relay_pubkey=self._identity.pubkey, amount_msat=invoice.amount_msat
+            )
+        except ZapRequestError as exc:  # stored by us after the same checks: should not happen
+            log.error("zap invoice %s: stored zap request no longer parses (%s)", invoice.payment_hash, exc)
+            return
+        receipt = receipt_event(self._identity.secret, zap, invoice.bolt11, preimage, int(self._clock()))
+        try:
+            await self._publish(receipt)
+        except Exception:
+            log.exception("zap receipt %s could not be stored", receipt.id)
+        targets = publish_targets(zap.relays, (self._public_url,), self._settings.max_publish_relays)
+        await asyncio.gather(*(self._send(url, receipt) for url in targets))
+
+    async def _send(self, url: str, receipt: Event) -> None:
+        """Best effort: one EVENT, wait for its OK, give up after the timeout."""
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout_seconds):
+                if not self._settings.publish_to_private_addresses and not await asyncio.to_thread(
+                    is_public_address, url
+                ):
+                    log.info("zap receipt %s not sent to %s: not a public address", receipt.id, url)
+                    return
+                async with connect(url, open_timeout=None, max_size=2**16) as ws:
+                    await ws.send(orjson.dumps(["EVENT", receipt.to_dict()]).decode())
+                    async for message in ws:
+                        reply = orjson.loads(message)
+                        if isinstance(reply, list) and reply[:2] == ["OK", receipt.id]:
+                            if reply[2] is not True:
+                                log.info("relay %s refused zap receipt %s: %s", url, receipt.id, reply[3:4])
+                            return
+        except (TimeoutError, OSError, WebSocketException, orjson.JSONDecodeError) as exc:
+            log.info("zap receipt %s not delivered to %s (%s)", receipt.id, url, type(exc).__name__)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

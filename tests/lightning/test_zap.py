@@ -1,0 +1,362 @@
+"""Zap the relay to join (issue 10 items 1-3): the relay's own key and profile, LNURL-pay
+with NIP-57, receipts, and the unpaid reply.
+
+Zap requests are made, the endpoint found and the receipts checked by nostr-tools' nip57
+(an independent implementation, ``tests/lightning/zap_client.py``); the end-to-end flow
+pays a real LNbits invoice from a second LNbits wallet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import stat
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import bolt11
+import httpx
+import orjson
+import pytest
+
+from lightning.plans import Plans
+from lightning.settings import PaymentSettings
+from lightning.zap import ZapRequestError, parse_zap_request, receipt_event, zap_grant
+from lightning.zap_receipts import receipt_problem
+from relay import crypto
+from relay.config import ConfigError
+from relay.event import sign_event
+from relay.server import Relay
+from tests.conftest import RelayFactory, relay_settings
+from tests.lightning import zap_client
+from tests.lnbits_server import LnbitsServer
+from tests.nostr_client import NostrClient
+
+ADMISSION = {"fee_sats": 21}
+
+
+@pytest.fixture(scope="session")
+def nostr_tools() -> None:
+    reason = zap_client.ensure_installed()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def http_base(relay: Relay) -> str:
+    return f"http://127.0.0.1:{relay.port}"
+
+
+def fake_payments(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "backend": "fake",
+        "poll_interval_seconds": 0.2,
+        "admission": ADMISSION,
+        "zaps": {"publish_to_private_addresses": True},
+        **extra,
+    }
+
+
+def note(secret: bytes) -> Any:
+    return sign_event(secret, 1, f"zapped in {time.monotonic_ns()}", [], created_at=int(time.time()))
+
+
+async def nip11(relay: Relay) -> dict[str, Any]:
+    async with httpx.AsyncClient() as web:
+        reply = await web.get(http_base(relay), headers={"Accept": "application/nostr+json"})
+    doc: dict[str, Any] = reply.json()
+    return doc
+
+
+async def profile(relay: Relay, pubkey: str) -> dict[str, Any]:
+    async with NostrClient(relay.url) as client:
+        events = await client.req("profile", {"kinds": [0], "authors": [pubkey]})
+    assert len(events) == 1, events
+    return events[0]
+
+
+async def receipts(relay: Relay, pubkey: str, zapper: str) -> list[dict[str, Any]]:
+    async with NostrClient(relay.url) as client:
+        return await client.req("receipts", {"kinds": [9735], "authors": [pubkey], "#P": [zapper]})
+
+
+async def eventually(check: Any, timeout: float = 15.0) -> float:
+    start = time.monotonic()
+    while not await check():
+        assert time.monotonic() - start < timeout, "condition not reached in time"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+# --- the relay's own key ---------------------------------------------------------------
+
+
+async def test_key_generated_on_first_start_with_mode_0600_and_kept(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    async with relay_factory() as relay:
+        key_file = tmp_path / "relay.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        secret = bytes.fromhex(key_file.read_text().strip())
+        pubkey = crypto.public_key(secret).hex()
+        assert (await nip11(relay))["self"] == pubkey
+        first_profile = await profile(relay, pubkey)
+        assert json.loads(first_profile["content"])["name"] == relay.settings.relay.name
+    async with relay_factory() as relay:  # restart: same key, the unchanged profile is not re-signed
+        assert (await nip11(relay))["self"] == pubkey
+        assert (await profile(relay, pubkey))["id"] == first_profile["id"]
+
+
+async def test_configured_key_wins_and_a_bad_one_is_a_one_line_config_error(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    secret = crypto.generate_secret()
+    async with relay_factory(relay={"secret_key": secret.hex()}) as relay:
+        assert (await nip11(relay))["self"] == crypto.public_key(secret).hex()
+    assert not (tmp_path / "relay.key").exists()
+    bad = Relay(relay_settings(tmp_path, relay={"key_file": str(tmp_path / "bad.key")}))
+    (tmp_path / "bad.key").write_text("not a key\n")
+    with pytest.raises(ConfigError, match=r"bad\.key: the relay's secret key must be 64 hex characters"):
+        await bad.start()
+    config = tmp_path / "bad.toml"
+    config.write_text(f'[relay]\nkey_file = "{tmp_path}/bad.key"\n[storage]\nurl = "sqlite:///{tmp_path}/x.db"\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay.cli", "serve", "--config", str(config), "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert err.decode().strip().count("\n") == 0 and "Traceback" not in err.decode(), err.decode()
+
+
+async def test_profile_and_nip11_advertise_the_lightning_address(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    async with relay_factory(payments=fake_payments(tmp_path), relay={"icon": "https://example.com/r.png"}) as relay:
+        doc = await nip11(relay)
+        address = f"relay@127.0.0.1:{relay.port}"
+        assert doc["lud16"] == address and 57 in doc["supported_nips"]
+        content = json.loads((await profile(relay, doc["self"]))["content"])
+        assert content["lud16"] == address and content["picture"] == "https://example.com/r.png"
+        async with httpx.AsyncClient(base_url=http_base(relay)) as web:
+            pay = (await web.get("/.well-known/lnurlp/relay")).json()
+        assert pay["allowsNostr"] is True and pay["nostrPubkey"] == doc["self"] and pay["tag"] == "payRequest"
+        assert (pay["minSendable"], pay["maxSendable"]) == (21_000, 1_000_000_000)
+        assert pay["callback"] == f"http://127.0.0.1:{relay.port}/lnurlp/relay/callback"
+
+
+# --- pure rules -------------------------------------------------------------------------
+
+
+def _request(secret: bytes, tags: list[list[str]]) -> str:
+    return orjson.dumps(sign_event(secret, 9734, "", tags, created_at=int(time.time())).to_dict()).decode()
+
+
+def _with_sig(raw: str, sig: str) -> str:
+    return orjson.dumps({**orjson.loads(raw), "sig": sig}).decode()
+
+
+def test_zap_request_checks_follow_nip57_appendix_d() -> None:
+    relay_key, zapper = crypto.generate_secret(), crypto.generate_secret()
+    me = crypto.public_key(relay_key).hex()
+    good = _request(zapper, [["p", me], ["amount", "21000"], ["relays", "wss://a.example"]])
+    assert parse_zap_request(good, relay_pubkey=me, amount_msat=21_000).relays == ("wss://a.example",)
+    cases = {
+        "exactly one p tag": _request(zapper, [["p", me], ["p", me]]),
+        "not this relay's key": _request(zapper, [["p", "ab" * 32]]),
+        "amount tag differs": _request(zapper, [["p", me], ["amount", "1"]]),
+        "at most one e tag": _request(zapper, [["p", me], ["e", "11" * 32], ["e", "22" * 32]]),
+        "P tag must be its author": _request(zapper, [["p", me], ["P", "cd" * 32]]),
+        "no tags": _request(zapper, []),
+        "kind 9734": orjson.dumps(sign_event(zapper, 1, "", [["p", me]], created_at=1).to_dict()).decode(),
+        "signature is invalid": _with_sig(good, orjson.loads(_request(zapper, [["p", me]]))["sig"]),
+        "larger than": _request(zapper, [["p", me], ["relays", *(["wss://x.example"] * 300)]]),
+    }
+    for reason, raw in cases.items():
+        with pytest.raises(ZapRequestError, match=reason):
+            parse_zap_request(raw, relay_pubkey=me, amount_msat=21_000)
+
+
+def test_what_a_zap_buys() -> None:
+    def plans(**settings: Any) -> Plans:
+        return Plans.from_settings(PaymentSettings(enabled=True, **settings))
+
+    admission = plans(admission={"fee_sats": 21})
+    assert zap_grant(admission, 50_000).admit_forever and zap_grant(admission, 50_000).credit_msat == 29_000
+    assert not zap_grant(admission, 20_000).admit_forever and zap_grant(admission, 20_000).credit_msat == 20_000
+    monthly = plans(admission={"enabled": False}, subscription={"enabled": True, "fee_sats": 100, "period_days": 30})
+    three = zap_grant(monthly, 350_000)
+    assert (three.admit_seconds, three.credit_msat, three.admit_forever) == (90 * 86400, 50_000, False)
+
+
+def test_receipt_passes_the_relays_own_free_receipt_rules() -> None:
+    relay_key, zapper = crypto.generate_secret(), crypto.generate_secret()
+    me = crypto.public_key(relay_key).hex()
+    raw = _request(zapper, [["p", me], ["amount", "21000"], ["relays", "wss://a.example"]])
+    zap = parse_zap_request(raw, relay_pubkey=me, amount_msat=21_000)
+    from lightning.backends.fake import make_bolt11
+
+    invoice = make_bolt11("ee" * 32, 21_000, "", int(time.time()), 600, hashed_description=raw)
+    receipt = receipt_event(relay_key, zap, invoice, "ff" * 32, int(time.time()))
+    assert receipt_problem(receipt, {me}) is None
+    assert receipt.tag_values("P") == [crypto.public_key(zapper).hex()]
+
+
+# --- over HTTP ------------------------------------------------------------------------
+
+
+async def test_callback_refuses_bad_zaps_with_lnurl_errors(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    zapper = crypto.generate_secret()
+    async with (
+        relay_factory(payments=fake_payments(tmp_path)) as relay,
+        httpx.AsyncClient(base_url=http_base(relay)) as web,
+    ):
+        me = (await nip11(relay))["self"]
+        callback = "/lnurlp/relay/callback"
+
+        async def ask(amount: str, request: str | None) -> tuple[int, dict[str, Any]]:
+            params = {"amount": amount} | ({"nostr": request} if request is not None else {})
+            reply = await web.get(callback, params=params)
+            return reply.status_code, reply.json()
+
+        good = _request(zapper, [["p", me], ["amount", "21000"], ["relays", relay.url]])
+        assert await ask("21000", None) == (
+            400,
+            {"status": "ERROR", "reason": "zap from a Nostr client: this address needs a zap request"},
+        )
+        status, doc = await ask("20000", _request(zapper, [["p", me]]))
+        assert status == 400 and "from 21 to 1000000" in doc["reason"]
+        status, doc = await ask("22000", good)
+        assert status == 400 and doc["reason"] == "zap request's amount tag differs from the amount asked"
+        status, doc = await ask("21000", _request(zapper, [["p", crypto.public_key(zapper).hex()]]))
+        assert status == 400 and doc["reason"] == "zap request's p tag is not this relay's key"
+        assert await relay.store.list_invoices() == []  # nothing issued for a refused zap
+        status, doc = await ask("21000", good)
+        assert status == 200 and doc["routes"] == []
+        [stored] = await relay.store.list_invoices()
+        assert stored.bolt11 == doc["pr"] and stored.plan == "zap" and stored.description == good
+
+
+async def test_demo_zap_flow_with_pay_fake(relay_factory: RelayFactory, tmp_path: Path, nostr_tools: None) -> None:
+    """``make run``'s demo: zap from a client, settle with ``satsrelay pay-fake``, write."""
+    zapper = crypto.generate_secret()
+    zapper_pub = crypto.public_key(zapper).hex()
+    async with relay_factory(payments=fake_payments(tmp_path)) as relay, NostrClient(relay.url) as client:
+        me = (await nip11(relay))["self"]
+        ok, message = await client.publish(note(zapper))
+        assert not ok and message == (
+            f"restricted: writing here needs a payment; zap relay@127.0.0.1:{relay.port} 21 sats"
+            f" or pay at http://127.0.0.1:{relay.port}/join?pubkey={zapper_pub}"
+        )
+        callback = await zap_client.zap_endpoint(await profile(relay, me))
+        assert callback == f"http://127.0.0.1:{relay.port}/lnurlp/relay/callback"
+        request = await zap_client.zap_request(zapper, me, 21_000, [relay.url])
+        async with httpx.AsyncClient() as web:
+            answer = (await web.get(callback, params={"amount": "21000", "nostr": request})).json()
+        decoded = bolt11.decode(answer["pr"])
+        assert decoded.description_hash == hashlib.sha256(request.encode()).hexdigest()
+        config = tmp_path / "demo.toml"
+        config.write_text(f'[storage]\nurl = "sqlite:///{tmp_path}/relay.db"\n[payments]\nenabled = true\n')
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay.cli", "pay-fake", decoded.payment_hash, "--config", str(config),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+
+        async def receipt_stored() -> bool:
+            return bool(await receipts(relay, me, zapper_pub))
+
+        await eventually(receipt_stored)
+        [receipt] = await receipts(relay, me, zapper_pub)
+        assert await zap_client.receipt_problems(receipt, me, request, 21_000) == []
+        ok, message = await client.publish(note(zapper))
+        assert ok, message
+
+
+async def test_zap_end_to_end_against_real_lnbits(
+    relay_factory: RelayFactory, tmp_path: Path, lnbits: LnbitsServer, nostr_tools: None
+) -> None:
+    """Zap request (nostr-tools) -> LNURL callback -> description-hash invoice at LNbits ->
+    paid from wallet B -> receipt on this relay and on the relay the request names ->
+    the zapper's next EVENT accepted. Only the LNbits push can credit in time (polls are
+    a minute apart). Five zappers; the p50 from payment to accepted EVENT is reported."""
+    payments = {
+        "enabled": True,
+        "backend": "lnbits",
+        "lnbits": {"url": lnbits.url, "invoice_key": lnbits.wallet_a.inkey},
+        "poll_interval_seconds": 60.0,
+        "invoice_requests_per_minute": 100,
+        "admission": ADMISSION,
+        "zaps": {"publish_to_private_addresses": True},
+    }
+    other = {"storage": {"url": f"sqlite:///{tmp_path}/other.db"}, "relay": {"key_file": str(tmp_path / "other.key")}}
+    timings = []
+    async with (
+        relay_factory(payments=payments) as relay,
+        relay_factory(**other) as elsewhere,  # a free relay the zap request also names
+        httpx.AsyncClient(timeout=15.0) as web,
+    ):
+        me = (await nip11(relay))["self"]
+        callback = await zap_client.zap_endpoint(await profile(relay, me))
+        assert callback is not None
+        await _wait_for_push(relay, web, lnbits, me)
+        for _ in range(5):
+            zapper = crypto.generate_secret()
+            zapper_pub = crypto.public_key(zapper).hex()
+            request = await zap_client.zap_request(zapper, me, 21_000, [relay.url, elsewhere.url])
+            answer = (await web.get(callback, params={"amount": "21000", "nostr": request})).json()
+            assert bolt11.decode(answer["pr"]).description_hash == hashlib.sha256(request.encode()).hexdigest()
+            async with NostrClient(relay.url) as client:
+                start = time.monotonic()
+                paid = await asyncio.to_thread(lnbits.pay, answer["pr"])
+                assert paid.get("status") == "success", paid
+                paid_at = time.monotonic()
+
+                async def accepted(zapper: bytes = zapper) -> bool:
+                    ok, _ = await client.publish(note(zapper))
+                    return ok
+
+                await eventually(accepted)
+                timings.append(time.monotonic() - paid_at)
+                assert time.monotonic() - start < 15
+            for where in (relay, elsewhere):
+
+                async def receipt_there(where: Relay = where, zapper_pub: str = zapper_pub) -> bool:
+                    return bool(await receipts(where, me, zapper_pub))
+
+                await eventually(receipt_there)
+                [receipt] = await receipts(where, me, zapper_pub)
+                assert await zap_client.receipt_problems(receipt, me, request, 21_000) == []
+                preimage = receipt["tags"][-1]
+                assert preimage[0] == "preimage"
+                assert (
+                    hashlib.sha256(bytes.fromhex(preimage[1])).hexdigest() == bolt11.decode(answer["pr"]).payment_hash
+                )
+    p50 = statistics.median(timings)
+    print(f"zap paid -> EVENT accepted: p50 {p50 * 1000:.0f} ms, max {max(timings) * 1000:.0f} ms over {len(timings)}")
+    assert p50 < 1.0, timings
+
+
+async def _wait_for_push(relay: Relay, web: httpx.AsyncClient, lnbits: LnbitsServer, me: str) -> None:
+    """Return once the relay's LNbits push stream is connected: a probe invoice is paid and
+    a hint written into wallet A's channel until the relay credits it (polls are 60 s
+    apart, so only the listening stream can)."""
+    probe = crypto.public_key(crypto.generate_secret()).hex()
+    reply = await web.get(f"{http_base(relay)}/api/invoice", params={"pubkey": probe, "plan": "admission"})
+    invoice = reply.json()
+    await asyncio.to_thread(lnbits.pay, invoice["bolt11"])
+    hint = quote(
+        orjson.dumps({"payment": {"payment_hash": invoice["payment_hash"], "status": "success", "amount": 1}}).decode(),
+        safe="",
+    )
+
+    async def credited() -> bool:
+        await web.get(f"{lnbits.url}/api/v1/ws/{lnbits.wallet_a.inkey}/{hint}")
+        account = await relay.store.get_account(probe)
+        return account is not None and account.admitted(int(time.time()))
+
+    await eventually(credited, timeout=30)

@@ -1,0 +1,71 @@
+"""An independent NIP-57 client for the tests: nostr-tools (Node) drives ``tests/nip57/zap.mjs``.
+
+It makes and signs the zap request, finds the callback from the relay's kind-0 profile the
+way clients do (``getZapEndpoint``), and checks a receipt against what its own
+``makeZapReceipt`` would produce. ``make test-deps`` installs it (``npm ci``); the fixture
+does it on first use when Node is present, and skips when it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+DIR = Path(__file__).resolve().parent.parent / "nip57"
+
+
+def ensure_installed() -> str | None:
+    """None when usable, else why not (the caller skips)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "Node.js/npm not installed"
+    if not (DIR / "node_modules" / "nostr-tools").exists():
+        done = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=DIR, capture_output=True, text=True, timeout=300
+        )
+        if done.returncode != 0:
+            return f"npm ci failed in {DIR}: {done.stderr[-300:]}"
+    return None
+
+
+async def run(command: dict[str, Any]) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        str(DIR / "zap.mjs"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(json.dumps(command).encode()), 60)
+    assert proc.returncode == 0, err.decode()
+    answer: dict[str, Any] = json.loads(out)
+    return answer
+
+
+async def zap_request(secret: bytes, profile: str, amount_msat: int, relays: list[str]) -> str:
+    answer = await run(
+        {"op": "request", "secret": secret.hex(), "profile": profile, "amount": amount_msat, "relays": relays}
+    )
+    assert answer["valid"] is None, answer
+    return str(answer["request"])
+
+
+async def zap_endpoint(profile_event: dict[str, Any]) -> str | None:
+    answer = await run({"op": "endpoint", "profile": profile_event})
+    return answer["callback"]
+
+
+async def receipt_problems(receipt: dict[str, Any], nostr_pubkey: str, request: str, amount_msat: int) -> list[str]:
+    answer = await run(
+        {
+            "op": "check-receipt",
+            "receipt": receipt,
+            "nostrPubkey": nostr_pubkey,
+            "request": request,
+            "amount": amount_msat,
+        }
+    )
+    return list(answer["problems"])
