@@ -155,7 +155,10 @@ class Relay:
             await self.extension.start()
         extra = self.extension.nip11() if self.extension else {}
         self._info = nip11.build_info(self.settings, {**extra, "self": self.identity.pubkey})
-        await self._publish_profile(extra.get("lud16"))
+        lud16 = extra.get("lud16")
+        if isinstance(lud16, str):
+            # The profile exists to be zapped (NIP-57): published when something can pay it.
+            await self._publish_profile(lud16)
         self._info_json = orjson.dumps(self._info)
         self._info_html = nip11.render_html(self._info).encode()
         self._background.append(asyncio.create_task(self._purge_loop(), name="purge-expired"))
@@ -206,10 +209,10 @@ class Relay:
         the write policies and the gate are for clients, not for the relay's own key."""
         return await self.writer.submit(WriteRequest(event))
 
-    async def _publish_profile(self, lud16: object) -> None:
+    async def _publish_profile(self, lud16: str) -> None:
         """The relay's kind-0 profile, re-signed only when its content changed (NIP-01
         replaceable: a restart does not churn it)."""
-        content = profile_content(self.settings, lud16 if isinstance(lud16, str) else None)
+        content = profile_content(self.settings, lud16)
         stored = await self.store.query(
             [Filter(authors=frozenset({self.identity.pubkey}), kinds=frozenset({0}), limit=1)], int(time.time())
         )

@@ -39,7 +39,9 @@ class CountingWallet:
         self.lookups = 0
         self.creates = 0
 
-    async def create_invoice(self, amount_msat: int, memo: str, expiry_seconds: int) -> CreatedInvoice:
+    async def create_invoice(
+        self, amount_msat: int, memo: str, expiry_seconds: int, *, hashed_description: str | None = None
+    ) -> CreatedInvoice:
         self.creates += 1
         return await self.inner.create_invoice(amount_msat, memo, expiry_seconds)
 

@@ -45,7 +45,9 @@ async def test_wallet_returning_a_mismatched_invoice_is_not_stored(tmp_path: Pat
     class LyingWallet:
         name = "liar"
 
-        async def create_invoice(self, amount_msat: int, memo: str, expiry_seconds: int) -> CreatedInvoice:
+        async def create_invoice(
+            self, amount_msat: int, memo: str, expiry_seconds: int, *, hashed_description: str | None = None
+        ) -> CreatedInvoice:
             request = make_bolt11("b" * 64, amount_msat // 2, memo, int(time.time()), expiry_seconds)
             return CreatedInvoice("b" * 64, request, amount_msat, int(time.time()) + expiry_seconds)
 

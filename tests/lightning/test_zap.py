@@ -99,7 +99,7 @@ async def eventually(check: Any, timeout: float = 15.0) -> float:
 async def test_key_generated_on_first_start_with_mode_0600_and_kept(
     relay_factory: RelayFactory, tmp_path: Path
 ) -> None:
-    async with relay_factory() as relay:
+    async with relay_factory(payments=fake_payments(tmp_path)) as relay:
         key_file = tmp_path / "relay.key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         secret = bytes.fromhex(key_file.read_text().strip())
@@ -107,7 +107,7 @@ async def test_key_generated_on_first_start_with_mode_0600_and_kept(
         assert (await nip11(relay))["self"] == pubkey
         first_profile = await profile(relay, pubkey)
         assert json.loads(first_profile["content"])["name"] == relay.settings.relay.name
-    async with relay_factory() as relay:  # restart: same key, the unchanged profile is not re-signed
+    async with relay_factory(payments=fake_payments(tmp_path)) as relay:  # restart: same key, profile not re-signed
         assert (await nip11(relay))["self"] == pubkey
         assert (await profile(relay, pubkey))["id"] == first_profile["id"]
 
