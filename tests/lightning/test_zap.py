@@ -32,7 +32,7 @@ from relay import crypto
 from relay.config import ConfigError
 from relay.event import sign_event
 from relay.server import Relay
-from tests.conftest import RelayFactory, relay_settings
+from tests.conftest import RelayFactory, free_port, relay_settings
 from tests.lightning import zap_client
 from tests.lnbits_server import LnbitsServer
 from tests.nostr_client import NostrClient
@@ -99,7 +99,9 @@ async def eventually(check: Any, timeout: float = 15.0) -> float:
 async def test_key_generated_on_first_start_with_mode_0600_and_kept(
     relay_factory: RelayFactory, tmp_path: Path
 ) -> None:
-    async with relay_factory(payments=fake_payments(tmp_path)) as relay:
+    port = free_port()  # the same address after the restart: the lud16 names it
+    same = {"server": {"port": port}, "relay": {"public_url": f"ws://127.0.0.1:{port}"}}
+    async with relay_factory(payments=fake_payments(tmp_path), **same) as relay:
         key_file = tmp_path / "relay.key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         secret = bytes.fromhex(key_file.read_text().strip())
@@ -107,7 +109,7 @@ async def test_key_generated_on_first_start_with_mode_0600_and_kept(
         assert (await nip11(relay))["self"] == pubkey
         first_profile = await profile(relay, pubkey)
         assert json.loads(first_profile["content"])["name"] == relay.settings.relay.name
-    async with relay_factory(payments=fake_payments(tmp_path)) as relay:  # restart: same key, profile not re-signed
+    async with relay_factory(payments=fake_payments(tmp_path), **same) as relay:  # restart: same key and profile
         assert (await nip11(relay))["self"] == pubkey
         assert (await profile(relay, pubkey))["id"] == first_profile["id"]
 
