@@ -42,11 +42,16 @@ def _convert_bits(data: list[int], from_bits: int, to_bits: int, pad: bool) -> l
     return out
 
 
-def npub_encode(pubkey_hex: str) -> str:
-    data = _convert_bits(list(bytes.fromhex(pubkey_hex)), 8, 5, pad=True) or []
-    check = _polymod([*_hrp_expand("npub"), *data, 0, 0, 0, 0, 0, 0]) ^ 1
+def bech32_encode(hrp: str, payload: bytes) -> str:
+    """NIP-19 bech32 of ``payload`` under ``hrp`` (npub, nsec, ...)."""
+    data = _convert_bits(list(payload), 8, 5, pad=True) or []
+    check = _polymod([*_hrp_expand(hrp), *data, 0, 0, 0, 0, 0, 0]) ^ 1
     checksum = [(check >> 5 * (5 - i)) & 31 for i in range(6)]
-    return "npub1" + "".join(_CHARSET[d] for d in data + checksum)
+    return hrp + "1" + "".join(_CHARSET[d] for d in data + checksum)
+
+
+def npub_encode(pubkey_hex: str) -> str:
+    return bech32_encode("npub", bytes.fromhex(pubkey_hex))
 
 
 def parse_pubkey(text: str) -> str | None:

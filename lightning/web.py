@@ -25,6 +25,7 @@ import asyncio
 import html
 import io
 import logging
+import math
 import string
 import time
 from collections import OrderedDict
@@ -90,8 +91,11 @@ def _json(status: HTTPStatus, doc: Any) -> Response:
     return _response(status, orjson.dumps(doc), "application/json", [("Access-Control-Allow-Origin", "*")])
 
 
-def _error(status: HTTPStatus, message: str) -> Response:
-    return _json(status, {"error": message})
+def _error(status: HTTPStatus, message: str, retry_after: int | None = None) -> Response:
+    response = _json(status, {"error": message})
+    if retry_after is not None:  # RFC 9110 10.2.3: when asking again may succeed (429, 503)
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def _html(body: str) -> Response:
@@ -207,6 +211,7 @@ class JoinWeb:
         self._join_template = string.Template((templates / "join.html").read_text("utf-8"))
         self._account_template = string.Template((templates / "account.html").read_text("utf-8"))
         self._join_page = self._render_join()
+        self._favicon = (resources.files("lightning") / "static" / "favicon.ico").read_bytes()
 
     async def close(self) -> None:
         """Cancel status-route lookups still in flight (the store is about to close)."""
@@ -222,6 +227,11 @@ class JoinWeb:
             return _html(self._join_page)
         if path.startswith("/static/"):
             return self._static(path[len("/static/") :])
+        if path == "/favicon.ico":  # browsers ask for it on every page; a 404 is noise in every log
+            icon = _response(HTTPStatus.OK, self._favicon, "image/x-icon")
+            del icon.headers["Cache-Control"]
+            icon.headers["Cache-Control"] = "public, max-age=86400"
+            return icon
         if path == "/api/invoice":
             return await self._create_invoice(parse_qs(parts.query), client_ip)
         if path.startswith("/api/invoice/"):
@@ -362,6 +372,10 @@ class JoinWeb:
         self._buckets.move_to_end(ip)
         return bucket.take(time.monotonic())
 
+    def _retry_after(self) -> int:
+        """Seconds until the per-IP bucket holds a token again (it refills at ``_rate``/s)."""
+        return max(1, math.ceil(1 / self._rate))
+
     async def _create_invoice(self, query: dict[str, list[str]], client_ip: str) -> Response:
         pubkey = parse_pubkey(query.get("pubkey", [""])[0])
         if pubkey is None:
@@ -374,14 +388,17 @@ class JoinWeb:
                 return _error(HTTPStatus.BAD_REQUEST, "amount must be a whole number of sats")
             amount = int(amount_text)
         if not self._rate_ok(client_ip):
-            return _error(HTTPStatus.TOO_MANY_REQUESTS, "too many invoices from your address; wait a minute")
+            return _error(
+                HTTPStatus.TOO_MANY_REQUESTS, "too many invoices from your address; wait a minute", self._retry_after()
+            )
         try:
             issued = await self._ledger.issue_or_reuse(pubkey, plan, int(self._clock()), amount, memo=self._memo(plan))
         except UnknownPlan as exc:
             return _error(HTTPStatus.BAD_REQUEST, str(exc))
         except TooManyPending as exc:
             status = HTTPStatus.TOO_MANY_REQUESTS if exc.per_pubkey else HTTPStatus.SERVICE_UNAVAILABLE
-            return _error(status, str(exc))
+            # A pending invoice frees its slot when paid or expired: a minute is a fair retry.
+            return _error(status, str(exc), 60)
         except BackendError as exc:
             log.warning("invoice creation failed: %s", exc)
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the relay's wallet is unavailable; try again shortly")

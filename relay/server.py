@@ -306,9 +306,13 @@ class Relay:
             ip = self.client_ip(ws, request)
             if self.ips.refusal(ip) is None:
                 return None
+            # Retry-After (RFC 9110): a client that reconnects in a loop learns when to come back.
+            retry = [("Retry-After", "10")]
             if self._refused(ip) == "global-limit":
-                return http_response(HTTPStatus.SERVICE_UNAVAILABLE, b"relay is full, try again later\n", "text/plain")
-            return http_response(HTTPStatus.TOO_MANY_REQUESTS, b"too many connections\n", "text/plain")
+                return http_response(
+                    HTTPStatus.SERVICE_UNAVAILABLE, b"relay is full, try again later\n", "text/plain", retry
+                )
+            return http_response(HTTPStatus.TOO_MANY_REQUESTS, b"too many connections\n", "text/plain", retry)
         if request.method == "OPTIONS":
             return http_response(HTTPStatus.NO_CONTENT, b"", "text/plain", CORS_HEADERS)
         path = request.path.split("?", 1)[0]

@@ -25,6 +25,27 @@
   function setStatus(state, text) {
     $("status").dataset.state = state;
     $("status").textContent = text;
+    // An expired invoice must not look payable: grey it out and disable what pays it.
+    const expired = state === "expired";
+    $("invoice").classList.toggle("expired", expired);
+    $("copy").disabled = expired;
+    $("simulate").disabled = expired;
+    $("expired-note").hidden = !expired;
+    if (expired) $("wallet-link").removeAttribute("href");
+    $("step-next").hidden = state !== "paid";
+  }
+
+  // A secret key (NIP-19 nsec) is caught here and never leaves the browser: the field is
+  // cleared at once, before any request can carry it.
+  function looksSecret(text) {
+    return /^\s*(nostr:)?nsec1/i.test(text);
+  }
+
+  function checkKey() {
+    const secret = looksSecret($("pubkey").value);
+    if (secret) $("pubkey").value = "";
+    $("key-warning").hidden = !secret;
+    return !secret;
   }
 
   async function poll() {
@@ -54,6 +75,7 @@
   async function getInvoice(event) {
     event.preventDefault();
     $("form-error").textContent = "";
+    if (!checkKey()) return;
     const plan = (document.querySelector("input[name=plan]:checked") || {}).value || "";
     const params = new URLSearchParams({ pubkey: $("pubkey").value.trim(), plan: plan });
     if (plan === "credit" && $("credit-amount")) params.set("amount", $("credit-amount").value);
@@ -72,6 +94,7 @@
       $("amount").textContent = sats(doc.amount_msat);
       setStatus("pending", "waiting for payment");
       $("simulate").hidden = !demo;
+      $("copy-note").textContent = "";
       $("step-pay").hidden = false;
       clearInterval(pollTimer);
       pollTimer = setInterval(poll, 1000);  // the server asks the wallet at most every 2 s
@@ -90,6 +113,17 @@
     } catch (err) {
       $("bolt11").select();
       $("copy-note").textContent = "press Ctrl+C to copy";
+    }
+  }
+
+  async function copyRelay() {
+    const url = $("next-relay-url").textContent;
+    try {
+      await navigator.clipboard.writeText(url);
+      $("copy-relay-note").textContent = "copied: paste it into your client's relay list";
+    } catch (err) {
+      window.getSelection().selectAllChildren($("next-relay-url"));
+      $("copy-relay-note").textContent = "press Ctrl+C to copy";
     }
   }
 
@@ -114,6 +148,8 @@
 
   $("join-form").addEventListener("submit", getInvoice);
   $("copy").addEventListener("click", copyInvoice);
+  $("copy-relay").addEventListener("click", copyRelay);
+  $("pubkey").addEventListener("input", checkKey);
   $("simulate").addEventListener("click", simulate);
   $("nip07").addEventListener("click", useExtension);
   document.querySelectorAll("input[name=plan]").forEach((el) => el.addEventListener("change", planChanged));
@@ -123,5 +159,5 @@
   showNip07();
   setTimeout(showNip07, 500);
   const fromUrl = new URLSearchParams(location.search).get("pubkey");
-  if (fromUrl) $("pubkey").value = fromUrl;
+  if (fromUrl) { $("pubkey").value = fromUrl; checkKey(); }
 })();

@@ -7,18 +7,22 @@ Screenshots go to the test's temp folder, or to docs/img/ (for the README) when
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lightning.pubkeys import npub_encode
+from lightning.pubkeys import bech32_encode, npub_encode
 from relay import crypto
+from relay.config import load_settings
 from relay.event import sign_event
-from tests.conftest import RelayFactory
+from relay.server import Relay
+from tests.conftest import RelayFactory, free_port
 from tests.nostr_client import NostrClient
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -31,37 +35,92 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+CONFIG_EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (run `make chromium`)")
 
 
+@contextlib.asynccontextmanager
+async def make_run_relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    """The relay ``make run`` starts (config.example.toml: its name, prices, plans and demo
+    wallet), on a free port and a temp database: the README's screenshots show that page."""
+    settings = load_settings(
+        CONFIG_EXAMPLE,
+        server={"port": free_port(), "metrics_listen": "127.0.0.1:0"},
+        storage={"url": f"sqlite:///{tmp_path}/relay.db"},
+        payments={"poll_interval_seconds": 0.5, "fake": {"state_file": str(tmp_path / "fake-wallet.db")}},
+        log_level="WARNING",
+    )
+    relay = Relay(settings)
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+
+
+async def _no_sideways_scroll(page: Any, width: int) -> None:
+    """Nothing on the page is wider than the viewport (a phone would scroll sideways)."""
+    for selector in ("main", "#step-key", "#step-pay", "#step-next", "#bolt11", "#qr"):
+        box = await page.locator(selector).bounding_box()
+        if box is not None:
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width + 1, (selector, box)
+
+
+@pytest.mark.parametrize("width", [1000, 390])
 async def test_join_page_pays_and_the_event_is_then_accepted(
-    relay_factory: RelayFactory, alice: bytes, tmp_path: Path
+    alice: bytes, tmp_path: Path, width: int
 ) -> None:
+    """As a new user of ``make run``'s page, at desktop and phone width: the top-up field
+    only with the credit plan, a pasted nsec caught in the page and never sent, invoice,
+    simulated payment, "paid" and what to do next, then the EVENT is accepted."""
     from playwright.async_api import async_playwright, expect
 
-    screenshots = DOCS_IMG if os.environ.get("SATSRELAY_UPDATE_SCREENSHOTS") == "1" else tmp_path
-
-    payments: dict[str, Any] = {"enabled": True, "backend": "fake", "poll_interval_seconds": 0.5}
+    update = os.environ.get("SATSRELAY_UPDATE_SCREENSHOTS") == "1" and width == 1000
+    screenshots = DOCS_IMG if update else tmp_path
     pubkey = crypto.public_key(alice).hex()
     screenshots.mkdir(parents=True, exist_ok=True)
-    async with relay_factory(payments=payments, relay={"name": "satsrelay demo"}) as relay:
+    async with make_run_relay(tmp_path) as relay:
         base = f"http://127.0.0.1:{relay.port}"
         async with NostrClient(relay.url) as client:
             ok, message = await client.publish(sign_event(alice, 1, "before", [], created_at=int(time.time())))
-            assert not ok and f"pay at {base}/join" in message
+            assert not ok and "/join" in message
 
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 try:
-                    page = await browser.new_page(viewport={"width": 900, "height": 1000})
+                    page = await browser.new_page(viewport={"width": width, "height": 1000})
                     requested: list[str] = []
+                    sent: list[str] = []
                     page.on("request", lambda request: requested.append(request.url))
+                    page.on("request", lambda request: sent.append(request.url + (request.post_data or "")))
                     await page.goto(base + "/", wait_until="load")
-                    assert await page.locator("h1").inner_text() == "satsrelay demo"
-                    await page.screenshot(path=str(screenshots / "join-page.png"), full_page=True)
+                    assert await page.locator("h1").inner_text() == "satsrelay"
+                    icon = await page.request.get(base + "/favicon.ico")
+                    assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
+                    assert (await icon.body())[:4] == b"\x00\x00\x01\x00"  # an ICO file
+
+                    # The top-up amount belongs to the credit plan only (a CSS rule beat `hidden`).
+                    await expect(page.locator("#credit-amount")).to_be_hidden()
+                    await page.check("input[name=plan][value=credit]")
+                    await expect(page.locator("#credit-amount")).to_be_visible()
+                    await page.check("input[name=plan][value=admission]")
+                    await expect(page.locator("#credit-amount")).to_be_hidden()
+                    if update:
+                        await page.screenshot(path=str(screenshots / "join-page.png"), full_page=True)
+
+                    # A secret key pasted by mistake: warned, cleared, and never sent anywhere.
+                    nsec = bech32_encode("nsec", crypto.generate_secret())
+                    await page.fill("#pubkey", nsec)
+                    await expect(page.locator("#key-warning")).to_be_visible()
+                    assert await page.input_value("#pubkey") == ""
+                    await page.click("#get-invoice")
+                    await page.wait_for_timeout(300)
+                    await expect(page.locator("#step-pay")).to_be_hidden()
+                    assert not any("nsec" in item for item in sent), sent
 
                     await page.fill("#pubkey", npub_encode(pubkey))
+                    await expect(page.locator("#key-warning")).to_be_hidden()
                     await page.click("#get-invoice")
                     await page.wait_for_selector("#step-pay:not([hidden])")
                     # The page's CSP forbids eval, so waits go through locators, not wait_for_function.
@@ -70,18 +129,57 @@ async def test_join_page_pays_and_the_event_is_then_accepted(
                     bolt11 = await page.input_value("#bolt11")
                     assert bolt11.startswith("lnbcrt")
                     assert await page.inner_text("#status") == "waiting for payment"
-                    await page.screenshot(path=str(screenshots / "join-invoice.png"), full_page=True)
+                    await expect(page.locator("#step-next")).to_be_hidden()
+                    await _no_sideways_scroll(page, width)
+                    if update:
+                        await page.screenshot(path=str(screenshots / "join-invoice.png"), full_page=True)
 
                     await page.click("#simulate")
                     await expect(page.locator("#status")).to_have_text("paid", timeout=10_000)
                     assert await page.inner_text("#acct-admitted") == "yes, for good"
-                    await page.screenshot(path=str(screenshots / "join-paid.png"), full_page=True)
+                    # What to do next: the relay's address, with a copy button.
+                    await expect(page.locator("#step-next")).to_be_visible()
+                    assert await page.inner_text("#next-relay-url") == relay.settings.relay.public_url
+                    await expect(page.locator("#copy-relay")).to_be_enabled()
+                    await _no_sideways_scroll(page, width)
+                    if update:
+                        await page.screenshot(path=str(screenshots / "join-paid.png"), full_page=True)
+                    else:
+                        await page.screenshot(path=str(tmp_path / f"join-paid-{width}.png"), full_page=True)
                     assert requested and all(url.startswith(base + "/") for url in requested), requested
                 finally:
                     await browser.close()
 
             ok, message = await client.publish(sign_event(alice, 1, "after", [], created_at=int(time.time())))
             assert ok, message
+
+
+async def test_expired_invoice_is_greyed_out_and_cannot_be_copied_or_simulated(
+    alice: bytes, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    async with make_run_relay(tmp_path) as relay:
+        base = f"http://127.0.0.1:{relay.port}"
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 900})
+                await page.goto(f"{base}/join?pubkey={crypto.public_key(alice).hex()}", wait_until="load")
+                await page.click("#get-invoice")
+                await page.wait_for_selector("#step-pay:not([hidden])")
+                await expect(page.locator("#copy")).to_be_enabled()
+                # Time passes: the invoice's expiry is behind us (what the watcher's round does).
+                assert await relay.store.expire_invoices(int(time.time()) + 10**6) == 1
+                await expect(page.locator("#status")).to_have_text("expired: get a new invoice", timeout=10_000)
+                await expect(page.locator("#invoice")).to_have_class("invoice expired")
+                await expect(page.locator("#copy")).to_be_disabled()
+                await expect(page.locator("#simulate")).to_be_disabled()
+                await expect(page.locator("#expired-note")).to_be_visible()
+                assert await page.locator("#wallet-link").get_attribute("href") is None
+                await page.screenshot(path=str(tmp_path / "join-expired.png"), full_page=True)
+            finally:
+                await browser.close()
 
 
 async def test_account_page_shows_the_balance_to_its_owner_after_a_nip07_signed_request(
