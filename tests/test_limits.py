@@ -145,6 +145,7 @@ async def test_max_connections_per_ip(relay_factory: RelayFactory) -> None:
                 async with connect(relay.url):
                     pass
             assert refused.value.response.status_code == 429
+            assert refused.value.response.headers["Retry-After"] == "10"
             await one.assert_alive()
             await two.assert_alive()
         # once those are closed, the address may connect again

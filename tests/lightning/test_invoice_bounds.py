@@ -96,6 +96,7 @@ async def test_hundred_addresses_cannot_create_more_than_the_cap(relay_factory: 
         assert len(await relay.store.list_invoices(pending_only=True)) == 40
         refused = await web.get("/api/invoice", params={"pubkey": "cd" * 32, "plan": "admission"})
         assert refused.status_code == 503 and "try again later" in refused.json()["error"]
+        assert refused.headers["Retry-After"] == "60"
 
 
 async def test_one_pubkey_holds_at_most_its_cap_of_unpaid_invoices(relay_factory: RelayFactory) -> None:

@@ -126,7 +126,7 @@ async def test_invoice_requests_are_validated_and_rate_limited(relay_factory: Re
         metrics = (await web.get(f"http://127.0.0.1:{relay.metrics_port}/metrics")).text
     assert bad_key.status_code == 400 and "pubkey" in bad_key.json()["error"]
     assert bad_plan.status_code == 400 and first.status_code == 200
-    assert third.status_code == 429
+    assert third.status_code == 429 and third.headers["Retry-After"] == "30"  # one token per 30 s
     assert 'satsrelay_invoices_created_total{plan="admission"} 1.0' in metrics
 
 
