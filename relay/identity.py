@@ -4,7 +4,8 @@ whatever it signs (zap receipts for zaps to the relay).
 The key comes from ``[relay] secret_key`` (64 hex; or env ``SATSRELAY_RELAY__SECRET_KEY``),
 else from the key file (``[relay] key_file``, default ``relay.key`` beside the SQLite
 database, or ``data/relay.key`` with PostgreSQL). A missing file is generated on first
-start, created with mode 0600 in one ``open`` (never world-readable, not even briefly).
+start: written with mode 0600 to a temporary file, then linked into place (never
+world-readable, never seen half-written by a worker starting at the same moment).
 Several nodes sharing one PostgreSQL must be given the same key (config or env): each
 would otherwise make its own.
 """
@@ -84,19 +85,27 @@ def load_identity(settings: Settings) -> RelayIdentity:
 
 
 def _create(path: Path) -> RelayIdentity:
+    """Write a new key to a private temporary file, then link it into place: a process
+    starting at the same moment (``--workers``) either wins the link or reads the
+    complete file the winner linked, never a half-written one."""
     secret = crypto.generate_secret()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: two processes starting at once never overwrite each other's key.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return RelayIdentity.from_secret(_parse_secret(path.read_text(), f"relay key file {path}"))
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with contextlib.closing(os.fdopen(fd, "w")) as out:
+            out.write(secret.hex() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return RelayIdentity.from_secret(_parse_secret(path.read_text(), f"relay key file {path}"))
     except OSError as exc:
         raise ConfigError(f"relay key file {path}: cannot create it ({exc.strerror or exc})") from None
-    with contextlib.closing(os.fdopen(fd, "w")) as out:
-        out.write(secret.hex() + "\n")
-        out.flush()
-        os.fsync(out.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
     identity = RelayIdentity.from_secret(secret)
     log.info("generated the relay's key in %s (pubkey %s)", path, identity.pubkey)
     return identity

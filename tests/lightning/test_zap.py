@@ -30,10 +30,12 @@ from lightning.zap import ZapRequestError, parse_zap_request, receipt_event, zap
 from lightning.zap_receipts import receipt_problem
 from relay import crypto
 from relay.config import ConfigError
-from relay.event import sign_event
+from relay.event import parse_event, sign_event
+from relay.extension import WriteContext
 from relay.server import Relay
 from tests.conftest import RelayFactory, free_port, relay_settings
 from tests.lightning import zap_client
+from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.lnbits_server import LnbitsServer
 from tests.nostr_client import NostrClient
 
@@ -277,6 +279,15 @@ async def test_demo_zap_flow_with_pay_fake(relay_factory: RelayFactory, tmp_path
         assert await zap_client.receipt_problems(receipt, me, request, 21_000) == []
         ok, message = await client.publish(note(zapper))
         assert ok, message
+        # The relay's own receipts pass the free-receipt rules (its key is a trusted zapper);
+        # the same receipt signed by anyone else is an unpaid write.
+        ext = relay.extension
+        assert ext is not None
+        ctx = WriteContext(now=int(time.time()), authed=frozenset(), ip="127.0.0.1")
+        assert await ext.admit(parse_event(receipt), ctx) == 0
+        forged = sign_event(crypto.generate_secret(), 9735, "", receipt["tags"], created_at=int(time.time()))
+        ok, message = await client.publish(forged)
+        assert not ok and message.startswith("restricted: writing here needs a payment"), message
 
 
 async def test_zap_end_to_end_against_real_lnbits(
@@ -362,3 +373,43 @@ async def _wait_for_push(relay: Relay, web: httpx.AsyncClient, lnbits: LnbitsSer
         return account is not None and account.admitted(int(time.time()))
 
     await eventually(credited, timeout=30)
+
+
+async def test_many_processes_starting_at_once_share_one_key(tmp_path: Path) -> None:
+    """``--workers``: every process reads the same complete key, whoever created it."""
+    from relay.identity import load_identity
+
+    key_file = str(tmp_path / "keys" / "relay.key")
+    settings = relay_settings(tmp_path, relay={"key_file": key_file})
+    script = (
+        "from relay.identity import load_identity; from relay.config import load_settings;"
+        f"print(load_identity(load_settings(None, relay={{'key_file': {key_file!r}}})).pubkey)"
+    )
+    procs = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
+        for _ in range(6)
+    ]
+    outputs = {(await proc.communicate())[0].decode().strip() for proc in procs}
+    assert outputs == {load_identity(settings).pubkey}
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["relay.key"]  # no temporary left behind
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (run `make chromium`)")
+async def test_the_unpaid_replys_link_opens_the_join_page_prefilled(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    writer = crypto.generate_secret()
+    async with relay_factory(payments=fake_payments(tmp_path)) as relay, NostrClient(relay.url) as client:
+        ok, message = await client.publish(note(writer))
+        assert not ok
+        link = message.rsplit(" or pay at ", 1)[1]
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(link, wait_until="load")
+                assert await page.input_value("#pubkey") == crypto.public_key(writer).hex()
+            finally:
+                await browser.close()
