@@ -152,7 +152,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     _setup_logging(settings.log_level)
 
     async def main(source: IO[bytes]) -> dict[str, int]:
-        store = open_store(settings.storage)
+        store = open_store(settings.storage, search_kinds=settings.search.indexed_kinds())
         await store.open()
         try:
             return await import_events(store, _read_lines(source), sys.stderr)
@@ -212,7 +212,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     base = Filter(base.ids, base.authors, base.kinds, base.tags, base.since, base.until, None)
 
     async def main(out: IO[bytes]) -> int:
-        store = open_store(settings.storage)
+        store = open_store(settings.storage, search_kinds=settings.search.indexed_kinds())
         await store.open()
         try:
             return await export_events(store, base, out)

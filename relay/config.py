@@ -114,6 +114,17 @@ class AuthSettings(_Section):
     required_to_read: bool = False
 
 
+class SearchSettings(_Section):
+    """NIP-50 full-text search."""
+
+    enabled: bool = True
+    kinds: tuple[int, ...] = Field((0, 1, 30023, 30024), description="kinds indexed for search")
+
+    def indexed_kinds(self) -> frozenset[int]:
+        """Kinds the store indexes and a ``search`` filter can match (none when disabled)."""
+        return frozenset(self.kinds) if self.enabled else frozenset()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SATSRELAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -122,6 +133,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     limits: LimitSettings = LimitSettings()
     auth: AuthSettings = AuthSettings()
+    search: SearchSettings = SearchSettings()
     payments: PaymentSettings = PaymentSettings()
     log_level: str = "INFO"
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from relay.errors import Invalid, Unsupported
 from relay.event import INT64_MAX, MAX_KIND, Event, is_hex64, unstorable_text
+from relay.search import DEFAULT_SEARCH_KINDS, SearchQuery, parse_search
 
 _HEX_TAGS = frozenset("ep")  # NIP-01: #e and #p values MUST be 64-char lowercase hex
 _SCALAR_KEYS = frozenset(("ids", "authors", "kinds", "since", "until", "limit"))
@@ -34,6 +35,7 @@ class Filter:
     since: int | None = None
     until: int | None = None
     limit: int | None = None
+    search: SearchQuery | None = None  # NIP-50
 
     def matches(self, event: Event) -> bool:
         """True when every present condition holds (limit is ignored: NIP-01)."""
@@ -50,7 +52,7 @@ class Filter:
         for name, values in self.tags:
             if not any(len(t) > 1 and t[0] == name and t[1] in values for t in event.tags):
                 return False
-        return True
+        return self.search is None or self.search.matches(event.kind, event.content, event.tags)
 
     def is_empty(self) -> bool:
         """True when no event can match, so the store need not be asked (``limit`` is
@@ -59,7 +61,13 @@ class Filter:
             return True
         if any(not values for _, values in self.tags):
             return True
+        if self.search is not None and (not self.search.terms or not self._search_kinds()):
+            return True  # NIP-50: no word to look for, or no indexed kind wanted: nothing
         return self.since is not None and self.until is not None and self.since > self.until
+
+    def _search_kinds(self) -> frozenset[int]:
+        assert self.search is not None
+        return self.search.kinds if self.kinds is None else self.search.kinds & self.kinds
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -75,6 +83,8 @@ class Filter:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
+        if self.search is not None:
+            out["search"] = self.search.text
         return out
 
 
@@ -102,9 +112,15 @@ def _hex_set(value: object, key: str) -> frozenset[str]:
     return frozenset(value)
 
 
-def parse_filter(obj: object, max_limit: int, default_limit: int | None = None) -> Filter:
+def parse_filter(
+    obj: object,
+    max_limit: int,
+    default_limit: int | None = None,
+    search_kinds: frozenset[int] = DEFAULT_SEARCH_KINDS,
+) -> Filter:
     """Validate one filter object; ``limit`` is clamped to ``max_limit`` (NIP-11) and
-    defaults to ``default_limit`` when absent."""
+    defaults to ``default_limit`` when absent. ``search_kinds`` are the kinds the relay
+    indexes for NIP-50 (empty: search disabled, a ``search`` filter matches nothing)."""
     if not isinstance(obj, dict):
         raise Invalid("filter must be a JSON object")
     ids = authors = None
@@ -112,6 +128,7 @@ def parse_filter(obj: object, max_limit: int, default_limit: int | None = None) 
     since = until = None
     limit = default_limit
     tags: list[tuple[str, frozenset[str]]] = []
+    search: SearchQuery | None = None
     for key, value in obj.items():
         if key == "ids":
             ids = _hex_set(value, key)
@@ -127,6 +144,8 @@ def parse_filter(obj: object, max_limit: int, default_limit: int | None = None) 
             until = _int(value, key)
         elif key == "limit":
             limit = _int(value, key)
+        elif key == "search":
+            search = parse_search(value, search_kinds)
         elif isinstance(key, str) and len(key) == 2 and key[0] == "#" and key[1].isascii() and key[1].isalpha():
             name = key[1]
             if name in _HEX_TAGS:
@@ -150,4 +169,4 @@ def parse_filter(obj: object, max_limit: int, default_limit: int | None = None) 
     if listed > MAX_FILTER_VALUES:
         raise Invalid(f"a filter may list at most {MAX_FILTER_VALUES} values")
     tags.sort()
-    return Filter(ids, authors, kinds, tuple(tags), since, until, limit)
+    return Filter(ids, authors, kinds, tuple(tags), since, until, limit, search)

@@ -13,6 +13,7 @@ import orjson
 
 from relay.errors import Rejection
 from relay.filters import Filter, parse_filter
+from relay.search import DEFAULT_SEARCH_KINDS
 
 MAX_SUBID_LENGTH = 64  # NIP-01
 
@@ -60,6 +61,7 @@ class FilterLimits:
     max_filters: int
     max_limit: int
     default_limit: int | None
+    search_kinds: frozenset[int] = DEFAULT_SEARCH_KINDS  # NIP-50 indexed kinds; empty: search off
 
 
 def _sub_id(value: object) -> str:
@@ -76,7 +78,7 @@ def _filters(verb: str, sub_id: str, raw: list[Any], limits: FilterLimits) -> tu
     if len(raw) > limits.max_filters:
         raise BadMessage(closed(sub_id, f"invalid: at most {limits.max_filters} filters per {verb}"))
     try:
-        return tuple(parse_filter(f, limits.max_limit, limits.default_limit) for f in raw)
+        return tuple(parse_filter(f, limits.max_limit, limits.default_limit, limits.search_kinds) for f in raw)
     except Rejection as exc:
         raise BadMessage(closed(sub_id, str(exc))) from None
 

@@ -15,13 +15,20 @@ from relay.config import Settings
 SUPPORTED_NIPS = [1, 9, 11, 13, 22, 40, 42, 45, 70]
 
 
+def supported_nips(settings: Settings) -> list[int]:
+    nips = list(SUPPORTED_NIPS)
+    if settings.search.indexed_kinds():
+        nips.append(50)
+    return sorted(nips)
+
+
 def build_info(settings: Settings, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     info = settings.relay
     limits = settings.limits
     doc: dict[str, Any] = {
         "name": info.name,
         "description": info.description,
-        "supported_nips": SUPPORTED_NIPS,
+        "supported_nips": supported_nips(settings),
         "version": __version__,
     }
     for key in ("pubkey", "contact", "icon", "banner", "terms_of_service"):
@@ -48,7 +55,7 @@ def build_info(settings: Settings, extra: dict[str, Any] | None = None) -> dict[
         limitation["created_at_upper_limit"] = limits.created_at_upper_limit
     extra = dict(extra or {})
     limitation.update(extra.pop("limitation", {}))
-    doc["supported_nips"] = sorted(set(SUPPORTED_NIPS) | set(extra.pop("supported_nips", [])))
+    doc["supported_nips"] = sorted(set(doc["supported_nips"]) | set(extra.pop("supported_nips", [])))
     doc["limitation"] = limitation
     doc.update(extra)
     return doc

@@ -63,7 +63,9 @@ class Relay:
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store: Store = store if store is not None else open_store(settings.storage)
+        if store is None:
+            store = open_store(settings.storage, search_kinds=settings.search.indexed_kinds())
+        self.store: Store = store
         self.metrics = RelayMetrics()
         self.index = SubscriptionIndex()
         self.verifier = SignatureVerifier()
@@ -82,7 +84,9 @@ class Relay:
         )
         self.authors = BucketTable(limits.pubkey_events_per_second, limits.pubkey_events_burst, limits.rate_table_size)
         self._refusal_log = LogThrottle()
-        self.filter_limits = FilterLimits(limits.max_filters, limits.max_limit, limits.default_limit)
+        self.filter_limits = FilterLimits(
+            limits.max_filters, limits.max_limit, limits.default_limit, settings.search.indexed_kinds()
+        )
         self.write_policies = build_write_policies(
             WriteRules(
                 max_event_tags=limits.max_event_tags,

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,27 @@ async def relay(relay_factory: RelayFactory) -> AsyncIterator[Relay]:
 async def client(relay: Relay) -> AsyncIterator[NostrClient]:
     async with NostrClient(relay.url) as c:
         yield c
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def storage(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
+    """``[storage]`` overrides for relay_factory: the default SQLite file, or a fresh
+    PostgreSQL schema (dropped afterwards) when SATSRELAY_TEST_POSTGRES is set."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    dsn = os.environ.get("SATSRELAY_TEST_POSTGRES")
+    if not dsn:
+        pytest.skip("SATSRELAY_TEST_POSTGRES is unset (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    import asyncpg
+
+    schema = f"auth_{uuid.uuid4().hex[:16]}"
+    yield {"url": dsn, "schema_name": schema}
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

@@ -3,10 +3,7 @@ auth-required-to-write/read settings, and NIP-70 protected events."""
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -186,27 +183,6 @@ async def test_count_of_private_kind_needs_auth(relay: Relay, client: NostrClien
     await client.send(["COUNT", "c", {"kinds": [4]}])
     assert await client.recv() == [
         "CLOSED", "c", "auth-required: private messages are served only to authenticated recipients"]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def storage(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
-    """``[storage]`` overrides for relay_factory: the default SQLite file, or a fresh
-    PostgreSQL schema (dropped afterwards) when SATSRELAY_TEST_POSTGRES is set."""
-    if request.param == "sqlite":
-        yield {}
-        return
-    dsn = os.environ.get("SATSRELAY_TEST_POSTGRES")
-    if not dsn:
-        pytest.skip("SATSRELAY_TEST_POSTGRES is unset (e.g. postgresql://postgres@127.0.0.1:5432/test)")
-    import asyncpg
-
-    schema = f"auth_{uuid.uuid4().hex[:16]}"
-    yield {"url": dsn, "schema_name": schema}
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def _req_answer(client: NostrClient, sub_id: str, f: dict[str, Any]) -> int | str:

@@ -104,7 +104,7 @@ BAD_FILTERS: dict[str, tuple[Any, str]] = {
     "limit_beyond_64_bits": ({"limit": 123456789012345678901234567890},
                              "invalid: limit must be a non-negative integer"),
     "limit_bool": ({"limit": True}, "invalid: limit must be a non-negative integer"),
-    "unknown_field": ({"search": "sats"}, "unsupported: filter field 'search' is not supported"),
+    "unknown_field": ({"vote": "sats"}, "unsupported: filter field 'vote' is not supported"),
     "multi_letter_tag": ({"#tt": ["x"]}, "unsupported: filter field '#tt' is not supported"),
 }
 

@@ -59,7 +59,7 @@ def test_filter_limit_is_clamped_and_defaulted() -> None:
 
 def test_filter_rejects_unknown_fields_and_bad_types() -> None:
     with pytest.raises(Unsupported):
-        parse_filter({"search": "x"}, 10)
+        parse_filter({"vote": "x"}, 10)
     with pytest.raises(Invalid):
         parse_filter({"#e": ["x"]}, 10)
 

@@ -220,7 +220,10 @@ class Store(Protocol):
 
     async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
         """Raw JSON of matching events: each filter contributes at most its ``limit`` newest;
-        the union is de-duplicated and ordered newest first, ties by lowest id."""
+        the union is de-duplicated and ordered newest first, ties by lowest id. A filter
+        with a NIP-50 ``search`` contributes its ``limit`` best matches, best first
+        (``relay.search``); with other filters, each search filter's answer in its own
+        order, then the other filters' union newest first."""
         ...
 
     def query_pages(

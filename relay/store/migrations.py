@@ -159,4 +159,19 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     ),
     # A zap invoice keeps the zap request its BOLT11 commits to, for the receipt (NIP-57).
     Migration(4, "invoices.description: the hashed description", ("ALTER TABLE invoices ADD COLUMN description TEXT",)),
+    # NIP-50 search (relay/search.py): the words of each event of an indexed kind, under
+    # the event's rid, in an FTS5 table. Words arrive already cut and case-folded, joined
+    # by spaces; unicode61 with diacritics kept only splits them back. A regular (not
+    # contentless) table: SQLite 3.40 cannot delete from a contentless one without being
+    # handed the very text indexed, and a Unicode update to Python's str.isalnum could
+    # change that text between insert and delete. ``search_state`` records which kinds
+    # the index covers, so a change of ``[search] kinds`` rebuilds it at start-up.
+    Migration(
+        5,
+        "NIP-50 search: events_search (FTS5, rowid = events.rid), search_state",
+        (
+            "CREATE VIRTUAL TABLE events_search USING fts5(body, tokenize = 'unicode61 remove_diacritics 0')",
+            "CREATE TABLE search_state (id INTEGER PRIMARY KEY CHECK (id = 1), kinds TEXT NOT NULL)",
+        ),
+    ),
 )

@@ -21,13 +21,16 @@ Why each choice, the alternatives rejected and the figures measured: docs/postgr
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import orjson
 
 from relay.event import Event, KindClass, is_hex64
 from relay.filters import Filter
+from relay.search import DEFAULT_SEARCH_KINDS, document_words, tsvector_literal
 from relay.store.base import (
     ACCOUNT_COLUMNS,
     FAST_ROWS,
@@ -43,7 +46,7 @@ from relay.store.base import (
     invoice_from_row,
     read_pages,
 )
-from relay.store.postgres_migrations import apply_migrations, quote_ident
+from relay.store.postgres_migrations import LOCK_CLASS_MIGRATE, apply_migrations, quote_ident
 from relay.store.rules import (
     Address,
     BatchPlan,
@@ -53,6 +56,8 @@ from relay.store.rules import (
     lookups,
     simple_batch,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from relay.policy import ReadScope
@@ -88,9 +93,21 @@ class _Params:
         return f"${len(self.values)}{cast}"
 
 
+def _search_vector(ev: Event, kinds: frozenset[int]) -> str | None:
+    """NIP-50: the event's ``search`` column value (a tsvector literal), None when its
+    kind is not indexed."""
+    doc = document_words(ev.kind, ev.content, ev.tags, kinds)
+    return None if doc is None else tsvector_literal(doc)
+
+
 def _event_conditions(f: Filter, now: int, p: _Params) -> list[str]:
-    """Conditions on ``events e`` for a filter's non-tag fields and NIP-40."""
+    """Conditions on ``events e`` for a filter's non-tag fields, NIP-40 and NIP-50."""
     where: list[str] = []
+    if f.search is not None:
+        # Only the indexed kinds can match (a kind dropped from [search] kinds keeps its
+        # old vectors until the next re-index).
+        where.append(f"e.search @@ {p.add(f.search.tsquery_literal(), '::tsquery')}")
+        where.append(f"e.kind = ANY({p.add(sorted(f.search.kinds), '::int4[]')})")
     if f.ids is not None:
         where.append(f"e.id = ANY({p.add(sorted(bytes.fromhex(i) for i in f.ids), '::bytea[]')})")
     if f.authors is not None:
@@ -127,7 +144,7 @@ def _probe_select(f: Filter, now: int, p: _Params, columns: str) -> str | None:
     kind, so probes never return the same row twice. The lateral is aliased ``e`` so
     ``columns`` reads the same as in a plain ``events e`` select.
     """
-    if f.limit is None or f.ids is not None or f.tags:
+    if f.limit is None or f.ids is not None or f.tags or f.search is not None:
         return None
 
     wanted = f.limit
@@ -167,6 +184,23 @@ def _probe_select(f: Filter, now: int, p: _Params, columns: str) -> str | None:
     )
 
 
+def _search_select(f: Filter, now: int, p: _Params, columns: str) -> str:
+    """NIP-50: a ``search`` filter, best match first (``ts_rank``: grows with how often
+    the words occur), then newest, then lowest id; LIMIT after ranking. The partial GIN
+    index ``events_search`` finds the candidates; the other conditions are checked on them."""
+    assert f.search is not None
+    where = _event_conditions(f, now, p)
+    where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)
+    query = p.add(f.search.tsquery_literal(), "::tsquery")
+    sql = (
+        f"SELECT {columns} FROM events e WHERE {' AND '.join(where)}"
+        f" ORDER BY ts_rank(e.search, {query}) DESC, e.created_at DESC, e.id"
+    )
+    if f.limit is not None:
+        sql += f" LIMIT {p.add(f.limit, '::int8')}"
+    return sql
+
+
 def _filter_select(f: Filter, now: int, p: _Params, columns: str) -> str:
     """One filter as a SELECT of ``columns`` over ``events e``, newest first, limited.
 
@@ -178,6 +212,8 @@ def _filter_select(f: Filter, now: int, p: _Params, columns: str) -> str:
     the planner drives from the most selective index; tag conditions are ``seq IN
     (...)`` so an event matching two values of one tag counts once.
     """
+    if f.search is not None:
+        return _search_select(f, now, p, columns)
     probe = _probe_select(f, now, p, columns)
     if probe is not None:
         return probe
@@ -233,7 +269,14 @@ def _filter_count(f: Filter, now: int, p: _Params, scope: ReadScope | None = Non
 class PostgresStore:
     """``Store`` over PostgreSQL (docs/postgres-store.md: the concurrency design)."""
 
-    def __init__(self, dsn: str, *, schema: str | None = None, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 10,
+        search_kinds: frozenset[int] = DEFAULT_SEARCH_KINDS,
+    ) -> None:
         if pool_size < 2:
             raise ValueError("pool_size must be at least 2 (the writer and one reader)")
         self.dsn = dsn
@@ -241,6 +284,7 @@ class PostgresStore:
         self.pool_size = pool_size
         self._pool: Any = None
         self._lock_scope = schema or "public"
+        self.search_kinds = search_kinds  # NIP-50: kinds whose events get a search vector
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -257,10 +301,59 @@ class PostgresStore:
         try:
             async with pool.acquire() as conn:
                 await apply_migrations(conn, self.schema)
+                await self._sync_search_index(conn)
         except BaseException:
             await pool.close()
             raise
         self._pool = pool
+
+    async def _sync_search_index(self, conn: Any) -> None:
+        """Rebuild the NIP-50 vectors when they were built for other kinds than
+        ``search_kinds`` (first start after migration 5 on a database with events, or
+        ``[search] kinds`` changed), in one transaction under the migration lock, so of
+        several nodes starting together one rebuilds and the others find it done."""
+        want = ",".join(str(k) for k in sorted(self.search_kinds))
+        if await conn.fetchval("SELECT kinds FROM search_state WHERE id = 1") == want:
+            return
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_CLASS_MIGRATE, self._lock_scope
+            )
+            if await conn.fetchval("SELECT kinds FROM search_state WHERE id = 1") == want:
+                return
+            await conn.execute("UPDATE events SET search = NULL WHERE search IS NOT NULL")
+            kinds = sorted(self.search_kinds)
+            indexed = 0
+            last = 0
+            while kinds:
+                rows = await conn.fetch(
+                    "SELECT seq, raw FROM events WHERE kind = ANY($1::int4[]) AND seq > $2 ORDER BY seq LIMIT 5000",
+                    kinds,
+                    last,
+                )
+                if not rows:
+                    break
+                seqs: list[int] = []
+                vectors: list[str] = []
+                for seq, raw in rows:
+                    obj = orjson.loads(raw)
+                    doc = document_words(obj["kind"], obj["content"], obj["tags"], self.search_kinds)
+                    if doc is not None:
+                        seqs.append(seq)
+                        vectors.append(tsvector_literal(doc))
+                await conn.execute(
+                    "UPDATE events e SET search = v.search::tsvector"
+                    " FROM unnest($1::int8[], $2::text[]) v(seq, search) WHERE e.seq = v.seq",
+                    seqs,
+                    vectors,
+                )
+                indexed += len(seqs)
+                last = rows[-1][0]
+            await conn.execute(
+                "INSERT INTO search_state (id, kinds) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET kinds = $1", want
+            )
+        if indexed:
+            log.info("search index rebuilt for kinds [%s]: %d events", want, indexed)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -305,6 +398,7 @@ class PostgresStore:
         implicit transaction has committed, durably, by the time the rows arrive."""
         keys = sorted({_bucket(self._lock_scope, req.event.pubkey) for req in batch})
         ids, pubkeys, created, kinds, expirations, raws = [], [], [], [], [], []
+        searches: list[str | None] = []
         tag_index: list[int] = []
         tag_names: list[str] = []
         tag_values: list[str] = []
@@ -316,12 +410,13 @@ class PostgresStore:
             kinds.append(ev.kind)
             expirations.append(ev.expiration)
             raws.append(ev.raw)
+            searches.append(_search_vector(ev, self.search_kinds))
             for name, value in dict.fromkeys(ev.index_tags()):
                 tag_index.append(i)
                 tag_names.append(name)
                 tag_values.append(value)
         answer: str = await conn.fetchval(
-            "SELECT write_regular_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "SELECT write_regular_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             LOCK_CLASS_AUTHOR,
             keys,
             ids,
@@ -330,6 +425,7 @@ class PostgresStore:
             kinds,
             expirations,
             raws,
+            searches,
             tag_index,
             tag_names,
             tag_values,
@@ -399,7 +495,7 @@ class PostgresStore:
                 [bytes.fromhex(i) for i in plan.db_deletes],
             )
         if plan.inserts:
-            lost = await self._insert(conn, plan)
+            lost = await self._insert(conn, plan, self.search_kinds)
             for eid in lost:
                 # Another node committed the same id after our read: it is stored, by them.
                 index, req = plan.inserts[eid]
@@ -456,13 +552,14 @@ class PostgresStore:
         )
 
     @staticmethod
-    async def _insert(conn: Any, plan: BatchPlan) -> set[str]:
+    async def _insert(conn: Any, plan: BatchPlan, search_kinds: frozenset[int]) -> set[str]:
         """Insert the batch's surviving events and their tags in one statement; return the
         ids another node inserted first (ON CONFLICT). Rows go in id order so two nodes
         inserting overlapping ids wait on the unique index in the same order."""
         ordered = sorted(plan.inserts)
         evs = [plan.inserts[i][1].event for i in ordered]
         ids, pubkeys, created, kinds, d_tags, expirations, raws = [], [], [], [], [], [], []
+        searches: list[str | None] = []
         tag_ids, tag_names, tag_values = [], [], []
         for ev in evs:
             eid = bytes.fromhex(ev.id)
@@ -474,14 +571,16 @@ class PostgresStore:
             d_tags.append(address[2] if address is not None else None)
             expirations.append(ev.expiration)
             raws.append(ev.raw)
+            searches.append(_search_vector(ev, search_kinds))
             for name, value in dict.fromkeys(ev.index_tags()):
                 tag_ids.append(eid)
                 tag_names.append(name)
                 tag_values.append(value)
         rows = await conn.fetch(
-            "WITH ins AS (INSERT INTO events (id, pubkey, created_at, kind, d_tag, expiration, raw)"
-            " SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int4[], $5::text[], $6::int8[],"
-            " $7::bytea[])"
+            "WITH ins AS (INSERT INTO events (id, pubkey, created_at, kind, d_tag, expiration, raw, search)"
+            " SELECT id, pubkey, created_at, kind, d_tag, expiration, raw, search::tsvector"
+            " FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int4[], $5::text[], $6::int8[],"
+            " $7::bytea[], $11::text[]) u(id, pubkey, created_at, kind, d_tag, expiration, raw, search)"
             " ON CONFLICT (id) DO NOTHING RETURNING seq, id, created_at, kind, expiration),"
             " tg AS (INSERT INTO tags (seq, name, value, created_at, kind, expiration)"
             " SELECT ins.seq, t.name, t.value, ins.created_at, ins.kind, ins.expiration"
@@ -497,6 +596,7 @@ class PostgresStore:
             tag_ids,
             tag_names,
             tag_values,
+            searches,
         )
         won = {row[0].hex() for row in rows}
         return {i for i in ordered if i not in won}
@@ -548,6 +648,8 @@ class PostgresStore:
         p = _Params()
         if len(live) == 1:
             return await self._fetch(_filter_select(live[0], now, p, columns), *p.values)
+        if any(f.search is not None for f in live):
+            return await self._ranked_answer(live, now, columns)
         # One statement, one snapshot; each arm keeps its own ORDER BY/LIMIT, the union is
         # de-duplicated and ordered here (cheaper than making the server compare raw).
         arms = " UNION ALL ".join(f"({_filter_select(f, now, p, f'e.created_at, e.id, {columns}')})" for f in live)
@@ -555,6 +657,24 @@ class PostgresStore:
         for row in await self._fetch(arms, *p.values):
             merged[row[1]] = (-row[0], row[1], tuple(row[2:]))
         return [rest for _, _, rest in sorted(merged.values())]
+
+    async def _ranked_answer(self, live: list[Filter], now: int, columns: str) -> list[Any]:
+        """``_answer`` when some filters carry a NIP-50 ``search``: each search filter's rows
+        in its own relevance order (filters in the order given), then the other filters'
+        union newest first, each event once (relevance scores of different searches do not
+        compare, so they are not interleaved)."""
+        parts = [[f] for f in live if f.search is not None]
+        rest = [f for f in live if f.search is None]
+        if rest:
+            parts.append(rest)
+        out: list[Any] = []
+        seen: set[bytes] = set()
+        for part in parts:
+            for row in await self._answer(part, now, f"e.id, {columns}"):
+                if row[0] not in seen:
+                    seen.add(row[0])
+                    out.append(tuple(row[1:]))
+        return out
 
     async def count(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> int:
         live = [f for f in filters if not f.is_empty()]

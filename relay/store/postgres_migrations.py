@@ -172,6 +172,71 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     ),
     # A zap invoice keeps the zap request its BOLT11 commits to, for the receipt (NIP-57).
     Migration(4, "invoices.description: the hashed description", ("ALTER TABLE invoices ADD COLUMN description text",)),
+    # NIP-50 search (relay/search.py): a tsvector column on events, set only for the
+    # indexed kinds (NULL otherwise, and then in no index entry: the GIN index is partial),
+    # written by the same INSERT as the event, so it commits in the event's transaction and
+    # leaves with the row on deletion, replacement or expiry. Its lexemes are the words of
+    # relay/search.py given as a tsvector literal (no parser, no dictionary), so both
+    # stores match the same words. ``search_state`` records which kinds the column covers
+    # (a change of ``[search] kinds`` rebuilds it at start-up).
+    # write_regular_batch gains the searches argument (one literal or NULL per event).
+    Migration(
+        5,
+        "NIP-50 search: events.search tsvector + partial GIN index, search_state, write_regular_batch(searches)",
+        (
+            "ALTER TABLE events ADD COLUMN search tsvector",
+            "CREATE INDEX events_search ON events USING gin (search) WHERE search IS NOT NULL",
+            "CREATE TABLE search_state (id integer PRIMARY KEY CHECK (id = 1), kinds text NOT NULL)",
+            "DROP FUNCTION write_regular_batch(integer, integer[], bytea[], bytea[], bigint[], integer[],"
+            " bigint[], bytea[], bigint[], text[], text[])",
+            """CREATE FUNCTION write_regular_batch(
+                lock_class integer, lock_keys integer[],
+                ids bytea[], pubkeys bytea[], created bigint[], kinds integer[],
+                expirations bigint[], raws bytea[], searches text[],
+                tag_index bigint[], tag_names text[], tag_values text[]
+            ) RETURNS text
+            LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT AS $fn$
+            DECLARE
+                answer text;
+            BEGIN
+                PERFORM pg_advisory_xact_lock_shared(lock_class, k) FROM unnest(lock_keys) AS k;
+                WITH input AS (
+                    SELECT * FROM unnest(ids, pubkeys, created, kinds, expirations, raws, searches)
+                        WITH ORDINALITY AS u(id, pubkey, created_at, kind, expiration, raw, search, i)
+                ),
+                deleted AS (
+                    SELECT u.id FROM input u
+                    WHERE EXISTS (SELECT 1 FROM deleted_ids d WHERE d.id = u.id AND d.pubkey = u.pubkey)
+                      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = u.id)
+                ),
+                ins AS (
+                    INSERT INTO events (id, pubkey, created_at, kind, d_tag, expiration, raw, search)
+                    SELECT u.id, u.pubkey, u.created_at, u.kind, NULL, u.expiration, u.raw, u.search::tsvector
+                    FROM input u
+                    WHERE NOT EXISTS (SELECT 1 FROM deleted WHERE deleted.id = u.id)
+                    ORDER BY u.id
+                    ON CONFLICT ON CONSTRAINT events_id DO NOTHING
+                    RETURNING events.seq, events.id, events.created_at, events.kind, events.expiration
+                ),
+                tg AS (
+                    INSERT INTO tags (seq, name, value, created_at, kind, expiration)
+                    SELECT ins.seq, t.name, t.value, ins.created_at, ins.kind, ins.expiration
+                    FROM unnest(tag_index, tag_names, tag_values) AS t(i, name, value)
+                    JOIN input u ON u.i = t.i
+                    JOIN ins ON ins.id = u.id
+                )
+                SELECT string_agg(
+                    CASE WHEN ins.id IS NOT NULL THEN 's' WHEN deleted.id IS NOT NULL THEN 'd' ELSE 'u' END,
+                    '' ORDER BY u.i)
+                INTO answer
+                FROM input u
+                LEFT JOIN ins ON ins.id = u.id
+                LEFT JOIN deleted ON deleted.id = u.id;
+                RETURN answer;
+            END
+            $fn$""",
+        ),
+    ),
 )
 
 

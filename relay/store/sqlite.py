@@ -40,6 +40,7 @@ import orjson
 
 from relay.event import Event, KindClass, index_tags, is_hex64, kind_class
 from relay.filters import Filter
+from relay.search import DEFAULT_SEARCH_KINDS, document_words, fts5_body
 from relay.store.base import (
     ACCOUNT_COLUMNS,
     FAST_ROWS,
@@ -87,17 +88,31 @@ def _marks(n: int) -> str:
 
 
 def _filter_where(
-    f: Filter, now: int, *, skip_tag: str | None = None, scope: ReadScope | None = None
+    f: Filter,
+    now: int,
+    *,
+    skip_tag: str | None = None,
+    scope: ReadScope | None = None,
+    search_joined: bool = False,
 ) -> tuple[str, list[Any]]:
     """WHERE clause (over ``events e``) of one filter.
 
     Tag conditions are ``e.rid IN (SELECT rid FROM tags ...)`` so an event matching through
     two values of the same tag is counted once, and since/until are repeated on the tags'
     own created_at so the ``tags_value`` index range is as narrow as the filter.
-    ``skip_tag`` names a tag condition the caller has already turned into a join.
+    ``skip_tag`` names a tag condition the caller has already turned into a join;
+    ``search_joined`` says the caller joins ``events_search`` itself (ranked search).
     """
     where: list[str] = []
     params: list[Any] = []
+    if f.search is not None:
+        # NIP-50: only the indexed kinds can match (an operator may have dropped a kind
+        # whose old rows are still in the index until the next re-index).
+        where.append(f"e.kind IN ({_marks(len(f.search.kinds))})")
+        params.extend(sorted(f.search.kinds))
+        if not search_joined:
+            where.append("e.rid IN (SELECT rowid FROM events_search WHERE events_search MATCH ?)")
+            params.append(f.search.fts5_match())
     if f.ids is not None:
         where.append(f"e.id IN ({_marks(len(f.ids))})")
         params.extend(bytes.fromhex(i) for i in sorted(f.ids))
@@ -193,14 +208,35 @@ def _addresses_only(f: Filter) -> bool:
     )
 
 
+def _search_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
+    """NIP-50: SELECT of a ``search`` filter, best match first (FTS5 ``bm25``, whose
+    ``rank`` is lower for better matches), then newest, then lowest id; the LIMIT applies
+    after ranking. The full-text index drives the search; every other condition of the
+    filter is checked on the event row found through it."""
+    assert f.search is not None
+    where, rest = _filter_where(f, now, search_joined=True)
+    params: list[Any] = [f.search.fts5_match(), *rest]
+    sql = (
+        f"SELECT {columns} FROM events_search CROSS JOIN events e ON e.rid = events_search.rowid"
+        f" WHERE events_search MATCH ? AND {where} ORDER BY events_search.rank, e.created_at DESC, e.id"
+    )
+    if f.limit is not None:
+        sql += " LIMIT ?"
+        params.append(f.limit)
+    return sql, params
+
+
 def _filter_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
-    """SELECT of one filter, newest first, ties lowest id, with its own LIMIT.
+    """SELECT of one filter, newest first, ties lowest id, with its own LIMIT (a
+    ``search`` filter: best match first, ``_search_select``).
 
     A tag condition with a single value (``#e``/``#p`` lookups, the common case) drives
     the search as a join over ``tags_value``, which yields rows in created_at order, so
     ``LIMIT n`` stops after about n rows instead of sorting every tagged event. Several
     values would need a merge of ranges, which SQLite does not do: those sort.
     """
+    if f.search is not None:
+        return _search_select(f, now, columns)
     single = next((name for name, values in f.tags if len(values) == 1), None) if f.ids is None else None
     if single is not None:
         (value,) = dict(f.tags)[single]
@@ -250,6 +286,43 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] =
         conn.execute("ROLLBACK")
         raise
     return steps[-1].version if steps else int(current)
+
+
+def _sync_search_index(conn: sqlite3.Connection, kinds: frozenset[int]) -> None:
+    """Rebuild the NIP-50 index when it was built for other kinds than ``kinds`` (first
+    start after migration 5 on a store with events, or ``[search] kinds`` changed), in
+    one transaction under the write lock: a search sees the old index or the new one."""
+    want = ",".join(str(k) for k in sorted(kinds))
+    row = conn.execute("SELECT kinds FROM search_state WHERE id = 1").fetchone()
+    if row is not None and row[0] == want:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT kinds FROM search_state WHERE id = 1").fetchone()
+        if row is not None and row[0] == want:
+            conn.execute("ROLLBACK")
+            return
+        conn.execute("DELETE FROM events_search")
+        indexed = 0
+        if kinds:
+            reader = conn.execute(f"SELECT rid, raw FROM events WHERE kind IN ({_marks(len(kinds))})", sorted(kinds))
+            while rows := reader.fetchmany(5000):
+                batch: list[tuple[int, str]] = []
+                for rid, raw in rows:
+                    obj = orjson.loads(raw)
+                    doc = document_words(obj["kind"], obj["content"], obj["tags"], kinds)
+                    if doc is not None:
+                        batch.append((rid, fts5_body(doc)))
+                conn.executemany(_INSERT_SEARCH, batch)
+                indexed += len(batch)
+        conn.execute("INSERT OR REPLACE INTO search_state (id, kinds) VALUES (1, ?)", (want,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if indexed:
+        log.info("search index rebuilt for kinds [%s]: %d events", want, indexed)
 
 
 class WalCheckpointer:
@@ -356,7 +429,14 @@ class WalCheckpointer:
 class SqliteStore:
     """``Store`` over one SQLite file (see the module docstring for the connection design)."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", read_connections: int = 2) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        read_connections: int = 2,
+        search_kinds: frozenset[int] = DEFAULT_SEARCH_KINDS,
+    ) -> None:
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}")
         if read_connections < 1:
@@ -364,6 +444,7 @@ class SqliteStore:
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self.read_connections = read_connections
+        self.search_kinds = search_kinds  # NIP-50: kinds whose words go into events_search
         self._executor: ThreadPoolExecutor | None = None
         self._writer: sqlite3.Connection | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] | None = None
@@ -371,8 +452,20 @@ class SqliteStore:
         self._checkpointer: WalCheckpointer | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, synchronous: str = "FULL", read_connections: int = 2) -> SqliteStore:
-        return cls(sqlite_path_from_url(url), synchronous=synchronous, read_connections=read_connections)
+    def from_url(
+        cls,
+        url: str,
+        *,
+        synchronous: str = "FULL",
+        read_connections: int = 2,
+        search_kinds: frozenset[int] = DEFAULT_SEARCH_KINDS,
+    ) -> SqliteStore:
+        return cls(
+            sqlite_path_from_url(url),
+            synchronous=synchronous,
+            read_connections=read_connections,
+            search_kinds=search_kinds,
+        )
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -406,6 +499,7 @@ class SqliteStore:
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
         apply_migrations(conn)
+        _sync_search_index(conn, self.search_kinds)
         self._writer = conn
 
     async def close(self) -> None:
@@ -477,11 +571,15 @@ class SqliteStore:
                 raise ValueError("ephemeral events are never stored")
         if not batch:
             return []
-        outcomes: list[WriteOutcome] = await self._write(self._transaction, self._write_all, list(batch), now)
+        outcomes: list[WriteOutcome] = await self._write(
+            self._transaction, self._write_all, list(batch), now, self.search_kinds
+        )
         return outcomes
 
     @staticmethod
-    def _write_all(conn: sqlite3.Connection, batch: list[WriteRequest], now: int) -> list[WriteOutcome]:
+    def _write_all(
+        conn: sqlite3.Connection, batch: list[WriteRequest], now: int, search_kinds: frozenset[int]
+    ) -> list[WriteOutcome]:
         """Apply a batch in order, with as few statements as the batch allows.
 
         The common event (regular kind, not a deletion) needs no lookup of its own: the
@@ -502,6 +600,7 @@ class SqliteStore:
         next_rid: int = conn.execute("SELECT coalesce(max(rid), 0) + 1 FROM events").fetchone()[0]
         event_rows: list[tuple[Any, ...]] = []
         tag_rows: list[tuple[str, str, int, int]] = []
+        search_rows: list[tuple[int, str]] = []
         outcomes: list[WriteOutcome] = []
         for req, eid in zip(batch, ids, strict=True):
             ev = req.event
@@ -529,19 +628,22 @@ class SqliteStore:
                 created_at = ev.created_at
                 event_rows.append((next_rid, eid, pk, created_at, kind, None, ev.expiration, ev.raw))
                 tag_rows.extend((name, value, created_at, next_rid) for name, value in set(ev.index_tags()))
+                doc = document_words(kind, ev.content, ev.tags, search_kinds)
+                if doc is not None:
+                    search_rows.append((next_rid, fts5_body(doc)))
                 next_rid += 1
                 stored.add(eid)
                 outcomes.append(WriteOutcome.STORED)
                 continue
-            _insert_rows(conn, event_rows, tag_rows)
-            outcome = _write_one(conn, req, eid, pk, next_rid, now)
+            _insert_rows(conn, event_rows, tag_rows, search_rows)
+            outcome = _write_one(conn, req, eid, pk, next_rid, now, search_kinds)
             if outcome is WriteOutcome.STORED:
                 next_rid += 1
                 stored.add(eid)
                 if kind == 5:
                     tombstones = None
             outcomes.append(outcome)
-        _insert_rows(conn, event_rows, tag_rows)
+        _insert_rows(conn, event_rows, tag_rows, search_rows)
         return outcomes
 
     async def purge_expired(self, now: int) -> int:
@@ -584,6 +686,8 @@ class SqliteStore:
         if len(live) == 1:
             sql, params = _filter_select(live[0], now, columns)
             return await self._read(sql, params)
+        if any(f.search is not None for f in live):
+            return await self._ranked_answer(live, now, columns)
         arms = [_filter_select(f, now, "e.rid") for f in live]
         if sum(len(p) for _, p in arms) <= _MAX_PARAMS:
             # One statement, one snapshot: each filter keeps its own ORDER BY/LIMIT inside
@@ -597,6 +701,24 @@ class SqliteStore:
             for row in await self._read(sql, params):
                 merged[row[0]] = (-row[1], row[0], tuple(row[2:]))
         return [rest for _, _, rest in sorted(merged.values())]
+
+    async def _ranked_answer(self, live: list[Filter], now: int, columns: str) -> list[Any]:
+        """``_answer`` when some filters carry a NIP-50 ``search``: each search filter's rows
+        in its own relevance order (filters in the order given), then the other filters'
+        union newest first, each event once. Relevance scores of different searches do not
+        compare, so they are not interleaved."""
+        parts = [[f] for f in live if f.search is not None]
+        rest = [f for f in live if f.search is None]
+        if rest:
+            parts.append(rest)
+        out: list[Any] = []
+        seen: set[bytes] = set()
+        for part in parts:
+            for row in await self._answer(part, now, f"e.id, {columns}"):
+                if row[0] not in seen:
+                    seen.add(row[0])
+                    out.append(tuple(row[1:]))
+        return out
 
     async def count(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> int:
         live = [f for f in filters if not f.is_empty()]
@@ -707,9 +829,16 @@ _INSERT_EVENT = (
     "INSERT INTO events (rid, id, pubkey, created_at, kind, d_tag, expiration, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_TAG = "INSERT INTO tags (name, value, created_at, rid) VALUES (?, ?, ?, ?)"
+# NIP-50: an indexed event's words, under the event's rid (migration 5).
+_INSERT_SEARCH = "INSERT INTO events_search (rowid, body) VALUES (?, ?)"
 
 
-def _insert_rows(conn: sqlite3.Connection, event_rows: list[tuple[Any, ...]], tag_rows: list[tuple[Any, ...]]) -> None:
+def _insert_rows(
+    conn: sqlite3.Connection,
+    event_rows: list[tuple[Any, ...]],
+    tag_rows: list[tuple[Any, ...]],
+    search_rows: list[tuple[int, str]],
+) -> None:
     """Write the rows ``_write_all`` has gathered, then empty the lists for reuse."""
     if event_rows:
         conn.executemany(_INSERT_EVENT, event_rows)
@@ -717,6 +846,9 @@ def _insert_rows(conn: sqlite3.Connection, event_rows: list[tuple[Any, ...]], ta
     if tag_rows:
         conn.executemany(_INSERT_TAG, tag_rows)
         tag_rows.clear()
+    if search_rows:
+        conn.executemany(_INSERT_SEARCH, search_rows)
+        search_rows.clear()
 
 
 def _charge(conn: sqlite3.Connection, req: WriteRequest, now: int) -> bool:
@@ -728,7 +860,15 @@ def _charge(conn: sqlite3.Connection, req: WriteRequest, now: int) -> bool:
     return cur.rowcount > 0
 
 
-def _write_one(conn: sqlite3.Connection, req: WriteRequest, eid: bytes, pk: bytes, rid: int, now: int) -> WriteOutcome:
+def _write_one(
+    conn: sqlite3.Connection,
+    req: WriteRequest,
+    eid: bytes,
+    pk: bytes,
+    rid: int,
+    now: int,
+    search_kinds: frozenset[int],
+) -> WriteOutcome:
     """A replaceable, addressable or kind-5 event, already known to be neither stored nor
     tombstoned: apply the replacement rules, store it as ``rid``, apply a deletion."""
     ev = req.event
@@ -758,6 +898,9 @@ def _write_one(conn: sqlite3.Connection, req: WriteRequest, eid: bytes, pk: byte
     tags = set(ev.index_tags())
     if tags:
         conn.executemany(_INSERT_TAG, [(name, value, ev.created_at, rid) for name, value in tags])
+    doc = document_words(ev.kind, ev.content, ev.tags, search_kinds)
+    if doc is not None:
+        conn.execute(_INSERT_SEARCH, (rid, fts5_body(doc)))
     if ev.kind == 5:
         _apply_deletion(conn, ev, pk)
     return WriteOutcome.STORED
@@ -775,6 +918,9 @@ def _delete_event(conn: sqlite3.Connection, rid: int, raw: bytes) -> None:
         [(name, value, created_at, rid) for name, value in set(index_tags(obj["tags"]))],
     )
     conn.execute("DELETE FROM events WHERE rid = ?", (rid,))
+    # NIP-50: a deleted, replaced or expired event leaves the search index with it (a
+    # no-op for kinds that were never indexed).
+    conn.execute("DELETE FROM events_search WHERE rowid = ?", (rid,))
 
 
 def _apply_deletion(conn: sqlite3.Connection, ev: Event, pk: bytes) -> None:

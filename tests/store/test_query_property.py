@@ -3,6 +3,13 @@ equal a brute-force model built on ``Filter.matches`` (the one definition of a f
 with NIP-01's replaceable/addressable rules, NIP-40 expiry, per-filter limits, union
 de-duplication and newest-first / lowest-id order.
 
+NIP-50 ``search`` filters are checked against ``model_search_match``, a brute-force
+matcher written here from relay/search.py's stated semantics (words = runs of
+``str.isalnum`` characters, case-folded; every query word must occur; ``key:value``
+words ignored; indexed kinds only), not from its code. Relevance order is the store's
+own (bm25 / ts_rank), so for search filters the test checks the result *set*: exactly
+the matches when the limit does not cut, otherwise ``limit`` of them.
+
 Few authors, kinds, tag values and timestamps, so ties, collisions and replacements are
 common rather than rare.
 """
@@ -15,6 +22,7 @@ from hypothesis import strategies as st
 
 from relay.event import Event, KindClass, sign_event
 from relay.filters import Filter
+from relay.search import DEFAULT_SEARCH_KINDS, parse_search
 from relay.store.base import WriteRequest
 from tests.store.conftest import StoreFactory
 
@@ -29,8 +37,15 @@ tag_st = st.sampled_from(
     [
         *(["t", "a"], ["t", "b"], ["x", "a"], ["x", "b"], ["t", "a"], ["x", "b"]),
         *(["d", ""], ["d", "k1"], ["expiration", "900"], ["expiration", "1000"], ["expiration", "1100"]),
+        ["title", "Apple PIE"],
     ]
 ).map(list)
+
+# Words in several cases, with diacritics, non-Latin scripts, digits and separators
+# (underscore, hyphen, punctuation) so tokenization and case folding are exercised.
+VOCAB = ["apple", "Apple", "APPLE", "pie", "crème", "Creme", "straße", "日本", "x1", "foo_bar", "a-b", "über!", "42"]
+QUERY_WORDS = ["apple", "PIE", "creme", "Crème", "STRASSE", "straße", "日本", "foo", "bar", "x1", "b", "42", "zzz"]
+QUERY_EXTENSIONS = ["include:spam", "language:en", "nsfw:false"]
 
 
 @st.composite
@@ -38,7 +53,12 @@ def events(draw: st.DrawFn) -> Event:
     return sign_event(
         draw(st.sampled_from(SECRETS)),
         draw(st.sampled_from(KINDS)),
-        str(draw(st.integers(0, 3))),
+        draw(
+            st.one_of(
+                st.integers(0, 3).map(str),
+                st.lists(st.sampled_from(VOCAB), max_size=5).map(" ".join),
+            )
+        ),
         draw(st.lists(tag_st, max_size=3)),
         draw(st.sampled_from(TIMES)),
     )
@@ -63,7 +83,44 @@ def filters(draw: st.DrawFn, pool: list[Event]) -> Filter:
     since = draw(st.sampled_from(TIMES)) if draw(maybe) else None
     until = draw(st.sampled_from(TIMES)) if draw(maybe) else None
     limit = draw(st.integers(0, 6)) if draw(maybe) else None
-    return Filter(ids, authors, kinds, tuple(sorted(tags)), since, until, limit)
+    search = None
+    if draw(st.booleans()):
+        text = " ".join(draw(st.lists(st.sampled_from(QUERY_WORDS + QUERY_EXTENSIONS), min_size=1, max_size=3)))
+        search = parse_search(text, DEFAULT_SEARCH_KINDS)
+    return Filter(ids, authors, kinds, tuple(sorted(tags)), since, until, limit, search)
+
+
+def _model_words(text: str) -> set[str]:
+    """Runs of alphanumeric characters, case-folded: a plain loop, not the relay's regex."""
+    out: set[str] = set()
+    word: list[str] = []
+    for ch in text + " ":
+        if ch.isalnum():
+            word.append(ch)
+        elif word:
+            out.add("".join(word).casefold())
+            word = []
+    return out
+
+
+def model_search_match(text: str, ev: Event) -> bool:
+    if ev.kind not in DEFAULT_SEARCH_KINDS:
+        return False
+    wanted: set[str] = set()
+    for token in text.split():
+        key, colon, value = token.partition(":")
+        if colon and key.isalpha() and value:
+            continue  # a NIP-50 key:value extension
+        wanted |= _model_words(token)
+    doc = ev.content
+    if ev.kind in (30023, 30024):
+        doc += " " + " ".join(t[1] for t in ev.tags if t[0] in ("title", "summary"))
+    return bool(wanted) and wanted <= _model_words(doc)
+
+
+def model_matches(f: Filter, ev: Event) -> bool:
+    plain = Filter(f.ids, f.authors, f.kinds, f.tags, f.since, f.until, f.limit)
+    return plain.matches(ev) and (f.search is None or model_search_match(f.search.text, ev))
 
 
 def model_stored(written: list[Event]) -> list[Event]:
@@ -91,7 +148,7 @@ def model_query(stored: list[Event], fs: list[Filter], now: int) -> list[str]:
     live = [e for e in stored if e.expiration is None or e.expiration > now]
     out: dict[str, Event] = {}
     for f in fs:
-        hits = order([e for e in live if f.matches(e)])
+        hits = order([e for e in live if model_matches(f, e)])
         if f.limit is not None:
             hits = hits[: f.limit]
         out.update((e.id, e) for e in hits)
@@ -114,6 +171,21 @@ async def test_query_matches_brute_force_model(store_factory: StoreFactory, data
             await store.write_batch([WriteRequest(e) for e in chunk], NOW)
         stored = model_stored(written)
         got = [orjson.loads(r)["id"] for r in await store.query(fs, now)]
-        assert got == model_query(stored, fs, now)
-        unlimited = [Filter(f.ids, f.authors, f.kinds, f.tags, f.since, f.until, None) for f in fs]
+        unlimited = [Filter(f.ids, f.authors, f.kinds, f.tags, f.since, f.until, None, f.search) for f in fs]
+        if all(f.search is None for f in fs):
+            assert got == model_query(stored, fs, now)
+        else:
+            assert len(got) == len(set(got))
+            assert set(got) <= set(model_query(stored, unlimited, now))
+            for f, whole in zip(fs, unlimited, strict=True):
+                if f.search is None:  # its newest `limit` matches are all there
+                    assert set(model_query(stored, [f], now)) <= set(got)
+                    continue
+                hits = set(model_query(stored, [whole], now))
+                if f.limit is None or f.limit >= len(hits):
+                    assert hits <= set(got)
+                else:  # `limit` of its matches, whichever the ranking put first
+                    assert len(hits & set(got)) >= f.limit
+            if len(fs) == 1 and fs[0].limit is not None:
+                assert len(got) == min(fs[0].limit, len(model_query(stored, unlimited, now)))
         assert await store.count(fs, now) == len(model_query(stored, unlimited, now))
