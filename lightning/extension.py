@@ -189,6 +189,8 @@ class PaymentsExtension:
 
     async def start(self) -> None:
         await self.watcher.start()
+        if self.zapper is not None:
+            await self.zapper.reconcile()
 
     async def stop(self) -> None:
         if self.zapper is not None:

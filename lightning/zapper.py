@@ -13,6 +13,8 @@ Thin over the pure parts (``lightning.lnurl`` documents, ``lightning.zap`` rules
   stores it through its own writer, and sends it to the request's ``relays`` (at most
   ``max_publish_relays``, each within ``publish_timeout_seconds``, public addresses only
   unless configured otherwise): best effort, in the background.
+- At start-up, zap invoices paid in the last day whose receipt is not in the store (the
+  relay stopped between crediting and signing) get their receipt (``reconcile``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from lightning.plans import Plans
 from lightning.settings import ZapSettings
 from lightning.zap import (
     ZAP_PLAN,
+    ZAP_RECEIPT_KIND,
     ZapRequestError,
     is_public_address,
     min_zap_msat,
@@ -49,13 +52,16 @@ from lightning.zap import (
     zap_grant,
 )
 from relay.event import Event
+from relay.filters import Filter
 from relay.identity import RelayIdentity
 from relay.limits import TokenBucket
-from relay.store.base import Invoice
+from relay.store.base import Invoice, InvoiceState
 
 log = logging.getLogger(__name__)
 
 MAX_TRACKED_IPS = 10_000
+RECONCILE_SECONDS = 86_400  # how far back start-up looks for paid zaps without a receipt
+RECONCILE_MAX = 500
 MAX_AMOUNT_DIGITS = 15
 
 Publish = Callable[[Event], Awaitable[object]]
@@ -213,6 +219,39 @@ class Zapper:
                             return
         except (TimeoutError, OSError, WebSocketException, orjson.JSONDecodeError) as exc:
             log.info("zap receipt %s not delivered to %s (%s)", receipt.id, url, type(exc).__name__)
+
+    async def reconcile(self) -> int:
+        """Receipts for recently paid zap invoices that have none in the store; returns
+        how many were re-signed. Waits for receipts already under way first."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self._settings.publish_timeout_seconds + 1)
+        store = self._ledger.store
+        now = int(self._clock())
+        paid = [
+            invoice
+            for invoice in await store.list_invoices()
+            if invoice.plan == ZAP_PLAN
+            and invoice.state is InvoiceState.PAID
+            and (invoice.paid_at or 0) > now - RECONCILE_SECONDS
+        ][:RECONCILE_MAX]
+        missing = 0
+        for invoice in paid:
+            found = await store.query(
+                [
+                    Filter(
+                        authors=frozenset({self._identity.pubkey}),
+                        kinds=frozenset({ZAP_RECEIPT_KIND}),
+                        tags=(("P", frozenset({invoice.pubkey})),),
+                    )
+                ],
+                now,
+            )
+            if not any(invoice.bolt11 in raw.decode() for raw in found):
+                missing += 1
+                self.settled(invoice, None)
+        if missing:
+            log.info("re-signing %d zap receipts missing after a stop", missing)
+        return missing
 
     async def close(self) -> None:
         tasks = list(self._tasks)

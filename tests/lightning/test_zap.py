@@ -413,3 +413,38 @@ async def test_the_unpaid_replys_link_opens_the_join_page_prefilled(
                 assert await page.input_value("#pubkey") == crypto.public_key(writer).hex()
             finally:
                 await browser.close()
+
+
+async def test_receipt_missing_after_a_stop_is_signed_at_the_next_start(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    """The relay stopped between crediting a zap and signing its receipt: the next start
+    signs it, once."""
+    from relay.store.sqlite import SqliteStore
+
+    zapper = crypto.generate_secret()
+    zapper_pub = crypto.public_key(zapper).hex()
+    port = free_port()
+    same = {"server": {"port": port}, "relay": {"public_url": f"ws://127.0.0.1:{port}"}}
+    async with relay_factory(payments=fake_payments(tmp_path), **same) as relay:
+        me = (await nip11(relay))["self"]
+        request = _request(zapper, [["p", me], ["amount", "21000"], ["relays", relay.url]])
+        async with httpx.AsyncClient(base_url=http_base(relay)) as web:
+            answer = (await web.get("/lnurlp/relay/callback", params={"amount": "21000", "nostr": request})).json()
+    payment_hash = bolt11.decode(answer["pr"]).payment_hash
+    store = SqliteStore(tmp_path / "relay.db")
+    await store.open()
+    try:  # what a credit just before a crash leaves behind: paid, no receipt
+        assert await store.settle_invoice(payment_hash, 21_000, int(time.time()))
+    finally:
+        await store.close()
+    for _ in range(2):
+        async with relay_factory(payments=fake_payments(tmp_path), **same) as relay:
+
+            async def receipt_stored() -> bool:
+                return bool(await receipts(relay, me, zapper_pub))
+
+            await eventually(receipt_stored)
+            found = await receipts(relay, me, zapper_pub)
+            assert len(found) == 1 and ["bolt11", answer["pr"]] in found[0]["tags"]
+            assert receipt_problem(parse_event(found[0]), {me}) is None
