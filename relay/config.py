@@ -125,6 +125,19 @@ class SearchSettings(_Section):
         return frozenset(self.kinds) if self.enabled else frozenset()
 
 
+class NegentropySettings(_Section):
+    """NIP-77 set reconciliation. Each open reconciliation holds its item set in memory
+    (40 bytes per event), so items are capped per reconciliation, per connection and
+    relay-wide."""
+
+    enabled: bool = True
+    max_sessions: int = Field(4, ge=1, description="open reconciliations per connection")
+    max_items: int = Field(500_000, ge=1, description="events in one reconciliation; more: NEG-ERR blocked")
+    max_total_items: int = Field(5_000_000, ge=1, description="events held by all reconciliations together")
+    opens_per_second: float = Field(1.0, gt=0, description="NEG-OPEN rate per connection (burst 2 x max_sessions)")
+    frame_size_limit: int = Field(60_000, ge=4096, description="bytes of one negentropy message we send")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SATSRELAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -134,6 +147,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     auth: AuthSettings = AuthSettings()
     search: SearchSettings = SearchSettings()
+    negentropy: NegentropySettings = NegentropySettings()
     payments: PaymentSettings = PaymentSettings()
     log_level: str = "INFO"
 

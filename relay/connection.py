@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
@@ -29,7 +30,18 @@ from relay.event import Event, KindClass, parse_event
 from relay.extension import WriteContext
 from relay.filters import Filter
 from relay.limits import TokenBucket
-from relay.messages import AuthMessage, BadMessage, CloseMessage, CountMessage, EventMessage, ReqMessage
+from relay.messages import (
+    AuthMessage,
+    BadMessage,
+    CloseMessage,
+    CountMessage,
+    EventMessage,
+    NegCloseMessage,
+    NegMsgMessage,
+    NegOpenMessage,
+    ReqMessage,
+)
+from relay.negentropy import ItemSet, Negentropy, NegentropyError
 from relay.policy import (
     ReadScope,
     check_auth_event,
@@ -65,6 +77,19 @@ _OUTCOME_REPLY = {
 }
 
 
+# NIP-77: item sets at least this large are built and reconciled on a worker thread, so a
+# reconciliation of 10^5 events (~0.5 s of Python) does not stall every other client.
+_NEG_THREAD_ITEMS = 20_000
+
+
+@dataclass(slots=True)
+class _SyncSession:
+    """One open NIP-77 reconciliation: the relay's side and how many items it holds."""
+
+    neg: Negentropy
+    items: int
+
+
 class Connection:
     """State of one client: its subscriptions, NIP-42 identity, rate limits, output."""
 
@@ -89,6 +114,9 @@ class Connection:
         self._in_flight = 0
         self._flush_scheduled = False
         self.closed = False
+        self._negs: dict[str, _SyncSession] = {}  # NIP-77, by NEG-OPEN id
+        sync = relay.settings.negentropy
+        self._neg_opens = TokenBucket(sync.opens_per_second, 2 * sync.max_sessions)
 
     # --- output ------------------------------------------------------------------
 
@@ -196,6 +224,7 @@ class Connection:
             self.closed = True
             self.relay.index.remove_all(self, self.subs)
             self.relay.metrics.subscriptions.set(len(self.relay.index))
+            self._end_all_negs()
 
     def _too_long(self, frame: bytes, max_len: int) -> None:
         text = f"invalid: message longer than {max_len} bytes"
@@ -218,6 +247,12 @@ class Connection:
             await self._on_count(msg.sub_id, msg.filters)
         elif isinstance(msg, AuthMessage):
             await self._on_auth(msg.event)
+        elif isinstance(msg, NegOpenMessage):
+            await self._on_neg_open(msg)
+        elif isinstance(msg, NegMsgMessage):
+            await self._on_neg_msg(msg.sub_id, msg.message)
+        elif isinstance(msg, NegCloseMessage):
+            self._end_neg(msg.sub_id)
 
     # --- EVENT -------------------------------------------------------------------
 
@@ -447,3 +482,80 @@ class Connection:
             await asyncio.wait([sender], timeout=grace)
         with contextlib.suppress(Exception):
             await self.ws.close(code, reason)
+
+    # --- NEG-OPEN / NEG-MSG / NEG-CLOSE (NIP-77) ------------------------------------------
+
+    async def _on_neg_open(self, msg: NegOpenMessage) -> None:
+        """Load the filter's (created_at, id) set from the store's indexes, with REQ's
+        read rules, and answer the client's first message. Refused with NEG-ERR when the
+        relay is closing, the connection has too many reconciliations or opens them too
+        fast, the set is larger than ``max_items`` or the relay-wide item budget is spent."""
+        sub_id = msg.sub_id
+        cfg = self.relay.settings.negentropy
+        self._end_neg(sub_id)  # NIP-77: a NEG-OPEN on an open id replaces it
+        reason: str | None = None
+        if not cfg.enabled:
+            reason = "blocked: negentropy sync is disabled on this relay"
+        elif self.relay.closing:
+            reason = str(ServerError(SHUTTING_DOWN))
+        elif len(self._negs) >= cfg.max_sessions:
+            reason = f"blocked: at most {cfg.max_sessions} open reconciliations per connection"
+        elif not self._neg_opens.take(time.monotonic()):
+            reason = "rate-limited: too many NEG-OPEN, slow down"
+        else:
+            rejection = self._read_rejection((msg.filter,))
+            reason = str(rejection) if rejection is not None else None
+        if reason is not None:
+            self.send(messages.neg_err(sub_id, reason))
+            return
+        try:
+            scope = read_scope(self.authed)
+            rows = await self.relay.store.sync_items(msg.filter, int(time.time()), scope, cfg.max_items)
+        except Exception:
+            log.exception("negentropy item query failed")
+            self.send(messages.neg_err(sub_id, "error: could not read the events to reconcile"))
+            return
+        if len(rows) > cfg.max_items:
+            self.send(messages.neg_err(sub_id, f"blocked: this query matches more than {cfg.max_items} events"))
+            return
+        n = len(rows)
+        if not self.relay.sync_budget.take(n):
+            self.send(messages.neg_err(sub_id, "blocked: the relay is busy with other reconciliations, try later"))
+            return
+        try:
+            items = await asyncio.to_thread(ItemSet, rows) if n >= _NEG_THREAD_ITEMS else ItemSet(rows)
+        except BaseException:
+            self.relay.sync_budget.give_back(n)
+            raise
+        del rows
+        if self.closed:  # the client left while the set was built
+            self.relay.sync_budget.give_back(n)
+            return
+        self._negs[sub_id] = _SyncSession(Negentropy(items, cfg.frame_size_limit), n)
+        await self._on_neg_msg(sub_id, msg.message)
+
+    async def _on_neg_msg(self, sub_id: str, message: bytes) -> None:
+        session = self._negs.get(sub_id)
+        if session is None:
+            self.send(messages.neg_err(sub_id, "closed: no open reconciliation with this id"))
+            return
+        try:
+            if session.items >= _NEG_THREAD_ITEMS:
+                reply = await asyncio.to_thread(session.neg.reconcile, message)
+            else:
+                reply = session.neg.reconcile(message)
+        except NegentropyError as exc:
+            self._end_neg(sub_id)
+            self.send(messages.neg_err(sub_id, str(exc)))
+            return
+        if self._negs.get(sub_id) is session:
+            self.send(messages.neg_msg(sub_id, reply))
+
+    def _end_neg(self, sub_id: str) -> None:
+        session = self._negs.pop(sub_id, None)
+        if session is not None:
+            self.relay.sync_budget.give_back(session.items)
+
+    def _end_all_negs(self) -> None:
+        for sub_id in list(self._negs):
+            self._end_neg(sub_id)

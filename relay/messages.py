@@ -1,4 +1,4 @@
-"""Client message parsing and relay message encoding (NIP-01, NIP-42, NIP-45).
+"""Client message parsing and relay message encoding (NIP-01, NIP-42, NIP-45, NIP-77).
 
 Pure. Relay messages are built as bytes so a stored event's raw JSON is spliced into the
 frame without being decoded and re-encoded.
@@ -45,7 +45,36 @@ class AuthMessage:
     event: Any
 
 
-ClientMessage = EventMessage | ReqMessage | CountMessage | CloseMessage | AuthMessage
+@dataclass(frozen=True, slots=True)
+class NegOpenMessage:
+    """NIP-77 ``["NEG-OPEN", id, filter, hex]``; ids are a namespace apart from REQ's."""
+
+    sub_id: str
+    filter: Filter
+    message: bytes  # the negentropy message, hex-decoded
+
+
+@dataclass(frozen=True, slots=True)
+class NegMsgMessage:
+    sub_id: str
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NegCloseMessage:
+    sub_id: str
+
+
+ClientMessage = (
+    EventMessage
+    | ReqMessage
+    | CountMessage
+    | CloseMessage
+    | AuthMessage
+    | NegOpenMessage
+    | NegMsgMessage
+    | NegCloseMessage
+)
 
 
 class BadMessage(Exception):
@@ -62,6 +91,7 @@ class FilterLimits:
     max_limit: int
     default_limit: int | None
     search_kinds: frozenset[int] = DEFAULT_SEARCH_KINDS  # NIP-50 indexed kinds; empty: search off
+    neg_max_items: int = 500_000  # NIP-77: clamp for a NEG-OPEN filter's explicit limit
 
 
 def _sub_id(value: object) -> str:
@@ -122,7 +152,44 @@ def parse_client_message(data: bytes | str, limits: FilterLimits) -> ClientMessa
         if len(msg) != 2 or not isinstance(msg[1], dict):
             raise BadMessage(notice("invalid: AUTH takes exactly one signed event"))
         return AuthMessage(msg[1])
+    if verb.startswith("NEG-"):
+        return _neg_message(verb, msg, limits)
     raise BadMessage(notice(f"invalid: unknown message type {verb[:32]!r}"))
+
+
+def _neg_message(verb: str, msg: list[Any], limits: FilterLimits) -> ClientMessage:
+    """NIP-77 messages; errors about a known subscription id are a NEG-ERR for it."""
+    if len(msg) < 2:
+        raise BadMessage(notice(f"invalid: {verb} needs a subscription id"))
+    sub_id = _sub_id(msg[1])
+    if verb == "NEG-CLOSE":
+        if len(msg) != 2:
+            raise BadMessage(neg_err(sub_id, "invalid: NEG-CLOSE takes exactly one subscription id"))
+        return NegCloseMessage(sub_id)
+    if verb == "NEG-OPEN":
+        if len(msg) != 4:
+            raise BadMessage(neg_err(sub_id, "invalid: NEG-OPEN takes a subscription id, a filter and a message"))
+        try:
+            # No default limit: the whole matching set is reconciled (bounded by the relay's
+            # item cap); an explicit limit keeps its newest events.
+            f = parse_filter(msg[2], limits.neg_max_items, None, limits.search_kinds)
+        except Rejection as exc:
+            raise BadMessage(neg_err(sub_id, str(exc))) from None
+        return NegOpenMessage(sub_id, f, _hex_payload(sub_id, msg[3]))
+    if verb == "NEG-MSG":
+        if len(msg) != 3:
+            raise BadMessage(neg_err(sub_id, "invalid: NEG-MSG takes a subscription id and a message"))
+        return NegMsgMessage(sub_id, _hex_payload(sub_id, msg[2]))
+    raise BadMessage(notice(f"invalid: unknown message type {verb[:32]!r}"))
+
+
+def _hex_payload(sub_id: str, value: object) -> bytes:
+    if isinstance(value, str):
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            pass
+    raise BadMessage(neg_err(sub_id, "invalid: negentropy message must be a hex string"))
 
 
 def event_id_hint(event_obj: object) -> str | None:
@@ -159,3 +226,11 @@ def auth_challenge(challenge: str) -> bytes:
 def count(sub_id: str, n: int) -> bytes:
     return orjson.dumps(["COUNT", sub_id, {"count": n}])
 
+
+def neg_msg(sub_id: str, message: bytes) -> bytes:
+    """NIP-77 ``["NEG-MSG", id, hex]``."""
+    return b'["NEG-MSG",' + orjson.dumps(sub_id) + b',"' + message.hex().encode() + b'"]'
+
+
+def neg_err(sub_id: str, reason: str) -> bytes:
+    return orjson.dumps(["NEG-ERR", sub_id, reason])

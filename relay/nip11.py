@@ -19,6 +19,8 @@ def supported_nips(settings: Settings) -> list[int]:
     nips = list(SUPPORTED_NIPS)
     if settings.search.indexed_kinds():
         nips.append(50)
+    if settings.negentropy.enabled:
+        nips.append(77)
     return sorted(nips)
 
 
@@ -49,6 +51,11 @@ def build_info(settings: Settings, extra: dict[str, Any] | None = None) -> dict[
         "payment_required": False,
         "restricted_writes": settings.auth.required_to_write,
     }
+    if settings.negentropy.enabled:
+        # NIP-77 limits (no standard NIP-11 names exist): reconciliations open at once per
+        # connection, and events in one (past it: NEG-ERR "blocked:").
+        limitation["max_negentropy_sessions"] = settings.negentropy.max_sessions
+        limitation["max_negentropy_items"] = settings.negentropy.max_items
     if limits.created_at_lower_limit is not None:
         limitation["created_at_lower_limit"] = limits.created_at_lower_limit
     if limits.created_at_upper_limit is not None:

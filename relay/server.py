@@ -35,6 +35,7 @@ from relay.identity import RelayIdentity, load_identity, profile_content, profil
 from relay.limits import BucketTable, IpTable, LogThrottle
 from relay.messages import FilterLimits
 from relay.metrics import RelayMetrics
+from relay.negentropy import ItemBudget
 from relay.policy import WriteRules, build_write_policies
 from relay.store import open_store
 from relay.store.base import Store, WriteOutcome, WriteRequest
@@ -85,8 +86,13 @@ class Relay:
         self.authors = BucketTable(limits.pubkey_events_per_second, limits.pubkey_events_burst, limits.rate_table_size)
         self._refusal_log = LogThrottle()
         self.filter_limits = FilterLimits(
-            limits.max_filters, limits.max_limit, limits.default_limit, settings.search.indexed_kinds()
+            limits.max_filters,
+            limits.max_limit,
+            limits.default_limit,
+            settings.search.indexed_kinds(),
+            settings.negentropy.max_items,
         )
+        self.sync_budget = ItemBudget(settings.negentropy.max_total_items)  # NIP-77
         self.write_policies = build_write_policies(
             WriteRules(
                 max_event_tags=limits.max_event_tags,

@@ -25,7 +25,7 @@ async def test_nip11_document_is_served_for_nostr_json_accept(relay: Relay) -> N
     assert resp.headers["access-control-allow-origin"] == "*"
     doc = resp.json()
     assert doc["name"] == "satsrelay"
-    assert doc["supported_nips"] == [1, 9, 11, 13, 22, 40, 42, 45, 50, 70]
+    assert doc["supported_nips"] == [1, 9, 11, 13, 22, 40, 42, 45, 50, 70, 77]
     assert isinstance(doc["version"], str)
 
 
@@ -39,7 +39,8 @@ async def test_nip11_limitation_tells_the_configured_limits(relay_factory: Relay
         doc = (await http.get(http_url(relay), headers=NIP11)).json()
     assert doc["name"] == "test relay" and doc["pubkey"] == "ab" * 32 and doc["contact"] == "mailto:x@y"
     assert doc["limitation"] == limits | {
-        "max_subid_length": 64, "auth_required": True, "restricted_writes": True, "payment_required": False}
+        "max_subid_length": 64, "auth_required": True, "restricted_writes": True, "payment_required": False,
+        "max_negentropy_sessions": 4, "max_negentropy_items": 500_000}
 
 
 async def test_nip11_accept_header_with_several_types(relay: Relay) -> None:

@@ -243,6 +243,16 @@ class Store(Protocol):
         private kinds of ``relay.policy.ReadScope``), so COUNT agrees with REQ."""
         ...
 
+    async def sync_items(
+        self, f: Filter, now: int, scope: ReadScope | None, max_items: int
+    ) -> list[tuple[int, bytes]]:
+        """NIP-77 negentropy's item set: ``(created_at, 32-byte id)`` of the events ``f``
+        matches (unexpired; within ``scope`` as REQ would show them; with ``f.limit``, the
+        newest ``limit``), read from the indexes without loading the events' JSON, in no
+        particular order. At most ``max_items + 1`` rows, so a caller can tell "too many"
+        without reading them all."""
+        ...
+
     async def purge_expired(self, now: int) -> int:
         """Delete events whose NIP-40 expiration has passed; return how many."""
         ...

@@ -258,12 +258,12 @@ def _scope_condition(scope: ReadScope, p: _Params) -> str:
     return f"({sql})"
 
 
-def _filter_count(f: Filter, now: int, p: _Params, scope: ReadScope | None = None) -> str:
+def _filter_count(f: Filter, now: int, p: _Params, scope: ReadScope | None = None, columns: str = "e.seq") -> str:
     where = _event_conditions(f, now, p)
     where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)
     if scope is not None and scope.hides_from(f):
         where.append(_scope_condition(scope, p))
-    return f"SELECT e.seq FROM events e WHERE {' AND '.join(where)}"
+    return f"SELECT {columns} FROM events e WHERE {' AND '.join(where)}"
 
 
 class PostgresStore:
@@ -683,6 +683,22 @@ class PostgresStore:
         p = _Params()
         union = " UNION ".join(_filter_count(f, now, p, scope) for f in live)
         return int(await self._fetchval(f"SELECT count(*) FROM ({union}) s", *p.values))
+
+    async def sync_items(
+        self, f: Filter, now: int, scope: ReadScope | None, max_items: int
+    ) -> list[tuple[int, bytes]]:
+        """NIP-77: (created_at, id) of the events ``f`` matches; with no other condition
+        an index-only scan of ``events_created (created_at DESC, id)``, never ``raw``."""
+        if f.is_empty() or f.limit == 0:
+            return []
+        p = _Params()
+        sql = _filter_count(f, now, p, scope, columns="e.created_at, e.id")
+        take = max_items + 1
+        if f.limit is not None:  # the newest `limit` events, as REQ would pick them
+            take = min(take, f.limit)
+            sql += " ORDER BY e.created_at DESC, e.id"
+        sql += f" LIMIT {p.add(take, '::int8')}"
+        return [(row[0], bytes(row[1])) for row in await self._fetch(sql, *p.values)]
 
     # --- payments ledger ----------------------------------------------------------------
 

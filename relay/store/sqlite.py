@@ -738,6 +738,23 @@ class SqliteStore:
             seen.update(row[0] for row in await self._read(f"SELECT e.rid FROM events e WHERE {where}", params))
         return len(seen)
 
+    async def sync_items(
+        self, f: Filter, now: int, scope: ReadScope | None, max_items: int
+    ) -> list[tuple[int, bytes]]:
+        """NIP-77: (created_at, id) of the events ``f`` matches, read as two columns: the
+        raw JSON (the bulk of a row, in overflow pages) is never read."""
+        if f.is_empty() or f.limit == 0:
+            return []
+        where, params = _filter_where(f, now, scope=scope)
+        take = max_items + 1
+        order = ""
+        if f.limit is not None:  # the newest `limit` events, as REQ would pick them
+            take = min(take, f.limit)
+            order = " ORDER BY e.created_at DESC, e.id"
+        driver = "" if f.search is not None else _driver(f)
+        sql = f"SELECT e.created_at, e.id FROM events e{driver} WHERE {where}{order} LIMIT ?"
+        return [(row[0], row[1]) for row in await self._read(sql, [*params, take])]
+
     # --- payments ledger ----------------------------------------------------------------
 
     async def add_invoice(
