@@ -227,6 +227,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- sync ------------------------------------------------------------------------------
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Reconcile the local store with another relay (``relay.peer_sync``)."""
+    from relay.peer_sync import SyncError, sync_with_peer
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    if not args.url.startswith(("ws://", "wss://")):
+        print(f"satsrelay sync: {args.url!r} is not a ws:// or wss:// URL", file=sys.stderr)
+        return 2
+    try:
+        base = parse_filter(orjson.loads(args.filter), max_limit=2**62) if args.filter else Filter()
+    except (Invalid, orjson.JSONDecodeError) as exc:
+        print(f"bad --filter: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        store = open_store(settings.storage, search_kinds=settings.search.indexed_kinds())
+        await store.open()
+        try:
+            counts = await sync_with_peer(
+                store, args.url, base, args.direction, sys.stderr, force_req=args.no_negentropy
+            )
+        except SyncError as exc:
+            print(f"satsrelay sync: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await store.close()
+        print(counts.line())
+        return 0
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(main())
+    print("satsrelay sync: interrupted; run it again to continue", file=sys.stderr)
+    return 130
+
+
 # --- entry point ---------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("file", nargs="?", help="output file, '-' or absent for stdout")
     exp.add_argument("--filter", help='a NIP-01 filter as JSON, e.g. \'{"kinds":[1]}\'')
     exp.set_defaults(func=cmd_export)
+
+    syn = sub.add_parser("sync", help="reconcile the local store with another relay (NIP-77, else paged REQ)",
+                         parents=[common])
+    syn.add_argument("url", help="the other relay, ws:// or wss://")
+    syn.add_argument("--filter", help='only events matching this NIP-01 filter, e.g. \'{"kinds":[1]}\'')
+    syn.add_argument("--direction", choices=("down", "up", "both"), default="both",
+                     help="down: fetch what we lack; up: send what it lacks; both (default)")
+    syn.add_argument("--no-negentropy", action="store_true", help="use paged REQ even if the peer speaks NIP-77")
+    syn.set_defaults(func=cmd_sync)
 
     try:
         from lightning.cli import add_commands
