@@ -30,7 +30,7 @@ import orjson
 
 from relay.event import Event, KindClass, is_hex64
 from relay.filters import Filter
-from relay.search import DEFAULT_SEARCH_KINDS, document_words, tsvector_literal
+from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, tsvector_literal
 from relay.store.base import (
     ACCOUNT_COLUMNS,
     FAST_ROWS,
@@ -187,18 +187,30 @@ def _probe_select(f: Filter, now: int, p: _Params, columns: str) -> str | None:
 def _search_select(f: Filter, now: int, p: _Params, columns: str) -> str:
     """NIP-50: a ``search`` filter, best match first (``ts_rank``: grows with how often
     the words occur), then newest, then lowest id; LIMIT after ranking. The partial GIN
-    index ``events_search`` finds the candidates; the other conditions are checked on them."""
+    index ``events_search`` finds the candidates, the other conditions are checked on
+    them, and only the ``RANK_CANDIDATES`` most recently stored are ranked
+    (``relay.search``): ``ts_rank`` reads each candidate's vector."""
     assert f.search is not None
     where = _event_conditions(f, now, p)
     where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)
     query = p.add(f.search.tsquery_literal(), "::tsquery")
-    sql = (
-        f"SELECT {columns} FROM events e WHERE {' AND '.join(where)}"
-        f" ORDER BY ts_rank(e.search, {query}) DESC, e.created_at DESC, e.id"
+    candidates = (
+        f"SELECT e.seq FROM events e WHERE {' AND '.join(where)}"
+        # "+ 0": no index yields this order, so the planner cannot walk the primary key
+        # backwards testing @@ on every row (a full scan for a rare word); it takes the GIN
+        # index's matches and keeps the newest in a top-N sort.
+        f" ORDER BY e.seq + 0 DESC LIMIT {p.add(RANK_CANDIDATES, '::int8')}"
+    )
+    best = (
+        f"SELECT c.seq, ts_rank(c.search, {query}) AS r, c.created_at, c.id FROM events c"
+        f" WHERE c.seq IN ({candidates}) ORDER BY r DESC, c.created_at DESC, c.id"
     )
     if f.limit is not None:
-        sql += f" LIMIT {p.add(f.limit, '::int8')}"
-    return sql
+        best += f" LIMIT {p.add(f.limit, '::int8')}"
+    return (
+        f"SELECT {columns} FROM ({best}) s JOIN events e ON e.seq = s.seq"
+        " ORDER BY s.r DESC, s.created_at DESC, s.id"
+    )
 
 
 def _filter_select(f: Filter, now: int, p: _Params, columns: str) -> str:

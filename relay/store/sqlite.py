@@ -40,7 +40,7 @@ import orjson
 
 from relay.event import Event, KindClass, index_tags, is_hex64, kind_class
 from relay.filters import Filter
-from relay.search import DEFAULT_SEARCH_KINDS, document_words, fts5_body
+from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, fts5_body
 from relay.store.base import (
     ACCOUNT_COLUMNS,
     FAST_ROWS,
@@ -211,18 +211,24 @@ def _addresses_only(f: Filter) -> bool:
 def _search_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
     """NIP-50: SELECT of a ``search`` filter, best match first (FTS5 ``bm25``, whose
     ``rank`` is lower for better matches), then newest, then lowest id; the LIMIT applies
-    after ranking. The full-text index drives the search; every other condition of the
-    filter is checked on the event row found through it."""
+    after ranking. The full-text index drives the search, most recently stored match
+    first (FTS5 walks its doclists in rowid order, both ways, at no cost); every other
+    condition is checked on the event row found through it; only the first
+    ``RANK_CANDIDATES`` that pass are ranked (``relay.search``), and only the ``limit``
+    winners are read again for ``columns``."""
     assert f.search is not None
     where, rest = _filter_where(f, now, search_joined=True)
-    params: list[Any] = [f.search.fts5_match(), *rest]
-    sql = (
-        f"SELECT {columns} FROM events_search CROSS JOIN events e ON e.rid = events_search.rowid"
-        f" WHERE events_search MATCH ? AND {where} ORDER BY events_search.rank, e.created_at DESC, e.id"
+    params: list[Any] = [f.search.fts5_match(), *rest, RANK_CANDIDATES]
+    candidates = (
+        "SELECT e.rid AS rid, events_search.rank AS r, e.created_at AS c, e.id AS i"
+        " FROM events_search CROSS JOIN events e ON e.rid = events_search.rowid"
+        f" WHERE events_search MATCH ? AND {where} ORDER BY events_search.rowid DESC LIMIT ?"
     )
+    best = f"SELECT rid, r, c, i FROM ({candidates}) ORDER BY r, c DESC, i"
     if f.limit is not None:
-        sql += " LIMIT ?"
+        best += " LIMIT ?"
         params.append(f.limit)
+    sql = f"SELECT {columns} FROM ({best}) s CROSS JOIN events e ON e.rid = s.rid ORDER BY s.r, s.c DESC, s.i"
     return sql, params
 
 
