@@ -2,7 +2,8 @@
 chosen scenarios, print one JSON document on stdout (progress goes to stderr).
 
 Scenarios: verify_ceiling subindex ingest query fanout idle (the default), and for PostgreSQL
-(issue 5, need --store-url): workers stores crossnode.
+(issue 5, need --store-url): workers stores crossnode; issue 12: reconcile (NIP-77) and search
+(NIP-50), on SQLite or, with --store-url, PostgreSQL.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from bench.profile import summarise_profile
 from bench.query import filter_shapes, run_query
 from bench.relayproc import PROFILE_RATE, RelayOptions, RelayProcess
 from bench.subindex import run_subindex
+from bench.sync_search import run_reconcile, run_search
 
 DEFAULT_SCENARIOS = ["verify_ceiling", "subindex", "ingest", "query", "fanout", "idle"]
-ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores", "crossnode"]
+ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores", "crossnode", "reconcile", "search"]
 
 
 def log(msg: str) -> None:
@@ -74,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fanout-processes", type=int, default=4)
     g.add_argument("--fanout-rate", type=float, default=20.0, help="events published per second")
     g.add_argument("--fanout-seconds", type=float, default=5.0)
+    g = p.add_argument_group("reconcile / search")
+    g.add_argument("--reconcile-events", type=int, default=100_000)
+    g.add_argument("--reconcile-difference", type=float, default=0.01, help="fraction of events on one side only")
+    g.add_argument("--search-events", type=int, default=1_000_000)
+    g.add_argument("--search-serial", type=int, default=200, help="REQs per word, one at a time")
     g = p.add_argument_group("idle")
     g.add_argument("--idle-connections", type=int, default=2000)
     g.add_argument("--idle-processes", type=int, default=4)
@@ -87,6 +94,9 @@ def apply_quick(args: argparse.Namespace) -> None:
     args.query_seconds = min(args.query_seconds, 2.0)
     args.query_serial = min(args.query_serial, 100)
     args.fanout_seconds = min(args.fanout_seconds, 3.0)
+    args.reconcile_events = min(args.reconcile_events, 20_000)
+    args.search_events = min(args.search_events, 50_000)
+    args.search_serial = min(args.search_serial, 50)
 
 
 class Bench:
@@ -251,6 +261,14 @@ class Bench:
             key = "as_configured" if a.url else "compression_on" if compression else "compression_off"
             out[key] = await self.with_relay(f"idle-{key}", body, self.relay_options(compression=compression))
         return out
+
+    async def reconcile(self) -> dict[str, Any]:
+        a = self.args
+        return await run_reconcile(a.store_url, a.reconcile_events, a.reconcile_difference, a.seed, log)
+
+    async def search(self) -> dict[str, Any]:
+        a = self.args
+        return await run_search(a.store_url, a.search_events, a.search_serial, a.seed, log)
 
     async def workers(self) -> dict[str, Any]:
         """issue 5: ingest with serve --workers 2 against 1 (needs --store-url: SQLite refuses workers)."""
