@@ -21,7 +21,7 @@ from lightning.pubkeys import parse_pubkey
 from lightning.web import account_json, invoice_json
 from relay.config import Settings
 from relay.store import open_store
-from relay.store.base import FOREVER, Account, Store
+from relay.store.base import FOREVER, Account, Invite, Store
 
 SettingsLoader = Callable[[argparse.Namespace], Settings]
 
@@ -66,6 +66,8 @@ def add_commands(
     p.add_argument("--pending", action="store_true", help="only unpaid, unexpired ones")
     p.add_argument("--pubkey", help="only this pubkey's (hex or npub)")
     p.set_defaults(func=_runner(load, _invoices_list))
+
+    _add_invite_commands(sub, common, output, load)
 
     p = sub.add_parser("pay-fake", help="settle an invoice of the demo (fake) wallet", parents=[common, output])
     p.add_argument("payment_hash")
@@ -279,3 +281,116 @@ def _pay_fake_runner(load: SettingsLoader) -> Callable[[argparse.Namespace], int
         return 0 if paid else 1
 
     return run
+
+
+# --- NIP-43 invite codes ------------------------------------------------------------------
+
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> int:
+    """``30d``, ``12h``, ``90m``, ``3600s`` or a bare number of days -> seconds."""
+    text = text.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (e.g. 30d, 12h)") from None
+    seconds = round(value * (unit or 86400))
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive: {text!r}")
+    return seconds
+
+
+def _add_invite_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    output: argparse.ArgumentParser,
+    load: SettingsLoader,
+) -> None:
+    invites = sub.add_parser("invites", help="NIP-43 invite codes (single use)", parents=[common])
+    inv = invites.add_subparsers(dest="invites_command", required=True)
+    p = inv.add_parser("create", help="make codes; printed once, stored only hashed", parents=[common, output])
+    p.add_argument("--plan", required=True, help="what a code grants: admission, subscription or credit")
+    p.add_argument("--count", type=int, default=1, help="how many codes (1-10000)")
+    p.add_argument("--expires", help="codes expire after this (30d, 12h); default never")
+    p.add_argument("--credit-sats", type=int, help="with --plan credit: the credit each code grants")
+    p.set_defaults(func=_runner(load, _invites_create))
+    p = inv.add_parser("list", help="every code, newest first (its hash, not the code)", parents=[common, output])
+    p.set_defaults(func=_runner(load, _invites_list))
+    p = inv.add_parser("revoke", help="make an unused code invalid", parents=[common, output])
+    p.add_argument("code", help="the code (or its 64-hex hash, as `invites list` shows)")
+    p.set_defaults(func=_runner(load, _invites_revoke))
+
+
+async def _invites_create(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    from lightning.membership import make_invites
+    from lightning.plans import Plans, UnknownPlan
+
+    if not 1 <= args.count <= 10_000:
+        return _fail("--count must be 1 to 10000")
+    now = int(time.time())
+    expires_at = None
+    if args.expires:
+        try:
+            expires_at = now + parse_duration(args.expires)
+        except ValueError as exc:
+            return _fail(f"--expires: {exc}")
+    try:
+        codes, invites = make_invites(
+            Plans.from_settings(settings.payments),
+            args.plan,
+            args.count,
+            now,
+            expires_at=expires_at,
+            amount_sats=args.credit_sats,
+        )
+    except UnknownPlan as exc:
+        return _fail(f"--plan: {exc}")
+    await store.add_invites(invites)
+    docs = [{"code": c, "plan": i.plan, "expires_at": i.expires_at} for c, i in zip(codes, invites, strict=True)]
+    until = _when(expires_at) + " UTC" if expires_at else "never"
+    text = "\n".join(codes) + f"\n({len(codes)} single-use {invites[0].plan} codes; expire: {until}; shown only now)"
+    _emit(args, docs, text)
+    return 0
+
+
+def _invite_doc(invite: Invite) -> dict[str, Any]:
+    return {
+        "code_hash": invite.code_hash,
+        "plan": invite.plan,
+        "created_at": invite.created_at,
+        "expires_at": invite.expires_at,
+        "created_by": invite.created_by,
+        "redeemed_by": invite.redeemed_by,
+        "redeemed_at": invite.redeemed_at,
+    }
+
+
+async def _invites_list(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    now = int(time.time())
+    docs = [_invite_doc(i) for i in await store.list_invites()]
+    rows = []
+    for d in docs:
+        if d["redeemed_by"]:
+            state = f"used by {d['redeemed_by'][:16]}… {_when(d['redeemed_at'])}"
+        elif d["expires_at"] is not None and d["expires_at"] <= now:
+            state = "expired"
+        else:
+            state = "open"
+        maker = d["created_by"] if d["created_by"] == "operator" else d["created_by"][:16] + "…"
+        rows.append([d["code_hash"], d["plan"], _when(d["created_at"]), _when(d["expires_at"]), maker, state])
+    headers = ["code hash", "plan", "created (UTC)", "expires (UTC)", "made by", "state"]
+    _emit(args, docs, _table(headers, rows) if rows else "no invite codes")
+    return 0
+
+
+async def _invites_revoke(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    from lightning.membership import code_hash
+
+    text = args.code.strip().lower()
+    digest = text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else code_hash(text)
+    revoked = await store.revoke_invite(digest)
+    _emit(args, {"code_hash": digest, "revoked": revoked}, "revoked" if revoked else "no such unused code")
+    return 0 if revoked else 1

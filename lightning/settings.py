@@ -102,6 +102,27 @@ class ZapSettings(_Section):
     )
 
 
+class MembershipSettings(_Section):
+    """NIP-43: invite codes (kind 28934 claims), leave requests (28936), invite requests
+    (28935) and the member list (13534, with 8000/8001 on changes), signed by the relay's key."""
+
+    enabled: bool = Field(True, description="answer NIP-43 claims and leave requests; list 43 in NIP-11")
+    list_members: bool = Field(
+        False, description="publish the member list; it names only members whose own kind 10010 names this relay"
+    )
+    list_refresh_seconds: float = Field(60.0, gt=0, description="how often the member list is brought up to date")
+    max_listed_members: int = Field(1000, ge=1, description="the list names at most this many (newest opt-ins)")
+    members_may_invite: bool = Field(False, description="members get a fresh invite code by asking for kind 28935")
+    member_invite_plan: Literal["admission", "subscription", "credit"] = Field(
+        "admission", description="what a member's invite code grants"
+    )
+    member_invite_days: float = Field(7.0, gt=0, description="a member's invite code expires after this")
+    max_open_invites_per_member: int = Field(3, ge=1, description="unused codes a member may hold at once")
+    request_window_seconds: int = Field(
+        300, ge=10, description="claims and leave requests dated further from now are refused"
+    )
+
+
 class PaymentSettings(_Section):
     enabled: bool = False
     backend: BackendName = "fake"
@@ -157,6 +178,7 @@ class PaymentSettings(_Section):
     phoenixd: PhoenixdSettings = PhoenixdSettings()
     nwc: NwcSettings = NwcSettings()
     zaps: ZapSettings = ZapSettings()
+    membership: MembershipSettings = MembershipSettings()
 
     @field_validator("allow_pubkeys", "ban_pubkeys", "trusted_zappers")
     @classmethod

@@ -27,7 +27,7 @@ from websockets.protocol import State
 from relay import messages
 from relay.errors import AuthRequired, Invalid, RateLimited, Rejection, ServerError
 from relay.event import Event, KindClass, parse_event
-from relay.extension import WriteContext
+from relay.extension import Answered, WriteContext
 from relay.filters import Filter
 from relay.limits import TokenBucket
 from relay.messages import (
@@ -319,6 +319,8 @@ class Connection:
                 self._reject(event.id, self.relay.extension.insufficient_credit(event))
                 return
             self._accepted(event, _OUTCOME_REPLY[outcome])
+        except Answered as answer:
+            self._accepted(event, (answer.accepted, answer.message))
         except Rejection as exc:
             self._reject(event.id, exc)
         except Exception as exc:
@@ -355,10 +357,18 @@ class Connection:
             self.send(messages.closed(sub_id, f"blocked: at most {limit} open subscriptions per connection"))
             return
         rejection = self._read_rejection(filters)
+        made: list[bytes] = []
+        if rejection is None and self.relay.extension is not None:
+            try:
+                made = await self.relay.extension.req_events(filters, self.authed)
+            except Rejection as exc:
+                rejection = exc
         if rejection is not None:
             self._close_sub(sub_id)
             self.send(messages.closed(sub_id, str(rejection)))
             return
+        for raw in made:
+            self.send(messages.event(sub_id, raw))
         started = time.perf_counter()
         self.relay.metrics.reqs.inc()
         # Live first, then the stored query, so nothing published meanwhile falls in the gap;

@@ -14,6 +14,7 @@ from websockets.http11 import Request, Response
 
 from relay.errors import Rejection
 from relay.event import Event
+from relay.filters import Filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,17 @@ class WriteContext:
     now: int
     authed: frozenset[str]  # pubkeys authenticated on this connection (NIP-42)
     ip: str
+
+
+class Answered(Exception):
+    """Raised by ``Extension.admit`` for an event addressed to the relay itself (NIP-43
+    join and leave requests): the OK is the whole answer, the event is neither stored nor
+    relayed."""
+
+    def __init__(self, accepted: bool, message: str) -> None:
+        super().__init__(message)
+        self.accepted = accepted
+        self.message = message
 
 
 class Extension(Protocol):
@@ -35,6 +47,11 @@ class Extension(Protocol):
         """The write gate, called after every other check passed and the signature was
         verified. Return the charge in msat (0 for free); raise a ``Rejection``
         (``restricted: ...; pay at <url>``, ``blocked: ...``) to refuse."""
+        ...
+
+    async def req_events(self, filters: tuple[Filter, ...], authed: frozenset[str]) -> list[bytes]:
+        """Events made for this REQ on the fly (NIP-43 invite codes, kind 28935), sent
+        before the stored ones and never stored; raise a ``Rejection`` to close the REQ."""
         ...
 
     def insufficient_credit(self, event: Event) -> Rejection:

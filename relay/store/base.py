@@ -38,6 +38,67 @@ if TYPE_CHECKING:
 
 FOREVER = 2**62  # admitted_until value for "admitted for good"
 
+
+class InviteOutcome(enum.Enum):
+    """What a NIP-43 claim of an invite code came to (``Store.redeem_invite``)."""
+
+    REDEEMED = "redeemed"  # this call used the code and applied its grant
+    ALREADY_MINE = "already-mine"  # the claimer redeemed it before: nothing changes
+    INVALID = "invalid"  # unknown, revoked, or used by someone else (not told apart)
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    """A single-use invite code (NIP-43 ``claim``), kept as the SHA-256 of the code so a
+    copy of the database hands out no usable codes. What it grants is fixed at creation,
+    like an invoice's."""
+
+    code_hash: str
+    plan: str
+    created_at: int
+    expires_at: int | None  # None: never
+    created_by: str  # "operator", or the hex pubkey of the member who asked for it (kind 28935)
+    admit_seconds: int = 0
+    admit_forever: bool = False
+    credit_msat: int = 0
+    redeemed_by: str | None = None
+    redeemed_at: int | None = None
+
+
+INVITE_COLUMNS = (
+    "code_hash, plan, created_at, expires_at, created_by, admit_seconds, admit_forever, credit_msat, "
+    "redeemed_by, redeemed_at"
+)
+
+
+def invite_from_row(row: Sequence[Any]) -> Invite:
+    return Invite(
+        code_hash=row[0],
+        plan=row[1],
+        created_at=row[2],
+        expires_at=row[3],
+        created_by=row[4],
+        admit_seconds=row[5],
+        admit_forever=bool(row[6]),
+        credit_msat=row[7],
+        redeemed_by=row[8],
+        redeemed_at=row[9],
+    )
+
+
+def invite_refusal(found: Sequence[Any] | None, pubkey: str, now: int) -> InviteOutcome:
+    """Why a claim did not redeem, from the code's ``(expires_at, redeemed_by)`` (None: no
+    such code). A code someone else used is "invalid", not "used": a guesser learns nothing."""
+    if found is None:
+        return InviteOutcome.INVALID
+    expires_at, redeemed_by = found
+    if redeemed_by is not None:
+        return InviteOutcome.ALREADY_MINE if redeemed_by == pubkey else InviteOutcome.INVALID
+    if expires_at is not None and expires_at <= now:
+        return InviteOutcome.EXPIRED
+    return InviteOutcome.INVALID
+
 # Stored answers (issue 8, item 2): a REQ's answer is read from the store in pages of about
 # PAGE_BYTES so that what one connection holds stays near its outgoing_queue_bytes whatever
 # its filters ask for (16 clients REQ-ing limit 5000 over 60 KB events took the relay to
@@ -322,4 +383,33 @@ class Store(Protocol):
         allowed: bool | None = None,
     ) -> Account:
         """Operator changes (grant/revoke/ban/allow); creates the account when missing."""
+        ...
+
+    # --- NIP-43 membership: invite codes and leaving -------------------------------
+
+    async def add_invites(self, invites: Sequence[Invite]) -> None:
+        """Store new invite codes (all or none)."""
+        ...
+
+    async def redeem_invite(self, code_hash: str, pubkey: str, now: int) -> InviteOutcome:
+        """Use the code for ``pubkey`` and apply its grant to the account, in one
+        transaction, exactly once: of two claims racing for one code (on any node) one
+        gets ``REDEEMED``, the other ``INVALID``."""
+        ...
+
+    async def list_invites(self) -> list[Invite]:
+        """Newest first."""
+        ...
+
+    async def open_invite_count(self, created_by: str, now: int) -> int:
+        """Unused, unexpired codes made by ``created_by`` (bounds what a member may ask for)."""
+        ...
+
+    async def revoke_invite(self, code_hash: str) -> bool:
+        """Delete an unused code; False when there is none (or it was used)."""
+        ...
+
+    async def end_membership(self, pubkey: str, now: int) -> bool:
+        """A NIP-43 leave request: admission, credit and the allowed flag end (nothing is
+        refunded). False when the pubkey had none of them."""
         ...

@@ -174,4 +174,24 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE search_state (id INTEGER PRIMARY KEY CHECK (id = 1), kinds TEXT NOT NULL)",
         ),
     ),
+    # NIP-43 invite codes (issue 10): single use, stored as SHA-256 of the code.
+    Migration(
+        6,
+        "invites: NIP-43 invite codes",
+        (
+            """CREATE TABLE invites (
+                code_hash TEXT PRIMARY KEY,
+                plan TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER,
+                created_by TEXT NOT NULL,
+                admit_seconds INTEGER NOT NULL,
+                admit_forever INTEGER NOT NULL,
+                credit_msat INTEGER NOT NULL,
+                redeemed_by TEXT,
+                redeemed_at INTEGER
+            )""",
+            "CREATE INDEX invites_created_by ON invites (created_by, created_at)",
+        ),
+    ),
 )

@@ -34,15 +34,20 @@ from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, 
 from relay.store.base import (
     ACCOUNT_COLUMNS,
     FAST_ROWS,
+    INVITE_COLUMNS,
     INVOICE_COLUMNS,
     PAGE_BYTES,
     Account,
     AnswerKeys,
+    Invite,
+    InviteOutcome,
     Invoice,
     WriteOutcome,
     WriteRequest,
     account_from_row,
     answer_rows,
+    invite_from_row,
+    invite_refusal,
     invoice_from_row,
     read_pages,
 )
@@ -829,23 +834,7 @@ class PostgresStore:
             if row is None:
                 return False
             pubkey, admit_seconds, admit_forever, credit_msat = row
-            # The account row locked (created if new), then the grant computed by the shared
-            # rule: a concurrent charge or operator change of this account waits for us.
-            current = await conn.fetchval(
-                "INSERT INTO accounts AS a (pubkey, updated_at) VALUES ($1, $2)"
-                " ON CONFLICT (pubkey) DO UPDATE SET updated_at = a.updated_at"
-                " RETURNING admitted_until",
-                pubkey,
-                now,
-            )
-            await conn.execute(
-                "UPDATE accounts SET admitted_until = $2, credit_msat = credit_msat + $3, updated_at = $4"
-                " WHERE pubkey = $1",
-                pubkey,
-                admitted_until_after_grant(current, now, admit_seconds, admit_forever),
-                credit_msat,
-                now,
-            )
+            await _apply_grant(conn, pubkey, now, admit_seconds, admit_forever, credit_msat)
             return True
 
     async def expire_invoices(self, now: int) -> int:
@@ -876,7 +865,7 @@ class PostgresStore:
         async with self._acquire() as conn:
             row = await conn.fetchrow(
                 f"INSERT INTO accounts AS a (pubkey, admitted_until, credit_msat, banned, allowed, updated_at)"
-                f" VALUES ($1, coalesce($2, 0), $3, coalesce($4, false), coalesce($5, false), $6)"
+                f" VALUES ($1, coalesce($2::bigint, 0), $3::bigint, coalesce($4, false), coalesce($5, false), $6)"
                 f" ON CONFLICT (pubkey) DO UPDATE SET"
                 f" admitted_until = coalesce($2, a.admitted_until), credit_msat = a.credit_msat + $3,"
                 f" banned = coalesce($4, a.banned), allowed = coalesce($5, a.allowed), updated_at = $6"
@@ -889,3 +878,99 @@ class PostgresStore:
                 now,
             )
         return account_from_row(row)
+
+    # --- NIP-43 membership ---------------------------------------------------------------
+
+    async def add_invites(self, invites: Sequence[Invite]) -> None:
+        async with self._acquire() as conn, conn.transaction():
+            await conn.executemany(
+                f"INSERT INTO invites ({INVITE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                [
+                    (
+                        i.code_hash,
+                        i.plan,
+                        i.created_at,
+                        i.expires_at,
+                        i.created_by,
+                        i.admit_seconds,
+                        i.admit_forever,
+                        i.credit_msat,
+                        i.redeemed_by,
+                        i.redeemed_at,
+                    )
+                    for i in invites
+                ],
+            )
+
+    async def redeem_invite(self, code_hash: str, pubkey: str, now: int) -> InviteOutcome:
+        """Exactly once across nodes: a concurrent claim of the same code waits for this
+        transaction, re-checks ``redeemed_by`` and matches nothing."""
+        async with self._acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE invites SET redeemed_by = $2, redeemed_at = $3 WHERE code_hash = $1"
+                " AND redeemed_by IS NULL AND (expires_at IS NULL OR expires_at > $3)"
+                " RETURNING admit_seconds, admit_forever, credit_msat",
+                code_hash,
+                pubkey,
+                now,
+            )
+            if row is None:
+                found = await conn.fetchrow(
+                    "SELECT expires_at, redeemed_by FROM invites WHERE code_hash = $1", code_hash
+                )
+                return invite_refusal(None if found is None else tuple(found), pubkey, now)
+            await _apply_grant(conn, pubkey, now, row[0], row[1], row[2])
+            return InviteOutcome.REDEEMED
+
+    async def list_invites(self) -> list[Invite]:
+        rows = await self._fetch(f"SELECT {INVITE_COLUMNS} FROM invites ORDER BY created_at DESC, code_hash")
+        return [invite_from_row(row) for row in rows]
+
+    async def open_invite_count(self, created_by: str, now: int) -> int:
+        async with self._acquire() as conn:
+            count = await conn.fetchval(
+                "SELECT count(*) FROM invites WHERE created_by = $1 AND redeemed_by IS NULL"
+                " AND (expires_at IS NULL OR expires_at > $2)",
+                created_by,
+                now,
+            )
+        return int(count)
+
+    async def revoke_invite(self, code_hash: str) -> bool:
+        async with self._acquire() as conn:
+            status: str = await conn.execute(
+                "DELETE FROM invites WHERE code_hash = $1 AND redeemed_by IS NULL", code_hash
+            )
+        return status != "DELETE 0"
+
+    async def end_membership(self, pubkey: str, now: int) -> bool:
+        async with self._acquire() as conn:
+            status: str = await conn.execute(
+                "UPDATE accounts SET admitted_until = 0, credit_msat = 0, allowed = false, updated_at = $2"
+                " WHERE pubkey = $1 AND (admitted_until > $2 OR credit_msat > 0 OR allowed)",
+                pubkey,
+                now,
+            )
+        return status != "UPDATE 0"
+
+
+async def _apply_grant(
+    conn: Any, pubkey: str, now: int, admit_seconds: int, admit_forever: bool, credit_msat: int
+) -> None:
+    """An invoice's or invite's grant. The account row is locked first (created if new),
+    then the grant computed by the shared rule: a concurrent charge or operator change of
+    this account waits for us."""
+    current = await conn.fetchval(
+        "INSERT INTO accounts AS a (pubkey, updated_at) VALUES ($1, $2)"
+        " ON CONFLICT (pubkey) DO UPDATE SET updated_at = a.updated_at"
+        " RETURNING admitted_until",
+        pubkey,
+        now,
+    )
+    await conn.execute(
+        "UPDATE accounts SET admitted_until = $2, credit_msat = credit_msat + $3, updated_at = $4 WHERE pubkey = $1",
+        pubkey,
+        admitted_until_after_grant(current, now, admit_seconds, admit_forever),
+        credit_msat,
+        now,
+    )

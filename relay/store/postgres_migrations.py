@@ -237,6 +237,26 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             $fn$""",
         ),
     ),
+    # NIP-43 invite codes (issue 10): single use, stored as SHA-256 of the code.
+    Migration(
+        6,
+        "invites: NIP-43 invite codes",
+        (
+            """CREATE TABLE invites (
+                code_hash text PRIMARY KEY,
+                plan text NOT NULL,
+                created_at bigint NOT NULL,
+                expires_at bigint,
+                created_by text NOT NULL,
+                admit_seconds bigint NOT NULL,
+                admit_forever boolean NOT NULL,
+                credit_msat bigint NOT NULL,
+                redeemed_by text,
+                redeemed_at bigint
+            )""",
+            "CREATE INDEX invites_created_by ON invites (created_by, created_at)",
+        ),
+    ),
 )
 
 

@@ -44,15 +44,20 @@ from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, 
 from relay.store.base import (
     ACCOUNT_COLUMNS,
     FAST_ROWS,
+    INVITE_COLUMNS,
     INVOICE_COLUMNS,
     PAGE_BYTES,
     Account,
     AnswerKeys,
+    Invite,
+    InviteOutcome,
     Invoice,
     WriteOutcome,
     WriteRequest,
     account_from_row,
     answer_rows,
+    invite_from_row,
+    invite_refusal,
     invoice_from_row,
     read_pages,
 )
@@ -844,6 +849,35 @@ class SqliteStore:
         )
         return account
 
+    # --- NIP-43 membership ---------------------------------------------------------------
+
+    async def add_invites(self, invites: Sequence[Invite]) -> None:
+        await self._write(self._transaction, _insert_invites, list(invites))
+
+    async def redeem_invite(self, code_hash: str, pubkey: str, now: int) -> InviteOutcome:
+        outcome: InviteOutcome = await self._write(self._transaction, _redeem_invite, code_hash, pubkey, now)
+        return outcome
+
+    async def list_invites(self) -> list[Invite]:
+        rows = await self._read(f"SELECT {INVITE_COLUMNS} FROM invites ORDER BY created_at DESC, code_hash", ())
+        return [invite_from_row(row) for row in rows]
+
+    async def open_invite_count(self, created_by: str, now: int) -> int:
+        rows = await self._read(
+            "SELECT count(*) FROM invites WHERE created_by = ? AND redeemed_by IS NULL"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (created_by, now),
+        )
+        return int(rows[0][0])
+
+    async def revoke_invite(self, code_hash: str) -> bool:
+        revoked: bool = await self._write(self._transaction, _revoke_invite, code_hash)
+        return revoked
+
+    async def end_membership(self, pubkey: str, now: int) -> bool:
+        ended: bool = await self._write(self._transaction, _end_membership, pubkey, now)
+        return ended
+
 
 # --- synchronous bodies run on the writer thread inside one transaction --------------------
 
@@ -1036,6 +1070,18 @@ def _charge_credit(conn: sqlite3.Connection, pubkey: str, amount_msat: int, now:
     return cursor.rowcount == 1
 
 
+def _apply_grant(
+    conn: sqlite3.Connection, pubkey: str, now: int, admit_seconds: int, admit_forever: bool, credit_msat: int
+) -> None:
+    """An invoice's or invite's grant, applied to the account (created when missing)."""
+    conn.execute("INSERT OR IGNORE INTO accounts (pubkey, updated_at) VALUES (?, ?)", (pubkey, now))
+    (current,) = conn.execute("SELECT admitted_until FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
+    conn.execute(
+        "UPDATE accounts SET admitted_until = ?, credit_msat = credit_msat + ?, updated_at = ? WHERE pubkey = ?",
+        (admitted_until_after_grant(current, now, admit_seconds, admit_forever), credit_msat, now, pubkey),
+    )
+
+
 def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int, now: int, fee_msat: int) -> bool:
     """Exactly once: the conditional UPDATE changes a row for one caller only (the write lock
     serialises callers, across processes too), and only that caller applies the grant."""
@@ -1047,12 +1093,7 @@ def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int,
     if row is None:
         return False
     pubkey, admit_seconds, admit_forever, credit_msat = row
-    conn.execute("INSERT OR IGNORE INTO accounts (pubkey, updated_at) VALUES (?, ?)", (pubkey, now))
-    (current,) = conn.execute("SELECT admitted_until FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
-    conn.execute(
-        "UPDATE accounts SET admitted_until = ?, credit_msat = credit_msat + ?, updated_at = ? WHERE pubkey = ?",
-        (admitted_until_after_grant(current, now, admit_seconds, bool(admit_forever)), credit_msat, now, pubkey),
-    )
+    _apply_grant(conn, pubkey, now, admit_seconds, bool(admit_forever), credit_msat)
     return True
 
 
@@ -1082,3 +1123,54 @@ def _update_account(
     conn.execute(f"UPDATE accounts SET {', '.join(sets)} WHERE pubkey = ?", params)
     row = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
     return account_from_row(row)
+
+
+def _insert_invites(conn: sqlite3.Connection, invites: list[Invite]) -> None:
+    conn.executemany(
+        f"INSERT INTO invites ({INVITE_COLUMNS}) VALUES ({_marks(10)})",
+        [
+            (
+                i.code_hash,
+                i.plan,
+                i.created_at,
+                i.expires_at,
+                i.created_by,
+                i.admit_seconds,
+                int(i.admit_forever),
+                i.credit_msat,
+                i.redeemed_by,
+                i.redeemed_at,
+            )
+            for i in invites
+        ],
+    )
+
+
+def _redeem_invite(conn: sqlite3.Connection, code_hash: str, pubkey: str, now: int) -> InviteOutcome:
+    """Exactly once: the conditional UPDATE matches for one caller only (the write lock
+    serialises callers), and only that caller applies the grant."""
+    row = conn.execute(
+        "UPDATE invites SET redeemed_by = ?, redeemed_at = ? WHERE code_hash = ? AND redeemed_by IS NULL"
+        " AND (expires_at IS NULL OR expires_at > ?) RETURNING admit_seconds, admit_forever, credit_msat",
+        (pubkey, now, code_hash, now),
+    ).fetchone()
+    if row is None:
+        found = conn.execute("SELECT expires_at, redeemed_by FROM invites WHERE code_hash = ?", (code_hash,)).fetchone()
+        return invite_refusal(found, pubkey, now)
+    _apply_grant(conn, pubkey, now, row[0], bool(row[1]), row[2])
+    return InviteOutcome.REDEEMED
+
+
+def _revoke_invite(conn: sqlite3.Connection, code_hash: str) -> bool:
+    return conn.execute("DELETE FROM invites WHERE code_hash = ? AND redeemed_by IS NULL", (code_hash,)).rowcount > 0
+
+
+def _end_membership(conn: sqlite3.Connection, pubkey: str, now: int) -> bool:
+    return (
+        conn.execute(
+            "UPDATE accounts SET admitted_until = 0, credit_msat = 0, allowed = 0, updated_at = ?"
+            " WHERE pubkey = ? AND (admitted_until > ? OR credit_msat > 0 OR allowed = 1)",
+            (now, pubkey, now),
+        ).rowcount
+        > 0
+    )

@@ -1,0 +1,89 @@
+"""NIP-43 membership in both stores: single-use invite codes redeemed exactly once, with
+their grant in the same transaction, and leaving. Against every backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+from relay import crypto
+from relay.store.base import FOREVER, Invite, InviteOutcome, Store
+
+NOW = 1_700_000_000
+ALICE_PK = crypto.public_key((1).to_bytes(32, "big")).hex()
+BOB_PK = crypto.public_key((2).to_bytes(32, "big")).hex()
+
+
+def invite(
+    code_hash: str, *, expires_at: int | None = None, created_by: str = "operator", **grant: int | bool
+) -> Invite:
+    return Invite(
+        code_hash=code_hash,
+        plan="admission",
+        created_at=NOW,
+        expires_at=expires_at,
+        created_by=created_by,
+        **grant,  # type: ignore[arg-type]
+    )
+
+
+async def test_invite_redeems_once_and_applies_its_grant(store: Store) -> None:
+    await store.add_invites([invite("aa" * 32, admit_seconds=3600, credit_msat=5000)])
+    assert await store.redeem_invite("aa" * 32, ALICE_PK, NOW) is InviteOutcome.REDEEMED
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.admitted_until == NOW + 3600 and account.credit_msat == 5000
+    # the same claimer again: nothing changes; someone else: invalid (not "used": a guesser learns nothing)
+    assert await store.redeem_invite("aa" * 32, ALICE_PK, NOW + 1) is InviteOutcome.ALREADY_MINE
+    assert await store.redeem_invite("aa" * 32, BOB_PK, NOW + 1) is InviteOutcome.INVALID
+    assert await store.get_account(BOB_PK) is None
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.admitted_until == NOW + 3600 and account.credit_msat == 5000
+    (listed,) = await store.list_invites()
+    assert listed.redeemed_by == ALICE_PK and listed.redeemed_at == NOW
+
+
+async def test_unknown_and_expired_codes_are_refused(store: Store) -> None:
+    await store.add_invites([invite("bb" * 32, expires_at=NOW + 10, admit_forever=True)])
+    assert await store.redeem_invite("cc" * 32, ALICE_PK, NOW) is InviteOutcome.INVALID
+    assert await store.redeem_invite("bb" * 32, ALICE_PK, NOW + 10) is InviteOutcome.EXPIRED
+    assert await store.get_account(ALICE_PK) is None
+    assert await store.redeem_invite("bb" * 32, ALICE_PK, NOW + 9) is InviteOutcome.REDEEMED
+    account = await store.get_account(ALICE_PK)
+    assert account is not None and account.admitted_until == FOREVER
+
+
+async def test_concurrent_claims_of_one_code_redeem_it_once(store: Store) -> None:
+    await store.add_invites([invite("dd" * 32, credit_msat=1000)])
+    claimers = [crypto.public_key((n).to_bytes(32, "big")).hex() for n in range(3, 13)]
+    outcomes = await asyncio.gather(*(store.redeem_invite("dd" * 32, pk, NOW) for pk in claimers))
+    assert outcomes.count(InviteOutcome.REDEEMED) == 1
+    assert outcomes.count(InviteOutcome.INVALID) == 9
+    credited = [a for pk in claimers if (a := await store.get_account(pk)) is not None and a.credit_msat]
+    assert len(credited) == 1 and credited[0].credit_msat == 1000
+
+
+async def test_open_invites_are_counted_per_creator_and_revocable(store: Store) -> None:
+    await store.add_invites(
+        [
+            invite("01" * 32, created_by=ALICE_PK),
+            invite("02" * 32, created_by=ALICE_PK, expires_at=NOW - 1),
+            invite("03" * 32, created_by=ALICE_PK),
+            invite("04" * 32),
+        ]
+    )
+    assert await store.open_invite_count(ALICE_PK, NOW) == 2
+    assert await store.redeem_invite("03" * 32, BOB_PK, NOW) is InviteOutcome.REDEEMED
+    assert await store.open_invite_count(ALICE_PK, NOW) == 1
+    assert await store.revoke_invite("01" * 32) is True
+    assert await store.revoke_invite("03" * 32) is False  # used codes stay, for the record
+    assert await store.redeem_invite("01" * 32, BOB_PK, NOW) is InviteOutcome.INVALID
+    assert await store.open_invite_count(ALICE_PK, NOW) == 0
+
+
+async def test_leaving_ends_admission_credit_and_allow_flag(store: Store) -> None:
+    await store.update_account(ALICE_PK, NOW, admitted_until=FOREVER, credit_delta_msat=7000, allowed=True)
+    assert await store.end_membership(ALICE_PK, NOW) is True
+    account = await store.get_account(ALICE_PK)
+    assert account is not None
+    assert (account.admitted_until, account.credit_msat, account.allowed) == (0, 0, False)
+    assert await store.end_membership(ALICE_PK, NOW) is False
+    assert await store.end_membership(BOB_PK, NOW) is False
