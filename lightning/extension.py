@@ -20,15 +20,18 @@ from websockets.http11 import Request, Response
 from lightning.backend import WalletBackend
 from lightning.gate import AccountCache, Gate
 from lightning.ledger import Confirmation, ConfirmResult, Ledger, PendingCaps
+from lightning.membership import REQUEST_KINDS, Membership
 from lightning.metrics import PaymentMetrics
-from lightning.plans import Plans
+from lightning.plans import Plans, UnknownPlan
 from lightning.settings import PaymentSettings
 from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
 from lightning.zapper import Publish, Zapper
+from relay.config import ConfigError
 from relay.errors import Rejection
 from relay.event import Event
-from relay.extension import WriteContext
+from relay.extension import Answered, WriteContext
+from relay.filters import Filter
 from relay.identity import RelayIdentity
 from relay.store.base import Invoice, Store
 
@@ -166,6 +169,9 @@ class PaymentsExtension:
             on_result=self._on_result,
             clock=clock,
         )
+        self.membership: Membership | None = None
+        if identity is not None and publish is not None and p.membership.enabled:
+            self.membership = self._membership(settings, identity, publish, clock)
         fake = self._fake_backend()
         self.web = JoinWeb(
             PageInfo(settings.relay.name, settings.relay.description, settings.relay.public_url, demo=fake is not None),
@@ -180,6 +186,28 @@ class PaymentsExtension:
             clock=clock,
         )
 
+    def _membership(
+        self, settings: Settings, identity: RelayIdentity, publish: Publish, clock: Callable[[], float]
+    ) -> Membership:
+        m = settings.payments.membership
+        if m.members_may_invite:
+            try:
+                self.plans.grant(m.member_invite_plan)
+            except UnknownPlan as exc:
+                raise ConfigError(f"payments.membership.member_invite_plan: {exc}") from None
+        return Membership(
+            m,
+            plans=self.plans,
+            store=self.store,
+            accounts=self.accounts,
+            identity=identity,
+            publish=publish,
+            relay_url=settings.relay.public_url,
+            is_member=self.gate.is_member,
+            banned=frozenset(settings.payments.ban_pubkeys),
+            clock=clock,
+        )
+
     def _fake_backend(self) -> FakeBackend | None:
         from lightning.backends.fake import FakeBackend
 
@@ -191,8 +219,12 @@ class PaymentsExtension:
         await self.watcher.start()
         if self.zapper is not None:
             await self.zapper.reconcile()
+        if self.membership is not None:
+            await self.membership.start()
 
     async def stop(self) -> None:
+        if self.membership is not None:
+            await self.membership.stop()
         if self.zapper is not None:
             await self.zapper.close()
         await self.web.close()
@@ -200,7 +232,15 @@ class PaymentsExtension:
         await self.backend.close()
 
     async def admit(self, event: Event, ctx: WriteContext) -> int:
+        if self.membership is not None and event.kind in REQUEST_KINDS:
+            # NIP-43 join/leave requests are addressed to the relay: answered, never stored.
+            raise Answered(*await self.membership.answer(event, ctx.ip))
         return await self.gate.admit(event, ctx)
+
+    async def req_events(self, filters: tuple[Filter, ...], authed: frozenset[str]) -> list[bytes]:
+        if self.membership is None:
+            return []
+        return await self.membership.invite_events(filters, authed)
 
     def insufficient_credit(self, event: Event) -> Rejection:
         return self.gate.insufficient_credit(event)
@@ -218,8 +258,14 @@ class PaymentsExtension:
             "payments_url": self.payments_url,
             "fees": self.plans.nip11_fees(),
         }
+        nips = []
         if self.zapper is not None:
-            doc.update(supported_nips=[57], lud16=self.zapper.address)
+            nips.append(57)
+            doc["lud16"] = self.zapper.address
+        if self.membership is not None:
+            nips.append(43)
+        if nips:
+            doc["supported_nips"] = nips
         return doc
 
     # --- wiring -------------------------------------------------------------------
@@ -238,6 +284,8 @@ class PaymentsExtension:
             self.metrics.wallet_fees_msat.inc(result.fee_msat)
             if self.zapper is not None:
                 self.zapper.settled(result.invoice, result.preimage)
+            if self.membership is not None:
+                self.membership.changed()
         elif result.outcome is Confirmation.REJECTED:
             self.metrics.settlements_rejected.inc()
 
