@@ -323,6 +323,11 @@ def _add_invite_commands(
     p.add_argument("code", help="the code (or its 64-hex hash, as `invites list` shows)")
     p.set_defaults(func=_runner(load, _invites_revoke))
 
+    p = sub.add_parser("reminders", help="turn a member's reminders by Nostr DM on or off", parents=[common, output])
+    p.add_argument("setting", choices=["on", "off"])
+    p.add_argument("pubkey", help="hex or npub (only with the member's consent: reminders are opt-in)")
+    p.set_defaults(func=_runner(load, _reminders_set))
+
 
 async def _invites_create(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     from lightning.membership import make_invites
@@ -394,3 +399,14 @@ async def _invites_revoke(args: argparse.Namespace, settings: Settings, store: S
     revoked = await store.revoke_invite(digest)
     _emit(args, {"code_hash": digest, "revoked": revoked}, "revoked" if revoked else "no such unused code")
     return 0 if revoked else 1
+
+
+async def _reminders_set(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    try:
+        pubkey = _pubkey(args.pubkey)
+    except _Abort as exc:
+        return _fail(str(exc))
+    await store.set_reminders(pubkey, args.setting == "on", int(time.time()))
+    on = await store.reminders_on(pubkey)
+    _emit(args, {"pubkey": pubkey, "reminders": on}, f"reminders {'on' if on else 'off'} for {pubkey}")
+    return 0

@@ -23,6 +23,7 @@ from lightning.ledger import Confirmation, ConfirmResult, Ledger, PendingCaps
 from lightning.membership import REQUEST_KINDS, Membership
 from lightning.metrics import PaymentMetrics
 from lightning.plans import Plans, UnknownPlan
+from lightning.reminders import Reminders
 from lightning.settings import PaymentSettings
 from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
@@ -169,6 +170,21 @@ class PaymentsExtension:
             on_result=self._on_result,
             clock=clock,
         )
+        self.reminders: Reminders | None = None
+        if identity is not None and publish is not None and p.reminders.enabled:
+            self.reminders = Reminders(
+                p.reminders,
+                store=store,
+                plans=self.plans,
+                identity=identity,
+                publish=publish,
+                relay_name=settings.relay.name,
+                relay_url=settings.relay.public_url,
+                payments_url=self.payments_url,
+                zap_address=self.zapper.address if self.zapper is not None else None,
+                allow=frozenset(p.allow_pubkeys),
+                clock=clock,
+            )
         self.membership: Membership | None = None
         if identity is not None and publish is not None and p.membership.enabled:
             self.membership = self._membership(settings, identity, publish, clock)
@@ -183,6 +199,7 @@ class PaymentsExtension:
             confirm=self.watcher.confirm,
             watch=self.watcher.watch,
             status_lookups_per_second=p.status_lookups_per_second,
+            reminders=self.reminders is not None,
             clock=clock,
         )
 
@@ -205,8 +222,13 @@ class PaymentsExtension:
             relay_url=settings.relay.public_url,
             is_member=self.gate.is_member,
             banned=frozenset(settings.payments.ban_pubkeys),
+            on_leave=self._on_leave,
             clock=clock,
         )
+
+    async def _on_leave(self, pubkey: str, now: int) -> None:
+        """A member who leaves is forgotten: no more reminders."""
+        await self.store.set_reminders(pubkey, False, now)
 
     def _fake_backend(self) -> FakeBackend | None:
         from lightning.backends.fake import FakeBackend
@@ -221,10 +243,14 @@ class PaymentsExtension:
             await self.zapper.reconcile()
         if self.membership is not None:
             await self.membership.start()
+        if self.reminders is not None:
+            await self.reminders.start()
 
     async def stop(self) -> None:
         if self.membership is not None:
             await self.membership.stop()
+        if self.reminders is not None:
+            await self.reminders.stop()
         if self.zapper is not None:
             await self.zapper.close()
         await self.web.close()

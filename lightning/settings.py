@@ -123,6 +123,26 @@ class MembershipSettings(_Section):
     )
 
 
+class ReminderSettings(_Section):
+    """NIP-17 direct messages from the relay's key to members who asked for them."""
+
+    enabled: bool = Field(True, description="send reminders to members who opted in (join page or CLI)")
+    days_before: list[float] = Field(
+        default_factory=lambda: [7.0, 1.0], description="remind this many days before a term ends"
+    )
+    credit_below_sats: int | None = Field(
+        None, ge=1, description="remind when prepaid credit falls under this; default the minimum top-up"
+    )
+    check_interval_seconds: float = Field(600.0, gt=0, description="how often terms and balances are looked at")
+
+    @field_validator("days_before")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(days <= 0 for days in value):
+            raise ValueError("days must be positive")
+        return sorted(set(value), reverse=True)
+
+
 class PaymentSettings(_Section):
     enabled: bool = False
     backend: BackendName = "fake"
@@ -179,6 +199,7 @@ class PaymentSettings(_Section):
     nwc: NwcSettings = NwcSettings()
     zaps: ZapSettings = ZapSettings()
     membership: MembershipSettings = MembershipSettings()
+    reminders: ReminderSettings = ReminderSettings()
 
     @field_validator("allow_pubkeys", "ban_pubkeys", "trusted_zappers")
     @classmethod

@@ -183,6 +183,7 @@ class JoinWeb:
         confirm: Callable[[str], Awaitable[object]] | None = None,
         watch: Callable[[str], None] = lambda payment_hash: None,
         status_lookups_per_second: float = 5.0,
+        reminders: bool = False,
         check_interval: float = STATUS_CHECK_INTERVAL,
         check_wait: float = STATUS_CHECK_WAIT,
         clock: Callable[[], float] = time.time,
@@ -207,6 +208,7 @@ class JoinWeb:
         self._last_check: OrderedDict[str, float] = OrderedDict()  # payment hash -> monotonic time
         self._checks: dict[str, asyncio.Task[None]] = {}  # lookups in flight, by payment hash
         self._clock = clock
+        self._reminders = reminders  # members may opt in to reminders by DM (lightning.reminders)
         templates = resources.files("lightning") / "templates"
         self._join_template = string.Template((templates / "join.html").read_text("utf-8"))
         self._account_template = string.Template((templates / "account.html").read_text("utf-8"))
@@ -239,6 +241,8 @@ class JoinWeb:
             if rest.endswith("/qr.svg"):
                 return await self._qr(rest[: -len("/qr.svg")])
             return await self._invoice_status(rest)
+        if path.startswith("/account/") and path.endswith("/reminders") and self._reminders:
+            return await self._reminder_optin(path[len("/account/") : -len("/reminders")], request, parts.query)
         if path.startswith("/account/"):
             return await self._account(path[len("/account/") :], request)
         if path.startswith("/api/fake/pay/") and self._fake_pay is not None:
@@ -282,6 +286,7 @@ class JoinWeb:
             credit_amount=credit,
             demo_banner=demo,
             demo_flag="1" if self._info.demo else "0",
+            reminders_flag="1" if self._reminders else "0",
         )
 
     def _price_text(self, offer: PlanOffer) -> str:
@@ -325,6 +330,33 @@ class JoinWeb:
         if "application/json" in request.headers.get("Accept", ""):
             return _json(HTTPStatus.OK, doc)
         return _html(self._render_account(doc))
+
+    async def _reminder_optin(self, raw_pubkey: str, request: Request, query: str) -> Response:
+        """``/account/<pubkey>/reminders[?set=on|off]``: the owner (NIP-98, this exact URL)
+        turns reminders by DM on or off, or reads the setting. Nobody else can: reminders
+        are sent only to those who asked (issue 10)."""
+        pubkey = parse_pubkey(raw_pubkey)
+        if pubkey is None:
+            return _error(HTTPStatus.BAD_REQUEST, "not a hex pubkey or npub")
+        wanted = parse_qs(query).get("set", [""])[0]
+        if wanted not in ("", "on", "off"):
+            return _error(HTTPStatus.BAD_REQUEST, "set must be on or off")
+        now = int(self._clock())
+        authorization = request.headers.get("Authorization")
+        if authorization is None:
+            return _error(HTTPStatus.UNAUTHORIZED, "sign this request with NIP-98 (your browser extension)")
+        try:
+            signer = nip98.authorised_pubkey(
+                authorization, url=http_url(self._info.relay_url) + request.path, method="GET", now=now
+            )
+        except nip98.Nip98Error as exc:
+            return _error(HTTPStatus.UNAUTHORIZED, f"NIP-98 authorization refused: {exc}")
+        if signer != pubkey:
+            return _error(HTTPStatus.FORBIDDEN, "sign with the key of this account")
+        store = self._ledger.store
+        if wanted:
+            await store.set_reminders(pubkey, wanted == "on", now)
+        return _json(HTTPStatus.OK, {"pubkey": pubkey, "reminders": await store.reminders_on(pubkey)})
 
     def _render_account(self, doc: dict[str, Any]) -> str:
         """The owner's view (``credit_msat`` present) or the public one."""

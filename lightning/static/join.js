@@ -6,6 +6,7 @@
   const demo = document.body.dataset.demo === "1";
   let pollTimer = null;
   let current = null;
+  let lastPubkey = null;
 
   function sats(msat) {
     return msat % 1000 === 0 ? (msat / 1000).toLocaleString() + " sats" : msat.toLocaleString() + " msat";
@@ -33,6 +34,7 @@
     $("expired-note").hidden = !expired;
     if (expired) $("wallet-link").removeAttribute("href");
     $("step-next").hidden = state !== "paid";
+    $("remind-row").hidden = !(state === "paid" && window.nostr && document.body.dataset.reminders === "1");
   }
 
   // A secret key (NIP-19 nsec) is caught here and never leaves the browser: the field is
@@ -88,6 +90,7 @@
         return;
       }
       current = doc.payment_hash;
+      lastPubkey = doc.pubkey;
       $("qr").src = doc.qr;
       $("wallet-link").href = "lightning:" + doc.bolt11;
       $("bolt11").value = doc.bolt11;
@@ -127,6 +130,28 @@
     }
   }
 
+  // Reminders are sent only to those who ask, and only the key's owner may ask: the
+  // NIP-07 extension signs a NIP-98 event for this exact URL.
+  async function remind() {
+    const pubkey = lastPubkey;
+    if (!pubkey || !window.nostr) return;
+    try {
+      const url = location.origin + "/account/" + pubkey + "/reminders?set=on";
+      const event = await window.nostr.signEvent({
+        kind: 27235, created_at: Math.floor(Date.now() / 1000), tags: [["u", url], ["method", "GET"]], content: "",
+      });
+      const res = await fetch(url, {
+        headers: { Accept: "application/json", Authorization: "Nostr " + btoa(JSON.stringify(event)) },
+      });
+      const doc = await res.json();
+      if (!res.ok) throw new Error(doc.error || res.statusText);
+      $("remind-note").textContent = doc.reminders ? "reminders on: the relay will DM this key before it ends" : "reminders off";
+      $("remind").disabled = doc.reminders;
+    } catch (err) {
+      $("remind-note").textContent = "not turned on: " + String(err.message || err);
+    }
+  }
+
   async function simulate() {
     if (!current) return;
     await fetch("/api/fake/pay/" + current);
@@ -149,6 +174,7 @@
   $("join-form").addEventListener("submit", getInvoice);
   $("copy").addEventListener("click", copyInvoice);
   $("copy-relay").addEventListener("click", copyRelay);
+  $("remind").addEventListener("click", remind);
   $("pubkey").addEventListener("input", checkKey);
   $("simulate").addEventListener("click", simulate);
   $("nip07").addEventListener("click", useExtension);

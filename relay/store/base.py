@@ -413,3 +413,24 @@ class Store(Protocol):
         """A NIP-43 leave request: admission, credit and the allowed flag end (nothing is
         refunded). False when the pubkey had none of them."""
         ...
+
+    # --- reminders in Nostr (issue 10 item 5) ----------------------------------------
+
+    async def set_reminders(self, pubkey: str, on: bool, now: int) -> None:
+        """Opt in to (or out of) reminders by DM; only opted-in pubkeys ever get one."""
+        ...
+
+    async def reminders_on(self, pubkey: str) -> bool: ...
+
+    async def reminder_targets(self) -> list[tuple[Account, bool]]:
+        """Every opted-in account, with whether a low-credit reminder is outstanding."""
+        ...
+
+    async def claim_reminder(self, pubkey: str, reason: str, term_end: int, now: int) -> bool:
+        """Record that this reminder is sent; True only for the one caller (on any node)
+        that recorded it, which then sends it: each reminder goes out at most once."""
+        ...
+
+    async def rearm_reminder(self, pubkey: str, reason: str) -> None:
+        """Forget a sent reminder (credit back above the threshold: the next dip reminds again)."""
+        ...

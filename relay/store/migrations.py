@@ -194,4 +194,20 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX invites_created_by ON invites (created_by, created_at)",
         ),
     ),
+    # Reminders in Nostr (issue 10 item 5): who asked for them, and which were sent, so
+    # each goes out once per term, across restarts and nodes.
+    Migration(
+        7,
+        "reminder_optins, reminders_sent",
+        (
+            "CREATE TABLE reminder_optins (pubkey TEXT PRIMARY KEY, opted_in_at INTEGER NOT NULL)",
+            """CREATE TABLE reminders_sent (
+                pubkey TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                term_end INTEGER NOT NULL,
+                sent_at INTEGER NOT NULL,
+                PRIMARY KEY (pubkey, reason, term_end)
+            )""",
+        ),
+    ),
 )

@@ -954,6 +954,46 @@ class PostgresStore:
         return status != "UPDATE 0"
 
 
+    # --- reminders in Nostr --------------------------------------------------------------
+
+    async def set_reminders(self, pubkey: str, on: bool, now: int) -> None:
+        async with self._acquire() as conn:
+            if on:
+                await conn.execute(
+                    "INSERT INTO reminder_optins (pubkey, opted_in_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    pubkey,
+                    now,
+                )
+            else:
+                await conn.execute("DELETE FROM reminder_optins WHERE pubkey = $1", pubkey)
+
+    async def reminders_on(self, pubkey: str) -> bool:
+        return bool(await self._fetchval("SELECT 1 FROM reminder_optins WHERE pubkey = $1", pubkey))
+
+    async def reminder_targets(self) -> list[tuple[Account, bool]]:
+        columns = ", ".join(f"a.{c.strip()}" for c in ACCOUNT_COLUMNS.split(","))
+        rows = await self._fetch(
+            f"SELECT {columns}, EXISTS (SELECT 1 FROM reminders_sent s WHERE s.pubkey = a.pubkey"
+            " AND s.reason = 'credit') FROM reminder_optins o JOIN accounts a ON a.pubkey = o.pubkey ORDER BY a.pubkey"
+        )
+        return [(account_from_row(tuple(row)[:6]), bool(row[6])) for row in rows]
+
+    async def claim_reminder(self, pubkey: str, reason: str, term_end: int, now: int) -> bool:
+        async with self._acquire() as conn:
+            status: str = await conn.execute(
+                "INSERT INTO reminders_sent (pubkey, reason, term_end, sent_at) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT DO NOTHING",
+                pubkey,
+                reason,
+                term_end,
+                now,
+            )
+        return status == "INSERT 0 1"
+
+    async def rearm_reminder(self, pubkey: str, reason: str) -> None:
+        async with self._acquire() as conn:
+            await conn.execute("DELETE FROM reminders_sent WHERE pubkey = $1 AND reason = $2", pubkey, reason)
+
 async def _apply_grant(
     conn: Any, pubkey: str, now: int, admit_seconds: int, admit_forever: bool, credit_msat: int
 ) -> None:

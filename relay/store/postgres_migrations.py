@@ -257,6 +257,22 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX invites_created_by ON invites (created_by, created_at)",
         ),
     ),
+    # Reminders in Nostr (issue 10 item 5): who asked for them, and which were sent, so
+    # each goes out once per term, across restarts and nodes.
+    Migration(
+        7,
+        "reminder_optins, reminders_sent",
+        (
+            "CREATE TABLE reminder_optins (pubkey text PRIMARY KEY, opted_in_at bigint NOT NULL)",
+            """CREATE TABLE reminders_sent (
+                pubkey text NOT NULL,
+                reason text NOT NULL,
+                term_end bigint NOT NULL,
+                sent_at bigint NOT NULL,
+                PRIMARY KEY (pubkey, reason, term_end)
+            )""",
+        ),
+    ),
 )
 
 

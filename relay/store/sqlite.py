@@ -879,6 +879,30 @@ class SqliteStore:
         return ended
 
 
+    # --- reminders in Nostr --------------------------------------------------------------
+
+    async def set_reminders(self, pubkey: str, on: bool, now: int) -> None:
+        await self._write(self._transaction, _set_reminders, pubkey, on, now)
+
+    async def reminders_on(self, pubkey: str) -> bool:
+        return bool(await self._read("SELECT 1 FROM reminder_optins WHERE pubkey = ?", (pubkey,)))
+
+    async def reminder_targets(self) -> list[tuple[Account, bool]]:
+        columns = ", ".join(f"a.{c.strip()}" for c in ACCOUNT_COLUMNS.split(","))
+        rows = await self._read(
+            f"SELECT {columns}, EXISTS (SELECT 1 FROM reminders_sent s WHERE s.pubkey = a.pubkey"
+            " AND s.reason = 'credit') FROM reminder_optins o JOIN accounts a ON a.pubkey = o.pubkey ORDER BY a.pubkey",
+            (),
+        )
+        return [(account_from_row(row[:6]), bool(row[6])) for row in rows]
+
+    async def claim_reminder(self, pubkey: str, reason: str, term_end: int, now: int) -> bool:
+        claimed: bool = await self._write(self._transaction, _claim_reminder, pubkey, reason, term_end, now)
+        return claimed
+
+    async def rearm_reminder(self, pubkey: str, reason: str) -> None:
+        await self._write(self._transaction, _rearm_reminder, pubkey, reason)
+
 # --- synchronous bodies run on the writer thread inside one transaction --------------------
 
 
@@ -1174,3 +1198,24 @@ def _end_membership(conn: sqlite3.Connection, pubkey: str, now: int) -> bool:
         ).rowcount
         > 0
     )
+
+
+def _set_reminders(conn: sqlite3.Connection, pubkey: str, on: bool, now: int) -> None:
+    if on:
+        conn.execute("INSERT OR IGNORE INTO reminder_optins (pubkey, opted_in_at) VALUES (?, ?)", (pubkey, now))
+    else:
+        conn.execute("DELETE FROM reminder_optins WHERE pubkey = ?", (pubkey,))
+
+
+def _claim_reminder(conn: sqlite3.Connection, pubkey: str, reason: str, term_end: int, now: int) -> bool:
+    return (
+        conn.execute(
+            "INSERT OR IGNORE INTO reminders_sent (pubkey, reason, term_end, sent_at) VALUES (?, ?, ?, ?)",
+            (pubkey, reason, term_end, now),
+        ).rowcount
+        == 1
+    )
+
+
+def _rearm_reminder(conn: sqlite3.Connection, pubkey: str, reason: str) -> None:
+    conn.execute("DELETE FROM reminders_sent WHERE pubkey = ? AND reason = ?", (pubkey, reason))

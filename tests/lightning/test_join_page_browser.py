@@ -68,9 +68,7 @@ async def _no_sideways_scroll(page: Any, width: int) -> None:
 
 
 @pytest.mark.parametrize("width", [1000, 390])
-async def test_join_page_pays_and_the_event_is_then_accepted(
-    alice: bytes, tmp_path: Path, width: int
-) -> None:
+async def test_join_page_pays_and_the_event_is_then_accepted(alice: bytes, tmp_path: Path, width: int) -> None:
     """As a new user of ``make run``'s page, at desktop and phone width: the top-up field
     only with the credit plan, a pasted nsec caught in the page and never sent, invoice,
     simulated payment, "paid" and what to do next, then the EVENT is accepted."""
@@ -154,9 +152,7 @@ async def test_join_page_pays_and_the_event_is_then_accepted(
             assert ok, message
 
 
-async def test_expired_invoice_is_greyed_out_and_cannot_be_copied_or_simulated(
-    alice: bytes, tmp_path: Path
-) -> None:
+async def test_expired_invoice_is_greyed_out_and_cannot_be_copied_or_simulated(alice: bytes, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright, expect
 
     async with make_run_relay(tmp_path) as relay:
@@ -210,5 +206,48 @@ async def test_account_page_shows_the_balance_to_its_owner_after_a_nip07_signed_
                 await page.click("#sign-in")
                 await expect(page.locator("#acct-credit")).to_have_text("21 sats", timeout=10_000)
                 assert await page.inner_text("#acct-state") == "normal"
+            finally:
+                await browser.close()
+
+
+async def test_after_paying_a_member_turns_on_reminders_with_the_browser_extension(
+    relay_factory: RelayFactory, alice: bytes
+) -> None:
+    """The join page's opt-in: the NIP-07 extension (a stand-in here) signs a NIP-98 request
+    for the reminders URL; the relay keeps the opt-in."""
+    from playwright.async_api import async_playwright, expect
+
+    pubkey = crypto.public_key(alice).hex()
+    payments: dict[str, Any] = {"enabled": True, "backend": "fake", "poll_interval_seconds": 0.5}
+    async with relay_factory(payments=payments) as relay:
+        base = f"http://127.0.0.1:{relay.port}"
+
+        def sign(template: dict[str, Any]) -> dict[str, Any]:
+            event = sign_event(alice, template["kind"], template["content"], template["tags"], template["created_at"])
+            return event.to_dict()
+
+        async def get_public_key() -> str:
+            return pubkey
+
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 900})
+                await page.expose_function("standInSign", sign)
+                await page.expose_function("standInKey", get_public_key)
+                stand_in = "window.nostr = { signEvent: (t) => window.standInSign(t), getPublicKey: window.standInKey }"
+                await page.add_init_script(stand_in)
+                await page.goto(base + "/join", wait_until="load")
+                await page.click("#nip07")
+                await expect(page.locator("#pubkey")).to_have_value(pubkey)
+                await page.click("#get-invoice")
+                await page.wait_for_selector("#step-pay:not([hidden])")
+                await expect(page.locator("#remind-row")).to_be_hidden()
+                await page.click("#simulate")
+                await expect(page.locator("#status")).to_have_text("paid", timeout=10_000)
+                assert not await relay.store.reminders_on(pubkey)
+                await page.click("#remind")
+                await expect(page.locator("#remind-note")).to_contain_text("reminders on", timeout=10_000)
+                assert await relay.store.reminders_on(pubkey)
             finally:
                 await browser.close()

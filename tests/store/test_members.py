@@ -87,3 +87,24 @@ async def test_leaving_ends_admission_credit_and_allow_flag(store: Store) -> Non
     assert (account.admitted_until, account.credit_msat, account.allowed) == (0, 0, False)
     assert await store.end_membership(ALICE_PK, NOW) is False
     assert await store.end_membership(BOB_PK, NOW) is False
+
+
+async def test_reminder_opt_in_and_each_reminder_claimed_once(store: Store) -> None:
+    await store.update_account(ALICE_PK, NOW, admitted_until=NOW + 86400)
+    await store.update_account(BOB_PK, NOW, credit_delta_msat=5)
+    assert await store.reminder_targets() == []
+    await store.set_reminders(ALICE_PK, True, NOW)
+    await store.set_reminders(ALICE_PK, True, NOW + 1)  # twice is once
+    assert await store.reminders_on(ALICE_PK) and not await store.reminders_on(BOB_PK)
+    targets = await store.reminder_targets()
+    assert [(a.pubkey, reminded) for a, reminded in targets] == [(ALICE_PK, False)]
+    claims = await asyncio.gather(*(store.claim_reminder(ALICE_PK, "1d", NOW + 86400, NOW) for _ in range(5)))
+    assert claims.count(True) == 1
+    assert await store.claim_reminder(ALICE_PK, "1d", NOW + 2 * 86400, NOW) is True  # a new term, a new reminder
+    assert await store.claim_reminder(ALICE_PK, "credit", 0, NOW) is True
+    assert [reminded for _, reminded in await store.reminder_targets()] == [True]
+    await store.rearm_reminder(ALICE_PK, "credit")
+    assert [reminded for _, reminded in await store.reminder_targets()] == [False]
+    assert await store.claim_reminder(ALICE_PK, "credit", 0, NOW) is True
+    await store.set_reminders(ALICE_PK, False, NOW)
+    assert await store.reminder_targets() == []

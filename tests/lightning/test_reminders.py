@@ -1,0 +1,174 @@
+"""Reminders in Nostr: NIP-17 gift-wrapped DMs from the relay's key, opened by an
+independent implementation (nostr-tools' nip44/nip17 in Node), sent only to members who
+opted in, each once across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from relay import crypto
+from relay.server import Relay
+from relay.store.base import FOREVER
+from tests.conftest import RelayFactory
+from tests.lightning import zap_client
+from tests.lightning.payment_stack import nip98_header
+from tests.nostr_client import NostrClient, signed
+
+REMIND: dict[str, Any] = {"check_interval_seconds": 0.2}
+PAID: dict[str, Any] = {
+    "enabled": True,
+    "backend": "fake",
+    "account_cache_seconds": 0,
+    "subscription": {"enabled": True, "fee_sats": 500},
+    "credit": {"enabled": True},
+    "reminders": REMIND,
+}
+
+
+@pytest.fixture(scope="module")
+def nostr_tools() -> None:
+    why = zap_client.ensure_installed()
+    if why is not None:
+        pytest.skip(why)
+
+
+def pk(secret: bytes) -> str:
+    return crypto.public_key(secret).hex()
+
+
+async def open_wrap(wrap: dict[str, Any], secret: bytes) -> dict[str, Any]:
+    """nostr-tools opens the gift wrap; every layer must check out."""
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        str(zap_client.DIR / "giftwrap.mjs"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    command = {"wrap": wrap, "secret": secret.hex(), "recipient": pk(secret)}
+    out, err = await asyncio.wait_for(proc.communicate(json.dumps(command).encode()), 60)
+    assert proc.returncode == 0, err.decode()
+    answer: dict[str, Any] = json.loads(out)
+    assert answer["problems"] == [], answer["problems"]
+    rumor: dict[str, Any] = answer["rumor"]
+    return rumor
+
+
+async def wraps_for(relay: Relay, secret: bytes, sub: str = "dm") -> list[dict[str, Any]]:
+    """Gift wraps addressed to ``secret``'s key, read as its owner (NIP-42: only they may)."""
+    async with NostrClient(relay.url) as client:
+        ok, message = await client.auth(secret, relay.settings.relay.public_url)
+        assert ok, message
+        return await client.req(sub, {"kinds": [1059], "#p": [pk(secret)]})
+
+
+async def opt_in(relay: Relay, secret: bytes, setting: str = "on", signer: bytes | None = None) -> httpx.Response:
+    url = f"http://127.0.0.1:{relay.port}/account/{pk(secret)}/reminders?set={setting}"
+    async with httpx.AsyncClient() as http:
+        return await http.get(url, headers={"Authorization": nip98_header(signer or secret, url)})
+
+
+async def settle(condition: Any, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.1)):
+        if await condition():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition never held")
+
+
+async def test_term_reminders_reach_only_opted_in_members_once_and_open_with_nostr_tools(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes, nostr_tools: None
+) -> None:
+    now = int(time.time())
+    async with relay_factory(payments=PAID) as relay:
+        for secret in (alice, bob):
+            await relay.store.update_account(pk(secret), now, admitted_until=now + 3 * 86400)
+        # only the owner may opt in, signing this very URL (NIP-98)
+        async with httpx.AsyncClient() as http:
+            unsigned = await http.get(f"http://127.0.0.1:{relay.port}/account/{pk(alice)}/reminders?set=on")
+        assert unsigned.status_code == 401
+        assert (await opt_in(relay, alice, signer=bob)).status_code == 403
+        answer = await opt_in(relay, alice)
+        assert answer.status_code == 200 and answer.json() == {"pubkey": pk(alice), "reminders": True}
+
+        async def one_wrap() -> bool:
+            return len(await wraps_for(relay, alice)) == 1
+
+        await settle(one_wrap)
+        (wrap,) = await wraps_for(relay, alice)
+        rumor = await open_wrap(wrap, alice)
+        assert rumor["kind"] == 14 and rumor["pubkey"] == relay.identity.pubkey
+        assert ["p", pk(alice)] in rumor["tags"]
+        text = rumor["content"]
+        assert "ends on" in text and f"/join?pubkey={pk(alice)}" in text
+        assert f"zap relay@127.0.0.1:{relay.port} 500 sats" in text, text
+        # bob did not ask: nothing, ever
+        await asyncio.sleep(0.5)
+        assert await wraps_for(relay, bob) == []
+
+    # a restart: the 7-day reminder of this term is not sent again; the 1-day one is
+    async with relay_factory(payments=PAID) as relay:
+        await asyncio.sleep(0.6)
+        assert len(await wraps_for(relay, alice)) == 1
+        await relay.store.update_account(pk(alice), now, admitted_until=now + 3600)
+
+        async def two_wraps() -> bool:
+            return len(await wraps_for(relay, alice)) == 2
+
+        await settle(two_wraps)
+        texts = [(await open_wrap(w, alice))["content"] for w in await wraps_for(relay, alice)]
+        assert any("in about 1 hours" in t for t in texts), texts
+        assert await wraps_for(relay, bob) == []
+
+
+async def test_low_credit_reminds_once_per_dip_and_leaving_stops_reminders(
+    relay_factory: RelayFactory, alice: bytes, nostr_tools: None
+) -> None:
+    payments = {**PAID, "admission": {"enabled": False}, "subscription": {"enabled": False}}
+    async with relay_factory(payments=payments) as relay:
+        now = int(time.time())
+        await relay.store.update_account(pk(alice), now, credit_delta_msat=50_000)  # under the 100-sat minimum
+        assert (await opt_in(relay, alice)).json()["reminders"] is True
+
+        async def count(n: int) -> Any:
+            async def check() -> bool:
+                return len(await wraps_for(relay, alice)) == n
+
+            return check
+
+        await settle(await count(1))
+        rumor = await open_wrap((await wraps_for(relay, alice))[0], alice)
+        assert "credit" in rumor["content"] and "50 sats" in rumor["content"]
+        await asyncio.sleep(0.5)
+        assert len(await wraps_for(relay, alice)) == 1  # once per dip
+        await relay.store.update_account(pk(alice), now, credit_delta_msat=1_000_000)
+        await asyncio.sleep(0.5)  # back above: re-armed
+        await relay.store.update_account(pk(alice), now, credit_delta_msat=-1_000_000)
+        await settle(await count(2))
+
+        async with NostrClient(relay.url) as client:
+            await client.auth(alice, relay.settings.relay.public_url)
+            ok, message = await client.publish(signed(alice, 28936, "", [["-"]]))
+            assert ok, message
+        assert await relay.store.reminders_on(pk(alice)) is False
+
+
+async def test_cli_turns_reminders_on_and_off(relay_factory: RelayFactory, tmp_path: Path, alice: bytes) -> None:
+    from tests.lightning.test_cli import satsrelay
+
+    async with relay_factory(payments=PAID) as relay:
+        config = tmp_path / "cli.toml"
+        config.write_text(f'[storage]\nurl = "sqlite:///{tmp_path}/relay.db"\n[payments]\nenabled = true\n')
+        code, out, err = await satsrelay(config, "reminders", "on", pk(alice))
+        assert code == 0 and "reminders on" in out, err
+        assert await relay.store.reminders_on(pk(alice))
+        await relay.store.update_account(pk(alice), int(time.time()), admitted_until=FOREVER)
+        code, out, _ = await satsrelay(config, "reminders", "off", pk(alice))
+        assert code == 0 and not await relay.store.reminders_on(pk(alice))
