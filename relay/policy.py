@@ -149,10 +149,11 @@ class ReadScope:
 
     An event of a kind in ``private_kinds`` (DMs, gift wraps) is visible only to a
     connection authenticated as its author or as a pubkey it ``p``-tags; every other event
-    is visible to all. REQ and live delivery apply ``allows`` to each event; COUNT hands
-    the scope to the store, which applies the same rule in SQL (``Store.count``), so a
-    COUNT never reveals how many private events a REQ on the same connection would hide
-    (issue 8, item 7: COUNT used to count them).
+    is visible to all. Live delivery applies ``allows`` to each event; REQ and COUNT hand
+    the scope to the store, which applies the same rule in SQL (``Store.query_pages``,
+    ``Store.count``) before a filter's ``limit``, so a COUNT never reveals how many private
+    events a REQ on the same connection would hide (issue 8, item 7: COUNT used to count
+    them) and hidden rows never use up a REQ's ``limit``.
     """
 
     private_kinds: frozenset[int]
@@ -168,8 +169,14 @@ class ReadScope:
 
     def hides_from(self, f: Filter) -> bool:
         """True when ``f`` may match an event this scope could hide: only then need a
-        query or count apply the rule."""
-        return f.kinds is None or not f.kinds.isdisjoint(self.private_kinds)
+        query or count apply the rule. Not when its kinds are all public, nor when every
+        event it matches is authored by a reader or ``p``-tags one (a client reading its
+        own DMs: the store then runs the filter as it stands)."""
+        if f.kinds is not None and f.kinds.isdisjoint(self.private_kinds):
+            return False
+        if self.readers and f.authors is not None and f.authors <= self.readers:
+            return False
+        return not (self.readers and any(name == "p" and values <= self.readers for name, values in f.tags))
 
 
 def read_scope(authed: frozenset[str]) -> ReadScope:

@@ -249,6 +249,55 @@ def _matches(f: dict[str, Any], event: Event) -> bool:
     return parse_filter(f, 1000).matches(event)
 
 
+async def test_hidden_private_events_do_not_use_up_a_req_limit(
+    relay_factory: RelayFactory, storage: dict[str, str], alice: bytes, bob: bytes, carol: bytes
+) -> None:
+    """Issue 8: REQ used to drop private events the connection may not read AFTER the
+    store had cut each filter to its ``limit``, so 20 newer DMs between A and B filled
+    C's ``{"kinds":[4],"limit":10}`` and C got none of the 5 DMs addressed to C (and an
+    unauthenticated ``{"limit":3}`` got nothing at all). The store now applies the read
+    rule before the limit: each shape returns exactly the newest events it may read, on
+    every path the stores take (kinds, authors probe, #p top-N, no index, paged answer)."""
+    a_pk, b_pk, c_pk = (crypto.public_key(s).hex() for s in (alice, bob, carol))
+    t0 = int(time.time()) - 1000
+    to_c = [signed(alice, 4, f"to C {i}", [["p", c_pk]], t0 + i) for i in range(5)]
+    notes = [signed(alice, 1, f"public {i}", [["p", b_pk]], t0 + 10 + i) for i in range(3)]
+    a_b = [signed(alice if i % 2 else bob, 4, f"A-B {i}", [["p", b_pk if i % 2 else a_pk]], t0 + 20 + i)
+           for i in range(20)]
+
+    def newest(events: list[Event], n: int) -> list[str]:
+        return [e.id for e in sorted(events, key=lambda e: (-e.created_at, e.id))[:n]]
+
+    async with relay_factory(storage=storage) as relay:
+        async with NostrClient(relay.url) as publisher:
+            for event in (*to_c, *notes, *a_b):
+                assert await publisher.publish(event) == (True, "")
+
+        async def ids(secret: bytes | None, *filters: dict[str, Any]) -> list[str]:
+            async with NostrClient(relay.url) as client:
+                if secret is not None:
+                    assert await client.auth(secret, relay.url) == (True, "")
+                return [e["id"] for e in await client.req("q", *filters)]
+
+        visible_to_c = [*to_c, *notes]
+        assert await ids(carol, {"kinds": [4], "limit": 10}) == newest(to_c, 10)  # old code: []
+        assert await ids(carol, {"kinds": [4], "limit": 3}) == newest(to_c, 3)
+        assert await ids(carol, {"limit": 6}) == newest(visible_to_c, 6)  # old code: []
+        assert await ids(carol, {"authors": [a_pk], "limit": 4}) == newest(visible_to_c, 4)
+        assert await ids(carol, {"#p": [b_pk], "limit": 2}) == newest(notes, 2)  # a_b p-tag B too
+        assert await ids(carol, {"kinds": [4], "limit": 65}) == newest(to_c, 65)  # paged path
+        assert await ids(carol, {"limit": 2}, {"kinds": [4], "limit": 1}) == newest([*notes[1:], to_c[-1]], 3)
+        assert await ids(None, {"limit": 3}) == newest(notes, 3)  # old code: []
+        assert await ids(None, {"authors": [a_pk], "limit": 3}) == newest(notes, 3)
+        assert await ids(None, {"#p": [b_pk], "limit": 3}) == newest(notes, 3)
+        assert await ids(None, {"#p": [c_pk], "limit": 3}) == []
+        assert await ids(None, {"limit": 2}, {"authors": [b_pk], "limit": 2}) == newest(notes, 2)
+        # the parties still read their own DMs first, limit and all
+        assert await ids(bob, {"kinds": [4], "limit": 10}) == newest(a_b, 10)
+        assert await ids(alice, {"kinds": [4], "limit": 30}) == newest([*a_b, *to_c], 30)
+        assert await ids(bob, {"#p": [b_pk], "limit": 5}) == newest([*notes, *a_b[1::2]], 5)
+
+
 # --- auth required to write / read -------------------------------------------------------
 
 async def test_auth_required_to_write(relay_factory: RelayFactory, alice: bytes) -> None:

@@ -279,16 +279,24 @@ class Store(Protocol):
         in order. Returns only after the commit is durable. Called by the writer alone."""
         ...
 
-    async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
+    async def query(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> list[bytes]:
         """Raw JSON of matching events: each filter contributes at most its ``limit`` newest;
         the union is de-duplicated and ordered newest first, ties by lowest id. A filter
         with a NIP-50 ``search`` contributes its ``limit`` best matches, best first
         (``relay.search``); with other filters, each search filter's answer in its own
-        order, then the other filters' union newest first."""
+        order, then the other filters' union newest first. With a ``scope``, only events
+        its rule lets that connection read are candidates, so a ``limit`` counts visible
+        events only (issue 8: hidden DMs used to fill it and an authenticated
+        ``{"kinds":[4],"limit":10}`` could come back empty). Same SQL condition as ``count``."""
         ...
 
     def query_pages(
-        self, filters: Sequence[Filter], now: int, *, page_bytes: int = PAGE_BYTES
+        self,
+        filters: Sequence[Filter],
+        now: int,
+        scope: ReadScope | None = None,
+        *,
+        page_bytes: int = PAGE_BYTES,
     ) -> AsyncGenerator[list[bytes], None]:
         """``query``'s answer (same order, limits and de-duplication) in pages of about
         ``page_bytes``, each read from the store only when the consumer asks for it, so a

@@ -138,7 +138,7 @@ def _tag_subquery(name: str, values: frozenset[str], f: Filter, p: _Params) -> s
     return sub
 
 
-def _probe_select(f: Filter, now: int, p: _Params, columns: str) -> str | None:
+def _probe_select(f: Filter, now: int, p: _Params, columns: str, scope: ReadScope | None = None) -> str | None:
     """A limited filter on authors and/or kinds (no ids, no tags) as one ordered index
     probe per author, per kind or per (author, kind) pair, or None when it has none of
     them or too many values (docs/postgres-store.md, "Query plans").
@@ -180,6 +180,8 @@ def _probe_select(f: Filter, now: int, p: _Params, columns: str) -> str | None:
     if f.until is not None:
         keys.append(f"e.created_at <= {p.add(f.until, '::int8')}")
     keys.append(f"(e.expiration IS NULL OR e.expiration > {p.add(now, '::int8')})")
+    if scope is not None and scope.hides_from(f):
+        keys.append(_scope_condition(scope, p))  # inside the probe: before its limit
     limit = p.add(f.limit, "::int8")
     return (
         f"SELECT {columns} FROM {source}, LATERAL ("
@@ -189,7 +191,7 @@ def _probe_select(f: Filter, now: int, p: _Params, columns: str) -> str | None:
     )
 
 
-def _search_select(f: Filter, now: int, p: _Params, columns: str) -> str:
+def _search_select(f: Filter, now: int, p: _Params, columns: str, scope: ReadScope | None) -> str:
     """NIP-50: a ``search`` filter, best match first (``ts_rank``: grows with how often
     the words occur), then newest, then lowest id; LIMIT after ranking. The partial GIN
     index ``events_search`` finds the candidates, the other conditions are checked on
@@ -198,6 +200,8 @@ def _search_select(f: Filter, now: int, p: _Params, columns: str) -> str:
     assert f.search is not None
     where = _event_conditions(f, now, p)
     where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)
+    if scope is not None:
+        where.append(_scope_condition(scope, p))
     query = p.add(f.search.tsquery_literal(), "::tsquery")
     candidates = (
         f"SELECT e.seq FROM events e WHERE {' AND '.join(where)}"
@@ -218,7 +222,7 @@ def _search_select(f: Filter, now: int, p: _Params, columns: str) -> str:
     )
 
 
-def _filter_select(f: Filter, now: int, p: _Params, columns: str) -> str:
+def _filter_select(f: Filter, now: int, p: _Params, columns: str, scope: ReadScope | None = None) -> str:
     """One filter as a SELECT of ``columns`` over ``events e``, newest first, limited.
 
     A filter whose only event-level conditions are one tag, kinds, since/until (the
@@ -227,11 +231,13 @@ def _filter_select(f: Filter, now: int, p: _Params, columns: str) -> str:
     exact), then one events probe per candidate. Authors/kinds filters take the same
     shape over the events indexes (``_probe_select``). Everything else is one WHERE that
     the planner drives from the most selective index; tag conditions are ``seq IN
-    (...)`` so an event matching two values of one tag counts once.
+    (...)`` so an event matching two values of one tag counts once. ``scope``'s rule
+    (``_scope_condition``) goes wherever the rows are cut to ``limit``, inside each probe.
     """
+    hidden = scope if scope is not None and scope.hides_from(f) else None
     if f.search is not None:
-        return _search_select(f, now, p, columns)
-    probe = _probe_select(f, now, p, columns)
+        return _search_select(f, now, p, columns, hidden)
+    probe = _probe_select(f, now, p, columns, hidden)
     if probe is not None:
         return probe
     if f.limit is not None and len(f.tags) == 1 and f.ids is None and f.authors is None:
@@ -244,6 +250,8 @@ def _filter_select(f: Filter, now: int, p: _Params, columns: str) -> str:
         if f.until is not None:
             inner.append(f"t.created_at <= {p.add(f.until, '::int8')}")
         inner.append(f"(t.expiration IS NULL OR t.expiration > {p.add(now, '::int8')})")
+        if hidden is not None:
+            inner.append(_scope_condition(hidden, p, "t"))
         limit = p.add(f.limit, "::int8")
         return (
             f"SELECT {columns} FROM events e WHERE e.seq IN ("
@@ -254,24 +262,29 @@ def _filter_select(f: Filter, now: int, p: _Params, columns: str) -> str:
         )
     where = _event_conditions(f, now, p)
     where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)
+    if hidden is not None:
+        where.append(_scope_condition(hidden, p))
     sql = f"SELECT {columns} FROM events e WHERE {' AND '.join(where)} ORDER BY e.created_at DESC, e.id"
     if f.limit is not None:
         sql += f" LIMIT {p.add(f.limit, '::int8')}"
     return sql
 
 
-def _scope_condition(scope: ReadScope, p: _Params) -> str:
+def _scope_condition(scope: ReadScope, p: _Params, alias: str = "e") -> str:
     """``ReadScope.allows`` in SQL: a private kind only when authored by or ``p``-tagging
-    one of the connection's authenticated pubkeys (every ``p`` tag is in ``tags``)."""
-    sql = f"e.kind <> ALL({p.add(sorted(scope.private_kinds), '::int4[]')})"
+    one of the connection's authenticated pubkeys (every ``p`` tag is in ``tags``).
+    ``alias`` is the row it tests: ``e`` (events) or ``t`` (a tags row, which carries its
+    event's kind and seq but not its pubkey; the tag top-N path cuts to ``limit`` there)."""
+    sql = f"{alias}.kind <> ALL({p.add(sorted(scope.private_kinds), '::int4[]')})"
     if scope.readers:
         readers = sorted(scope.readers)
         keys = p.add([bytes.fromhex(r) for r in readers if is_hex64(r)], "::bytea[]")
         values = p.add(readers, "::text[]")
-        sql += (
-            f" OR e.pubkey = ANY({keys})"
-            f" OR e.seq IN (SELECT t.seq FROM tags t WHERE t.name = 'p' AND t.value = ANY({values}))"
-        )
+        if alias == "e":
+            sql += f" OR e.pubkey = ANY({keys})"
+        else:
+            sql += f" OR EXISTS (SELECT 1 FROM events x WHERE x.seq = {alias}.seq AND x.pubkey = ANY({keys}))"
+        sql += f" OR {alias}.seq IN (SELECT r.seq FROM tags r WHERE r.name = 'p' AND r.value = ANY({values}))"
     return f"({sql})"
 
 
@@ -630,27 +643,32 @@ class PostgresStore:
 
     # --- events: reads ------------------------------------------------------------------
 
-    async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
+    async def query(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> list[bytes]:
         live = [f for f in filters if not f.is_empty()]
         if not live:
             return []
-        return [row[0] for row in await self._answer(live, now, "e.raw")]
+        return [row[0] for row in await self._answer(live, now, "e.raw", scope)]
 
     async def query_pages(
-        self, filters: Sequence[Filter], now: int, *, page_bytes: int = PAGE_BYTES
+        self,
+        filters: Sequence[Filter],
+        now: int,
+        scope: ReadScope | None = None,
+        *,
+        page_bytes: int = PAGE_BYTES,
     ) -> AsyncGenerator[list[bytes], None]:
         live = [f for f in filters if not f.is_empty()]
         if not live:
             return
         rows = answer_rows(live)
         if rows is not None and rows <= FAST_ROWS:
-            raws = [row[0] for row in await self._answer(live, now, "e.raw")]
+            raws = [row[0] for row in await self._answer(live, now, "e.raw", scope)]
             if raws:
                 yield raws
             return
         # octet_length() of a TOASTed bytea reads its header, not the value.
         answer = AnswerKeys()
-        for seq, eid, size in await self._answer(live, now, "e.seq, e.id, octet_length(e.raw)"):
+        for seq, eid, size in await self._answer(live, now, "e.seq, e.id, octet_length(e.raw)", scope):
             answer.add(seq, eid, size)
         async for page in read_pages(answer, self._rows_by_seq, page_bytes):
             yield page
@@ -659,23 +677,27 @@ class PostgresStore:
         rows = await self._fetch("SELECT seq, id, raw FROM events WHERE seq = ANY($1::int8[])", seqs)
         return [(row[0], row[1], row[2]) for row in rows]
 
-    async def _answer(self, live: list[Filter], now: int, columns: str) -> list[Any]:
+    async def _answer(self, live: list[Filter], now: int, columns: str, scope: ReadScope | None) -> list[Any]:
         """Rows of ``columns`` (over ``events e``) of the answer to ``live``: each filter
-        contributes its ``limit`` newest, the union de-duplicated, newest first, ties lowest id."""
+        contributes its ``limit`` newest that ``scope`` lets the reader see, the union
+        de-duplicated, newest first, ties lowest id."""
         p = _Params()
         if len(live) == 1:
-            return await self._fetch(_filter_select(live[0], now, p, columns), *p.values)
+            return await self._fetch(_filter_select(live[0], now, p, columns, scope), *p.values)
         if any(f.search is not None for f in live):
-            return await self._ranked_answer(live, now, columns)
+            return await self._ranked_answer(live, now, columns, scope)
         # One statement, one snapshot; each arm keeps its own ORDER BY/LIMIT, the union is
         # de-duplicated and ordered here (cheaper than making the server compare raw).
-        arms = " UNION ALL ".join(f"({_filter_select(f, now, p, f'e.created_at, e.id, {columns}')})" for f in live)
+        keyed = f"e.created_at, e.id, {columns}"
+        arms = " UNION ALL ".join(f"({_filter_select(f, now, p, keyed, scope)})" for f in live)
         merged: dict[bytes, tuple[int, bytes, tuple[Any, ...]]] = {}
         for row in await self._fetch(arms, *p.values):
             merged[row[1]] = (-row[0], row[1], tuple(row[2:]))
         return [rest for _, _, rest in sorted(merged.values())]
 
-    async def _ranked_answer(self, live: list[Filter], now: int, columns: str) -> list[Any]:
+    async def _ranked_answer(
+        self, live: list[Filter], now: int, columns: str, scope: ReadScope | None
+    ) -> list[Any]:
         """``_answer`` when some filters carry a NIP-50 ``search``: each search filter's rows
         in its own relevance order (filters in the order given), then the other filters'
         union newest first, each event once (relevance scores of different searches do not
@@ -687,7 +709,7 @@ class PostgresStore:
         out: list[Any] = []
         seen: set[bytes] = set()
         for part in parts:
-            for row in await self._answer(part, now, f"e.id, {columns}"):
+            for row in await self._answer(part, now, f"e.id, {columns}", scope):
                 if row[0] not in seen:
                     seen.add(row[0])
                     out.append(tuple(row[1:]))

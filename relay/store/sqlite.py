@@ -213,7 +213,7 @@ def _addresses_only(f: Filter) -> bool:
     )
 
 
-def _search_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
+def _search_select(f: Filter, now: int, columns: str, scope: ReadScope | None) -> tuple[str, list[Any]]:
     """NIP-50: SELECT of a ``search`` filter, best match first (FTS5 ``bm25``, whose
     ``rank`` is lower for better matches), then newest, then lowest id; the LIMIT applies
     after ranking. The full-text index drives the search, most recently stored match
@@ -222,7 +222,7 @@ def _search_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
     ``RANK_CANDIDATES`` that pass are ranked (``relay.search``), and only the ``limit``
     winners are read again for ``columns``."""
     assert f.search is not None
-    where, rest = _filter_where(f, now, search_joined=True)
+    where, rest = _filter_where(f, now, search_joined=True, scope=scope)
     params: list[Any] = [f.search.fts5_match(), *rest, RANK_CANDIDATES]
     candidates = (
         "SELECT e.rid AS rid, events_search.rank AS r, e.created_at AS c, e.id AS i"
@@ -237,7 +237,7 @@ def _search_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def _filter_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
+def _filter_select(f: Filter, now: int, columns: str, scope: ReadScope | None = None) -> tuple[str, list[Any]]:
     """SELECT of one filter, newest first, ties lowest id, with its own LIMIT (a
     ``search`` filter: best match first, ``_search_select``).
 
@@ -247,20 +247,20 @@ def _filter_select(f: Filter, now: int, columns: str) -> tuple[str, list[Any]]:
     values would need a merge of ranges, which SQLite does not do: those sort.
     """
     if f.search is not None:
-        return _search_select(f, now, columns)
+        return _search_select(f, now, columns, scope)
     single = next((name for name, values in f.tags if len(values) == 1), None) if f.ids is None else None
     if single is not None:
         (value,) = dict(f.tags)[single]
         params: list[Any] = [single, value]
         bounds = _time_bounds("d", f, params)
-        where, rest = _filter_where(f, now, skip_tag=single)
+        where, rest = _filter_where(f, now, skip_tag=single, scope=scope)
         params.extend(rest)
         sql = (
             f"SELECT {columns} FROM tags d CROSS JOIN events e ON e.rid = d.rid "
             f"WHERE d.name = ? AND d.value = ?{bounds} AND {where} ORDER BY d.created_at DESC, e.id"
         )
     else:
-        where, params = _filter_where(f, now)
+        where, params = _filter_where(f, now, scope=scope)
         sql = f"SELECT {columns} FROM events e{_driver(f)} WHERE {where} ORDER BY e.created_at DESC, e.id"
     if f.limit is not None:
         sql += " LIMIT ?"
@@ -663,27 +663,32 @@ class SqliteStore:
 
     # --- events: reads ------------------------------------------------------------------
 
-    async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
+    async def query(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> list[bytes]:
         live = [f for f in filters if f.limit != 0 and not f.is_empty()]
         if not live:
             return []
-        return [row[0] for row in await self._answer(live, now, "e.raw")]
+        return [row[0] for row in await self._answer(live, now, "e.raw", scope)]
 
     async def query_pages(
-        self, filters: Sequence[Filter], now: int, *, page_bytes: int = PAGE_BYTES
+        self,
+        filters: Sequence[Filter],
+        now: int,
+        scope: ReadScope | None = None,
+        *,
+        page_bytes: int = PAGE_BYTES,
     ) -> AsyncGenerator[list[bytes], None]:
         live = [f for f in filters if f.limit != 0 and not f.is_empty()]
         if not live:
             return
         rows = answer_rows(live)
         if rows is not None and rows <= FAST_ROWS:
-            raws = [row[0] for row in await self._answer(live, now, "e.raw")]
+            raws = [row[0] for row in await self._answer(live, now, "e.raw", scope)]
             if raws:
                 yield raws
             return
         # length() of a BLOB reads the record header, not the (overflow) pages of the event.
         answer = AnswerKeys()
-        for rid, eid, size in await self._answer(live, now, "e.rid, e.id, length(e.raw)"):
+        for rid, eid, size in await self._answer(live, now, "e.rid, e.id, length(e.raw)", scope):
             answer.add(rid, eid, size)
         async for page in read_pages(answer, self._rows_by_rid, page_bytes):
             yield page
@@ -691,15 +696,16 @@ class SqliteStore:
     async def _rows_by_rid(self, rids: list[int]) -> list[tuple[int, bytes, bytes]]:
         return await self._read(f"SELECT rid, id, raw FROM events WHERE rid IN ({_marks(len(rids))})", rids)
 
-    async def _answer(self, live: list[Filter], now: int, columns: str) -> list[Any]:
+    async def _answer(self, live: list[Filter], now: int, columns: str, scope: ReadScope | None) -> list[Any]:
         """Rows of ``columns`` (over ``events e``) of the answer to ``live``: each filter
-        contributes its ``limit`` newest, the union de-duplicated, newest first, ties lowest id."""
+        contributes its ``limit`` newest that ``scope`` lets the reader see, the union
+        de-duplicated, newest first, ties lowest id."""
         if len(live) == 1:
-            sql, params = _filter_select(live[0], now, columns)
+            sql, params = _filter_select(live[0], now, columns, scope)
             return await self._read(sql, params)
         if any(f.search is not None for f in live):
-            return await self._ranked_answer(live, now, columns)
-        arms = [_filter_select(f, now, "e.rid") for f in live]
+            return await self._ranked_answer(live, now, columns, scope)
+        arms = [_filter_select(f, now, "e.rid", scope) for f in live]
         if sum(len(p) for _, p in arms) <= _MAX_PARAMS:
             # One statement, one snapshot: each filter keeps its own ORDER BY/LIMIT inside
             # its arm, UNION de-duplicates, the outer query orders the union.
@@ -708,12 +714,14 @@ class SqliteStore:
             return await self._read(sql, [p for _, ps in arms for p in ps])
         merged: dict[bytes, tuple[int, bytes, tuple[Any, ...]]] = {}
         for f in live:
-            sql, params = _filter_select(f, now, f"e.id, e.created_at, {columns}")
+            sql, params = _filter_select(f, now, f"e.id, e.created_at, {columns}", scope)
             for row in await self._read(sql, params):
                 merged[row[0]] = (-row[1], row[0], tuple(row[2:]))
         return [rest for _, _, rest in sorted(merged.values())]
 
-    async def _ranked_answer(self, live: list[Filter], now: int, columns: str) -> list[Any]:
+    async def _ranked_answer(
+        self, live: list[Filter], now: int, columns: str, scope: ReadScope | None
+    ) -> list[Any]:
         """``_answer`` when some filters carry a NIP-50 ``search``: each search filter's rows
         in its own relevance order (filters in the order given), then the other filters'
         union newest first, each event once. Relevance scores of different searches do not
@@ -725,7 +733,7 @@ class SqliteStore:
         out: list[Any] = []
         seen: set[bytes] = set()
         for part in parts:
-            for row in await self._answer(part, now, f"e.id, {columns}"):
+            for row in await self._answer(part, now, f"e.id, {columns}", scope):
                 if row[0] not in seen:
                     seen.add(row[0])
                     out.append(tuple(row[1:]))

@@ -1,7 +1,9 @@
-"""Property: for random events and random filters, ``store.query`` and ``store.count``
-equal a brute-force model built on ``Filter.matches`` (the one definition of a filter),
-with NIP-01's replaceable/addressable rules, NIP-40 expiry, per-filter limits, union
-de-duplication and newest-first / lowest-id order.
+"""Property: for random events and random filters, ``store.query``, ``store.query_pages``
+and ``store.count`` equal a brute-force model built on ``Filter.matches`` (the one
+definition of a filter), with NIP-01's replaceable/addressable rules, NIP-40 expiry,
+per-filter limits, union de-duplication and newest-first / lowest-id order, and a random
+read scope (``ReadScope.allows``, the rule live delivery applies in Python) applied before
+each filter's limit (DMs a connection may not read never use up its limit).
 
 NIP-50 ``search`` filters are checked against ``model_search_match``, a brute-force
 matcher written here from relay/search.py's stated semantics (words = runs of
@@ -22,15 +24,17 @@ from hypothesis import strategies as st
 
 from relay.event import Event, KindClass, sign_event
 from relay.filters import Filter
+from relay.policy import ReadScope, read_scope
 from relay.search import DEFAULT_SEARCH_KINDS, parse_search
 from relay.store.base import WriteRequest
 from tests.store.conftest import StoreFactory
 
 NOW = 1_000
 SECRETS = [(i).to_bytes(32, "big") for i in (1, 2, 3)]
-KINDS = [1, 1, 1, 7, 0, 10002, 30023]  # regular kinds weighted: replaceable ones collapse
+KINDS = [1, 1, 1, 7, 0, 10002, 30023, 4, 4]  # regular kinds weighted: replaceable ones collapse
 TAG_VALUES = ["a", "b"]
 TIMES = [10, 20, 20, 20, 30]
+PUBKEYS = [sign_event(s, 1).pubkey for s in SECRETS]
 
 # Indexed tags dominate so tag filters find several events, often at the same second.
 tag_st = st.sampled_from(
@@ -38,6 +42,7 @@ tag_st = st.sampled_from(
         *(["t", "a"], ["t", "b"], ["x", "a"], ["x", "b"], ["t", "a"], ["x", "b"]),
         *(["d", ""], ["d", "k1"], ["expiration", "900"], ["expiration", "1000"], ["expiration", "1100"]),
         ["title", "Apple PIE"],
+        *(["p", PUBKEYS[0]], ["p", PUBKEYS[1]], ["p", PUBKEYS[2]]),
     ]
 ).map(list)
 
@@ -64,9 +69,6 @@ def events(draw: st.DrawFn) -> Event:
     )
 
 
-PUBKEYS = [sign_event(s, 1).pubkey for s in SECRETS]
-
-
 @st.composite
 def filters(draw: st.DrawFn, pool: list[Event]) -> Filter:
     ids = None
@@ -78,8 +80,9 @@ def filters(draw: st.DrawFn, pool: list[Event]) -> Filter:
         frozenset(draw(st.lists(st.sampled_from(sorted(set(KINDS))), min_size=1, max_size=2))) if draw(maybe) else None
     )
     tags: list[tuple[str, frozenset[str]]] = []
-    for name in draw(st.sampled_from([[], ["t"], ["x"], ["t", "x"]])):
-        tags.append((name, frozenset(draw(st.sampled_from([["a"], ["b"], ["a", "b"]])))))
+    for name in draw(st.sampled_from([[], ["t"], ["x"], ["t", "x"], ["p"]])):
+        values = [PUBKEYS[:1], PUBKEYS[1:2], PUBKEYS[1:]] if name == "p" else [["a"], ["b"], ["a", "b"]]
+        tags.append((name, frozenset(draw(st.sampled_from(values)))))
     since = draw(st.sampled_from(TIMES)) if draw(maybe) else None
     until = draw(st.sampled_from(TIMES)) if draw(maybe) else None
     limit = draw(st.integers(0, 6)) if draw(maybe) else None
@@ -144,8 +147,10 @@ def order(evs: list[Event]) -> list[Event]:
     return sorted(evs, key=lambda e: (-e.created_at, e.id))
 
 
-def model_query(stored: list[Event], fs: list[Filter], now: int) -> list[str]:
+def model_query(stored: list[Event], fs: list[Filter], now: int, scope: ReadScope | None = None) -> list[str]:
     live = [e for e in stored if e.expiration is None or e.expiration > now]
+    if scope is not None:
+        live = [e for e in live if scope.allows(e.kind, e.pubkey, e.tags)]
     out: dict[str, Event] = {}
     for f in fs:
         hits = order([e for e in live if model_matches(f, e)])
@@ -165,27 +170,31 @@ async def test_query_matches_brute_force_model(store_factory: StoreFactory, data
         label="filters",
     )
     now = data.draw(st.sampled_from([900, 1000, 1050, 1200]), label="now")
+    readers = data.draw(st.sampled_from([None, [], PUBKEYS[:1], PUBKEYS[1:2], PUBKEYS[1:]]), label="readers")
+    scope = None if readers is None else read_scope(frozenset(readers))
     async with store_factory() as store:
         for i in range(batches):
             chunk = written[i::batches]
             await store.write_batch([WriteRequest(e) for e in chunk], NOW)
         stored = model_stored(written)
-        got = [orjson.loads(r)["id"] for r in await store.query(fs, now)]
+        answer = await store.query(fs, now, scope)
+        got = [orjson.loads(r)["id"] for r in answer]
         unlimited = [Filter(f.ids, f.authors, f.kinds, f.tags, f.since, f.until, None, f.search) for f in fs]
         if all(f.search is None for f in fs):
-            assert got == model_query(stored, fs, now)
+            assert got == model_query(stored, fs, now, scope)
         else:
             assert len(got) == len(set(got))
-            assert set(got) <= set(model_query(stored, unlimited, now))
+            assert set(got) <= set(model_query(stored, unlimited, now, scope))
             for f, whole in zip(fs, unlimited, strict=True):
                 if f.search is None:  # its newest `limit` matches are all there
-                    assert set(model_query(stored, [f], now)) <= set(got)
+                    assert set(model_query(stored, [f], now, scope)) <= set(got)
                     continue
-                hits = set(model_query(stored, [whole], now))
+                hits = set(model_query(stored, [whole], now, scope))
                 if f.limit is None or f.limit >= len(hits):
                     assert hits <= set(got)
                 else:  # `limit` of its matches, whichever the ranking put first
                     assert len(hits & set(got)) >= f.limit
             if len(fs) == 1 and fs[0].limit is not None:
-                assert len(got) == min(fs[0].limit, len(model_query(stored, unlimited, now)))
-        assert await store.count(fs, now) == len(model_query(stored, unlimited, now))
+                assert len(got) == min(fs[0].limit, len(model_query(stored, unlimited, now, scope)))
+        assert [raw async for page in store.query_pages(fs, now, scope, page_bytes=600) for raw in page] == answer
+        assert await store.count(fs, now, scope) == len(model_query(stored, unlimited, now, scope))
