@@ -138,6 +138,14 @@ async def test_update_account_creates_and_changes(store: Store) -> None:
     assert [a.pubkey for a in await store.list_accounts()] == sorted([ALICE_PK, BOB_PK])
 
 
+async def test_update_account_grants_forever_to_a_new_account(store: Store) -> None:
+    """``satsrelay accounts grant --forever`` on a pubkey with no account: PostgreSQL typed
+    the new row's admitted_until from ``coalesce($2, 0)`` as int4 and refused FOREVER (2**62)."""
+    granted = await store.update_account(BOB_PK, NOW, admitted_until=FOREVER, credit_delta_msat=2**40)
+    assert (granted.admitted_until, granted.credit_msat) == (FOREVER, 2**40)
+    assert (await store.get_account(BOB_PK)) == granted
+
+
 async def test_charge_debits_credit_with_the_event(store: Store) -> None:
     await store.update_account(ALICE_PK, NOW, credit_delta_msat=1_000)
     ev = sign_event(ALICE, 1, "paid note", [], 100)
