@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from lightning.extension import payment_settings
 from lightning.pubkeys import parse_pubkey
 from lightning.web import account_json, invoice_json
 from relay.config import Settings
@@ -262,9 +263,10 @@ def _pay_fake_runner(load: SettingsLoader) -> Callable[[argparse.Namespace], int
         from lightning.extension import fake_state_file
 
         settings = load(args)
-        if settings.payments.backend != "fake":
+        backend = payment_settings(settings).backend
+        if backend != "fake":
             return _fail(
-                f"pay-fake works only with payments.backend = 'fake' (this relay uses {settings.payments.backend!r})"
+                f"pay-fake works only with payments.backend = 'fake' (this relay uses {backend!r})"
             )
         payment_hash = args.payment_hash.strip().lower()
         path = fake_state_file(settings)
@@ -344,7 +346,7 @@ async def _invites_create(args: argparse.Namespace, settings: Settings, store: S
             return _fail(f"--expires: {exc}")
     try:
         codes, invites = make_invites(
-            Plans.from_settings(settings.payments),
+            Plans.from_settings(payment_settings(settings)),
             args.plan,
             args.count,
             now,

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from prometheus_client import CollectorRegistry
-from websockets.http11 import Request, Response
 
 from lightning.backend import WalletBackend
 from lightning.gate import AccountCache, Gate
@@ -33,6 +32,7 @@ from relay.errors import Rejection
 from relay.event import Event
 from relay.extension import Answered, WriteContext
 from relay.filters import Filter
+from relay.http import HttpRequest, HttpResponse
 from relay.identity import RelayIdentity
 from relay.store.base import Invoice, Store
 
@@ -41,11 +41,19 @@ if TYPE_CHECKING:
     from relay.config import Settings
 
 
+def payment_settings(settings: Settings) -> PaymentSettings:
+    """The ``[payments]`` section, validated by ``PaymentSettings`` (lightning.plugin adds it)."""
+    section = settings.section("payments")
+    assert isinstance(section, PaymentSettings)
+    return section
+
+
 def payments_url(settings: Settings) -> str:
     """Where unpaid writers are sent: the configured URL, else the http(s) form of the
     relay's public URL + ``/join`` (the relay serves the page itself)."""
-    if settings.payments.payments_url:
-        return settings.payments.payments_url
+    p = payment_settings(settings)
+    if p.payments_url:
+        return p.payments_url
     public = settings.relay.public_url.rstrip("/")
     if public.startswith("wss://"):
         public = "https://" + public[len("wss://") :]
@@ -59,8 +67,9 @@ def fake_state_file(settings: Settings) -> Path:
 
     ``satsrelay pay-fake`` computes the same path from the same Settings.
     """
-    if settings.payments.fake.state_file:
-        return Path(settings.payments.fake.state_file)
+    state_file = payment_settings(settings).fake.state_file
+    if state_file:
+        return Path(state_file)
     url = settings.storage.url
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
         return Path(url[len("sqlite:///") :]).parent / "fake-wallet.db"
@@ -69,7 +78,7 @@ def fake_state_file(settings: Settings) -> Path:
 
 def build_backend(settings: Settings, http: httpx.AsyncClient) -> WalletBackend:
     """The wallet ``payments.backend`` names; each module is imported only when chosen."""
-    p: PaymentSettings = settings.payments
+    p = payment_settings(settings)
     if p.backend == "fake":
         from lightning.backends.fake import FakeBackend, FakeConfig
 
@@ -112,12 +121,15 @@ class PaymentsExtension:
         trusted_zappers: Collection[str] = (),
         identity: RelayIdentity | None = None,
         publish: Publish | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         """``trusted_zappers`` adds to ``[payments] trusted_zappers`` the keys whose valid
         NIP-57 receipts are free; ``identity`` and ``publish`` (the relay's key and its
         own-event writer) turn on zaps to the relay (``payments.zaps``), and the relay's
-        key then trusts its own receipts."""
-        p = settings.payments
+        key then trusts its own receipts. ``http``: the wallet's HTTP client, closed by ``stop``
+        (the extension owns it)."""
+        p = payment_settings(settings)
+        self._http = http
         self.settings = settings
         self.store = store
         self.backend = backend
@@ -206,7 +218,7 @@ class PaymentsExtension:
     def _membership(
         self, settings: Settings, identity: RelayIdentity, publish: Publish, clock: Callable[[], float]
     ) -> Membership:
-        m = settings.payments.membership
+        m = payment_settings(settings).membership
         if m.members_may_invite:
             try:
                 self.plans.grant(m.member_invite_plan)
@@ -221,7 +233,7 @@ class PaymentsExtension:
             publish=publish,
             relay_url=settings.relay.public_url,
             is_member=self.gate.is_member,
-            banned=frozenset(settings.payments.ban_pubkeys),
+            banned=frozenset(payment_settings(settings).ban_pubkeys),
             on_leave=self._on_leave,
             clock=clock,
         )
@@ -256,6 +268,8 @@ class PaymentsExtension:
         await self.web.close()
         await self.watcher.stop()
         await self.backend.close()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def admit(self, event: Event, ctx: WriteContext) -> int:
         if self.membership is not None and event.kind in REQUEST_KINDS:
@@ -271,12 +285,15 @@ class PaymentsExtension:
     def insufficient_credit(self, event: Event) -> Rejection:
         return self.gate.insufficient_credit(event)
 
-    async def handle_http(self, request: Request, client_ip: str) -> Response | None:
+    async def handle_http(self, request: HttpRequest) -> HttpResponse | None:
         if self.zapper is not None:
-            response = await self.zapper.handle(request, client_ip)
+            response = await self.zapper.handle(request)
             if response is not None:
                 return response
-        return await self.web.handle(request, client_ip)
+        return await self.web.handle(request)
+
+    def describe(self) -> str:
+        return f"payments ({payment_settings(self.settings).backend})"
 
     def nip11(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -326,12 +343,18 @@ class PaymentsExtension:
 def build_extension(
     settings: Settings,
     store: Store,
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient | None = None,
     *,
     registry: CollectorRegistry | None = None,
     identity: RelayIdentity | None = None,
     publish: Publish | None = None,
 ) -> PaymentsExtension:
-    """The relay's entry point (``relay.server``): backend from settings, everything wired."""
+    """Backend from settings, everything wired (``lightning.plugin`` calls it at start-up);
+    without ``http`` the extension makes its own client and closes it on stop."""
+    owned = None
+    if http is None:
+        http = owned = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
     backend = build_backend(settings, http)
-    return PaymentsExtension(settings, store, backend, registry=registry, identity=identity, publish=publish)
+    return PaymentsExtension(
+        settings, store, backend, registry=registry, identity=identity, publish=publish, http=owned
+    )

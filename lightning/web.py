@@ -1,12 +1,14 @@
-"""The join page, account page and invoice API, all GET (websockets reads no bodies).
+"""The join page, account page and invoice API (routes of the relay's HTTP router).
 
 Routes (``handle`` answers None for anything else, so the relay falls through):
 
 - ``/`` (browsers, ``Accept: text/html``) and ``/join``: the join page;
 - ``/static/<file>``: its script and styles (nothing is loaded from other sites; the
   Content-Security-Policy header makes the browser enforce that);
-- ``/api/invoice?pubkey=<hex|npub>&plan=<name>[&amount=<sats>]``: issue an invoice
-  (rate-limited per IP; stored before it is returned);
+- ``POST /api/invoice`` with a JSON body ``{"pubkey": <hex|npub>, "plan": <name>[, "amount":
+  <sats>]}``: issue an invoice (rate-limited per IP; stored before it is returned). A POST,
+  not a GET: creating an invoice changes state, and link prefetchers and crawlers follow
+  GETs. JSON only, so a cross-site form cannot post it (a browser preflights JSON);
 - ``/api/invoice/<payment_hash>``: its state and the account's, polled by the page; while
   the invoice is pending this also asks the wallet about it (at most once every
   ``check_interval`` seconds per invoice), so a payer is admitted within seconds even when
@@ -16,7 +18,7 @@ Routes (``handle`` answers None for anything else, so the relay falls through):
 - ``/api/invoice/<payment_hash>/qr.svg``: the QR code, drawn server-side by segno;
 - ``/account/<pubkey>``: whether the pubkey may write (and until when), HTML or JSON
   (``Accept: application/json``); balance and flags only to the owner, by NIP-98;
-- ``/api/fake/pay/<payment_hash>``: settle a demo invoice, only with the ``fake`` wallet.
+- ``POST /api/fake/pay/<payment_hash>``: settle a demo invoice, only with the ``fake`` wallet.
 """
 
 from __future__ import annotations
@@ -34,18 +36,16 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import segno
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
 
 from lightning.backend import BackendError
 from lightning.ledger import Ledger, TooManyPending
 from lightning.plans import PlanOffer, Plans, UnknownPlan
 from lightning.pubkeys import npub_encode, parse_pubkey
 from relay import nip98
+from relay.http import HttpRequest, HttpResponse
 from relay.limits import TokenBucket
 from relay.store.base import FOREVER, Account, Invoice, InvoiceState
 
@@ -74,31 +74,28 @@ class PageInfo:
 
 def _response(
     status: HTTPStatus, body: bytes, content_type: str, extra: list[tuple[str, str]] | None = None
-) -> Response:
-    headers = Headers(
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-            ("X-Content-Type-Options", "nosniff"),
-            *(extra or []),
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
+) -> HttpResponse:
+    headers = [
+        ("Content-Type", content_type),
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+        *(extra or []),
+    ]
+    return HttpResponse(status.value, body, headers)
 
 
-def _json(status: HTTPStatus, doc: Any) -> Response:
+def _json(status: HTTPStatus, doc: Any) -> HttpResponse:
     return _response(status, orjson.dumps(doc), "application/json", [("Access-Control-Allow-Origin", "*")])
 
 
-def _error(status: HTTPStatus, message: str, retry_after: int | None = None) -> Response:
+def _error(status: HTTPStatus, message: str, retry_after: int | None = None) -> HttpResponse:
     response = _json(status, {"error": message})
     if retry_after is not None:  # RFC 9110 10.2.3: when asking again may succeed (429, 503)
-        response.headers["Retry-After"] = str(retry_after)
+        response.headers.append(("Retry-After", str(retry_after)))
     return response
 
 
-def _html(body: str) -> Response:
+def _html(body: str) -> HttpResponse:
     return _response(HTTPStatus.OK, body.encode(), "text/html; charset=utf-8", [("Content-Security-Policy", CSP)])
 
 
@@ -222,31 +219,41 @@ class JoinWeb:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def handle(self, request: Request, client_ip: str) -> Response | None:
-        parts = urlsplit(request.path)
-        path = parts.path
+    async def handle(self, request: HttpRequest) -> HttpResponse | None:
+        path = request.path
+        if path == "/api/invoice":
+            if request.method != "POST":
+                return _response(
+                    HTTPStatus.METHOD_NOT_ALLOWED, b"POST a JSON body to create an invoice\n", "text/plain",
+                    [("Allow", "POST")],
+                )
+            return await self._create_invoice(request)
+        if path.startswith("/api/fake/pay/") and self._fake_pay is not None:
+            if request.method != "POST":
+                return _response(HTTPStatus.METHOD_NOT_ALLOWED, b"POST only\n", "text/plain", [("Allow", "POST")])
+            return await self._simulate_payment(path[len("/api/fake/pay/") :])
+        if request.method not in ("GET", "HEAD"):
+            return None
         if path == "/join" or (path == "/" and "text/html" in request.headers.get("Accept", "")):
             return _html(self._join_page)
         if path.startswith("/static/"):
             return self._static(path[len("/static/") :])
         if path == "/favicon.ico":  # browsers ask for it on every page; a 404 is noise in every log
-            icon = _response(HTTPStatus.OK, self._favicon, "image/x-icon")
-            del icon.headers["Cache-Control"]
-            icon.headers["Cache-Control"] = "public, max-age=86400"
-            return icon
-        if path == "/api/invoice":
-            return await self._create_invoice(parse_qs(parts.query), client_ip)
+            return HttpResponse(
+                HTTPStatus.OK.value,
+                self._favicon,
+                [("Content-Type", "image/x-icon"), ("Cache-Control", "public, max-age=86400"),
+                 ("X-Content-Type-Options", "nosniff")],
+            )
         if path.startswith("/api/invoice/"):
             rest = path[len("/api/invoice/") :]
             if rest.endswith("/qr.svg"):
                 return await self._qr(rest[: -len("/qr.svg")])
             return await self._invoice_status(rest)
         if path.startswith("/account/") and path.endswith("/reminders") and self._reminders:
-            return await self._reminder_optin(path[len("/account/") : -len("/reminders")], request, parts.query)
+            return await self._reminder_optin(path[len("/account/") : -len("/reminders")], request)
         if path.startswith("/account/"):
             return await self._account(path[len("/account/") :], request)
-        if path.startswith("/api/fake/pay/") and self._fake_pay is not None:
-            return await self._simulate_payment(path[len("/api/fake/pay/") :])
         return None
 
     # --- pages ------------------------------------------------------------------
@@ -295,7 +302,7 @@ class JoinWeb:
             return f"top up {_sats(low)} to {_sats(high)}"
         return _sats(offer.amount_msat)
 
-    def _static(self, name: str) -> Response:
+    def _static(self, name: str) -> HttpResponse:
         suffix = name[name.rfind(".") :] if "." in name else ""
         if "/" in name or name.startswith(".") or suffix not in STATIC_TYPES:
             return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
@@ -304,7 +311,7 @@ class JoinWeb:
             return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         return _response(HTTPStatus.OK, resource.read_bytes(), STATIC_TYPES[suffix])
 
-    async def _account(self, raw_pubkey: str, request: Request) -> Response:
+    async def _account(self, raw_pubkey: str, request: HttpRequest) -> HttpResponse:
         """Anyone sees whether ``pubkey`` may write; its owner, signing the request with
         NIP-98 (``Authorization: Nostr <base64 kind-27235>`` for this URL and GET), also
         sees the balance and flags. A header that does not verify is 401 (NIP-98), a valid
@@ -314,10 +321,10 @@ class JoinWeb:
         if pubkey is None:
             return _error(HTTPStatus.BAD_REQUEST, "not a hex pubkey or npub")
         now = int(self._clock())
-        authorization = request.headers.get("Authorization")
+        authorization = request.headers.get("Authorization") or None
         owner = False
         if authorization is not None:
-            url = http_url(self._info.relay_url) + request.path
+            url = http_url(self._info.relay_url) + request.target
             try:
                 signer = nip98.authorised_pubkey(authorization, url=url, method="GET", now=now)
             except nip98.Nip98Error as exc:
@@ -331,23 +338,23 @@ class JoinWeb:
             return _json(HTTPStatus.OK, doc)
         return _html(self._render_account(doc))
 
-    async def _reminder_optin(self, raw_pubkey: str, request: Request, query: str) -> Response:
+    async def _reminder_optin(self, raw_pubkey: str, request: HttpRequest) -> HttpResponse:
         """``/account/<pubkey>/reminders[?set=on|off]``: the owner (NIP-98, this exact URL)
         turns reminders by DM on or off, or reads the setting. Nobody else can: reminders
         are sent only to those who asked (issue 10)."""
         pubkey = parse_pubkey(raw_pubkey)
         if pubkey is None:
             return _error(HTTPStatus.BAD_REQUEST, "not a hex pubkey or npub")
-        wanted = parse_qs(query).get("set", [""])[0]
+        wanted = request.query().get("set", [""])[0]
         if wanted not in ("", "on", "off"):
             return _error(HTTPStatus.BAD_REQUEST, "set must be on or off")
         now = int(self._clock())
-        authorization = request.headers.get("Authorization")
+        authorization = request.headers.get("Authorization") or None
         if authorization is None:
             return _error(HTTPStatus.UNAUTHORIZED, "sign this request with NIP-98 (your browser extension)")
         try:
             signer = nip98.authorised_pubkey(
-                authorization, url=http_url(self._info.relay_url) + request.path, method="GET", now=now
+                authorization, url=http_url(self._info.relay_url) + request.target, method="GET", now=now
             )
         except nip98.Nip98Error as exc:
             return _error(HTTPStatus.UNAUTHORIZED, f"NIP-98 authorization refused: {exc}")
@@ -408,17 +415,28 @@ class JoinWeb:
         """Seconds until the per-IP bucket holds a token again (it refills at ``_rate``/s)."""
         return max(1, math.ceil(1 / self._rate))
 
-    async def _create_invoice(self, query: dict[str, list[str]], client_ip: str) -> Response:
-        pubkey = parse_pubkey(query.get("pubkey", [""])[0])
+    async def _create_invoice(self, request: HttpRequest) -> HttpResponse:
+        client_ip = request.client_ip
+        if "application/json" not in request.headers.get("Content-Type"):
+            return _error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the invoice request as application/json")
+        try:
+            doc = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            return _error(HTTPStatus.BAD_REQUEST, "the body is not JSON")
+        if not isinstance(doc, dict):
+            return _error(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+        raw_pubkey, plan, raw_amount = doc.get("pubkey"), doc.get("plan", ""), doc.get("amount")
+        pubkey = parse_pubkey(raw_pubkey) if isinstance(raw_pubkey, str) else None
         if pubkey is None:
             return _error(HTTPStatus.BAD_REQUEST, "pubkey must be 64 hex characters or an npub")
-        plan = query.get("plan", [""])[0]
-        amount_text = query.get("amount", [""])[0]
+        if not isinstance(plan, str):
+            return _error(HTTPStatus.BAD_REQUEST, "plan must be a string")
         amount: int | None = None
-        if amount_text:
-            if not amount_text.isdigit() or len(amount_text) > 12:
+        if raw_amount not in (None, ""):
+            text = str(raw_amount)
+            if isinstance(raw_amount, bool) or not text.isdigit() or len(text) > 12:
                 return _error(HTTPStatus.BAD_REQUEST, "amount must be a whole number of sats")
-            amount = int(amount_text)
+            amount = int(text)
         if not self._rate_ok(client_ip):
             return _error(
                 HTTPStatus.TOO_MANY_REQUESTS, "too many invoices from your address; wait a minute", self._retry_after()
@@ -441,7 +459,7 @@ class JoinWeb:
     def _memo(self, plan: str) -> str:
         return f"{self._info.name}: {plan}"
 
-    async def _invoice_status(self, payment_hash: str) -> Response:
+    async def _invoice_status(self, payment_hash: str) -> HttpResponse:
         if not _is_hash(payment_hash):
             return _error(HTTPStatus.BAD_REQUEST, "not a payment hash")
         invoice = await self._ledger.store.get_invoice(payment_hash)
@@ -501,7 +519,7 @@ class JoinWeb:
         except Exception:
             log.exception("status check of invoice %s crashed", payment_hash)
 
-    async def _qr(self, payment_hash: str) -> Response:
+    async def _qr(self, payment_hash: str) -> HttpResponse:
         if not _is_hash(payment_hash):
             return _error(HTTPStatus.BAD_REQUEST, "not a payment hash")
         invoice = await self._ledger.store.get_invoice(payment_hash)
@@ -513,7 +531,7 @@ class JoinWeb:
         qr.save(out, kind="svg", scale=5, border=2, xmldecl=False, title="Lightning invoice")
         return _response(HTTPStatus.OK, out.getvalue(), "image/svg+xml", [("Content-Security-Policy", CSP)])
 
-    async def _simulate_payment(self, payment_hash: str) -> Response:
+    async def _simulate_payment(self, payment_hash: str) -> HttpResponse:
         assert self._fake_pay is not None
         if not _is_hash(payment_hash):
             return _error(HTTPStatus.BAD_REQUEST, "not a payment hash")

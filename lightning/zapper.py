@@ -31,9 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from websockets.asyncio.client import connect
-from websockets.datastructures import Headers
 from websockets.exceptions import WebSocketException
-from websockets.http11 import Request, Response
 
 from lightning import lnurl
 from lightning.backend import BackendError
@@ -53,6 +51,7 @@ from lightning.zap import (
 )
 from relay.event import Event
 from relay.filters import Filter
+from relay.http import HttpRequest, HttpResponse
 from relay.identity import RelayIdentity
 from relay.limits import TokenBucket
 from relay.store.base import Invoice, InvoiceState
@@ -67,18 +66,14 @@ MAX_AMOUNT_DIGITS = 15
 Publish = Callable[[Event], Awaitable[object]]
 
 
-def _json(status: HTTPStatus, doc: Any) -> Response:
-    body = orjson.dumps(doc)
-    headers = Headers(
-        [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-            # LUD-01: browser wallets fetch these cross-origin.
-            ("Access-Control-Allow-Origin", "*"),
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
+def _json(status: HTTPStatus, doc: Any) -> HttpResponse:
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Cache-Control", "no-store"),
+        # LUD-01: browser wallets fetch these cross-origin.
+        ("Access-Control-Allow-Origin", "*"),
+    ]
+    return HttpResponse(status.value, orjson.dumps(doc), headers)
 
 
 class Zapper:
@@ -119,8 +114,10 @@ class Zapper:
 
     # --- HTTP -----------------------------------------------------------------------
 
-    async def handle(self, request: Request, client_ip: str) -> Response | None:
-        parts = urlsplit(request.path)
+    async def handle(self, request: HttpRequest) -> HttpResponse | None:
+        """LUD-06 pay request and callback: GETs by that spec (a wallet follows them)."""
+        client_ip = request.client_ip
+        parts = urlsplit(request.target)
         if parts.path == self._info_path:
             doc = lnurl.pay_request(
                 self._callback_url, self.min_msat, self.max_msat, self._metadata, self._identity.pubkey

@@ -23,6 +23,7 @@ import orjson
 from relay.config import ConfigError, Settings, load_settings
 from relay.errors import Invalid
 from relay.event import Event, KindClass, parse_event, verify_signature
+from relay.extension import PluginError, discover_plugins
 from relay.filters import Filter, parse_filter
 from relay.store import open_store
 from relay.store.base import Store, WriteOutcome, WriteRequest
@@ -34,7 +35,6 @@ EXPORT_PAGE = 5000
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, object] = {}
     server: dict[str, object] = {}
     if getattr(args, "host", None):
         server["host"] = args.host
@@ -45,8 +45,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
     if server:
         merged = settings.server.model_copy(update=server)
-        overrides["server"] = merged.model_dump()
-        settings = load_settings(args.config, **overrides)
+        settings = load_settings(args.config, server=merged.model_dump())
     return settings
 
 
@@ -67,10 +66,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from relay.workers import run_workers
 
         return run_workers(settings, args.config)
+    from relay.app import build_relay
     from relay.server import run
 
+    async def serve() -> None:
+        await run(build_relay(settings))
+
     with contextlib.suppress(KeyboardInterrupt):
-        _event_loop_runner()(run(settings))
+        _event_loop_runner()(serve())
     return 0
 
 
@@ -298,17 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--no-negentropy", action="store_true", help="use paged REQ even if the peer speaks NIP-77")
     syn.set_defaults(func=cmd_sync)
 
-    try:
-        from lightning.cli import add_commands
-    except ImportError:  # the payments CLI is optional while it is being built
-        pass
-    else:
-        add_commands(sub, common, _settings)
+    for plugin in discover_plugins():
+        plugin.add_commands(sub, common, _settings)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except PluginError as exc:
+        print(f"satsrelay: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -7,12 +7,14 @@ Unknown keys are refused, so a typo in the file stops start-up instead of being 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from lightning.settings import PaymentSettings
+from relay.extension import ExtensionPlugin, PluginError, discover_plugins
 
 
 class _Section(BaseModel):
@@ -62,6 +64,14 @@ class ServerSettings(_Section):
             return None
         host, _, port = self.metrics_listen.rpartition(":")
         return host.strip("[]"), int(port)
+    max_request_body_bytes: int = Field(65536, ge=0, description="HTTP request bodies past this get 413")
+    http_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="request line + headers must arrive within this (also the keep-alive idle time)"
+    )
+    http_body_timeout_seconds: float = Field(30.0, gt=0, description="a request body must arrive within this")
+    ping_interval_seconds: float = Field(
+        60.0, gt=0, description="WebSocket ping after this much silence; no answer within as long again: cut"
+    )
 
 
 class StorageSettings(_Section):
@@ -148,19 +158,48 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     search: SearchSettings = SearchSettings()
     negentropy: NegentropySettings = NegentropySettings()
-    payments: PaymentSettings = PaymentSettings()
     log_level: str = "INFO"
+
+    def section(self, name: str) -> BaseModel:
+        """An extension's own section (``[payments]``), validated by its model."""
+        value = getattr(self, name, None)
+        if not isinstance(value, BaseModel):
+            raise KeyError(f"no config section {name!r}: is its extension installed?")
+        return value
+
+
+def settings_class(plugins: Sequence[ExtensionPlugin]) -> type[Settings]:
+    """Settings plus one section per installed extension, each validated by the model the
+    extension supplies (unknown keys in it are refused like anywhere else)."""
+    if not plugins:
+        return Settings
+    fields: dict[str, Any] = {}
+    for plugin in plugins:
+        if plugin.section in Settings.model_fields or plugin.section in fields:
+            raise PluginError(f"two parts of the relay claim the config section [{plugin.section}]")
+        fields[plugin.section] = (plugin.settings_model, plugin.settings_model())
+    model: type[Settings] = create_model("Settings", __base__=Settings, **fields)
+    return model
 
 
 class ConfigError(Exception):
     """A setting is wrong; the message names the key."""
 
 
-def load_settings(path: Path | None = None, **overrides: object) -> Settings:
+def load_settings(
+    path: Path | None = None, *, plugins: Sequence[ExtensionPlugin] | None = None, **overrides: object
+) -> Settings:
     """Settings from ``path`` (TOML), environment and keyword overrides (highest first:
-    overrides, environment, file, defaults)."""
+    overrides, environment, file, defaults), with the sections of ``plugins`` (default:
+    every installed extension)."""
+    if plugins is None:
+        try:
+            plugins = discover_plugins()
+        except PluginError as exc:
+            raise ConfigError(str(exc)) from None
+    base = settings_class(plugins)
 
-    class _FromFile(Settings):
+    class _FromFile(base):  # type: ignore[valid-type,misc]
         @classmethod
         def settings_customise_sources(
             cls,
@@ -178,7 +217,8 @@ def load_settings(path: Path | None = None, **overrides: object) -> Settings:
     if path is not None and not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        return _FromFile(**overrides)  # type: ignore[arg-type]
+        settings: Settings = _FromFile(**overrides)
+        return settings
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -1,20 +1,37 @@
-"""The seam through which an optional package (``lightning``) plugs into the relay.
+"""The seam through which an optional package (payments, today) plugs into the relay.
 
-The relay core knows nothing about payments: at start-up the server builds at most one
-``Extension`` and calls it at the three points where a paid relay differs from a free
-one: the write gate, extra HTTP routes, and extra NIP-11 fields.
+The relay core knows nothing about payments. An installed distribution declares a plug-in
+under the ``satsrelay.extensions`` entry-point group (pyproject.toml); at start-up the
+composition root (``relay.app``) finds it with ``importlib.metadata``, gives it its own
+config section to validate (``[payments]`` is the payments plug-in's ``section``), lets
+it add CLI commands, and asks it to build at most one running ``Extension``. The relay
+then calls that extension at the points where a paid relay differs from a free one: the
+write gate, extra HTTP routes, and extra NIP-11 fields.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Protocol
 
-from websockets.http11 import Request, Response
+from pydantic import BaseModel
 
 from relay.errors import Rejection
 from relay.event import Event
 from relay.filters import Filter
+from relay.http import HttpRequest, HttpResponse
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from relay.config import Settings
+    from relay.identity import RelayIdentity
+    from relay.store.base import Store, WriteOutcome
+
+ENTRY_POINT_GROUP = "satsrelay.extensions"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +75,69 @@ class Extension(Protocol):
         """The refusal when the charge failed at commit (credit ran out meanwhile)."""
         ...
 
-    async def handle_http(self, request: Request, client_ip: str) -> Response | None:
-        """Answer an HTTP GET/OPTIONS the relay does not handle itself, or None.
-        (websockets accepts no request bodies, so every route is a GET.)"""
+    async def handle_http(self, request: HttpRequest) -> HttpResponse | None:
+        """Answer an HTTP request the relay does not handle itself (any method, with its
+        body), or None to pass."""
         ...
 
     def nip11(self) -> dict[str, Any]:
         """Fields merged into the NIP-11 document (``limitation`` is merged key by key)."""
         ...
+
+    def describe(self) -> str:
+        """One word or two for the start-up log line (e.g. the wallet backend)."""
+        ...
+
+
+SettingsLoader = Callable[[argparse.Namespace], "Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionHost:
+    """What the relay offers an extension beyond its store: its own key, and a way to
+    store and fan out events it signs itself (its profile, NIP-57 zap receipts), past the
+    write policies and the gate, which are for clients."""
+
+    identity: RelayIdentity
+    publish: Callable[[Event], Awaitable[WriteOutcome]]
+
+
+class ExtensionPlugin(Protocol):
+    """What an entry point in ``satsrelay.extensions`` names (an object, not a class)."""
+
+    section: str  # its top-level config section, e.g. "payments"
+    settings_model: type[BaseModel]  # validates that section (extra keys refused)
+
+    def build(
+        self, settings: Settings, store: Store, registry: CollectorRegistry, host: ExtensionHost
+    ) -> Extension | None:
+        """The running extension, or None when its section leaves it disabled."""
+        ...
+
+    def add_commands(
+        self,
+        sub: argparse._SubParsersAction[argparse.ArgumentParser],
+        common: argparse.ArgumentParser,
+        load: SettingsLoader,
+    ) -> None:
+        """Add its ``satsrelay`` subcommands."""
+        ...
+
+
+class PluginError(Exception):
+    """An installed plug-in is broken; the message names it."""
+
+
+def discover_plugins() -> list[ExtensionPlugin]:
+    """Every installed plug-in, in entry-point name order (deterministic)."""
+    found: list[ExtensionPlugin] = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginError(f"extension {ep.name!r} ({ep.value}) cannot be loaded: {exc}") from exc
+        for attr in ("section", "settings_model", "build", "add_commands"):
+            if not hasattr(plugin, attr):
+                raise PluginError(f"extension {ep.name!r} ({ep.value}) has no {attr!r}")
+        found.append(plugin)
+    return found

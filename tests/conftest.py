@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from relay import crypto
+from relay.app import build_relay
 from relay.config import Settings, load_settings
 from relay.server import Relay
 from tests.nostr_client import NostrClient
@@ -64,7 +65,7 @@ def relay_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
 def relay_factory(tmp_path: Path) -> RelayFactory:
     @contextlib.asynccontextmanager
     async def start(**sections: dict[str, Any]) -> AsyncIterator[Relay]:
-        relay = Relay(relay_settings(tmp_path, **sections))
+        relay = build_relay(relay_settings(tmp_path, **sections))
         await relay.start()
         try:
             yield relay

@@ -142,8 +142,8 @@ async def test_payment_on_a_admits_pubkey_on_b_within_cache_window(
         ok, message = await on_b.publish(note)
         assert not ok and message.startswith("restricted: ") and "/join" in message, message
 
-        created = await web.get(
-            f"http://127.0.0.1:{a.port}/api/invoice", params={"pubkey": pubkey, "plan": "admission"}
+        created = await web.post(
+            f"http://127.0.0.1:{a.port}/api/invoice", json={"pubkey": pubkey, "plan": "admission"}
         )
         assert created.status_code == 200, created.text
         payment_hash = created.json()["payment_hash"]

@@ -79,11 +79,16 @@
     $("form-error").textContent = "";
     if (!checkKey()) return;
     const plan = (document.querySelector("input[name=plan]:checked") || {}).value || "";
-    const params = new URLSearchParams({ pubkey: $("pubkey").value.trim(), plan: plan });
-    if (plan === "credit" && $("credit-amount")) params.set("amount", $("credit-amount").value);
+    const body = { pubkey: $("pubkey").value.trim(), plan: plan };
+    if (plan === "credit" && $("credit-amount")) body.amount = $("credit-amount").value;
     $("get-invoice").disabled = true;
     try {
-      const res = await fetch("/api/invoice?" + params.toString(), { headers: { Accept: "application/json" } });
+      // POST: creating an invoice changes state (link prefetchers and crawlers follow GETs).
+      const res = await fetch("/api/invoice", {
+        method: "POST",
+        headers: { Accept: "application/json", "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
       const doc = await res.json();
       if (!res.ok) {
         $("form-error").textContent = doc.error || "could not create an invoice";
@@ -154,7 +159,7 @@
 
   async function simulate() {
     if (!current) return;
-    await fetch("/api/fake/pay/" + current);
+    await fetch("/api/fake/pay/" + current, { method: "POST" });
     poll();
   }
 

@@ -112,7 +112,7 @@ async def test_pay_fake_from_another_process_admits_on_the_running_relay(
     payments = {"enabled": True, "backend": "fake", "poll_interval_seconds": 60}  # push must do it
     async with relay_factory(payments=payments) as relay, NostrClient(relay.url) as client:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{relay.port}") as web:
-            invoice = (await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "admission"})).json()
+            invoice = (await web.post("/api/invoice", json={"pubkey": pubkey, "plan": "admission"})).json()
             assert (await satsrelay_json(config, "pay-fake", invoice["payment_hash"]))["paid"] is True
             deadline = time.monotonic() + 5
             while not (await web.get(f"/api/invoice/{invoice['payment_hash']}")).json()["paid"]:

@@ -69,7 +69,7 @@ async def paid_relay(
 
 
 async def issue(web: httpx.AsyncClient, pubkey: str) -> str:
-    reply = await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "admission"})
+    reply = await web.post("/api/invoice", json={"pubkey": pubkey, "plan": "admission"})
     assert reply.status_code == 200, reply.text
     payment_hash: str = reply.json()["payment_hash"]
     return payment_hash

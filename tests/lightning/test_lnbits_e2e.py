@@ -88,7 +88,7 @@ def admitted(web: httpx.AsyncClient, pubkey: str) -> Callable[[], Awaitable[bool
 
 
 async def issue(web: httpx.AsyncClient, pubkey: str, plan: str = "admission", **params: str) -> dict[str, Any]:
-    reply = await web.get("/api/invoice", params={"pubkey": pubkey, "plan": plan, **params})
+    reply = await web.post("/api/invoice", json={"pubkey": pubkey, "plan": plan, **params})
     assert reply.status_code == 200, reply.text
     invoice: dict[str, Any] = reply.json()
     return invoice
@@ -251,7 +251,7 @@ def test_invoice_paid_while_relay_is_killed_is_credited_once_after_restart(
     base = f"http://127.0.0.1:{relay.port}"
     secret = crypto.generate_secret()
     pubkey = crypto.public_key(secret).hex()
-    reply = httpx.get(f"{base}/api/invoice", params={"pubkey": pubkey, "plan": "credit", "amount": "321"})
+    reply = httpx.post(f"{base}/api/invoice", json={"pubkey": pubkey, "plan": "credit", "amount": "321"})
     assert reply.status_code == 200, reply.text
     invoice = reply.json()
     pending = satsrelay_json(relay.config, "invoices", "list", "--pending")

@@ -39,7 +39,7 @@ def test_payment_made_while_relay_is_killed_is_credited_once_after_restart(
     base = f"http://127.0.0.1:{relay.port}"
     secret = crypto.generate_secret()
     pubkey = crypto.public_key(secret).hex()
-    invoice = httpx.get(f"{base}/api/invoice", params={"pubkey": pubkey, "plan": "credit", "amount": "777"}).json()
+    invoice = httpx.post(f"{base}/api/invoice", json={"pubkey": pubkey, "plan": "credit", "amount": "777"}).json()
     relay.kill()  # SIGKILL: no graceful anything
 
     assert mark_paid(tmp_path / "fake-wallet.db", invoice["payment_hash"])  # paid while nobody listens

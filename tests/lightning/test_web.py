@@ -42,7 +42,7 @@ async def test_unpaid_then_paid_event_flow(relay_factory: RelayFactory, alice: b
         )
 
         npub = npub_encode(crypto.public_key(alice).hex())
-        res = await web.get("/api/invoice", params={"pubkey": npub, "plan": "admission"})
+        res = await web.post("/api/invoice", json={"pubkey": npub, "plan": "admission"})
         assert res.status_code == 200, res.text
         invoice = res.json()
         assert invoice["amount_msat"] == 1_000_000 and invoice["bolt11"].startswith("lnbcrt10u")
@@ -54,7 +54,7 @@ async def test_unpaid_then_paid_event_flow(relay_factory: RelayFactory, alice: b
         assert qr.status_code == 200 and qr.headers["content-type"] == "image/svg+xml"
         assert qr.content.lstrip().startswith(b"<svg")
 
-        assert (await web.get(f"/api/fake/pay/{invoice['payment_hash']}")).json()["simulated"] is True
+        assert (await web.post(f"/api/fake/pay/{invoice['payment_hash']}")).json()["simulated"] is True
         status = (await web.get(f"/api/invoice/{invoice['payment_hash']}")).json()
         assert status["paid"] is True and status["account"]["admitted_until"] == "forever"
 
@@ -119,10 +119,10 @@ async def test_invoice_requests_are_validated_and_rate_limited(relay_factory: Re
         relay_factory(payments={**PAID, "invoice_requests_per_minute": 2}) as relay,
         httpx.AsyncClient(base_url=http_base(relay)) as web,
     ):
-        bad_key = await web.get("/api/invoice", params={"pubkey": "npub1xyz", "plan": "admission"})
-        bad_plan = await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "gold"})
-        first = await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "admission"})
-        third = await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "admission"})
+        bad_key = await web.post("/api/invoice", json={"pubkey": "npub1xyz", "plan": "admission"})
+        bad_plan = await web.post("/api/invoice", json={"pubkey": pubkey, "plan": "gold"})
+        first = await web.post("/api/invoice", json={"pubkey": pubkey, "plan": "admission"})
+        third = await web.post("/api/invoice", json={"pubkey": pubkey, "plan": "admission"})
         metrics = (await web.get(f"http://127.0.0.1:{relay.metrics_port}/metrics")).text
     assert bad_key.status_code == 400 and "pubkey" in bad_key.json()["error"]
     assert bad_plan.status_code == 400 and first.status_code == 200
@@ -133,10 +133,39 @@ async def test_invoice_requests_are_validated_and_rate_limited(relay_factory: Re
 async def test_simulated_payment_exists_only_with_the_fake_wallet(relay_factory: RelayFactory) -> None:
     real_wallet = {"enabled": True, "backend": "lnbits", "lnbits": {"url": "http://127.0.0.1:9", "invoice_key": "k"}}
     async with relay_factory(payments=real_wallet) as relay, httpx.AsyncClient(base_url=http_base(relay)) as web:
-        res = await web.get("/api/fake/pay/" + "0" * 64)
+        res = await web.post("/api/fake/pay/" + "0" * 64)
         page = await web.get("/join")
-        wallet_down = await web.get("/api/invoice", params={"pubkey": "a" * 64, "plan": "admission"})
+        wallet_down = await web.post("/api/invoice", json={"pubkey": "a" * 64, "plan": "admission"})
     assert res.status_code == 404
     assert "Simulate payment" not in page.text.replace('id="simulate" hidden>Simulate payment', "")
     assert "Demo mode" not in page.text
     assert wallet_down.status_code == 503
+
+
+async def test_invoice_creation_is_a_post_with_a_json_body(relay_factory: RelayFactory, alice: bytes) -> None:
+    """A GET must not create an invoice (link prefetchers and crawlers follow GETs), and a
+    cross-site form post (not JSON) is refused; neither stores anything."""
+    pubkey = crypto.public_key(alice).hex()
+    async with relay_factory(payments=PAID) as relay, httpx.AsyncClient(base_url=http_base(relay)) as web:
+        as_get = await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "admission"})
+        as_form = await web.post("/api/invoice", data={"pubkey": pubkey, "plan": "admission"})
+        not_json = await web.post("/api/invoice", content=b"{", headers={"Content-Type": "application/json"})
+        fake_pay_get = await web.get("/api/fake/pay/" + "0" * 64)
+        assert await relay.store.list_invoices(pubkey=pubkey) == []
+        created = await web.post("/api/invoice", json={"pubkey": pubkey, "plan": "admission"})
+        assert created.status_code == 200
+        assert [i.payment_hash for i in await relay.store.list_invoices(pubkey=pubkey)] == [
+            created.json()["payment_hash"]]
+    assert as_get.status_code == 405 and as_get.headers["allow"] == "POST"
+    assert as_form.status_code == 415
+    assert not_json.status_code == 400
+    assert fake_pay_get.status_code == 405
+
+
+async def test_join_page_script_creates_invoices_with_post() -> None:
+    from importlib import resources
+
+    script = (resources.files("lightning") / "static" / "join.js").read_text("utf-8")
+    create = script[script.index("async function getInvoice"):script.index("async function copyInvoice")]
+    assert 'fetch("/api/invoice", {' in create and 'method: "POST"' in create
+    assert "/api/invoice?" not in script

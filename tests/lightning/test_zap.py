@@ -29,6 +29,7 @@ from lightning.settings import PaymentSettings
 from lightning.zap import ZapRequestError, parse_zap_request, receipt_event, zap_grant
 from lightning.zap_receipts import receipt_problem
 from relay import crypto
+from relay.app import build_relay
 from relay.config import ConfigError
 from relay.event import parse_event, sign_event
 from relay.extension import WriteContext
@@ -123,10 +124,9 @@ async def test_configured_key_wins_and_a_bad_one_is_a_one_line_config_error(
     async with relay_factory(relay={"secret_key": secret.hex()}) as relay:
         assert (await nip11(relay))["self"] == crypto.public_key(secret).hex()
     assert not (tmp_path / "relay.key").exists()
-    bad = Relay(relay_settings(tmp_path, relay={"key_file": str(tmp_path / "bad.key")}))
     (tmp_path / "bad.key").write_text("not a key\n")
     with pytest.raises(ConfigError, match=r"bad\.key: the relay's secret key must be 64 hex characters"):
-        await bad.start()
+        build_relay(relay_settings(tmp_path, relay={"key_file": str(tmp_path / "bad.key")}))  # composition root
     config = tmp_path / "bad.toml"
     config.write_text(f'[relay]\nkey_file = "{tmp_path}/bad.key"\n[storage]\nurl = "sqlite:///{tmp_path}/x.db"\n')
     proc = await asyncio.create_subprocess_exec(
