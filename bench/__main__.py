@@ -215,7 +215,7 @@ class Bench:
 
     async def crossnode(self) -> dict[str, Any]:
         """issue 5: fan-out across two relay processes on one PostgreSQL: subscribers on
-        node B, the publisher on node A (LISTEN/NOTIFY or Redis in between)."""
+        node B, the publisher on node A (PostgreSQL LISTEN/NOTIFY in between)."""
         a = self.args
         if not a.store_url:
             return {"skipped": "cross-node fan-out needs PostgreSQL: give --store-url postgresql://..."}

@@ -96,10 +96,6 @@ class Watcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def poll_soon(self) -> None:
-        """Run the next poll round now (e.g. after the join page's simulated payment)."""
-        self._poll_wakeup.set()
-
     def watch(self, payment_hash: str) -> None:
         """Someone is looking at this invoice (its status route was asked): poll it often."""
         self._watched[payment_hash] = self._clock()

@@ -115,7 +115,6 @@ class PostgresBroadcast:
         self._tasks: list[asyncio.Task[None]] = []
         self._fetches: set[asyncio.Task[None]] = set()  # reads of events announced by id
         self._listener: Any = None
-        self.listener_pid: int | None = None
         self.connected = asyncio.Event()
 
     async def _connect(self, role: str) -> Any:
@@ -222,7 +221,6 @@ class PostgresBroadcast:
                 conn = await self._connect("listener")
                 conn.add_termination_listener(lambda _c, ev=lost: ev.set())
                 await conn.add_listener(self._channel, self._on_notify)
-                self.listener_pid = conn.get_server_pid()
                 await self._catch_up(conn)
                 self.connected.set()
                 delay = 0.1

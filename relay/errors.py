@@ -24,10 +24,6 @@ class Invalid(Rejection):
     prefix = "invalid"
 
 
-class Duplicate(Rejection):
-    prefix = "duplicate"
-
-
 class Blocked(Rejection):
     prefix = "blocked"
 

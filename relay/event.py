@@ -276,11 +276,6 @@ def verify_signature(event: Event) -> bool:
     return crypto.verify_schnorr(bytes.fromhex(event.id), bytes.fromhex(event.pubkey), bytes.fromhex(event.sig))
 
 
-def check_signature(event: Event) -> None:
-    if not verify_signature(event):
-        raise Invalid("signature is invalid")
-
-
 def sign_event(
     secret: bytes, kind: int, content: str = "", tags: list[list[str]] | None = None, created_at: int = 0
 ) -> Event:

@@ -8,14 +8,12 @@ checks the store against it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from relay.errors import Invalid, Unsupported
 from relay.event import INT64_MAX, MAX_KIND, Event, is_hex64, unstorable_text
 from relay.search import DEFAULT_SEARCH_KINDS, SearchQuery, parse_search
 
 _HEX_TAGS = frozenset("ep")  # NIP-01: #e and #p values MUST be 64-char lowercase hex
-_SCALAR_KEYS = frozenset(("ids", "authors", "kinds", "since", "until", "limit"))
 # Most values (ids + authors + kinds + tag values) one filter may list. SQLite binds each
 # as a parameter and refuses a statement with more than 32,766 of them, while PostgreSQL
 # takes each list as one array: without this cap a 130 KB filter of 30,000 "#t" values
@@ -69,27 +67,6 @@ class Filter:
         assert self.search is not None
         return self.search.kinds if self.kinds is None else self.search.kinds & self.kinds
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.ids is not None:
-            out["ids"] = sorted(self.ids)
-        if self.authors is not None:
-            out["authors"] = sorted(self.authors)
-        if self.kinds is not None:
-            out["kinds"] = sorted(self.kinds)
-        for name, values in self.tags:
-            out["#" + name] = sorted(values)
-        for key in ("since", "until", "limit"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        if self.search is not None:
-            out["search"] = self.search.text
-        return out
-
-
-def matches_any(filters: tuple[Filter, ...] | list[Filter], event: Event) -> bool:
-    return any(f.matches(event) for f in filters)
 
 
 def _int(value: object, key: str, maximum: int = INT64_MAX) -> int:
@@ -161,7 +138,7 @@ def parse_filter(
                         raise Invalid(f"{key} values {fault}")
                 values = frozenset(value)
             tags.append((name, values))
-        elif key not in _SCALAR_KEYS:
+        else:
             raise Unsupported(f"filter field {key!r} is not supported")
     if limit is not None and limit > max_limit:
         limit = max_limit

@@ -15,6 +15,7 @@ import gc
 import hmac
 import logging
 import signal
+import socket
 import time
 from collections.abc import Coroutine
 from http import HTTPStatus
@@ -167,7 +168,9 @@ class Relay:
     def url(self) -> str:
         return f"ws://{self.settings.server.host}:{self.port}"
 
-    async def start(self, *, reuse_port: bool = False) -> None:
+    async def start(self, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
+        """Open the store, start the stages, listen (on ``sock`` when given: a socket the
+        caller bound already, e.g. to port 0)."""
         await self.store.open()
         self.verifier.start()
         self.writer.start()
@@ -200,9 +203,13 @@ class Relay:
             real_ip_header=srv.real_ip_header,
         )
         factory = create_factory(self, options, self.sessions, self.metrics.slow_clients_dropped.inc)
-        self._server = await asyncio.get_running_loop().create_server(
-            factory, srv.host, srv.port, reuse_port=reuse_port or None, backlog=1024
-        )
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._server = await loop.create_server(factory, sock=sock, backlog=1024)
+        else:
+            self._server = await loop.create_server(
+                factory, srv.host, srv.port, reuse_port=reuse_port or None, backlog=1024
+            )
         await self._start_metrics_listener(options)
         log.info(
             "satsrelay listening on ws://%s:%d (store %s, extension %s)",

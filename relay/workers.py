@@ -1,8 +1,8 @@
 """``satsrelay serve --workers N``: N relay processes sharing one port (SO_REUSEPORT).
 
 Each worker is a full, independent relay process; the kernel spreads new connections over
-them, and live events cross processes through the same PostgreSQL LISTEN/NOTIFY (or
-Redis) fan-out that joins several nodes. SQLite is refused: its single-writer file lock
+them, and live events cross processes through the same PostgreSQL LISTEN/NOTIFY fan-out
+that joins several nodes. SQLite is refused: its single-writer file lock
 would serialize the workers' group commits, and there is no cross-process fan-out for it,
 so a subscriber on one worker would miss events published on another.
 """
@@ -52,7 +52,7 @@ def run_workers(settings: Settings, config: Path | None) -> int:
 
     def start(slot: int) -> None:
         if not stopping:
-            children[slot] = subprocess.Popen(cmd, env={**env, "SATSRELAY_WORKER": str(slot)})
+            children[slot] = subprocess.Popen(cmd, env=env)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping

@@ -1,8 +1,8 @@
 """Fixtures shared by every test: real relays on 127.0.0.1, real SQLite files, keys.
 
-``relay_factory`` starts an in-process relay (same event loop as the test) on a free port
-with Settings overrides; ``relay_process`` starts ``satsrelay serve`` as a subprocess for
-tests that kill or signal it.
+``relay_factory`` starts an in-process relay (same event loop as the test) on a socket
+bound to port 0 and handed to it, with Settings overrides; ``relay_process`` starts
+``satsrelay serve`` as a subprocess for tests that kill or signal it.
 """
 
 from __future__ import annotations
@@ -46,9 +46,20 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def relay_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
-    """Test defaults (free port, temp SQLite, generous rate limits) plus overrides."""
-    port = free_port()
+def listening_socket() -> socket.socket:
+    """A socket bound to port 0 (the kernel picks a free port) and listening: the relay is
+    handed the socket itself, so no other process can take the port in between (as it could
+    between free_port() and the relay's own bind)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
+def relay_settings(tmp_path: Path, port: int | None = None, **sections: dict[str, Any]) -> Settings:
+    """Test defaults (``port``, else a free one; temp SQLite; generous rate limits) plus
+    overrides."""
+    port = free_port() if port is None else port
     base: dict[str, Any] = {
         # metrics on a port of their own: several relays (and engineers) share this machine
         "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_seconds": 2.0, "metrics_listen": "127.0.0.1:0"},
@@ -65,8 +76,9 @@ def relay_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
 def relay_factory(tmp_path: Path) -> RelayFactory:
     @contextlib.asynccontextmanager
     async def start(**sections: dict[str, Any]) -> AsyncIterator[Relay]:
-        relay = build_relay(relay_settings(tmp_path, **sections))
-        await relay.start()
+        sock = listening_socket()
+        relay = build_relay(relay_settings(tmp_path, sock.getsockname()[1], **sections))
+        await relay.start(sock=sock)
         try:
             yield relay
         finally:
@@ -203,3 +215,18 @@ def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
                 os.killpg(proc.proc.pid, signal.SIGKILL)
             proc.proc.wait()
 
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With ``SATSRELAY_FAIL_ON_SKIP=1`` (``.ci/run`` sets it) a test skipped for a missing
+    tool or service (PostgreSQL, LNbits, Chromium, curl, node) fails the run: CI must
+    prove every path, not quietly leave some out."""
+    if not os.environ.get("SATSRELAY_FAIL_ON_SKIP") or exitstatus != 0:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            print(f"\nSKIPPED (fails CI): {report.nodeid}: {reason}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

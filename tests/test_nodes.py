@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pytest
 from relay import crypto
 from tests.conftest import RelayProcess
 from tests.nostr_client import NostrClient, signed
+from tests.waiting import eventually
 
 MakeRelay = Callable[..., RelayProcess]
 
@@ -75,15 +76,6 @@ def start_node(pg_schema: str, pg_dsn: str, relay_process: MakeRelay) -> Callabl
         )
 
     return start
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def live_event(client: NostrClient, sub: str, timeout: float = WAIT) -> dict[str, Any]:
@@ -163,7 +155,7 @@ async def test_payment_on_a_admits_pubkey_on_b_within_cache_window(
             doc = (await web.get(f"http://127.0.0.1:{b.port}/api/invoice/{payment_hash}")).json()
             return bool(doc["paid"])
 
-        await eventually(paid_on_b, "the settlement to reach the shared ledger")
+        await eventually(paid_on_b, WAIT, what="the settlement to reach the shared ledger")
         settled_at = time.monotonic()
 
         # B cached "not admitted" when it refused the note; it must see the payment within
@@ -263,7 +255,7 @@ async def test_killed_listener_reconnects_and_live_subscriber_misses_nothing(
             (first_listener,) = await listener_pids(pg_dsn, b.proc.pid)
             gap = [signed(alice, 1, f"while B reconnects {i}") for i in range(20)]
             async with listener_killer(pg_dsn, b.proc.pid) as killed:
-                await eventually(lambda: asyncio.sleep(0, bool(killed)), "the listener to be terminated")
+                await eventually(lambda: asyncio.sleep(0, bool(killed)), WAIT, what="the listener to be terminated")
                 await publish_all(pub, gap)
             assert killed[0] == first_listener
 
@@ -271,7 +263,7 @@ async def test_killed_listener_reconnects_and_live_subscriber_misses_nothing(
                 pids = await listener_pids(pg_dsn, b.proc.pid) if b.proc is not None else []
                 return len(pids) == 1 and pids[0] not in killed
 
-            await eventually(listening_again, "B's listener to reconnect")
+            await eventually(listening_again, WAIT, what="B's listener to reconnect")
             got = [(await live_event(sub, "live"))["id"] for _ in gap]
             assert old.id not in got, "catch-up replayed an event stored before B started"
             assert sorted(got) == sorted(e.id for e in gap)
@@ -352,7 +344,7 @@ async def test_workers_share_the_port_fan_out_across_processes_and_stop_on_sigte
         owners = _socket_owners(workers)
         return len(workers) == 2 and {owners.get(i) for i in listening} >= set(workers)
 
-    await eventually(two_workers_listening, "two worker processes listening on the port")
+    await eventually(two_workers_listening, WAIT, what="two worker processes listening on the port")
     workers = _children(supervisor.proc.pid)
     assert supervisor.proc.pid not in workers
 
@@ -403,7 +395,7 @@ async def test_sigterm_while_a_crashed_worker_is_being_restarted_still_stops_eve
     async def two_workers() -> bool:
         return supervisor.proc is not None and len(_children(supervisor.proc.pid)) == 2
 
-    await eventually(two_workers, "two worker processes")
+    await eventually(two_workers, WAIT, what="two worker processes")
     crashed, survivor = _children(supervisor.proc.pid)
     os.kill(crashed, signal.SIGKILL)
 
@@ -412,7 +404,7 @@ async def test_sigterm_while_a_crashed_worker_is_being_restarted_still_stops_eve
 
     # Once the supervisor has reaped it, it is waiting out its restart back-off: the stop
     # request arrives before the replacement worker is started.
-    await eventually(reaped, "the supervisor to reap the killed worker")
+    await eventually(reaped, WAIT, what="the supervisor to reap the killed worker")
     supervisor.proc.send_signal(signal.SIGTERM)
     try:
         code = await asyncio.to_thread(supervisor.proc.wait, WAIT)

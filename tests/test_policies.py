@@ -3,7 +3,6 @@ NIP-40 expiration (refused, never served, purged)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import sqlite3
@@ -15,6 +14,7 @@ from relay import crypto
 from relay.server import Relay
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
+from tests.waiting import eventually
 
 
 def leading_zero_bits(hex_id: str) -> int:
@@ -98,13 +98,6 @@ async def test_expired_event_is_refused(client: NostrClient, alice: bytes) -> No
     assert await client.req("s", {"ids": [expired.id]}) == []
 
 
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_event_is_served_until_it_expires_then_never_and_purged(
     relay: Relay, client: NostrClient, alice: bytes, tmp_path: Path
 ) -> None:
@@ -118,7 +111,7 @@ async def test_event_is_served_until_it_expires_then_never_and_purged(
     async def past_expiry() -> bool:
         return time.time() >= expires
 
-    await wait_until(past_expiry)
+    await eventually(past_expiry)
     # never served once expired, whether or not the purge has run yet
     assert await client.req("after", {"ids": [event.id, keeper.id]}) == [keeper.to_dict()]
     await client.send(["COUNT", "c", {"ids": [event.id, keeper.id]}])
@@ -131,7 +124,7 @@ async def test_event_is_served_until_it_expires_then_never_and_purged(
     async def purged() -> bool:
         return row_count() == 0
 
-    await wait_until(purged)
+    await eventually(purged)
 
 
 async def test_expiring_event_is_delivered_live_before_expiry(relay: Relay, client: NostrClient, alice: bytes) -> None:

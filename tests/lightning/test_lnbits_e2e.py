@@ -40,6 +40,7 @@ from tests.conftest import RelayFactory, RelayProcess
 from tests.lightning.payment_stack import nip98_header
 from tests.lnbits_server import LnbitsServer
 from tests.nostr_client import NostrClient
+from tests.waiting import eventually
 
 POLL_NEVER = 60.0  # "one poll interval": far longer than any wait below
 
@@ -62,15 +63,6 @@ def extension(relay: Relay) -> PaymentsExtension:
     ext = relay.extension
     assert isinstance(ext, PaymentsExtension)
     return ext
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.05) -> float:
-    """Seconds until ``check`` held; fails the test after ``timeout``."""
-    start = time.monotonic()
-    while not await check():
-        assert time.monotonic() - start < timeout, f"condition not reached within {timeout} s"
-        await asyncio.sleep(interval)
-    return time.monotonic() - start
 
 
 async def account(web: httpx.AsyncClient, pubkey: str) -> dict[str, Any]:

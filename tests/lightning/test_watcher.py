@@ -11,17 +11,9 @@ from lightning.backends.fake import make_bolt11, mark_paid
 from lightning.extension import fake_state_file
 from relay.store.base import FOREVER, Invoice, InvoiceState, Store
 from tests.lightning.payment_stack import payment_stack
+from tests.waiting import eventually
 
 PK = "a" * 64
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> float:
-    """Seconds until ``check`` held; fails the test after ``timeout``."""
-    start = time.monotonic()
-    while not await check():
-        assert time.monotonic() - start < timeout, "condition not reached in time"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - start
 
 
 def admitted(store: Store, pubkey: str = PK) -> Callable[[], Awaitable[bool]]:
