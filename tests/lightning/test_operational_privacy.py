@@ -106,7 +106,7 @@ async def test_invoice_status_does_not_reveal_the_balance(relay_factory: RelayFa
     async with relay_factory(payments={**PAID, "credit": {"enabled": True}}) as relay, httpx.AsyncClient() as web:
         await relay.store.update_account(pubkey, int(time.time()), credit_delta_msat=77_000)
         # anyone may ask for an invoice in someone else's name and poll its status
-        invoice = (await web.get(f"{base(relay)}/api/invoice", params={"pubkey": pubkey, "plan": "admission"})).json()
+        invoice = (await web.post(f"{base(relay)}/api/invoice", json={"pubkey": pubkey, "plan": "admission"})).json()
         status = (await web.get(f"{base(relay)}/api/invoice/{invoice['payment_hash']}")).json()
         assert status["account"]["may_write"] is True
         assert not PRIVATE_FIELDS & status["account"].keys()
