@@ -63,17 +63,17 @@ def base(relay: Relay) -> str:
 async def test_same_pubkey_plan_and_amount_gets_its_unpaid_invoice_back(relay_factory: RelayFactory) -> None:
     pubkey = "ab" * 32
     async with relay_factory(payments=PAID) as relay, httpx.AsyncClient(base_url=base(relay)) as web:
-        first = (await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "admission"})).json()
-        again = (await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "admission"})).json()
+        first = (await web.post("/api/invoice", json={"pubkey": pubkey, "plan": "admission"})).json()
+        again = (await web.post("/api/invoice", json={"pubkey": pubkey, "plan": "admission"})).json()
         assert again["payment_hash"] == first["payment_hash"] and again["bolt11"] == first["bolt11"]
         top_up = {"pubkey": pubkey, "plan": "credit", "amount": "200"}
-        credit = (await web.get("/api/invoice", params=top_up)).json()
+        credit = (await web.post("/api/invoice", json=top_up)).json()
         assert credit["payment_hash"] != first["payment_hash"]
-        assert (await web.get("/api/invoice", params=top_up)).json()["payment_hash"] == credit["payment_hash"]
+        assert (await web.post("/api/invoice", json=top_up)).json()["payment_hash"] == credit["payment_hash"]
         assert len(await relay.store.list_invoices()) == 2
         # once paid, the next request makes a new invoice
-        await web.get(f"/api/fake/pay/{first['payment_hash']}")
-        renewed = (await web.get("/api/invoice", params={"pubkey": pubkey, "plan": "admission"})).json()
+        await web.post(f"/api/fake/pay/{first['payment_hash']}")
+        renewed = (await web.post("/api/invoice", json={"pubkey": pubkey, "plan": "admission"})).json()
         assert renewed["payment_hash"] != first["payment_hash"]
 
 
@@ -87,14 +87,14 @@ async def test_hundred_addresses_cannot_create_more_than_the_cap(relay_factory: 
             codes = []
             for _ in range(3):
                 params = {"pubkey": os.urandom(32).hex(), "plan": "admission"}
-                codes.append((await web.get("/api/invoice", params=params, headers=headers)).status_code)
+                codes.append((await web.post("/api/invoice", json=params, headers=headers)).status_code)
             return codes
 
         codes = [code for codes in await asyncio.gather(*(attack(n) for n in range(100))) for code in codes]
         assert codes.count(200) == 40
         assert set(codes) == {200, 503}
         assert len(await relay.store.list_invoices(pending_only=True)) == 40
-        refused = await web.get("/api/invoice", params={"pubkey": "cd" * 32, "plan": "admission"})
+        refused = await web.post("/api/invoice", json={"pubkey": "cd" * 32, "plan": "admission"})
         assert refused.status_code == 503 and "try again later" in refused.json()["error"]
         assert refused.headers["Retry-After"] == "60"
 
@@ -105,9 +105,9 @@ async def test_one_pubkey_holds_at_most_its_cap_of_unpaid_invoices(relay_factory
         codes = []
         for amount in ("100", "101", "102"):
             params = {"pubkey": "ef" * 32, "plan": "credit", "amount": amount}
-            codes.append((await web.get("/api/invoice", params=params)).status_code)
+            codes.append((await web.post("/api/invoice", json=params)).status_code)
         assert codes == [200, 200, 429]
-        other = await web.get("/api/invoice", params={"pubkey": "12" * 32, "plan": "credit", "amount": "100"})
+        other = await web.post("/api/invoice", json={"pubkey": "12" * 32, "plan": "credit", "amount": "100"})
         assert other.status_code == 200
 
 
@@ -196,7 +196,7 @@ async def test_status_route_lookups_share_one_budget(relay_factory: RelayFactory
         hashes = []
         for n in range(20):
             params = {"pubkey": f"{n:064x}", "plan": "admission"}
-            hashes.append((await web.get("/api/invoice", params=params)).json()["payment_hash"])
+            hashes.append((await web.post("/api/invoice", json=params)).json()["payment_hash"])
         started = time.monotonic()
         for payment_hash in hashes:  # a stranger polling every invoice it can name
             assert (await web.get(f"/api/invoice/{payment_hash}")).status_code == 200
@@ -232,8 +232,8 @@ async def test_lnbits_reused_invoice_and_bounded_polling_still_credit_a_payer(
         secret = crypto.generate_secret()
         pubkey = crypto.public_key(secret).hex()
         params = {"pubkey": pubkey, "plan": "admission"}
-        invoice = (await web.get("/api/invoice", params=params)).json()
-        assert (await web.get("/api/invoice", params=params)).json()["payment_hash"] == invoice["payment_hash"]
+        invoice = (await web.post("/api/invoice", json=params)).json()
+        assert (await web.post("/api/invoice", json=params)).json()["payment_hash"] == invoice["payment_hash"]
         assert wallet.creates == 1  # the second request did not ask LNbits for another invoice
         await asyncio.to_thread(lnbits.pay, invoice["bolt11"])
         deadline = time.monotonic() + 10
