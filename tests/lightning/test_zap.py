@@ -359,7 +359,7 @@ async def _wait_for_push(relay: Relay, web: httpx.AsyncClient, lnbits: LnbitsSer
     a hint written into wallet A's channel until the relay credits it (polls are 60 s
     apart, so only the listening stream can)."""
     probe = crypto.public_key(crypto.generate_secret()).hex()
-    reply = await web.get(f"{http_base(relay)}/api/invoice", params={"pubkey": probe, "plan": "admission"})
+    reply = await web.post(f"{http_base(relay)}/api/invoice", json={"pubkey": probe, "plan": "admission"})
     invoice = reply.json()
     await asyncio.to_thread(lnbits.pay, invoice["bolt11"])
     hint = quote(
