@@ -19,6 +19,7 @@ import pytest
 
 from lightning.pubkeys import bech32_encode, npub_encode
 from relay import crypto
+from relay.app import build_relay
 from relay.config import load_settings
 from relay.event import sign_event
 from relay.server import Relay
@@ -51,7 +52,7 @@ async def make_run_relay(tmp_path: Path) -> AsyncIterator[Relay]:
         payments={"poll_interval_seconds": 0.5, "fake": {"state_file": str(tmp_path / "fake-wallet.db")}},
         log_level="WARNING",
     )
-    relay = Relay(settings)
+    relay = build_relay(settings)
     await relay.start()
     try:
         yield relay
