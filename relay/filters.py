@@ -8,6 +8,7 @@ checks the store against it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from relay.errors import Invalid, Unsupported
 from relay.event import INT64_MAX, MAX_KIND, Event, is_hex64, unstorable_text
@@ -66,6 +67,25 @@ class Filter:
     def _search_kinds(self) -> frozenset[int]:
         assert self.search is not None
         return self.search.kinds if self.kinds is None else self.search.kinds & self.kinds
+
+    def to_json(self) -> dict[str, Any]:
+        """The filter as NIP-01 JSON (``satsrelay sync`` sends it to another relay)."""
+        out: dict[str, Any] = {}
+        if self.ids is not None:
+            out["ids"] = sorted(self.ids)
+        if self.authors is not None:
+            out["authors"] = sorted(self.authors)
+        if self.kinds is not None:
+            out["kinds"] = sorted(self.kinds)
+        for name, values in self.tags:
+            out["#" + name] = sorted(values)
+        for key in ("since", "until", "limit"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.search is not None:
+            out["search"] = self.search.text
+        return out
 
 
 
