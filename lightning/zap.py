@@ -145,16 +145,19 @@ def publish_targets(relays: tuple[str, ...], own_urls: tuple[str, ...], limit: i
     return out
 
 
-def is_public_address(url: str) -> bool:
-    """True when every address ``url``'s host resolves to is globally routable: a zapper
-    must not make the relay connect to its own network (SSRF). Blocking DNS: call it off
-    the event loop."""
+def public_address(url: str) -> str | None:
+    """The address to dial for ``url`` when every address its host resolves to is globally
+    routable, else None: a zapper must not make the relay connect into its own network
+    (SSRF). The caller connects to this very address (no second lookup a rebinding DNS
+    server could answer differently). Blocking DNS: call it off the event loop."""
     host = urlsplit(url).hostname
     if not host:
-        return False
+        return None
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):
-        return False
-    addresses = {str(info[4][0]) for info in infos}
-    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_global for a in addresses)
+        return None
+    addresses = [str(info[4][0]) for info in infos]
+    if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_global for a in addresses):
+        return None
+    return addresses[0]

@@ -42,9 +42,9 @@ from lightning.zap import (
     ZAP_PLAN,
     ZAP_RECEIPT_KIND,
     ZapRequestError,
-    is_public_address,
     min_zap_msat,
     parse_zap_request,
+    public_address,
     publish_targets,
     receipt_event,
     zap_grant,
@@ -201,12 +201,16 @@ class Zapper:
         """Best effort: one EVENT, wait for its OK, give up after the timeout."""
         try:
             async with asyncio.timeout(self._settings.publish_timeout_seconds):
-                if not self._settings.publish_to_private_addresses and not await asyncio.to_thread(
-                    is_public_address, url
-                ):
-                    log.info("zap receipt %s not sent to %s: not a public address", receipt.id, url)
-                    return
-                async with connect(url, open_timeout=None, max_size=2**16) as ws:
+                pinned: dict[str, Any] = {}
+                if not self._settings.publish_to_private_addresses:
+                    address = await asyncio.to_thread(public_address, url)
+                    if address is None:
+                        log.info("zap receipt %s not sent to %s: not a public address", receipt.id, url)
+                        return
+                    # Dial the checked address itself (TLS still verifies the host name);
+                    # redirects then stay on it too.
+                    pinned = {"host": address, "proxy": None}
+                async with connect(url, open_timeout=None, max_size=2**16, **pinned) as ws:
                     await ws.send(orjson.dumps(["EVENT", receipt.to_dict()]).decode())
                     async for message in ws:
                         reply = orjson.loads(message)

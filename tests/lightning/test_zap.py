@@ -448,3 +448,36 @@ async def test_receipt_missing_after_a_stop_is_signed_at_the_next_start(
             found = await receipts(relay, me, zapper_pub)
             assert len(found) == 1 and ["bolt11", answer["pr"]] in found[0]["tags"]
             assert receipt_problem(parse_event(found[0]), {me}) is None
+
+
+def test_receipts_go_only_to_public_addresses() -> None:
+    from lightning.zap import public_address, publish_targets
+
+    assert public_address("wss://8.8.8.8/") == "8.8.8.8"
+    for url in ("ws://127.0.0.1:7777", "ws://10.1.2.3", "ws://[::1]:80", "ws://169.254.169.254", "ws://localhost"):
+        assert public_address(url) is None, url
+    relays = ("wss://a.example", "http://b.example", "ws://self.example/", "wss://c.example", "wss://d.example")
+    assert publish_targets(relays, ("ws://self.example",), 2) == ["wss://a.example", "wss://c.example"]
+
+
+async def test_receipt_is_not_sent_to_a_private_address_by_default(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    """A zap request naming a relay on this machine's loopback: stored here, not sent there."""
+    zapper = crypto.generate_secret()
+    zapper_pub = crypto.public_key(zapper).hex()
+    payments = fake_payments(tmp_path, zaps={})  # publish_to_private_addresses stays false
+    other = {"storage": {"url": f"sqlite:///{tmp_path}/other.db"}, "relay": {"key_file": str(tmp_path / "other.key")}}
+    async with relay_factory(payments=payments) as relay, relay_factory(**other) as elsewhere:
+        me = (await nip11(relay))["self"]
+        request = _request(zapper, [["p", me], ["amount", "21000"], ["relays", elsewhere.url]])
+        async with httpx.AsyncClient(base_url=http_base(relay)) as web:
+            answer = (await web.get("/lnurlp/relay/callback", params={"amount": "21000", "nostr": request})).json()
+            payment_hash = bolt11.decode(answer["pr"]).payment_hash
+            paid = await web.get(f"/api/fake/pay/{payment_hash}")  # the demo page's "simulate payment"
+            assert paid.status_code == 200, paid.text
+
+        async def receipt_here() -> bool:
+            return bool(await receipts(relay, me, zapper_pub))
+
+        await eventually(receipt_here)
+        await asyncio.sleep(0.5)  # time enough for a delivery that should not happen
+        assert await receipts(elsewhere, me, zapper_pub) == []
