@@ -472,7 +472,7 @@ async def test_receipt_is_not_sent_to_a_private_address_by_default(relay_factory
         async with httpx.AsyncClient(base_url=http_base(relay)) as web:
             answer = (await web.get("/lnurlp/relay/callback", params={"amount": "21000", "nostr": request})).json()
             payment_hash = bolt11.decode(answer["pr"]).payment_hash
-            paid = await web.get(f"/api/fake/pay/{payment_hash}")  # the demo page's "simulate payment"
+            paid = await web.post(f"/api/fake/pay/{payment_hash}")  # the demo page's "simulate payment"
             assert paid.status_code == 200, paid.text
 
         async def receipt_here() -> bool:
