@@ -108,17 +108,21 @@ def _search_vector(ev: Event, kinds: frozenset[int]) -> str | None:
 def _event_conditions(f: Filter, now: int, p: _Params) -> list[str]:
     """Conditions on ``events e`` for a filter's non-tag fields, NIP-40 and NIP-50."""
     where: list[str] = []
+    # With a search, kinds are tested as "kind + 0": the planner, lacking statistics
+    # (autovacuum off, or a fresh import), would otherwise AND a bitmap of the whole kind
+    # index with the GIN matches (measured: 1M events, a word in 100 events, 161 ms, all
+    # of it reading kind = 1 entries); the GIN matches are few enough to test kinds on.
+    kind = "e.kind" if f.search is None else "(e.kind + 0)"
     if f.search is not None:
-        # Only the indexed kinds can match (a kind dropped from [search] kinds keeps its
-        # old vectors until the next re-index).
+        # Only the indexed kinds can match (the filter was parsed with the relay's kinds).
         where.append(f"e.search @@ {p.add(f.search.tsquery_literal(), '::tsquery')}")
-        where.append(f"e.kind = ANY({p.add(sorted(f.search.kinds), '::int4[]')})")
+        where.append(f"{kind} = ANY({p.add(sorted(f.search.kinds), '::int4[]')})")
     if f.ids is not None:
         where.append(f"e.id = ANY({p.add(sorted(bytes.fromhex(i) for i in f.ids), '::bytea[]')})")
     if f.authors is not None:
         where.append(f"e.pubkey = ANY({p.add(sorted(bytes.fromhex(a) for a in f.authors), '::bytea[]')})")
     if f.kinds is not None:
-        where.append(f"e.kind = ANY({p.add(sorted(f.kinds), '::int4[]')})")
+        where.append(f"{kind} = ANY({p.add(sorted(f.kinds), '::int4[]')})")
     if f.since is not None:
         where.append(f"e.created_at >= {p.add(f.since, '::int8')}")
     if f.until is not None:
