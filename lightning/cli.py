@@ -325,6 +325,22 @@ def _add_invite_commands(
     p.add_argument("code", help="the code (or its 64-hex hash, as `invites list` shows)")
     p.set_defaults(func=_runner(load, _invites_revoke))
 
+    renewal = sub.add_parser("renewal", help="renewal from a member's wallet (Nostr Wallet Connect)", parents=[common])
+    ren = renewal.add_subparsers(dest="renewal_command", required=True)
+    p = ren.add_parser(
+        "connect", help="keep a member's NWC URI (sealed with the relay's key)", parents=[common, output]
+    )
+    p.add_argument("pubkey", help="hex or npub")
+    p.add_argument("--uri", required=True, help="nostr+walletconnect://... limited to pay_invoice")
+    p.add_argument("--budget-sats", type=int, required=True, help="the most one renewal may cost")
+    p.set_defaults(func=_runner(load, _renewal_connect))
+    p = ren.add_parser("forget", help="delete a member's wallet connection", parents=[common, output])
+    p.add_argument("pubkey", help="hex or npub")
+    p.set_defaults(func=_runner(load, _renewal_forget))
+    p = ren.add_parser("show", help="a member's renewal attempts, newest first", parents=[common, output])
+    p.add_argument("pubkey", help="hex or npub")
+    p.set_defaults(func=_runner(load, _renewal_show))
+
     p = sub.add_parser("reminders", help="turn a member's reminders by Nostr DM on or off", parents=[common, output])
     p.add_argument("setting", choices=["on", "off"])
     p.add_argument("pubkey", help="hex or npub (only with the member's consent: reminders are opt-in)")
@@ -411,4 +427,58 @@ async def _reminders_set(args: argparse.Namespace, settings: Settings, store: St
     await store.set_reminders(pubkey, args.setting == "on", int(time.time()))
     on = await store.reminders_on(pubkey)
     _emit(args, {"pubkey": pubkey, "reminders": on}, f"reminders {'on' if on else 'off'} for {pubkey}")
+    return 0
+
+
+async def _renewal_connect(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    from lightning.backend import BackendError
+    from lightning.renewal import UriSeal, check_uri
+    from relay.identity import load_identity
+
+    try:
+        pubkey = _pubkey(args.pubkey)
+        check_uri(args.uri)
+    except (_Abort, BackendError) as exc:
+        return _fail(str(exc))
+    if args.budget_sats <= 0:
+        return _fail("--budget-sats must be positive")
+    from relay.store.base import NwcLink
+
+    now = int(time.time())
+    sealed = UriSeal(load_identity(settings)).seal(args.uri.strip(), pubkey)
+    await store.set_nwc_link(NwcLink(pubkey, sealed, args.budget_sats * 1000, now))
+    _emit(args, {"pubkey": pubkey, "budget_sats": args.budget_sats}, f"wallet connection kept for {pubkey}")
+    return 0
+
+
+async def _renewal_forget(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    try:
+        pubkey = _pubkey(args.pubkey)
+    except _Abort as exc:
+        return _fail(str(exc))
+    forgot = await store.forget_nwc_link(pubkey)
+    _emit(args, {"pubkey": pubkey, "forgotten": forgot}, "forgotten" if forgot else "no wallet connection")
+    return 0
+
+
+async def _renewal_show(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    try:
+        pubkey = _pubkey(args.pubkey)
+    except _Abort as exc:
+        return _fail(str(exc))
+    attempts = await store.list_renewals(pubkey)
+    docs = [
+        {
+            "period_end": a.period_end,
+            "payment_hash": a.payment_hash,
+            "state": a.state,
+            "tries": a.tries,
+            "detail": a.detail,
+            "updated_at": a.updated_at,
+        }
+        for a in attempts
+    ]
+    rows = [[_when(a.period_end), a.state, str(a.tries), a.detail, _when(a.updated_at)] for a in attempts]
+    headers = ["period end (UTC)", "state", "tries", "detail", "updated (UTC)"]
+    _emit(args, docs, _table(headers, rows) if rows else "no renewals")
     return 0

@@ -23,6 +23,7 @@ from lightning.membership import REQUEST_KINDS, Membership
 from lightning.metrics import PaymentMetrics
 from lightning.plans import Plans, UnknownPlan
 from lightning.reminders import Reminders
+from lightning.renewal import Renewals
 from lightning.settings import PaymentSettings
 from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
@@ -197,6 +198,19 @@ class PaymentsExtension:
                 allow=frozenset(p.allow_pubkeys),
                 clock=clock,
             )
+        self.renewals: Renewals | None = None
+        if identity is not None and publish is not None and p.renewal.enabled:
+            self.renewals = Renewals(
+                p.renewal,
+                store=store,
+                ledger=self.ledger,
+                plans=self.plans,
+                identity=identity,
+                publish=publish,
+                confirm=self.watcher.confirm,
+                relay_name=settings.relay.name,
+                clock=clock,
+            )
         self.membership: Membership | None = None
         if identity is not None and publish is not None and p.membership.enabled:
             self.membership = self._membership(settings, identity, publish, clock)
@@ -239,8 +253,9 @@ class PaymentsExtension:
         )
 
     async def _on_leave(self, pubkey: str, now: int) -> None:
-        """A member who leaves is forgotten: no more reminders."""
+        """A member who leaves is forgotten: no more reminders, no wallet connection."""
         await self.store.set_reminders(pubkey, False, now)
+        await self.store.forget_nwc_link(pubkey)
 
     def _fake_backend(self) -> FakeBackend | None:
         from lightning.backends.fake import FakeBackend
@@ -257,12 +272,16 @@ class PaymentsExtension:
             await self.membership.start()
         if self.reminders is not None:
             await self.reminders.start()
+        if self.renewals is not None:
+            await self.renewals.start()
 
     async def stop(self) -> None:
         if self.membership is not None:
             await self.membership.stop()
         if self.reminders is not None:
             await self.reminders.stop()
+        if self.renewals is not None:
+            await self.renewals.stop()
         if self.zapper is not None:
             await self.zapper.close()
         await self.web.close()

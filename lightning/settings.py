@@ -143,6 +143,16 @@ class ReminderSettings(_Section):
         return sorted(set(value), reverse=True)
 
 
+class RenewalSettings(_Section):
+    """Renewal by Nostr Wallet Connect (NIP-47): members who hand the relay a wallet
+    connection have their subscription paid from it before the period ends."""
+
+    enabled: bool = Field(True, description="accept wallet connections (account page) and renew from them")
+    days_before: float = Field(3.0, gt=0, description="renew this many days before the period ends")
+    check_interval_seconds: float = Field(600.0, gt=0, description="how often periods are looked at")
+    retry_seconds: float = Field(300.0, gt=0, description="ask the wallet again after this, while the invoice lives")
+
+
 class PaymentSettings(_Section):
     enabled: bool = False
     backend: BackendName = "fake"
@@ -200,6 +210,7 @@ class PaymentSettings(_Section):
     zaps: ZapSettings = ZapSettings()
     membership: MembershipSettings = MembershipSettings()
     reminders: ReminderSettings = ReminderSettings()
+    renewal: RenewalSettings = RenewalSettings()
 
     @field_validator("allow_pubkeys", "ban_pubkeys", "trusted_zappers")
     @classmethod

@@ -201,6 +201,16 @@ class NwcBackend:
         finally:
             session.listeners.discard(queue)
 
+    async def pay_invoice(self, bolt11: str) -> str:
+        """Pay ``bolt11`` from the wallet (NIP-47 ``pay_invoice``); its preimage, or
+        ``BackendError`` (refused, timed out, connection lost). Used to pay the relay's own
+        renewal invoices from a member's wallet (``lightning.renewal``)."""
+        result = _result(await self._request("pay_invoice", {"invoice": bolt11}), "pay_invoice")
+        preimage = result.get("preimage")
+        if not isinstance(preimage, str):
+            raise BackendError("nwc pay_invoice: the wallet returned no preimage")
+        return preimage
+
     async def close(self) -> None:
         session, self._session = self._session, None
         if session is not None:

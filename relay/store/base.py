@@ -66,6 +66,33 @@ class Invite:
     redeemed_at: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NwcLink:
+    """A member's Nostr Wallet Connect URI for renewals, sealed (encrypted) by the relay."""
+
+    pubkey: str
+    sealed_uri: str
+    budget_msat: int  # the most one renewal may cost
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalAttempt:
+    """One renewal of one period: bound to one invoice; ``tries`` counts payment requests."""
+
+    pubkey: str
+    period_end: int
+    payment_hash: str
+    state: str  # "paying", "paid", "failed"
+    tries: int
+    detail: str
+    created_at: int
+    updated_at: int
+
+
+RENEWAL_COLUMNS = "pubkey, period_end, payment_hash, state, tries, detail, created_at, updated_at"
+
+
 INVITE_COLUMNS = (
     "code_hash, plan, created_at, expires_at, created_by, admit_seconds, admit_forever, credit_msat, "
     "redeemed_by, redeemed_at"
@@ -98,6 +125,7 @@ def invite_refusal(found: Sequence[Any] | None, pubkey: str, now: int) -> Invite
     if expires_at is not None and expires_at <= now:
         return InviteOutcome.EXPIRED
     return InviteOutcome.INVALID
+
 
 # Stored answers (issue 8, item 2): a REQ's answer is read from the store in pages of about
 # PAGE_BYTES so that what one connection holds stays near its outgoing_queue_bytes whatever
@@ -441,4 +469,31 @@ class Store(Protocol):
 
     async def rearm_reminder(self, pubkey: str, reason: str) -> None:
         """Forget a sent reminder (credit back above the threshold: the next dip reminds again)."""
+        ...
+
+    # --- renewal by Nostr Wallet Connect (issue 10 item 6) --------------------------------
+
+    async def set_nwc_link(self, link: NwcLink) -> None:
+        """Keep (or replace) a member's sealed NWC URI."""
+        ...
+
+    async def forget_nwc_link(self, pubkey: str) -> bool: ...
+
+    async def nwc_links(self) -> list[NwcLink]: ...
+
+    async def claim_renewal(self, pubkey: str, period_end: int, payment_hash: str, now: int) -> bool:
+        """Start the renewal of the period ending ``period_end`` with this invoice; True only
+        for the one caller (on any node) that started it."""
+        ...
+
+    async def get_renewal(self, pubkey: str, period_end: int) -> RenewalAttempt | None: ...
+
+    async def record_renewal(
+        self, pubkey: str, period_end: int, state: str, detail: str, now: int, *, tried: bool
+    ) -> None:
+        """Note what happened (``tried``: one more payment request was sent)."""
+        ...
+
+    async def list_renewals(self, pubkey: str) -> list[RenewalAttempt]:
+        """Newest period first."""
         ...

@@ -210,4 +210,30 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    # Renewal by Nostr Wallet Connect (issue 10 item 6): the member's NWC URI, sealed with a
+    # key derived from the relay's key, and one attempt row per (member, end of period),
+    # bound to one invoice: a retry can only pay that invoice again, which Lightning refuses.
+    Migration(
+        8,
+        "nwc_links, renewal_attempts",
+        (
+            """CREATE TABLE nwc_links (
+                pubkey TEXT PRIMARY KEY,
+                sealed_uri TEXT NOT NULL,
+                budget_msat INTEGER NOT NULL,
+                created_at INTEGER NOT NULL
+            )""",
+            """CREATE TABLE renewal_attempts (
+                pubkey TEXT NOT NULL,
+                period_end INTEGER NOT NULL,
+                payment_hash TEXT NOT NULL,
+                state TEXT NOT NULL,
+                tries INTEGER NOT NULL,
+                detail TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                updated_at INTEGER NOT NULL,
+                PRIMARY KEY (pubkey, period_end)
+            )""",
+        ),
+    ),
 )

@@ -37,11 +37,14 @@ from relay.store.base import (
     INVITE_COLUMNS,
     INVOICE_COLUMNS,
     PAGE_BYTES,
+    RENEWAL_COLUMNS,
     Account,
     AnswerKeys,
     Invite,
     InviteOutcome,
     Invoice,
+    NwcLink,
+    RenewalAttempt,
     WriteOutcome,
     WriteRequest,
     account_from_row,
@@ -350,9 +353,7 @@ class PostgresStore:
         if await conn.fetchval("SELECT kinds FROM search_state WHERE id = 1") == want:
             return
         async with conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_CLASS_MIGRATE, self._lock_scope
-            )
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_CLASS_MIGRATE, self._lock_scope)
             if await conn.fetchval("SELECT kinds FROM search_state WHERE id = 1") == want:
                 return
             await conn.execute("UPDATE events SET search = NULL WHERE search IS NOT NULL")
@@ -979,7 +980,6 @@ class PostgresStore:
             )
         return status != "UPDATE 0"
 
-
     # --- reminders in Nostr --------------------------------------------------------------
 
     async def set_reminders(self, pubkey: str, on: bool, now: int) -> None:
@@ -1019,6 +1019,69 @@ class PostgresStore:
     async def rearm_reminder(self, pubkey: str, reason: str) -> None:
         async with self._acquire() as conn:
             await conn.execute("DELETE FROM reminders_sent WHERE pubkey = $1 AND reason = $2", pubkey, reason)
+
+    # --- renewal by Nostr Wallet Connect ---------------------------------------------------
+
+    async def set_nwc_link(self, link: NwcLink) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                "INSERT INTO nwc_links (pubkey, sealed_uri, budget_msat, created_at) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (pubkey) DO UPDATE SET sealed_uri = excluded.sealed_uri,"
+                " budget_msat = excluded.budget_msat, created_at = excluded.created_at",
+                link.pubkey,
+                link.sealed_uri,
+                link.budget_msat,
+                link.created_at,
+            )
+
+    async def forget_nwc_link(self, pubkey: str) -> bool:
+        async with self._acquire() as conn:
+            status: str = await conn.execute("DELETE FROM nwc_links WHERE pubkey = $1", pubkey)
+        return status != "DELETE 0"
+
+    async def nwc_links(self) -> list[NwcLink]:
+        rows = await self._fetch("SELECT pubkey, sealed_uri, budget_msat, created_at FROM nwc_links ORDER BY pubkey")
+        return [NwcLink(*tuple(row)) for row in rows]
+
+    async def claim_renewal(self, pubkey: str, period_end: int, payment_hash: str, now: int) -> bool:
+        async with self._acquire() as conn:
+            status: str = await conn.execute(
+                f"INSERT INTO renewal_attempts ({RENEWAL_COLUMNS}) VALUES ($1, $2, $3, 'paying', 0, '', $4, $4)"
+                " ON CONFLICT DO NOTHING",
+                pubkey,
+                period_end,
+                payment_hash,
+                now,
+            )
+        return status == "INSERT 0 1"
+
+    async def get_renewal(self, pubkey: str, period_end: int) -> RenewalAttempt | None:
+        rows = await self._fetch(
+            f"SELECT {RENEWAL_COLUMNS} FROM renewal_attempts WHERE pubkey = $1 AND period_end = $2", pubkey, period_end
+        )
+        return RenewalAttempt(*tuple(rows[0])) if rows else None
+
+    async def record_renewal(
+        self, pubkey: str, period_end: int, state: str, detail: str, now: int, *, tried: bool
+    ) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                "UPDATE renewal_attempts SET state = $3, detail = $4, updated_at = $5, tries = tries + $6"
+                " WHERE pubkey = $1 AND period_end = $2",
+                pubkey,
+                period_end,
+                state,
+                detail,
+                now,
+                int(tried),
+            )
+
+    async def list_renewals(self, pubkey: str) -> list[RenewalAttempt]:
+        rows = await self._fetch(
+            f"SELECT {RENEWAL_COLUMNS} FROM renewal_attempts WHERE pubkey = $1 ORDER BY period_end DESC", pubkey
+        )
+        return [RenewalAttempt(*tuple(row)) for row in rows]
+
 
 async def _apply_grant(
     conn: Any, pubkey: str, now: int, admit_seconds: int, admit_forever: bool, credit_msat: int

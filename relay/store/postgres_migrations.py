@@ -273,6 +273,32 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    # Renewal by Nostr Wallet Connect (issue 10 item 6): the member's NWC URI, sealed with a
+    # key derived from the relay's key, and one attempt row per (member, end of period),
+    # bound to one invoice: a retry can only pay that invoice again, which Lightning refuses.
+    Migration(
+        8,
+        "nwc_links, renewal_attempts",
+        (
+            """CREATE TABLE nwc_links (
+                pubkey text PRIMARY KEY,
+                sealed_uri text NOT NULL,
+                budget_msat bigint NOT NULL,
+                created_at bigint NOT NULL
+            )""",
+            """CREATE TABLE renewal_attempts (
+                pubkey text NOT NULL,
+                period_end bigint NOT NULL,
+                payment_hash text NOT NULL,
+                state text NOT NULL,
+                tries bigint NOT NULL,
+                detail text NOT NULL,
+                created_at bigint NOT NULL,
+                updated_at bigint NOT NULL,
+                PRIMARY KEY (pubkey, period_end)
+            )""",
+        ),
+    ),
 )
 
 

@@ -47,11 +47,14 @@ from relay.store.base import (
     INVITE_COLUMNS,
     INVOICE_COLUMNS,
     PAGE_BYTES,
+    RENEWAL_COLUMNS,
     Account,
     AnswerKeys,
     Invite,
     InviteOutcome,
     Invoice,
+    NwcLink,
+    RenewalAttempt,
     WriteOutcome,
     WriteRequest,
     account_from_row,
@@ -886,7 +889,6 @@ class SqliteStore:
         ended: bool = await self._write(self._transaction, _end_membership, pubkey, now)
         return ended
 
-
     # --- reminders in Nostr --------------------------------------------------------------
 
     async def set_reminders(self, pubkey: str, on: bool, now: int) -> None:
@@ -910,6 +912,41 @@ class SqliteStore:
 
     async def rearm_reminder(self, pubkey: str, reason: str) -> None:
         await self._write(self._transaction, _rearm_reminder, pubkey, reason)
+
+    # --- renewal by Nostr Wallet Connect ---------------------------------------------------
+
+    async def set_nwc_link(self, link: NwcLink) -> None:
+        await self._write(self._transaction, _set_nwc_link, link)
+
+    async def forget_nwc_link(self, pubkey: str) -> bool:
+        forgot: bool = await self._write(self._transaction, _forget_nwc_link, pubkey)
+        return forgot
+
+    async def nwc_links(self) -> list[NwcLink]:
+        rows = await self._read("SELECT pubkey, sealed_uri, budget_msat, created_at FROM nwc_links ORDER BY pubkey", ())
+        return [NwcLink(*row) for row in rows]
+
+    async def claim_renewal(self, pubkey: str, period_end: int, payment_hash: str, now: int) -> bool:
+        claimed: bool = await self._write(self._transaction, _claim_renewal, pubkey, period_end, payment_hash, now)
+        return claimed
+
+    async def get_renewal(self, pubkey: str, period_end: int) -> RenewalAttempt | None:
+        rows = await self._read(
+            f"SELECT {RENEWAL_COLUMNS} FROM renewal_attempts WHERE pubkey = ? AND period_end = ?", (pubkey, period_end)
+        )
+        return RenewalAttempt(*rows[0]) if rows else None
+
+    async def record_renewal(
+        self, pubkey: str, period_end: int, state: str, detail: str, now: int, *, tried: bool
+    ) -> None:
+        await self._write(self._transaction, _record_renewal, pubkey, period_end, state, detail, now, tried)
+
+    async def list_renewals(self, pubkey: str) -> list[RenewalAttempt]:
+        rows = await self._read(
+            f"SELECT {RENEWAL_COLUMNS} FROM renewal_attempts WHERE pubkey = ? ORDER BY period_end DESC", (pubkey,)
+        )
+        return [RenewalAttempt(*row) for row in rows]
+
 
 # --- synchronous bodies run on the writer thread inside one transaction --------------------
 
@@ -1227,3 +1264,36 @@ def _claim_reminder(conn: sqlite3.Connection, pubkey: str, reason: str, term_end
 
 def _rearm_reminder(conn: sqlite3.Connection, pubkey: str, reason: str) -> None:
     conn.execute("DELETE FROM reminders_sent WHERE pubkey = ? AND reason = ?", (pubkey, reason))
+
+
+def _set_nwc_link(conn: sqlite3.Connection, link: NwcLink) -> None:
+    conn.execute(
+        "INSERT INTO nwc_links (pubkey, sealed_uri, budget_msat, created_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (pubkey) DO UPDATE SET sealed_uri = excluded.sealed_uri, budget_msat = excluded.budget_msat,"
+        " created_at = excluded.created_at",
+        (link.pubkey, link.sealed_uri, link.budget_msat, link.created_at),
+    )
+
+
+def _forget_nwc_link(conn: sqlite3.Connection, pubkey: str) -> bool:
+    return conn.execute("DELETE FROM nwc_links WHERE pubkey = ?", (pubkey,)).rowcount > 0
+
+
+def _claim_renewal(conn: sqlite3.Connection, pubkey: str, period_end: int, payment_hash: str, now: int) -> bool:
+    return (
+        conn.execute(
+            f"INSERT OR IGNORE INTO renewal_attempts ({RENEWAL_COLUMNS}) VALUES (?, ?, ?, 'paying', 0, '', ?, ?)",
+            (pubkey, period_end, payment_hash, now, now),
+        ).rowcount
+        == 1
+    )
+
+
+def _record_renewal(
+    conn: sqlite3.Connection, pubkey: str, period_end: int, state: str, detail: str, now: int, tried: bool
+) -> None:
+    conn.execute(
+        "UPDATE renewal_attempts SET state = ?, detail = ?, updated_at = ?, tries = tries + ?"
+        " WHERE pubkey = ? AND period_end = ?",
+        (state, detail, now, int(tried), pubkey, period_end),
+    )

@@ -108,3 +108,24 @@ async def test_reminder_opt_in_and_each_reminder_claimed_once(store: Store) -> N
     assert await store.claim_reminder(ALICE_PK, "credit", 0, NOW) is True
     await store.set_reminders(ALICE_PK, False, NOW)
     assert await store.reminder_targets() == []
+
+
+async def test_wallet_links_and_one_renewal_per_period(store: Store) -> None:
+    from relay.store.base import NwcLink
+
+    await store.set_nwc_link(NwcLink(ALICE_PK, "sealed-1", 500_000, NOW))
+    await store.set_nwc_link(NwcLink(ALICE_PK, "sealed-2", 700_000, NOW + 1))  # replaced, not added
+    assert await store.nwc_links() == [NwcLink(ALICE_PK, "sealed-2", 700_000, NOW + 1)]
+    end = NOW + 86400
+    claims = await asyncio.gather(*(store.claim_renewal(ALICE_PK, end, f"{n:064x}", NOW) for n in range(5)))
+    assert claims.count(True) == 1
+    attempt = await store.get_renewal(ALICE_PK, end)
+    assert attempt is not None and attempt.state == "paying" and attempt.tries == 0
+    await store.record_renewal(ALICE_PK, end, "paying", "wallet timed out", NOW + 5, tried=True)
+    await store.record_renewal(ALICE_PK, end, "paid", "renewed", NOW + 9, tried=False)
+    (done,) = await store.list_renewals(ALICE_PK)
+    assert (done.state, done.tries, done.detail, done.updated_at) == ("paid", 1, "renewed", NOW + 9)
+    assert done.payment_hash == attempt.payment_hash
+    assert await store.forget_nwc_link(ALICE_PK) is True
+    assert await store.forget_nwc_link(ALICE_PK) is False
+    assert await store.nwc_links() == []

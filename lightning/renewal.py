@@ -1,0 +1,238 @@
+"""Renewal by Nostr Wallet Connect: the relay pays its own renewal invoice from a member's
+wallet (NIP-47 ``pay_invoice``), ``days_before`` the end of their subscription period.
+
+- The member hands the relay a ``nostr+walletconnect://`` URI (account page, signed with
+  NIP-98 by the account's key) with a budget: the most one renewal may cost. The wallet
+  side should limit that connection to ``pay_invoice`` and a budget too (NIP-47 wallets
+  offer both); the relay never asks for anything else.
+- The URI is kept sealed (ChaCha20-Poly1305, the account's pubkey as associated data) with
+  a key derived from the relay's own key (HKDF-SHA256), so a copy of the database alone
+  cannot spend; revoking (or leaving the relay) deletes it.
+- Exactly once per period, across restarts and nodes: the renewal of the period that ends
+  at ``admitted_until`` is one row (``Store.claim_renewal``, a unique key) bound to ONE
+  invoice, created before the first payment request. Every later round only asks the
+  ledger whether that invoice is paid (the usual exactly-once settlement credits the
+  period) and, while it is unpaid and unexpired, asks the wallet to pay that same invoice
+  again: a Lightning invoice can be paid once, so a retry after a crash or a lost answer
+  cannot pay twice. An invoice that expired unpaid ends the attempt as failed.
+- Each attempt is recorded (state, tries, last detail) and, when the member opted in to
+  reminders, the result is sent as a NIP-17 DM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from lightning.backend import BackendError
+from lightning.backends.nwc import NwcBackend, NwcConfig, NwcConnection
+from lightning.giftwrap import gift_wrap
+from lightning.ledger import Confirmation, ConfirmResult, Ledger
+from lightning.plans import DAY, Plans, UnknownPlan
+from lightning.settings import RenewalSettings
+from relay.event import Event
+from relay.identity import RelayIdentity
+from relay.store.base import FOREVER, InvoiceState, NwcLink, RenewalAttempt, Store
+
+log = logging.getLogger(__name__)
+
+PLAN = "subscription"  # what a renewal buys: one more period
+Publish = Callable[[Event], Awaitable[object]]
+Pay = Callable[[str, str], Awaitable[str]]  # (uri, bolt11) -> preimage
+
+
+class SealError(ValueError):
+    """A sealed URI does not open (another relay key, or tampered with)."""
+
+
+class UriSeal:
+    """Seals NWC URIs at rest with a key derived from the relay's key."""
+
+    def __init__(self, identity: RelayIdentity) -> None:
+        key = HKDF(algorithm=SHA256(), length=32, salt=b"satsrelay", info=b"nwc-uri v1").derive(identity.secret)
+        self._aead = ChaCha20Poly1305(key)
+
+    def seal(self, uri: str, pubkey: str) -> str:
+        nonce = os.urandom(12)
+        return base64.b64encode(nonce + self._aead.encrypt(nonce, uri.encode(), pubkey.encode())).decode()
+
+    def open(self, sealed: str, pubkey: str) -> str:
+        try:
+            raw = base64.b64decode(sealed)
+            return self._aead.decrypt(raw[:12], raw[12:], pubkey.encode()).decode()
+        except Exception:
+            raise SealError("the sealed wallet connection does not open with this relay's key") from None
+
+
+def check_uri(uri: str) -> NwcConnection:
+    """The parsed URI, or ``BackendError`` with a reason that never quotes the secret."""
+    return NwcConnection.parse(uri)
+
+
+async def pay_with_nwc(uri: str, bolt11: str) -> str:
+    backend = NwcBackend(NwcConfig(uri, request_timeout_seconds=60.0))
+    try:
+        return await backend.pay_invoice(bolt11)
+    finally:
+        await backend.close()
+
+
+class Renewals:
+    def __init__(
+        self,
+        settings: RenewalSettings,
+        *,
+        store: Store,
+        ledger: Ledger,
+        plans: Plans,
+        identity: RelayIdentity,
+        publish: Publish,
+        confirm: Callable[[str], Awaitable[ConfirmResult]],
+        relay_name: str,
+        pay: Pay = pay_with_nwc,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``confirm(payment_hash)`` is the watcher's: it settles a paid invoice exactly once
+        and refreshes the gate's cache."""
+        self.settings = settings
+        self.seal = UriSeal(identity)
+        self._store = store
+        self._ledger = ledger
+        self._plans = plans
+        self._identity = identity
+        self._publish = publish
+        self._confirm = confirm
+        self._relay_name = relay_name
+        self._pay = pay
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def available(self) -> bool:
+        """Renewal needs a period to renew: the subscription plan."""
+        try:
+            self._plans.grant(PLAN)
+        except UnknownPlan:
+            return False
+        return True
+
+    async def connect(self, pubkey: str, uri: str, budget_sats: int, now: int) -> None:
+        """Keep a member's wallet connection (``BackendError`` for a malformed URI)."""
+        check_uri(uri)
+        sealed = self.seal.seal(uri.strip(), pubkey)
+        await self._store.set_nwc_link(NwcLink(pubkey, sealed, budget_sats * 1000, now))
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="nwc-renewals")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:
+                log.exception("renewals by NWC failed; retrying later")
+            await asyncio.sleep(self.settings.check_interval_seconds)
+
+    async def check(self) -> None:
+        if not self.available:
+            return
+        for link in await self._store.nwc_links():
+            try:
+                await self._renew(link)
+            except Exception:
+                log.exception("renewal of %s failed; retrying later", link.pubkey)
+
+    async def _renew(self, link: NwcLink) -> None:
+        # First the attempts still running: one may have been paid while this node was
+        # down, and its credit moved the period end already (a period and ~12 rows a year).
+        for attempt in await self._store.list_renewals(link.pubkey):
+            if attempt.state == "paying":
+                await self._advance(link, attempt)
+        now = int(self._clock())
+        account = await self._store.get_account(link.pubkey)
+        if account is None or account.banned or not account.admitted(now) or account.admitted_until >= FOREVER:
+            return  # nothing running to renew (an ended term is renewed by paying, not silently)
+        period_end = account.admitted_until
+        if period_end - now > self.settings.days_before * DAY:
+            return
+        if await self._store.get_renewal(link.pubkey, period_end) is not None:
+            return  # this period's renewal is under way (advanced above) or over
+        started = await self._start(link, period_end, now)
+        if started is not None:
+            await self._advance(link, started)
+
+    async def _start(self, link: NwcLink, period_end: int, now: int) -> RenewalAttempt | None:
+        price = self._plans.grant(PLAN).amount_msat
+        if price > link.budget_msat:
+            if await self._store.claim_renewal(link.pubkey, period_end, "", now):
+                detail = f"the renewal costs {price // 1000} sats, over your budget of {link.budget_msat // 1000}"
+                await self._store.record_renewal(link.pubkey, period_end, "failed", detail, now, tried=False)
+                await self._tell(link.pubkey, f"Your subscription was not renewed: {detail}.")
+            return None
+        invoice = await self._ledger.issue(link.pubkey, PLAN, now, memo=f"{self._relay_name}: renewal")
+        if not await self._store.claim_renewal(link.pubkey, period_end, invoice.payment_hash, now):
+            return None  # another node started it; its invoice is the one
+        log.info("renewing %s (period ending %d) with invoice %s", link.pubkey, period_end, invoice.payment_hash)
+        return await self._store.get_renewal(link.pubkey, period_end)
+
+    async def _advance(self, link: NwcLink, attempt: RenewalAttempt) -> None:
+        """One step for a running attempt: credited? else pay (again) its one invoice."""
+        pubkey, period_end = attempt.pubkey, attempt.period_end
+        if await self._settled(attempt):
+            return
+        now = int(self._clock())
+        invoice = await self._store.get_invoice(attempt.payment_hash)
+        if invoice is None or invoice.state is InvoiceState.EXPIRED or invoice.expires_at <= now:
+            await self._store.record_renewal(
+                pubkey, period_end, "failed", "the invoice expired unpaid", now, tried=False
+            )
+            await self._tell(pubkey, "Your subscription could not be renewed: your wallet did not pay in time.")
+            return
+        if attempt.tries and now - attempt.updated_at < self.settings.retry_seconds:
+            return
+        try:
+            uri = self.seal.open(link.sealed_uri, pubkey)
+            await self._pay(uri, invoice.bolt11)
+            detail = "the wallet says paid"
+        except (BackendError, SealError) as exc:
+            detail = str(exc)[:300]
+        await self._store.record_renewal(pubkey, period_end, "paying", detail, int(self._clock()), tried=True)
+        await self._settled(attempt)
+
+    async def _settled(self, attempt: RenewalAttempt) -> bool:
+        """Ask the ledger (through the watcher) whether the attempt's invoice is paid; the
+        settlement credits the period exactly once. Records the attempt paid."""
+        try:
+            result = await self._confirm(attempt.payment_hash)
+        except BackendError as exc:
+            log.info("renewal invoice %s: the relay's wallet is unreachable (%s)", attempt.payment_hash, exc)
+            return False
+        if result.outcome not in (Confirmation.CREDITED, Confirmation.ALREADY_PAID):
+            return False
+        now = int(self._clock())
+        await self._store.record_renewal(attempt.pubkey, attempt.period_end, "paid", "renewed", now, tried=False)
+        account = await self._store.get_account(attempt.pubkey)
+        until = "" if account is None else time.strftime(" until %Y-%m-%d", time.gmtime(account.admitted_until))
+        await self._tell(
+            attempt.pubkey, f"Your subscription to {self._relay_name} was renewed from your wallet{until}."
+        )
+        return True
+
+    async def _tell(self, pubkey: str, text: str) -> None:
+        """The result, as a NIP-17 DM, to members who asked for messages."""
+        if await self._store.reminders_on(pubkey):
+            await self._publish(gift_wrap(self._identity.secret, pubkey, text, int(self._clock())))
