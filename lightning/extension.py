@@ -226,6 +226,7 @@ class PaymentsExtension:
             watch=self.watcher.watch,
             status_lookups_per_second=p.status_lookups_per_second,
             reminders=self.reminders is not None,
+            renewals=self.renewals,
             clock=clock,
         )
 

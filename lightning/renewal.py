@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from lightning import nip44
 from lightning.backend import BackendError
 from lightning.backends.nwc import NwcBackend, NwcConfig, NwcConnection
 from lightning.giftwrap import gift_wrap
@@ -129,6 +130,33 @@ class Renewals:
         check_uri(uri)
         sealed = self.seal.seal(uri.strip(), pubkey)
         await self._store.set_nwc_link(NwcLink(pubkey, sealed, budget_sats * 1000, now))
+
+    @property
+    def relay_pubkey(self) -> str:
+        return self._identity.pubkey
+
+    async def connect_encrypted(self, pubkey: str, ciphertext: str, budget_sats: int, now: int) -> None:
+        """The account page's hand-over: the URI NIP-44 encrypted by the member's key to the
+        relay's (their extension does it), so it travels and is logged only as ciphertext.
+        ``BackendError`` when it does not decrypt or is not a valid URI."""
+        try:
+            uri = nip44.decrypt(ciphertext, nip44.conversation_key(self._identity.secret, bytes.fromhex(pubkey)))
+        except (nip44.Nip44Error, ValueError):
+            raise BackendError("the wallet connection does not decrypt (NIP-44, to the relay's key)") from None
+        await self.connect(pubkey, uri, budget_sats, now)
+
+    async def status(self, pubkey: str) -> dict[str, object]:
+        links = {link.pubkey: link for link in await self._store.nwc_links()}
+        link = links.get(pubkey)
+        attempts = await self._store.list_renewals(pubkey)
+        return {
+            "connected": link is not None,
+            "budget_sats": None if link is None else link.budget_msat // 1000,
+            "renewals": [
+                {"period_end": a.period_end, "state": a.state, "tries": a.tries, "detail": a.detail}
+                for a in attempts[:12]
+            ],
+        }
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="nwc-renewals")

@@ -44,6 +44,7 @@ from lightning.backend import BackendError
 from lightning.ledger import Ledger, TooManyPending
 from lightning.plans import PlanOffer, Plans, UnknownPlan
 from lightning.pubkeys import npub_encode, parse_pubkey
+from lightning.renewal import Renewals
 from relay import nip98
 from relay.http import HttpRequest, HttpResponse
 from relay.limits import TokenBucket
@@ -181,6 +182,7 @@ class JoinWeb:
         watch: Callable[[str], None] = lambda payment_hash: None,
         status_lookups_per_second: float = 5.0,
         reminders: bool = False,
+        renewals: Renewals | None = None,
         check_interval: float = STATUS_CHECK_INTERVAL,
         check_wait: float = STATUS_CHECK_WAIT,
         clock: Callable[[], float] = time.time,
@@ -206,6 +208,7 @@ class JoinWeb:
         self._checks: dict[str, asyncio.Task[None]] = {}  # lookups in flight, by payment hash
         self._clock = clock
         self._reminders = reminders  # members may opt in to reminders by DM (lightning.reminders)
+        self._renewals = renewals  # members may connect a wallet for renewals (lightning.renewal)
         templates = resources.files("lightning") / "templates"
         self._join_template = string.Template((templates / "join.html").read_text("utf-8"))
         self._account_template = string.Template((templates / "account.html").read_text("utf-8"))
@@ -232,6 +235,8 @@ class JoinWeb:
             if request.method != "POST":
                 return _response(HTTPStatus.METHOD_NOT_ALLOWED, b"POST only\n", "text/plain", [("Allow", "POST")])
             return await self._simulate_payment(path[len("/api/fake/pay/") :])
+        if path.startswith("/account/") and path.endswith("/wallet") and self._renewals is not None:
+            return await self._wallet(path[len("/account/") : -len("/wallet")], request)
         if request.method not in ("GET", "HEAD"):
             return None
         if path == "/join" or (path == "/" and "text/html" in request.headers.get("Accept", "")):
@@ -338,6 +343,62 @@ class JoinWeb:
             return _json(HTTPStatus.OK, doc)
         return _html(self._render_account(doc))
 
+    def _owner(self, pubkey: str, request: HttpRequest, now: int) -> HttpResponse | None:
+        """None when the request is NIP-98 signed by ``pubkey`` for this exact URL and
+        method, else the refusal (401 unsigned or invalid, 403 another key)."""
+        authorization = request.headers.get("Authorization") or None
+        if authorization is None:
+            return _error(HTTPStatus.UNAUTHORIZED, "sign this request with NIP-98 (your browser extension)")
+        try:
+            signer = nip98.authorised_pubkey(
+                authorization, url=http_url(self._info.relay_url) + request.target, method=request.method, now=now
+            )
+        except nip98.Nip98Error as exc:
+            return _error(HTTPStatus.UNAUTHORIZED, f"NIP-98 authorization refused: {exc}")
+        if signer != pubkey:
+            return _error(HTTPStatus.FORBIDDEN, "sign with the key of this account")
+        return None
+
+    async def _wallet(self, raw_pubkey: str, request: HttpRequest) -> HttpResponse:
+        """``/account/<pubkey>/wallet``, for the owner only (NIP-98, this URL and method):
+        GET shows the connection and the last renewal attempts; POST a JSON body
+        ``{"connect": <NIP-44 ciphertext of the URI, to the relay's key>, "budget_sats": N}``
+        keeps a wallet connection for renewals, ``{"forget": true}`` deletes it. The URI
+        never travels or is logged in clear: only the relay's key opens it."""
+        assert self._renewals is not None
+        if request.method not in ("GET", "HEAD", "POST"):
+            return _response(HTTPStatus.METHOD_NOT_ALLOWED, b"GET or POST\n", "text/plain", [("Allow", "GET, POST")])
+        pubkey = parse_pubkey(raw_pubkey)
+        if pubkey is None:
+            return _error(HTTPStatus.BAD_REQUEST, "not a hex pubkey or npub")
+        now = int(self._clock())
+        refusal = self._owner(pubkey, request, now)
+        if refusal is not None:
+            return refusal
+        if request.method == "POST":
+            try:
+                body = orjson.loads(request.body)
+            except orjson.JSONDecodeError:
+                body = None
+            if not isinstance(body, dict):
+                return _error(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+            if body.get("forget") is True:
+                await self._ledger.store.forget_nwc_link(pubkey)
+            else:
+                sealed, budget = body.get("connect"), body.get("budget_sats")
+                if not isinstance(sealed, str) or len(sealed) > 65_536:
+                    return _error(HTTPStatus.BAD_REQUEST, "connect must be the NIP-44 encrypted URI")
+                if not isinstance(budget, int) or isinstance(budget, bool) or not 0 < budget <= 100_000_000:
+                    return _error(HTTPStatus.BAD_REQUEST, "budget_sats must be a whole number of sats")
+                if await self._ledger.store.get_account(pubkey) is None:
+                    # Keys cost nothing: only accounts (something paid or granted) store a connection.
+                    return _error(HTTPStatus.FORBIDDEN, "this key has no account here yet: pay first")
+                try:
+                    await self._renewals.connect_encrypted(pubkey, sealed, budget, now)
+                except BackendError as exc:
+                    return _error(HTTPStatus.BAD_REQUEST, str(exc))
+        return _json(HTTPStatus.OK, {"pubkey": pubkey, **await self._renewals.status(pubkey)})
+
     async def _reminder_optin(self, raw_pubkey: str, request: HttpRequest) -> HttpResponse:
         """``/account/<pubkey>/reminders[?set=on|off]``: the owner (NIP-98, this exact URL)
         turns reminders by DM on or off, or reads the setting. Nobody else can: reminders
@@ -376,6 +437,7 @@ class JoinWeb:
                 admitted=esc(self._admitted_text(doc)),
                 credit="shown to its owner only (NIP-98 signed request)",
                 state="may write" if doc["may_write"] else "may not write",
+                **self._wallet_vars(),
             )
         state = "banned" if doc["banned"] else ("allowed by the operator" if doc["allowed"] else "normal")
         return self._account_template.substitute(
@@ -385,7 +447,15 @@ class JoinWeb:
             admitted=esc(self._admitted_text(doc)),
             credit=esc(_sats(doc["credit_msat"])),
             state=esc(state),
+            **self._wallet_vars(),
         )
+
+    def _wallet_vars(self) -> dict[str, str]:
+        renewals = self._renewals
+        return {
+            "renewal_flag": "1" if renewals is not None and renewals.available else "0",
+            "relay_self": renewals.relay_pubkey if renewals is not None else "",
+        }
 
     @staticmethod
     def _admitted_text(doc: dict[str, Any]) -> str:

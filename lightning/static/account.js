@@ -38,3 +38,48 @@
     }
   });
 })();
+
+// Renewal by Nostr Wallet Connect: the URI is NIP-44 encrypted by the extension to the relay's
+// key (only the relay can open it), and the request is NIP-98 signed by the account's key.
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const relay = document.body.dataset.relay;
+  if (document.body.dataset.renewal !== "1" || !window.nostr || !window.nostr.nip44 || !relay) return;
+  $("wallet").hidden = false;
+  const base = window.location.href.split("#")[0].split("?")[0] + "/wallet";
+
+  async function call(body) {
+    const method = body ? "POST" : "GET";
+    const event = await window.nostr.signEvent({
+      kind: 27235, created_at: Math.floor(Date.now() / 1000), tags: [["u", base], ["method", method]], content: "",
+    });
+    const res = await fetch(base, {
+      method: method,
+      headers: {
+        Accept: "application/json", "Content-Type": "application/json",
+        Authorization: "Nostr " + btoa(JSON.stringify(event)),
+      },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const doc = await res.json();
+    if (!res.ok) throw new Error(doc.error || res.statusText);
+    $("nwc-state").textContent = doc.connected
+      ? "connected: renewals up to " + doc.budget_sats + " sats each" + (doc.renewals.length ? "; last: " + doc.renewals[0].state : "")
+      : "no wallet connected";
+  }
+
+  $("nwc-connect").addEventListener("click", async () => {
+    try {
+      const uri = $("nwc-uri").value.trim();
+      if (!uri.startsWith("nostr+walletconnect://")) throw new Error("that is not a nostr+walletconnect:// URI");
+      const sealed = await window.nostr.nip44.encrypt(relay, uri);
+      $("nwc-uri").value = "";
+      await call({ connect: sealed, budget_sats: parseInt($("nwc-budget").value, 10) });
+    } catch (err) {
+      $("nwc-state").textContent = "not connected: " + String(err.message || err);
+    }
+  });
+  $("nwc-forget").addEventListener("click", async () => {
+    try { await call({ forget: true }); } catch (err) { $("nwc-state").textContent = String(err.message || err); }
+  });
+})();

@@ -252,3 +252,56 @@ async def test_after_paying_a_member_turns_on_reminders_with_the_browser_extensi
                 assert await relay.store.reminders_on(pubkey)
             finally:
                 await browser.close()
+
+
+async def test_account_page_hands_over_a_wallet_connection_encrypted_to_the_relay(
+    relay_factory: RelayFactory, alice: bytes
+) -> None:
+    """Renewal by NWC: the extension (a stand-in) NIP-44 encrypts the URI to the relay's key
+    and signs the NIP-98 request; the secret never appears in a URL; forgetting deletes it."""
+    from playwright.async_api import async_playwright, expect
+
+    from lightning import nip44
+    from lightning.renewal import UriSeal
+
+    pubkey = crypto.public_key(alice).hex()
+    secret = crypto.generate_secret().hex()
+    uri = f"nostr+walletconnect://{'ab' * 32}?relay=wss://wallet.example.com&secret={secret}"
+    payments: dict[str, Any] = {"enabled": True, "backend": "fake", "subscription": {"enabled": True}}
+    async with relay_factory(payments=payments) as relay:
+        url = f"http://127.0.0.1:{relay.port}/account/{pubkey}"
+
+        def sign(template: dict[str, Any]) -> dict[str, Any]:
+            event = sign_event(alice, template["kind"], template["content"], template["tags"], template["created_at"])
+            return event.to_dict()
+
+        def encrypt(peer: str, plaintext: str) -> str:
+            return nip44.encrypt(plaintext, nip44.conversation_key(alice, bytes.fromhex(peer)))
+
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 900})
+                requested: list[str] = []
+                page.on("request", lambda request: requested.append(request.url))
+                await page.expose_function("standInSign", sign)
+                await page.expose_function("standInEncrypt", encrypt)
+                await page.add_init_script(
+                    "window.nostr = { signEvent: (t) => window.standInSign(t),"
+                    " nip44: { encrypt: (p, m) => window.standInEncrypt(p, m) } };"
+                )
+                await page.goto(url, wait_until="load")
+                await expect(page.locator("#wallet")).to_be_visible()
+                await page.fill("#nwc-uri", uri)
+                await page.fill("#nwc-budget", "700")
+                await page.click("#nwc-connect")
+                await expect(page.locator("#nwc-state")).to_contain_text("renewals up to 700 sats", timeout=10_000)
+                (link,) = await relay.store.nwc_links()
+                assert link.pubkey == pubkey and link.budget_msat == 700_000
+                assert UriSeal(relay.identity).open(link.sealed_uri, pubkey) == uri
+                assert secret not in link.sealed_uri and not any(secret in u for u in requested)
+                await page.click("#nwc-forget")
+                await expect(page.locator("#nwc-state")).to_have_text("no wallet connected", timeout=10_000)
+                assert await relay.store.nwc_links() == []
+            finally:
+                await browser.close()
