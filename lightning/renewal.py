@@ -39,6 +39,7 @@ from lightning.giftwrap import gift_wrap
 from lightning.ledger import Confirmation, ConfirmResult, Ledger
 from lightning.plans import DAY, Plans, UnknownPlan
 from lightning.settings import RenewalSettings
+from lightning.zap import is_public_address
 from relay.event import Event
 from relay.identity import RelayIdentity
 from relay.store.base import FOREVER, InvoiceState, NwcLink, RenewalAttempt, Store
@@ -234,12 +235,22 @@ class Renewals:
             return
         try:
             uri = self.seal.open(link.sealed_uri, pubkey)
+            await self._check_relays(uri)
             await self._pay(uri, invoice.bolt11)
             detail = "the wallet says paid"
         except (BackendError, SealError) as exc:
             detail = str(exc)[:300]
         await self._store.record_renewal(pubkey, period_end, "paying", detail, int(self._clock()), tried=True)
         await self._settled(attempt)
+
+    async def _check_relays(self, uri: str) -> None:
+        """The member names the relay we dial: never one on our own network (SSRF), checked
+        at each payment since DNS answers change."""
+        if self.settings.allow_private_relays:
+            return
+        for relay_url in check_uri(uri).relays:
+            if not await asyncio.to_thread(is_public_address, relay_url):
+                raise BackendError("the wallet's relay is not on a public address")
 
     async def _settled(self, attempt: RenewalAttempt) -> bool:
         """Ask the ledger (through the watcher) whether the attempt's invoice is paid; the

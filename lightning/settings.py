@@ -151,6 +151,9 @@ class RenewalSettings(_Section):
     days_before: float = Field(3.0, gt=0, description="renew this many days before the period ends")
     check_interval_seconds: float = Field(600.0, gt=0, description="how often periods are looked at")
     retry_seconds: float = Field(300.0, gt=0, description="ask the wallet again after this, while the invoice lives")
+    allow_private_relays: bool = Field(
+        False, description="also dial wallet relays on loopback/private addresses (tests, LAN setups)"
+    )
 
 
 class PaymentSettings(_Section):

@@ -422,6 +422,9 @@ class JoinWeb:
         if signer != pubkey:
             return _error(HTTPStatus.FORBIDDEN, "sign with the key of this account")
         store = self._ledger.store
+        if wanted == "on" and await store.get_account(pubkey) is None:
+            # Keys cost nothing: only accounts (something paid or granted) may store an opt-in.
+            return _error(HTTPStatus.FORBIDDEN, "this key has no account here yet: pay first")
         if wanted:
             await store.set_reminders(pubkey, wanted == "on", now)
         return _json(HTTPStatus.OK, {"pubkey": pubkey, "reminders": await store.reminders_on(pubkey)})

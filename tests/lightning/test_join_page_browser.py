@@ -270,6 +270,7 @@ async def test_account_page_hands_over_a_wallet_connection_encrypted_to_the_rela
     payments: dict[str, Any] = {"enabled": True, "backend": "fake", "subscription": {"enabled": True}}
     async with relay_factory(payments=payments) as relay:
         url = f"http://127.0.0.1:{relay.port}/account/{pubkey}"
+        await relay.store.update_account(pubkey, int(time.time()), admitted_until=int(time.time()) + 86400)
 
         def sign(template: dict[str, Any]) -> dict[str, Any]:
             event = sign_event(alice, template["kind"], template["content"], template["tags"], template["created_at"])

@@ -9,6 +9,9 @@ import asyncio
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
+
+import httpx
 
 from lightning.backends.fake import mark_paid
 from lightning.ledger import decode_bolt11
@@ -33,7 +36,12 @@ def settings(poll: float = 3600.0) -> dict[str, Any]:
         "push": False,
         "poll_interval_seconds": poll,  # the watcher stays out of it: the renewal records its own result
         "subscription": {"enabled": True, "fee_sats": 500, "period_days": PERIOD_DAYS},
-        "renewal": {"days_before": 3, "check_interval_seconds": 0.2, "retry_seconds": 0.5},
+        "renewal": {
+            "days_before": 3,
+            "check_interval_seconds": 0.2,
+            "retry_seconds": 0.5,
+            "allow_private_relays": True,  # the wallet's relay is on 127.0.0.1 here
+        },
     }
 
 
@@ -188,5 +196,47 @@ async def test_over_budget_is_recorded_not_paid_and_the_secret_needs_the_relay_k
                 config = tmp_path / "cli.toml"
                 code, _, _ = await satsrelay(config, "renewal", "forget", pk(alice))
                 assert code == 0 and await relay.store.nwc_links() == []
+        finally:
+            await wallet.stop()
+
+
+async def test_wallet_relay_on_a_private_address_is_never_dialled(
+    relay_factory: RelayFactory, tmp_path: Path, alice: bytes, bob: bytes
+) -> None:
+    """The member names the relay the renewal dials: not one on the relay's own network
+    (SSRF) unless the operator allows it. And only an account's owner, with an account, may
+    hand over a connection (NIP-98)."""
+    from lightning import nip44
+    from tests.lightning.payment_stack import nip98_header
+
+    wallet_relay_dir = tmp_path / "wallet-relay"
+    wallet_relay_dir.mkdir()
+    now = int(time.time())
+    strict = settings()
+    strict["renewal"] = {**strict["renewal"], "allow_private_relays": False}
+    async with relay_factory(storage={"url": f"sqlite:///{wallet_relay_dir}/relay.db"}) as wallet_relay:
+        wallet = PayingWallet(wallet_relay.url, tmp_path / "fake-wallet.db")
+        await wallet.start()
+        try:
+            async with relay_factory(payments=strict) as relay, httpx.AsyncClient() as http:
+                base = f"http://127.0.0.1:{relay.port}/account/{pk(alice)}/wallet"
+                sealed = nip44.encrypt(
+                    wallet.uri(), nip44.conversation_key(alice, bytes.fromhex(relay.identity.pubkey))
+                )
+                url = base + "?" + urlencode({"connect": sealed, "budget": "1000"})
+                assert (await http.get(url)).status_code == 401
+                assert (await http.get(url, headers={"Authorization": nip98_header(bob, url)})).status_code == 403
+                no_account = await http.get(url, headers={"Authorization": nip98_header(alice, url)})
+                assert no_account.status_code == 403 and "pay first" in no_account.json()["error"]
+                await relay.store.update_account(pk(alice), now, admitted_until=now + DAY)
+                answer = await http.get(url, headers={"Authorization": nip98_header(alice, url)})
+                assert answer.status_code == 200 and answer.json()["connected"] is True
+
+                async def refused() -> bool:
+                    attempt = await relay.store.get_renewal(pk(alice), now + DAY)
+                    return attempt is not None and "public address" in attempt.detail
+
+                await until(refused)
+                assert wallet.paid == [] and wallet.seen == []
         finally:
             await wallet.stop()
