@@ -135,7 +135,8 @@ class Reminders:
         until = account.admitted_until
         left = until - now
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
-        span = f"{left // DAY} days" if left >= 2 * DAY else f"{max(1, left // 3600)} hours"
+        hours = max(1, left // 3600)
+        span = f"{left // DAY} days" if left >= 2 * DAY else ("1 hour" if hours == 1 else f"{hours} hours")
         price = self._plans.subscription_msat or self._plans.admission_msat
         return (
             f"Your access to {self._relay_name} ({self._relay_url}) ends on {when}, in about {span}. "

@@ -124,7 +124,7 @@ async def test_term_reminders_reach_only_opted_in_members_once_and_open_with_nos
 
         await settle(two_wraps)
         texts = [(await open_wrap(w, alice))["content"] for w in await wraps_for(relay, alice)]
-        assert any("in about 1 hours" in t for t in texts), texts
+        assert any("in about 1 hour." in t for t in texts), texts
         assert await wraps_for(relay, bob) == []
 
 
