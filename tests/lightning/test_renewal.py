@@ -9,7 +9,6 @@ import asyncio
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 
@@ -219,17 +218,22 @@ async def test_wallet_relay_on_a_private_address_is_never_dialled(
         await wallet.start()
         try:
             async with relay_factory(payments=strict) as relay, httpx.AsyncClient() as http:
-                base = f"http://127.0.0.1:{relay.port}/account/{pk(alice)}/wallet"
-                sealed = nip44.encrypt(
-                    wallet.uri(), nip44.conversation_key(alice, bytes.fromhex(relay.identity.pubkey))
-                )
-                url = base + "?" + urlencode({"connect": sealed, "budget": "1000"})
-                assert (await http.get(url)).status_code == 401
-                assert (await http.get(url, headers={"Authorization": nip98_header(bob, url)})).status_code == 403
-                no_account = await http.get(url, headers={"Authorization": nip98_header(alice, url)})
+                url = f"http://127.0.0.1:{relay.port}/account/{pk(alice)}/wallet"
+                key = nip44.conversation_key(alice, bytes.fromhex(relay.identity.pubkey))
+                body = {"connect": nip44.encrypt(wallet.uri(), key), "budget_sats": 1000}
+
+                async def post(signer: bytes | None) -> httpx.Response:
+                    headers = {} if signer is None else {"Authorization": nip98_header(signer, url, "POST")}
+                    return await http.post(url, json=body, headers=headers)
+
+                assert (await post(None)).status_code == 401
+                assert (await post(bob)).status_code == 403
+                get_signed = await http.get(url, headers={"Authorization": nip98_header(alice, url, "POST")})
+                assert get_signed.status_code == 401  # signed for POST, not for this GET
+                no_account = await post(alice)
                 assert no_account.status_code == 403 and "pay first" in no_account.json()["error"]
                 await relay.store.update_account(pk(alice), now, admitted_until=now + DAY)
-                answer = await http.get(url, headers={"Authorization": nip98_header(alice, url)})
+                answer = await post(alice)
                 assert answer.status_code == 200 and answer.json()["connected"] is True
 
                 async def refused() -> bool:
