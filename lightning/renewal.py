@@ -39,7 +39,7 @@ from lightning.giftwrap import gift_wrap
 from lightning.ledger import Confirmation, ConfirmResult, Ledger
 from lightning.plans import DAY, Plans, UnknownPlan
 from lightning.settings import RenewalSettings
-from lightning.zap import is_public_address
+from lightning.zap import public_address
 from relay.event import Event
 from relay.identity import RelayIdentity
 from relay.store.base import FOREVER, InvoiceState, NwcLink, RenewalAttempt, Store
@@ -249,7 +249,7 @@ class Renewals:
         if self.settings.allow_private_relays:
             return
         for relay_url in check_uri(uri).relays:
-            if not await asyncio.to_thread(is_public_address, relay_url):
+            if await asyncio.to_thread(public_address, relay_url) is None:
                 raise BackendError("the wallet's relay is not on a public address")
 
     async def _settled(self, attempt: RenewalAttempt) -> bool:
