@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import os
 import time
@@ -39,7 +40,6 @@ from lightning.giftwrap import gift_wrap
 from lightning.ledger import Confirmation, ConfirmResult, Ledger
 from lightning.plans import DAY, Plans, UnknownPlan
 from lightning.settings import RenewalSettings
-from lightning.zap import public_address
 from relay.event import Event
 from relay.identity import RelayIdentity
 from relay.store.base import FOREVER, InvoiceState, NwcLink, RenewalAttempt, Store
@@ -79,8 +79,8 @@ def check_uri(uri: str) -> NwcConnection:
     return NwcConnection.parse(uri)
 
 
-async def pay_with_nwc(uri: str, bolt11: str) -> str:
-    backend = NwcBackend(NwcConfig(uri, request_timeout_seconds=60.0))
+async def pay_with_nwc(uri: str, bolt11: str, *, public_only: bool = True) -> str:
+    backend = NwcBackend(NwcConfig(uri, request_timeout_seconds=60.0, public_only=public_only))
     try:
         return await backend.pay_invoice(bolt11)
     finally:
@@ -99,7 +99,7 @@ class Renewals:
         publish: Publish,
         confirm: Callable[[str], Awaitable[ConfirmResult]],
         relay_name: str,
-        pay: Pay = pay_with_nwc,
+        pay: Pay | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``confirm(payment_hash)`` is the watcher's: it settles a paid invoice exactly once
@@ -113,7 +113,7 @@ class Renewals:
         self._publish = publish
         self._confirm = confirm
         self._relay_name = relay_name
-        self._pay = pay
+        self._pay = pay or functools.partial(pay_with_nwc, public_only=not settings.allow_private_relays)
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
 
@@ -235,22 +235,12 @@ class Renewals:
             return
         try:
             uri = self.seal.open(link.sealed_uri, pubkey)
-            await self._check_relays(uri)
             await self._pay(uri, invoice.bolt11)
             detail = "the wallet says paid"
         except (BackendError, SealError) as exc:
             detail = str(exc)[:300]
         await self._store.record_renewal(pubkey, period_end, "paying", detail, int(self._clock()), tried=True)
         await self._settled(attempt)
-
-    async def _check_relays(self, uri: str) -> None:
-        """The member names the relay we dial: never one on our own network (SSRF), checked
-        at each payment since DNS answers change."""
-        if self.settings.allow_private_relays:
-            return
-        for relay_url in check_uri(uri).relays:
-            if await asyncio.to_thread(public_address, relay_url) is None:
-                raise BackendError("the wallet's relay is not on a public address")
 
     async def _settled(self, attempt: RenewalAttempt) -> bool:
         """Ask the ledger (through the watcher) whether the attempt's invoice is paid; the

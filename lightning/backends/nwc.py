@@ -102,6 +102,9 @@ class NwcConfig:
     uri: str
     request_timeout_seconds: float = 30.0
     connect_timeout_seconds: float = 10.0
+    # A URI someone else handed us (a member's, for renewals) names the relay we dial: then
+    # only public addresses, and the checked address itself is dialled (no DNS rebinding).
+    public_only: bool = False
 
     def __repr__(self) -> str:
         return f"NwcConfig(uri='***', request_timeout_seconds={self.request_timeout_seconds})"
@@ -268,7 +271,15 @@ class NwcBackend:
         raise BackendError("nwc: no relay usable (" + "; ".join(reasons) + ")")
 
     async def _open_one(self, relay_url: str) -> _Session:
-        ws = await connect(relay_url, open_timeout=self._config.connect_timeout_seconds)
+        pinned: dict[str, Any] = {}
+        if self._config.public_only:
+            from lightning.zap import public_address
+
+            address = await asyncio.to_thread(public_address, relay_url)
+            if address is None:
+                raise BackendError("not a public address")
+            pinned = {"host": address, "proxy": None}  # TLS still checks the host name
+        ws = await connect(relay_url, open_timeout=self._config.connect_timeout_seconds, **pinned)
         try:
             info = await self._fetch_info(ws, relay_url)
             offered = " ".join(t[1] for t in info.tags if len(t) > 1 and t[0] == "encryption") if info else ""
