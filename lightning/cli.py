@@ -3,7 +3,8 @@
 ``relay.cli`` calls ``add_commands`` with its sub-parser set, the shared ``--config``
 parent parser and its settings loader. Every command prints a readable table, or JSON
 with ``--json`` (for scripts). They talk to the same database as the running relay; the
-relay's gate sees a change within ``payments.account_cache_seconds``.
+relay's gate sees a change within about half a second (it polls the store's change
+counter, ``Store.account_changes``), on every node.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Called for every event after its signature checked out, so it must not hit the database
 per event: account state is cached in memory (unknown pubkeys too, since spam comes from
 them). The cache is dropped for a pubkey when one of its invoices settles on this node,
-and every entry lives at most ``account_cache_seconds`` so a grant made by the CLI or on
-another node is seen soon. A stale "has credit" entry is harmless: the Store charges the
+every entry lives at most ``account_cache_seconds``, and the whole cache is dropped when
+the store's change counter moves (a grant/revoke/ban by the CLI or on another node), which
+the cache checks every ``CHANGES_POLL_SECONDS``. A stale "has credit" entry is harmless: the Store charges the
 credit inside the event's insert transaction and refuses when it ran out.
 """
 
@@ -25,6 +26,7 @@ from relay.store.base import Account, Store
 
 MAX_P_TAGS_CHECKED = 10  # an inbox event names a few recipients; do not look up hundreds
 CACHE_ENTRIES = 50_000
+CHANGES_POLL_SECONDS = 0.5  # how soon a change made elsewhere (CLI, other node) applies
 INBOX_ENTRIES = 100_000  # senders (and IPs) whose inbox allowance is remembered
 
 
@@ -42,9 +44,19 @@ class AccountCache:
         self._ttl = ttl
         self._monotonic = monotonic
         self._entries: OrderedDict[str, _Cached] = OrderedDict()
+        self._changes_checked = float("-inf")
+        self._changes: int | None = None
 
     async def get(self, pubkey: str) -> Account | None:
         now = self._monotonic()
+        if now - self._changes_checked >= CHANGES_POLL_SECONDS:
+            # A grant/revoke/ban by the CLI or another node bumps the store's counter: one
+            # primary-key read per interval makes it take effect at once, not after the TTL.
+            self._changes_checked = now
+            changes = await self._store.account_changes()
+            if changes != self._changes:
+                self._changes = changes
+                self._entries.clear()
         cached = self._entries.get(pubkey)
         if cached is not None and now - cached.fetched_at < self._ttl:
             self._entries.move_to_end(pubkey)

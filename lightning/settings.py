@@ -231,3 +231,25 @@ class PaymentSettings(_Section):
         if self.enabled and not (self.admission.enabled or self.subscription.enabled or self.credit.enabled):
             raise ValueError("payments are enabled but no plan (admission, subscription, credit) is")
         return self
+
+    @model_validator(mode="after")
+    def _backend_secret(self) -> PaymentSettings:
+        """An enabled wallet without its credential would start and then fail every
+        invoice request: refuse it at start-up, naming the key to set."""
+        if not self.enabled:
+            return self
+        section, key = REQUIRED_SECRETS.get(self.backend, ("", ""))
+        if section and not getattr(getattr(self, section), key).get_secret_value().strip():
+            env = f"SATSRELAY_PAYMENTS__{section.upper()}__{key.upper()}"
+            raise ValueError(f"backend = {self.backend!r} needs payments.{section}.{key} (or env {env}); it is empty")
+        return self
+
+
+# The credential each wallet cannot work without: (section, key) under [payments].
+REQUIRED_SECRETS: dict[str, tuple[str, str]] = {
+    "lnbits": ("lnbits", "invoice_key"),
+    "lnd": ("lnd", "macaroon_hex"),
+    "cln": ("cln", "rune"),
+    "phoenixd": ("phoenixd", "password"),
+    "nwc": ("nwc", "uri"),
+}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -20,13 +21,13 @@ from typing import IO, Any
 
 import orjson
 
-from relay.config import ConfigError, Settings, load_settings
-from relay.errors import Invalid
+from relay.config import ConfigError, Settings, load_settings, public_url_mismatch
+from relay.errors import Invalid, Rejection
 from relay.event import Event, KindClass, parse_event, verify_signature
 from relay.extension import PluginError, discover_plugins
 from relay.filters import Filter, parse_filter
 from relay.store import open_store
-from relay.store.base import Store, WriteOutcome, WriteRequest
+from relay.store.base import Store, StoreUnavailable, WriteOutcome, WriteRequest
 
 log = logging.getLogger("satsrelay")
 
@@ -55,6 +56,10 @@ def _setup_logging(level: str) -> None:
     # websockets logs every connection opened and closed at INFO: a line per client is noise
     # on a busy relay (ours are: start-up, dropped slow client, rejected connection).
     logging.getLogger("websockets").setLevel(max(numeric, logging.WARNING))
+    # httpx logs every request at INFO: one line per wallet poll. Shown only when debugging.
+    quiet = numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)
 
 
 # --- serve -----------------------------------------------------------------------------
@@ -62,6 +67,9 @@ def _setup_logging(level: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.log_level)
+    mismatch = public_url_mismatch(settings)
+    if mismatch:
+        log.warning("%s", mismatch)
     if settings.server.workers > 1:
         from relay.workers import run_workers
 
@@ -72,9 +80,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def serve() -> None:
         await run(build_relay(settings))
 
-    with contextlib.suppress(KeyboardInterrupt):
-        _event_loop_runner()(serve())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            _event_loop_runner()(serve())
+    except OSError as exc:
+        if exc.errno not in _LISTEN_ERRNOS:
+            raise
+        srv = settings.server
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        hint = " (is another relay running? set server.port or --port)" if exc.errno == errno.EADDRINUSE else ""
+        return _fail(f"cannot listen on {srv.host}:{srv.port}: {reason.lower()}{hint}")
     return 0
+
+
+# Errors from bind(): the operator's to fix (another process on the port, a port below
+# 1024 without privileges, an address this machine does not have).
+_LISTEN_ERRNOS = frozenset((errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL))
+
+
+def _fail(message: str, code: int = 1) -> int:
+    """An operator's mistake: one line naming it, a non-zero exit."""
+    print(f"satsrelay: {message}", file=sys.stderr)
+    return code
 
 
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -89,51 +116,80 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
 
 # --- import ----------------------------------------------------------------------------
 
-def _read_lines(source: IO[bytes]) -> Iterator[bytes]:
-    for line in source:
+def _read_lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines with their 1-based line numbers (for ``--rejects``)."""
+    for number, line in enumerate(source, start=1):
         line = line.strip()
         if line:
-            yield line
+            yield number, line
 
 
-async def import_events(store: Store, lines: Iterator[bytes], progress: IO[str] | None = None) -> dict[str, int]:
+Rejects = Callable[[int, bytes, str], None]
+
+_OUTCOME_REASONS = {
+    WriteOutcome.SUPERSEDED: "superseded: a newer version of this replaceable event is stored",
+    WriteOutcome.DELETED: "deleted: a stored NIP-09 deletion names this event",
+    WriteOutcome.INSUFFICIENT_CREDIT: "restricted: not enough credit",
+}
+
+
+async def import_events(
+    store: Store,
+    lines: Iterator[tuple[int, bytes]],
+    progress: IO[str] | None = None,
+    on_reject: Rejects | None = None,
+) -> dict[str, int]:
     """Verify and bulk-insert events; return counts by outcome. Ephemeral events are
-    not stored (NIP-01), so they count as rejected."""
+    not stored (NIP-01), so they count as rejected. ``on_reject(line_number, line, reason)``
+    hears about every refused line."""
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     started = time.monotonic()
     last_report = started
     seen = 0
+
+    def reject(number: int, line: bytes, reason: str) -> None:
+        counts["rejected"] += 1
+        if on_reject is not None:
+            on_reject(number, line, reason)
+
     with ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1))) as pool:
         loop = asyncio.get_running_loop()
-        batch: list[Event] = []
+        batch: list[tuple[int, bytes, Event]] = []
 
         async def flush() -> None:
+            events = [e for _, _, e in batch]
             verified = await asyncio.gather(
-                *(loop.run_in_executor(pool, _verify_chunk, batch[i:i + 256]) for i in range(0, len(batch), 256))
+                *(loop.run_in_executor(pool, _verify_chunk, events[i:i + 256]) for i in range(0, len(events), 256))
             )
-            good = [e for chunk in verified for e in chunk]
-            counts["rejected"] += len(batch) - len(good)
-            outcomes = await store.write_batch([WriteRequest(e) for e in good], int(time.time()))
-            for outcome in outcomes:
+            ok = [flag for chunk in verified for flag in chunk]
+            good = [item for item, flag in zip(batch, ok, strict=True) if flag]
+            for (number, line, _), flag in zip(batch, ok, strict=True):
+                if not flag:
+                    reject(number, line, "invalid: bad signature")
+            outcomes = await store.write_batch([WriteRequest(e) for _, _, e in good], int(time.time()))
+            for (number, line, _), outcome in zip(good, outcomes, strict=True):
                 if outcome is WriteOutcome.STORED:
                     counts["accepted"] += 1
                 elif outcome is WriteOutcome.DUPLICATE:
                     counts["duplicate"] += 1
                 else:
-                    counts["rejected"] += 1
+                    reject(number, line, _OUTCOME_REASONS.get(outcome, outcome.value))
             batch.clear()
 
-        for line in lines:
+        for number, line in lines:
             seen += 1
             try:
                 event = parse_event(orjson.loads(line))
-            except (Invalid, orjson.JSONDecodeError):
-                counts["rejected"] += 1
+            except orjson.JSONDecodeError:
+                reject(number, line, "invalid: not a JSON object")
+                continue
+            except Invalid as exc:
+                reject(number, line, str(exc))
                 continue
             if event.kind_class is KindClass.EPHEMERAL:
-                counts["rejected"] += 1
+                reject(number, line, "invalid: ephemeral events are never stored (NIP-01)")
                 continue
-            batch.append(event)
+            batch.append((number, line, event))
             if len(batch) >= IMPORT_BATCH:
                 await flush()
             now = time.monotonic()
@@ -146,56 +202,83 @@ async def import_events(store: Store, lines: Iterator[bytes], progress: IO[str] 
     return counts
 
 
-def _verify_chunk(events: list[Event]) -> list[Event]:
-    return [e for e in events if verify_signature(e)]
+def _verify_chunk(events: list[Event]) -> list[bool]:
+    return [verify_signature(e) for e in events]
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.log_level)
 
-    async def main(source: IO[bytes]) -> dict[str, int]:
+    async def main(source: IO[bytes], on_reject: Rejects | None) -> dict[str, int]:
         store = open_store(settings.storage, search_kinds=settings.search.indexed_kinds())
         await store.open()
         try:
-            return await import_events(store, _read_lines(source), sys.stderr)
+            return await import_events(store, _read_lines(source), sys.stderr, on_reject)
         finally:
             await store.close()
 
     with contextlib.ExitStack() as stack:
-        source = sys.stdin.buffer if args.file in (None, "-") else stack.enter_context(open(args.file, "rb"))
-        counts = asyncio.run(main(source))
+        try:
+            source = sys.stdin.buffer if args.file in (None, "-") else stack.enter_context(open(args.file, "rb"))
+        except OSError as exc:
+            return _fail(f"cannot read {args.file}: {exc.strerror or exc}")
+        on_reject: Rejects | None = None
+        if args.rejects:
+            try:
+                rejects_out = stack.enter_context(open(args.rejects, "wb"))
+            except OSError as exc:
+                return _fail(f"cannot write {args.rejects}: {exc.strerror or exc}")
+
+            def on_reject(number: int, line: bytes, reason: str) -> None:
+                # One JSON object per refused line: where, why, and the line itself to fix.
+                text = line.decode("utf-8", "replace")
+                rejects_out.write(orjson.dumps({"line": number, "reason": reason, "text": text}) + b"\n")
+
+        counts = asyncio.run(main(source, on_reject))
     print(f"imported: {counts['accepted']} accepted, {counts['duplicate']} duplicate, {counts['rejected']} rejected")
+    if counts["rejected"] and not args.rejects:
+        print("satsrelay: rerun with --rejects FILE to list the refused lines and why", file=sys.stderr)
     return 0
 
 
 # --- export ----------------------------------------------------------------------------
 
-async def export_events(store: Store, base: Filter, out: IO[bytes]) -> int:
-    """Write every matching event, newest first, paging by ``until``. When more events
-    share one second than a page holds, that second is fetched whole."""
+async def export_events(store: Store, base: Filter, out: IO[bytes], limit: int | None = None) -> int:
+    """Write every matching event (at most ``limit``), newest first, paging by ``until``.
+    When more events share one second than a page holds, that second is fetched whole."""
     written = 0
+    if limit == 0:
+        return 0
     until = base.until
     seen_at_until: set[bytes] = set()
+
+    def emit(rows: list[bytes]) -> bool:
+        """Write rows up to the limit; False once the limit is reached."""
+        nonlocal written
+        if limit is not None:
+            rows = rows[: limit - written]
+        for raw in rows:
+            out.write(raw + b"\n")
+        written += len(rows)
+        return limit is None or written < limit
+
     while True:
-        page_filter = Filter(base.ids, base.authors, base.kinds, base.tags, base.since, until, EXPORT_PAGE)
+        page = EXPORT_PAGE if limit is None else min(EXPORT_PAGE, limit)
+        page_filter = Filter(base.ids, base.authors, base.kinds, base.tags, base.since, until, page)
         rows = await store.query([page_filter], int(time.time()))
         fresh = [r for r in rows if r[7:71] not in seen_at_until]
         if not fresh:
-            if len(rows) < EXPORT_PAGE or until is None:
+            if len(rows) < page or until is None:
                 return written
             whole = Filter(base.ids, base.authors, base.kinds, base.tags, until, until, None)
             fresh = [r for r in await store.query([whole], int(time.time())) if r[7:71] not in seen_at_until]
-            for raw in fresh:
-                out.write(raw + b"\n")
-            written += len(fresh)
+            if not emit(fresh):
+                return written
             until -= 1
             seen_at_until = set()
             continue
-        for raw in fresh:
-            out.write(raw + b"\n")
-        written += len(fresh)
-        if len(rows) < EXPORT_PAGE:
+        if not emit(fresh) or len(rows) < page:
             return written
         last_ts = int(orjson.loads(rows[-1])["created_at"])
         if last_ts != until:
@@ -209,23 +292,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     _setup_logging(settings.log_level)
     try:
         base = parse_filter(orjson.loads(args.filter), max_limit=2**62) if args.filter else Filter()
-    except (Invalid, orjson.JSONDecodeError) as exc:
-        print(f"bad --filter: {exc}", file=sys.stderr)
-        return 2
+    except orjson.JSONDecodeError as exc:
+        return _fail(f"bad --filter: not JSON ({exc})", 2)
+    except Rejection as exc:
+        return _fail(f"bad --filter: {exc}", 2)
+    limit = base.limit
     base = Filter(base.ids, base.authors, base.kinds, base.tags, base.since, base.until, None)
 
     async def main(out: IO[bytes]) -> int:
         store = open_store(settings.storage, search_kinds=settings.search.indexed_kinds())
         await store.open()
         try:
-            return await export_events(store, base, out)
+            return await export_events(store, base, out, limit)
         finally:
             await store.close()
 
     with contextlib.ExitStack() as stack:
-        out = sys.stdout.buffer if args.file in (None, "-") else stack.enter_context(open(args.file, "wb"))
-        n = asyncio.run(main(out))
-        out.flush()
+        try:
+            out = sys.stdout.buffer if args.file in (None, "-") else stack.enter_context(open(args.file, "wb"))
+        except OSError as exc:
+            return _fail(f"cannot write {args.file}: {exc.strerror or exc}")
+        try:
+            n = asyncio.run(main(out))
+            out.flush()
+        except BrokenPipeError:
+            # `satsrelay export | head`: the reader has what it wanted. Point stdout at
+            # /dev/null so the interpreter's final flush does not raise again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
     print(f"exported {n} events", file=sys.stderr)
     return 0
 
@@ -285,11 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = sub.add_parser("import", help="import events from JSONL (file or stdin)", parents=[common])
     imp.add_argument("file", nargs="?", help="JSONL file, '-' or absent for stdin")
+    imp.add_argument("--rejects", type=Path, help="write each refused line here (JSONL: line, reason, text)")
     imp.set_defaults(func=cmd_import)
 
     exp = sub.add_parser("export", help="export events as JSONL, newest first", parents=[common])
     exp.add_argument("file", nargs="?", help="output file, '-' or absent for stdout")
-    exp.add_argument("--filter", help='a NIP-01 filter as JSON, e.g. \'{"kinds":[1]}\'')
+    exp.add_argument("--filter", help='a NIP-01 filter as JSON, e.g. \'{"kinds":[1],"limit":100}\' (newest first)')
     exp.set_defaults(func=cmd_export)
 
     syn = sub.add_parser("sync", help="reconcile the local store with another relay (NIP-77, else paged REQ)",
@@ -316,8 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"satsrelay: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
+    except StoreUnavailable as exc:
+        return _fail(str(exc))
 
 
 if __name__ == "__main__":

@@ -7,11 +7,22 @@ Unknown keys are refused, so a typo in the file stops start-up instead of being 
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from relay.extension import ExtensionPlugin, PluginError, discover_plugins
@@ -31,7 +42,9 @@ class RelayInfo(_Section):
     icon: str | None = None
     banner: str | None = None
     terms_of_service: str | None = None
-    public_url: str = Field("ws://127.0.0.1:7777", description="ws(s):// URL clients use; NIP-42 checks it")
+    public_url: str = Field(
+        "", description="ws(s):// URL clients use; NIP-42 checks it; empty: ws://server.host:server.port"
+    )
     secret_key: SecretStr | None = Field(None, description="the relay's own key (64 hex); default: the key file")
     key_file: str | None = Field(None, description="default relay.key beside the SQLite database (or data/)")
 
@@ -160,6 +173,15 @@ class Settings(BaseSettings):
     negentropy: NegentropySettings = NegentropySettings()
     log_level: str = "INFO"
 
+    @model_validator(mode="after")
+    def _derive_public_url(self) -> Settings:
+        """An unset ``relay.public_url`` follows ``server.host``/``server.port``: changing
+        only the port must not leave NIP-42 AUTH and the join links on the old one."""
+        if not self.relay.public_url:
+            relay = self.relay.model_copy(update={"public_url": derived_public_url(self.server)})
+            object.__setattr__(self, "relay", relay)  # frozen model: set once, while validating
+        return self
+
     def section(self, name: str) -> BaseModel:
         """An extension's own section (``[payments]``), validated by its model."""
         value = getattr(self, name, None)
@@ -180,6 +202,42 @@ def settings_class(plugins: Sequence[ExtensionPlugin]) -> type[Settings]:
         fields[plugin.section] = (plugin.settings_model, plugin.settings_model())
     model: type[Settings] = create_model("Settings", __base__=Settings, **fields)
     return model
+
+
+_WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}
+_LOCAL_HOSTS = frozenset(("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"))
+
+
+def derived_public_url(server: ServerSettings) -> str:
+    """``ws://host:port`` of the listening socket; a wildcard host becomes loopback (a
+    client cannot connect to 0.0.0.0), an IPv6 literal gets brackets."""
+    host = _WILDCARD_HOSTS.get(server.host, server.host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"ws://{host}:{server.port}"
+
+
+def public_url_mismatch(settings: Settings) -> str | None:
+    """A warning when ``relay.public_url`` points at this machine but not at the port the
+    relay listens on (AUTH would fail, join links would be wrong); None otherwise. A
+    public_url naming another host is a reverse proxy's address and is left alone."""
+    try:
+        parts = urlsplit(settings.relay.public_url)
+        port = parts.port
+    except ValueError:
+        return f"relay.public_url {settings.relay.public_url!r} is not a URL"
+    if parts.scheme not in ("ws", "wss"):
+        return f"relay.public_url {settings.relay.public_url!r} should start with ws:// or wss://"
+    host = (parts.hostname or "").lower()
+    local = host in _LOCAL_HOSTS or host == settings.server.host.lower()
+    if port is None:
+        port = 443 if parts.scheme == "wss" else 80
+    if local and port != settings.server.port and settings.server.port != 0:
+        return (
+            f"relay.public_url {settings.relay.public_url} does not match server.port {settings.server.port}: "
+            "NIP-42 AUTH and join links will use the wrong port (leave public_url unset to derive it)"
+        )
+    return None
 
 
 class ConfigError(Exception):
@@ -223,5 +281,10 @@ def load_settings(
         lines = []
         for err in exc.errors():
             key = ".".join(str(part) for part in err["loc"])
-            lines.append(f"{key}: {err['msg']}")
+            message = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{key}: {message}" if key else message)
         raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None

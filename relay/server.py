@@ -258,7 +258,8 @@ class Relay:
             await self.extension.stop()
         await self.verifier.close()
         await self.store.close()
-        log.info("satsrelay stopped")
+        if self._server is not None:  # a relay that never listened has nothing to announce
+            log.info("satsrelay stopped")
 
     async def _keepalive_loop(self, interval: float) -> None:
         while True:
@@ -427,7 +428,13 @@ def _tune_gc() -> None:
 
 async def run(relay: Relay) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    await relay.start(reuse_port=relay.settings.server.reuse_port)
+    try:
+        await relay.start(reuse_port=relay.settings.server.reuse_port)
+    except BaseException:
+        # A relay that cannot start (port taken, store unreachable) must exit, not linger
+        # with its writer, verifier and store threads alive; the CLI reports the cause.
+        await relay.stop()
+        raise
     _tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -85,13 +85,6 @@ def test_export_with_filter(tmp_path: Path, alice: bytes, bob: bytes) -> None:
     assert by_tag.stdout.splitlines() == [b[1].raw]
 
 
-def test_export_ignores_limit_in_filter(tmp_path: Path, alice: bytes) -> None:
-    events = [signed(alice, 1, f"{i}") for i in range(7)]
-    cfg = str(config_for(tmp_path, "a"))
-    satsrelay("import", "--config", cfg, stdin=jsonl([e.to_dict() for e in events]))
-    assert len(satsrelay("export", "--config", cfg, "--filter", '{"limit":2}').stdout.splitlines()) == 7
-
-
 def test_export_with_bad_filter_exits_2(tmp_path: Path) -> None:
     result = satsrelay("export", "--config", str(config_for(tmp_path, "a")), "--filter", '{"kinds":"x"}')
     assert result.returncode == 2

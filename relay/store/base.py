@@ -138,6 +138,11 @@ PAGE_ROWS = 1000  # keys fetched per page statement, whatever their size
 FAST_ROWS = 64
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be opened (no such folder, permissions, wrong password, server
+    down): an operator's problem, reported as one line naming the store, not a traceback."""
+
+
 class WriteOutcome(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"
@@ -407,6 +412,11 @@ class Store(Protocol):
     async def get_account(self, pubkey: str) -> Account | None: ...
 
     async def list_accounts(self) -> list[Account]: ...
+
+    async def account_changes(self) -> int:
+        """A counter that grows with every ``update_account`` and settlement, from any
+        process or node: relays poll it (cheaply) to drop cached account state at once."""
+        ...
 
     async def update_account(
         self,

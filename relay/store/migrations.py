@@ -236,4 +236,15 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    # Change counters (issue 11): a grant, revoke or ban made by the CLI (another process)
+    # or on another node bumps a counter that running relays poll (one primary-key read
+    # every ~0.5 s) to drop their cached copies at once instead of after a TTL.
+    Migration(
+        9,
+        "store_changes: counters bumped by account changes, polled by running relays",
+        (
+            "CREATE TABLE store_changes (topic TEXT PRIMARY KEY, counter INTEGER NOT NULL) WITHOUT ROWID",
+            "INSERT INTO store_changes (topic, counter) VALUES ('accounts', 0)",
+        ),
+    ),
 )

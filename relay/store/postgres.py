@@ -45,6 +45,7 @@ from relay.store.base import (
     Invoice,
     NwcLink,
     RenewalAttempt,
+    StoreUnavailable,
     WriteOutcome,
     WriteRequest,
     account_from_row,
@@ -303,6 +304,21 @@ def _filter_count(f: Filter, now: int, p: _Params, scope: ReadScope | None = Non
     return f"SELECT {columns} FROM events e WHERE {' AND '.join(where)}"
 
 
+
+
+_BUMP_CHANGES = "UPDATE store_changes SET counter = counter + 1 WHERE topic = $1"
+
+
+def redact_dsn(dsn: str) -> str:
+    """A PostgreSQL URL for messages: the password replaced by ***."""
+    if "@" in dsn and "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':')[0]}:***@{host}"
+    return dsn
+
+
 class PostgresStore:
     """``Store`` over PostgreSQL (docs/postgres-store.md: the concurrency design)."""
 
@@ -332,9 +348,13 @@ class PostgresStore:
         settings = {"plan_cache_mode": "force_custom_plan"}
         if self.schema is not None:
             settings["search_path"] = quote_ident(self.schema)
-        pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=self.pool_size, server_settings=settings, command_timeout=60
-        )
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, server_settings=settings, command_timeout=60
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Wrong password, unknown database, server down: the operator's to fix.
+            raise StoreUnavailable(f"cannot connect to PostgreSQL {redact_dsn(self.dsn)}: {exc}") from exc
         try:
             async with pool.acquire() as conn:
                 await apply_migrations(conn, self.schema)
@@ -889,7 +909,7 @@ class PostgresStore:
         banned: bool | None = None,
         allowed: bool | None = None,
     ) -> Account:
-        async with self._acquire() as conn:
+        async with self._acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"INSERT INTO accounts AS a (pubkey, admitted_until, credit_msat, banned, allowed, updated_at)"
                 f" VALUES ($1, coalesce($2::bigint, 0), $3::bigint, coalesce($4, false), coalesce($5, false), $6)"
@@ -904,7 +924,12 @@ class PostgresStore:
                 allowed,
                 now,
             )
+            await conn.execute(_BUMP_CHANGES, "accounts")
         return account_from_row(row)
+
+    async def account_changes(self) -> int:
+        value = await self._fetchval("SELECT counter FROM store_changes WHERE topic = 'accounts'")
+        return int(value or 0)
 
     # --- NIP-43 membership ---------------------------------------------------------------
 
@@ -1103,3 +1128,5 @@ async def _apply_grant(
         credit_msat,
         now,
     )
+    await conn.execute(_BUMP_CHANGES, "accounts")
+

@@ -299,6 +299,15 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    # Change counters (issue 11): see the SQLite migration 9.
+    Migration(
+        9,
+        "store_changes: counters bumped by account changes, polled by running relays",
+        (
+            "CREATE TABLE store_changes (topic text PRIMARY KEY, counter bigint NOT NULL)",
+            "INSERT INTO store_changes (topic, counter) VALUES ('accounts', 0)",
+        ),
+    ),
 )
 
 

@@ -55,6 +55,7 @@ from relay.store.base import (
     Invoice,
     NwcLink,
     RenewalAttempt,
+    StoreUnavailable,
     WriteOutcome,
     WriteRequest,
     account_from_row,
@@ -484,9 +485,15 @@ class SqliteStore:
     # --- life cycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        await self._write(self._open_writer)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+            await self._write(self._open_writer)
+        except (OSError, sqlite3.Error) as exc:
+            await self.close()  # no writer thread may outlive a failed open
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            where = exc.filename if isinstance(exc, OSError) and exc.filename else self.path
+            raise StoreUnavailable(f"cannot open SQLite database {self.path} ({where}: {reason})") from exc
         self._readers = asyncio.Queue()
         for _ in range(self.read_connections):
             conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -841,6 +848,10 @@ class SqliteStore:
         rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,))
         return account_from_row(rows[0]) if rows else None
 
+    async def account_changes(self) -> int:
+        rows = await self._read("SELECT counter FROM store_changes WHERE topic = 'accounts'", ())
+        return int(rows[0][0]) if rows else 0
+
     async def list_accounts(self) -> list[Account]:
         rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY pubkey", ())
         return [account_from_row(row) for row in rows]
@@ -1149,6 +1160,7 @@ def _apply_grant(
         "UPDATE accounts SET admitted_until = ?, credit_msat = credit_msat + ?, updated_at = ? WHERE pubkey = ?",
         (admitted_until_after_grant(current, now, admit_seconds, admit_forever), credit_msat, now, pubkey),
     )
+    _bump_changes(conn, "accounts")
 
 
 def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int, now: int, fee_msat: int) -> bool:
@@ -1164,6 +1176,10 @@ def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int,
     pubkey, admit_seconds, admit_forever, credit_msat = row
     _apply_grant(conn, pubkey, now, admit_seconds, bool(admit_forever), credit_msat)
     return True
+
+
+def _bump_changes(conn: sqlite3.Connection, topic: str) -> None:
+    conn.execute("UPDATE store_changes SET counter = counter + 1 WHERE topic = ?", (topic,))
 
 
 def _expire_invoices(conn: sqlite3.Connection, now: int) -> int:
@@ -1190,6 +1206,7 @@ def _update_account(
             params.append(int(value))
     params.append(pubkey)
     conn.execute(f"UPDATE accounts SET {', '.join(sets)} WHERE pubkey = ?", params)
+    _bump_changes(conn, "accounts")
     row = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
     return account_from_row(row)
 
