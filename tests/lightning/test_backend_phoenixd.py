@@ -269,7 +269,9 @@ async def test_fee_taken_payment_admits_the_payer_and_records_the_operators_cost
     """End to end through the ledger: the relay credits the payer for a fee-taken payment,
     and the fee shows in the metrics and in ``satsrelay invoices list``."""
     fake, backend, _ = phoenixd
-    settings = payment_settings(tmp_path, backend="phoenixd", admission={"fee_sats": 21})
+    settings = payment_settings(
+        tmp_path, backend="phoenixd", phoenixd={"password": PASSWORD}, admission={"fee_sats": 21}
+    )
     store = SqliteStore(tmp_path / "relay.db")
     await store.open()
     ext = PaymentsExtension(settings, store, backend, registry=CollectorRegistry())
