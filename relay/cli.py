@@ -363,6 +363,65 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 130
 
 
+# --- backup / restore ------------------------------------------------------------------
+
+def _sqlite_db(settings: Settings, command: str) -> Path | None:
+    """The SQLite file the settings name, or None (after saying why) for PostgreSQL."""
+    url = settings.storage.url
+    if not url.startswith("sqlite:"):
+        _fail(
+            f"{command} works on the SQLite store; for PostgreSQL use pg_dump / pg_restore "
+            "(README: Backups)"
+        )
+        return None
+    from relay.store.sqlite import sqlite_path_from_url
+
+    return sqlite_path_from_url(url)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from relay.store.backup import BackupError, backup
+
+    settings = _settings(args)
+    db = _sqlite_db(settings, "backup")
+    if db is None:
+        return 1
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1 or done == total:
+            last[0] = now
+            print(f"backup: {100 * done // max(total, 1)}% ({done:,} of {total:,} pages)", file=sys.stderr)
+
+    try:
+        result = backup(db, args.file, progress)
+    except BackupError as exc:
+        return _fail(str(exc))
+    print(
+        f"backed up {db} to {args.file}: {result.events:,} events, "
+        f"{result.bytes / 2**20:.1f} MiB in {result.seconds:.1f} s"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from relay.store.backup import BackupError, restore
+
+    settings = _settings(args)
+    db = _sqlite_db(settings, "restore")
+    if db is None:
+        return 1
+    try:
+        events, kept = restore(args.file, db)
+    except BackupError as exc:
+        return _fail(str(exc))
+    print(f"restored {db} from {args.file}: {events:,} events")
+    if kept is not None:
+        print(f"the database it replaced is kept at {kept} (delete it when you no longer need it)")
+    return 0
+
+
 # --- entry point ---------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -396,6 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="down: fetch what we lack; up: send what it lacks; both (default)")
     syn.add_argument("--no-negentropy", action="store_true", help="use paged REQ even if the peer speaks NIP-77")
     syn.set_defaults(func=cmd_sync)
+
+    bak = sub.add_parser(
+        "backup", help="copy the SQLite database to FILE, consistent, while the relay runs", parents=[common]
+    )
+    bak.add_argument("file", type=Path, help="new file to write (refused if it exists)")
+    bak.set_defaults(func=cmd_backup)
+
+    res = sub.add_parser("restore", help="replace the SQLite database by a backup (relay stopped)", parents=[common])
+    res.add_argument("file", type=Path, help="a file written by `satsrelay backup`")
+    res.set_defaults(func=cmd_restore)
 
     for plugin in discover_plugins():
         plugin.add_commands(sub, common, _settings)

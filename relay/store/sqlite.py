@@ -41,6 +41,7 @@ import orjson
 from relay.event import Event, KindClass, index_tags, is_hex64, kind_class
 from relay.filters import Filter
 from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, fts5_body
+from relay.store.backup import StoreLock
 from relay.store.base import (
     ACCOUNT_COLUMNS,
     FAST_ROWS,
@@ -461,6 +462,7 @@ class SqliteStore:
         self.read_connections = read_connections
         self.search_kinds = search_kinds  # NIP-50: kinds whose words go into events_search
         self._executor: ThreadPoolExecutor | None = None
+        self._lock: StoreLock | None = None
         self._writer: sqlite3.Connection | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] | None = None
         self._all_readers: list[aiosqlite.Connection] = []
@@ -487,6 +489,11 @@ class SqliteStore:
     async def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Held while open so `satsrelay restore` cannot replace the file under us.
+            self._lock = StoreLock(self.path)
+            if not self._lock.acquire(exclusive=False):
+                self._lock = None
+                raise StoreUnavailable(f"{self.path} is being restored from a backup; try again when it is done")
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
             await self._write(self._open_writer)
         except (OSError, sqlite3.Error) as exc:
@@ -536,6 +543,9 @@ class SqliteStore:
                 await self._write(self._close_writer)
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _close_writer(self) -> None:
         if self._writer is not None:
