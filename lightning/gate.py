@@ -23,6 +23,7 @@ from relay.errors import Blocked, RateLimited, Restricted
 from relay.event import Event
 from relay.extension import WriteContext
 from relay.store.base import Account, Store
+from relay.vanish import VANISH_KIND
 
 MAX_P_TAGS_CHECKED = 10  # an inbox event names a few recipients; do not look up hundreds
 CACHE_ENTRIES = 50_000
@@ -165,6 +166,8 @@ class Gate:
     async def admit(self, event: Event, ctx: WriteContext) -> int:
         """The charge in msat, or raise ``Blocked`` (banned) / ``Restricted`` (unpaid)."""
         pubkey = event.pubkey
+        if event.kind == VANISH_KIND:  # NIP-62: paid relays MUST honour it whatever the status
+            return 0
         if pubkey in self._ban:
             raise Blocked("this pubkey is banned from this relay")
         if pubkey in self._allow:

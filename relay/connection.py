@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from relay import messages
+from relay import messages, vanish
 from relay.config import Settings
 from relay.errors import AuthRequired, Invalid, RateLimited, Rejection, ServerError
 from relay.event import Event, KindClass, parse_event
@@ -56,6 +56,7 @@ from relay.store.writer import GroupCommitWriter
 from relay.subscriptions import SubscriptionIndex
 from relay.throttled_log import ThrottledLog
 from relay.transport import INBOX_PAUSE, WebSocketLink
+from relay.vanish import VanishedAuthors
 from relay.verifier import SignatureVerifier
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class ConnectionDeps:
     sync_budget: ItemBudget  # NIP-77: items held by open reconciliations, relay-wide
     filter_limits: FilterLimits
     write_policies: Sequence[WritePolicy]
+    vanished: VanishedAuthors  # NIP-62 requests: applied here, refreshed from the store
     extension: Extension | None
     broadcast: Callable[[Event], None]  # an accepted ephemeral event to live subscribers
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
@@ -299,6 +301,9 @@ class Connection:
             if not self.deps.authors.take(event.pubkey, time.monotonic()):
                 self._reject(event.id, RateLimited("slow down: too many events from this author"))
                 return
+            if event.kind == vanish.VANISH_KIND:  # NIP-62: free, whatever the payment status
+                await self._vanish(event, ctx)
+                return
             charge = 0
             if self.deps.extension is not None:
                 charge = await self.deps.extension.admit(event, ctx)
@@ -327,6 +332,14 @@ class Connection:
             self._reject(event.id, ServerError("could not store the event, try again"))
         finally:
             self._in_flight -= 1
+
+    async def _vanish(self, event: Event, ctx: WriteContext) -> None:
+        rejection = vanish.check_request(event, self.deps.settings.relay.public_url)
+        if rejection is not None:
+            self._reject(event.id, rejection)
+            return
+        await self.deps.vanished.vanish(event, ctx.now)
+        self._accepted(event, (True, ""))
 
     def _accepted(self, event: Event, reply: tuple[bool, str]) -> None:
         accepted, text = reply

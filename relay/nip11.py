@@ -12,7 +12,7 @@ from typing import Any
 from relay import __version__
 from relay.config import Settings
 
-SUPPORTED_NIPS = [1, 9, 11, 13, 22, 40, 42, 45, 70]
+SUPPORTED_NIPS = [1, 9, 11, 13, 22, 40, 42, 45, 62, 70]
 
 
 def supported_nips(settings: Settings) -> list[int]:

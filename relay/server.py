@@ -41,6 +41,7 @@ from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.writer import GroupCommitWriter
 from relay.subscriptions import SubscriptionIndex
 from relay.transport import MessageSink, RelayProtocol, ShellOptions, WebSocketLink, create_factory, keepalive_sweep
+from relay.vanish import VanishedAuthors
 from relay.verifier import SignatureVerifier
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,18 @@ class Relay:
         self.authors = BucketTable(limits.pubkey_events_per_second, limits.pubkey_events_burst, limits.rate_table_size)
         self._refusal_log = LogThrottle()
         self.sync_budget = ItemBudget(settings.negentropy.max_total_items)  # NIP-77
+        self.vanished = VanishedAuthors(self.store)  # NIP-62
+        write_policies = build_write_policies(
+            WriteRules(
+                max_event_tags=limits.max_event_tags,
+                max_content_length=limits.max_content_length,
+                created_at_lower_limit=limits.created_at_lower_limit,
+                created_at_upper_limit=limits.created_at_upper_limit,
+                min_pow_difficulty=limits.min_pow_difficulty,
+                auth_required_to_write=settings.auth.required_to_write,
+            )
+        )
+        write_policies.append(self.vanished.policy)
         self.deps = ConnectionDeps(
             settings=settings,
             metrics=self.metrics,
@@ -107,16 +120,8 @@ class Relay:
                 settings.negentropy.max_items,
             ),
             sync_budget=self.sync_budget,
-            write_policies=build_write_policies(
-                WriteRules(
-                    max_event_tags=limits.max_event_tags,
-                    max_content_length=limits.max_content_length,
-                    created_at_lower_limit=limits.created_at_lower_limit,
-                    created_at_upper_limit=limits.created_at_upper_limit,
-                    min_pow_difficulty=limits.min_pow_difficulty,
-                    auth_required_to_write=settings.auth.required_to_write,
-                )
-            ),
+            write_policies=write_policies,
+            vanished=self.vanished,
             extension=extension,
             broadcast=self.broadcast,
             spawn=self.spawn,
@@ -172,6 +177,7 @@ class Relay:
         """Open the store, start the stages, listen (on ``sock`` when given: a socket the
         caller bound already, e.g. to port 0)."""
         await self.store.open()
+        await self.vanished.load()
         self.verifier.start()
         self.writer.start()
         await self.bus.start(self.index.publish)
@@ -190,6 +196,7 @@ class Relay:
             self.router.add(self.extension.handle_http)
         self.router.add(self._home_page)
         self._background.append(asyncio.create_task(self._purge_loop(), name="purge-expired"))
+        self._background.append(asyncio.create_task(self.vanished.watch(), name="nip62-refresh"))
         srv = self.settings.server
         self._background.append(asyncio.create_task(self._keepalive_loop(srv.ping_interval_seconds), name="keepalive"))
         limits = self.settings.limits

@@ -413,6 +413,21 @@ class Store(Protocol):
 
     async def list_accounts(self) -> list[Account]: ...
 
+    async def vanish(self, pubkey: str, until: int, now: int) -> int:
+        """NIP-62: delete every event of ``pubkey`` with created_at <= ``until`` (kind 5
+        included) and the gift wraps (kind 1059) ``p``-tagging it up to then, in one
+        transaction; when anything was deleted, record (pubkey, until) and bump the
+        ``vanish`` change counter. Return how many events were deleted."""
+        ...
+
+    async def list_vanished(self) -> dict[str, int]:
+        """Every recorded NIP-62 request: pubkey -> until."""
+        ...
+
+    async def vanish_changes(self) -> int:
+        """A counter that grows with every recorded NIP-62 request, from any node."""
+        ...
+
     async def account_changes(self) -> int:
         """A counter that grows with every ``update_account`` and settlement, from any
         process or node: relays poll it (cheaply) to drop cached account state at once."""

@@ -247,4 +247,14 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO store_changes (topic, counter) VALUES ('accounts', 0)",
         ),
     ),
+    # NIP-62 (issue 11): one row per author who vanished, the latest request's created_at;
+    # a counter row so other processes re-read them.
+    Migration(
+        10,
+        "vanished: NIP-62 requests to vanish, by author",
+        (
+            "CREATE TABLE vanished (pubkey BLOB PRIMARY KEY, until INTEGER NOT NULL) WITHOUT ROWID",
+            "INSERT INTO store_changes (topic, counter) VALUES ('vanish', 0)",
+        ),
+    ),
 )

@@ -304,8 +304,6 @@ def _filter_count(f: Filter, now: int, p: _Params, scope: ReadScope | None = Non
     return f"SELECT {columns} FROM events e WHERE {' AND '.join(where)}"
 
 
-
-
 _BUMP_CHANGES = "UPDATE store_changes SET counter = counter + 1 WHERE topic = $1"
 
 
@@ -926,6 +924,46 @@ class PostgresStore:
             )
             await conn.execute(_BUMP_CHANGES, "accounts")
         return account_from_row(row)
+
+    async def vanish(self, pubkey: str, until: int, now: int) -> int:
+        pk = bytes.fromhex(pubkey)
+        async with self._acquire() as conn, conn.transaction():
+            # The author's bucket exclusively, as for a kind 5: a batch of this author's
+            # events in flight on any node commits before us or waits for us.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS_AUTHOR, _bucket(self._lock_scope, pubkey)
+            )
+            deleted = int(
+                await conn.fetchval(
+                    "WITH targets AS ("
+                    "  SELECT seq FROM events WHERE pubkey = $1 AND created_at <= $3"
+                    "  UNION SELECT t.seq FROM tags t WHERE t.name = 'p' AND t.value = $2 AND t.created_at <= $3"
+                    "  AND t.kind = 1059),"
+                    " gone AS (DELETE FROM events WHERE seq IN (SELECT seq FROM targets) RETURNING seq),"
+                    " t AS (DELETE FROM tags WHERE seq IN (SELECT seq FROM gone))"
+                    " SELECT count(*) FROM gone",
+                    pk,
+                    pubkey,
+                    until,
+                )
+            )
+            if deleted:
+                await conn.execute(
+                    "INSERT INTO vanished AS v (pubkey, until) VALUES ($1, $2)"
+                    " ON CONFLICT (pubkey) DO UPDATE SET until = greatest(v.until, excluded.until)",
+                    pk,
+                    until,
+                )
+                await conn.execute(_BUMP_CHANGES, "vanish")
+        return deleted
+
+    async def list_vanished(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT pubkey, until FROM vanished")
+        return {bytes(row[0]).hex(): int(row[1]) for row in rows}
+
+    async def vanish_changes(self) -> int:
+        value = await self._fetchval("SELECT counter FROM store_changes WHERE topic = 'vanish'")
+        return int(value or 0)
 
     async def account_changes(self) -> int:
         value = await self._fetchval("SELECT counter FROM store_changes WHERE topic = 'accounts'")

@@ -308,6 +308,15 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO store_changes (topic, counter) VALUES ('accounts', 0)",
         ),
     ),
+    # NIP-62 (issue 11): see the SQLite migration 10.
+    Migration(
+        10,
+        "vanished: NIP-62 requests to vanish, by author",
+        (
+            "CREATE TABLE vanished (pubkey bytea PRIMARY KEY, until bigint NOT NULL)",
+            "INSERT INTO store_changes (topic, counter) VALUES ('vanish', 0)",
+        ),
+    ),
 )
 
 

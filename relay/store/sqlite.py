@@ -858,6 +858,18 @@ class SqliteStore:
         rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,))
         return account_from_row(rows[0]) if rows else None
 
+    async def vanish(self, pubkey: str, until: int, now: int) -> int:
+        deleted: int = await self._write(self._transaction, _vanish, pubkey, until)
+        return deleted
+
+    async def list_vanished(self) -> dict[str, int]:
+        rows = await self._read("SELECT pubkey, until FROM vanished", ())
+        return {bytes(row[0]).hex(): int(row[1]) for row in rows}
+
+    async def vanish_changes(self) -> int:
+        rows = await self._read("SELECT counter FROM store_changes WHERE topic = 'vanish'", ())
+        return int(rows[0][0]) if rows else 0
+
     async def account_changes(self) -> int:
         rows = await self._read("SELECT counter FROM store_changes WHERE topic = 'accounts'", ())
         return int(rows[0][0]) if rows else 0
@@ -1092,6 +1104,27 @@ def _apply_deletion(conn: sqlite3.Connection, ev: Event, pk: bytes) -> None:
         ).fetchall()
         for rid, raw in rows:
             _delete_event(conn, rid, raw)
+
+
+def _vanish(conn: sqlite3.Connection, pubkey: str, until: int) -> int:
+    """NIP-62 in one transaction: the author's events, then gift wraps addressed to them."""
+    pk = bytes.fromhex(pubkey)
+    rows = conn.execute("SELECT rid, raw FROM events WHERE pubkey = ? AND created_at <= ?", (pk, until)).fetchall()
+    rows += conn.execute(
+        "SELECT e.rid, e.raw FROM tags t JOIN events e ON e.rid = t.rid"
+        " WHERE t.name = 'p' AND t.value = ? AND t.created_at <= ? AND e.kind = 1059 AND e.pubkey != ?",
+        (pubkey, until, pk),
+    ).fetchall()
+    for rid, raw in rows:
+        _delete_event(conn, rid, raw)
+    if rows:
+        conn.execute(
+            "INSERT INTO vanished (pubkey, until) VALUES (?, ?)"
+            " ON CONFLICT (pubkey) DO UPDATE SET until = max(until, excluded.until)",
+            (pk, until),
+        )
+        _bump_changes(conn, "vanish")
+    return len(rows)
 
 
 def _purge_expired(conn: sqlite3.Connection, now: int) -> int:
