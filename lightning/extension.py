@@ -302,6 +302,9 @@ class PaymentsExtension:
             return []
         return await self.membership.invite_events(filters, authed)
 
+    async def is_member(self, pubkey: str, now: int) -> bool:
+        return await self.gate.is_member(pubkey, now)
+
     def insufficient_credit(self, event: Event) -> Rejection:
         return self.gate.insufficient_credit(event)
 

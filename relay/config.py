@@ -161,6 +161,49 @@ class NegentropySettings(_Section):
     frame_size_limit: int = Field(60_000, ge=4096, description="bytes of one negentropy message we send")
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(value: str | int) -> int:
+    """Seconds from ``"90d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"2w"``, ``"1y"`` or an int."""
+    if isinstance(value, int):
+        seconds = value
+    else:
+        text = value.strip().lower()
+        unit = _DURATION_UNITS.get(text[-1:]) if text else None
+        number = text[:-1] if unit else text
+        if not number.isdigit():
+            raise ValueError(f"{value!r} is not a duration like 365d, 12h, 30m or a number of seconds")
+        seconds = int(number) * (unit or 1)
+    if seconds <= 0:
+        raise ValueError(f"{value!r}: a retention period must be positive")
+    return seconds
+
+
+class RetentionSettings(_Section):
+    """How long events are kept and how much each author may store (issue 11 item 5)."""
+
+    kinds: dict[int, str | int] = Field(
+        default_factory=dict, description='kind -> max age, e.g. { 1 = "365d", 7 = "90d" }; unlisted kinds: forever'
+    )
+    max_bytes_per_pubkey: int = Field(0, ge=0, description="stored raw JSON per author (non-members); 0 = no quota")
+    member_max_bytes_per_pubkey: int = Field(0, ge=0, description="the same for paying members; 0 = no quota")
+    purge_batch: int = Field(1000, ge=1, description="events deleted per transaction; writes run in between")
+
+    @field_validator("kinds")
+    @classmethod
+    def _durations(cls, value: dict[int, str | int]) -> dict[int, str | int]:
+        for kind, age in value.items():
+            if not 0 <= kind <= 65535:
+                raise ValueError(f"kind {kind} is out of range")
+            parse_duration(age)
+        return value
+
+    def max_age(self) -> dict[int, int]:
+        """kind -> seconds."""
+        return {kind: parse_duration(age) for kind, age in self.kinds.items()}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SATSRELAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -171,6 +214,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     search: SearchSettings = SearchSettings()
     negentropy: NegentropySettings = NegentropySettings()
+    retention: RetentionSettings = RetentionSettings()
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -51,6 +51,7 @@ from relay.policy import (
     may_see,
     read_scope,
 )
+from relay.retention import StorageQuota
 from relay.store.base import PAGE_BYTES, Store, WriteOutcome, WriteRequest
 from relay.store.writer import GroupCommitWriter
 from relay.subscriptions import SubscriptionIndex
@@ -107,6 +108,7 @@ class ConnectionDeps:
     filter_limits: FilterLimits
     write_policies: Sequence[WritePolicy]
     vanished: VanishedAuthors  # NIP-62 requests: applied here, refreshed from the store
+    quota: StorageQuota  # [retention] bytes per author
     extension: Extension | None
     broadcast: Callable[[Event], None]  # an accepted ephemeral event to live subscribers
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
@@ -317,7 +319,17 @@ class Connection:
                 self.deps.broadcast(event)
                 self._accepted(event, (True, ""))
                 return
+            if self.deps.quota.enabled:
+                member = self.deps.extension is not None and await self.deps.extension.is_member(
+                    event.pubkey, ctx.now
+                )
+                refused = await self.deps.quota.check(event, member)
+                if refused is not None:
+                    self._reject(event.id, refused)
+                    return
             outcome = await self.deps.writer.submit(WriteRequest(event, charge))
+            if outcome is WriteOutcome.STORED:
+                self.deps.quota.stored(event)
             if outcome is WriteOutcome.INSUFFICIENT_CREDIT:
                 assert self.deps.extension is not None
                 self._reject(event.id, self.deps.extension.insufficient_credit(event))

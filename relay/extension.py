@@ -71,6 +71,11 @@ class Extension(Protocol):
         before the stored ones and never stored; raise a ``Rejection`` to close the REQ."""
         ...
 
+    async def is_member(self, pubkey: str, now: int) -> bool:
+        """A paying (or operator-allowed) account in good standing: the larger storage
+        quota applies (``retention.member_max_bytes_per_pubkey``)."""
+        ...
+
     def insufficient_credit(self, event: Event) -> Rejection:
         """The refusal when the charge failed at commit (credit ran out meanwhile)."""
         ...

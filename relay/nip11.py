@@ -11,6 +11,7 @@ from typing import Any
 
 from relay import __version__
 from relay.config import Settings
+from relay.retention import nip11_retention
 
 SUPPORTED_NIPS = [1, 9, 11, 13, 22, 40, 42, 45, 62, 70]
 
@@ -60,6 +61,8 @@ def build_info(settings: Settings, extra: dict[str, Any] | None = None) -> dict[
         limitation["created_at_lower_limit"] = limits.created_at_lower_limit
     if limits.created_at_upper_limit is not None:
         limitation["created_at_upper_limit"] = limits.created_at_upper_limit
+    if settings.retention.kinds:
+        doc["retention"] = nip11_retention(settings.retention.max_age())
     extra = dict(extra or {})
     limitation.update(extra.pop("limitation", {}))
     doc["supported_nips"] = sorted(set(doc["supported_nips"]) | set(extra.pop("supported_nips", [])))

@@ -37,6 +37,7 @@ from relay.messages import FilterLimits
 from relay.metrics import RelayMetrics
 from relay.negentropy import ItemBudget
 from relay.policy import WriteRules, build_write_policies
+from relay.retention import StorageQuota, purge_old_events
 from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.writer import GroupCommitWriter
 from relay.subscriptions import SubscriptionIndex
@@ -91,6 +92,7 @@ class Relay:
         self.authors = BucketTable(limits.pubkey_events_per_second, limits.pubkey_events_burst, limits.rate_table_size)
         self._refusal_log = LogThrottle()
         self.sync_budget = ItemBudget(settings.negentropy.max_total_items)  # NIP-77
+        self.quota = StorageQuota(self.store, settings.retention)
         self.vanished = VanishedAuthors(self.store)  # NIP-62
         write_policies = build_write_policies(
             WriteRules(
@@ -122,6 +124,7 @@ class Relay:
             sync_budget=self.sync_budget,
             write_policies=write_policies,
             vanished=self.vanished,
+            quota=self.quota,
             extension=extension,
             broadcast=self.broadcast,
             spawn=self.spawn,
@@ -280,6 +283,13 @@ class Relay:
                 purged = await self.store.purge_expired(int(time.time()))
                 if purged:
                     log.info("purged %d expired events", purged)
+                retention = self.settings.retention
+                if retention.kinds:
+                    aged = await purge_old_events(
+                        self.store, retention.max_age(), int(time.time()), retention.purge_batch
+                    )
+                    if aged:
+                        log.info("retention: purged %d events past their kind's maximum age", aged)
             except Exception:
                 log.exception("purging expired events failed; will retry")
             await asyncio.sleep(interval)

@@ -413,6 +413,15 @@ class Store(Protocol):
 
     async def list_accounts(self) -> list[Account]: ...
 
+    async def purge_older(self, kind: int, before: int, limit: int) -> int:
+        """Retention: delete at most ``limit`` events of ``kind`` created before ``before``
+        (oldest first), in one short transaction; return how many."""
+        ...
+
+    async def stored_bytes(self, pubkey: str) -> int:
+        """Raw JSON bytes stored for ``pubkey`` (the storage quota's measure)."""
+        ...
+
     async def vanish(self, pubkey: str, until: int, now: int) -> int:
         """NIP-62: delete every event of ``pubkey`` with created_at <= ``until`` (kind 5
         included) and the gift wraps (kind 1059) ``p``-tagging it up to then, in one

@@ -925,6 +925,26 @@ class PostgresStore:
             await conn.execute(_BUMP_CHANGES, "accounts")
         return account_from_row(row)
 
+    async def purge_older(self, kind: int, before: int, limit: int) -> int:
+        async with self._acquire() as conn, conn.transaction():
+            value = await conn.fetchval(
+                "WITH gone AS (DELETE FROM events WHERE seq IN ("
+                "  SELECT seq FROM events WHERE kind = $1 AND created_at < $2 ORDER BY created_at LIMIT $3"
+                ") RETURNING seq),"
+                " t AS (DELETE FROM tags WHERE seq IN (SELECT seq FROM gone))"
+                " SELECT count(*) FROM gone",
+                kind,
+                before,
+                limit,
+            )
+        return int(value)
+
+    async def stored_bytes(self, pubkey: str) -> int:
+        value = await self._fetchval(
+            "SELECT coalesce(sum(octet_length(raw)), 0) FROM events WHERE pubkey = $1", bytes.fromhex(pubkey)
+        )
+        return int(value)
+
     async def vanish(self, pubkey: str, until: int, now: int) -> int:
         pk = bytes.fromhex(pubkey)
         async with self._acquire() as conn, conn.transaction():

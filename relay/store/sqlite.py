@@ -858,6 +858,17 @@ class SqliteStore:
         rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,))
         return account_from_row(rows[0]) if rows else None
 
+    async def purge_older(self, kind: int, before: int, limit: int) -> int:
+        purged: int = await self._write(self._transaction, _purge_older, kind, before, limit)
+        return purged
+
+    async def stored_bytes(self, pubkey: str) -> int:
+        # length() of a BLOB reads the record header, not the event's (overflow) pages.
+        rows = await self._read(
+            "SELECT coalesce(sum(length(raw)), 0) FROM events WHERE pubkey = ?", (bytes.fromhex(pubkey),)
+        )
+        return int(rows[0][0])
+
     async def vanish(self, pubkey: str, until: int, now: int) -> int:
         deleted: int = await self._write(self._transaction, _vanish, pubkey, until)
         return deleted
@@ -1124,6 +1135,16 @@ def _vanish(conn: sqlite3.Connection, pubkey: str, until: int) -> int:
             (pk, until),
         )
         _bump_changes(conn, "vanish")
+    return len(rows)
+
+
+def _purge_older(conn: sqlite3.Connection, kind: int, before: int, limit: int) -> int:
+    rows = conn.execute(
+        "SELECT rid, raw FROM events WHERE kind = ? AND created_at < ? ORDER BY created_at LIMIT ?",
+        (kind, before, limit),
+    ).fetchall()
+    for rid, raw in rows:
+        _delete_event(conn, rid, raw)
     return len(rows)
 
 
