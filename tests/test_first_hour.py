@@ -99,9 +99,9 @@ def test_import_of_a_missing_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_export_filter_with_unsupported_field_is_one_line(tmp_path: Path) -> None:
-    result = satsrelay("export", "--config", str(config_for(tmp_path, "a")), "--filter", '{"search":"x"}')
+    result = satsrelay("export", "--config", str(config_for(tmp_path, "a")), "--filter", '{"foo":"x"}')
     assert result.returncode == 2
-    assert one_line_error(result) == "satsrelay: bad --filter: unsupported: filter field 'search' is not supported"
+    assert one_line_error(result) == "satsrelay: bad --filter: unsupported: filter field 'foo' is not supported"
 
 
 def test_export_into_a_closed_pipe_ends_quietly(tmp_path: Path, alice: bytes) -> None:
