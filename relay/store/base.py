@@ -437,6 +437,19 @@ class Store(Protocol):
         """A counter that grows with every recorded NIP-62 request, from any node."""
         ...
 
+    async def list_management(self) -> list[tuple[str, str, str]]:
+        """NIP-86 state rows (topic, key, value); relay/management.py reads them."""
+        ...
+
+    async def apply_management(self, changes: Sequence[tuple[str, str, str | None]]) -> None:
+        """Upsert (value) or delete (None) NIP-86 rows in one transaction and bump the
+        ``management`` change counter, so every node reloads the state."""
+        ...
+
+    async def management_changes(self) -> int:
+        """A counter that grows with every ``apply_management``, from any node."""
+        ...
+
     async def account_changes(self) -> int:
         """A counter that grows with every ``update_account`` and settlement, from any
         process or node: relays poll it (cheaply) to drop cached account state at once."""

@@ -985,6 +985,29 @@ class PostgresStore:
         value = await self._fetchval("SELECT counter FROM store_changes WHERE topic = 'vanish'")
         return int(value or 0)
 
+    async def list_management(self) -> list[tuple[str, str, str]]:
+        rows = await self._fetch("SELECT topic, key, value FROM management")
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    async def apply_management(self, changes: Sequence[tuple[str, str, str | None]]) -> None:
+        async with self._acquire() as conn, conn.transaction():
+            for topic, key, value in changes:
+                if value is None:
+                    await conn.execute("DELETE FROM management WHERE topic = $1 AND key = $2", topic, key)
+                else:
+                    await conn.execute(
+                        "INSERT INTO management (topic, key, value) VALUES ($1, $2, $3)"
+                        " ON CONFLICT (topic, key) DO UPDATE SET value = excluded.value",
+                        topic,
+                        key,
+                        value,
+                    )
+            await conn.execute(_BUMP_CHANGES, "management")
+
+    async def management_changes(self) -> int:
+        value = await self._fetchval("SELECT counter FROM store_changes WHERE topic = 'management'")
+        return int(value or 0)
+
     async def account_changes(self) -> int:
         value = await self._fetchval("SELECT counter FROM store_changes WHERE topic = 'accounts'")
         return int(value or 0)

@@ -317,6 +317,16 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO store_changes (topic, counter) VALUES ('vanish', 0)",
         ),
     ),
+    # NIP-86 management state (issue 11 item 1): see the SQLite migration 8.
+    Migration(
+        8,
+        "management: NIP-86 bans, allows, kinds, blocked IPs, relay info overrides",
+        (
+            "CREATE TABLE management (topic text NOT NULL, key text NOT NULL, value text NOT NULL,"
+            " PRIMARY KEY (topic, key))",
+            "INSERT INTO store_changes (topic, counter) VALUES ('management', 0)",
+        ),
+    ),
 )
 
 

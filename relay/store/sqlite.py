@@ -881,6 +881,17 @@ class SqliteStore:
         rows = await self._read("SELECT counter FROM store_changes WHERE topic = 'vanish'", ())
         return int(rows[0][0]) if rows else 0
 
+    async def list_management(self) -> list[tuple[str, str, str]]:
+        rows = await self._read("SELECT topic, key, value FROM management", ())
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    async def apply_management(self, changes: Sequence[tuple[str, str, str | None]]) -> None:
+        await self._write(self._transaction, _apply_management, list(changes))
+
+    async def management_changes(self) -> int:
+        rows = await self._read("SELECT counter FROM store_changes WHERE topic = 'management'", ())
+        return int(rows[0][0]) if rows else 0
+
     async def account_changes(self) -> int:
         rows = await self._read("SELECT counter FROM store_changes WHERE topic = 'accounts'", ())
         return int(rows[0][0]) if rows else 0
@@ -1146,6 +1157,19 @@ def _purge_older(conn: sqlite3.Connection, kind: int, before: int, limit: int) -
     for rid, raw in rows:
         _delete_event(conn, rid, raw)
     return len(rows)
+
+
+def _apply_management(conn: sqlite3.Connection, changes: list[tuple[str, str, str | None]]) -> None:
+    for topic, key, value in changes:
+        if value is None:
+            conn.execute("DELETE FROM management WHERE topic = ? AND key = ?", (topic, key))
+        else:
+            conn.execute(
+                "INSERT INTO management (topic, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (topic, key) DO UPDATE SET value = excluded.value",
+                (topic, key, value),
+            )
+    _bump_changes(conn, "management")
 
 
 def _purge_expired(conn: sqlite3.Connection, now: int) -> int:
