@@ -28,6 +28,7 @@ from relay.event import Event, KindClass, parse_event
 from relay.extension import Answered, Extension, WriteContext
 from relay.filters import Filter
 from relay.limits import BucketTable, IpTable, TokenBucket
+from relay.management_view import ManagementView
 from relay.messages import (
     AuthMessage,
     BadMessage,
@@ -109,6 +110,7 @@ class ConnectionDeps:
     write_policies: Sequence[WritePolicy]
     vanished: VanishedAuthors  # NIP-62 requests: applied here, refreshed from the store
     quota: StorageQuota  # [retention] bytes per author
+    management: ManagementView  # NIP-86 state: bans hide stored events too
     extension: Extension | None
     broadcast: Callable[[Event], None]  # an accepted ephemeral event to live subscribers
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
@@ -152,7 +154,7 @@ class Connection:
     # --- fan-out (Subscriber protocol) ------------------------------------------------
 
     def can_see(self, event: Event) -> bool:
-        return may_see(event, self.authed)
+        return may_see(event, self.authed) and not self.deps.management.hides_event(event)
 
     def send_live(self, sub_id: str, event: Event) -> None:
         pending = self._pending_live.get(sub_id)
@@ -412,7 +414,10 @@ class Connection:
                 pages = self.deps.store.query_pages(wanted, int(time.time()), scope, page_bytes=self._page_bytes)
                 async with contextlib.aclosing(pages):
                     async for page in pages:
+                        hides = self.deps.management.hides  # NIP-86 bans hide stored events
                         for raw in page:
+                            if hides(raw):
+                                continue
                             sent.add(raw[7:71])
                             self.send(messages.event(sub_id, raw))
                         # Back-pressure: the next page is read only once the client has

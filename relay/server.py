@@ -33,6 +33,7 @@ from relay.filters import Filter
 from relay.http import HttpRequest, HttpResponse, HttpRouter, not_found, response
 from relay.identity import RelayIdentity, profile_content, profile_event
 from relay.limits import BucketTable, IpTable, LogThrottle
+from relay.management_view import ManagementView
 from relay.messages import FilterLimits
 from relay.metrics import RelayMetrics
 from relay.negentropy import ItemBudget
@@ -105,6 +106,8 @@ class Relay:
             )
         )
         write_policies.append(self.vanished.policy)
+        self.management = ManagementView(self.store)  # NIP-86 bans, kinds, blocked IPs
+        write_policies.append(self.management.policy)
         self.deps = ConnectionDeps(
             settings=settings,
             metrics=self.metrics,
@@ -125,6 +128,7 @@ class Relay:
             write_policies=write_policies,
             vanished=self.vanished,
             quota=self.quota,
+            management=self.management,
             extension=extension,
             broadcast=self.broadcast,
             spawn=self.spawn,
@@ -181,6 +185,7 @@ class Relay:
         caller bound already, e.g. to port 0)."""
         await self.store.open()
         await self.vanished.load()
+        await self.management.load()
         self.verifier.start()
         self.writer.start()
         await self.bus.start(self.index.publish)
@@ -200,6 +205,7 @@ class Relay:
         self.router.add(self._home_page)
         self._background.append(asyncio.create_task(self._purge_loop(), name="purge-expired"))
         self._background.append(asyncio.create_task(self.vanished.watch(), name="nip62-refresh"))
+        self._background.append(asyncio.create_task(self.management.watch(), name="nip86-refresh"))
         srv = self.settings.server
         self._background.append(asyncio.create_task(self._keepalive_loop(srv.ping_interval_seconds), name="keepalive"))
         limits = self.settings.limits
@@ -297,6 +303,8 @@ class Relay:
     # --- the shell's hooks (relay.transport.ShellHooks) ------------------------------
 
     def admit_websocket(self, ip: str) -> HttpResponse | None:
+        if self.management.ip_blocked(ip):  # NIP-86 blockip
+            return response(HTTPStatus.FORBIDDEN, b"your address is blocked\n", "text/plain")
         if self.ips.admit(ip):
             return None
         # Retry-After (RFC 9110): a client that reconnects in a loop learns when to come back.

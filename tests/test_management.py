@@ -3,17 +3,24 @@ stores, surviving a restart and seen by a second node through the change counter
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from websockets.exceptions import InvalidStatus
 
+from relay import crypto
 from relay.management import ManagementState, Outcome, dispatch, supported_methods
+from relay.server import Relay
 from relay.store.base import Store
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SqliteStore
+from tests.conftest import RelayFactory
+from tests.nostr_client import NostrClient, signed
 from tests.test_nodes import _drop_schema, pg_dsn  # noqa: F401  (fixture)
 
 A = "a" * 64
@@ -126,3 +133,76 @@ async def test_state_is_stored_shared_between_nodes_and_survives_reopening(store
     await node_a.close()
     await node_a.open()  # a restart
     assert dict(ManagementState.from_rows(await node_a.list_management()).banned_pubkeys) == {}
+
+
+# --- enforced by a running relay, over WebSocket ---------------------------------------------
+
+
+async def nip86(relay: Relay, method: str, *params: Any) -> Any:
+    """What the NIP-86 route does once a request is authorised (the route waits for the
+    HTTP router with request bodies, issue 9)."""
+    outcome = await relay.management.handle(orjson.dumps({"method": method, "params": list(params)}))
+    assert "error" not in outcome.response, outcome.response
+    return outcome.response["result"]
+
+
+async def test_ban_hides_stored_events_and_refuses_writes_until_unbanned(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    a = crypto.public_key(alice).hex()
+    async with relay_factory() as relay, NostrClient(relay.url) as client:
+        mine = signed(alice, 1, "before the ban")
+        theirs = signed(bob, 1, "bob's")
+        other = signed(bob, 1, "bob's other")
+        for event in (mine, theirs, other):
+            assert (await client.publish(event))[0]
+        await client.send(["REQ", "live", {"kinds": [1]}])
+        await client.recv_where(lambda m: m[0] == "EOSE")
+        await nip86(relay, "banpubkey", a, "spam")
+        await nip86(relay, "banevent", other.id, "illegal")
+        ok, message = await client.publish(signed(alice, 1, "after the ban"))
+        assert not ok and message == "blocked: this pubkey is banned from this relay"
+        assert {e["id"] for e in await client.req("all", {"kinds": [1]})} == {theirs.id}
+        ok, message = await client.publish(other)
+        assert not ok and message.startswith("blocked:")
+        await nip86(relay, "unbanpubkey", a)
+        assert {e["id"] for e in await client.req("again", {"kinds": [1]})} == {mine.id, theirs.id}
+
+
+async def test_allowed_kinds_and_blocked_ip(relay_factory: RelayFactory, alice: bytes) -> None:
+    async with relay_factory() as relay, NostrClient(relay.url) as client:
+        await nip86(relay, "allowkind", 1)
+        assert (await client.publish(signed(alice, 1, "a note")))[0]
+        ok, message = await client.publish(signed(alice, 7, "+"))
+        assert not ok and message == "blocked: kind 7 is not accepted by this relay"
+        await nip86(relay, "blockip", "127.0.0.1", "abuse")
+        ok, message = await client.publish(signed(alice, 1, "from a blocked address"))
+        assert not ok and message == "blocked: your address is blocked"
+        with pytest.raises(InvalidStatus) as refused:  # the upgrade itself is refused
+            async with NostrClient(relay.url):
+                pass
+        assert refused.value.response.status_code == 403
+
+
+async def test_ban_on_one_node_applies_on_the_other_and_after_restart(
+    relay_factory: RelayFactory, pg_dsn: str, alice: bytes  # noqa: F811
+) -> None:
+    schema = f"mgmt_{uuid.uuid4().hex[:12]}"
+    storage = {"url": pg_dsn, "schema_name": schema}
+    a = crypto.public_key(alice).hex()
+    try:
+        async with (
+            relay_factory(storage=storage) as node_a,
+            relay_factory(storage=storage) as node_b,
+            NostrClient(node_b.url) as on_b,
+        ):
+            await nip86(node_a, "banpubkey", a)
+            deadline = time.monotonic() + 3
+            while (await on_b.publish(signed(alice, 1, f"{time.monotonic()}")))[0]:
+                assert time.monotonic() < deadline, "node B did not learn of the ban"
+                await asyncio.sleep(0.1)
+        async with relay_factory(storage=storage) as again, NostrClient(again.url) as client:
+            ok, message = await client.publish(signed(alice, 1, "after a restart"))
+            assert not ok and message.startswith("blocked:")
+    finally:
+        await _drop_schema(pg_dsn, schema)

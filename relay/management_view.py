@@ -1,0 +1,97 @@
+"""The running relay's copy of the NIP-86 management state (relay/management.py) and what it
+enforces: refused writes (banned pubkeys and events, kinds not allowed, blocked IPs) and
+hidden stored events (banned pubkeys and events), on every node.
+
+Each node holds the state in memory (checks cost a dict lookup per event) and re-reads it
+when the store's ``management`` change counter moves, every ``REFRESH_SECONDS``: a ban made
+through NIP-86 on one node applies on the others within about half a second, and survives
+restarts because the rows live in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from relay.errors import Blocked, Rejection
+from relay.event import Event
+from relay.extension import WriteContext
+from relay.management import Change, ManagementState, Outcome, dispatch
+from relay.store.base import Store
+
+log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 0.5
+# Offsets in an event's compact raw JSON ({"id":"<64>","pubkey":"<64>",...}, the layout
+# relay/event.py writes and the stores return byte for byte).
+_ID = slice(7, 71)
+_PUBKEY = slice(83, 147)
+
+
+class ManagementView:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.state = ManagementState()
+        self._changes: int | None = None
+        self._banned_pubkeys: frozenset[bytes] = frozenset()
+        self._banned_events: frozenset[bytes] = frozenset()
+
+    def _set(self, state: ManagementState) -> None:
+        self.state = state
+        self._banned_pubkeys = frozenset(k.encode() for k in state.banned_pubkeys)
+        self._banned_events = frozenset(k.encode() for k in state.banned_events)
+
+    async def load(self) -> None:
+        self._changes = await self._store.management_changes()
+        self._set(ManagementState.from_rows(await self._store.list_management()))
+
+    async def refresh(self) -> None:
+        changes = await self._store.management_changes()
+        if changes != self._changes:
+            self._changes = changes
+            self._set(ManagementState.from_rows(await self._store.list_management()))
+
+    async def watch(self) -> None:
+        """Background task: pick up changes made on other nodes."""
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("reading the NIP-86 management state failed; will retry")
+
+    async def handle(self, body: bytes) -> Outcome:
+        """Answer an (already authorised) NIP-86 request and persist what it changed."""
+        outcome = dispatch(self.state, body)
+        if outcome.changes:
+            await self.apply(outcome.changes)
+        return outcome
+
+    async def apply(self, changes: list[Change]) -> None:
+        await self._store.apply_management([(c.topic, c.key, c.value) for c in changes])
+        self._set(self.state.apply(changes))
+
+    # --- enforcement ------------------------------------------------------------------
+
+    def policy(self, event: Event, ctx: WriteContext) -> Rejection | None:
+        """Write policy (cheap: dict lookups)."""
+        state = self.state
+        if event.pubkey in state.banned_pubkeys:
+            return Blocked("this pubkey is banned from this relay")
+        if event.id in state.banned_events:
+            return Blocked("this event is banned from this relay")
+        if not state.kind_allowed(event.kind):
+            return Blocked(f"kind {event.kind} is not accepted by this relay")
+        if ctx.ip in state.blocked_ips:
+            return Blocked("your address is blocked")
+        return None
+
+    def ip_blocked(self, ip: str) -> bool:
+        return ip in self.state.blocked_ips
+
+    def hides(self, raw: bytes) -> bool:
+        """Whether a stored event (raw JSON) is hidden: banned author or banned event."""
+        return raw[_PUBKEY] in self._banned_pubkeys or raw[_ID] in self._banned_events
+
+    def hides_event(self, event: Event) -> bool:
+        return event.pubkey in self.state.banned_pubkeys or event.id in self.state.banned_events
