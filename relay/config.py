@@ -204,6 +204,23 @@ class RetentionSettings(_Section):
         return {kind: parse_duration(age) for kind, age in self.kinds.items()}
 
 
+class AdminSettings(_Section):
+    """Who may call the NIP-86 management API (NIP-98 signed requests)."""
+
+    pubkeys: list[str] = Field(default_factory=list, description="hex pubkeys of the relay's operators")
+
+    @field_validator("pubkeys")
+    @classmethod
+    def _hex(cls, value: list[str]) -> list[str]:
+        out = []
+        for key in value:
+            key = key.strip().lower()
+            if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+                raise ValueError(f"{key!r} is not a 64-character hex pubkey")
+            out.append(key)
+        return out
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SATSRELAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -215,6 +232,7 @@ class Settings(BaseSettings):
     search: SearchSettings = SearchSettings()
     negentropy: NegentropySettings = NegentropySettings()
     retention: RetentionSettings = RetentionSettings()
+    admin: AdminSettings = AdminSettings()
     log_level: str = "INFO"
 
     @model_validator(mode="after")

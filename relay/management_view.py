@@ -11,8 +11,12 @@ restarts because the rows live in the store.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 
+import orjson
+
+from relay import nip98
 from relay.errors import Blocked, Rejection
 from relay.event import Event
 from relay.extension import WriteContext
@@ -70,6 +74,24 @@ class ManagementView:
     async def apply(self, changes: list[Change]) -> None:
         await self._store.apply_management([(c.topic, c.key, c.value) for c in changes])
         self._set(self.state.apply(changes))
+
+    async def handle_http(
+        self, body: bytes, authorization: str | None, *, url: str, admins: frozenset[str], now: int
+    ) -> tuple[int, bytes]:
+        """The NIP-86 route: (HTTP status, JSON body). A NIP-98 header for ``POST url``
+        with the body's ``payload`` hash, signed by one of ``admins``, or 401."""
+        try:
+            pubkey = nip98.authorised_pubkey(
+                authorization, url=url, method="POST", now=now, body_sha256=hashlib.sha256(body).hexdigest()
+            )
+        except nip98.Nip98Error as exc:
+            return 401, orjson.dumps({"result": None, "error": f"unauthorized: {exc}"})
+        if pubkey not in admins:
+            return 401, orjson.dumps({"result": None, "error": "unauthorized: not an admin pubkey"})
+        outcome = await self.handle(body)
+        if outcome.changes:
+            log.info("NIP-86 %s by %s", body[:200].decode("utf-8", "replace"), pubkey)
+        return 200, orjson.dumps(outcome.response)
 
     # --- enforcement ------------------------------------------------------------------
 

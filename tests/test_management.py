@@ -4,6 +4,8 @@ stores, surviving a restart and seen by a second node through the change counter
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from relay import crypto
+from relay.event import sign_event
 from relay.management import ManagementState, Outcome, dispatch, supported_methods
 from relay.server import Relay
 from relay.store.base import Store
@@ -206,3 +209,43 @@ async def test_ban_on_one_node_applies_on_the_other_and_after_restart(
             assert not ok and message.startswith("blocked:")
     finally:
         await _drop_schema(pg_dsn, schema)
+
+
+# --- NIP-98 authorisation of the route ---------------------------------------------------
+
+
+def signed_header(secret: bytes, url: str, body: bytes, *, method: str = "POST", age: int = 0) -> str:
+    tags = [["u", url], ["method", method], ["payload", hashlib.sha256(body).hexdigest()]]
+    event = sign_event(secret, 27235, "", tags, created_at=int(time.time()) - age)
+    return "Nostr " + base64.b64encode(orjson.dumps(event.to_dict())).decode()
+
+
+async def test_only_an_admin_with_a_fresh_nip98_header_for_this_body_may_manage(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    admin = crypto.public_key(alice).hex()
+    async with relay_factory(admin={"pubkeys": [admin]}) as relay:
+        url = relay.url.replace("ws://", "http://")
+        admins = frozenset(relay.settings.admin.pubkeys)
+        body = orjson.dumps({"method": "banpubkey", "params": [B, "spam"]})
+
+        async def attempt(header: str | None, sent: bytes = body) -> tuple[int, dict[str, Any]]:
+            status, answer = await relay.management.handle_http(
+                sent, header, url=url, admins=admins, now=int(time.time())
+            )
+            return status, orjson.loads(answer)
+
+        refusals = [
+            await attempt(None),
+            await attempt(signed_header(bob, url, body)),  # not an admin
+            await attempt(signed_header(alice, url, body, age=600)),  # stale
+            await attempt(signed_header(alice, url + "x", body)),  # another URL
+            await attempt(signed_header(alice, url, body, method="GET")),
+            await attempt(signed_header(alice, url, b"{}"), body),  # signed another body
+        ]
+        for status, answer in refusals:
+            assert status == 401 and answer["error"].startswith("unauthorized:"), answer
+        assert dict(relay.management.state.banned_pubkeys) == {}
+        status, answer = await attempt(signed_header(alice, url, body))
+        assert (status, answer) == (200, {"result": True})
+        assert dict(relay.management.state.banned_pubkeys) == {B: "spam"}
