@@ -196,8 +196,43 @@ METHODS: dict[str, Method] = {
 }
 
 
+# Answered by the shell (it needs the store's reports), listed here so supportedmethods does.
+QUEUE_METHOD = "listeventsneedingmoderation"
+REPORT_KIND = 1984  # NIP-56
+MAX_REASONS = 5  # distinct reasons shown per reported event
+
+
 def supported_methods() -> list[str]:
-    return sorted(["supportedmethods", *METHODS])
+    return sorted(["supportedmethods", QUEUE_METHOD, *METHODS])
+
+
+def moderation_queue(state: ManagementState, reports: list[dict[str, Any]], stored: set[str]) -> list[dict[str, Any]]:
+    """NIP-56 reports grouped by the reported event (issue 11 item 2): events stored here,
+    not yet banned or allowed by an operator, most reported first. Each entry has NIP-86's
+    ``id`` and ``reason`` (the reasons joined) plus ``count`` (distinct reporters) and
+    ``reasons`` (report types and notes, at most ``MAX_REASONS``)."""
+    reporters: dict[str, set[str]] = {}
+    reasons: dict[str, list[str]] = {}
+    for report in reports:
+        if report.get("kind") != REPORT_KIND:
+            continue
+        note = str(report.get("content", "")).strip()[:200]
+        for tag in report.get("tags", []):
+            if len(tag) < 2 or tag[0] != "e" or tag[1] not in stored:
+                continue
+            target = tag[1]
+            if target in state.banned_events or target in state.allowed_events:
+                continue
+            reporters.setdefault(target, set()).add(str(report.get("pubkey")))
+            why = " ".join(part for part in (tag[2] if len(tag) > 2 else "", note) if part)
+            listed = reasons.setdefault(target, [])
+            if why and why not in listed and len(listed) < MAX_REASONS:
+                listed.append(why)
+    ordered = sorted(reporters, key=lambda t: (-len(reporters[t]), t))
+    return [
+        {"id": t, "reason": "; ".join(reasons.get(t, [])), "count": len(reporters[t]), "reasons": reasons.get(t, [])}
+        for t in ordered
+    ]
 
 
 def parse_request(body: bytes) -> tuple[str, list[Any]]:

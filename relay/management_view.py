@@ -13,19 +13,32 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
+from typing import Any
 
 import orjson
 
 from relay import nip98
 from relay.errors import Blocked, Rejection
-from relay.event import Event
+from relay.event import Event, is_hex64
 from relay.extension import WriteContext
-from relay.management import Change, ManagementState, Outcome, dispatch
+from relay.filters import Filter
+from relay.management import (
+    QUEUE_METHOD,
+    REPORT_KIND,
+    Change,
+    ManagementState,
+    Outcome,
+    dispatch,
+    moderation_queue,
+    parse_request,
+)
 from relay.store.base import Store
 
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 0.5
+QUEUE_REPORTS = 5000  # newest NIP-56 reports read for the moderation queue
 # Offsets in an event's compact raw JSON ({"id":"<64>","pubkey":"<64>",...}, the layout
 # relay/event.py writes and the stores return byte for byte).
 _ID = slice(7, 71)
@@ -66,6 +79,12 @@ class ManagementView:
 
     async def handle(self, body: bytes) -> Outcome:
         """Answer an (already authorised) NIP-86 request and persist what it changed."""
+        try:
+            method, _ = parse_request(body)
+        except ValueError:
+            method = ""
+        if method == QUEUE_METHOD:
+            return Outcome({"result": await self.moderation_queue()})
         outcome = dispatch(self.state, body)
         if outcome.changes:
             await self.apply(outcome.changes)
@@ -92,6 +111,24 @@ class ManagementView:
         if outcome.changes:
             log.info("NIP-86 %s by %s", body[:200].decode("utf-8", "replace"), pubkey)
         return 200, orjson.dumps(outcome.response)
+
+    async def moderation_queue(self) -> list[dict[str, Any]]:
+        """NIP-56 reports about events stored here (the newest ``QUEUE_REPORTS``), grouped."""
+        now = int(time.time())
+        raws = await self._store.query([Filter(kinds=frozenset({REPORT_KIND}), limit=QUEUE_REPORTS)], now)
+        reports = [orjson.loads(raw) for raw in raws]
+        targets = {
+            tag[1]
+            for report in reports
+            for tag in report.get("tags", [])
+            if len(tag) >= 2 and tag[0] == "e" and isinstance(tag[1], str) and is_hex64(tag[1])
+        }
+        stored: set[str] = set()
+        ordered = sorted(targets)
+        for i in range(0, len(ordered), 500):
+            chunk = frozenset(ordered[i : i + 500])
+            stored.update(raw[_ID].decode() for raw in await self._store.query([Filter(ids=chunk)], now))
+        return moderation_queue(self.state, reports, stored)
 
     # --- enforcement ------------------------------------------------------------------
 

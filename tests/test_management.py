@@ -249,3 +249,31 @@ async def test_only_an_admin_with_a_fresh_nip98_header_for_this_body_may_manage(
         status, answer = await attempt(signed_header(alice, url, body))
         assert (status, answer) == (200, {"result": True})
         assert dict(relay.management.state.banned_pubkeys) == {B: "spam"}
+
+
+async def test_reports_feed_the_moderation_queue_grouped_by_target(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    carol = crypto.generate_secret()
+    async with relay_factory() as relay, NostrClient(relay.url) as client:
+        bad = signed(alice, 1, "buy my coins")
+        meh = signed(alice, 1, "rude words")
+        for event in (bad, meh):
+            assert (await client.publish(event))[0]
+        a = crypto.public_key(alice).hex()
+        reports = [
+            signed(bob, 1984, "scam link", [["e", bad.id, "spam"], ["p", a]]),
+            signed(carol, 1984, "", [["e", bad.id, "spam"], ["p", a]]),
+            signed(carol, 1984, "", [["e", bad.id, "illegal"], ["p", a]], created_at=int(time.time()) - 1),
+            signed(bob, 1984, "", [["e", meh.id, "profanity"], ["p", a]]),
+            signed(bob, 1984, "", [["e", "f" * 64, "spam"]]),  # not stored here: not queued
+        ]
+        for report in reports:
+            assert (await client.publish(report))[0]
+        queue = await nip86(relay, "listeventsneedingmoderation")
+        assert [(q["id"], q["count"]) for q in queue] == [(bad.id, 2), (meh.id, 1)]
+        assert set(queue[0]["reasons"]) == {"spam scam link", "spam", "illegal"}
+        assert queue[1]["reason"] == "profanity"
+        await nip86(relay, "banevent", bad.id, "scam")
+        queue = await nip86(relay, "listeventsneedingmoderation")
+        assert [q["id"] for q in queue] == [meh.id]
