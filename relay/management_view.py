@@ -34,6 +34,7 @@ from relay.management import (
     parse_request,
 )
 from relay.store.base import Store
+from relay.vanish import VANISH_KIND
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +136,16 @@ class ManagementView:
     def policy(self, event: Event, ctx: WriteContext) -> Rejection | None:
         """Write policy (cheap: dict lookups)."""
         state = self.state
+        if ctx.ip in state.blocked_ips:
+            return Blocked("your address is blocked")
+        if event.kind == VANISH_KIND:  # NIP-62: honoured whatever the author's status, bans included
+            return None
         if event.pubkey in state.banned_pubkeys:
             return Blocked("this pubkey is banned from this relay")
         if event.id in state.banned_events:
             return Blocked("this event is banned from this relay")
         if not state.kind_allowed(event.kind):
             return Blocked(f"kind {event.kind} is not accepted by this relay")
-        if ctx.ip in state.blocked_ips:
-            return Blocked("your address is blocked")
         return None
 
     def ip_blocked(self, ip: str) -> bool:

@@ -170,6 +170,12 @@ async def test_ban_hides_stored_events_and_refuses_writes_until_unbanned(
         assert not ok and message.startswith("blocked:")
         await nip86(relay, "unbanpubkey", a)
         assert {e["id"] for e in await client.req("again", {"kinds": [1]})} == {mine.id, theirs.id}
+        await nip86(relay, "banpubkey", a)
+        # NIP-62: a banned author may still ask to vanish
+        ok, message = await client.publish(signed(alice, 62, "", [["relay", "ALL_RELAYS"]]))
+        assert ok, message
+        await nip86(relay, "unbanpubkey", a)
+        assert {e["id"] for e in await client.req("vanished", {"kinds": [1]})} == {theirs.id}
 
 
 async def test_allowed_kinds_and_blocked_ip(relay_factory: RelayFactory, alice: bytes) -> None:
