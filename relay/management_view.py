@@ -96,14 +96,22 @@ class ManagementView:
         self._set(self.state.apply(changes))
 
     async def handle_http(
-        self, body: bytes, authorization: str | None, *, url: str, admins: frozenset[str], now: int
+        self, body: bytes, authorization: str | None, *, urls: tuple[str, ...], admins: frozenset[str], now: int
     ) -> tuple[int, bytes]:
-        """The NIP-86 route: (HTTP status, JSON body). A NIP-98 header for ``POST url``
-        with the body's ``payload`` hash, signed by one of ``admins``, or 401."""
+        """The NIP-86 route: (HTTP status, JSON body). A NIP-98 header for ``POST <url>``
+        with the body's ``payload`` hash, signed by one of ``admins``, or 401. NIP-86 says
+        the ``u`` tag is "the relay URL": clients write its ws(s):// or its http(s):// form,
+        so ``urls`` lists the forms accepted (with and without a trailing slash)."""
         try:
-            pubkey = nip98.authorised_pubkey(
-                authorization, url=url, method="POST", now=now, body_sha256=hashlib.sha256(body).hexdigest()
+            event = nip98.decode_header(authorization)
+            named = event.tag_values("u")
+            url = named[0] if len(named) == 1 and named[0] in urls else urls[0]
+            problem = nip98.verify(
+                event, url=url, method="POST", now=now, body_sha256=hashlib.sha256(body).hexdigest()
             )
+            if problem is not None:
+                raise nip98.Nip98Error(problem)
+            pubkey = event.pubkey
         except nip98.Nip98Error as exc:
             return 401, orjson.dumps({"result": None, "error": f"unauthorized: {exc}"})
         if pubkey not in admins:

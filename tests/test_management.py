@@ -237,7 +237,7 @@ async def test_only_an_admin_with_a_fresh_nip98_header_for_this_body_may_manage(
 
         async def attempt(header: str | None, sent: bytes = body) -> tuple[int, dict[str, Any]]:
             status, answer = await relay.management.handle_http(
-                sent, header, url=url, admins=admins, now=int(time.time())
+                sent, header, urls=(url, relay.url), admins=admins, now=int(time.time())
             )
             return status, orjson.loads(answer)
 
@@ -253,6 +253,8 @@ async def test_only_an_admin_with_a_fresh_nip98_header_for_this_body_may_manage(
             assert status == 401 and answer["error"].startswith("unauthorized:"), answer
         assert dict(relay.management.state.banned_pubkeys) == {}
         status, answer = await attempt(signed_header(alice, url, body))
+        assert (status, answer) == (200, {"result": True})
+        status, answer = await attempt(signed_header(alice, relay.url, body))  # the ws:// form
         assert (status, answer) == (200, {"result": True})
         assert dict(relay.management.state.banned_pubkeys) == {B: "spam"}
 
