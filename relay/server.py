@@ -142,6 +142,8 @@ class Relay:
         self._metrics_server: asyncio.Server | None = None
         self._info_json = b""
         self._info_html = b""
+        self._info_base: dict[str, Any] = {}
+        self._info_state: object = None
 
     @property
     def closing(self) -> bool:
@@ -197,8 +199,10 @@ class Relay:
         if isinstance(lud16, str):
             # The profile exists to be zapped (NIP-57): published when something can pay it.
             await self._publish_profile(lud16)
-        self._info_json = orjson.dumps(info)
-        self._info_html = nip11.render_html(info).encode()
+        info["supported_nips"] = sorted({*info["supported_nips"], 86})  # NIP-86 management API
+        self._info_base = info
+        self._refresh_info()
+        self.router.add(self._management_route)
         self.router.add(self._core_routes)
         if self.extension is not None:
             self.router.add(self.extension.handle_http)
@@ -336,9 +340,37 @@ class Relay:
 
     # --- HTTP routes -------------------------------------------------------------------
 
+    def _refresh_info(self) -> None:
+        """NIP-11 document and page: the configured ``[relay]`` info with the NIP-86
+        name/description/icon overrides, rebuilt when the management state changes."""
+        state = self.management.state
+        info = {**self._info_base, **{k: v for k, v in state.relay.items() if k in ("name", "description", "icon")}}
+        self._info_json = orjson.dumps(info)
+        self._info_html = nip11.render_html(info).encode()
+        self._info_state = state
+
+    async def _management_route(self, request: HttpRequest) -> HttpResponse | None:
+        """NIP-86: a POST with Content-Type application/nostr+json+rpc to the relay's URL."""
+        content_type = request.headers.get("Content-Type").split(";")[0].strip().lower()
+        if request.method != "POST" or content_type != "application/nostr+json+rpc":
+            return None
+        public = self.settings.relay.public_url.rstrip("/")
+        http = public.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+        urls = (http, http + "/", public, public + "/")
+        status, body = await self.management.handle_http(
+            request.body,
+            request.headers.get("Authorization") or None,
+            urls=urls,
+            admins=frozenset(self.settings.admin.pubkeys),
+            now=int(time.time()),
+        )
+        return response(HTTPStatus(status), body, "application/json", CORS_HEADERS)
+
     async def _core_routes(self, request: HttpRequest) -> HttpResponse | None:
         if request.method == "OPTIONS":
             return response(HTTPStatus.NO_CONTENT, b"", "text/plain", CORS_HEADERS)
+        if self.management.state is not self._info_state:
+            self._refresh_info()
         if request.accepts("application/nostr+json") and request.method in ("GET", "HEAD"):
             return response(HTTPStatus.OK, self._info_json, "application/nostr+json", CORS_HEADERS)
         if request.path == "/metrics":

@@ -25,7 +25,7 @@ async def test_nip11_document_is_served_for_nostr_json_accept(relay: Relay) -> N
     assert resp.headers["access-control-allow-origin"] == "*"
     doc = resp.json()
     assert doc["name"] == "satsrelay"
-    assert doc["supported_nips"] == [1, 9, 11, 13, 22, 40, 42, 45, 50, 62, 70, 77]
+    assert doc["supported_nips"] == [1, 9, 11, 13, 22, 40, 42, 45, 50, 62, 70, 77, 86]
     assert isinstance(doc["version"], str)
 
 

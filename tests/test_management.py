@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -285,3 +286,34 @@ async def test_reports_feed_the_moderation_queue_grouped_by_target(
         await nip86(relay, "banevent", bad.id, "scam")
         queue = await nip86(relay, "listeventsneedingmoderation")
         assert [q["id"] for q in queue] == [meh.id]
+
+
+async def test_nip86_over_http_with_nip98_applies_and_renames_the_relay(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    admin = crypto.public_key(alice).hex()
+    async with relay_factory(admin={"pubkeys": [admin]}) as relay, httpx.AsyncClient() as http:
+        url = relay.url.replace("ws://", "http://")
+        rpc = {"Content-Type": "application/nostr+json+rpc"}
+
+        async def post(method: str, params: list[Any], signer: bytes | None) -> httpx.Response:
+            body = orjson.dumps({"method": method, "params": params})
+            headers = dict(rpc)
+            if signer is not None:
+                headers["Authorization"] = signed_header(signer, url, body)
+            return await http.post(url, content=body, headers=headers)
+
+        unsigned = await post("banpubkey", [B], None)
+        assert unsigned.status_code == 401 and unsigned.json()["error"].startswith("unauthorized:")
+        assert (await post("banpubkey", [B], bob)).status_code == 401
+        methods = await post("supportedmethods", [], alice)
+        assert methods.status_code == 200 and "banpubkey" in methods.json()["result"]
+        renamed = await post("changerelayname", ["Renamed relay"], alice)
+        assert renamed.json() == {"result": True}
+        doc = (await http.get(url, headers={"Accept": "application/nostr+json"})).json()
+        assert doc["name"] == "Renamed relay" and 86 in doc["supported_nips"]
+        assert (await post("banpubkey", [B, "spam"], alice)).json() == {"result": True}
+        listed = await post("listbannedpubkeys", [], alice)
+        assert listed.json() == {"result": [{"pubkey": B, "reason": "spam"}]}
+        broken = await post("allowkind", ["one"], alice)
+        assert broken.status_code == 200 and "kind number" in broken.json()["error"]
