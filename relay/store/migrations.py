@@ -260,7 +260,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     # NIP-86 management state (issue 11 item 1): (topic, key) -> value rows, e.g.
     # ("ban_pubkey", <hex>, <reason>); relay/management.py says what each topic means.
     Migration(
-        10,
+        11,
         "management: NIP-86 bans, allows, kinds, blocked IPs, relay info overrides",
         (
             "CREATE TABLE management (topic TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"

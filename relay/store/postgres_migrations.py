@@ -317,9 +317,9 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO store_changes (topic, counter) VALUES ('vanish', 0)",
         ),
     ),
-    # NIP-86 management state (issue 11 item 1): see the SQLite migration 10.
+    # NIP-86 management state (issue 11 item 1): see the SQLite migration 11.
     Migration(
-        10,
+        11,
         "management: NIP-86 bans, allows, kinds, blocked IPs, relay info overrides",
         (
             "CREATE TABLE management (topic text NOT NULL, key text NOT NULL, value text NOT NULL,"
