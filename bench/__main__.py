@@ -4,6 +4,8 @@ chosen scenarios, print one JSON document on stdout (progress goes to stderr).
 Scenarios: verify_ceiling subindex ingest query fanout idle (the default), and for PostgreSQL
 (issue 5, need --store-url): workers stores crossnode; issue 12: reconcile (NIP-77) and search
 (NIP-50), on SQLite or, with --store-url, PostgreSQL.
+``soak`` (issue 8; never by default): honest and abusive clients against the relay's real
+limits for ``--minutes``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from bench.ingest import run_ingest
 from bench.profile import summarise_profile
 from bench.query import filter_shapes, run_query
 from bench.relayproc import PROFILE_RATE, RelayOptions, RelayProcess
+from bench.soak import SOAK_LIMITS, SOAK_SECTIONS, run_soak
 from bench.subindex import run_subindex
 from bench.sync_search import run_reconcile, run_search
 
 DEFAULT_SCENARIOS = ["verify_ceiling", "subindex", "ingest", "query", "fanout", "idle"]
-ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores", "crossnode", "reconcile", "search"]
+ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores", "crossnode", "reconcile", "search", "soak"]
 
 
 def log(msg: str) -> None:
@@ -81,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reconcile-difference", type=float, default=0.01, help="fraction of events on one side only")
     g.add_argument("--search-events", type=int, default=1_000_000)
     g.add_argument("--search-serial", type=int, default=200, help="REQs per word, one at a time")
+    g = p.add_argument_group("soak (bench/soak.py)")
+    g.add_argument("--minutes", type=float, default=10.0, help="soak duration")
+    g.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite",
+                   help="soak store; postgres uses --store-url (default postgresql://postgres@127.0.0.1:5432/test)")
+    g.add_argument("--soak-preload", type=int, default=20_000, help="events imported before the soak (huge REQs)")
+    g.add_argument("--soak-honest-rate", type=float, default=20.0, help="honest events per second, all publishers")
+    g.add_argument("--soak-attack-scale", type=float, default=1.0, help="attackers' send rates times this")
+    g.add_argument("--soak-sample-seconds", type=float, default=10.0, help="relay RSS sampling interval")
     g = p.add_argument_group("idle")
     g.add_argument("--idle-connections", type=int, default=2000)
     g.add_argument("--idle-processes", type=int, default=4)
@@ -296,6 +307,18 @@ class Bench:
                for shape in ("authors_limit50", "kinds1_limit50", "tag_p_limit50")},
         }
         return out
+
+    async def soak(self) -> dict[str, Any]:
+        """issue 8: a mixed honest + abusive load for ``--minutes`` against the relay's real
+        limits (bench/soak.py); never part of the default run."""
+        a = self.args
+        store_url = None
+        if a.store == "postgres":
+            store_url = a.store_url or "postgresql://postgres@127.0.0.1:5432/test"
+        options = self.relay_options(store_url=store_url, workers=1, limits=SOAK_LIMITS, sections=SOAK_SECTIONS)
+        return await run_soak(options, seconds=a.minutes * 60, seed=a.seed, preload=a.soak_preload,
+                              sample_every=a.soak_sample_seconds, honest_rate=a.soak_honest_rate,
+                              attack_scale=a.soak_attack_scale, log=log)
 
     @staticmethod
     def client_verdict(result: dict[str, Any]) -> str:

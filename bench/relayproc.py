@@ -51,6 +51,8 @@ class RelayOptions:
     uvloop: bool = False  # run the unchanged relay on uvloop's event loop (an experiment; needs uvloop installed)
     shared_store: bool = False  # store_url names a database another started relay already owns (cross-node)
     extra_env: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, object] | None = None  # [limits] as given (None: UNLIMITED, the load client is one client)
+    sections: dict[str, dict[str, object]] = field(default_factory=dict)  # more config sections, e.g. payments
 
 
 def free_port() -> int:
@@ -64,6 +66,8 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -159,23 +163,29 @@ class RelayProcess:
             self.pg = PostgresDatabase(options.store_url, f"bench_{label}_{os.getpid()}".replace("-", "_"))
             self.store_url = self.pg.url
         self.config = self.tmp / "relay.toml"
-        write_config(
-            self.config,
-            {
-                "server": {
-                    "host": "127.0.0.1",
-                    "port": self.port,
-                    "compression": options.compression,
-                    "workers": options.workers,
-                    # /metrics on the relay's own port, to this token (no shared loopback listener)
-                    "metrics_listen": "",
-                    "metrics_token": BENCH_METRICS_TOKEN,
-                },
-                "storage": {"url": self.store_url},
-                "limits": dict(UNLIMITED),
+        self._top: dict[str, object] = {"log_level": options.log_level}
+        self._sections: dict[str, dict[str, object]] = {
+            "server": {
+                "host": "127.0.0.1",
+                "port": self.port,
+                "compression": options.compression,
+                "workers": options.workers,
+                # /metrics on the relay's own port, to this token (no shared loopback listener)
+                "metrics_listen": "",
+                "metrics_token": BENCH_METRICS_TOKEN,
             },
-            {"log_level": options.log_level},
-        )
+            # AUTH (NIP-42) checks the relay URL a client signs against this one.
+            "relay": {"public_url": self.url},
+            "storage": {"url": self.store_url},
+            "limits": dict(UNLIMITED) if options.limits is None else dict(options.limits),
+            **{name: dict(values) for name, values in options.sections.items()},
+        }
+        write_config(self.config, self._sections, self._top)
+
+    def configure(self, section: str, **values: object) -> None:
+        """Set config keys before start, e.g. paths inside ``self.tmp``."""
+        self._sections.setdefault(section, {}).update(values)
+        write_config(self.config, self._sections, self._top)
 
     @property
     def pid(self) -> int:

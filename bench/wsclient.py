@@ -53,11 +53,18 @@ class RawWebSocket(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
-    async def connect(cls, url: str, on_message: MessageHandler, timeout: float = 30.0) -> RawWebSocket:
+    async def connect(
+        cls, url: str, on_message: MessageHandler, timeout: float = 30.0, source: str | None = None
+    ) -> RawWebSocket:
+        """``source``: the local address to connect from (e.g. ``127.0.0.5``: any address in
+        127/8 reaches a loopback relay, so one machine can play clients from many IPs)."""
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         loop = asyncio.get_running_loop()
-        _, proto = await asyncio.wait_for(loop.create_connection(lambda: cls(on_message), host, port), timeout)
+        local = (source, 0) if source else None
+        _, proto = await asyncio.wait_for(
+            loop.create_connection(lambda: cls(on_message), host, port, local_addr=local), timeout
+        )
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
             f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
