@@ -449,8 +449,8 @@ async def attack_main(job: SoakJob, ready: Ready) -> dict[str, Any]:
             while time.monotonic() < end:
                 pk = rng.randbytes(32).hex()
                 try:
-                    r = await clients[i % len(clients)].get(f"{http}/api/invoice",
-                                                            params={"pubkey": pk, "plan": "admission"})
+                    r = await clients[i % len(clients)].post(f"{http}/api/invoice",
+                                                             json={"pubkey": pk, "plan": "admission"})
                     tally.add("invoice_flood", f"http_{r.status_code}")
                 except httpx.HTTPError as exc:
                     tally.add("invoice_flood", type(exc).__name__)
