@@ -25,10 +25,10 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
 
 # nostr-tools (Node) for the zap tests: an independent NIP-57 implementation.
-tests/nip57/node_modules/.package-lock.json: tests/nip57/package-lock.json
-	cd tests/nip57 && npm ci --no-audit --no-fund
+tests/node/node_modules/.package-lock.json: tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund
 
-test-deps: $(BIN)/satsrelay $(LNBITS_VENV)/.installed chromium tests/nip57/node_modules/.package-lock.json
+test-deps: $(BIN)/satsrelay $(LNBITS_VENV)/.installed chromium tests/node/node_modules/.package-lock.json
 
 run: $(BIN)/satsrelay
 	$(BIN)/satsrelay serve --config config.example.toml

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -19,22 +17,16 @@ from relay.event import Event
 from relay.negentropy import ItemSet, Negentropy
 from relay.server import Relay
 from tests.conftest import RelayFactory
+from tests.node_tools import NODE_DIR, ensure_installed
 from tests.nostr_client import NostrClient, signed
-
-NODE_DIR = Path(__file__).parent / "interop_node"
 
 
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
-    """nostr-tools installed (once) with npm into tests/interop_node from its package.json."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node/npm not installed")
-    if not (NODE_DIR / "node_modules" / "nostr-tools" / "package.json").is_file():
-        done = subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True, timeout=300
-        )
-        if done.returncode != 0:
-            pytest.fail(f"npm install in {NODE_DIR} failed:\n{done.stderr[-2000:]}")
+    """nostr-tools and ws, installed once into tests/node."""
+    why = ensure_installed()
+    if why is not None:
+        pytest.skip(why)
     return NODE_DIR / "node_modules"
 
 

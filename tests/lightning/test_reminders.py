@@ -16,8 +16,8 @@ import pytest
 from relay import crypto
 from relay.server import Relay
 from relay.store.base import FOREVER
+from tests import node_tools
 from tests.conftest import RelayFactory
-from tests.lightning import zap_client
 from tests.lightning.payment_stack import nip98_header
 from tests.nostr_client import NostrClient, signed
 
@@ -34,7 +34,7 @@ PAID: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def nostr_tools() -> None:
-    why = zap_client.ensure_installed()
+    why = node_tools.ensure_installed()
     if why is not None:
         pytest.skip(why)
 
@@ -47,7 +47,7 @@ async def open_wrap(wrap: dict[str, Any], secret: bytes) -> dict[str, Any]:
     """nostr-tools opens the gift wrap; every layer must check out."""
     proc = await asyncio.create_subprocess_exec(
         "node",
-        str(zap_client.DIR / "giftwrap.mjs"),
+        str(node_tools.NODE_DIR / "giftwrap.mjs"),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -34,6 +34,7 @@ from relay.config import ConfigError
 from relay.event import parse_event, sign_event
 from relay.extension import WriteContext
 from relay.server import Relay
+from tests import node_tools
 from tests.conftest import RelayFactory, free_port, relay_settings
 from tests.lightning import zap_client
 from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS
@@ -45,7 +46,7 @@ ADMISSION = {"fee_sats": 21}
 
 @pytest.fixture(scope="session")
 def nostr_tools() -> None:
-    reason = zap_client.ensure_installed()
+    reason = node_tools.ensure_installed()
     if reason is not None:
         pytest.skip(reason)
 

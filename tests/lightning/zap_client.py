@@ -1,4 +1,4 @@
-"""An independent NIP-57 client for the tests: nostr-tools (Node) drives ``tests/nip57/zap.mjs``.
+"""An independent NIP-57 client for the tests: nostr-tools (Node) drives ``tests/node/zap.mjs``.
 
 It makes and signs the zap request, finds the callback from the relay's kind-0 profile the
 way clients do (``getZapEndpoint``), and checks a receipt against what its own
@@ -10,25 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
-DIR = Path(__file__).resolve().parent.parent / "nip57"
+from tests.node_tools import NODE_DIR
 
-
-def ensure_installed() -> str | None:
-    """None when usable, else why not (the caller skips)."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        return "Node.js/npm not installed"
-    if not (DIR / "node_modules" / "nostr-tools").exists():
-        done = subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=DIR, capture_output=True, text=True, timeout=300
-        )
-        if done.returncode != 0:
-            return f"npm ci failed in {DIR}: {done.stderr[-300:]}"
-    return None
+DIR = NODE_DIR
 
 
 async def run(command: dict[str, Any]) -> dict[str, Any]:
