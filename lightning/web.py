@@ -24,6 +24,7 @@ Routes (``handle`` answers None for anything else, so the relay falls through):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import io
 import logging
@@ -237,6 +238,8 @@ class JoinWeb:
             return await self._simulate_payment(path[len("/api/fake/pay/") :])
         if path.startswith("/account/") and path.endswith("/wallet") and self._renewals is not None:
             return await self._wallet(path[len("/account/") : -len("/wallet")], request)
+        if path.startswith("/account/") and path.endswith("/reminders") and self._reminders:
+            return await self._reminder_optin(path[len("/account/") : -len("/reminders")], request)
         if request.method not in ("GET", "HEAD"):
             return None
         if path == "/join" or (path == "/" and "text/html" in request.headers.get("Accept", "")):
@@ -255,8 +258,6 @@ class JoinWeb:
             if rest.endswith("/qr.svg"):
                 return await self._qr(rest[: -len("/qr.svg")])
             return await self._invoice_status(rest)
-        if path.startswith("/account/") and path.endswith("/reminders") and self._reminders:
-            return await self._reminder_optin(path[len("/account/") : -len("/reminders")], request)
         if path.startswith("/account/"):
             return await self._account(path[len("/account/") :], request)
         return None
@@ -345,13 +346,20 @@ class JoinWeb:
 
     def _owner(self, pubkey: str, request: HttpRequest, now: int) -> HttpResponse | None:
         """None when the request is NIP-98 signed by ``pubkey`` for this exact URL and
-        method, else the refusal (401 unsigned or invalid, 403 another key)."""
+        method, else the refusal (401 unsigned or invalid, 403 another key). A POST's
+        signature must also name its body (NIP-98 ``payload``): a signed header lifted from
+        one state change cannot carry another body within its time window."""
         authorization = request.headers.get("Authorization") or None
         if authorization is None:
             return _error(HTTPStatus.UNAUTHORIZED, "sign this request with NIP-98 (your browser extension)")
+        body_sha256 = hashlib.sha256(request.body).hexdigest() if request.method == "POST" else None
         try:
             signer = nip98.authorised_pubkey(
-                authorization, url=http_url(self._info.relay_url) + request.target, method=request.method, now=now
+                authorization,
+                url=http_url(self._info.relay_url) + request.target,
+                method=request.method,
+                now=now,
+                body_sha256=body_sha256,
             )
         except nip98.Nip98Error as exc:
             return _error(HTTPStatus.UNAUTHORIZED, f"NIP-98 authorization refused: {exc}")
@@ -400,33 +408,32 @@ class JoinWeb:
         return _json(HTTPStatus.OK, {"pubkey": pubkey, **await self._renewals.status(pubkey)})
 
     async def _reminder_optin(self, raw_pubkey: str, request: HttpRequest) -> HttpResponse:
-        """``/account/<pubkey>/reminders[?set=on|off]``: the owner (NIP-98, this exact URL)
-        turns reminders by DM on or off, or reads the setting. Nobody else can: reminders
-        are sent only to those who asked (issue 10)."""
+        """``/account/<pubkey>/reminders``, for the owner only (NIP-98, this URL and method):
+        GET reads the setting, POST ``{"reminders": true|false}`` turns reminders by DM on
+        or off. Reminders are sent only to those who asked (issue 10); a change of state is
+        a POST, never a GET a prefetcher could replay."""
+        if request.method not in ("GET", "HEAD", "POST"):
+            return _response(HTTPStatus.METHOD_NOT_ALLOWED, b"GET or POST\n", "text/plain", [("Allow", "GET, POST")])
         pubkey = parse_pubkey(raw_pubkey)
         if pubkey is None:
             return _error(HTTPStatus.BAD_REQUEST, "not a hex pubkey or npub")
-        wanted = request.query().get("set", [""])[0]
-        if wanted not in ("", "on", "off"):
-            return _error(HTTPStatus.BAD_REQUEST, "set must be on or off")
         now = int(self._clock())
-        authorization = request.headers.get("Authorization") or None
-        if authorization is None:
-            return _error(HTTPStatus.UNAUTHORIZED, "sign this request with NIP-98 (your browser extension)")
-        try:
-            signer = nip98.authorised_pubkey(
-                authorization, url=http_url(self._info.relay_url) + request.target, method="GET", now=now
-            )
-        except nip98.Nip98Error as exc:
-            return _error(HTTPStatus.UNAUTHORIZED, f"NIP-98 authorization refused: {exc}")
-        if signer != pubkey:
-            return _error(HTTPStatus.FORBIDDEN, "sign with the key of this account")
+        refusal = self._owner(pubkey, request, now)
+        if refusal is not None:
+            return refusal
         store = self._ledger.store
-        if wanted == "on" and await store.get_account(pubkey) is None:
-            # Keys cost nothing: only accounts (something paid or granted) may store an opt-in.
-            return _error(HTTPStatus.FORBIDDEN, "this key has no account here yet: pay first")
-        if wanted:
-            await store.set_reminders(pubkey, wanted == "on", now)
+        if request.method == "POST":
+            try:
+                body = orjson.loads(request.body)
+            except orjson.JSONDecodeError:
+                body = None
+            wanted = body.get("reminders") if isinstance(body, dict) else None
+            if not isinstance(wanted, bool):
+                return _error(HTTPStatus.BAD_REQUEST, 'POST {"reminders": true} or {"reminders": false}')
+            if wanted and await store.get_account(pubkey) is None:
+                # Keys cost nothing: only accounts (something paid or granted) may store an opt-in.
+                return _error(HTTPStatus.FORBIDDEN, "this key has no account here yet: pay first")
+            await store.set_reminders(pubkey, wanted, now)
         return _json(HTTPStatus.OK, {"pubkey": pubkey, "reminders": await store.reminders_on(pubkey)})
 
     def _render_account(self, doc: dict[str, Any]) -> str:

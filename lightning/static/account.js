@@ -50,16 +50,21 @@
 
   async function call(body) {
     const method = body ? "POST" : "GET";
-    const event = await window.nostr.signEvent({
-      kind: 27235, created_at: Math.floor(Date.now() / 1000), tags: [["u", base], ["method", method]], content: "",
-    });
+    const text = body ? JSON.stringify(body) : undefined;
+    const tags = [["u", base], ["method", method]];
+    if (text !== undefined) {
+      // NIP-98: a signed POST names its body by hash, so the signature cannot carry another.
+      const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+      tags.push(["payload", Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("")]);
+    }
+    const event = await window.nostr.signEvent({ kind: 27235, created_at: Math.floor(Date.now() / 1000), tags, content: "" });
     const res = await fetch(base, {
       method: method,
       headers: {
         Accept: "application/json", "Content-Type": "application/json",
         Authorization: "Nostr " + btoa(JSON.stringify(event)),
       },
-      body: body ? JSON.stringify(body) : undefined,
+      body: text,
     });
     const doc = await res.json();
     if (!res.ok) throw new Error(doc.error || res.statusText);

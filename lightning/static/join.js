@@ -137,16 +137,29 @@
 
   // Reminders are sent only to those who ask, and only the key's owner may ask: the
   // NIP-07 extension signs a NIP-98 event for this exact URL.
+  // NIP-98: a signed POST names its body by hash, so the signature cannot carry another.
+  async function sha256hex(text) {
+    const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+    return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   async function remind() {
     const pubkey = lastPubkey;
     if (!pubkey || !window.nostr) return;
     try {
-      const url = location.origin + "/account/" + pubkey + "/reminders?set=on";
+      const url = location.origin + "/account/" + pubkey + "/reminders";
+      const body = JSON.stringify({ reminders: true });
       const event = await window.nostr.signEvent({
-        kind: 27235, created_at: Math.floor(Date.now() / 1000), tags: [["u", url], ["method", "GET"]], content: "",
+        kind: 27235, created_at: Math.floor(Date.now() / 1000), content: "",
+        tags: [["u", url], ["method", "POST"], ["payload", await sha256hex(body)]],
       });
       const res = await fetch(url, {
-        headers: { Accept: "application/json", Authorization: "Nostr " + btoa(JSON.stringify(event)) },
+        method: "POST",
+        body: body,
+        headers: {
+          Accept: "application/json", "Content-Type": "application/json",
+          Authorization: "Nostr " + btoa(JSON.stringify(event)),
+        },
       });
       const doc = await res.json();
       if (!res.ok) throw new Error(doc.error || res.statusText);

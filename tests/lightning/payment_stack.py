@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -78,10 +79,16 @@ def note(secret: bytes, kind: int = 1, tags: list[list[str]] | None = None) -> E
     return sign_event(secret, kind, f"hello {time.monotonic_ns()}", tags or [], created_at=int(time.time()))
 
 
-def nip98_header(secret: bytes, url: str, method: str = "GET", created_at: int | None = None) -> str:
-    """``Authorization`` value signing ``method url`` as NIP-98 does (kind 27235, base64)."""
+def nip98_header(
+    secret: bytes, url: str, method: str = "GET", created_at: int | None = None, body: bytes | None = None
+) -> str:
+    """``Authorization`` value signing ``method url`` as NIP-98 does (kind 27235, base64);
+    with ``body``, its SHA-256 as the ``payload`` tag."""
     when = int(time.time()) if created_at is None else created_at
-    event = sign_event(secret, 27235, "", [["u", url], ["method", method]], created_at=when)
+    tags = [["u", url], ["method", method]]
+    if body is not None:
+        tags.append(["payload", hashlib.sha256(body).hexdigest()])
+    event = sign_event(secret, 27235, "", tags, created_at=when)
     return "Nostr " + base64.b64encode(orjson.dumps(event.to_dict())).decode()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from relay import crypto
@@ -70,9 +71,12 @@ async def wraps_for(relay: Relay, secret: bytes, sub: str = "dm") -> list[dict[s
 
 
 async def opt_in(relay: Relay, secret: bytes, setting: str = "on", signer: bytes | None = None) -> httpx.Response:
-    url = f"http://127.0.0.1:{relay.port}/account/{pk(secret)}/reminders?set={setting}"
+    """The owner's signed POST (NIP-98 with the body's hash) turning reminders on or off."""
+    url = f"http://127.0.0.1:{relay.port}/account/{pk(secret)}/reminders"
+    body = orjson.dumps({"reminders": setting == "on"})
+    header = nip98_header(signer or secret, url, "POST", body=body)
     async with httpx.AsyncClient() as http:
-        return await http.get(url, headers={"Authorization": nip98_header(signer or secret, url)})
+        return await http.post(url, content=body, headers={"Authorization": header, "Content-Type": "application/json"})
 
 
 async def settle(condition: Any, seconds: float = 10.0) -> None:
@@ -92,8 +96,12 @@ async def test_term_reminders_reach_only_opted_in_members_once_and_open_with_nos
             await relay.store.update_account(pk(secret), now, admitted_until=now + 3 * 86400)
         # only the owner may opt in, signing this very URL (NIP-98)
         async with httpx.AsyncClient() as http:
-            unsigned = await http.get(f"http://127.0.0.1:{relay.port}/account/{pk(alice)}/reminders?set=on")
-        assert unsigned.status_code == 401
+            url = f"http://127.0.0.1:{relay.port}/account/{pk(alice)}/reminders"
+            unsigned = await http.post(url, json={"reminders": True})
+            assert unsigned.status_code == 401
+            # a GET only reads the setting, whatever its query asks (no state change by GET)
+            read = await http.get(url + "?set=on", headers={"Authorization": nip98_header(alice, url + "?set=on")})
+            assert read.status_code == 200 and read.json()["reminders"] is False
         assert (await opt_in(relay, alice, signer=bob)).status_code == 403
         answer = await opt_in(relay, alice)
         assert answer.status_code == 200 and answer.json() == {"pubkey": pk(alice), "reminders": True}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from lightning.backends.fake import mark_paid
 from lightning.ledger import decode_bolt11
@@ -222,12 +223,17 @@ async def test_wallet_relay_on_a_private_address_is_never_dialled(
                 key = nip44.conversation_key(alice, bytes.fromhex(relay.identity.pubkey))
                 body = {"connect": nip44.encrypt(wallet.uri(), key), "budget_sats": 1000}
 
-                async def post(signer: bytes | None) -> httpx.Response:
-                    headers = {} if signer is None else {"Authorization": nip98_header(signer, url, "POST")}
-                    return await http.post(url, json=body, headers=headers)
+                async def post(signer: bytes | None, signed_body: bytes | None = None) -> httpx.Response:
+                    raw = orjson.dumps(body)
+                    headers = {"Content-Type": "application/json"}
+                    if signer is not None:
+                        headers["Authorization"] = nip98_header(signer, url, "POST", body=signed_body or raw)
+                    return await http.post(url, content=raw, headers=headers)
 
                 assert (await post(None)).status_code == 401
                 assert (await post(bob)).status_code == 403
+                # the signature names its body (NIP-98 payload): it cannot carry another one
+                assert (await post(alice, signed_body=b'{"forget":true}')).status_code == 401
                 get_signed = await http.get(url, headers={"Authorization": nip98_header(alice, url, "POST")})
                 assert get_signed.status_code == 401  # signed for POST, not for this GET
                 no_account = await post(alice)
