@@ -22,6 +22,7 @@ from lightning.zap_receipts import ZAP_RECEIPT_KIND, receipt_problem
 from relay.errors import Blocked, RateLimited, Restricted
 from relay.event import Event
 from relay.extension import WriteContext
+from relay.management import REPORT_KIND
 from relay.store.base import Account, Store
 from relay.vanish import VANISH_KIND
 
@@ -194,6 +195,12 @@ class Gate:
                 "free messages to members of this relay are used up for now; "
                 f"pay to write without limits at {self._payments_url}"
             )
+        if event.kind == REPORT_KIND and len(event.content.encode()) <= self._inbox_max_bytes:
+            # NIP-56 reports feed the operators' moderation queue (NIP-86): anyone may file
+            # one, within the same hourly per-sender and per-IP allowance as inbox messages.
+            if self._inbox.take(pubkey, ctx.ip):
+                return 0
+            raise RateLimited(f"free reports are used up for now; pay to write without limits at {self._payments_url}")
         if price is not None and account is not None and account.credit_msat > 0:
             raise Restricted(f"not enough credit for this event ({price} msat); pay at {self._payments_url}")
         if account is not None and account.admitted_until > 0:

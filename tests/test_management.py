@@ -317,3 +317,22 @@ async def test_nip86_over_http_with_nip98_applies_and_renames_the_relay(
         assert listed.json() == {"result": [{"pubkey": B, "reason": "spam"}]}
         broken = await post("allowkind", ["one"], alice)
         assert broken.status_code == 200 and "kind number" in broken.json()["error"]
+
+
+async def test_non_members_may_file_reports_within_an_hourly_allowance(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    payments = {"enabled": True, "backend": "fake", "inbox_events_per_hour": 2}
+    async with relay_factory(payments=payments) as relay, NostrClient(relay.url) as client:
+        await relay.store.update_account(crypto.public_key(alice).hex(), int(time.time()), allowed=True)
+        target = signed(alice, 1, "reported note")
+        assert (await client.publish(target))[0]
+        ok, message = await client.publish(signed(bob, 1, "bob is not a member"))
+        assert not ok and message.startswith("restricted:")
+        for i in range(2):
+            ok, message = await client.publish(signed(bob, 1984, f"spam {i}", [["e", target.id, "spam"]]))
+            assert ok, message
+        ok, message = await client.publish(signed(bob, 1984, "one too many", [["e", target.id, "spam"]]))
+        assert not ok and message.startswith("rate-limited:")
+        queue = await nip86(relay, "listeventsneedingmoderation")
+        assert [(q["id"], q["count"]) for q in queue] == [(target.id, 1)]
