@@ -401,19 +401,27 @@ class WalCheckpointer:
             self._conn = None
 
     def after_commit(self, writer: sqlite3.Connection) -> None:
-        """Called on the writer thread after each COMMIT, outside any transaction."""
-        if self._rewind_due:
-            mode = "RESTART" if self.wal_frames >= 4 * self._restart_frames else "PASSIVE"
-            try:
-                writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-            finally:
-                self._rewind_due = False
-        elif self._thread.is_alive():
-            self._wake.set()
-        elif not self._fallback and not self._stop.is_set():
-            self._fallback = True
-            writer.execute("PRAGMA wal_autocheckpoint = 1000")
-            log.error("WAL checkpointer is gone: the writer checkpoints inside its commits again")
+        """Called on the writer thread after each COMMIT, outside any transaction.
+
+        Never raises: the batch is already committed, and an exception here would report
+        it failed (the writer would retry it in halves, answer "duplicate" and skip its
+        live fan-out). A checkpoint that fails loses nothing: the frames stay in the WAL.
+        """
+        try:
+            if self._rewind_due:
+                mode = "RESTART" if self.wal_frames >= 4 * self._restart_frames else "PASSIVE"
+                try:
+                    writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                finally:
+                    self._rewind_due = False
+            elif self._thread.is_alive():
+                self._wake.set()
+            elif not self._fallback and not self._stop.is_set():
+                self._fallback = True
+                writer.execute("PRAGMA wal_autocheckpoint = 1000")
+                log.error("WAL checkpointer is gone: the writer checkpoints inside its commits again")
+        except sqlite3.Error:
+            log.exception("WAL checkpoint after a commit failed; the commit stands, the WAL keeps its frames")
 
     def _run(self) -> None:
         try:

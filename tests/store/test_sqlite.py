@@ -13,7 +13,14 @@ from relay.event import sign_event
 from relay.filters import Filter
 from relay.store.base import WriteRequest
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
-from relay.store.sqlite import SqliteStore, _filter_select, _filter_where, apply_migrations, sqlite_path_from_url
+from relay.store.sqlite import (
+    SqliteStore,
+    WalCheckpointer,
+    _filter_select,
+    _filter_where,
+    apply_migrations,
+    sqlite_path_from_url,
+)
 
 NOW = 1_700_000_000
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,3 +138,16 @@ def test_purge_expired_uses_the_expiration_index(tmp_path: Path) -> None:
     sql = "DELETE FROM events WHERE expiration IS NOT NULL AND expiration <= ?"
     plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (NOW,))]
     assert any("events_expiration" in step for step in plan), plan
+
+
+def test_a_failed_checkpoint_after_commit_does_not_fail_the_committed_batch(tmp_path: Path) -> None:
+    """after_commit runs after COMMIT: raising there would report a durable batch as failed
+    (the writer would retry it, answer "duplicate" and skip its fan-out)."""
+    db = tmp_path / "c.db"
+    sqlite3.connect(db).close()
+    checkpointer = WalCheckpointer(db, "FULL", interval=1.0, restart_frames=1000)
+    checkpointer._rewind_due = True  # the writer's own checkpoint is due
+    broken = sqlite3.connect(db)
+    broken.close()  # any statement on it raises sqlite3.ProgrammingError
+    checkpointer.after_commit(broken)  # must not raise
+    assert checkpointer._rewind_due is False
