@@ -352,7 +352,7 @@ class RelayProtocol(asyncio.Protocol):
         headers.append(("Content-Length", str(len(answer.body))))
         if conn.their_state is h11.MUST_CLOSE or _asks_to_close(self._request):
             headers.append(("Connection", "close"))
-        self._write_h11(h11.Response(status_code=answer.status, headers=headers))
+        self._write_h11(h11.Response(status_code=answer.status, headers=headers, reason=_reason(answer.status)))
         if answer.body and not head:
             self._write_h11(h11.Data(data=answer.body))
         self._write_h11(h11.EndOfMessage())
@@ -364,7 +364,7 @@ class RelayProtocol(asyncio.Protocol):
             return
         headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), ("Connection", "close")]
         try:
-            self._write_h11(h11.Response(status_code=status.value, headers=headers))
+            self._write_h11(h11.Response(status_code=status.value, headers=headers, reason=status.phrase.encode()))
             self._write_h11(h11.Data(data=body))
             self._write_h11(h11.EndOfMessage())
         except h11.LocalProtocolError:
@@ -605,3 +605,11 @@ def create_factory(
 
     return factory
 
+
+def _reason(status: int) -> bytes:
+    """The status line's reason phrase ("200 OK"): optional in HTTP/1.1, yet some clients and
+    proxies log or show it, and h11 leaves it empty unless given."""
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""

@@ -214,3 +214,19 @@ async def test_bad_upgrade_request_is_refused_with_http_error(relay: Relay) -> N
     writer.close()
     async with NostrClient(relay.url) as other:
         await other.assert_alive()
+
+
+async def test_status_lines_carry_their_reason_phrase(relay: Relay) -> None:
+    """"HTTP/1.1 200 OK", "404 Not Found": h11 writes an empty phrase unless given one."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        plain = b"GET /nowhere HTTP/1.1\r\nHost: relay\r\n\r\n"
+        for request, line in ((NIP11_REQUEST, b"HTTP/1.1 200 OK\r\n"), (plain, b"HTTP/1.1 404 Not Found\r\n")):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+            assert head == line
+            rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = next(int(h.split(b":")[1]) for h in rest.split(b"\r\n") if h.lower().startswith(b"content-length"))
+            await asyncio.wait_for(reader.readexactly(length), 5)
+    finally:
+        writer.close()
