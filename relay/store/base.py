@@ -242,6 +242,12 @@ def account_from_row(row: Sequence[Any]) -> Account:
     )
 
 
+def answerable(filters: Sequence[Filter]) -> list[Filter]:
+    """The filters that can contribute to an answer: not empty, and not ``limit: 0`` (NIP-01:
+    that REQ wants only live events)."""
+    return [f for f in filters if f.limit != 0 and not f.is_empty()]
+
+
 def answer_rows(filters: Sequence[Filter]) -> int | None:
     """The most rows an answer to ``filters`` can hold (None: unbounded)."""
     total = 0
@@ -295,6 +301,32 @@ async def read_pages(answer: AnswerKeys, fetch: RowFetch, page_bytes: int) -> As
         if page:
             yield page
         i = j
+
+
+AnswerOf = Callable[[str], Awaitable[Sequence[Sequence[Any]]]]
+
+
+async def answer_pages(
+    live: list[Filter], answer_of: AnswerOf, key_columns: str, fetch: RowFetch, page_bytes: int
+) -> AsyncGenerator[list[bytes], None]:
+    """``Store.query_pages`` over a store's two primitives: ``answer_of(columns)`` runs the
+    answer query selecting ``columns`` of ``events e``, ``fetch`` reads rows by key. A small
+    answer (at most ``FAST_ROWS``) is one query for the raw events, as ``query`` does; a
+    larger one reads ``key_columns`` (row key, id, raw size) first, then the events in pages,
+    so a REQ never holds more than a page of events (issue 8)."""
+    if not live:
+        return
+    rows = answer_rows(live)
+    if rows is not None and rows <= FAST_ROWS:
+        raws = [row[0] for row in await answer_of("e.raw")]
+        if raws:
+            yield raws
+        return
+    answer = AnswerKeys()
+    for key, eid, size in await answer_of(key_columns):
+        answer.add(key, eid, size)
+    async for page in read_pages(answer, fetch, page_bytes):
+        yield page
 
 
 class Store(Protocol):

@@ -33,13 +33,11 @@ from relay.filters import Filter
 from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, tsvector_literal
 from relay.store.base import (
     ACCOUNT_COLUMNS,
-    FAST_ROWS,
     INVITE_COLUMNS,
     INVOICE_COLUMNS,
     PAGE_BYTES,
     RENEWAL_COLUMNS,
     Account,
-    AnswerKeys,
     Invite,
     InviteOutcome,
     Invoice,
@@ -49,11 +47,11 @@ from relay.store.base import (
     WriteOutcome,
     WriteRequest,
     account_from_row,
-    answer_rows,
+    answer_pages,
+    answerable,
     invite_from_row,
     invite_refusal,
     invoice_from_row,
-    read_pages,
 )
 from relay.store.postgres_migrations import LOCK_CLASS_MIGRATE, apply_migrations, quote_ident
 from relay.store.rules import (
@@ -667,7 +665,7 @@ class PostgresStore:
     # --- events: reads ------------------------------------------------------------------
 
     async def query(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> list[bytes]:
-        live = [f for f in filters if not f.is_empty()]
+        live = answerable(filters)
         if not live:
             return []
         return [row[0] for row in await self._answer(live, now, "e.raw", scope)]
@@ -680,20 +678,15 @@ class PostgresStore:
         *,
         page_bytes: int = PAGE_BYTES,
     ) -> AsyncGenerator[list[bytes], None]:
-        live = [f for f in filters if not f.is_empty()]
-        if not live:
-            return
-        rows = answer_rows(live)
-        if rows is not None and rows <= FAST_ROWS:
-            raws = [row[0] for row in await self._answer(live, now, "e.raw", scope)]
-            if raws:
-                yield raws
-            return
         # octet_length() of a TOASTed bytea reads its header, not the value.
-        answer = AnswerKeys()
-        for seq, eid, size in await self._answer(live, now, "e.seq, e.id, octet_length(e.raw)", scope):
-            answer.add(seq, eid, size)
-        async for page in read_pages(answer, self._rows_by_seq, page_bytes):
+        live = answerable(filters)
+        async for page in answer_pages(
+            live,
+            lambda columns: self._answer(live, now, columns, scope),
+            "e.seq, e.id, octet_length(e.raw)",
+            self._rows_by_seq,
+            page_bytes,
+        ):
             yield page
 
     async def _rows_by_seq(self, seqs: list[int]) -> list[tuple[int, bytes, bytes]]:

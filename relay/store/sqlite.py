@@ -44,13 +44,11 @@ from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, 
 from relay.store.backup import StoreLock
 from relay.store.base import (
     ACCOUNT_COLUMNS,
-    FAST_ROWS,
     INVITE_COLUMNS,
     INVOICE_COLUMNS,
     PAGE_BYTES,
     RENEWAL_COLUMNS,
     Account,
-    AnswerKeys,
     Invite,
     InviteOutcome,
     Invoice,
@@ -60,11 +58,11 @@ from relay.store.base import (
     WriteOutcome,
     WriteRequest,
     account_from_row,
-    answer_rows,
+    answer_pages,
+    answerable,
     invite_from_row,
     invite_refusal,
     invoice_from_row,
-    read_pages,
 )
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
 from relay.store.rules import (
@@ -692,7 +690,7 @@ class SqliteStore:
     # --- events: reads ------------------------------------------------------------------
 
     async def query(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> list[bytes]:
-        live = [f for f in filters if f.limit != 0 and not f.is_empty()]
+        live = answerable(filters)
         if not live:
             return []
         return [row[0] for row in await self._answer(live, now, "e.raw", scope)]
@@ -705,20 +703,15 @@ class SqliteStore:
         *,
         page_bytes: int = PAGE_BYTES,
     ) -> AsyncGenerator[list[bytes], None]:
-        live = [f for f in filters if f.limit != 0 and not f.is_empty()]
-        if not live:
-            return
-        rows = answer_rows(live)
-        if rows is not None and rows <= FAST_ROWS:
-            raws = [row[0] for row in await self._answer(live, now, "e.raw", scope)]
-            if raws:
-                yield raws
-            return
         # length() of a BLOB reads the record header, not the (overflow) pages of the event.
-        answer = AnswerKeys()
-        for rid, eid, size in await self._answer(live, now, "e.rid, e.id, length(e.raw)", scope):
-            answer.add(rid, eid, size)
-        async for page in read_pages(answer, self._rows_by_rid, page_bytes):
+        live = answerable(filters)
+        async for page in answer_pages(
+            live,
+            lambda columns: self._answer(live, now, columns, scope),
+            "e.rid, e.id, length(e.raw)",
+            self._rows_by_rid,
+            page_bytes,
+        ):
             yield page
 
     async def _rows_by_rid(self, rids: list[int]) -> list[tuple[int, bytes, bytes]]:
