@@ -29,6 +29,7 @@ from lightning.plans import DAY, Plans
 from lightning.settings import ReminderSettings
 from relay.event import Event
 from relay.identity import RelayIdentity
+from relay.periodic import run_every
 from relay.store.base import FOREVER, Account, Store
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,7 @@ class Reminders:
             self._task = None
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except Exception:
-                log.exception("sending reminders failed; retrying later")
-            await asyncio.sleep(self.settings.check_interval_seconds)
+        await run_every(self.settings.check_interval_seconds, self.check, log, "sending reminders failed")
 
     async def check(self) -> int:
         """Send what is due now; returns how many reminders were sent."""

@@ -42,6 +42,7 @@ from lightning.plans import DAY, Plans, UnknownPlan
 from lightning.settings import RenewalSettings
 from relay.event import Event
 from relay.identity import RelayIdentity
+from relay.periodic import run_every
 from relay.store.base import FOREVER, InvoiceState, NwcLink, RenewalAttempt, Store
 
 log = logging.getLogger(__name__)
@@ -169,12 +170,7 @@ class Renewals:
             self._task = None
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except Exception:
-                log.exception("renewals by NWC failed; retrying later")
-            await asyncio.sleep(self.settings.check_interval_seconds)
+        await run_every(self.settings.check_interval_seconds, self.check, log, "renewals by NWC failed")
 
     async def check(self) -> None:
         if not self.available:

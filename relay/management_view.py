@@ -10,7 +10,6 @@ restarts because the rows live in the store.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -33,6 +32,7 @@ from relay.management import (
     moderation_queue,
     parse_request,
 )
+from relay.periodic import run_every
 from relay.store.base import Store
 from relay.vanish import VANISH_KIND
 
@@ -71,12 +71,9 @@ class ManagementView:
 
     async def watch(self) -> None:
         """Background task: pick up changes made on other nodes."""
-        while True:
-            await asyncio.sleep(REFRESH_SECONDS)
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("reading the NIP-86 management state failed; will retry")
+        await run_every(
+            REFRESH_SECONDS, self.refresh, log, "reading the NIP-86 management state failed", wait_first=True
+        )
 
     async def handle(self, body: bytes) -> Outcome:
         """Answer an (already authorised) NIP-86 request and persist what it changed."""

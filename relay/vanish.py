@@ -20,13 +20,13 @@ node B may still accept an older event of that author: a window of about half a 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from urllib.parse import urlsplit
 
 from relay.errors import Blocked, Invalid, Rejection
 from relay.event import Event
 from relay.extension import WriteContext
+from relay.periodic import run_every
 from relay.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,4 @@ class VanishedAuthors:
 
     async def watch(self) -> None:
         """Background task: pick up requests accepted on other nodes."""
-        while True:
-            await asyncio.sleep(REFRESH_SECONDS)
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("reading NIP-62 requests failed; will retry")
+        await run_every(REFRESH_SECONDS, self.refresh, log, "reading NIP-62 requests failed", wait_first=True)
