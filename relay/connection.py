@@ -471,7 +471,11 @@ class Connection:
             # The store counts with the connection's read scope: what REQ would hide is
             # not counted either (NIP-45 COUNT must not reveal private events).
             scope = read_scope(self.authed)
-            n = await self.deps.store.count(wanted, int(time.time()), scope) if wanted else 0
+            now = int(time.time())
+            n = await self.deps.store.count(wanted, now, scope) if wanted else 0
+            hidden = self.deps.management.hidden_part(wanted) if n else ()
+            if hidden:  # NIP-86 bans: REQ drops these rows after the query, COUNT subtracts them
+                n -= await self.deps.store.count(hidden, now, scope)
         except Exception as exc:
             _store_fault_log.error("count failed", exc_info=exc)
             self.send(messages.closed(sub_id, "error: could not run the count"))

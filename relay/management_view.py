@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -159,6 +160,24 @@ class ManagementView:
     def hides(self, raw: bytes) -> bool:
         """Whether a stored event (raw JSON) is hidden: banned author or banned event."""
         return raw[_PUBKEY] in self._banned_pubkeys or raw[_ID] in self._banned_events
+
+    def hidden_part(self, filters: tuple[Filter, ...]) -> tuple[Filter, ...]:
+        """The filters matching exactly what ``hides`` drops from ``filters``' answer: each
+        filter narrowed to the banned authors, and to the banned ids. COUNT (NIP-45) subtracts
+        the store's count of these, so it hides what REQ hides, by the same rule; the store
+        counts a union of filters once per event, so an event both banned and by a banned
+        author is subtracted once."""
+        pubkeys = frozenset(self.state.banned_pubkeys)
+        ids = frozenset(self.state.banned_events)
+        out: list[Filter] = []
+        for f in filters:
+            by_author = pubkeys if f.authors is None else f.authors & pubkeys
+            if by_author:
+                out.append(replace(f, authors=by_author))
+            by_id = ids if f.ids is None else f.ids & ids
+            if by_id:
+                out.append(replace(f, ids=by_id))
+        return tuple(out)
 
     def hides_event(self, event: Event) -> bool:
         return event.pubkey in self.state.banned_pubkeys or event.id in self.state.banned_events

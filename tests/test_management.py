@@ -336,3 +336,35 @@ async def test_non_members_may_file_reports_within_an_hourly_allowance(
         assert not ok and message.startswith("rate-limited:")
         queue = await nip86(relay, "listeventsneedingmoderation")
         assert [(q["id"], q["count"]) for q in queue] == [(target.id, 1)]
+
+
+async def test_count_hides_what_req_hides_for_banned_authors_and_events(
+    relay_factory: RelayFactory, storage: dict[str, str], alice: bytes, bob: bytes
+) -> None:
+    """NIP-45 COUNT must not reveal what a NIP-86 ban hides from REQ, on both stores."""
+    a = crypto.public_key(alice).hex()
+    async with relay_factory(storage=storage) as relay, NostrClient(relay.url) as client:
+        mine = [signed(alice, 1, f"alice {i}") for i in range(3)]
+        theirs = signed(bob, 1, "bob's")
+        other = signed(bob, 1, "bob's other")
+        for event in (*mine, theirs, other):
+            assert (await client.publish(event))[0]
+
+        async def count(sub_id: str, *filters: dict[str, Any]) -> int:
+            await client.send(["COUNT", sub_id, *filters])
+            msg = await client.recv_where(lambda m: m[0] in ("COUNT", "CLOSED") and m[1] == sub_id)
+            assert msg[0] == "COUNT", msg
+            return int(msg[2]["count"])
+
+        assert await count("before", {"kinds": [1]}) == 5
+        await nip86(relay, "banpubkey", a, "spam")
+        await nip86(relay, "banevent", other.id, "illegal")
+        await nip86(relay, "banevent", mine[0].id, "banned event by a banned author: hidden once")
+        req_ids = {e["id"] for e in await client.req("all", {"kinds": [1]})}
+        assert req_ids == {theirs.id}
+        assert await count("kinds", {"kinds": [1]}) == len(req_ids)
+        assert await count("authors", {"authors": [a]}) == 0
+        assert await count("ids", {"ids": [other.id, theirs.id]}) == 1
+        assert await count("two", {"authors": [a]}, {"kinds": [1]}) == 1
+        await nip86(relay, "unbanpubkey", a)
+        assert await count("after", {"kinds": [1]}) == 3
