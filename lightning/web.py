@@ -367,13 +367,11 @@ class JoinWeb:
             return _error(HTTPStatus.FORBIDDEN, "sign with the key of this account")
         return None
 
-    async def _wallet(self, raw_pubkey: str, request: HttpRequest) -> HttpResponse:
-        """``/account/<pubkey>/wallet``, for the owner only (NIP-98, this URL and method):
-        GET shows the connection and the last renewal attempts; POST a JSON body
-        ``{"connect": <NIP-44 ciphertext of the URI, to the relay's key>, "budget_sats": N}``
-        keeps a wallet connection for renewals, ``{"forget": true}`` deletes it. The URI
-        never travels or is logged in clear: only the relay's key opens it."""
-        assert self._renewals is not None
+    def _owner_call(
+        self, raw_pubkey: str, request: HttpRequest
+    ) -> HttpResponse | tuple[str, int, dict[str, Any] | None]:
+        """The common front of the owner-only routes (GET reads, POST a JSON object changes):
+        the refusal, or (pubkey, now, the POSTed object or None for a GET)."""
         if request.method not in ("GET", "HEAD", "POST"):
             return _response(HTTPStatus.METHOD_NOT_ALLOWED, b"GET or POST\n", "text/plain", [("Allow", "GET, POST")])
         pubkey = parse_pubkey(raw_pubkey)
@@ -383,13 +381,28 @@ class JoinWeb:
         refusal = self._owner(pubkey, request, now)
         if refusal is not None:
             return refusal
-        if request.method == "POST":
-            try:
-                body = orjson.loads(request.body)
-            except orjson.JSONDecodeError:
-                body = None
-            if not isinstance(body, dict):
-                return _error(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+        if request.method != "POST":
+            return pubkey, now, None
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return _error(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+        return pubkey, now, body
+
+    async def _wallet(self, raw_pubkey: str, request: HttpRequest) -> HttpResponse:
+        """``/account/<pubkey>/wallet``, for the owner only (NIP-98, this URL and method):
+        GET shows the connection and the last renewal attempts; POST a JSON body
+        ``{"connect": <NIP-44 ciphertext of the URI, to the relay's key>, "budget_sats": N}``
+        keeps a wallet connection for renewals, ``{"forget": true}`` deletes it. The URI
+        never travels or is logged in clear: only the relay's key opens it."""
+        assert self._renewals is not None
+        owner = self._owner_call(raw_pubkey, request)
+        if isinstance(owner, HttpResponse):
+            return owner
+        pubkey, now, body = owner
+        if body is not None:
             if body.get("forget") is True:
                 await self._ledger.store.forget_nwc_link(pubkey)
             else:
@@ -412,22 +425,13 @@ class JoinWeb:
         GET reads the setting, POST ``{"reminders": true|false}`` turns reminders by DM on
         or off. Reminders are sent only to those who asked (issue 10); a change of state is
         a POST, never a GET a prefetcher could replay."""
-        if request.method not in ("GET", "HEAD", "POST"):
-            return _response(HTTPStatus.METHOD_NOT_ALLOWED, b"GET or POST\n", "text/plain", [("Allow", "GET, POST")])
-        pubkey = parse_pubkey(raw_pubkey)
-        if pubkey is None:
-            return _error(HTTPStatus.BAD_REQUEST, "not a hex pubkey or npub")
-        now = int(self._clock())
-        refusal = self._owner(pubkey, request, now)
-        if refusal is not None:
-            return refusal
+        owner = self._owner_call(raw_pubkey, request)
+        if isinstance(owner, HttpResponse):
+            return owner
+        pubkey, now, body = owner
         store = self._ledger.store
-        if request.method == "POST":
-            try:
-                body = orjson.loads(request.body)
-            except orjson.JSONDecodeError:
-                body = None
-            wanted = body.get("reminders") if isinstance(body, dict) else None
+        if body is not None:
+            wanted = body.get("reminders")
             if not isinstance(wanted, bool):
                 return _error(HTTPStatus.BAD_REQUEST, 'POST {"reminders": true} or {"reminders": false}')
             if wanted and await store.get_account(pubkey) is None:
