@@ -9,7 +9,7 @@ once at start-up when ``payments.enabled`` is true.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from lightning.zapper import Publish, Zapper
 from relay.config import ConfigError
 from relay.errors import Rejection
 from relay.event import Event
-from relay.extension import Answered, WriteContext
+from relay.extension import Answered, ConsolePanel, ManagementMethod, WriteContext
 from relay.filters import Filter
 from relay.http import HttpRequest, HttpResponse
 from relay.identity import RelayIdentity
@@ -317,6 +317,12 @@ class PaymentsExtension:
 
     def describe(self) -> str:
         return f"payments ({payment_settings(self.settings).backend})"
+
+    def management_methods(self) -> Mapping[str, ManagementMethod]:
+        return {}
+
+    def console_panels(self) -> Sequence[ConsolePanel]:
+        return []
 
     def nip11(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

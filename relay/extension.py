@@ -12,7 +12,7 @@ write gate, extra HTTP routes, and extra NIP-11 fields.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,6 +54,24 @@ class Answered(Exception):
         self.message = message
 
 
+ManagementMethod = Callable[[list[Any]], Awaitable[Any]]
+"""An extension's NIP-86 method: the request's ``params`` in, the JSON-able ``result`` out.
+Raise ``ValueError`` for bad params: its message becomes the answer's ``error``."""
+
+PanelRender = Callable[[Mapping[str, str]], Awaitable[dict[str, Any]]]
+"""A console panel: the page's query parameters in, its document out (relay/console_blocks.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolePanel:
+    """One page of the operator console (``/admin``), shown to admins only: the console
+    checks NIP-98 and ``[admin] pubkeys`` before ``render`` is called."""
+
+    name: str  # URL segment: GET /admin/api/panel/<name>
+    title: str  # its tab in the console
+    render: PanelRender
+
+
 class Extension(Protocol):
     async def start(self) -> None:
         """Start background tasks (e.g. the payment watcher)."""
@@ -91,6 +109,16 @@ class Extension(Protocol):
 
     def describe(self) -> str:
         """One word or two for the start-up log line (e.g. the wallet backend)."""
+        ...
+
+    def management_methods(self) -> Mapping[str, ManagementMethod]:
+        """Extra NIP-86 methods, named ``<section>.<verb>`` (e.g. ``payments.grant``) so they
+        never collide with the NIP's own; listed by ``supportedmethods``, called only for
+        admins (NIP-98), like the NIP's methods."""
+        ...
+
+    def console_panels(self) -> Sequence[ConsolePanel]:
+        """Extra pages of the operator console, after the relay's own."""
         ...
 
 
