@@ -242,6 +242,77 @@ def account_from_row(row: Sequence[Any]) -> Account:
     )
 
 
+DAY_SECONDS = 86400
+
+
+class MemberStatus(enum.Enum):
+    """Where an account stands at a moment ``now``, with ``soon`` the end of the "expiring"
+    window (the console uses now + 7 days). Exactly one applies to every account."""
+
+    ACTIVE = "active"  # admitted for good, or until after ``soon``
+    EXPIRING = "expiring"  # admitted until a moment in (now, soon]
+    EXPIRED = "expired"  # was admitted; that ended at or before now
+    CREDIT_ONLY = "credit-only"  # never admitted by time (or revoked), holds credit
+    NONE = "none"  # neither: e.g. revoked, only allowed/banned, credit spent
+
+
+def member_status(account: Account, now: int, soon: int) -> MemberStatus:
+    """The Python twin of ``member_status_conditions`` (the stores count and filter in SQL)."""
+    until = account.admitted_until
+    if until > soon:
+        return MemberStatus.ACTIVE
+    if until > now:
+        return MemberStatus.EXPIRING
+    if until > 0:
+        return MemberStatus.EXPIRED
+    return MemberStatus.CREDIT_ONLY if account.credit_msat > 0 else MemberStatus.NONE
+
+
+def member_status_conditions(now: str, soon: str) -> dict[MemberStatus, str]:
+    """SQL conditions over the ``accounts`` columns, one per status, disjoint and covering
+    every row; ``now`` and ``soon`` are the store's placeholders for those two moments."""
+    return {
+        MemberStatus.ACTIVE: f"admitted_until > {soon}",
+        MemberStatus.EXPIRING: f"(admitted_until > {now} AND admitted_until <= {soon})",
+        MemberStatus.EXPIRED: f"(admitted_until > 0 AND admitted_until <= {now})",
+        MemberStatus.CREDIT_ONLY: "(admitted_until <= 0 AND credit_msat > 0)",
+        MemberStatus.NONE: "(admitted_until <= 0 AND credit_msat <= 0)",
+    }
+
+
+def hex_prefix_range(prefix: str) -> tuple[str, str]:
+    """``[low, high)`` holding exactly the lowercase-hex strings that start with ``prefix``,
+    for an index range scan on a text column: every hex digit sorts below ``g`` in the C
+    collation and in the usual locale ones alike, where ``LIKE 'ab%'`` could not use a
+    PostgreSQL index outside the C locale. ``prefix`` must be lowercase hex already."""
+    return prefix, prefix + "g"
+
+
+@dataclass(frozen=True, slots=True)
+class RevenueRow:
+    """Paid invoices of one plan settled on one UTC day."""
+
+    day: int  # unix time // DAY_SECONDS
+    plan: str
+    paid_msat: int  # what payers sent
+    fee_msat: int  # what the wallet kept of it
+    invoices: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceFunnel:
+    """What became of the invoices created since a moment: paid, expired (marked so, or
+    still pending past ``expires_at``), or still payable."""
+
+    created: int
+    paid: int
+    expired: int
+
+    @property
+    def pending(self) -> int:
+        return self.created - self.paid - self.expired
+
+
 def answerable(filters: Sequence[Filter]) -> list[Filter]:
     """The filters that can contribute to an answer: not empty, and not ``limit: 0`` (NIP-01:
     that REQ wants only live events)."""
@@ -414,7 +485,9 @@ class Store(Protocol):
 
     async def delete_unpaid_invoices(self, expired_before: int) -> int:
         """Delete invoices marked expired whose ``expires_at`` is before ``expired_before``;
-        paid invoices are never deleted (accounting). Returns how many."""
+        paid invoices are never deleted (accounting). In the same transaction, add them to
+        the tally of pruned invoices per UTC day of creation, so the console's invoice
+        funnel still counts them. Returns how many."""
         ...
 
     async def get_invoice(self, payment_hash: str) -> Invoice | None: ...
@@ -444,6 +517,44 @@ class Store(Protocol):
     async def get_account(self, pubkey: str) -> Account | None: ...
 
     async def list_accounts(self) -> list[Account]: ...
+
+    # --- the operator console's figures (lightning/console.py), aggregated in SQL ----------
+
+    async def revenue_by_day(self, since: int) -> list[RevenueRow]:
+        """Invoices paid at or after ``since``, summed per (UTC day of ``paid_at``, plan),
+        ordered by day then plan."""
+        ...
+
+    async def invoice_funnel(self, since: int, now: int) -> InvoiceFunnel:
+        """Invoices created at or after ``since`` and what became of them by ``now``. Never-
+        paid invoices pruned by ``delete_unpaid_invoices`` still count (created and
+        expired), through the per-day tally it keeps: exact when ``since`` is a UTC midnight."""
+        ...
+
+    async def recurring_msat(self, now: int, per_seconds: int) -> int:
+        """Recurring revenue per ``per_seconds``: over accounts admitted at ``now`` for a
+        time (not for good) and not banned, the price of the time each one bought with its
+        latest paid time-granting invoice (amount less its credit part), normalised to
+        ``per_seconds`` (price x per_seconds / admit_seconds)."""
+        ...
+
+    async def member_counts(self, now: int, soon: int) -> dict[MemberStatus, int]:
+        """Accounts per ``MemberStatus`` (every status present, zeros included)."""
+        ...
+
+    async def find_accounts(
+        self, now: int, soon: int, *, status: MemberStatus | None = None, pubkey_prefix: str = "", limit: int = 100
+    ) -> list[Account]:
+        """At most ``limit`` accounts in ``status`` (None: any) whose pubkey starts with
+        ``pubkey_prefix`` (lowercase hex; 64 characters: that one), those expiring soonest
+        first for ``EXPIRING``, else those admitted longest (for good first)."""
+        ...
+
+    async def find_invoices(self, *, pubkey_prefix: str = "", hash_prefix: str = "", limit: int = 100) -> list[Invoice]:
+        """At most ``limit`` invoices, newest first, whose pubkey starts with
+        ``pubkey_prefix`` or whose payment hash starts with ``hash_prefix`` (lowercase hex;
+        only the prefixes given count; neither: every invoice)."""
+        ...
 
     async def purge_older(self, kind: int, before: int, limit: int) -> int:
         """Retention: delete at most ``limit`` events of ``kind`` created before ``before``

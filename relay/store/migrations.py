@@ -268,4 +268,20 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO store_changes (topic, counter) VALUES ('management', 0)",
         ),
     ),
+    # The operator console's payments pages (issue 11 item 3), aggregated in SQL:
+    # - invoices_paid covers revenue per day and plan (index-only, paid invoices only);
+    # - accounts_admitted serves the member counts and pages by status (a range of
+    #   admitted_until each); it moves only on grants, never on per-event credit charges;
+    # - pruned_invoices keeps, per UTC day of creation, how many never-paid invoices the
+    #   watcher deleted (``prune_expired_invoices_after_seconds``), so the invoice funnel
+    #   over 30 or 365 days still counts them.
+    Migration(
+        12,
+        "console: invoices_paid, accounts_admitted indexes; pruned_invoices tally",
+        (
+            "CREATE INDEX invoices_paid ON invoices (paid_at, plan, paid_msat, fee_msat) WHERE state = 'paid'",
+            "CREATE INDEX accounts_admitted ON accounts (admitted_until, pubkey)",
+            "CREATE TABLE pruned_invoices (day INTEGER PRIMARY KEY, count INTEGER NOT NULL)",
+        ),
+    ),
 )

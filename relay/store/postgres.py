@@ -33,6 +33,8 @@ from relay.filters import Filter
 from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, tsvector_literal
 from relay.store.base import (
     ACCOUNT_COLUMNS,
+    DAY_SECONDS,
+    FOREVER,
     INVITE_COLUMNS,
     INVOICE_COLUMNS,
     PAGE_BYTES,
@@ -41,17 +43,22 @@ from relay.store.base import (
     Invite,
     InviteOutcome,
     Invoice,
+    InvoiceFunnel,
+    MemberStatus,
     NwcLink,
     RenewalAttempt,
+    RevenueRow,
     StoreUnavailable,
     WriteOutcome,
     WriteRequest,
     account_from_row,
     answer_pages,
     answerable,
+    hex_prefix_range,
     invite_from_row,
     invite_refusal,
     invoice_from_row,
+    member_status_conditions,
 )
 from relay.store.postgres_migrations import LOCK_CLASS_MIGRATE, apply_migrations, quote_ident
 from relay.store.rules import (
@@ -821,11 +828,16 @@ class PostgresStore:
         return int(rows[0][0]), int(rows[0][1])
 
     async def delete_unpaid_invoices(self, expired_before: int) -> int:
-        async with self._acquire() as conn:
-            status: str = await conn.execute(
-                "DELETE FROM invoices WHERE state = 'expired' AND expires_at < $1", expired_before
-            )
-        return int(status.split()[-1])
+        # One statement: the deleted rows feed the tally (data-modifying CTEs run to the end
+        # whether read or not). A row two nodes race for is deleted, and tallied, by one.
+        deleted = await self._fetchval(
+            "WITH gone AS (DELETE FROM invoices WHERE state = 'expired' AND expires_at < $1 RETURNING created_at),"
+            f" tallied AS (INSERT INTO pruned_invoices (day, count) SELECT created_at / {DAY_SECONDS}, count(*)"
+            "  FROM gone GROUP BY 1 ON CONFLICT (day) DO UPDATE SET count = pruned_invoices.count + excluded.count)"
+            " SELECT count(*) FROM gone",
+            expired_before,
+        )
+        return int(deleted)
 
     async def charge_credit(self, pubkey: str, amount_msat: int, now: int) -> bool:
         async with self._acquire() as conn:
@@ -889,6 +901,88 @@ class PostgresStore:
     async def list_accounts(self) -> list[Account]:
         rows = await self._fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY pubkey")
         return [account_from_row(row) for row in rows]
+
+    # --- the operator console's figures --------------------------------------------------
+
+    async def revenue_by_day(self, since: int) -> list[RevenueRow]:
+        rows = await self._fetch(
+            f"SELECT paid_at / {DAY_SECONDS}, plan, sum(paid_msat), coalesce(sum(fee_msat), 0), count(*)"
+            " FROM invoices WHERE state = 'paid' AND paid_at >= $1 GROUP BY 1, 2 ORDER BY 1, 2",
+            since,
+        )
+        return [RevenueRow(int(r[0]), str(r[1]), int(r[2] or 0), int(r[3]), int(r[4])) for r in rows]
+
+    async def invoice_funnel(self, since: int, now: int) -> InvoiceFunnel:
+        row = (
+            await self._fetch(
+                "SELECT count(*), count(*) FILTER (WHERE state = 'paid'),"
+                " count(*) FILTER (WHERE state = 'expired' OR (state = 'pending' AND expires_at <= $1)),"
+                " (SELECT coalesce(sum(count), 0) FROM pruned_invoices"
+                f"  WHERE day >= ($2::bigint + {DAY_SECONDS - 1}) / {DAY_SECONDS})"
+                " FROM invoices WHERE created_at >= $2",
+                now,
+                since,
+            )
+        )[0]
+        created, paid, expired, pruned = (int(v) for v in row)
+        return InvoiceFunnel(created + pruned, paid, expired + pruned)
+
+    async def recurring_msat(self, now: int, per_seconds: int) -> int:
+        # numeric: price x seconds can pass bigint; div() truncates as SQLite's integer division.
+        total = await self._fetchval(
+            "SELECT coalesce(sum(div((i.amount_msat - i.credit_msat)::numeric * $1, i.admit_seconds)), 0)"
+            " FROM accounts a JOIN invoices i ON i.payment_hash = ("
+            "  SELECT j.payment_hash FROM invoices j WHERE j.pubkey = a.pubkey AND j.state = 'paid'"
+            "  AND j.admit_seconds > 0 AND NOT j.admit_forever ORDER BY j.paid_at DESC, j.payment_hash DESC LIMIT 1)"
+            " WHERE a.admitted_until > $2 AND a.admitted_until < $3 AND NOT a.banned",
+            per_seconds,
+            now,
+            FOREVER,
+        )
+        return int(total)
+
+    async def member_counts(self, now: int, soon: int) -> dict[MemberStatus, int]:
+        conditions = member_status_conditions("$1::bigint", "$2::bigint")
+        columns = ", ".join(f"count(*) FILTER (WHERE {c})" for c in conditions.values())
+        row = (await self._fetch(f"SELECT {columns} FROM accounts", now, soon))[0]
+        return {status: int(n) for status, n in zip(conditions, row, strict=True)}
+
+    async def find_accounts(
+        self, now: int, soon: int, *, status: MemberStatus | None = None, pubkey_prefix: str = "", limit: int = 100
+    ) -> list[Account]:
+        p = _Params()
+        where = ["true"]
+        if status is not None:
+            condition = member_status_conditions("{now}", "{soon}")[status]
+            for name, value in (("{now}", now), ("{soon}", soon)):
+                if name in condition:  # a placeholder no text names has no type: add only those used
+                    condition = condition.replace(name, p.add(value))
+            where.append(condition)
+        if pubkey_prefix:
+            low, high = hex_prefix_range(pubkey_prefix)
+            where.append(f"pubkey >= {p.add(low)} AND pubkey < {p.add(high)}")
+        order = "ASC" if status is MemberStatus.EXPIRING else "DESC"
+        rows = await self._fetch(
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {' AND '.join(where)}"
+            f" ORDER BY admitted_until {order}, pubkey {order} LIMIT {p.add(limit)}",
+            *p.values,
+        )
+        return [account_from_row(row) for row in rows]
+
+    async def find_invoices(self, *, pubkey_prefix: str = "", hash_prefix: str = "", limit: int = 100) -> list[Invoice]:
+        p = _Params()
+        either: list[str] = []
+        for column, prefix in (("pubkey", pubkey_prefix), ("payment_hash", hash_prefix)):
+            if prefix:
+                low, high = hex_prefix_range(prefix)
+                either.append(f"({column} >= {p.add(low)} AND {column} < {p.add(high)})")
+        where = f"WHERE {' OR '.join(either)}" if either else ""
+        rows = await self._fetch(
+            f"SELECT {INVOICE_COLUMNS} FROM invoices {where}"
+            f" ORDER BY created_at DESC, payment_hash DESC LIMIT {p.add(limit)}",
+            *p.values,
+        )
+        return [invoice_from_row(row) for row in rows]
 
     async def update_account(
         self,

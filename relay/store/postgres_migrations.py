@@ -327,6 +327,16 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO store_changes (topic, counter) VALUES ('management', 0)",
         ),
     ),
+    # The operator console's payments pages (issue 11 item 3): see the SQLite migration 12.
+    Migration(
+        12,
+        "console: invoices_paid, accounts_admitted indexes; pruned_invoices tally",
+        (
+            "CREATE INDEX invoices_paid ON invoices (paid_at, plan, paid_msat, fee_msat) WHERE state = 'paid'",
+            "CREATE INDEX accounts_admitted ON accounts (admitted_until, pubkey)",
+            "CREATE TABLE pruned_invoices (day bigint PRIMARY KEY, count bigint NOT NULL)",
+        ),
+    ),
 )
 
 

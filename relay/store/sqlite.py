@@ -30,7 +30,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,8 @@ from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, 
 from relay.store.backup import StoreLock
 from relay.store.base import (
     ACCOUNT_COLUMNS,
+    DAY_SECONDS,
+    FOREVER,
     INVITE_COLUMNS,
     INVOICE_COLUMNS,
     PAGE_BYTES,
@@ -52,17 +54,22 @@ from relay.store.base import (
     Invite,
     InviteOutcome,
     Invoice,
+    InvoiceFunnel,
+    MemberStatus,
     NwcLink,
     RenewalAttempt,
+    RevenueRow,
     StoreUnavailable,
     WriteOutcome,
     WriteRequest,
     account_from_row,
     answer_pages,
     answerable,
+    hex_prefix_range,
     invite_from_row,
     invite_refusal,
     invoice_from_row,
+    member_status_conditions,
 )
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
 from relay.store.rules import (
@@ -571,7 +578,7 @@ class SqliteStore:
             raise RuntimeError("store is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+    async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
         if self._readers is None:
             raise RuntimeError("store is not open")
         conn = await self._readers.get()
@@ -901,6 +908,77 @@ class SqliteStore:
         rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY pubkey", ())
         return [account_from_row(row) for row in rows]
 
+    # --- the operator console's figures --------------------------------------------------
+
+    async def revenue_by_day(self, since: int) -> list[RevenueRow]:
+        rows = await self._read(
+            f"SELECT paid_at / {DAY_SECONDS}, plan, sum(paid_msat), coalesce(sum(fee_msat), 0), count(*)"
+            " FROM invoices WHERE state = 'paid' AND paid_at >= ? GROUP BY 1, 2 ORDER BY 1, 2",
+            (since,),
+        )
+        return [RevenueRow(int(r[0]), str(r[1]), int(r[2] or 0), int(r[3]), int(r[4])) for r in rows]
+
+    async def invoice_funnel(self, since: int, now: int) -> InvoiceFunnel:
+        rows = await self._read(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'paid'),"
+            " count(*) FILTER (WHERE state = 'expired' OR (state = 'pending' AND expires_at <= ?)),"
+            " (SELECT coalesce(sum(count), 0) FROM pruned_invoices"
+            f"  WHERE day >= (? + {DAY_SECONDS - 1}) / {DAY_SECONDS})"
+            " FROM invoices WHERE created_at >= ?",
+            (now, since, since),
+        )
+        created, paid, expired, pruned = (int(v) for v in rows[0])
+        return InvoiceFunnel(created + pruned, paid, expired + pruned)
+
+    async def recurring_msat(self, now: int, per_seconds: int) -> int:
+        rows = await self._read(
+            "SELECT coalesce(sum((i.amount_msat - i.credit_msat) * ? / i.admit_seconds), 0)"
+            " FROM accounts a JOIN invoices i ON i.payment_hash = ("
+            "  SELECT j.payment_hash FROM invoices j WHERE j.pubkey = a.pubkey AND j.state = 'paid'"
+            "  AND j.admit_seconds > 0 AND j.admit_forever = 0 ORDER BY j.paid_at DESC, j.payment_hash DESC LIMIT 1)"
+            " WHERE a.admitted_until > ? AND a.admitted_until < ? AND a.banned = 0",
+            (per_seconds, now, FOREVER),
+        )
+        return int(rows[0][0])
+
+    async def member_counts(self, now: int, soon: int) -> dict[MemberStatus, int]:
+        conditions = member_status_conditions(":now", ":soon")
+        columns = ", ".join(f"count(*) FILTER (WHERE {c})" for c in conditions.values())
+        rows = await self._read(f"SELECT {columns} FROM accounts", {"now": now, "soon": soon})
+        return {status: int(n) for status, n in zip(conditions, rows[0], strict=True)}
+
+    async def find_accounts(
+        self, now: int, soon: int, *, status: MemberStatus | None = None, pubkey_prefix: str = "", limit: int = 100
+    ) -> list[Account]:
+        where = ["1"]
+        params: dict[str, Any] = {"now": now, "soon": soon, "limit": limit}
+        if status is not None:
+            where.append(member_status_conditions(":now", ":soon")[status])
+        if pubkey_prefix:
+            params["low"], params["high"] = hex_prefix_range(pubkey_prefix)
+            where.append("pubkey >= :low AND pubkey < :high")
+        order = "ASC" if status is MemberStatus.EXPIRING else "DESC"
+        rows = await self._read(
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {' AND '.join(where)}"
+            f" ORDER BY admitted_until {order}, pubkey {order} LIMIT :limit",
+            params,
+        )
+        return [account_from_row(row) for row in rows]
+
+    async def find_invoices(self, *, pubkey_prefix: str = "", hash_prefix: str = "", limit: int = 100) -> list[Invoice]:
+        either: list[str] = []
+        params: list[Any] = []
+        for column, prefix in (("pubkey", pubkey_prefix), ("payment_hash", hash_prefix)):
+            if prefix:
+                either.append(f"({column} >= ? AND {column} < ?)")
+                params.extend(hex_prefix_range(prefix))
+        where = f"WHERE {' OR '.join(either)}" if either else ""
+        rows = await self._read(
+            f"SELECT {INVOICE_COLUMNS} FROM invoices {where} ORDER BY created_at DESC, payment_hash DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [invoice_from_row(row) for row in rows]
+
     async def update_account(
         self,
         pubkey: str,
@@ -1228,6 +1306,12 @@ def _insert_invoice_capped(
 
 
 def _delete_unpaid_invoices(conn: sqlite3.Connection, expired_before: int) -> int:
+    conn.execute(
+        f"INSERT INTO pruned_invoices (day, count) SELECT created_at / {DAY_SECONDS}, count(*) FROM invoices"
+        " WHERE state = 'expired' AND expires_at < ? GROUP BY 1"
+        " ON CONFLICT (day) DO UPDATE SET count = count + excluded.count",
+        (expired_before,),
+    )
     return conn.execute("DELETE FROM invoices WHERE state = 'expired' AND expires_at < ?", (expired_before,)).rowcount
 
 
