@@ -18,12 +18,13 @@ from typing import Any
 
 import orjson
 
+from lightning import accounts
 from lightning.extension import payment_settings
 from lightning.pubkeys import parse_pubkey
-from lightning.web import account_json, invoice_json
+from lightning.web import account_json
 from relay.config import Settings
 from relay.store import open_store
-from relay.store.base import FOREVER, Account, Invite, Store
+from relay.store.base import Account, Invite, Store
 
 SettingsLoader = Callable[[argparse.Namespace], Settings]
 
@@ -175,12 +176,10 @@ async def _accounts_show(args: argparse.Namespace, settings: Settings, store: St
         pubkey = _pubkey(args.pubkey)
     except _Abort as exc:
         return _fail(str(exc))
-    doc = account_json(pubkey, await store.get_account(pubkey), int(time.time()))
-    invoices = [{**invoice_json(i), "fee_msat": i.fee_msat} for i in await store.list_invoices(pubkey=pubkey)]
-    for invoice in invoices:
-        invoice.pop("qr")
+    doc = await accounts.account_view(store, pubkey, int(time.time()))
+    invoices = doc["invoices"]
     text = _account_rows([doc]) + "\n\n" + (_invoice_rows(invoices) if invoices else "no invoices")
-    _emit(args, {**doc, "invoices": invoices}, text)
+    _emit(args, doc, text)
     return 0
 
 
@@ -189,25 +188,12 @@ async def _accounts_grant(args: argparse.Namespace, settings: Settings, store: S
         pubkey = _pubkey(args.pubkey)
     except _Abort as exc:
         return _fail(str(exc))
-    if args.days is None and not args.forever and not args.credit_sats and not args.allow:
-        return _fail("nothing to grant: give --days, --forever, --credit-sats or --allow")
-    if args.credit_sats < 0 or (args.days is not None and args.days <= 0):
-        return _fail("grants must be positive (use revoke to take away)")
     now = int(time.time())
-    until: int | None = None
-    if args.forever:
-        until = FOREVER
-    elif args.days is not None:
-        current = await store.get_account(pubkey)
-        start = max(now, current.admitted_until if current else 0)
-        until = min(FOREVER, start + round(args.days * 86400))
-    account = await store.update_account(
-        pubkey,
-        now,
-        admitted_until=until,
-        credit_delta_msat=args.credit_sats * 1000,
-        allowed=True if args.allow else None,
-    )
+    what = accounts.Grant(days=args.days, forever=args.forever, credit_sats=args.credit_sats, allow=args.allow)
+    try:
+        account = await accounts.grant(store, pubkey, what, now)
+    except ValueError as exc:
+        return _fail(str(exc))
     return _show_account(args, pubkey, account, now)
 
 
@@ -224,9 +210,7 @@ async def _accounts_revoke(args: argparse.Namespace, settings: Settings, store: 
     except _Abort as exc:
         return _fail(str(exc))
     now = int(time.time())
-    current = await store.get_account(pubkey)
-    delta = -current.credit_msat if (args.credit and current is not None) else 0
-    account = await store.update_account(pubkey, now, admitted_until=0, allowed=False, credit_delta_msat=delta)
+    account = await accounts.revoke(store, pubkey, now, credit=args.credit)
     return _show_account(args, pubkey, account, now)
 
 
@@ -247,13 +231,8 @@ async def _invoices_list(args: argparse.Namespace, settings: Settings, store: St
             pubkey = _pubkey(args.pubkey)
         except _Abort as exc:
             return _fail(str(exc))
-    now = int(time.time())
-    invoices = await store.list_invoices(pending_only=args.pending, pubkey=pubkey)
-    if args.pending:
-        invoices = [i for i in invoices if i.expires_at > now]
-    docs = [{**invoice_json(i), "fee_msat": i.fee_msat} for i in invoices]
-    for doc in docs:
-        doc.pop("qr")
+    found = await accounts.invoices(store, int(time.time()), pubkey=pubkey, pending=args.pending)
+    docs = [accounts.invoice_view(i) for i in found]
     _emit(args, docs, _invoice_rows(docs) if docs else "no invoices")
     return 0
 

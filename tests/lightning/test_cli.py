@@ -81,6 +81,24 @@ async def test_grant_days_extends_from_the_current_end(tmp_path: Path) -> None:
     assert code == 1 and "not a hex pubkey" in err
 
 
+async def test_grant_refuses_what_no_account_can_hold_in_one_line(tmp_path: Path) -> None:
+    """The CLI and NIP-86 share one grant (lightning/accounts.py): its limits hold here too,
+    where ``--days inf`` and a credit past int64 used to end in a traceback."""
+    config = write_config(tmp_path)
+    pubkey = "b" * 64
+    for args, expected in (
+        (("--days", "inf"), "satsrelay: days must be a finite number"),
+        (("--days", "nan"), "satsrelay: days must be a finite number"),
+        (("--credit-sats", str(10**30)), "satsrelay: credit too large: an account holds at most"),
+        (("--days", "1", "--credit-sats", "-1"), "satsrelay: grants must be positive"),
+        ((), "satsrelay: nothing to grant"),
+    ):
+        code, out, err = await satsrelay(config, "accounts", "grant", pubkey, *args)
+        assert (code, out) == (1, "") and err.startswith(expected) and len(err.splitlines()) == 1, err
+    shown = await satsrelay_json(config, "accounts", "show", pubkey)
+    assert shown["credit_msat"] == 0 and shown["admitted_until"] is None
+
+
 async def test_invoices_list_pending_and_pay_fake(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     async with payment_stack(tmp_path) as s:
