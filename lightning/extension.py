@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from lightning.backend import WalletBackend
 from lightning.gate import AccountCache, Gate
 from lightning.ledger import Confirmation, ConfirmResult, Ledger, PendingCaps
+from lightning.management import PaymentMethods
 from lightning.membership import REQUEST_KINDS, Membership
 from lightning.metrics import PaymentMetrics
 from lightning.plans import Plans, UnknownPlan
@@ -214,6 +215,7 @@ class PaymentsExtension:
         self.membership: Membership | None = None
         if identity is not None and publish is not None and p.membership.enabled:
             self.membership = self._membership(settings, identity, publish, clock)
+        self.admin_methods = PaymentMethods(store, self._on_account_changed, clock)  # NIP-86
         fake = self._fake_backend()
         self.web = JoinWeb(
             PageInfo(settings.relay.name, settings.relay.description, settings.relay.public_url, demo=fake is not None),
@@ -319,7 +321,7 @@ class PaymentsExtension:
         return f"payments ({payment_settings(self.settings).backend})"
 
     def management_methods(self) -> Mapping[str, ManagementMethod]:
-        return {}
+        return self.admin_methods.methods()
 
     def console_panels(self) -> Sequence[ConsolePanel]:
         return []
@@ -341,6 +343,13 @@ class PaymentsExtension:
         return doc
 
     # --- wiring -------------------------------------------------------------------
+
+    def _on_account_changed(self, pubkey: str) -> None:
+        """An admin's grant or revoke (NIP-86): the pubkey's next EVENT here must see it,
+        not the cached state (other nodes drop theirs on the store's change counter)."""
+        self.accounts.invalidate(pubkey)
+        if self.membership is not None:
+            self.membership.changed()
 
     def _on_issued(self, invoice: Invoice) -> None:
         self.metrics.invoices_created.labels(invoice.plan).inc()

@@ -56,7 +56,17 @@ class Answered(Exception):
 
 ManagementMethod = Callable[[list[Any]], Awaitable[Any]]
 """An extension's NIP-86 method: the request's ``params`` in, the JSON-able ``result`` out.
-Raise ``ValueError`` for bad params: its message becomes the answer's ``error``."""
+Raise ``ValueError`` for bad params: its message becomes the answer's ``error``. Return
+``Changed(result)`` when the call changed something."""
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """A ``ManagementMethod``'s result when the call changed state (a grant, a revoke): the
+    relay answers ``result`` and logs the request with the admin's pubkey, as it logs the
+    NIP's own changes; reads are answered without a log line."""
+
+    result: Any
 
 PanelRender = Callable[[Mapping[str, str]], Awaitable[dict[str, Any]]]
 """A console panel: the page's query parameters in, its document out (relay/console_blocks.py)."""

@@ -20,7 +20,7 @@ Per NIP-86, banning removes from the allow list and allowing removes from the ba
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,12 @@ class ManagementState:
 class Outcome:
     response: dict[str, Any]
     changes: list[Change] = field(default_factory=list)
+    # An extension's method changed its own state (no rows here): logged like ``changes``.
+    changed_elsewhere: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes) or self.changed_elsewhere
 
 
 class _BadParams(ValueError):
@@ -202,8 +208,9 @@ REPORT_KIND = 1984  # NIP-56
 MAX_REASONS = 5  # distinct reasons shown per reported event
 
 
-def supported_methods() -> list[str]:
-    return sorted(["supportedmethods", QUEUE_METHOD, *METHODS])
+def supported_methods(extra: Collection[str] = ()) -> list[str]:
+    """The NIP's methods answered here plus ``extra``, an extension's namespaced ones."""
+    return sorted(["supportedmethods", QUEUE_METHOD, *METHODS, *extra])
 
 
 def moderation_queue(state: ManagementState, reports: list[dict[str, Any]], stored: set[str]) -> list[dict[str, Any]]:
@@ -249,15 +256,16 @@ def parse_request(body: bytes) -> tuple[str, list[Any]]:
     return doc["method"], params
 
 
-def dispatch(state: ManagementState, body: bytes) -> Outcome:
+def dispatch(state: ManagementState, body: bytes, extra: Collection[str] = ()) -> Outcome:
     """Answer one NIP-86 request. Errors are answers (``{"error": ...}``), never exceptions:
-    the HTTP shell sends them with status 200 as NIP-86 shows, or 400 for a malformed body."""
+    the HTTP shell sends them with status 200 as NIP-86 shows, or 400 for a malformed body.
+    ``extra``: an extension's method names, listed by ``supportedmethods`` (the shell calls them)."""
     try:
         method, params = parse_request(body)
     except ValueError as exc:
         return Outcome({"result": None, "error": str(exc)})
     if method == "supportedmethods":
-        return _result(supported_methods())
+        return _result(supported_methods(extra))
     handler = METHODS.get(method)
     if handler is None:
         return Outcome({"result": None, "error": f"unsupported method {method[:64]!r}"})

@@ -6,6 +6,11 @@ Each node holds the state in memory (checks cost a dict lookup per event) and re
 when the store's ``management`` change counter moves, every ``REFRESH_SECONDS``: a ban made
 through NIP-86 on one node applies on the others within about half a second, and survives
 restarts because the rows live in the store.
+
+An extension's methods (``Extension.management_methods``, named ``<section>.<verb>``) are
+answered here too, behind the same NIP-98 admin check: the NIP's table never holds their
+state, so they reach other nodes by the extension's own means (payments: the store's
+account change counter).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +27,7 @@ import orjson
 from relay import nip98
 from relay.errors import Blocked, Rejection
 from relay.event import Event, is_hex64
-from relay.extension import WriteContext
+from relay.extension import Changed, ManagementMethod, PluginError, WriteContext
 from relay.filters import Filter
 from relay.management import (
     QUEUE_METHOD,
@@ -48,8 +54,14 @@ _PUBKEY = slice(83, 147)
 
 
 class ManagementView:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, extra: Mapping[str, ManagementMethod] | None = None) -> None:
+        """``extra``: an extension's NIP-86 methods. A name without a ``.`` could collide
+        with a method a later NIP-86 revision adds, so the plug-in is refused at start-up."""
         self._store = store
+        self._extra = dict(extra or {})
+        for name in self._extra:
+            if "." not in name:
+                raise PluginError(f"extension NIP-86 method {name!r} must be named '<section>.<verb>'")
         self.state = ManagementState()
         self._changes: int | None = None
         self._banned_pubkeys: frozenset[bytes] = frozenset()
@@ -79,15 +91,33 @@ class ManagementView:
     async def handle(self, body: bytes) -> Outcome:
         """Answer an (already authorised) NIP-86 request and persist what it changed."""
         try:
-            method, _ = parse_request(body)
+            method, params = parse_request(body)
         except ValueError:
-            method = ""
+            method, params = "", []
         if method == QUEUE_METHOD:
             return Outcome({"result": await self.moderation_queue()})
-        outcome = dispatch(self.state, body)
+        extra = self._extra.get(method)
+        if extra is not None:
+            return await self._call_extra(method, extra, params)
+        outcome = dispatch(self.state, body, self._extra)
         if outcome.changes:
             await self.apply(outcome.changes)
         return outcome
+
+    async def _call_extra(self, method: str, call: ManagementMethod, params: list[Any]) -> Outcome:
+        """An extension's method: its ``ValueError`` is the client's mistake, answered as
+        NIP-86 errors are; anything else is the relay's failure, logged once here and
+        answered without its details (a traceback is no use to a remote client)."""
+        try:
+            result = await call(params)
+        except ValueError as exc:
+            return Outcome({"result": None, "error": f"{method}: {exc}"})
+        except Exception:
+            log.exception("NIP-86 %s failed", method)
+            return Outcome({"result": None, "error": f"{method}: internal error (the relay's log has the details)"})
+        if isinstance(result, Changed):
+            return Outcome({"result": result.result}, changed_elsewhere=True)
+        return Outcome({"result": result})
 
     async def apply(self, changes: list[Change]) -> None:
         await self._store.apply_management([(c.topic, c.key, c.value) for c in changes])
@@ -115,7 +145,7 @@ class ManagementView:
         if pubkey not in admins:
             return 401, orjson.dumps({"result": None, "error": "unauthorized: not an admin pubkey"})
         outcome = await self.handle(body)
-        if outcome.changes:
+        if outcome.changed:
             log.info("NIP-86 %s by %s", body[:200].decode("utf-8", "replace"), pubkey)
         return 200, orjson.dumps(outcome.response)
 

@@ -106,7 +106,8 @@ class Relay:
             )
         )
         write_policies.append(self.vanished.policy)
-        self.management = ManagementView(self.store)  # NIP-86 bans, kinds, blocked IPs
+        # NIP-86 bans, kinds, blocked IPs, and the extension's namespaced methods
+        self.management = ManagementView(self.store, extension.management_methods() if extension else None)
         write_policies.append(self.management.policy)
         self.deps = ConnectionDeps(
             settings=settings,
