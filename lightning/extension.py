@@ -17,6 +17,7 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from lightning.backend import WalletBackend
+from lightning.console import PaymentsConsole
 from lightning.gate import AccountCache, Gate
 from lightning.ledger import Confirmation, ConfirmResult, Ledger, PendingCaps
 from lightning.management import PaymentMethods
@@ -216,6 +217,7 @@ class PaymentsExtension:
         if identity is not None and publish is not None and p.membership.enabled:
             self.membership = self._membership(settings, identity, publish, clock)
         self.admin_methods = PaymentMethods(store, self._on_account_changed, clock)  # NIP-86
+        self.console = PaymentsConsole(store, clock)  # operator console pages
         fake = self._fake_backend()
         self.web = JoinWeb(
             PageInfo(settings.relay.name, settings.relay.description, settings.relay.public_url, demo=fake is not None),
@@ -324,7 +326,7 @@ class PaymentsExtension:
         return self.admin_methods.methods()
 
     def console_panels(self) -> Sequence[ConsolePanel]:
-        return []
+        return self.console.panels()
 
     def nip11(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

@@ -1,0 +1,291 @@
+"""The payments pages of the operator console (issue 11 item 3): revenue, members, invoices.
+
+The console (relay/console.py) checks NIP-98 and ``[admin] pubkeys`` before it calls a
+panel's ``render`` with the page's query parameters; each render answers a document in the
+console's page language (relay/console_blocks.py). Figures are aggregated by the store in
+SQL, never by loading every invoice, and every list is bounded (``PAGE_ROWS``). Query
+parameters are the operator's typing: an unknown or garbled value falls back to the
+default, and a search that is not a pubkey or payment hash says so in a line of text.
+
+Definitions, as the pages state them:
+
+- **Period**: the last 7, 30 or 365 UTC days, today included (default 30), so a day's bar
+  always covers a whole day.
+- **Sats received**: what payers sent for invoices paid in the period (``paid_msat``);
+  **wallet fees**: what the wallet kept of those payments (e.g. Phoenixd's liquidity fees).
+- **Monthly recurring revenue (MRR)**: over the accounts admitted right now for a time (not
+  for good) and not banned, the price each paid for the time bought by its latest paid
+  time-granting invoice (subscription, admission with a term, or the time part of a zap),
+  normalised to a 30-day month: a 30-day subscription at 2,000 sats adds 2,000; a 365-day
+  admission at 12,000 sats adds 986. Admission for good, credit top-ups and time granted by
+  the operator without an invoice are not recurring and add nothing.
+- **Invoice funnel**: the invoices created in the period, and what became of them: paid,
+  expired (marked expired, or still unpaid past their expiry) or still payable. Never-paid
+  invoices the watcher deletes a while after expiry still count (the store tallies them).
+- **Member status** (``relay.store.base.MemberStatus``): active = admitted for good or for
+  more than 7 days more; expiring = admission ends within 7 days; expired = was admitted,
+  has ended; credit only = never admitted for a time (or revoked) but holds credit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from lightning.charts import DAY, daily_bars, plan_bars
+from lightning.pubkeys import npub_encode, parse_pubkey
+from relay import console_blocks as blocks
+from relay.extension import ConsolePanel
+from relay.store.base import FOREVER, Account, Invoice, InvoiceState, MemberStatus, Store, member_status
+
+PERIODS = (7, 30, 365)
+DEFAULT_DAYS = 30
+MONTH_SECONDS = 30 * DAY
+EXPIRING_SECONDS = 7 * DAY
+PAGE_ROWS = 100
+MIN_PREFIX = 4  # hex characters a prefix search needs (shorter ones match a sixteenth of everything)
+ECHO_CHARS = 80  # of an unparsable search, shown back
+REVOKE_METHOD = "payments.revoke"  # NIP-86, lightning's management methods
+
+STATUS_TITLES = {
+    MemberStatus.ACTIVE: "Active",
+    MemberStatus.EXPIRING: "Expiring within 7 days",
+    MemberStatus.EXPIRED: "Expired",
+    MemberStatus.CREDIT_ONLY: "Credit only",
+    MemberStatus.NONE: "No plan",
+}
+
+
+def sats(msat: int) -> str:
+    """Sats with thousands separators; msat shown only when there are some."""
+    if msat % 1000 == 0:
+        return f"{msat // 1000:,}"
+    return f"{msat / 1000:,.3f}".rstrip("0")
+
+
+def percent(part: int, whole: int) -> str:
+    return f"{part / whole * 100:.1f}%" if whole else "-"
+
+
+def utc(moment: int | None) -> str:
+    if moment is None or moment <= 0:
+        return "-"
+    if moment >= FOREVER:
+        return "forever"
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(moment))
+
+
+def period_days(params: Mapping[str, str]) -> int:
+    value = params.get("days", "")
+    return int(value) if value in {str(d) for d in PERIODS} else DEFAULT_DAYS
+
+
+class Search:
+    """What a search box held: a whole pubkey (hex or npub), a whole or partial hex string
+    (a pubkey or a payment hash), nothing, or something else (``problem`` says what)."""
+
+    def __init__(self, raw: str, what: str) -> None:
+        self.raw = raw.strip()
+        self.prefix = ""  # lowercase hex, up to 64 characters
+        self.npub = False  # the prefix is a pubkey for certain (typed as an npub)
+        self.problem = ""
+        if not self.raw:
+            return
+        pubkey = parse_pubkey(self.raw)
+        if pubkey is not None:
+            self.prefix = pubkey
+            self.npub = self.raw.lower().startswith("npub1")
+            return
+        lowered = self.raw.lower()
+        if MIN_PREFIX <= len(lowered) < 64 and all(c in "0123456789abcdef" for c in lowered):
+            self.prefix = lowered
+            return
+        shown = self.raw if len(self.raw) <= ECHO_CHARS else self.raw[:ECHO_CHARS] + "\u2026"
+        self.problem = f"{shown!r} is not a {what}: type an npub, 64 hex characters, or at least {MIN_PREFIX} of them"
+
+
+class PaymentsConsole:
+    """The three pages over one store; ``clock`` is the relay's (tests move it)."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    def panels(self) -> Sequence[ConsolePanel]:
+        return (
+            ConsolePanel("revenue", "Revenue", self.revenue),
+            ConsolePanel("members", "Members", self.members),
+            ConsolePanel("invoices", "Invoices", self.invoices),
+        )
+
+    async def revenue(self, params: Mapping[str, str]) -> dict[str, Any]:
+        days = period_days(params)
+        now = int(self.clock())
+        first_day = now // DAY - days + 1
+        since = first_day * DAY
+        per_day = [0] * days
+        per_plan: dict[str, int] = {}
+        received = fees = paid = 0
+        for row in await self.store.revenue_by_day(since):
+            if 0 <= row.day - first_day < days:  # paid_at in the future (a clock step) is left out
+                per_day[row.day - first_day] += row.paid_msat
+            per_plan[row.plan] = per_plan.get(row.plan, 0) + row.paid_msat
+            received += row.paid_msat
+            fees += row.fee_msat
+            paid += row.invoices
+        funnel = await self.store.invoice_funnel(since, now)
+        mrr = await self.store.recurring_msat(now, MONTH_SECONDS)
+        span = f"{time.strftime('%Y-%m-%d', time.gmtime(since))} to {time.strftime('%Y-%m-%d', time.gmtime(now))} UTC"
+        nothing = "no payments in this period"
+        return blocks.document(
+            "Revenue",
+            [
+                blocks.form(
+                    [blocks.select_field("days", "Period", [(str(d), f"last {d} days") for d in PERIODS], str(days))]
+                ),
+                blocks.stats(
+                    [
+                        ("Sats received", sats(received)),
+                        ("Paid invoices", f"{paid:,}"),
+                        ("Wallet fees (sats)", sats(fees)),
+                        ("Net of fees (sats)", sats(received - fees)),
+                        ("Monthly recurring revenue (sats)", sats(mrr)),
+                    ],
+                    title=f"Last {days} days: {span}",
+                ),
+                blocks.chart(
+                    "Sats per day",
+                    daily_bars(
+                        f"Sats per day, last {days} days", first_day, [v / 1000 for v in per_day], empty=nothing
+                    ),
+                ),
+                blocks.chart(
+                    "Sats per plan",
+                    plan_bars(
+                        f"Sats per plan, last {days} days", [(k, v / 1000) for k, v in per_plan.items()], empty=nothing
+                    ),
+                ),
+                blocks.stats(
+                    [
+                        ("Created", f"{funnel.created:,}"),
+                        ("Paid", f"{funnel.paid:,} ({percent(funnel.paid, funnel.created)})"),
+                        ("Expired", f"{funnel.expired:,} ({percent(funnel.expired, funnel.created)})"),
+                        ("Still payable", f"{funnel.pending:,} ({percent(funnel.pending, funnel.created)})"),
+                    ],
+                    title="Invoice funnel: invoices created in the period, and what became of them",
+                ),
+                blocks.text(
+                    "Monthly recurring revenue: for each account admitted now for a time (not for good, not"
+                    " banned), the price of the time its latest paid time-granting invoice bought, per 30 days."
+                ),
+            ],
+        )
+
+    async def members(self, params: Mapping[str, str]) -> dict[str, Any]:
+        now = int(self.clock())
+        soon = now + EXPIRING_SECONDS
+        search = Search(params.get("q", ""), "pubkey")
+        statuses = {s.value: s for s in MemberStatus}
+        status = statuses.get(params.get("status", ""))
+        counts = await self.store.member_counts(now, soon)
+        found: list[dict[str, Any]] = [
+            blocks.form(
+                [
+                    blocks.text_field("q", "Pubkey", search.raw if not search.problem else "", "npub or hex"),
+                    blocks.select_field(
+                        "status",
+                        "Status",
+                        [("", "any"), *((s.value, STATUS_TITLES[s]) for s in MemberStatus)],
+                        status.value if status else "",
+                    ),
+                ]
+            ),
+            blocks.stats(
+                [(STATUS_TITLES[s], f"{counts[s]:,}") for s in MemberStatus]
+                + [("Accounts in all", f"{sum(counts.values()):,}")],
+                title="Accounts by status (admission ending within 7 days: expiring)",
+            ),
+        ]
+        if search.problem:
+            found.append(blocks.text(search.problem))
+            return blocks.document("Members", found)
+        accounts = await self.store.find_accounts(
+            now, soon, status=status, pubkey_prefix=search.prefix, limit=PAGE_ROWS + 1
+        )
+        found.append(
+            blocks.table(
+                "Accounts",
+                ["npub", "pubkey (hex)", "status", "admitted until (UTC)", "credit (sats)", "flags"],
+                [self._account_row(a, now, soon) for a in accounts[:PAGE_ROWS]],
+                actions=[blocks.action("Revoke", REVOKE_METHOD, 1)],
+                empty="no account matches" if search.prefix or status else "no accounts yet",
+            )
+        )
+        if len(accounts) > PAGE_ROWS:
+            found.append(
+                blocks.text(f"Only the first {PAGE_ROWS} are shown: search a pubkey or pick a status to narrow.")
+            )
+        return blocks.document("Members", found)
+
+    @staticmethod
+    def _account_row(account: Account, now: int, soon: int) -> list[str]:
+        flags = ", ".join(f for f, on in (("banned", account.banned), ("allowed", account.allowed)) if on)
+        return [
+            npub_encode(account.pubkey),
+            account.pubkey,
+            member_status(account, now, soon).value,
+            utc(account.admitted_until),
+            sats(account.credit_msat),
+            flags,
+        ]
+
+    async def invoices(self, params: Mapping[str, str]) -> dict[str, Any]:
+        now = int(self.clock())
+        search = Search(params.get("q", ""), "pubkey or payment hash")
+        found: list[dict[str, Any]] = [
+            blocks.form(
+                [
+                    blocks.text_field(
+                        "q", "Search", search.raw if not search.problem else "", "pubkey, npub or payment hash"
+                    )
+                ]
+            )
+        ]
+        if search.problem:
+            found.append(blocks.text(search.problem))
+            return blocks.document("Invoices", found)
+        invoices = await self.store.find_invoices(
+            pubkey_prefix=search.prefix,
+            hash_prefix="" if search.npub else search.prefix,
+            limit=PAGE_ROWS + 1,
+        )
+        found.append(
+            blocks.table(
+                "Invoices, newest first",
+                ["payment hash", "pubkey", "plan", "sats", "state", "created (UTC)", "paid (UTC)", "wallet fee (sats)"],
+                [self._invoice_row(i, now) for i in invoices[:PAGE_ROWS]],
+                empty="no invoice matches" if search.prefix else "no invoices yet",
+            )
+        )
+        if len(invoices) > PAGE_ROWS:
+            found.append(
+                blocks.text(f"Only the newest {PAGE_ROWS} are shown: search a pubkey or payment hash to narrow.")
+            )
+        return blocks.document("Invoices", found)
+
+    @staticmethod
+    def _invoice_row(invoice: Invoice, now: int) -> list[str]:
+        state = invoice.state.value
+        if invoice.state is InvoiceState.PENDING and invoice.expires_at <= now:
+            state = InvoiceState.EXPIRED.value  # the watcher marks it soon; no wallet pays it now
+        return [
+            invoice.payment_hash,
+            invoice.pubkey,
+            invoice.plan,
+            sats(invoice.amount_msat),
+            state,
+            utc(invoice.created_at),
+            utc(invoice.paid_at),
+            "" if invoice.fee_msat is None else sats(invoice.fee_msat),
+        ]

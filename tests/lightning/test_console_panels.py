@@ -1,0 +1,283 @@
+"""The operator console's payments pages (revenue, members, invoices) over a real store,
+SQLite and PostgreSQL, holding invoices issued and settled through the real ledger and the
+fake wallet.
+
+The ledger takes ``now`` for issuing and confirming, so invoices are issued and paid on
+past days of a clock set 400 days ahead (the console's clock is the extension's); only the
+bounds tests fill the store directly, through its API, for speed.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightning.backends.fake import FakeBackend
+from lightning.console import PAGE_ROWS
+from lightning.extension import PaymentsExtension, build_backend
+from lightning.pubkeys import npub_encode
+from relay.store.base import Invoice, Store
+from tests.lightning.payment_stack import payment_settings, pubkey_of
+from tests.store.conftest import store, store_factory  # noqa: F401  (SQLite and PostgreSQL, fresh per test)
+
+DAY = 86400
+NOW = (int(time.time()) // DAY + 400) * DAY + 12 * 3600  # noon UTC, 400 days ahead
+SVG = "{http://www.w3.org/2000/svg}"
+PLANS = {
+    "subscription": {"enabled": True, "fee_sats": 2000, "period_days": 30},
+    "admission": {"enabled": True, "fee_sats": 1000},  # admitted for good
+    "credit": {"enabled": True, "min_topup_sats": 100},
+}
+ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA = (pubkey_of(n.to_bytes(32, "big")) for n in range(1, 8))
+
+
+@dataclass
+class Console:
+    ext: PaymentsExtension
+    store: Store
+    wallet: FakeBackend
+    hashes: dict[str, str]
+
+    async def render(self, panel: str, **params: str) -> dict[str, Any]:
+        (found,) = [p for p in self.ext.console_panels() if p.name == panel]
+        return await found.render(params)
+
+    async def buy(self, pubkey: str, plan: str, at: int, amount_sats: int | None = None, *, pay: bool = True) -> str:
+        invoice = await self.ext.ledger.issue(pubkey, plan, at, amount_sats)
+        if pay:
+            assert await self.wallet.pay(invoice.payment_hash)
+            assert (await self.ext.ledger.confirm(invoice.payment_hash, at)).invoice is not None
+            settled = await self.store.get_invoice(invoice.payment_hash)
+            assert settled is not None and settled.paid_at == at
+        return invoice.payment_hash
+
+
+@pytest.fixture
+async def console(store: Store, tmp_path: Path) -> AsyncIterator[Console]:  # noqa: F811
+    settings = payment_settings(tmp_path, **PLANS)
+    wallet = build_backend(settings, None)  # type: ignore[arg-type]  # the fake wallet needs no HTTP
+    assert isinstance(wallet, FakeBackend)
+    ext = PaymentsExtension(settings, store, wallet, clock=lambda: NOW)
+    try:
+        yield Console(ext, store, wallet, {})
+    finally:
+        await wallet.close()
+
+
+@pytest.fixture
+async def sales(console: Console) -> Console:
+    """Seven pubkeys, each in another situation at NOW."""
+    h = console.hashes
+    h["alice"] = await console.buy(ALICE, "subscription", NOW - 10 * DAY)  # admitted 20 more days
+    h["bob"] = await console.buy(BOB, "admission", NOW - 2 * DAY)  # for good
+    h["carol"] = await console.buy(CAROL, "credit", NOW, amount_sats=500)  # credit only
+    h["dave"] = await console.buy(DAVE, "subscription", NOW - 40 * DAY)  # lapsed 10 days ago
+    h["erin"] = await console.buy(ERIN, "subscription", NOW - 25 * DAY)  # 5 days left
+    h["frank"] = await console.buy(FRANK, "subscription", NOW - 3 * DAY, pay=False)  # expired unpaid
+    h["gina"] = await console.buy(GINA, "credit", NOW - 60, amount_sats=300, pay=False)  # still payable
+    return console
+
+
+def blocks_of(doc: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [b for b in doc["blocks"] if b["type"] == kind]
+
+
+def stat(doc: dict[str, Any], label: str) -> str:
+    values = [i["value"] for b in blocks_of(doc, "stats") for i in b["items"] if i["label"] == label]
+    assert len(values) == 1, label
+    return str(values[0])
+
+
+def lines(doc: dict[str, Any]) -> list[str]:
+    return [b["text"] for b in blocks_of(doc, "text")]
+
+
+def bar_heights(svg: str) -> list[float]:
+    root = ET.fromstring(svg)
+    (group,) = [g for g in root.iter(f"{SVG}g") if g.get("class") == "bars"]
+    return [float(r.get("height", "")) for r in group.iter(f"{SVG}rect")]
+
+
+def field_value(doc: dict[str, Any], name: str) -> str:
+    (form,) = blocks_of(doc, "form")
+    (value,) = [f["value"] for f in form["fields"] if f["name"] == name]
+    return str(value)
+
+
+async def test_extension_offers_the_three_payments_pages(console: Console) -> None:
+    assert [(p.name, p.title) for p in console.ext.console_panels()] == [
+        ("revenue", "Revenue"),
+        ("members", "Members"),
+        ("invoices", "Invoices"),
+    ]
+
+
+async def test_revenue_over_30_days_sums_paid_sats_per_day_and_plan_funnel_and_mrr(sales: Console) -> None:
+    doc = await sales.render("revenue")
+    assert field_value(doc, "days") == "30"
+    # alice 2000 + bob 1000 + carol 500 + erin 2000 (dave paid 40 days ago: outside)
+    assert stat(doc, "Sats received") == "5,500"
+    assert stat(doc, "Paid invoices") == "4"
+    assert stat(doc, "Wallet fees (sats)") == "0"
+    # Admitted now for a time: alice and erin, 2,000 sats per 30 days each; bob is in for
+    # good, carol holds credit, dave lapsed.
+    assert stat(doc, "Monthly recurring revenue (sats)") == "4,000"
+    # Created in the period: alice, bob, carol, erin (paid), frank (expired), gina (payable).
+    assert stat(doc, "Created") == "6"
+    assert stat(doc, "Paid") == "4 (66.7%)"
+    assert stat(doc, "Expired") == "1 (16.7%)"
+    assert stat(doc, "Still payable") == "1 (16.7%)"
+    per_day, per_plan = (b["svg"] for b in blocks_of(doc, "chart"))
+    heights = bar_heights(per_day)
+    assert len(heights) == 4  # four days with payments
+    # Bars measure sats: 2000 (erin, 25 days ago), 2000 (alice), 1000 (bob), 500 (carol), in day order.
+    assert [h / heights[0] for h in heights] == pytest.approx([1, 1, 0.5, 0.25], rel=1e-3)
+    desc = ET.fromstring(per_day).findtext(f"{SVG}desc") or ""
+    assert "5,500 sats in all" in desc
+    plan_desc = ET.fromstring(per_plan).findtext(f"{SVG}desc") or ""
+    assert plan_desc == "5,500 sats in all: subscription 4,000 sats; admission 1,000 sats; credit 500 sats"
+
+
+async def test_revenue_period_choice_and_garbage_falls_back_to_30_days(sales: Console) -> None:
+    year = await sales.render("revenue", days="365")
+    assert field_value(year, "days") == "365"
+    assert stat(year, "Sats received") == "7,500"  # dave's too
+    assert stat(year, "Created") == "7"
+    assert len(bar_heights(blocks_of(year, "chart")[0]["svg"])) == 5
+    week = await sales.render("revenue", days="7")
+    assert stat(week, "Sats received") == "1,500"  # bob and carol
+    assert stat(week, "Created") == "4"  # bob, carol, frank, gina
+    for garbage in ("abc", "0", "-7", "365 ", "1e3", "", "30" * 1000):
+        doc = await sales.render("revenue", days=garbage, unknown="x")
+        assert field_value(doc, "days") == "30"
+        assert stat(doc, "Sats received") == "5,500"
+
+
+async def test_revenue_with_no_payments_draws_empty_charts(console: Console) -> None:
+    doc = await console.render("revenue")
+    assert stat(doc, "Sats received") == "0" and stat(doc, "Created") == "0"
+    assert stat(doc, "Paid") == "0 (-)"
+    for chart in blocks_of(doc, "chart"):
+        assert bar_heights(chart["svg"]) == []
+        assert "no payments in this period" in chart["svg"]
+
+
+async def test_members_counts_by_status_and_revoke_action(sales: Console) -> None:
+    doc = await sales.render("members")
+    counts = {label: stat(doc, label) for label in ("Active", "Expiring within 7 days", "Expired", "Credit only")}
+    assert counts == {"Active": "2", "Expiring within 7 days": "1", "Expired": "1", "Credit only": "1"}
+    assert stat(doc, "Accounts in all") == "5"  # frank and gina never paid: no account
+    (table,) = blocks_of(doc, "table")
+    assert table["actions"] == [{"label": "Revoke", "method": "payments.revoke", "column": 1, "reason": False}]
+    hex_column = table["columns"].index("pubkey (hex)")
+    assert hex_column == 1
+    rows = {row[1]: row for row in table["rows"]}
+    assert set(rows) == {ALICE, BOB, CAROL, DAVE, ERIN}
+    assert rows[BOB][2:4] == ["active", "forever"]
+    assert rows[ERIN][2] == "expiring"
+    assert rows[ERIN][3] == time.strftime("%Y-%m-%d %H:%M", time.gmtime(NOW + 5 * DAY))
+    assert rows[DAVE][2] == "expired"
+    assert rows[CAROL][2:5] == ["credit-only", "-", "500"]
+    assert rows[ALICE][0] == npub_encode(ALICE)
+
+
+async def test_members_search_by_npub_hex_or_prefix_and_by_status(sales: Console) -> None:
+    for q in (npub_encode(DAVE), DAVE, DAVE.upper(), DAVE[:10], f"  {DAVE[:10]}  "):
+        doc = await sales.render("members", q=q)
+        (table,) = blocks_of(doc, "table")
+        assert [row[1] for row in table["rows"]] == [DAVE], q
+    doc = await sales.render("members", status="expiring")
+    assert [row[1] for row in blocks_of(doc, "table")[0]["rows"]] == [ERIN]
+    assert field_value(doc, "status") == "expiring"
+    doc = await sales.render("members", status="credit-only", q=ALICE)
+    assert blocks_of(doc, "table")[0]["rows"] == []
+
+
+async def test_members_unparsable_search_is_a_line_of_text_and_bad_status_means_any(sales: Console) -> None:
+    for q in ("zzz", "npub1notanpub", "abc", "g" * 64, "<script>", "x" * 10_000):
+        doc = await sales.render("members", q=q)
+        assert blocks_of(doc, "table") == []
+        (line,) = lines(doc)
+        assert "is not a pubkey" in line and len(line) < 250
+        assert stat(doc, "Active") == "2"  # the counts still show
+        assert field_value(doc, "q") == ""
+    doc = await sales.render("members", status="bogus")
+    assert field_value(doc, "status") == ""
+    assert len(blocks_of(doc, "table")[0]["rows"]) == 5
+
+
+async def test_members_page_is_bounded_with_a_note(console: Console) -> None:
+    for n in range(PAGE_ROWS + 1):
+        await console.store.update_account(f"{n:064x}", NOW, admitted_until=NOW + DAY * (n + 1))
+    doc = await console.render("members")
+    assert stat(doc, "Accounts in all") == f"{PAGE_ROWS + 1}"
+    (table,) = blocks_of(doc, "table")
+    assert len(table["rows"]) == PAGE_ROWS
+    assert any(f"first {PAGE_ROWS}" in line for line in lines(doc))
+    doc = await console.render("members", status="expiring")  # 7 of them: no note
+    assert len(blocks_of(doc, "table")[0]["rows"]) == 7 and lines(doc) == []
+
+
+async def test_invoices_newest_first_with_states_and_search(sales: Console) -> None:
+    doc = await sales.render("invoices")
+    (table,) = blocks_of(doc, "table")
+    assert table["columns"] == [
+        "payment hash",
+        "pubkey",
+        "plan",
+        "sats",
+        "state",
+        "created (UTC)",
+        "paid (UTC)",
+        "wallet fee (sats)",
+    ]
+    h = sales.hashes
+    order = ["carol", "gina", "bob", "frank", "alice", "erin", "dave"]
+    assert [row[0] for row in table["rows"]] == [h[name] for name in order]
+    by_hash = {row[0]: row for row in table["rows"]}
+    assert by_hash[h["frank"]][4] == "expired"  # pending past its expiry
+    assert by_hash[h["gina"]][4] == "pending"
+    assert by_hash[h["alice"]][1:6] == [
+        ALICE,
+        "subscription",
+        "2,000",
+        "paid",
+        time.strftime("%Y-%m-%d %H:%M", time.gmtime(NOW - 10 * DAY)),
+    ]
+    assert by_hash[h["gina"]][6] == "-"
+    # By npub (pubkey only), hex pubkey, payment hash, and prefixes of either.
+    for q, want in (
+        (npub_encode(ERIN), ["erin"]),
+        (ERIN, ["erin"]),
+        (h["frank"], ["frank"]),
+        (h["frank"][:12], ["frank"]),
+        (GINA[:12].upper(), ["gina"]),
+    ):
+        doc = await sales.render("invoices", q=q)
+        assert [row[0] for row in blocks_of(doc, "table")[0]["rows"]] == [h[n] for n in want], q
+    doc = await sales.render("invoices", q="ffff" * 16)
+    assert blocks_of(doc, "table")[0]["rows"] == []
+
+
+async def test_invoices_garbage_search_and_bounds(console: Console) -> None:
+    doc = await console.render("invoices", q="not a hash")
+    assert blocks_of(doc, "table") == []
+    (line,) = lines(doc)
+    assert "is not a pubkey or payment hash" in line
+    for n in range(PAGE_ROWS + 1):
+        await console.store.add_invoice(
+            Invoice(f"{n:064x}", ALICE, "credit", 100_000, f"lnbcrt{n}", NOW - n, NOW - n + 900, credit_msat=100_000)
+        )
+    doc = await console.render("invoices")
+    (table,) = blocks_of(doc, "table")
+    assert len(table["rows"]) == PAGE_ROWS
+    assert table["rows"][0][0] == f"{0:064x}"  # the newest
+    assert any(f"newest {PAGE_ROWS}" in line for line in lines(doc))
+    doc = await console.render("invoices", q=f"{7:064x}")
+    assert [row[0] for row in blocks_of(doc, "table")[0]["rows"]] == [f"{7:064x}"] and lines(doc) == []
