@@ -187,6 +187,18 @@ async def test_members_counts_by_status_and_revoke_action(sales: Console) -> Non
     assert rows[ALICE][0] == npub_encode(ALICE)
 
 
+async def test_members_revoke_action_names_a_real_method_that_takes_the_row_cell(sales: Console) -> None:
+    """What console.js does on a click: NIP-86 ``method`` with ``[row[column]]``."""
+    doc = await sales.render("members", q=npub_encode(ALICE))
+    (table,) = blocks_of(doc, "table")
+    (action,) = table["actions"]
+    (row,) = table["rows"]
+    await sales.ext.management_methods()[action["method"]]([row[action["column"]]])
+    doc = await sales.render("members", q=ALICE)
+    assert [row[2] for row in blocks_of(doc, "table")[0]["rows"]] == ["none"]
+    assert stat(doc, "Active") == "1"  # bob, for good
+
+
 async def test_members_search_by_npub_hex_or_prefix_and_by_status(sales: Console) -> None:
     for q in (npub_encode(DAVE), DAVE, DAVE.upper(), DAVE[:10], f"  {DAVE[:10]}  "):
         doc = await sales.render("members", q=q)
