@@ -565,6 +565,12 @@ class Store(Protocol):
         """Raw JSON bytes stored for ``pubkey`` (the storage quota's measure)."""
         ...
 
+    async def database_bytes(self) -> int:
+        """What the database occupies on disk (the operator console's overview): tables,
+        indexes and SQLite's WAL. Cheap enough to ask every few seconds: sizes the engine
+        already keeps, never a scan."""
+        ...
+
     async def vanish(self, pubkey: str, until: int, now: int) -> int:
         """NIP-62: delete every event of ``pubkey`` with created_at <= ``until`` (kind 5
         included) and the gift wraps (kind 1059) ``p``-tagging it up to then, in one

@@ -1032,6 +1032,16 @@ class PostgresStore:
         )
         return int(value)
 
+    async def database_bytes(self) -> int:
+        # The tables of this store's schema (the first on its search_path), each with its
+        # indexes and TOAST (pg_total_relation_size): sizes from the catalogue, no scan.
+        value = await self._fetchval(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')"
+        )
+        return int(value)
+
     async def vanish(self, pubkey: str, until: int, now: int) -> int:
         pk = bytes.fromhex(pubkey)
         async with self._acquire() as conn, conn.transaction():

@@ -877,6 +877,14 @@ class SqliteStore:
         )
         return int(rows[0][0])
 
+    async def database_bytes(self) -> int:
+        # page_count is the database's logical size in this reader's snapshot (WAL pages
+        # included); the WAL file is on disk too, until a checkpoint truncates it.
+        count = await self._read("PRAGMA page_count", ())
+        size = await self._read("PRAGMA page_size", ())
+        wal = await asyncio.to_thread(_file_bytes, Path(f"{self.path}-wal"))
+        return int(count[0][0]) * int(size[0][0]) + wal
+
     async def vanish(self, pubkey: str, until: int, now: int) -> int:
         deleted: int = await self._write(self._transaction, _vanish, pubkey, until)
         return deleted
@@ -1487,3 +1495,11 @@ def _record_renewal(
         " WHERE pubkey = ? AND period_end = ?",
         (state, detail, now, int(tried), pubkey, period_end),
     )
+
+
+def _file_bytes(path: Path) -> int:
+    """A file's size, 0 when it does not exist (no WAL between a TRUNCATE checkpoint and the next write)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
