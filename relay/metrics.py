@@ -49,6 +49,27 @@ class RelayMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def events_accepted_total(self) -> float:
+        """Events accepted since start, every kind class together (the console's events/s
+        is this counter sampled over time)."""
+        return _total(self.events_accepted)
+
+    def open_connections(self) -> int:
+        return int(_total(self.connections))
+
+    def live_subscriptions(self) -> int:
+        return int(_total(self.subscriptions))
+
+
+def _total(metric: Counter | Gauge) -> float:
+    """The sum of a metric's values over its labels (a counter's ``_total`` samples only)."""
+    return sum(
+        sample.value
+        for family in metric.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    )
+
 
 class _WriterCollector(Collector):
     """Group-commit figures: mean batch size is rate(events) / rate(batches)."""

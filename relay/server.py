@@ -3,9 +3,9 @@
 ``Relay`` receives its store, broadcast and extension (``relay.app`` builds them from
 Settings: the composition root) and owns the rest: the verifier, the group-commit writer,
 the live subscription index, the HTTP router and the listening socket. Each TCP
-connection is a ``relay.transport.RelayProtocol``: HTTP requests go to the router
-(NIP-11 with CORS, the HTML page, /metrics, then the extension's routes), a WebSocket
-upgrade becomes one ``Connection``.
+connection is a ``relay.transport.RelayProtocol``: HTTP requests go to the router (the
+operator console at /admin, NIP-86, NIP-11 with CORS, /metrics, the extension's routes, then
+the HTML page), a WebSocket upgrade becomes one ``Connection``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from relay import nip11
 from relay.broadcast import Broadcast
 from relay.config import Settings
 from relay.connection import Connection, ConnectionDeps
+from relay.console import Console
 from relay.event import Event
 from relay.extension import Extension
 from relay.filters import Filter
@@ -203,6 +204,14 @@ class Relay:
         info["supported_nips"] = sorted({*info["supported_nips"], 86})  # NIP-86 management API
         self._info_base = info
         self._refresh_info()
+        self.console = Console(
+            settings=self.settings,
+            store=self.store,
+            metrics=self.metrics,
+            management=self.management,
+            extension_panels=self.extension.console_panels() if self.extension is not None else (),
+        )
+        self.router.add(self.console.handle)  # /admin: the operator console, before any other route
         self.router.add(self._management_route)
         self.router.add(self._core_routes)
         if self.extension is not None:
@@ -211,6 +220,8 @@ class Relay:
         self._background.append(asyncio.create_task(self._purge_loop(), name="purge-expired"))
         self._background.append(asyncio.create_task(self.vanished.watch(), name="nip62-refresh"))
         self._background.append(asyncio.create_task(self.management.watch(), name="nip86-refresh"))
+        if self.settings.admin.pubkeys:  # without operators nobody can open the console
+            self._background.append(asyncio.create_task(self.console.run(), name="console-samples"))
         srv = self.settings.server
         self._background.append(asyncio.create_task(self._keepalive_loop(srv.ping_interval_seconds), name="keepalive"))
         limits = self.settings.limits

@@ -1,0 +1,243 @@
+"""The operator console in real headless Chromium, signed in through a NIP-07 stand-in that
+signs real NIP-98 events with a test key: every tab the relay lists (the payments panels too,
+when the extension offers them), a ban from the moderation queue, refusals.
+
+Needs Debian's ``chromium`` (``make chromium``); skipped with the reason when absent.
+Screenshots go to the test's temp folder, or to docs/img/console-<panel>.png (for the
+README) when ``SATSRELAY_UPDATE_SCREENSHOTS=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from relay import crypto
+from relay.app import build_relay
+from relay.config import load_settings
+from relay.event import sign_event
+from relay.server import Relay
+from tests.conftest import free_port
+from tests.lightning.payment_stack import nip98_header
+from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS, CONFIG_EXAMPLE, DOCS_IMG
+from tests.nostr_client import NostrClient, signed
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (run `make chromium`)")
+
+
+@contextlib.asynccontextmanager
+async def run_relay(tmp_path: Path, admin: str) -> AsyncIterator[Relay]:
+    """The relay ``make run`` starts (config.example.toml, demo payments) with one operator."""
+    settings = load_settings(
+        CONFIG_EXAMPLE,
+        server={"port": free_port(), "metrics_listen": "127.0.0.1:0"},
+        storage={"url": f"sqlite:///{tmp_path}/relay.db"},
+        payments={"poll_interval_seconds": 0.5, "fake": {"state_file": str(tmp_path / "fake-wallet.db")}},
+        admin={"pubkeys": [admin]},
+        log_level="WARNING",
+    )
+    relay = build_relay(settings)
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+
+
+async def stand_in_signer(page: Any, secret: bytes) -> None:
+    """``window.nostr`` as a NIP-07 extension offers it, backed by ``secret``."""
+
+    def sign(template: dict[str, Any]) -> dict[str, Any]:
+        event = sign_event(secret, template["kind"], template["content"], template["tags"], template["created_at"])
+        return event.to_dict()
+
+    async def get_public_key() -> str:
+        return crypto.public_key(secret).hex()
+
+    await page.expose_function("standInSign", sign)
+    await page.expose_function("standInKey", get_public_key)
+    await page.add_init_script(
+        "window.nostr = { signEvent: (t) => window.standInSign(t), getPublicKey: () => window.standInKey() };"
+    )
+
+
+def watch(page: Any, base: str) -> tuple[list[str], list[str]]:
+    """(console errors and page errors, URLs requested from anywhere but the relay)."""
+    errors: list[str] = []
+    elsewhere: list[str] = []
+
+    def console(message: Any) -> None:
+        if message.type in ("error", "warning"):
+            errors.append(f"console.{message.type}: {message.text}")
+
+    page.on("console", console)
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+
+    def request(req: Any) -> None:
+        if not (req.url.startswith(base + "/") or req.url.startswith(f"blob:{base}/")):
+            elsewhere.append(req.url)
+
+    page.on("request", request)
+    return errors, elsewhere
+
+
+async def signed_get(http: httpx.AsyncClient, url: str, secret: bytes) -> Any:
+    answer = await http.get(url, headers={"Authorization": nip98_header(secret, url)})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+async def nip86(http: httpx.AsyncClient, base: str, secret: bytes, method: str, *params: Any) -> Any:
+    body = orjson.dumps({"method": method, "params": list(params)})
+    headers = {
+        "Content-Type": "application/nostr+json+rpc",
+        "Authorization": nip98_header(secret, base + "/", "POST", body=body),
+    }
+    answer = await http.post(base + "/", content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["result"]
+
+
+@pytest.mark.parametrize("width", [1000, 390])
+async def test_operator_visits_every_panel_and_bans_a_reported_event(
+    alice: bytes, bob: bytes, tmp_path: Path, width: int
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    operator = crypto.generate_secret()
+    update = os.environ.get("SATSRELAY_UPDATE_SCREENSHOTS") == "1" and width == 1000
+    screenshots = DOCS_IMG if update else tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
+    async with (
+        run_relay(tmp_path, crypto.public_key(operator).hex()) as relay,
+        NostrClient(relay.url) as client,
+        httpx.AsyncClient() as http,
+    ):
+        base = f"http://127.0.0.1:{relay.port}"
+        # Alice writes free (operator-allowed); Bob, not a member, reports her note (NIP-56).
+        await relay.store.update_account(crypto.public_key(alice).hex(), int(time.time()), allowed=True)
+        bad = signed(alice, 1, "Send 1 BTC, get 2 back: <b>totally</b> legit")
+        assert (await client.publish(bad))[0]
+        ok, message = await client.publish(signed(bob, 1984, "scam", [["e", bad.id, "spam"], ["p", bad.pubkey]]))
+        assert ok, message
+        listed = await signed_get(http, base + "/admin/api/panels", operator)
+        assert [p["name"] for p in listed][:3] == ["overview", "moderation", "settings"]
+
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": width, "height": 900})
+                errors, elsewhere = watch(page, base)
+                await stand_in_signer(page, operator)
+                await page.goto(base + "/admin", wait_until="load")
+                await expect(page.locator("#console")).to_be_hidden()
+                if update:
+                    await page.screenshot(path=str(screenshots / "console-sign-in.png"), full_page=True)
+                await page.click("#sign-in-button")
+                await expect(page.locator("#console")).to_be_visible(timeout=10_000)
+                await expect(page.locator("#who-key")).to_have_text(crypto.public_key(operator).hex()[:12] + "…")
+                tabs = page.locator("#tabs [role=tab]")
+                assert await tabs.all_inner_texts() == [p["title"] for p in listed]
+
+                for entry in listed:
+                    await page.click(f"#tab-{entry['name']}")
+                    await expect(page.locator(f"#tab-{entry['name']}")).to_have_attribute("aria-selected", "true")
+                    await expect(page.locator(f"#panel[data-panel={entry['name']}]")).to_be_visible()
+                    doc = await signed_get(http, f"{base}/admin/api/panel/{entry['name']}", operator)
+                    await expect(page.locator("#panel h2")).to_have_text(doc["title"])
+                    blocks = page.locator("#panel > .block")
+                    await expect(blocks).to_have_count(len(doc["blocks"]))
+                    kinds = [await b.get_attribute("data-block") for b in await blocks.all()]
+                    assert kinds == [b["type"] for b in doc["blocks"]], entry
+                    for index, block in enumerate(doc["blocks"]):
+                        shown = blocks.nth(index)
+                        if block.get("title"):
+                            await expect(shown.locator("h3")).to_have_text(block["title"])
+                        if block["type"] == "chart":  # the SVG decoded from its blob URL
+                            image = shown.locator("img")
+                            await expect(image).to_have_js_property("complete", True)
+                            assert await image.evaluate("img => img.naturalWidth") > 0
+                            assert (await image.get_attribute("src") or "").startswith(f"blob:{base}/")
+                        if block["type"] == "table" and block["rows"]:
+                            await expect(shown.locator("tbody tr")).to_have_count(len(block["rows"]))
+                        if block["type"] == "stats":
+                            await expect(shown.locator(".tile")).to_have_count(len(block["items"]))
+                    width_used = await page.evaluate("document.documentElement.scrollWidth")
+                    assert width_used <= width, (entry["name"], width_used)  # nothing scrolls sideways
+                    name = f"console-{entry['name']}.png"
+                    shot = screenshots / name if update else tmp_path / f"{width}-{name}"
+                    # The settings page is every key of the config: the README shows its top.
+                    await page.screenshot(path=str(shot), full_page=not (update and entry["name"] == "settings"))
+
+                # The overview redraws by itself (refresh 5 s): a new event moves its figure.
+                await page.click("#tab-overview")
+                accepted = page.locator(".tile", has_text="accepted since start").locator("dd")
+                before = int((await accepted.inner_text()).replace(",", ""))
+                assert (await client.publish(signed(alice, 1, "one more")))[0]
+                await expect(accepted).to_have_text(f"{before + 1:,}", timeout=12_000)
+
+                # The settings panel's section picker (a form) reloads it with a query.
+                await page.click("#tab-settings")
+                await page.select_option("#panel select[name=section]", "payments.lnbits")
+                await expect(page.locator("#panel .block[data-block=table] h3")).to_have_text(["[payments.lnbits]"])
+                await expect(page.locator("#panel tr", has_text="invoice_key")).to_have_count(1)
+
+                # Moderation: ban the reported event with a reason, from its row.
+                await page.click("#tab-moderation")
+                row = page.locator("#panel tr", has_text=bad.id)
+                await expect(row).to_have_count(1)
+                await expect(row).to_contain_text("<b>totally</b>")  # shown as text, never markup
+                ban = row.locator(".action", has=page.locator("button", has_text="Ban event"))
+                await ban.locator("input.reason").fill("scam, reported by bob")
+                await ban.locator("button").click()
+                await expect(page.locator("#notice")).to_contain_text("Ban event: done", timeout=10_000)
+                queue = page.locator("#panel .block", has=page.locator("h3", has_text="Reported events"))
+                await expect(queue.locator(".empty")).to_be_visible()
+                banned = page.locator("#panel .block", has=page.locator("h3", has_text="Banned events"))
+                await expect(banned.locator("tbody tr")).to_contain_text([bad.id])
+                listed_bans = await nip86(http, base, operator, "listbannedevents")
+                assert listed_bans == [{"id": bad.id, "reason": "scam, reported by bob"}]
+                if update:
+                    await page.screenshot(path=str(screenshots / "console-moderation-banned.png"), full_page=True)
+
+                assert errors == [], errors
+                assert elsewhere == [], elsewhere
+            finally:
+                await browser.close()
+
+
+async def test_a_stranger_and_a_browser_without_an_extension_are_told_why(
+    alice: bytes, bob: bytes, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    async with run_relay(tmp_path, crypto.public_key(alice).hex()) as relay:
+        base = f"http://127.0.0.1:{relay.port}"
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 800})
+                await page.goto(base + "/admin", wait_until="load")
+                await page.click("#sign-in-button")
+                await expect(page.locator("#sign-in-message")).to_contain_text("No Nostr extension (NIP-07)")
+                await expect(page.locator("#console")).to_be_hidden()
+
+                page = await browser.new_page(viewport={"width": 390, "height": 800})
+                await stand_in_signer(page, bob)
+                await page.goto(base + "/admin", wait_until="load")
+                await page.click("#sign-in-button")
+                message = page.locator("#sign-in-message")
+                await expect(message).to_contain_text("not an operator of this relay", timeout=10_000)
+                await expect(message).to_contain_text(crypto.public_key(bob).hex())
+                await expect(page.locator("#console")).to_be_hidden()
+                await page.screenshot(path=str(tmp_path / "console-refused.png"), full_page=True)
+            finally:
+                await browser.close()
