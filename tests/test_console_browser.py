@@ -128,6 +128,15 @@ async def test_operator_visits_every_panel_and_bans_a_reported_event(
         assert (await client.publish(bad))[0]
         ok, message = await client.publish(signed(bob, 1984, "scam", [["e", bad.id, "spam"], ["p", bad.pubkey]]))
         assert ok, message
+        # Members who paid through the join page (the demo wallet), and one invoice left unpaid:
+        # the payments pages then draw real figures, charts and rows.
+        for plan, pays in (("admission", True), ("subscription", True), ("credit", False)):
+            payer = crypto.public_key(crypto.generate_secret()).hex()
+            issued = await http.post(base + "/api/invoice", json={"pubkey": payer, "plan": plan})
+            assert issued.status_code == 200, issued.text
+            if pays:
+                settled = await http.post(f"{base}/api/fake/pay/{issued.json()['payment_hash']}")
+                assert settled.json()["simulated"] is True
         listed = await signed_get(http, base + "/admin/api/panels", operator)
         assert [p["name"] for p in listed][:3] == ["overview", "moderation", "settings"]
 
@@ -205,8 +214,7 @@ async def test_operator_visits_every_panel_and_bans_a_reported_event(
                 await expect(banned.locator("tbody tr")).to_contain_text([bad.id])
                 listed_bans = await nip86(http, base, operator, "listbannedevents")
                 assert listed_bans == [{"id": bad.id, "reason": "scam, reported by bob"}]
-                if update:
-                    await page.screenshot(path=str(screenshots / "console-moderation-banned.png"), full_page=True)
+                await page.screenshot(path=str(tmp_path / f"{width}-console-moderation-banned.png"), full_page=True)
 
                 assert errors == [], errors
                 assert elsewhere == [], elsewhere
