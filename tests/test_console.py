@@ -136,6 +136,8 @@ async def test_the_api_wants_a_fresh_nip98_get_for_this_url_from_an_admin(
             assert answer.status_code == 401, answer.text
             assert answer.json()["error"].startswith("sign-in refused:")
             assert_console_headers(answer)
+        # A page opened at another address than relay.public_url is told which one to use.
+        assert f"open {base_url(relay)}/admin" in refused[2].json()["error"]
         # The query is part of the signed URL: a signature for one search cannot fetch another.
         signed_for = base_url(relay) + "/admin/api/panel/settings?section=relay"
         swapped = await http.get(
