@@ -231,8 +231,10 @@ class PaymentsConsole:
     @staticmethod
     def _account_row(account: Account, now: int, soon: int) -> list[str]:
         flags = ", ".join(f for f, on in (("banned", account.banned), ("allowed", account.allowed)) if on)
+        npub = npub_encode(account.pubkey)
         return [
-            npub_encode(account.pubkey),
+            # Shortened as clients show it, to recognise; the hex beside it is whole, to copy and act on.
+            f"{npub[:12]}\u2026{npub[-6:]}",
             account.pubkey,
             member_status(account, now, soon).value,
             utc(account.admitted_until),

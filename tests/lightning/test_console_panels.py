@@ -1,6 +1,6 @@
 """The operator console's payments pages (revenue, members, invoices) over a real store,
 SQLite and PostgreSQL, holding invoices issued and settled through the real ledger and the
-fake wallet.
+fake wallet; and once through a running relay's console over HTTP with NIP-98.
 
 The ledger takes ``now`` for issuing and confirming, so invoices are issued and paid on
 past days of a clock set 400 days ahead (the console's clock is the extension's); only the
@@ -16,14 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from lightning.backends.fake import FakeBackend
 from lightning.console import PAGE_ROWS
 from lightning.extension import PaymentsExtension, build_backend
 from lightning.pubkeys import npub_encode
+from relay import crypto
 from relay.store.base import Invoice, Store
-from tests.lightning.payment_stack import payment_settings, pubkey_of
+from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import nip98_header, payment_settings, pubkey_of
 from tests.store.conftest import store, store_factory  # noqa: F401  (SQLite and PostgreSQL, fresh per test)
 
 DAY = 86400
@@ -184,7 +187,8 @@ async def test_members_counts_by_status_and_revoke_action(sales: Console) -> Non
     assert rows[ERIN][3] == time.strftime("%Y-%m-%d %H:%M", time.gmtime(NOW + 5 * DAY))
     assert rows[DAVE][2] == "expired"
     assert rows[CAROL][2:5] == ["credit-only", "-", "500"]
-    assert rows[ALICE][0] == npub_encode(ALICE)
+    npub = npub_encode(ALICE)
+    assert rows[ALICE][0] == npub[:12] + "\u2026" + npub[-6:]
 
 
 async def test_members_revoke_action_names_a_real_method_that_takes_the_row_cell(sales: Console) -> None:
@@ -293,3 +297,50 @@ async def test_invoices_garbage_search_and_bounds(console: Console) -> None:
     assert any(f"newest {PAGE_ROWS}" in line for line in lines(doc))
     doc = await console.render("invoices", q=f"{7:064x}")
     assert [row[0] for row in blocks_of(doc, "table")[0]["rows"]] == [f"{7:064x}"] and lines(doc) == []
+
+
+async def test_pages_through_the_running_relays_console_with_nip98(
+    relay_factory: RelayFactory, storage: dict[str, str], alice: bytes, bob: bytes
+) -> None:
+    """As the operator's browser asks: GET /admin/api/panel/<name>?<query>, NIP-98 signed;
+    the invoices bought and paid through the join page's API, as a member would."""
+    operator = crypto.generate_secret()
+    sections: dict[str, Any] = {
+        "payments": {"enabled": True, "backend": "fake", **PLANS},
+        "admin": {"pubkeys": [pubkey_of(operator)]},
+        **({"storage": storage} if storage else {}),
+    }
+    async with relay_factory(**sections) as relay, httpx.AsyncClient() as http:
+        base = f"http://127.0.0.1:{relay.port}"
+
+        async def get(target: str, secret: bytes = operator) -> httpx.Response:
+            return await http.get(base + target, headers={"Authorization": nip98_header(secret, base + target)})
+
+        hashes = []
+        for secret, plan in ((alice, "subscription"), (bob, "admission")):
+            res = await http.post(f"{base}/api/invoice", json={"pubkey": pubkey_of(secret), "plan": plan})
+            assert res.status_code == 200, res.text
+            hashes.append(res.json()["payment_hash"])
+        assert (await http.post(f"{base}/api/fake/pay/{hashes[0]}")).json()["simulated"] is True
+
+        tabs = (await get("/admin/api/panels")).json()
+        assert [t["name"] for t in tabs][-3:] == ["revenue", "members", "invoices"]
+        revenue = (await get("/admin/api/panel/revenue?days=7")).json()
+        assert field_value(revenue, "days") == "7"
+        assert stat(revenue, "Sats received") == "2,000" and stat(revenue, "Paid invoices") == "1"
+        assert stat(revenue, "Monthly recurring revenue (sats)") == "2,000"
+        assert stat(revenue, "Created") == "2" and stat(revenue, "Paid") == "1 (50.0%)"
+        assert len(bar_heights(blocks_of(revenue, "chart")[0]["svg"])) == 1
+        garbage = await get("/admin/api/panel/revenue?days=%00%ff&days=7")
+        assert garbage.status_code == 200 and field_value(garbage.json(), "days") == "30"
+
+        members = (await get(f"/admin/api/panel/members?q={npub_encode(pubkey_of(alice))}")).json()
+        assert [row[1:3] for row in blocks_of(members, "table")[0]["rows"]] == [[pubkey_of(alice), "active"]]
+        found = (await get(f"/admin/api/panel/invoices?q={hashes[1][:10]}")).json()
+        assert [row[0] for row in blocks_of(found, "table")[0]["rows"]] == [hashes[1]]
+        bad = (await get("/admin/api/panel/members?q=%3Cb%3E")).json()
+        assert any("is not a pubkey" in line for line in lines(bad))
+
+        # Only admins: another key's signature is refused before any payments figure is read.
+        assert (await get("/admin/api/panel/revenue", secret=alice)).status_code == 403
+        assert (await http.get(base + "/admin/api/panel/members")).status_code == 401
