@@ -80,11 +80,14 @@ def invoice_view(invoice: Invoice) -> dict[str, Any]:
     return doc
 
 
-async def invoices(store: Store, now: int, *, pubkey: str | None = None, pending: bool = False) -> list[Invoice]:
-    """Newest first; ``pending``: unpaid and not yet expired (an invoice past its expiry is
-    still ``pending`` in the store until the watcher's next expiry sweep)."""
-    found = await store.list_invoices(pending_only=pending, pubkey=pubkey)
-    return [i for i in found if i.expires_at > now] if pending else found
+async def invoices(
+    store: Store, now: int, *, pubkey: str | None = None, pending: bool = False, limit: int | None = None
+) -> list[Invoice]:
+    """Newest first, at most ``limit``; ``pending``: unpaid and not yet expired (an invoice
+    past its expiry is still ``pending`` in the store until the watcher's next expiry sweep)."""
+    return await store.list_invoices(
+        pending_only=pending, pubkey=pubkey, valid_after=now if pending else None, limit=limit
+    )
 
 
 async def account_view(store: Store, pubkey: str, now: int) -> dict[str, Any]:

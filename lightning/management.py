@@ -133,6 +133,6 @@ class PaymentMethods:
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be 1..{MAX_LIMIT}")
         found = await accounts.invoices(
-            self._store, int(self._clock()), pubkey=pubkey, pending=_bool(options, "pending")
+            self._store, int(self._clock()), pubkey=pubkey, pending=_bool(options, "pending"), limit=limit
         )
-        return [accounts.invoice_view(i) for i in found[:limit]]
+        return [accounts.invoice_view(i) for i in found]

@@ -54,7 +54,7 @@ from relay.filters import Filter
 from relay.http import HttpRequest, HttpResponse
 from relay.identity import RelayIdentity
 from relay.limits import TokenBucket
-from relay.store.base import Invoice, InvoiceState
+from relay.store.base import Invoice
 
 log = logging.getLogger(__name__)
 
@@ -228,13 +228,8 @@ class Zapper:
             await asyncio.wait(list(self._tasks), timeout=self._settings.publish_timeout_seconds + 1)
         store = self._ledger.store
         now = int(self._clock())
-        paid = [
-            invoice
-            for invoice in await store.list_invoices()
-            if invoice.plan == ZAP_PLAN
-            and invoice.state is InvoiceState.PAID
-            and (invoice.paid_at or 0) > now - RECONCILE_SECONDS
-        ][:RECONCILE_MAX]
+        recent = await store.list_invoices(paid_after=now - RECONCILE_SECONDS)
+        paid = [invoice for invoice in recent if invoice.plan == ZAP_PLAN][:RECONCILE_MAX]
         missing = 0
         for invoice in paid:
             found = await store.query(

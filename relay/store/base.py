@@ -492,8 +492,18 @@ class Store(Protocol):
 
     async def get_invoice(self, payment_hash: str) -> Invoice | None: ...
 
-    async def list_invoices(self, *, pending_only: bool = False, pubkey: str | None = None) -> list[Invoice]:
-        """Newest first."""
+    async def list_invoices(
+        self,
+        *,
+        pending_only: bool = False,
+        pubkey: str | None = None,
+        valid_after: int | None = None,
+        paid_after: int | None = None,
+        limit: int | None = None,
+    ) -> list[Invoice]:
+        """Newest first: every invoice, or those that are pending, of ``pubkey``, expiring
+        after ``valid_after``, paid after ``paid_after``, at most ``limit`` of them (the
+        ledger grows for ever: callers that show or scan it say how much they need)."""
         ...
 
     async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0) -> bool:

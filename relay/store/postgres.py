@@ -854,16 +854,29 @@ class PostgresStore:
         rows = await self._fetch(f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE payment_hash = $1", payment_hash)
         return invoice_from_row(rows[0]) if rows else None
 
-    async def list_invoices(self, *, pending_only: bool = False, pubkey: str | None = None) -> list[Invoice]:
+    async def list_invoices(
+        self,
+        *,
+        pending_only: bool = False,
+        pubkey: str | None = None,
+        valid_after: int | None = None,
+        paid_after: int | None = None,
+        limit: int | None = None,
+    ) -> list[Invoice]:
         where: list[str] = []
         p = _Params()
         if pending_only:
             where.append("state = 'pending'")
         if pubkey is not None:
             where.append(f"pubkey = {p.add(pubkey)}")
+        if valid_after is not None:
+            where.append(f"expires_at > {p.add(valid_after, '::int8')}")
+        if paid_after is not None:
+            where.append(f"state = 'paid' AND paid_at > {p.add(paid_after, '::int8')}")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        cut = f" LIMIT {p.add(limit, '::int8')}" if limit is not None else ""
         rows = await self._fetch(
-            f"SELECT {INVOICE_COLUMNS} FROM invoices {clause} ORDER BY created_at DESC, payment_hash", *p.values
+            f"SELECT {INVOICE_COLUMNS} FROM invoices {clause} ORDER BY created_at DESC, payment_hash{cut}", *p.values
         )
         return [invoice_from_row(row) for row in rows]
 

@@ -840,7 +840,15 @@ class SqliteStore:
         rows = await self._read(f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE payment_hash = ?", (payment_hash,))
         return invoice_from_row(rows[0]) if rows else None
 
-    async def list_invoices(self, *, pending_only: bool = False, pubkey: str | None = None) -> list[Invoice]:
+    async def list_invoices(
+        self,
+        *,
+        pending_only: bool = False,
+        pubkey: str | None = None,
+        valid_after: int | None = None,
+        paid_after: int | None = None,
+        limit: int | None = None,
+    ) -> list[Invoice]:
         where: list[str] = []
         params: list[Any] = []
         if pending_only:
@@ -848,9 +856,19 @@ class SqliteStore:
         if pubkey is not None:
             where.append("pubkey = ?")
             params.append(pubkey)
+        if valid_after is not None:
+            where.append("expires_at > ?")
+            params.append(valid_after)
+        if paid_after is not None:
+            where.append("state = 'paid' AND paid_at > ?")
+            params.append(paid_after)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        cut = ""
+        if limit is not None:
+            cut = " LIMIT ?"
+            params.append(limit)
         rows = await self._read(
-            f"SELECT {INVOICE_COLUMNS} FROM invoices {clause} ORDER BY created_at DESC, payment_hash", params
+            f"SELECT {INVOICE_COLUMNS} FROM invoices {clause} ORDER BY created_at DESC, payment_hash{cut}", params
         )
         return [invoice_from_row(row) for row in rows]
 

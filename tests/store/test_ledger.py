@@ -47,6 +47,12 @@ async def test_list_invoices_newest_first_with_filters(store: Store) -> None:
     assert [i.payment_hash for i in await store.list_invoices(pubkey=ALICE_PK)] == [c.payment_hash, a.payment_hash]
     assert await store.settle_invoice(c.payment_hash, 21_000, NOW + 5)
     assert [i.payment_hash for i in await store.list_invoices(pending_only=True)] == [b.payment_hash, a.payment_hash]
+    assert [i.payment_hash for i in await store.list_invoices(limit=2)] == [c.payment_hash, b.payment_hash]
+    assert [i.payment_hash for i in await store.list_invoices(paid_after=NOW + 4)] == [c.payment_hash]
+    assert await store.list_invoices(paid_after=NOW + 5) == []
+    # a expires at NOW + 600, b at NOW + 601
+    still_valid = await store.list_invoices(pending_only=True, valid_after=NOW + 600)
+    assert [i.payment_hash for i in still_valid] == [b.payment_hash]
 
 
 async def test_settle_admission_extends_from_now_or_current(store: Store) -> None:
