@@ -63,6 +63,7 @@ class ManagementView:
             if "." not in name:
                 raise PluginError(f"extension NIP-86 method {name!r} must be named '<section>.<verb>'")
         self.state = ManagementState()
+        self._replays = nip98.ReplayGuard()
         self._changes: int | None = None
         self._banned_pubkeys: frozenset[bytes] = frozenset()
         self._banned_events: frozenset[bytes] = frozenset()
@@ -144,6 +145,8 @@ class ManagementView:
             return 401, orjson.dumps({"result": None, "error": f"unauthorized: {exc}"})
         if pubkey not in admins:
             return 401, orjson.dumps({"result": None, "error": "unauthorized: not an admin pubkey"})
+        if not self._replays.first_use(event, now):
+            return 401, orjson.dumps({"result": None, "error": "unauthorized: this Authorization was used already"})
         outcome = await self.handle(body)
         if outcome.changed:
             log.info("NIP-86 %s by %s", body[:200].decode("utf-8", "replace"), pubkey)

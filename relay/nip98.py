@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections import OrderedDict
 
 import orjson
 
@@ -89,3 +90,29 @@ def authorised_pubkey(
     if problem is not None:
         raise Nip98Error(problem)
     return event.pubkey
+
+
+class ReplayGuard:
+    """The ids of NIP-98 events already honoured, for as long as their ``created_at`` keeps
+    them valid. NIP-98 binds a header to one URL, method and body for a minute but not to
+    one use: a captured NIP-86 ``payments.grant`` replayed within that minute would grant
+    the days twice. Only headers that passed every check (admins' own requests) are
+    remembered, so the table grows with the operators' activity, not with an attacker's;
+    ``capacity`` bounds it anyway (the oldest are forgotten first)."""
+
+    def __init__(self, window: int = DEFAULT_WINDOW_SECONDS, capacity: int = 100_000) -> None:
+        self._window = window
+        self._capacity = capacity
+        self._seen: OrderedDict[str, int] = OrderedDict()  # id -> when it stops being valid
+
+    def first_use(self, event: Event, now: int) -> bool:
+        """True (and remembered) the first time ``event`` is presented, False after."""
+        while self._seen:
+            oldest, until = next(iter(self._seen.items()))
+            if until >= now and len(self._seen) < self._capacity:
+                break
+            del self._seen[oldest]
+        if event.id in self._seen:
+            return False
+        self._seen[event.id] = event.created_at + self._window
+        return True

@@ -253,8 +253,11 @@ async def test_only_an_admin_with_a_fresh_nip98_header_for_this_body_may_manage(
         for status, answer in refusals:
             assert status == 401 and answer["error"].startswith("unauthorized:"), answer
         assert dict(relay.management.state.banned_pubkeys) == {}
-        status, answer = await attempt(signed_header(alice, url, body))
+        header = signed_header(alice, url, body)
+        status, answer = await attempt(header)
         assert (status, answer) == (200, {"result": True})
+        status, answer = await attempt(header)  # the same header again (captured and replayed)
+        assert status == 401 and answer["error"] == "unauthorized: this Authorization was used already", answer
         status, answer = await attempt(signed_header(alice, relay.url, body))  # the ws:// form
         assert (status, answer) == (200, {"result": True})
         assert dict(relay.management.state.banned_pubkeys) == {B: "spam"}
