@@ -78,10 +78,18 @@ class VanishedAuthors:
         self._until = await self._store.list_vanished()
 
     def policy(self, event: Event, ctx: WriteContext) -> Rejection | None:
-        """Write policy: refuse an event of a vanished author dated at or before the request."""
+        """Write policy: refuse an event of a vanished author dated at or before the request,
+        and a gift wrap to a vanished recipient dated so (NIP-62: the wraps deleted with the
+        request must not come back through a re-broadcast; a wrap's ``created_at`` is set
+        back by its sender, so a new wrap dated before the request is refused too)."""
         until = self._until.get(event.pubkey)
         if until is not None and event.created_at <= until and event.kind != VANISH_KIND:
             return Blocked("this pubkey asked to vanish from this relay (NIP-62); its older events are not accepted")
+        if event.kind == GIFT_WRAP_KIND and self._until:
+            for recipient in event.tag_values("p"):
+                until = self._until.get(recipient)
+                if until is not None and event.created_at <= until:
+                    return Blocked("the recipient asked to vanish from this relay (NIP-62); older wraps are refused")
         return None
 
     async def vanish(self, event: Event, now: int) -> int:

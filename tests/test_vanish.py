@@ -78,6 +78,11 @@ async def test_vanish_deletes_history_and_gift_wraps_even_when_unpaid(
         await asyncio.sleep(CHANGES_POLL_SECONDS + 0.1)
         ok, message = await client.publish(notes[1])
         assert not ok and message.startswith("blocked:")
+        ok, message = await client.publish(wrap)  # the deleted gift wrap, re-broadcast by anyone
+        assert not ok and message.startswith("blocked:") and "vanish" in message, message
+        fresh_wrap = signed(bob, 1059, "sealed later", [["p", a]], created_at=now + 1)
+        ok, message = await client.publish(fresh_wrap)
+        assert ok, message
         later = signed(alice, 1, "a fresh start", created_at=now + 1)
         ok, message = await client.publish(later)
         assert ok, message
