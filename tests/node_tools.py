@@ -5,9 +5,12 @@ is missing (and ``.ci/run`` turns any skip into a failure)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
@@ -23,3 +26,18 @@ def ensure_installed() -> str | None:
         if done.returncode != 0:
             return f"npm ci failed in {NODE_DIR}: {done.stderr[-300:]}"
     return None
+
+
+async def run_script(script: str, command: dict[str, Any]) -> dict[str, Any]:
+    """Run ``tests/node/<script>`` with one JSON command on stdin; its one JSON answer."""
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        str(NODE_DIR / script),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(json.dumps(command).encode()), 60)
+    assert proc.returncode == 0, err.decode()
+    answer: dict[str, Any] = json.loads(out)
+    return answer

@@ -5,7 +5,6 @@ opted in, each once across a restart."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -46,17 +45,8 @@ def pk(secret: bytes) -> str:
 
 async def open_wrap(wrap: dict[str, Any], secret: bytes) -> dict[str, Any]:
     """nostr-tools opens the gift wrap; every layer must check out."""
-    proc = await asyncio.create_subprocess_exec(
-        "node",
-        str(node_tools.NODE_DIR / "giftwrap.mjs"),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
     command = {"wrap": wrap, "secret": secret.hex(), "recipient": pk(secret)}
-    out, err = await asyncio.wait_for(proc.communicate(json.dumps(command).encode()), 60)
-    assert proc.returncode == 0, err.decode()
-    answer: dict[str, Any] = json.loads(out)
+    answer = await node_tools.run_script("giftwrap.mjs", command)
     assert answer["problems"] == [], answer["problems"]
     rumor: dict[str, Any] = answer["rumor"]
     return rumor

@@ -8,27 +8,13 @@ does it on first use when Node is present, and skips when it is not.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
 
-from tests.node_tools import NODE_DIR
-
-DIR = NODE_DIR
+from tests.node_tools import run_script
 
 
 async def run(command: dict[str, Any]) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        "node",
-        str(DIR / "zap.mjs"),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(json.dumps(command).encode()), 60)
-    assert proc.returncode == 0, err.decode()
-    answer: dict[str, Any] = json.loads(out)
-    return answer
+    return await run_script("zap.mjs", command)
 
 
 async def zap_request(secret: bytes, profile: str, amount_msat: int, relays: list[str]) -> str:
