@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,35 +20,18 @@ import orjson
 import pytest
 
 from relay import crypto
-from relay.app import build_relay
-from relay.config import load_settings
 from relay.event import sign_event
 from relay.server import Relay
-from tests.conftest import free_port
 from tests.lightning.payment_stack import nip98_header
-from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS, CONFIG_EXAMPLE, DOCS_IMG
+from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS, DOCS_IMG, make_run_relay
 from tests.nostr_client import NostrClient, signed
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (run `make chromium`)")
 
 
-@contextlib.asynccontextmanager
-async def run_relay(tmp_path: Path, admin: str) -> AsyncIterator[Relay]:
+def run_relay(tmp_path: Path, admin: str) -> contextlib.AbstractAsyncContextManager[Relay]:
     """The relay ``make run`` starts (config.example.toml, demo payments) with one operator."""
-    settings = load_settings(
-        CONFIG_EXAMPLE,
-        server={"port": free_port(), "metrics_listen": "127.0.0.1:0"},
-        storage={"url": f"sqlite:///{tmp_path}/relay.db"},
-        payments={"poll_interval_seconds": 0.5, "fake": {"state_file": str(tmp_path / "fake-wallet.db")}},
-        admin={"pubkeys": [admin]},
-        log_level="WARNING",
-    )
-    relay = build_relay(settings)
-    await relay.start()
-    try:
-        yield relay
-    finally:
-        await relay.stop()
+    return make_run_relay(tmp_path, admin={"pubkeys": [admin]})
 
 
 async def stand_in_signer(page: Any, secret: bytes) -> None:

@@ -42,15 +42,17 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium no
 
 
 @contextlib.asynccontextmanager
-async def make_run_relay(tmp_path: Path) -> AsyncIterator[Relay]:
+async def make_run_relay(tmp_path: Path, **sections: Any) -> AsyncIterator[Relay]:
     """The relay ``make run`` starts (config.example.toml: its name, prices, plans and demo
-    wallet), on a free port and a temp database: the README's screenshots show that page."""
+    wallet), on a free port and a temp database, plus ``sections`` (e.g. ``admin``): the
+    README's screenshots show its pages."""
     settings = load_settings(
         CONFIG_EXAMPLE,
         server={"port": free_port(), "metrics_listen": "127.0.0.1:0"},
         storage={"url": f"sqlite:///{tmp_path}/relay.db"},
         payments={"poll_interval_seconds": 0.5, "fake": {"state_file": str(tmp_path / "fake-wallet.db")}},
         log_level="WARNING",
+        **sections,
     )
     relay = build_relay(settings)
     await relay.start()
