@@ -35,7 +35,7 @@ from relay.errors import Rejection
 from relay.event import Event
 from relay.extension import Answered, ConsolePanel, ManagementMethod, WriteContext
 from relay.filters import Filter
-from relay.http import HttpRequest, HttpResponse
+from relay.http import HttpRequest, HttpResponse, http_url
 from relay.identity import RelayIdentity
 from relay.store.base import Invoice, Store
 
@@ -57,12 +57,7 @@ def payments_url(settings: Settings) -> str:
     p = payment_settings(settings)
     if p.payments_url:
         return p.payments_url
-    public = settings.relay.public_url.rstrip("/")
-    if public.startswith("wss://"):
-        public = "https://" + public[len("wss://") :]
-    elif public.startswith("ws://"):
-        public = "http://" + public[len("ws://") :]
-    return public + "/join"
+    return http_url(settings.relay.public_url) + "/join"
 
 
 def fake_state_file(settings: Settings) -> Path:

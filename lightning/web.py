@@ -47,7 +47,7 @@ from lightning.plans import PlanOffer, Plans, UnknownPlan
 from lightning.pubkeys import npub_encode, parse_pubkey
 from lightning.renewal import Renewals
 from relay import nip98
-from relay.http import HttpRequest, HttpResponse
+from relay.http import HttpRequest, HttpResponse, http_url
 from relay.limits import TokenBucket
 from relay.store.base import FOREVER, Account, Invoice, InvoiceState
 
@@ -133,16 +133,6 @@ def public_account_json(pubkey: str, account: Account | None, now: int) -> dict[
         "admitted": account.admitted(now),
         "admitted_until": None if until == 0 else ("forever" if until >= FOREVER else until),
     }
-
-
-def http_url(relay_url: str) -> str:
-    """The http(s) origin of a ws(s):// relay URL (NIP-98's ``u`` tags are http URLs)."""
-    url = relay_url.rstrip("/")
-    if url.startswith("wss://"):
-        return "https://" + url[len("wss://") :]
-    if url.startswith("ws://"):
-        return "http://" + url[len("ws://") :]
-    return url
 
 
 def invoice_json(invoice: Invoice) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from relay import console_blocks as ui
 from relay.config import Settings
 from relay.extension import ConsolePanel
 from relay.filters import Filter
-from relay.http import HttpRequest, HttpResponse
+from relay.http import HttpRequest, HttpResponse, http_url
 from relay.management_view import ManagementView
 from relay.metrics import RelayMetrics
 from relay.periodic import run_every
@@ -354,15 +354,6 @@ class Console:
 
 
 # --- helpers (pure) -------------------------------------------------------------------------
-
-
-def http_url(relay_url: str) -> str:
-    """The http(s) origin of a ws(s):// relay URL: the console's NIP-98 ``u`` tags name it."""
-    url = relay_url.rstrip("/")
-    for ws, http in (("wss://", "https://"), ("ws://", "http://")):
-        if url.startswith(ws):
-            return http + url[len(ws) :]
-    return url
 
 
 def _answer(status: HTTPStatus, body: bytes, content_type: str) -> HttpResponse:

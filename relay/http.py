@@ -68,6 +68,16 @@ def response(
     return HttpResponse(status.value, body, [("Content-Type", content_type), *extra])
 
 
+def http_url(relay_url: str) -> str:
+    """The http(s) origin of a ws(s):// relay URL, without a trailing slash: NIP-98 ``u``
+    tags name http URLs, and the relay's pages link to each other through it."""
+    url = relay_url.rstrip("/")
+    for ws, http in (("wss://", "https://"), ("ws://", "http://")):
+        if url.startswith(ws):
+            return http + url[len(ws) :]
+    return url
+
+
 def not_found() -> HttpResponse:
     return response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 

@@ -27,11 +27,11 @@ from relay import nip11
 from relay.broadcast import Broadcast
 from relay.config import Settings
 from relay.connection import Connection, ConnectionDeps
-from relay.console import Console
+from relay.console import Console, redact_url
 from relay.event import Event
 from relay.extension import Extension
 from relay.filters import Filter
-from relay.http import HttpRequest, HttpResponse, HttpRouter, not_found, response
+from relay.http import HttpRequest, HttpResponse, HttpRouter, http_url, not_found, response
 from relay.identity import RelayIdentity, profile_content, profile_event
 from relay.limits import BucketTable, IpTable, LogThrottle
 from relay.management_view import ManagementView
@@ -247,7 +247,7 @@ class Relay:
             "satsrelay listening on ws://%s:%d (store %s, extension %s)",
             srv.host,
             self.port,
-            _redact(self.settings.storage.url),
+            redact_url(self.settings.storage.url),
             self.extension.describe() if self.extension is not None else "none",
         )
 
@@ -367,7 +367,7 @@ class Relay:
         if request.method != "POST" or content_type != "application/nostr+json+rpc":
             return None
         public = self.settings.relay.public_url.rstrip("/")
-        http = public.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+        http = http_url(public)
         urls = (http, http + "/", public, public + "/")
         status, body = await self.management.handle_http(
             request.body,
@@ -467,15 +467,6 @@ class _Tracked:
         self.conn.connection_lost()
         self.relay.connections.discard(self.conn)
         self.relay.metrics.connections.dec()
-
-
-def _redact(url: str) -> str:
-    """A store URL for logs: no password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
-    return url
 
 
 GC_THRESHOLDS = (50_000, 20, 100)
