@@ -32,7 +32,7 @@ from html import escape
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 import orjson
 from pydantic import BaseModel, SecretStr
@@ -460,15 +460,21 @@ def redact_url(url: str) -> str:
     except ValueError:
         return MASK
     netloc = parts.netloc
+    if password is None and not any(is_secret_name(k) for k, _ in parse_qsl(parts.query)):
+        return url  # nothing to mask: as written (urlunsplit would turn sqlite:/// into sqlite:/)
     if password is not None:
         userinfo, _, host = netloc.rpartition("@")
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:{MASK}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, MASK if is_secret_name(k) and v else v) for k, v in pairs], safe=MASK, quote_via=quote)
+    query = "&".join(_masked_pair(pair) for pair in parts.query.split("&")) if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _masked_pair(pair: str) -> str:
+    """One ``name=value`` of a query string, the value masked when the name is a secret's
+    (the rest kept as written, percent-encoding included)."""
+    name, eq, value = pair.partition("=")
+    return f"{name}={MASK}" if eq and value and is_secret_name(unquote_plus(name)) else pair
 
 
 def is_secret_name(name: str) -> bool:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from relay import crypto
 from relay.app import build_relay
 from relay.config import Settings, load_settings
-from relay.console import EventRate, rate_chart
+from relay.console import MASK, EventRate, rate_chart, redact_url
 from relay.errors import Rejection
 from relay.event import Event
 from relay.extension import ConsolePanel, ExtensionHost, ManagementMethod, WriteContext
@@ -425,3 +425,11 @@ async def test_extension_panels_follow_the_relays_and_a_failing_one_is_logged_no
         assert "0xdeadbeef" in str(record.exc_info[1])
         # The console still answers afterwards.
         assert (await get_signed(http, relay, "/admin/api/panels", alice)).status_code == 200
+
+
+def test_redact_url_masks_secrets_and_leaves_other_urls_as_written() -> None:
+    assert redact_url("sqlite:///data/satsrelay.db") == "sqlite:///data/satsrelay.db"
+    assert redact_url("sqlite:///:memory:") == "sqlite:///:memory:"
+    assert redact_url("postgresql://relay:hunter2@db:5432/relay") == f"postgresql://relay:{MASK}@db:5432/relay"
+    assert redact_url("https://wallet.example/api?api_key=abc&x=1") == f"https://wallet.example/api?api_key={MASK}&x=1"
+    assert redact_url("https://wallet.example/api?x=1") == "https://wallet.example/api?x=1"
