@@ -9,6 +9,7 @@ README) when ``SATSRELAY_UPDATE_SCREENSHOTS=1``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -121,6 +122,11 @@ async def test_operator_visits_every_panel_and_bans_a_reported_event(
                 assert settled.json()["simulated"] is True
         listed = await signed_get(http, base + "/admin/api/panels", operator)
         assert [p["name"] for p in listed][:3] == ["overview", "moderation", "settings"]
+        if update:  # the README's overview shows its chart: half a minute of real traffic first
+            for second in range(35):
+                for i in range(5 + second % 7 * 3):
+                    assert (await client.publish(signed(alice, 1, f"traffic {second}.{i}")))[0]
+                await asyncio.sleep(1)
 
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
