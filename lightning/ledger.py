@@ -131,16 +131,31 @@ class Ledger:
         )
         if reusable is not None:
             return Issued(reusable, reused=True)
-        return Issued(await self.issue_grant(pubkey, grant, now, memo=memo), reused=False)
+        # A fixed price (admission, subscription) is reused above, so one requester cannot
+        # pile such invoices on a pubkey; only chosen amounts (credit top-ups, zaps) count
+        # against its cap. Otherwise anyone could fill a victim's slots with odd top-ups and
+        # keep the victim from buying admission (issue 8's cap, turned against its owner).
+        fixed_price = grant.credit_msat == 0
+        invoice = await self.issue_grant(pubkey, grant, now, memo=memo, capped_per_pubkey=not fixed_price)
+        return Issued(invoice, reused=False)
 
     async def issue_grant(
-        self, pubkey: str, grant: Grant, now: int, *, memo: str = "", hashed_description: str | None = None
+        self,
+        pubkey: str,
+        grant: Grant,
+        now: int,
+        *,
+        memo: str = "",
+        hashed_description: str | None = None,
+        capped_per_pubkey: bool = True,
     ) -> Invoice:
         """A new invoice for a grant computed by the caller (a zap's, ``lightning.zap``),
-        within the caps; with ``hashed_description`` it commits to it (BOLT11 ``h``) and
-        keeps it. Raises like ``issue_or_reuse``."""
+        within the caps (the per-pubkey one unless ``capped_per_pubkey`` is false); with
+        ``hashed_description`` it commits to it (BOLT11 ``h``) and keeps it. Raises like
+        ``issue_or_reuse``."""
+        per_pubkey = self.caps.per_pubkey if capped_per_pubkey else None
         mine, total = await self.store.pending_invoice_counts(pubkey, now)
-        self._check_caps(mine, total)
+        self._check_caps(mine, total, per_pubkey)
         created = await self.backend.create_invoice(
             grant.amount_msat,
             memo or f"{grant.plan} for {pubkey[:12]}",
@@ -167,17 +182,15 @@ class Ledger:
             credit_msat=grant.credit_msat,
             description=hashed_description,
         )
-        if not await self.store.add_invoice(
-            invoice, max_pending=self.caps.total, max_pending_per_pubkey=self.caps.per_pubkey
-        ):
+        if not await self.store.add_invoice(invoice, max_pending=self.caps.total, max_pending_per_pubkey=per_pubkey):
             # Lost a race with concurrent requests: the wallet's invoice is never shown.
             mine, total = await self.store.pending_invoice_counts(pubkey, now)
-            self._check_caps(mine, total)
+            self._check_caps(mine, total, per_pubkey)
             raise TooManyPending("too many unpaid invoices; try again later", per_pubkey=False)
         return invoice
 
-    def _check_caps(self, mine: int, total: int) -> None:
-        if self.caps.per_pubkey is not None and mine >= self.caps.per_pubkey:
+    def _check_caps(self, mine: int, total: int, per_pubkey: int | None) -> None:
+        if per_pubkey is not None and mine >= per_pubkey:
             raise TooManyPending(
                 f"this pubkey has {mine} unpaid invoices; pay one or wait for them to expire", per_pubkey=True
             )

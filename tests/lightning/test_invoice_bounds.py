@@ -111,6 +111,25 @@ async def test_one_pubkey_holds_at_most_its_cap_of_unpaid_invoices(relay_factory
         assert other.status_code == 200
 
 
+async def test_odd_top_ups_for_a_victim_do_not_keep_it_from_buying_admission(relay_factory: RelayFactory) -> None:
+    """Anyone may ask for invoices for any pubkey: one who fills a victim's slots with
+    top-ups of odd amounts must not lock the victim out of the fixed-price plans (which are
+    reused, so they cannot be piled up either)."""
+    payments = {**PAID, "max_pending_invoices_per_pubkey": 2, "admission": {"enabled": True, "fee_sats": 21}}
+    victim = "ef" * 32
+    async with relay_factory(payments=payments) as relay, httpx.AsyncClient(base_url=base(relay)) as web:
+        for amount in ("100", "101"):
+            made = await web.post("/api/invoice", json={"pubkey": victim, "plan": "credit", "amount": amount})
+            assert made.status_code == 200, made.text
+        refused = await web.post("/api/invoice", json={"pubkey": victim, "plan": "credit", "amount": "102"})
+        assert refused.status_code == 429
+        admission = await web.post("/api/invoice", json={"pubkey": victim, "plan": "admission"})
+        assert admission.status_code == 200, admission.text
+        again = await web.post("/api/invoice", json={"pubkey": victim, "plan": "admission"})
+        assert again.json()["payment_hash"] == admission.json()["payment_hash"]  # reused, not piled up
+        assert len(await relay.store.list_invoices(pubkey=victim, pending_only=True)) == 3
+
+
 def stored_invoice(created_at: int, expiry: int = 900, pubkey: str = "ab" * 32) -> Invoice:
     payment_hash = os.urandom(32).hex()
     return Invoice(payment_hash, pubkey, "admission", 1000, "lnbcrt10n1" + payment_hash[:10], created_at,
