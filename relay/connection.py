@@ -45,6 +45,7 @@ from relay.messages import (
 from relay.metrics import RelayMetrics
 from relay.negentropy import ItemBudget, ItemSet, Negentropy, NegentropyError
 from relay.policy import (
+    ReadScope,
     WritePolicy,
     check_auth_event,
     check_private_read,
@@ -374,6 +375,12 @@ class Connection:
                 return rejection
         return None
 
+    def _read_scope(self) -> ReadScope:
+        """What this connection may read now: its NIP-42 identities and the node's NIP-86
+        bans, for the store to apply before each filter's limit."""
+        management = self.deps.management
+        return read_scope(self.authed, management.banned_pubkeys, management.banned_ids)
+
     async def _on_req(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
         if self.deps.closing:
             self.send(messages.closed(sub_id, str(ServerError(SHUTTING_DOWN))))
@@ -405,19 +412,17 @@ class Connection:
         self.deps.index.add(self, sub_id, filters)
         self.deps.metrics.subscriptions.set(len(self.deps.index))
         wanted = tuple(f for f in filters if f.limit != 0 and not f.is_empty())
-        # The store applies the read scope before each filter's limit (one SQL rule, the
-        # one COUNT uses): hidden DMs neither fill the limit nor cost a parse here.
-        scope = read_scope(self.authed)
+        # The store applies the read scope before each filter's limit (the SQL rules COUNT
+        # and NIP-77 use): hidden DMs and banned events neither fill the limit nor cost a
+        # parse here.
+        scope = self._read_scope()
         sent: set[bytes] = set()
         try:
             if wanted:
                 pages = self.deps.store.query_pages(wanted, int(time.time()), scope, page_bytes=self._page_bytes)
                 async with contextlib.aclosing(pages):
                     async for page in pages:
-                        hides = self.deps.management.hides  # NIP-86 bans hide stored events
                         for raw in page:
-                            if hides(raw):
-                                continue
                             sent.add(raw[7:71])
                             self.send(messages.event(sub_id, raw))
                         # Back-pressure: the next page is read only once the client has
@@ -469,13 +474,8 @@ class Connection:
         try:
             wanted = tuple(f for f in filters if not f.is_empty())  # NIP-45: limit does not apply
             # The store counts with the connection's read scope: what REQ would hide is
-            # not counted either (NIP-45 COUNT must not reveal private events).
-            scope = read_scope(self.authed)
-            now = int(time.time())
-            n = await self.deps.store.count(wanted, now, scope) if wanted else 0
-            hidden = self.deps.management.hidden_part(wanted) if n else ()
-            if hidden:  # NIP-86 bans: REQ drops these rows after the query, COUNT subtracts them
-                n -= await self.deps.store.count(hidden, now, scope)
+            # not counted either (NIP-45 COUNT must not reveal private or banned events).
+            n = await self.deps.store.count(wanted, int(time.time()), self._read_scope()) if wanted else 0
         except Exception as exc:
             _store_fault_log.error("count failed", exc_info=exc)
             self.send(messages.closed(sub_id, "error: could not run the count"))
@@ -526,8 +526,7 @@ class Connection:
             self.send(messages.neg_err(sub_id, reason))
             return
         try:
-            scope = read_scope(self.authed)
-            rows = await self.deps.store.sync_items(msg.filter, int(time.time()), scope, cfg.max_items)
+            rows = await self.deps.store.sync_items(msg.filter, int(time.time()), self._read_scope(), cfg.max_items)
         except Exception:
             log.exception("negentropy item query failed")
             self.send(messages.neg_err(sub_id, "error: could not read the events to reconcile"))

@@ -1,6 +1,8 @@
 """The running relay's copy of the NIP-86 management state (relay/management.py) and what it
 enforces: refused writes (banned pubkeys and events, kinds not allowed, blocked IPs) and
-hidden stored events (banned pubkeys and events), on every node.
+hidden events (banned pubkeys and events), on every node. Live delivery asks
+``hides_event``; stored events are hidden by the store, in SQL, before each filter's
+limit (``relay.policy.ReadScope``, built with ``banned_pubkeys``/``banned_ids``).
 
 Each node holds the state in memory (checks cost a dict lookup per event) and re-reads it
 when the store's ``management`` change counter moves, every ``REFRESH_SECONDS``: a ban made
@@ -19,7 +21,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -47,10 +48,9 @@ log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 0.5
 QUEUE_REPORTS = 5000  # newest NIP-56 reports read for the moderation queue
-# Offsets in an event's compact raw JSON ({"id":"<64>","pubkey":"<64>",...}, the layout
+# Offset of the id in an event's compact raw JSON ({"id":"<64>",...}, the layout
 # relay/event.py writes and the stores return byte for byte).
 _ID = slice(7, 71)
-_PUBKEY = slice(83, 147)
 
 
 class ManagementView:
@@ -65,13 +65,15 @@ class ManagementView:
         self.state = ManagementState()
         self._replays = nip98.ReplayGuard()
         self._changes: int | None = None
-        self._banned_pubkeys: frozenset[bytes] = frozenset()
-        self._banned_events: frozenset[bytes] = frozenset()
+        # The ban lists as each REQ/COUNT/NEG-OPEN's ReadScope takes them: built once per
+        # change here, not once per request.
+        self.banned_pubkeys: frozenset[str] = frozenset()
+        self.banned_ids: frozenset[str] = frozenset()
 
     def _set(self, state: ManagementState) -> None:
         self.state = state
-        self._banned_pubkeys = frozenset(k.encode() for k in state.banned_pubkeys)
-        self._banned_events = frozenset(k.encode() for k in state.banned_events)
+        self.banned_pubkeys = frozenset(state.banned_pubkeys)
+        self.banned_ids = frozenset(state.banned_events)
 
     async def load(self) -> None:
         self._changes = await self._store.management_changes()
@@ -190,27 +192,6 @@ class ManagementView:
     def ip_blocked(self, ip: str) -> bool:
         return ip in self.state.blocked_ips
 
-    def hides(self, raw: bytes) -> bool:
-        """Whether a stored event (raw JSON) is hidden: banned author or banned event."""
-        return raw[_PUBKEY] in self._banned_pubkeys or raw[_ID] in self._banned_events
-
-    def hidden_part(self, filters: tuple[Filter, ...]) -> tuple[Filter, ...]:
-        """The filters matching exactly what ``hides`` drops from ``filters``' answer: each
-        filter narrowed to the banned authors, and to the banned ids. COUNT (NIP-45) subtracts
-        the store's count of these, so it hides what REQ hides, by the same rule; the store
-        counts a union of filters once per event, so an event both banned and by a banned
-        author is subtracted once."""
-        pubkeys = frozenset(self.state.banned_pubkeys)
-        ids = frozenset(self.state.banned_events)
-        out: list[Filter] = []
-        for f in filters:
-            by_author = pubkeys if f.authors is None else f.authors & pubkeys
-            if by_author:
-                out.append(replace(f, authors=by_author))
-            by_id = ids if f.ids is None else f.ids & ids
-            if by_id:
-                out.append(replace(f, ids=by_id))
-        return tuple(out)
-
     def hides_event(self, event: Event) -> bool:
-        return event.pubkey in self.state.banned_pubkeys or event.id in self.state.banned_events
+        """Live delivery's ban test (a REQ's stored answer is cut by the store instead)."""
+        return event.pubkey in self.banned_pubkeys or event.id in self.banned_ids

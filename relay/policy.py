@@ -145,21 +145,35 @@ def check_write(policies: Sequence[WritePolicy], event: Event, ctx: WriteContext
 
 @dataclass(frozen=True, slots=True)
 class ReadScope:
-    """The one read-visibility rule (NIP-42), shared by REQ, live fan-out and COUNT.
+    """What one connection may read of the stored events, shared by REQ, COUNT, NIP-77
+    sync and live fan-out. Two rules:
 
-    An event of a kind in ``private_kinds`` (DMs, gift wraps) is visible only to a
-    connection authenticated as its author or as a pubkey it ``p``-tags; every other event
-    is visible to all. Live delivery applies ``allows`` to each event; REQ and COUNT hand
-    the scope to the store, which applies the same rule in SQL (``Store.query_pages``,
-    ``Store.count``) before a filter's ``limit``, so a COUNT never reveals how many private
-    events a REQ on the same connection would hide (issue 8, item 7: COUNT used to count
-    them) and hidden rows never use up a REQ's ``limit``.
+    - NIP-42: an event of a kind in ``private_kinds`` (DMs, gift wraps) is visible only to
+      a connection authenticated as its author or as a pubkey it ``p``-tags;
+    - NIP-86: an event by a banned pubkey, or itself banned, is visible to no one.
+
+    Live delivery applies them to each event in Python (``allows``, and the management
+    view's ``hides_event``). REQ, COUNT and NEG-OPEN hand the scope to the store, which
+    applies both rules in SQL (``Store.query_pages``, ``Store.count``,
+    ``Store.sync_items``) before a filter's ``limit``: hidden rows never use up a REQ's
+    limit (a spammer's flood of the newest 50 kind-1 events, once banned, used to leave
+    ``{"kinds":[1],"limit":50}`` empty), COUNT never counts what REQ hides (issue 8,
+    item 7) and a syncing client is never told of ids it could not fetch.
+
+    ``banned_pubkeys`` and ``banned_ids`` are the node's copy of the ban lists (hex, from
+    ``ManagementView``). They only decide whether a filter needs the ban condition at
+    all (``hides_banned_authors``/``hides_banned_ids``), so a relay without bans runs the
+    very SQL it ran before bans existed; the condition itself reads the bans from the
+    store's ``management`` table, so the statement does not grow with the ban list.
     """
 
     private_kinds: frozenset[int]
     readers: frozenset[str]  # pubkeys authenticated on the connection
+    banned_pubkeys: frozenset[str] = frozenset()
+    banned_ids: frozenset[str] = frozenset()
 
     def allows(self, kind: int, pubkey: str, tags: list[list[str]]) -> bool:
+        """The NIP-42 rule for one event (bans: ``banned``)."""
         if kind not in self.private_kinds:
             return True
         if not self.readers:
@@ -167,20 +181,37 @@ class ReadScope:
         readers = self.readers
         return pubkey in readers or any(len(t) > 1 and t[0] == "p" and t[1] in readers for t in tags)
 
-    def hides_from(self, f: Filter) -> bool:
-        """True when ``f`` may match an event this scope could hide: only then need a
-        query or count apply the rule. Not when its kinds are all public, nor when every
-        event it matches is authored by a reader or ``p``-tags one (a client reading its
-        own DMs: the store then runs the filter as it stands)."""
+    def banned(self, event_id: str, pubkey: str) -> bool:
+        """The NIP-86 rule for one event, as the stores apply it in SQL."""
+        return pubkey in self.banned_pubkeys or event_id in self.banned_ids
+
+    def hides_private(self, f: Filter) -> bool:
+        """True when ``f`` may match a private event this scope hides: only then need a
+        query or count apply the NIP-42 rule. Not when its kinds are all public, nor when
+        every event it matches is authored by a reader or ``p``-tags one (a client reading
+        its own DMs: the store then runs the filter as it stands)."""
         if f.kinds is not None and f.kinds.isdisjoint(self.private_kinds):
             return False
         if self.readers and f.authors is not None and f.authors <= self.readers:
             return False
         return not (self.readers and any(name == "p" and values <= self.readers for name, values in f.tags))
 
+    def hides_banned_authors(self, f: Filter) -> bool:
+        """True when ``f`` may match an event by a banned pubkey (some ban, and ``f``
+        names no authors or some banned one)."""
+        return bool(self.banned_pubkeys) and (f.authors is None or not f.authors.isdisjoint(self.banned_pubkeys))
 
-def read_scope(authed: frozenset[str]) -> ReadScope:
-    return ReadScope(PRIVATE_KINDS, authed)
+    def hides_banned_ids(self, f: Filter) -> bool:
+        """True when ``f`` may match a banned event."""
+        return bool(self.banned_ids) and (f.ids is None or not f.ids.isdisjoint(self.banned_ids))
+
+
+def read_scope(
+    authed: frozenset[str],
+    banned_pubkeys: frozenset[str] = frozenset(),
+    banned_ids: frozenset[str] = frozenset(),
+) -> ReadScope:
+    return ReadScope(PRIVATE_KINDS, authed, banned_pubkeys, banned_ids)
 
 
 def may_see(event: Event, authed: frozenset[str]) -> bool:
@@ -194,7 +225,7 @@ def may_see_fields(kind: int, pubkey: str, tags: list[list[str]], authed: frozen
 
 
 def filter_may_return_private(f: Filter) -> bool:
-    return read_scope(frozenset()).hides_from(f)
+    return read_scope(frozenset()).hides_private(f)
 
 
 def check_private_read(f: Filter, authed: frozenset[str]) -> Rejection | None:

@@ -421,9 +421,12 @@ class Store(Protocol):
         with a NIP-50 ``search`` contributes its ``limit`` best matches, best first
         (``relay.search``); with other filters, each search filter's answer in its own
         order, then the other filters' union newest first. With a ``scope``, only events
-        its rule lets that connection read are candidates, so a ``limit`` counts visible
-        events only (issue 8: hidden DMs used to fill it and an authenticated
-        ``{"kinds":[4],"limit":10}`` could come back empty). Same SQL condition as ``count``."""
+        its rules let that connection read are candidates (NIP-42 private kinds, NIP-86
+        bans: ``relay.policy.ReadScope``), so a ``limit`` counts visible events only
+        (issue 8: hidden DMs used to fill it and an authenticated ``{"kinds":[4],
+        "limit":10}`` could come back empty; issue 11: a banned spammer's newest events
+        emptied the global feed). Same SQL conditions as ``count``; the bans are read from
+        the store's own ``management`` table (``apply_management``)."""
         ...
 
     def query_pages(
@@ -444,8 +447,8 @@ class Store(Protocol):
 
     async def count(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> int:
         """Distinct events matching any filter (NIP-45); ``limit`` is ignored. With a
-        ``scope``, only events its rule lets that connection read are counted (the
-        private kinds of ``relay.policy.ReadScope``), so COUNT agrees with REQ."""
+        ``scope``, only events its rules let that connection read are counted (private
+        kinds and bans, ``relay.policy.ReadScope``), so COUNT agrees with REQ."""
         ...
 
     async def sync_items(

@@ -193,8 +193,7 @@ def _probe_select(f: Filter, now: int, p: _Params, columns: str, scope: ReadScop
     if f.until is not None:
         keys.append(f"e.created_at <= {p.add(f.until, '::int8')}")
     keys.append(f"(e.expiration IS NULL OR e.expiration > {p.add(now, '::int8')})")
-    if scope is not None and scope.hides_from(f):
-        keys.append(_scope_condition(scope, p))  # inside the probe: before its limit
+    keys.extend(_scope_conditions(scope, f, p))  # inside the probe: before its limit
     limit = p.add(f.limit, "::int8")
     return (
         f"SELECT {columns} FROM {source}, LATERAL ("
@@ -213,8 +212,7 @@ def _search_select(f: Filter, now: int, p: _Params, columns: str, scope: ReadSco
     assert f.search is not None
     where = _event_conditions(f, now, p)
     where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)
-    if scope is not None:
-        where.append(_scope_condition(scope, p))
+    where.extend(_scope_conditions(scope, f, p))
     query = p.add(f.search.tsquery_literal(), "::tsquery")
     candidates = (
         f"SELECT e.seq FROM events e WHERE {' AND '.join(where)}"
@@ -244,13 +242,12 @@ def _filter_select(f: Filter, now: int, p: _Params, columns: str, scope: ReadSco
     exact), then one events probe per candidate. Authors/kinds filters take the same
     shape over the events indexes (``_probe_select``). Everything else is one WHERE that
     the planner drives from the most selective index; tag conditions are ``seq IN
-    (...)`` so an event matching two values of one tag counts once. ``scope``'s rule
-    (``_scope_condition``) goes wherever the rows are cut to ``limit``, inside each probe.
+    (...)`` so an event matching two values of one tag counts once. ``scope``'s rules
+    (``_scope_conditions``) go wherever the rows are cut to ``limit``, inside each probe.
     """
-    hidden = scope if scope is not None and scope.hides_from(f) else None
     if f.search is not None:
-        return _search_select(f, now, p, columns, hidden)
-    probe = _probe_select(f, now, p, columns, hidden)
+        return _search_select(f, now, p, columns, scope)
+    probe = _probe_select(f, now, p, columns, scope)
     if probe is not None:
         return probe
     if f.limit is not None and len(f.tags) == 1 and f.ids is None and f.authors is None:
@@ -263,8 +260,7 @@ def _filter_select(f: Filter, now: int, p: _Params, columns: str, scope: ReadSco
         if f.until is not None:
             inner.append(f"t.created_at <= {p.add(f.until, '::int8')}")
         inner.append(f"(t.expiration IS NULL OR t.expiration > {p.add(now, '::int8')})")
-        if hidden is not None:
-            inner.append(_scope_condition(hidden, p, "t"))
+        inner.extend(_scope_conditions(scope, f, p, "t"))
         limit = p.add(f.limit, "::int8")
         return (
             f"SELECT {columns} FROM events e WHERE e.seq IN ("
@@ -275,15 +271,54 @@ def _filter_select(f: Filter, now: int, p: _Params, columns: str, scope: ReadSco
         )
     where = _event_conditions(f, now, p)
     where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)
-    if hidden is not None:
-        where.append(_scope_condition(hidden, p))
+    where.extend(_scope_conditions(scope, f, p))
     sql = f"SELECT {columns} FROM events e WHERE {' AND '.join(where)} ORDER BY e.created_at DESC, e.id"
     if f.limit is not None:
         sql += f" LIMIT {p.add(f.limit, '::int8')}"
     return sql
 
 
-def _scope_condition(scope: ReadScope, p: _Params, alias: str = "e") -> str:
+# NIP-86 bans (``ReadScope.banned``) in SQL: a probe of the ``management`` table's primary
+# key (topic, key = lowercase hex) per candidate row, so the statement has no parameter per
+# ban; the node's copy of the bans only decides whether a filter needs the probe
+# (``ReadScope.hides_banned_authors``). Written ``(EXISTS ...) IS FALSE``, not ``NOT
+# EXISTS``: PostgreSQL turns a bare NOT EXISTS into an anti-join whose plan rests on
+# statistics, and without them (``autovacuum = off`` here; bans added since the last
+# ANALYZE) it took the bans for a handful and compared every row with each of them (100k
+# events, 1,000 bans matching nothing: ``{"kinds":[1],"limit":500}`` and a COUNT of 90k
+# rows each over 3 s). Kept a subplan, the probe is a per-row index lookup, or the bans
+# hashed once when many rows are tested; see docs/postgres-store.md for the figures.
+_BANNED_AUTHOR = "EXISTS (SELECT 1 FROM management m WHERE m.topic = 'ban_pubkey' AND m.key = encode({}.pubkey, 'hex'))"
+_BANNED_EVENT = "EXISTS (SELECT 1 FROM management m WHERE m.topic = 'ban_event' AND m.key = encode({}.id, 'hex'))"
+
+
+def _scope_conditions(scope: ReadScope | None, f: Filter, p: _Params, alias: str = "e") -> list[str]:
+    """The conditions of the rules of ``scope`` that can hide an event ``f`` matches
+    (none when no rule can: the filter runs as it stands), testing ``alias``: ``e``
+    (events) or ``t`` (a tags row, which carries its event's kind and seq but not its
+    pubkey or id; the tag top-N path cuts to ``limit`` there, so the ban probes go
+    through the event row, by ``seq``, as the private rule's author test does; ``OFFSET
+    0`` keeps that a per-row lookup by primary key, never a join over every event)."""
+    if scope is None:
+        return []
+    out: list[str] = []
+    if scope.hides_private(f):
+        out.append(_private_condition(scope, p, alias))
+    row = alias if alias == "e" else "x"
+    banned: list[str] = []
+    if scope.hides_banned_authors(f):
+        banned.append(_BANNED_AUTHOR.format(row))
+    if scope.hides_banned_ids(f):
+        banned.append(_BANNED_EVENT.format(row))
+    if alias == "e":
+        out.extend(f"({probe}) IS FALSE" for probe in banned)
+    elif banned:
+        either = " OR ".join(f"({probe}) IS TRUE" for probe in banned)
+        out.append(f"NOT EXISTS (SELECT 1 FROM events x WHERE x.seq = {alias}.seq AND ({either}) OFFSET 0)")
+    return out
+
+
+def _private_condition(scope: ReadScope, p: _Params, alias: str = "e") -> str:
     """``ReadScope.allows`` in SQL: a private kind only when authored by or ``p``-tagging
     one of the connection's authenticated pubkeys (every ``p`` tag is in ``tags``).
     ``alias`` is the row it tests: ``e`` (events) or ``t`` (a tags row, which carries its
@@ -304,8 +339,7 @@ def _scope_condition(scope: ReadScope, p: _Params, alias: str = "e") -> str:
 def _filter_count(f: Filter, now: int, p: _Params, scope: ReadScope | None = None, columns: str = "e.seq") -> str:
     where = _event_conditions(f, now, p)
     where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)
-    if scope is not None and scope.hides_from(f):
-        where.append(_scope_condition(scope, p))
+    where.extend(_scope_conditions(scope, f, p))
     return f"SELECT {columns} FROM events e WHERE {' AND '.join(where)}"
 
 
@@ -348,7 +382,10 @@ class PostgresStore:
         # Custom plans always: asyncpg prepares every statement, and after five executions
         # PostgreSQL may switch to a generic plan that cannot see the parameters (measured:
         # one author, 100k events, generic 21.7 ms vs custom 0.24 ms; docs/postgres-store.md).
-        settings = {"plan_cache_mode": "force_custom_plan"}
+        # No JIT: a relay's statements are short, and one whose estimate passes
+        # jit_above_cost spent more compiling than it could save (a COUNT of 90k events with
+        # NIP-86 bans: 126 ms with JIT, 90 of them compiling; 36 ms without).
+        settings = {"plan_cache_mode": "force_custom_plan", "jit": "off"}
         if self.schema is not None:
             settings["search_path"] = quote_ident(self.schema)
         try:

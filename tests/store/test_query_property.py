@@ -2,8 +2,9 @@
 and ``store.count`` equal a brute-force model built on ``Filter.matches`` (the one
 definition of a filter), with NIP-01's replaceable/addressable rules, NIP-40 expiry,
 per-filter limits, union de-duplication and newest-first / lowest-id order, and a random
-read scope (``ReadScope.allows``, the rule live delivery applies in Python) applied before
-each filter's limit (DMs a connection may not read never use up its limit).
+read scope (``ReadScope.allows`` and ``ReadScope.banned``, the rules live delivery applies
+in Python) applied before each filter's limit: DMs a connection may not read and events of
+NIP-86 banned pubkeys or ids (rows of the store's ``management`` table) never use it up.
 
 NIP-50 ``search`` filters are checked against ``model_search_match``, a brute-force
 matcher written here from relay/search.py's stated semantics (words = runs of
@@ -150,7 +151,7 @@ def order(evs: list[Event]) -> list[Event]:
 def model_query(stored: list[Event], fs: list[Filter], now: int, scope: ReadScope | None = None) -> list[str]:
     live = [e for e in stored if e.expiration is None or e.expiration > now]
     if scope is not None:
-        live = [e for e in live if scope.allows(e.kind, e.pubkey, e.tags)]
+        live = [e for e in live if scope.allows(e.kind, e.pubkey, e.tags) and not scope.banned(e.id, e.pubkey)]
     out: dict[str, Event] = {}
     for f in fs:
         hits = order([e for e in live if model_matches(f, e)])
@@ -171,11 +172,18 @@ async def test_query_matches_brute_force_model(store_factory: StoreFactory, data
     )
     now = data.draw(st.sampled_from([900, 1000, 1050, 1200]), label="now")
     readers = data.draw(st.sampled_from([None, [], PUBKEYS[:1], PUBKEYS[1:2], PUBKEYS[1:]]), label="readers")
-    scope = None if readers is None else read_scope(frozenset(readers))
+    banned_pubkeys = frozenset(data.draw(st.sampled_from([[], [], PUBKEYS[:1], PUBKEYS[1:]]), label="banned pubkeys"))
+    ids = st.sampled_from([e.id for e in written])
+    banned_ids = frozenset(data.draw(st.lists(ids, max_size=3), label="banned ids"))
+    scope = None
+    if readers is not None or banned_pubkeys or banned_ids:
+        scope = read_scope(frozenset(readers or ()), banned_pubkeys, banned_ids)
     async with store_factory() as store:
         for i in range(batches):
             chunk = written[i::batches]
             await store.write_batch([WriteRequest(e) for e in chunk], NOW)
+        bans = [("ban_pubkey", k, "spam") for k in banned_pubkeys] + [("ban_event", i, "") for i in banned_ids]
+        await store.apply_management(bans)
         stored = model_stored(written)
         answer = await store.query(fs, now, scope)
         got = [orjson.loads(r)["id"] for r in answer]
