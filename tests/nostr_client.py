@@ -83,6 +83,13 @@ class NostrClient:
             else:
                 raise AssertionError(f"subscription closed: {msg}")
 
+    async def count(self, sub_id: str, *filters: dict[str, Any]) -> int:
+        """NIP-45: the relay's COUNT answer (a CLOSED instead fails the test)."""
+        await self.send(["COUNT", sub_id, *filters])
+        msg = await self.recv_where(lambda m: m[0] in ("COUNT", "CLOSED") and m[1] == sub_id)
+        assert msg[0] == "COUNT", msg
+        return int(msg[2]["count"])
+
     async def auth(self, secret: bytes, relay_url: str) -> tuple[bool, str]:
         if self.challenge is None:
             assert self.ws is not None

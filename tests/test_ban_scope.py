@@ -58,13 +58,6 @@ async def ids_of(client: NostrClient, sub_id: str, *filters: dict[str, Any]) -> 
     return [e["id"] for e in events]
 
 
-async def count(client: NostrClient, sub_id: str, *filters: dict[str, Any]) -> int:
-    await client.send(["COUNT", sub_id, *filters])
-    msg = await client.recv_where(lambda m: m[0] in ("COUNT", "CLOSED") and m[1] == sub_id)
-    assert msg[0] == "COUNT", msg
-    return int(msg[2]["count"])
-
-
 async def test_a_banned_flood_does_not_use_up_the_limit_of_a_req(
     relay_factory: RelayFactory, storage: dict[str, str], alice: bytes, bob: bytes
 ) -> None:
@@ -107,17 +100,17 @@ async def test_count_and_negentropy_sync_leave_banned_events_out(
         await nip86(relay, "banevent", scene.visible[0].id, "illegal")
         shown = {e.id for e in scene.visible[1:]}
 
-        assert await count(client, "kinds", {"kinds": [1]}) == len(shown)
-        assert await count(client, "tag", {"#t": ["nostr"]}) == len(shown)
-        assert await count(client, "spammer", {"authors": [scene.spammer]}) == 0
-        assert await count(client, "union", {"authors": [scene.spammer]}, {"ids": [scene.visible[0].id]}) == 0
+        assert await client.count("kinds", {"kinds": [1]}) == len(shown)
+        assert await client.count("tag", {"#t": ["nostr"]}) == len(shown)
+        assert await client.count("spammer", {"authors": [scene.spammer]}) == 0
+        assert await client.count("union", {"authors": [scene.spammer]}, {"ids": [scene.visible[0].id]}) == 0
         assert await needed_ids(client, {"kinds": [1]}) == shown
         assert await needed_ids(client, {"kinds": [1], "limit": 5}) == {e.id for e in scene.visible[1:6]}
         assert await needed_ids(client, {"ids": [scene.visible[0].id, scene.spam[0].id]}) == set()
 
         await nip86(relay, "unbanpubkey", scene.spammer)
         await nip86(relay, "allowevent", scene.visible[0].id)
-        assert await count(client, "restored", {"kinds": [1]}) == len(every)
+        assert await client.count("restored", {"kinds": [1]}) == len(every)
         assert await needed_ids(client, {}) == every
 
 

@@ -21,13 +21,6 @@ def ids(events: list[dict[str, Any]]) -> list[str]:
     return [e["id"] for e in events]
 
 
-async def count(client: NostrClient, sub_id: str, *filters: dict[str, Any]) -> int:
-    await client.send(["COUNT", sub_id, *filters])
-    msg = await client.recv_where(lambda m: m[0] in ("COUNT", "CLOSED") and m[1] == sub_id)
-    assert msg[0] == "COUNT", msg
-    return int(msg[2]["count"])
-
-
 async def test_search_ranks_by_relevance_then_newest_and_limits_after_ranking(
     relay_factory: RelayFactory, storage: dict[str, str], alice: bytes
 ) -> None:
@@ -45,8 +38,8 @@ async def test_search_ranks_by_relevance_then_newest_and_limits_after_ranking(
         assert ids(await client.req("b", {"search": "lightning", "limit": 2})) == [often.id, newer.id]
         # Every word must occur; case does not matter.
         assert ids(await client.req("c", {"search": "ONCE There"})) == [newer.id]
-        assert await count(client, "n", {"search": "lightning"}) == 3
-        assert await count(client, "m", {"search": "lightning once"}) == 2
+        assert await client.count("n", {"search": "lightning"}) == 3
+        assert await client.count("m", {"search": "lightning once"}) == 2
 
 
 async def test_search_ignores_extensions_and_accepts_include_spam(
@@ -71,7 +64,7 @@ async def test_search_on_a_kind_not_indexed_returns_nothing(
             assert await client.publish(ev) == (True, "")
         assert await client.req("k7", {"search": "banana", "kinds": [7]}) == []
         assert ids(await client.req("any", {"search": "banana"})) == [note.id]
-        assert await count(client, "c7", {"search": "banana", "kinds": [7]}) == 0
+        assert await client.count("c7", {"search": "banana", "kinds": [7]}) == 0
 
 
 async def test_search_with_other_filter_fields_and_several_filters(
@@ -91,7 +84,7 @@ async def test_search_with_other_filter_fields_and_several_filters(
         # A search filter's results (ranked) come before another filter's, each event once.
         got = ids(await client.req("two", {"search": "cheese", "limit": 1}, {"kinds": [7]}))
         assert got == [a_new.id, r.id]
-        assert await count(client, "c2", {"search": "cheese"}, {"kinds": [7]}) == 4
+        assert await client.count("c2", {"search": "cheese"}, {"kinds": [7]}) == 4
 
 
 async def test_live_events_reach_search_subscriptions_only_when_they_match(
@@ -129,7 +122,7 @@ async def test_deleted_replaced_and_expired_events_leave_the_search_index(
         assert ids(await client.req("d", {"search": "walrus"})) == [fading.id]
         await asyncio.sleep(max(0.0, now + 2.5 - time.time()))
         assert await client.req("e", {"search": "walrus"}) == []
-        assert await count(client, "f", {"search": "walrus"}) == 0
+        assert await client.count("f", {"search": "walrus"}) == 0
         assert await search_index_size(relay) == 1  # profile_v2 only: the others left the index
 
 
