@@ -117,7 +117,12 @@ class LimitSettings(_Section):
     events_burst: int = Field(100, ge=1)
     ip_events_per_second: float = Field(100.0, gt=0)
     ip_events_burst: int = Field(500, ge=1)
-    max_connections_per_ip: int = Field(100, ge=1, description="per address group (see ipv6_prefix)")
+    max_connections_per_ip: int = Field(
+        100,
+        ge=1,
+        description="WebSockets per address group (see ipv6_prefix), and as many connections still in HTTP "
+        "(not counted behind a proxy: real_ip_header)",
+    )
     max_connections: int = Field(10000, ge=1, description="every client together; past it HTTP 503")
     ipv6_prefix: int = Field(64, ge=16, le=128, description="IPv6 clients are limited per /N network")
     pubkey_events_per_second: float = Field(50.0, gt=0, description="per author, any connection or address")

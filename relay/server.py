@@ -233,6 +233,8 @@ class Relay:
             outgoing_queue_bytes=limits.outgoing_queue_bytes,
             compression=srv.compression,
             real_ip_header=srv.real_ip_header,
+            max_http_per_ip=limits.max_connections_per_ip,
+            ipv6_prefix=limits.ipv6_prefix,
         )
         factory = create_factory(self, options, self.sessions, self.metrics.slow_clients_dropped.inc)
         loop = asyncio.get_running_loop()

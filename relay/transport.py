@@ -41,6 +41,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from relay.http import HttpHeaders, HttpRequest, HttpResponse, HttpRouter, response
+from relay.limits import address_group
 from relay.outbox import Outbox
 from relay.throttled_log import ThrottledLog
 
@@ -52,6 +53,10 @@ _slow_client_log = ThrottledLog(log)
 MAX_HEADER_BYTES = 16 * 1024  # request line + headers (h11 answers 431 past it)
 INBOX_PAUSE = 64  # client messages waiting behind a running REQ before we stop reading
 CLOSE_TIMEOUT = 5.0  # seconds a closing handshake may take before the socket is cut
+TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nRetry-After: 10\r\n"
+    b"Connection: close\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
+)
 
 
 class MessageSink(Protocol):
@@ -99,6 +104,39 @@ class ShellOptions:
     outgoing_queue_bytes: int
     compression: bool
     real_ip_header: str | None
+    # Connections one address group may hold open before (or without) a WebSocket upgrade;
+    # None: no cap (behind a proxy every connection comes from the proxy's address).
+    max_http_per_ip: int | None = None
+    ipv6_prefix: int = 64
+
+
+class HttpSlots:
+    """Open connections per address group that have not become WebSockets (issue 8's "rates
+    survive reconnects", for the HTTP phase): without it one address could hold thousands of
+    idle keep-alive or half-sent requests, each a file descriptor and a parser, for the
+    header timeout each, and starve the relay of descriptors. Upgraded connections leave
+    this count for the WebSocket one (``IpTable``)."""
+
+    def __init__(self, cap: int, ipv6_prefix: int) -> None:
+        self._cap = cap
+        self._prefix = ipv6_prefix
+        self._open: dict[str, int] = {}
+
+    def take(self, ip: str) -> str | None:
+        """The group's key when a slot was taken, None when the group is at its cap."""
+        key = address_group(ip, self._prefix)
+        held = self._open.get(key, 0)
+        if held >= self._cap:
+            return None
+        self._open[key] = held + 1
+        return key
+
+    def release(self, key: str) -> None:
+        held = self._open.get(key, 0) - 1
+        if held > 0:
+            self._open[key] = held
+        else:
+            self._open.pop(key, None)
 
 
 class ShellHooks(Protocol):
@@ -138,8 +176,11 @@ class RelayProtocol(asyncio.Protocol):
         extensions: list[ServerExtensionFactory] | None,
         sessions: set[RelayProtocol],
         on_slow_drop: Callable[[], None],
+        http_slots: HttpSlots | None = None,
     ) -> None:
         self._hooks = hooks
+        self._http_slots = http_slots
+        self._http_slot: str | None = None  # the address group whose HTTP slot this holds
         self._on_slow_drop = on_slow_drop
         self._options = options
         self._extensions = extensions
@@ -173,7 +214,19 @@ class RelayProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = self._transport.get_extra_info("peername")
         self.ip = str(peer[0]) if peer else "unknown"
+        if self._http_slots is not None:
+            self._http_slot = self._http_slots.take(self.ip)
+            if self._http_slot is None:
+                # Refused before a byte is parsed: one short answer, then the socket closes.
+                self._transport.write(TOO_MANY_CONNECTIONS)
+                self._transport.close()
+                return
         self._arm(self._options.header_timeout)
+
+    def _leave_http(self) -> None:
+        if self._http_slot is not None and self._http_slots is not None:
+            self._http_slots.release(self._http_slot)
+        self._http_slot = None
 
     def data_received(self, data: bytes) -> None:
         ws = self._ws
@@ -200,6 +253,7 @@ class RelayProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._leave_http()
         self._cancel_timer()
         if self._sink is not None:
             sink, self._sink = self._sink, None
@@ -426,6 +480,7 @@ class RelayProtocol(asyncio.Protocol):
         self.ip = ip
         self.last_seen = time.monotonic()
         self._outbox = Outbox(self._options.outgoing_queue_bytes)
+        self._leave_http()  # counted by the relay's WebSocket table from here on
         self._sessions.add(self)
         self._sink = self._hooks.open_websocket(self, ip)
         if self._reading_paused:
@@ -599,9 +654,12 @@ def create_factory(
     hooks: ShellHooks, options: ShellOptions, sessions: set[RelayProtocol], on_slow_drop: Callable[[], None]
 ) -> Callable[[], RelayProtocol]:
     extensions = deflate_extensions(options.compression)
+    slots = None
+    if options.max_http_per_ip is not None and options.real_ip_header is None:
+        slots = HttpSlots(options.max_http_per_ip, options.ipv6_prefix)
 
     def factory() -> RelayProtocol:
-        return RelayProtocol(hooks, options, extensions, sessions, on_slow_drop)
+        return RelayProtocol(hooks, options, extensions, sessions, on_slow_drop, slots)
 
     return factory
 

@@ -160,6 +160,51 @@ async def test_max_connections_per_ip(relay_factory: RelayFactory) -> None:
         assert 'satsrelay_connections_rejected_total{reason="per-ip-limit"} 1.0' in metrics
 
 
+
+async def nip11_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """One NIP-11 GET on an open keep-alive connection: its status line, body read off."""
+    writer.write(b"GET / HTTP/1.1\r\nHost: relay\r\nAccept: application/nostr+json\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.split(b"\r\n")
+    await reader.readexactly(next(int(x.split(b":")[1]) for x in lines if x.lower().startswith(b"content-length")))
+    return lines[0]
+
+
+async def test_one_address_cannot_hold_more_idle_http_connections_than_its_cap(relay_factory: RelayFactory) -> None:
+    """Connections that never upgrade (idle keep-alive, half-sent requests) count per address
+    too: past the cap the next one is answered 429 and closed at once; the held ones work,
+    an upgrade frees its HTTP slot, and a freed slot admits the next connection."""
+    async with relay_factory(limits={"max_connections_per_ip": 3}) as relay:
+        held = [await asyncio.open_connection("127.0.0.1", relay.port) for _ in range(3)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        refused = await asyncio.wait_for(reader.read(), 5)  # the answer, then EOF
+        assert refused.startswith(b"HTTP/1.1 429 "), refused
+        writer.close()
+        first_reader, first_writer = held[0]
+        assert (await nip11_on(first_reader, first_writer)).startswith(b"HTTP/1.1 200 ")
+        for _, w in held[1:]:
+            w.close()
+            await w.wait_closed()
+        deadline = time.monotonic() + 5
+        while True:  # the relay frees the slots once it has seen the two closes
+            try:
+                upgraded = await NostrClient(relay.url).__aenter__()
+                break
+            except InvalidStatus:
+                assert time.monotonic() < deadline, "closed connections never freed their slots"
+                await asyncio.sleep(0.02)
+        async with upgraded:  # in the WebSocket table now, not an HTTP slot
+            more = [await asyncio.open_connection("127.0.0.1", relay.port) for _ in range(2)]
+            await upgraded.assert_alive()
+            over_reader, over_writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            assert (await asyncio.wait_for(over_reader.read(), 5)).startswith(b"HTTP/1.1 429 ")
+            over_writer.close()
+            assert (await nip11_on(first_reader, first_writer)).startswith(b"HTTP/1.1 200 ")  # kept alive
+            for _, w in more:
+                w.close()
+        first_writer.close()
+
+
 # --- slow readers --------------------------------------------------------------------------
 
 async def test_slow_reader_is_dropped_and_others_are_unaffected(
