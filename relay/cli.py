@@ -172,8 +172,10 @@ async def import_events(
                     counts["accepted"] += 1
                 elif outcome is WriteOutcome.DUPLICATE:
                     counts["duplicate"] += 1
-                else:
+                elif isinstance(outcome, WriteOutcome):
                     reject(number, line, _OUTCOME_REASONS.get(outcome, outcome.value))
+                else:  # a plug-in's write hook refused it (an import attaches nothing, so none does)
+                    reject(number, line, str(outcome))
             batch.clear()
 
         for number, line in lines:

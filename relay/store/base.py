@@ -30,6 +30,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from relay.errors import Rejection
 from relay.event import Event
 from relay.filters import Filter
 
@@ -153,8 +154,13 @@ class WriteOutcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class WriteRequest:
+    """One event for ``write_batch``. ``attachments``: values a plug-in's write gate
+    attached (a price, say) for its write hook to interpret inside the batch's transaction
+    (``relay.store.database``); the store never looks inside them."""
+
     event: Event
     charge_msat: int = 0
+    attachments: tuple[object, ...] = ()
 
 
 class InvoiceState(enum.Enum):
@@ -410,9 +416,11 @@ class Store(Protocol):
 
     # --- events -------------------------------------------------------------------
 
-    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome]:
+    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome | Rejection]:
         """Apply a batch in ONE transaction (see module docstring); one outcome per request,
-        in order. Returns only after the commit is durable. Called by the writer alone."""
+        in order: a ``Rejection`` for an event a write hook refused
+        (``relay.store.database``). Returns only after the commit is durable. Called by the
+        writer alone (and by bulk imports, which attach nothing)."""
         ...
 
     async def query(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> list[bytes]:

@@ -20,14 +20,17 @@ Why each choice, the alternatives rejected and the figures measured: docs/postgr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncGenerator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import asyncpg
 import orjson
 
+from relay.errors import Rejection
 from relay.event import Event, KindClass, is_hex64
 from relay.filters import Filter
 from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, tsvector_literal
@@ -60,6 +63,8 @@ from relay.store.base import (
     invoice_from_row,
     member_status_conditions,
 )
+from relay.store.database import COMPONENT_VERSIONS, BatchHook, PostgresWriteHook
+from relay.store.migrations import Migration, pending
 from relay.store.postgres_migrations import LOCK_CLASS_MIGRATE, apply_migrations, quote_ident
 from relay.store.rules import (
     Address,
@@ -375,6 +380,8 @@ class PostgresStore:
         self._pool: Any = None
         self._lock_scope = schema or "public"
         self.search_kinds = search_kinds  # NIP-50: kinds whose events get a search vector
+        self._hooks: dict[str, PostgresWriteHook] = {}
+        self.database = PostgresPluginDatabase(self)  # plug-ins' tables (relay.store.database)
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -475,17 +482,21 @@ class PostgresStore:
 
     # --- events: writes -----------------------------------------------------------------
 
-    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome]:
+    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome | Rejection]:
         for req in batch:
             if req.event.kind_class is KindClass.EPHEMERAL:
                 raise ValueError("ephemeral events are never stored")
         if not batch:
             return []
+        hooks = tuple(self._hooks.values())
+        if not hooks and any(req.attachments for req in batch):
+            # Attachments nobody interprets would store, say, a priced event for free.
+            raise ValueError("a write request carries attachments but no write hook is installed")
         if simple_batch(batch):
             async with self._acquire() as conn:
-                return await self._write_regular_batch(conn, batch)
+                return list(await self._write_regular_batch(conn, batch))
         async with self._acquire() as conn, conn.transaction():
-            return await self._write_batch(conn, list(batch), now)
+            return await self._write_batch(conn, list(batch), now, hooks)
 
     async def _write_regular_batch(self, conn: Any, batch: Sequence[WriteRequest]) -> list[WriteOutcome]:
         """The common batch (see ``rules.simple_batch``) in ONE round trip: the server function
@@ -529,9 +540,13 @@ class PostgresStore:
             raise RuntimeError(f"write_regular_batch answered {len(answer)} outcomes for {len(batch)} events")
         return [_REGULAR_OUTCOMES[code] for code in answer]
 
-    async def _write_batch(self, conn: Any, batch: list[WriteRequest], now: int) -> list[WriteOutcome]:
+    async def _write_batch(
+        self, conn: Any, batch: list[WriteRequest], now: int, hooks: tuple[PostgresWriteHook, ...]
+    ) -> list[WriteOutcome | Rejection]:
         events = [req.event for req in batch]
         await self._lock_authors(conn, events)
+        attached = [req for req in batch if req.attachments]
+        batch_hooks: list[BatchHook] = [await hook(conn, attached, now) for hook in hooks] if attached else []
 
         # Everything the rules read, in four set-based statements under the locks.
         lookup_ids, addresses = lookups(events)
@@ -580,7 +595,7 @@ class PostgresStore:
             ):
                 credits[row[0]] = row[1]
 
-        plan = BatchPlan(present, current, tomb_ids, tomb_addresses, credits)
+        plan = BatchPlan(present, current, tomb_ids, tomb_addresses, credits, batch_hooks)
         outcomes = [plan.apply(i, req) for i, req in enumerate(batch)]
 
         if plan.db_deletes:
@@ -597,6 +612,8 @@ class PostgresStore:
                 outcomes[index] = WriteOutcome.DUPLICATE
                 if req.charge_msat > 0:
                     plan.charges[req.event.pubkey] -= req.charge_msat
+                if req.attachments:
+                    plan.retract(req)
         if plan.new_tomb_ids:
             ids = sorted(plan.new_tomb_ids)
             await conn.execute(
@@ -626,6 +643,8 @@ class PostgresStore:
                 [c[1] for c in charges],
                 now,
             )
+        for batch_hook in batch_hooks:
+            await batch_hook.write(conn, now)
         return outcomes
 
     async def _lock_authors(self, conn: Any, events: list[Event]) -> None:
@@ -1334,6 +1353,85 @@ class PostgresStore:
             f"SELECT {RENEWAL_COLUMNS} FROM renewal_attempts WHERE pubkey = $1 ORDER BY period_end DESC", pubkey
         )
         return [RenewalAttempt(*tuple(row)) for row in rows]
+
+
+async def apply_component_migrations(
+    conn: Any,
+    scope: str,
+    component: str,
+    steps: Sequence[Migration],
+    adopt: Callable[[Any], Awaitable[int]] | None = None,
+) -> int:
+    """A plug-in's version line (``relay.store.database``): its pending steps and its new
+    version in one transaction, under the lock the core's migrations take for this schema,
+    so of several nodes starting together one migrates and the others find it done."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_CLASS_MIGRATE, scope)
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {COMPONENT_VERSIONS} (component text PRIMARY KEY, version integer NOT NULL)"
+        )
+        row = await conn.fetchrow(f"SELECT version FROM {COMPONENT_VERSIONS} WHERE component = $1", component)
+        current = int(row[0]) if row is not None else (await adopt(conn) if adopt is not None else 0)
+        todo = pending(steps, current)
+        for step in todo:
+            for statement in step.statements:
+                await conn.execute(statement)
+        version = todo[-1].version if todo else current
+        if row is None or todo:
+            await conn.execute(
+                f"INSERT INTO {COMPONENT_VERSIONS} (component, version) VALUES ($1, $2)"
+                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                component,
+                version,
+            )
+    return version
+
+
+class PostgresPluginDatabase:
+    """``relay.store.database.PostgresDatabase`` over a ``PostgresStore``: the store's
+    pool, its schema, its migration lock."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+
+    @property
+    def dialect(self) -> Literal["postgresql"]:
+        return "postgresql"
+
+    @property
+    def scope(self) -> str:
+        return self._store._lock_scope
+
+    def acquire(self) -> AbstractAsyncContextManager[Any]:
+        return cast(AbstractAsyncContextManager[Any], self._store._acquire())
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with self._store._acquire() as conn, conn.transaction():
+            yield conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        return await self._store._fetch(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._store._fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        async with self._store._acquire() as conn:
+            status: str = await conn.execute(sql, *args)
+        return status
+
+    async def migrate(
+        self,
+        component: str,
+        steps: Sequence[Migration],
+        adopt: Callable[[Any], Awaitable[int]] | None = None,
+    ) -> int:
+        async with self._store._acquire() as conn:
+            return await apply_component_migrations(conn, self.scope, component, steps, adopt)
+
+    def add_write_hook(self, component: str, hook: PostgresWriteHook) -> None:
+        self._store._hooks[component] = hook
 
 
 async def _apply_grant(

@@ -18,9 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from relay.errors import Rejection
 from relay.event import Event, KindClass, is_hex64, kind_class, parse_address
 from relay.store.base import FOREVER, WriteOutcome, WriteRequest
+
+if TYPE_CHECKING:
+    from relay.store.database import BatchHook
 
 Address = tuple[str, int, str]  # (pubkey hex, kind, d) of a replaceable/addressable event
 
@@ -108,7 +113,13 @@ def simple_batch(batch: Sequence[WriteRequest]) -> bool:
     seen: set[str] = set()
     for req in batch:
         ev = req.event
-        if req.charge_msat > 0 or ev.kind == 5 or ev.kind_class is not KindClass.REGULAR or ev.id in seen:
+        if (
+            req.charge_msat > 0
+            or req.attachments
+            or ev.kind == 5
+            or ev.kind_class is not KindClass.REGULAR
+            or ev.id in seen
+        ):
             return False
         seen.add(ev.id)
     return True
@@ -147,8 +158,10 @@ class BatchPlan:
         tomb_ids: dict[str, set[str]],
         tomb_addresses: dict[Address, int],
         credits: dict[str, int],
+        hooks: Sequence[BatchHook] = (),
     ) -> None:
         self.present = present
+        self.hooks = hooks
         self.current = current
         self.tomb_ids = tomb_ids
         self.tomb_addresses = tomb_addresses
@@ -160,7 +173,7 @@ class BatchPlan:
         self.new_tomb_addresses: dict[Address, int] = {}
         self.charges: dict[str, int] = {}
 
-    def apply(self, index: int, req: WriteRequest) -> WriteOutcome:
+    def apply(self, index: int, req: WriteRequest) -> WriteOutcome | Rejection:
         ev = req.event
         if ev.id in self.present:
             return WriteOutcome.DUPLICATE
@@ -181,6 +194,10 @@ class BatchPlan:
                 return WriteOutcome.INSUFFICIENT_CREDIT
             self.credits[ev.pubkey] = balance - req.charge_msat
             self.charges[ev.pubkey] = self.charges.get(ev.pubkey, 0) + req.charge_msat
+        if req.attachments:
+            refusal = self._admit(req)
+            if refusal is not None:
+                return refusal
         if cur is not None:
             self._remove(cur.id)
         entry = Present(ev.id, ev.pubkey, ev.kind, ev.created_at, address)
@@ -191,6 +208,23 @@ class BatchPlan:
         if ev.kind == 5:
             self._delete(ev)
         return WriteOutcome.STORED
+
+    def _admit(self, req: WriteRequest) -> Rejection | None:
+        """The write hooks' verdicts on an event about to be stored, in order; a refusal
+        takes back the admissions of the hooks before it."""
+        for i, hook in enumerate(self.hooks):
+            refusal = hook.admit(req)
+            if refusal is not None:
+                for earlier in self.hooks[:i]:
+                    earlier.retract(req)
+                return refusal
+        return None
+
+    def retract(self, req: WriteRequest) -> None:
+        """``req`` was not stored after all (another node stored its id first): every
+        hook takes back its admission."""
+        for hook in self.hooks:
+            hook.retract(req)
 
     def _remove(self, event_id: str) -> None:
         entry = self.present.pop(event_id)

@@ -30,14 +30,15 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import aiosqlite
 import orjson
 
+from relay.errors import Rejection
 from relay.event import Event, KindClass, index_tags, is_hex64, kind_class
 from relay.filters import Filter
 from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, fts5_body
@@ -71,6 +72,7 @@ from relay.store.base import (
     invoice_from_row,
     member_status_conditions,
 )
+from relay.store.database import COMPONENT_VERSIONS, SqliteWriteHook
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
 from relay.store.rules import (
     a_tag_addresses,
@@ -85,6 +87,9 @@ if TYPE_CHECKING:
     from relay.policy import ReadScope
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _SYNCHRONOUS = frozenset(("OFF", "NORMAL", "FULL", "EXTRA"))
 # SQLite's default SQLITE_MAX_VARIABLE_NUMBER since 3.32; past it, filters run one by one.
@@ -340,6 +345,42 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] =
     return steps[-1].version if steps else int(current)
 
 
+def apply_component_migrations(
+    conn: sqlite3.Connection,
+    component: str,
+    steps: Sequence[Migration],
+    adopt: Callable[[sqlite3.Connection], int] | None = None,
+) -> int:
+    """A plug-in's version line (``relay.store.database``): its pending steps and its new
+    version in one transaction under the write lock, as ``apply_migrations`` does for the
+    core's; a component without a row starts where ``adopt`` says (else 0)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {COMPONENT_VERSIONS}"
+            " (component TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        row = conn.execute(f"SELECT version FROM {COMPONENT_VERSIONS} WHERE component = ?", (component,)).fetchone()
+        current = int(row[0]) if row is not None else (adopt(conn) if adopt is not None else 0)
+        todo = pending(steps, current)
+        for step in todo:
+            for statement in step.statements:
+                conn.execute(statement)
+        version = todo[-1].version if todo else current
+        if row is None or todo:
+            conn.execute(
+                f"INSERT INTO {COMPONENT_VERSIONS} (component, version) VALUES (?, ?)"
+                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                (component, version),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return version
+
+
 def _sync_search_index(conn: sqlite3.Connection, kinds: frozenset[int]) -> None:
     """Rebuild the NIP-50 index when it was built for other kinds than ``kinds`` (first
     start after migration 5 on a store with events, or ``[search] kinds`` changed), in
@@ -511,6 +552,8 @@ class SqliteStore:
         self._readers: asyncio.Queue[aiosqlite.Connection] | None = None
         self._all_readers: list[aiosqlite.Connection] = []
         self._checkpointer: WalCheckpointer | None = None
+        self._hooks: dict[str, SqliteWriteHook] = {}
+        self.database = SqlitePluginDatabase(self)  # plug-ins' tables (relay.store.database)
 
     @classmethod
     def from_url(
@@ -640,21 +683,29 @@ class SqliteStore:
 
     # --- events: writes -----------------------------------------------------------------
 
-    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome]:
+    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome | Rejection]:
         for req in batch:
             if req.event.kind_class is KindClass.EPHEMERAL:
                 raise ValueError("ephemeral events are never stored")
         if not batch:
             return []
-        outcomes: list[WriteOutcome] = await self._write(
-            self._transaction, self._write_all, list(batch), now, self.search_kinds
+        hooks = tuple(self._hooks.values())
+        if not hooks and any(req.attachments for req in batch):
+            # Attachments nobody interprets would store, say, a priced event for free.
+            raise ValueError("a write request carries attachments but no write hook is installed")
+        outcomes: list[WriteOutcome | Rejection] = await self._write(
+            self._transaction, self._write_all, list(batch), now, self.search_kinds, hooks
         )
         return outcomes
 
     @staticmethod
     def _write_all(
-        conn: sqlite3.Connection, batch: list[WriteRequest], now: int, search_kinds: frozenset[int]
-    ) -> list[WriteOutcome]:
+        conn: sqlite3.Connection,
+        batch: list[WriteRequest],
+        now: int,
+        search_kinds: frozenset[int],
+        hooks: tuple[SqliteWriteHook, ...],
+    ) -> list[WriteOutcome | Rejection]:
         """Apply a batch in order, with as few statements as the batch allows.
 
         The common event (regular kind, not a deletion) needs no lookup of its own: the
@@ -676,7 +727,7 @@ class SqliteStore:
         event_rows: list[tuple[Any, ...]] = []
         tag_rows: list[tuple[str, str, int, int]] = []
         search_rows: list[tuple[int, str]] = []
-        outcomes: list[WriteOutcome] = []
+        outcomes: list[WriteOutcome | Rejection] = []
         for req, eid in zip(batch, ids, strict=True):
             ev = req.event
             if eid in stored:
@@ -700,6 +751,10 @@ class SqliteStore:
                 if req.charge_msat > 0 and not _charge(conn, req, now):
                     outcomes.append(WriteOutcome.INSUFFICIENT_CREDIT)
                     continue
+                refusal = _run_hooks(conn, hooks, req, now) if req.attachments else None
+                if refusal is not None:
+                    outcomes.append(refusal)
+                    continue
                 created_at = ev.created_at
                 event_rows.append((next_rid, eid, pk, created_at, kind, None, ev.expiration, ev.raw))
                 tag_rows.extend((name, value, created_at, next_rid) for name, value in set(ev.index_tags()))
@@ -711,7 +766,7 @@ class SqliteStore:
                 outcomes.append(WriteOutcome.STORED)
                 continue
             _insert_rows(conn, event_rows, tag_rows, search_rows)
-            outcome = _write_one(conn, req, eid, pk, next_rid, now, search_kinds)
+            outcome = _write_one(conn, req, eid, pk, next_rid, now, search_kinds, hooks)
             if outcome is WriteOutcome.STORED:
                 next_rid += 1
                 stored.add(eid)
@@ -1139,6 +1194,40 @@ class SqliteStore:
         return [RenewalAttempt(*row) for row in rows]
 
 
+class SqlitePluginDatabase:
+    """``relay.store.database.SqliteDatabase`` over a ``SqliteStore``: plug-ins' writes go
+    through the store's writer thread and lock, their reads through its readers."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    @property
+    def dialect(self) -> Literal["sqlite"]:
+        return "sqlite"
+
+    async def write(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        result: T = await self._store._write(self._store._transaction, lambda conn: fn(conn, *args, **kwargs))
+        return result
+
+    async def read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        return await self._store._read(sql, params)
+
+    async def migrate(
+        self,
+        component: str,
+        steps: Sequence[Migration],
+        adopt: Callable[[sqlite3.Connection], int] | None = None,
+    ) -> int:
+        store = self._store
+        version: int = await store._write(lambda: apply_component_migrations(store._conn(), component, steps, adopt))
+        return version
+
+    def add_write_hook(self, component: str, hook: SqliteWriteHook) -> None:
+        self._store._hooks[component] = hook
+
+
 # --- synchronous bodies run on the writer thread inside one transaction --------------------
 
 
@@ -1177,6 +1266,25 @@ def _charge(conn: sqlite3.Connection, req: WriteRequest, now: int) -> bool:
     return cur.rowcount > 0
 
 
+def _run_hooks(
+    conn: sqlite3.Connection, hooks: tuple[SqliteWriteHook, ...], req: WriteRequest, now: int
+) -> Rejection | None:
+    """The write hooks for one event about to be stored, in order; the first refusal wins.
+    With several hooks a SAVEPOINT takes back what earlier ones wrote when a later one
+    refuses (a lone hook that refuses has written nothing: its contract)."""
+    if len(hooks) == 1:
+        return hooks[0](conn, req, now)
+    conn.execute("SAVEPOINT write_hooks")
+    for hook in hooks:
+        refusal = hook(conn, req, now)
+        if refusal is not None:
+            conn.execute("ROLLBACK TO write_hooks")
+            conn.execute("RELEASE write_hooks")
+            return refusal
+    conn.execute("RELEASE write_hooks")
+    return None
+
+
 def _write_one(
     conn: sqlite3.Connection,
     req: WriteRequest,
@@ -1185,9 +1293,11 @@ def _write_one(
     rid: int,
     now: int,
     search_kinds: frozenset[int],
-) -> WriteOutcome:
+    hooks: tuple[SqliteWriteHook, ...],
+) -> WriteOutcome | Rejection:
     """A replaceable, addressable or kind-5 event, already known to be neither stored nor
-    tombstoned: apply the replacement rules, store it as ``rid``, apply a deletion."""
+    tombstoned: apply the replacement rules, the write hooks, store it as ``rid``, apply a
+    deletion."""
     ev = req.event
     address = address_of(ev)
     d_tag: str | None = None
@@ -1209,6 +1319,9 @@ def _write_one(
             old = (row[0], row[3])
     if req.charge_msat > 0 and not _charge(conn, req, now):
         return WriteOutcome.INSUFFICIENT_CREDIT
+    refusal = _run_hooks(conn, hooks, req, now) if req.attachments else None
+    if refusal is not None:
+        return refusal
     if old is not None:
         _delete_event(conn, *old)
     conn.execute(_INSERT_EVENT, (rid, eid, pk, ev.created_at, ev.kind, d_tag, ev.expiration, ev.raw))
