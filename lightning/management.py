@@ -19,9 +19,9 @@ from typing import Any
 
 from lightning import accounts
 from lightning.pubkeys import parse_pubkey
+from lightning.store.base import LedgerStore
 from lightning.web import account_json
 from relay.extension import Changed, ManagementMethod
-from relay.store.base import Store
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -84,7 +84,7 @@ class PaymentMethods:
     learn of it through the store's account change counter, as they do of the CLI's."""
 
     def __init__(
-        self, store: Store, on_change: Callable[[str], None], clock: Callable[[], float] = time.time
+        self, store: LedgerStore, on_change: Callable[[str], None], clock: Callable[[], float] = time.time
     ) -> None:
         self._store = store
         self._on_change = on_change

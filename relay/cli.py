@@ -129,7 +129,6 @@ Rejects = Callable[[int, bytes, str], None]
 _OUTCOME_REASONS = {
     WriteOutcome.SUPERSEDED: "superseded: a newer version of this replaceable event is stored",
     WriteOutcome.DELETED: "deleted: a stored NIP-09 deletion names this event",
-    WriteOutcome.INSUFFICIENT_CREDIT: "restricted: not enough credit",
 }
 
 

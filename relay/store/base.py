@@ -15,9 +15,11 @@ Rules every implementation applies inside ``write_batch``'s single transaction (
 - a kind-5 event deletes the author's own events named by its ``e`` tags and, for ``a``
   tags ``kind:pubkey:d`` with the author's pubkey, every version with created_at <= its own;
   kind-5 events themselves are never deleted (NIP-09: deleting a deletion has no effect);
-- ``charge_msat`` > 0 debits the author's credit; not enough credit -> ``INSUFFICIENT_CREDIT``
-  and nothing is stored or charged; a DUPLICATE/SUPERSEDED/DELETED event is never charged;
-- ephemeral events never reach the store (their price is taken by ``charge_credit``).
+- a request that carries ``attachments`` goes through the plug-ins' write hooks
+  (``relay.store.database``) once the store is about to keep its event: a hook may write
+  its rows in the batch's transaction, or refuse the event (nothing stored, the outcome
+  is the hook's ``Rejection``); a DUPLICATE/SUPERSEDED/DELETED event meets no hook;
+- ephemeral events never reach the store.
 
 Queries never return expired events (NIP-40, ``expiration`` tag <= now).
 """
@@ -149,7 +151,6 @@ class WriteOutcome(enum.Enum):
     DUPLICATE = "duplicate"
     SUPERSEDED = "superseded"
     DELETED = "deleted"
-    INSUFFICIENT_CREDIT = "insufficient-credit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +160,6 @@ class WriteRequest:
     (``relay.store.database``); the store never looks inside them."""
 
     event: Event
-    charge_msat: int = 0
     attachments: tuple[object, ...] = ()
 
 

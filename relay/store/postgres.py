@@ -8,7 +8,7 @@ reads before it writes is made safe across nodes:
   replaceable, addressable and kind-5 events, shared for regular ones, taken in key
   order so batches never deadlock), a few set-based reads of the state the rules need,
   ``rules.BatchPlan`` deciding every outcome in batch order, one write per table;
-- the common batch (regular, uncharged, distinct ids) is one round trip through the
+- the common batch (regular, no attachments for plug-ins' hooks, distinct ids) is one round trip through the
   server function ``write_regular_batch`` (migration 2);
 - duplicates racing across nodes: ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING``;
 - settlement exactly once: a conditional ``UPDATE invoices ... WHERE state <> 'paid'``;
@@ -585,17 +585,8 @@ class PostgresStore:
                 *args,
             ):
                 tomb_addresses[(row[0].hex(), row[1], row[2])] = row[3]
-        credits: dict[str, int] = {}
-        charged = sorted({req.event.pubkey for req in batch if req.charge_msat > 0})
-        if charged:
-            # Row locks in pubkey order: two nodes charging the same authors cannot deadlock.
-            for row in await conn.fetch(
-                "SELECT pubkey, credit_msat FROM accounts WHERE pubkey = ANY($1::text[]) ORDER BY pubkey FOR UPDATE",
-                charged,
-            ):
-                credits[row[0]] = row[1]
 
-        plan = BatchPlan(present, current, tomb_ids, tomb_addresses, credits, batch_hooks)
+        plan = BatchPlan(present, current, tomb_ids, tomb_addresses, batch_hooks)
         outcomes = [plan.apply(i, req) for i, req in enumerate(batch)]
 
         if plan.db_deletes:
@@ -610,8 +601,6 @@ class PostgresStore:
                 # Another node committed the same id after our read: it is stored, by them.
                 index, req = plan.inserts[eid]
                 outcomes[index] = WriteOutcome.DUPLICATE
-                if req.charge_msat > 0:
-                    plan.charges[req.event.pubkey] -= req.charge_msat
                 if req.attachments:
                     plan.retract(req)
         if plan.new_tomb_ids:
@@ -633,15 +622,6 @@ class PostgresStore:
                 [a[1] for a in keys],
                 [a[2] for a in keys],
                 [plan.new_tomb_addresses[a] for a in keys],
-            )
-        charges = sorted((pk, amount) for pk, amount in plan.charges.items() if amount > 0)
-        if charges:
-            await conn.execute(
-                "UPDATE accounts a SET credit_msat = a.credit_msat - c.amount, updated_at = $3"
-                " FROM unnest($1::text[], $2::int8[]) c(pubkey, amount) WHERE a.pubkey = c.pubkey",
-                [c[0] for c in charges],
-                [c[1] for c in charges],
-                now,
             )
         for batch_hook in batch_hooks:
             await batch_hook.write(conn, now)

@@ -7,11 +7,11 @@ paid invoice grants) live here, free of SQL, and are unit-tested without a datab
 (tests/store/test_rules.py).
 
 ``BatchPlan`` decides a whole batch in batch order from a snapshot of the state (events
-present, current versions of addresses, tombstones, credit balances) as if its events
-were applied one by one, and records what to write: rows to insert, rows to delete,
-tombstones and charges. PostgreSQL reads that snapshot set-based under its advisory locks
-and writes the plan with one statement per table; SQLite applies the same predicates to
-the rows it reads on its single writer thread.
+present, current versions of addresses, tombstones) as if its events were applied one
+by one, asking the plug-ins' write hooks about the events it would store, and records
+what to write: rows to insert, rows to delete, tombstones. PostgreSQL reads that snapshot
+set-based under its advisory locks and writes the plan with one statement per table;
+SQLite applies the same predicates to the rows it reads on its single writer thread.
 """
 
 from __future__ import annotations
@@ -108,18 +108,12 @@ class Present:
 
 def simple_batch(batch: Sequence[WriteRequest]) -> bool:
     """True when every rule the batch needs is "duplicate id" or "tombstoned id": regular
-    kinds only (no replaceable/addressable versions, no kind-5 deletions), nothing charged,
-    no id twice. A store may take a cheaper path for such a batch."""
+    kinds only (no replaceable/addressable versions, no kind-5 deletions), no attachments
+    for plug-ins' write hooks, no id twice. A store may take a cheaper path for such a batch."""
     seen: set[str] = set()
     for req in batch:
         ev = req.event
-        if (
-            req.charge_msat > 0
-            or req.attachments
-            or ev.kind == 5
-            or ev.kind_class is not KindClass.REGULAR
-            or ev.id in seen
-        ):
+        if req.attachments or ev.kind == 5 or ev.kind_class is not KindClass.REGULAR or ev.id in seen:
             return False
         seen.add(ev.id)
     return True
@@ -147,8 +141,8 @@ class BatchPlan:
     Mutable working state of one ``write_batch`` call, never shared. Inputs: ``present``
     (id -> event, for every id in ``lookups``), ``current`` (address -> its stored version
     or None), ``tomb_ids`` (id -> pubkeys whose deletion named it), ``tomb_addresses``
-    (address -> latest deletion created_at), ``credits`` (pubkey -> balance, for charged
-    authors; a missing account has no credit).
+    (address -> latest deletion created_at), ``hooks`` (the plug-ins' ``BatchHook`` for
+    this batch, asked in order about each event with attachments it would store).
     """
 
     def __init__(
@@ -157,7 +151,6 @@ class BatchPlan:
         current: dict[Address, Present | None],
         tomb_ids: dict[str, set[str]],
         tomb_addresses: dict[Address, int],
-        credits: dict[str, int],
         hooks: Sequence[BatchHook] = (),
     ) -> None:
         self.present = present
@@ -165,13 +158,11 @@ class BatchPlan:
         self.current = current
         self.tomb_ids = tomb_ids
         self.tomb_addresses = tomb_addresses
-        self.credits = credits
         self.outcomes: list[WriteOutcome] = []
         self.inserts: dict[str, tuple[int, WriteRequest]] = {}  # id -> (batch index, request)
         self.db_deletes: set[str] = set()
         self.new_tomb_ids: set[tuple[str, str]] = set()
         self.new_tomb_addresses: dict[Address, int] = {}
-        self.charges: dict[str, int] = {}
 
     def apply(self, index: int, req: WriteRequest) -> WriteOutcome | Rejection:
         ev = req.event
@@ -188,12 +179,6 @@ class BatchPlan:
             cur = self.current.get(address)
             if cur is not None and not newer(ev.created_at, ev.id, cur.created_at, cur.id):
                 return WriteOutcome.SUPERSEDED
-        if req.charge_msat > 0:
-            balance = self.credits.get(ev.pubkey)
-            if balance is None or balance < req.charge_msat:
-                return WriteOutcome.INSUFFICIENT_CREDIT
-            self.credits[ev.pubkey] = balance - req.charge_msat
-            self.charges[ev.pubkey] = self.charges.get(ev.pubkey, 0) + req.charge_msat
         if req.attachments:
             refusal = self._admit(req)
             if refusal is not None:

@@ -748,9 +748,6 @@ class SqliteStore:
                     outcomes.append(WriteOutcome.DELETED)
                     continue
             if kind != 5 and ev.kind_class is KindClass.REGULAR:
-                if req.charge_msat > 0 and not _charge(conn, req, now):
-                    outcomes.append(WriteOutcome.INSUFFICIENT_CREDIT)
-                    continue
                 refusal = _run_hooks(conn, hooks, req, now) if req.attachments else None
                 if refusal is not None:
                     outcomes.append(refusal)
@@ -1257,15 +1254,6 @@ def _insert_rows(
         search_rows.clear()
 
 
-def _charge(conn: sqlite3.Connection, req: WriteRequest, now: int) -> bool:
-    """Debit the event's price; False (and nothing changed) when the credit is short."""
-    cur = conn.execute(
-        "UPDATE accounts SET credit_msat = credit_msat - ?, updated_at = ? WHERE pubkey = ? AND credit_msat >= ?",
-        (req.charge_msat, now, req.event.pubkey, req.charge_msat),
-    )
-    return cur.rowcount > 0
-
-
 def _run_hooks(
     conn: sqlite3.Connection, hooks: tuple[SqliteWriteHook, ...], req: WriteRequest, now: int
 ) -> Rejection | None:
@@ -1317,8 +1305,6 @@ def _write_one(
             if not newer(ev.created_at, ev.id, row[1], row[2].hex()):
                 return WriteOutcome.SUPERSEDED
             old = (row[0], row[3])
-    if req.charge_msat > 0 and not _charge(conn, req, now):
-        return WriteOutcome.INSUFFICIENT_CREDIT
     refusal = _run_hooks(conn, hooks, req, now) if req.attachments else None
     if refusal is not None:
         return refusal
