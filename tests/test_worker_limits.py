@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -155,4 +156,33 @@ async def test_connection_cap_per_address_holds_across_workers_and_a_crashed_wor
             with pytest.raises(InvalidStatus) as refusal:
                 await stack.enter_async_context(NostrClient(supervisor.url))
             assert refusal.value.response.status_code == 429
+
+
+async def test_nip43_claims_are_limited_per_address_across_workers(
+    relay_process: MakeRelay, pg_dsn: str, pg_schema: str, alice: bytes, tmp_path: Path
+) -> None:
+    """Six join requests a minute per address (each is a write transaction), whichever
+    worker answers; old main let six through on each."""
+    payments = (
+        '[payments]\nenabled = true\nbackend = "fake"\n'
+        f'[payments.fake]\nstate_file = "{tmp_path / "fake-wallet.db"}"\n'
+    )
+    supervisor = start_workers(relay_process, pg_dsn, pg_schema, "", payments)
+    workers = await all_workers_listening(supervisor)
+    answers: list[str] = []
+    served_by: set[int] = set()
+    for i in range(14):
+        async with NostrClient(supervisor.url) as client:
+            served_by.add(serving_pid(supervisor.port, client, workers))
+            ok, message = await client.auth(alice, supervisor.url)
+            assert ok, message
+            event = signed(alice, 28934, "", [["-"], ["claim", f"no-such-code-{i}"]])
+            ok, message = await client.publish(event)
+            assert not ok
+            answers.append(message)
+    assert served_by == set(workers), "every connection went to one worker: nothing was shared"
+    invalid = answers.count("restricted: that is an invalid invite code.")
+    limited = [a for a in answers if a.startswith("rate-limited: ")]
+    assert invalid + len(limited) == len(answers), answers
+    assert invalid <= 7, answers  # 6, and one more if a refill landed while the test ran
 
