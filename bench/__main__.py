@@ -5,7 +5,8 @@ Scenarios: verify_ceiling subindex ingest query fanout idle (the default), and f
 (issue 5, need --store-url): workers stores crossnode; issue 12: reconcile (NIP-77) and search
 (NIP-50), on SQLite or, with --store-url, PostgreSQL.
 ``soak`` (issue 8; never by default): honest and abusive clients against the relay's real
-limits for ``--minutes``.
+limits for ``--minutes``. ``bystander`` (issue 17; never by default): each free, expensive
+request a stranger can send, while a bystander on another address reads and writes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from bench.bystander import ATTACKS, run_bystander
 from bench.ceiling import measure_ceiling
 from bench.events import EventSetSpec, author_pubkeys, ensure_event_set, p_target_pubkeys
 from bench.fanout import run_fanout
@@ -35,7 +37,7 @@ from bench.subindex import run_subindex
 from bench.sync_search import run_reconcile, run_search
 
 DEFAULT_SCENARIOS = ["verify_ceiling", "subindex", "ingest", "query", "fanout", "idle"]
-ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores", "crossnode", "reconcile", "search", "soak"]
+ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores", "crossnode", "reconcile", "search", "soak", "bystander"]
 
 
 def log(msg: str) -> None:
@@ -92,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--soak-honest-rate", type=float, default=20.0, help="honest events per second, all publishers")
     g.add_argument("--soak-attack-scale", type=float, default=1.0, help="attackers' send rates times this")
     g.add_argument("--soak-sample-seconds", type=float, default=10.0, help="relay RSS sampling interval")
+    g = p.add_argument_group("bystander (bench/bystander.py)")
+    g.add_argument("--bystander-seconds", type=float, default=15.0, help="per attack")
+    g.add_argument("--bystander-preload", type=int, default=50_000, help="events imported before the attacks")
+    g.add_argument("--attacks", nargs="+", choices=ATTACKS, default=ATTACKS, metavar="ATTACK",
+                   help=f"any of {', '.join(ATTACKS)} (default: all)")
     g = p.add_argument_group("idle")
     g.add_argument("--idle-connections", type=int, default=2000)
     g.add_argument("--idle-processes", type=int, default=4)
@@ -108,6 +115,8 @@ def apply_quick(args: argparse.Namespace) -> None:
     args.reconcile_events = min(args.reconcile_events, 20_000)
     args.search_events = min(args.search_events, 50_000)
     args.search_serial = min(args.search_serial, 50)
+    args.bystander_seconds = min(args.bystander_seconds, 5.0)
+    args.bystander_preload = min(args.bystander_preload, 5_000)
 
 
 class Bench:
@@ -319,6 +328,14 @@ class Bench:
         return await run_soak(options, seconds=a.minutes * 60, seed=a.seed, preload=a.soak_preload,
                               sample_every=a.soak_sample_seconds, honest_rate=a.soak_honest_rate,
                               attack_scale=a.soak_attack_scale, log=log)
+
+    async def bystander(self) -> dict[str, Any]:
+        """issue 17: each free, expensive request a stranger can send, at the rate the relay
+        allows, while a bystander on another address reads and writes (bench/bystander.py);
+        never part of the default run. SQLite, or PostgreSQL with --store-url; --workers."""
+        a = self.args
+        return await run_bystander(self.relay_options(), attacks=a.attacks, seconds=a.bystander_seconds,
+                                   seed=a.seed, preload=a.bystander_preload, log=log)
 
     @staticmethod
     def client_verdict(result: dict[str, Any]) -> str:

@@ -256,6 +256,7 @@ class PaymentsExtension:
             banned=frozenset(payment_settings(settings).ban_pubkeys),
             on_leave=self._on_leave,
             clock=clock,
+            ipv6_prefix=settings.limits.ipv6_prefix,
         )
 
     async def _on_leave(self, pubkey: str, now: int) -> None:

@@ -34,7 +34,6 @@ import hashlib
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
@@ -47,7 +46,7 @@ from relay.errors import AuthRequired, RateLimited, Restricted
 from relay.event import Event, sign_event
 from relay.filters import Filter
 from relay.identity import RelayIdentity
-from relay.limits import TokenBucket
+from relay.limits import BucketTable, address_group
 from relay.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ OPT_IN_KIND = 10010
 REQUEST_KINDS = frozenset({JOIN_KIND, LEAVE_KIND})
 
 OPERATOR = "operator"  # Invite.created_by of codes made with the CLI
-CLAIMS_PER_MINUTE = 6  # per client IP: each claim is a write transaction
+CLAIMS_PER_MINUTE = 6  # per address group: each claim is a write transaction
 MAX_TRACKED_IPS = 10_000
 
 # The exact OK texts NIP-43 shows.
@@ -151,7 +150,9 @@ class Membership:
         banned: frozenset[str] = frozenset(),
         on_leave: Callable[[str, int], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
+        ipv6_prefix: int = 64,
     ) -> None:
+        """``ipv6_prefix``: the relay's ``[limits] ipv6_prefix``, grouping claimants."""
         self.settings = settings
         self._plans = plans
         self._store = store
@@ -164,7 +165,12 @@ class Membership:
         self._banned = banned
         self._on_leave = on_leave
         self._clock = clock
-        self._claims: OrderedDict[str, TokenBucket] = OrderedDict()
+        # Per address group (an IPv6 /64 is one client, as for the connection caps) and,
+        # with --workers, per relay: the table lives in the workers' shared segment.
+        self._claims = BucketTable(
+            CLAIMS_PER_MINUTE / 60.0, CLAIMS_PER_MINUTE, MAX_TRACKED_IPS, name="nip43-claims"
+        )
+        self._ipv6_prefix = ipv6_prefix
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -216,13 +222,7 @@ class Membership:
         return True, f"info: you have left {self._relay_url}; nothing paid is refunded"
 
     def _take_claim(self, ip: str) -> bool:
-        bucket = self._claims.get(ip)
-        if bucket is None:
-            bucket = self._claims[ip] = TokenBucket(CLAIMS_PER_MINUTE / 60.0, CLAIMS_PER_MINUTE)
-            while len(self._claims) > MAX_TRACKED_IPS:
-                self._claims.popitem(last=False)
-        self._claims.move_to_end(ip)
-        return bucket.take(time.monotonic())
+        return self._claims.take(address_group(ip, self._ipv6_prefix), time.monotonic())
 
     # --- invite requests (REQ for kind 28935) ----------------------------------------
 

@@ -9,6 +9,12 @@ accepted against an advertised 100/s.
 Address groups: an IPv4 address is its own group; an IPv6 client is grouped by its
 ``/ipv6_prefix`` network (default /64, what one home line or one VPS is given), since a
 single host can otherwise pick a fresh source address per connection from 2^64 of them.
+
+Across worker processes (``serve --workers N``, issue 17 item 10): in a worker, every
+``BucketTable`` and ``IpTable`` keeps its buckets and per-group connection counts in the
+segment the supervisor shares (``relay.shared_limits``), so each limit holds for the relay as a
+whole however the kernel spreads a client's connections. A relay running alone keeps them
+in this process, as before.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
+
+from relay.shared_limits import SharedLimits, shared_limits_of_this_process
 
 
 @dataclass(slots=True)
@@ -65,16 +73,29 @@ class BucketTable:
     keys an attacker needs that many distinct address groups (or, per pubkey, signed
     events from that many keys) inside that window to reset one of them; each entry costs
     about 200 bytes.
+
+    In a worker of ``serve --workers`` (or given ``shared``) the buckets live in the shared
+    segment instead, told apart from other tables' by ``name``; an unnamed table is named by
+    its rate and burst, so give each table a name. ``now`` must then be ``time.monotonic()``,
+    the clock every process of the machine shares. The segment's pool is sized for every
+    table together, so ``capacity`` bounds only the in-process table.
     """
 
-    def __init__(self, rate: float, burst: float, capacity: int) -> None:
+    def __init__(
+        self, rate: float, burst: float, capacity: int, *, name: str | None = None, shared: SharedLimits | None = None
+    ) -> None:
+        """``shared``: a segment to use; by default the one this process was handed, if any."""
         self.rate, self.burst, self.capacity = rate, burst, capacity
+        self.name = name if name is not None else f"{rate!r}/{burst!r}"
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._shared = shared if shared is not None else shared_limits_of_this_process()
 
     def __len__(self) -> int:
         return len(self._buckets)
 
     def take(self, key: str, now: float) -> bool:
+        if self._shared is not None:
+            return self._shared.take(self.name, key, now, self.rate, self.burst)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
@@ -89,8 +110,13 @@ class IpTable:
     """Open connections per address group and overall, and the per-group event bucket.
 
     Connection counts live while a group has a connection open (bounded by the number of
-    connections); event buckets live in a ``BucketTable`` and outlive connections.
+    connections); event buckets live in a ``BucketTable`` and outlive connections. In a
+    worker (or given ``shared``) the per-group counts and buckets are the relay's, kept in
+    the shared segment; ``total`` (``max_total``) stays this process's own, as its file
+    descriptors are.
     """
+
+    CONNECTIONS = "address-connections"  # the counts' name in a shared segment
 
     def __init__(
         self,
@@ -101,18 +127,22 @@ class IpTable:
         max_total: int | None = None,
         ipv6_prefix: int = 64,
         capacity: int = 100_000,
+        shared: SharedLimits | None = None,
     ) -> None:
         self.max_connections = max_connections  # per address group
         self.max_total = max_total  # every client together
         self.ipv6_prefix = ipv6_prefix
         self._open: dict[str, int] = {}
         self.total = 0
-        self._buckets = BucketTable(rate, burst, capacity)
+        self._shared = shared if shared is not None else shared_limits_of_this_process()
+        self._buckets = BucketTable(rate, burst, capacity, name="address-events", shared=self._shared)
 
     def group(self, ip: str) -> str:
         return address_group(ip, self.ipv6_prefix)
 
     def connections(self, ip: str) -> int:
+        if self._shared is not None:
+            return self._shared.connections(self.CONNECTIONS, self.group(ip))
         return self._open.get(self.group(ip), 0)
 
     def refusal(self, ip: str) -> str | None:
@@ -120,26 +150,36 @@ class IpTable:
         "per-ip-limit"), or None; counts nothing."""
         if self.max_total is not None and self.total >= self.max_total:
             return "global-limit"
-        if self._open.get(self.group(ip), 0) >= self.max_connections:
+        if self.connections(ip) >= self.max_connections:
             return "per-ip-limit"
         return None
 
     def admit(self, ip: str) -> bool:
         """Count a new connection unless a cap refuses it (``refusal`` says which)."""
-        if self.refusal(ip) is not None:
+        if self.max_total is not None and self.total >= self.max_total:
             return False
         key = self.group(ip)
-        self._open[key] = self._open.get(key, 0) + 1
+        if self._shared is not None:
+            # checked and counted under one lock: another worker may be admitting this group
+            if not self._shared.admit(self.CONNECTIONS, key, self.max_connections):
+                return False
+        elif self._open.get(key, 0) >= self.max_connections:
+            return False
+        else:
+            self._open[key] = self._open.get(key, 0) + 1
         self.total += 1
         return True
 
     def release(self, ip: str) -> None:
         key = self.group(ip)
-        count = self._open.get(key, 0) - 1
-        if count <= 0:
-            self._open.pop(key, None)
+        if self._shared is not None:
+            self._shared.release(self.CONNECTIONS, key)
         else:
-            self._open[key] = count
+            count = self._open.get(key, 0) - 1
+            if count <= 0:
+                self._open.pop(key, None)
+            else:
+                self._open[key] = count
         self.total = max(0, self.total - 1)
 
     def take_event(self, ip: str, now: float) -> bool:

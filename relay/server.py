@@ -91,7 +91,9 @@ class Relay:
             ipv6_prefix=limits.ipv6_prefix,
             capacity=limits.rate_table_size,
         )
-        self.authors = BucketTable(limits.pubkey_events_per_second, limits.pubkey_events_burst, limits.rate_table_size)
+        self.authors = BucketTable(
+            limits.pubkey_events_per_second, limits.pubkey_events_burst, limits.rate_table_size, name="author-events"
+        )
         self._refusal_log = LogThrottle()
         self.sync_budget = ItemBudget(settings.negentropy.max_total_items)  # NIP-77
         self.quota = StorageQuota(self.store, settings.retention)

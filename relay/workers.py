@@ -5,6 +5,12 @@ them, and live events cross processes through the same PostgreSQL LISTEN/NOTIFY 
 that joins several nodes. SQLite is refused: its single-writer file lock
 would serialize the workers' group commits, and there is no cross-process fan-out for it,
 so a subscriber on one worker would miss events published on another.
+
+Limits hold for the relay, not per worker: the supervisor creates one shared segment
+(``relay.shared_limits``) and hands it to every worker it starts (its descriptor inherited,
+its number and the worker's index in the environment), and the workers' rate buckets and
+per-address connection counts live in it. Before, the kernel spreading one client's
+connections over N workers gave it N times every per-address limit.
 """
 
 from __future__ import annotations
@@ -19,10 +25,29 @@ from pathlib import Path
 from types import FrameType
 
 from relay.config import Settings
+from relay.shared_limits import SharedLimits
 
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_SECONDS = 1.0
+# Bucket slots for the plug-ins' tables (invoice requests, NIP-43 claims: 10,000 each), on
+# top of the relay's two tables of ``rate_table_size``.
+PLUGIN_BUCKETS = 65_536
+
+
+def shared_limits_for(settings: Settings) -> SharedLimits:
+    """A segment for ``settings.server.workers`` workers. Buckets: twice the slots of every
+    table together (the headroom ``relay.shared_limits`` counts on for eviction). Connection
+    counts: four slots per connection the workers can hold (``max_connections`` each), since
+    every counted address group holds at least one. 100,000-entry tables and 10,000
+    connections per worker take ~10 MB with 2 workers, ~12 MB with 4."""
+    limits = settings.limits
+    n = settings.server.workers
+    return SharedLimits.create(
+        workers=n,
+        bucket_slots=2 * (2 * limits.rate_table_size + PLUGIN_BUCKETS),
+        connection_slots=4 * n * limits.max_connections,
+    )
 
 
 def run_workers(settings: Settings, config: Path | None) -> int:
@@ -45,6 +70,7 @@ def run_workers(settings: Settings, config: Path | None) -> int:
     cmd = [sys.executable, "-m", "relay.cli", "serve"]
     if config is not None:
         cmd += ["--config", str(config)]
+    shared = shared_limits_for(settings)  # anonymous: gone with the last process holding it
 
     stopping = False
     children: dict[int, subprocess.Popen[bytes]] = {}
@@ -52,7 +78,12 @@ def run_workers(settings: Settings, config: Path | None) -> int:
 
     def start(slot: int) -> None:
         if not stopping:
-            children[slot] = subprocess.Popen(cmd, env=env)
+            # The slot's previous worker (if any) has exited, and its connections with it:
+            # counts it left in the segment would hold their addresses' places forever.
+            shared.forget_worker(slot)
+            children[slot] = subprocess.Popen(
+                cmd, env={**env, **shared.worker_environment(slot)}, pass_fds=(shared.fd,)
+            )
 
     def forward(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping

@@ -4,8 +4,11 @@ connection that hit it and other clients carry on. Slow readers are dropped."""
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import socket
 import time
+from collections.abc import Callable, Iterator
 
 import httpx
 import orjson
@@ -14,7 +17,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from relay import crypto
-from relay.limits import BucketTable, address_group
+from relay.limits import BucketTable, IpTable, TokenBucket, address_group
+from relay.shared_limits import SharedLimits
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 
@@ -312,6 +316,77 @@ def test_bucket_table_is_bounded_and_least_recently_used_goes_first() -> None:
     assert len(table) == 1000 and not table.take("a", 2.0)  # still remembered, still empty
     table.take("one more", 3.0)  # evicts k0, the least recently used
     assert len(table) == 1000 and table.take("k0", 4.0)
+
+
+# --- the table the workers of --workers share (issue 17, item 10) ---------------------------
+
+SharedViews = Callable[..., list[SharedLimits]]
+
+
+@pytest.fixture
+def shared_views() -> Iterator[SharedViews]:
+    """``shared_views(workers=2)``: a segment as the supervisor creates it, and each
+    worker's mapping of it (all closed afterwards)."""
+    opened: list[SharedLimits] = []
+
+    def make(workers: int = 2, bucket_slots: int = 4096) -> list[SharedLimits]:
+        segment = SharedLimits.create(workers=workers, bucket_slots=bucket_slots, connection_slots=4096)
+        views = [SharedLimits.attach(os.dup(segment.fd), worker) for worker in range(workers)]
+        opened.extend([segment, *views])
+        return views
+
+    yield make
+    for segment in opened:
+        segment.close()
+
+
+def test_shared_bucket_answers_as_the_in_process_bucket_does(shared_views: SharedViews) -> None:
+    """GCRA in the shared slot, a token bucket in process: the same answer for every take
+    of an irregular stream, over rates and bursts from a claim's 0.1/s to an address's 100/s."""
+    (view,) = shared_views(workers=1)
+    rng = random.Random(17)
+    for trial in range(100):
+        rate, burst = rng.choice([0.1, 1.0, 5.0, 100.0]), rng.choice([1, 3, 10, 500])
+        local, shared = TokenBucket(rate, burst), BucketTable(rate, burst, 1000, name=f"t{trial}", shared=view)
+        now = 1000.0
+        for _ in range(300):
+            now += rng.expovariate(1.5 * rate)
+            assert local.take(now) == shared.take("203.0.113.7", now), (trial, rate, burst, now)
+
+
+def test_shared_buckets_and_connection_counts_are_one_for_every_worker(shared_views: SharedViews) -> None:
+    one, two = shared_views()
+    events = [BucketTable(0.001, 4, 1000, name="address-events", shared=view) for view in (one, two)]
+    assert [events[i % 2].take("198.51.100.1", 1.0) for i in range(6)] == [True] * 4 + [False] * 2
+    assert BucketTable(0.001, 4, 1000, name="other", shared=two).take("198.51.100.1", 1.0)  # tables apart
+
+    caps = [IpTable(3, 1.0, 1, shared=view) for view in (one, two)]
+    assert caps[0].admit("2001:db8::1") and caps[1].admit("2001:db8::2") and caps[1].admit("2001:db8::3")
+    assert not caps[0].admit("2001:db8::4") and caps[0].refusal("2001:db8::4") == "per-ip-limit"  # one /64
+    assert caps[0].total == 1 and caps[1].total == 2  # max_connections stays each worker's own
+    caps[1].release("2001:db8::2")
+    assert caps[0].connections("2001:db8::9") == 2 and caps[0].admit("2001:db8::4")
+    one.forget_worker(1)  # worker 1 died with its connection: only worker 0's two remain
+    assert caps[1].connections("2001:db8::9") == 2
+
+
+def test_a_full_shared_stripe_evicts_the_bucket_full_soonest_never_a_drained_one(
+    shared_views: SharedViews,
+) -> None:
+    """One stripe of 64 slots. A bucket whose full moment has passed is forgotten at no cost;
+    past that, the one full soonest goes. An address that drained its bucket keeps it
+    however many fresh keys come after it (the in-process LRU forgets it after
+    ``capacity``), until a whole stripe is drained further than it."""
+    (view,) = shared_views(workers=1, bucket_slots=64)
+    table = BucketTable(rate=0.001, burst=5, capacity=64, name="events", shared=view)
+    assert all(table.take("attacker", 0.0) for _ in range(5)) and not table.take("attacker", 0.0)
+    for i in range(1000):  # each used once: full again 1,000 s after, long before the attacker's 5,000
+        assert table.take(f"fresh {i}", 1.0 + i / 100)
+    assert not table.take("attacker", 20.0)  # still remembered, still empty
+    # the newest fresh key kept its bucket too: four tokens left, not a new five
+    assert [table.take("fresh 999", 20.0) for _ in range(5)] == [True] * 4 + [False]
+    assert table.take("late", 6000.0)  # every bucket is full by now: reusing a slot changes nothing
+    assert all(table.take("attacker", 6000.0) for _ in range(5)) and not table.take("attacker", 6000.0)
 
 
 async def test_pubkey_rate_spans_connections_and_forgeries_do_not_drain_it(
