@@ -1,6 +1,6 @@
 """What the store offers a plug-in that keeps its own tables: the seam, not a ledger.
 
-A plug-in (payments today) keeps its rows in the relay's own database, beside the events,
+A plug-in (the payments one, say) keeps its rows in the relay's own database, beside the events,
 so that a row an event pays for commits in that event's transaction or not at all. The
 store offers it three general things, and knows nothing of what the plug-in keeps:
 
@@ -38,14 +38,14 @@ store offers it three general things, and knows nothing of what the plug-in keep
 
    - SQLite, ``SqliteWriteHook``: ``hook(conn, request, now)``, on the writer thread, in
      batch order. A refusing hook must have written nothing; with several hooks each
-     request's hooks run inside a SAVEPOINT, so a later refusal undoes an earlier
-     admission's rows.
+     request's hooks run inside a SAVEPOINT, so a later hook's refusal undoes the rows
+     an earlier one wrote.
    - PostgreSQL, ``PostgresWriteHook``: ``await hook(conn, requests, now)`` once per
      batch, after the store's locks and before its reads, with the requests that carry
      attachments: the hook reads and locks what it needs (in a stable order: several
      nodes write at once) and returns a ``BatchHook`` whose ``admit`` decides each request
-     in memory, in batch order, while the store decides the batch; ``retract`` undoes an
-     admission (a later hook refused, or another node stored the same id first), and
+     in memory, in batch order, while the store decides the batch; ``retract`` takes an
+     ``admit`` back (a later hook refused, or another node stored the same id first), and
      ``write`` writes its rows on the batch's connection before the commit.
 """
 
@@ -80,11 +80,11 @@ class BatchHook(Protocol):
         ...
 
     def retract(self, request: WriteRequest) -> None:
-        """Undo the admission of ``request``: its event will not be stored after all."""
+        """Take back ``admit(request)``: its event will not be stored after all."""
         ...
 
     async def write(self, conn: Any, now: int) -> None:
-        """Write the rows of the admissions that stand, on the batch's connection."""
+        """Write the rows of the requests it admitted that stand, on the batch's connection."""
         ...
 
 

@@ -2,9 +2,8 @@
 
 A store's job is to read the state a batch's rules need and to write what the rules
 decided; the rules themselves (an event's replaceable address, "the newest created_at
-wins, ties to the lowest id", which ``a`` and ``e`` tags a deletion may act on, what a
-paid invoice grants) live here, free of SQL, and are unit-tested without a database
-(tests/store/test_rules.py).
+wins, ties to the lowest id", which ``a`` and ``e`` tags a deletion may act on) live
+here, free of SQL, and are unit-tested without a database (tests/store/test_rules.py).
 
 ``BatchPlan`` decides a whole batch in batch order from a snapshot of the state (events
 present, current versions of addresses, tombstones) as if its events were applied one
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from relay.errors import Rejection
 from relay.event import Event, KindClass, is_hex64, kind_class, parse_address
-from relay.store.base import FOREVER, WriteOutcome, WriteRequest
+from relay.store.base import WriteOutcome, WriteRequest
 
 if TYPE_CHECKING:
     from relay.store.database import BatchHook
@@ -81,17 +80,6 @@ def tombstone_applies(ev: Event, tombstoned_by: set[str] | frozenset[str]) -> bo
     """An event whose id its own author deleted earlier is refused when sent again; a
     kind 5 ignores tombstones (NIP-09: deleting a deletion has no effect)."""
     return ev.kind != 5 and ev.pubkey in tombstoned_by
-
-
-def admitted_until_after_grant(current: int, now: int, admit_seconds: int, admit_forever: bool) -> int:
-    """What a paid invoice's admission grant makes of an account's ``admitted_until``:
-    for good, or ``admit_seconds`` more counted from the later of now and the current end
-    (paying early extends, paying late starts afresh), capped at FOREVER."""
-    if admit_forever:
-        return FOREVER
-    if admit_seconds > 0:
-        return min(FOREVER, max(now, current) + admit_seconds)
-    return current
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +184,7 @@ class BatchPlan:
 
     def _admit(self, req: WriteRequest) -> Rejection | None:
         """The write hooks' verdicts on an event about to be stored, in order; a refusal
-        takes back the admissions of the hooks before it."""
+        makes the hooks before it take theirs back."""
         for i, hook in enumerate(self.hooks):
             refusal = hook.admit(req)
             if refusal is not None:
@@ -207,7 +195,7 @@ class BatchPlan:
 
     def retract(self, req: WriteRequest) -> None:
         """``req`` was not stored after all (another node stored its id first): every
-        hook takes back its admission."""
+        hook takes back its ``admit``."""
         for hook in self.hooks:
             hook.retract(req)
 

@@ -156,7 +156,7 @@ async def test_never_paid_invoices_are_pruned_paid_ones_kept(tmp_path: Path) -> 
 async def test_wallet_lookups_per_minute_stay_bounded_with_1000_pending(tmp_path: Path) -> None:
     async with payment_stack(tmp_path) as s:
         wallet = CountingWallet(s.wallet)
-        ledger = Ledger(s.store, wallet, s.ext.plans, 900, PendingCaps())
+        ledger = Ledger(s.ledger, wallet, s.ext.plans, 900, PendingCaps())
         clock = [float(time.time())]
         schedule = PollSchedule(poll_interval=5, young_seconds=600, old_interval=300, max_lookups=20)
         watcher = Watcher(ledger, poll_interval=5, push=False, schedule=schedule, clock=lambda: clock[0])

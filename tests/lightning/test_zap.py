@@ -422,6 +422,7 @@ async def test_receipt_missing_after_a_stop_is_signed_at_the_next_start(
 ) -> None:
     """The relay stopped between crediting a zap and signing its receipt: the next start
     signs it, once."""
+    from lightning.store import open_ledger
     from relay.store.sqlite import SqliteStore
 
     zapper = crypto.generate_secret()
@@ -437,7 +438,7 @@ async def test_receipt_missing_after_a_stop_is_signed_at_the_next_start(
     store = SqliteStore(tmp_path / "relay.db")
     await store.open()
     try:  # what a credit just before a crash leaves behind: paid, no receipt
-        assert await store.settle_invoice(payment_hash, 21_000, int(time.time()))
+        assert await open_ledger(store).settle_invoice(payment_hash, 21_000, int(time.time()))
     finally:
         await store.close()
     for _ in range(2):

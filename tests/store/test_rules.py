@@ -90,7 +90,7 @@ def test_replacing_a_stored_version_deletes_its_row() -> None:
     stored = ev(ALICE, 10002, 10)
     addr = address_of(stored)
     entry = Present(stored.id, stored.pubkey, stored.kind, stored.created_at, addr)
-    plan = BatchPlan({stored.id: entry}, {addr: entry} if addr else {}, {}, {}, {})
+    plan = BatchPlan({stored.id: entry}, {addr: entry} if addr else {}, {}, {})
     newer_version = ev(ALICE, 10002, 11)
     # the replaced version is gone: sent again, it loses to the newer one
     assert run(plan, newer_version, stored) == [WriteOutcome.STORED, WriteOutcome.SUPERSEDED]
@@ -118,7 +118,7 @@ def test_deleting_a_deletion_has_no_effect() -> None:
     assert run(plan, first, second) == [WriteOutcome.STORED, WriteOutcome.STORED]
     assert set(plan.inserts) == {first.id, second.id}
     # and a kind 5 whose id is tombstoned is still accepted
-    plan2 = BatchPlan({}, {}, {first.id: {first.pubkey}}, {}, {})
+    plan2 = BatchPlan({}, {}, {first.id: {first.pubkey}}, {})
     assert run(plan2, first) == [WriteOutcome.STORED]
 
 
