@@ -74,9 +74,17 @@
     return btoa(binary);
   }
 
+  function nonceHex() {
+    return Array.from(window.crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   async function authorization(url, method, body) {
     const tags = [["u", url], ["method", method]];
     if (body !== undefined) tags.push(["payload", await sha256Hex(body)]);
+    // The relay honours each signed header once (a replay is refused), and two requests
+    // for one URL in one second would otherwise be the same event: a random tag tells
+    // them apart.
+    tags.push(["nonce", nonceHex()]);
     let event;
     try {
       event = await window.nostr.signEvent({
