@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from lightning.backend import WalletBackend
 from lightning.console import PaymentsConsole
-from lightning.gate import AccountCache, Gate
+from lightning.gate import AccountCache, Gate, InboxAllowance
 from lightning.ledger import Confirmation, ConfirmResult, Ledger, PendingCaps
 from lightning.management import PaymentMethods
 from lightning.membership import REQUEST_KINDS, Membership
@@ -164,6 +164,9 @@ class PaymentsExtension:
             self.payments_url,
             # The relay's own receipts (zaps to itself) are genuine by construction.
             trusted_zappers=(*trusted_zappers, *((identity.pubkey,) if identity is not None else ())),
+            inbox=InboxAllowance(
+                store, p.inbox_events_per_hour, p.inbox_events_per_hour_per_ip, ipv6_prefix=settings.limits.ipv6_prefix
+            ),
             zap_hint=zap_hint,
         )
         # A priced event's charge commits in its own transaction (lightning.store.base).

@@ -23,13 +23,17 @@ from lightning.zap_receipts import ZAP_RECEIPT_KIND, receipt_problem
 from relay.errors import Blocked, RateLimited, Restricted
 from relay.event import Event
 from relay.extension import WriteContext
+from relay.limits import address_group
 from relay.management import REPORT_KIND
+from relay.store.base import Store, UseLimit
 from relay.vanish import VANISH_KIND
 
 MAX_P_TAGS_CHECKED = 10  # an inbox event names a few recipients; do not look up hundreds
 CACHE_ENTRIES = 50_000
 CHANGES_POLL_SECONDS = 0.5  # how soon a change made elsewhere (CLI, other node) applies
-INBOX_ENTRIES = 100_000  # senders (and IPs) whose inbox allowance is remembered
+INBOX_ENTRIES = 100_000  # refused senders (and address groups) remembered in memory
+REFUSAL_MEMORY_SECONDS = 10  # how long a refused key is refused without asking the store again
+HOUR = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,56 +78,53 @@ class AccountCache:
         self._entries.pop(pubkey, None)
 
 
-@dataclass(slots=True)
-class _Allowance:
-    """A token bucket refilled at ``per_hour`` per hour, holding at most ``per_hour``."""
-
-    tokens: float
-    stamp: float
-
-    def refill(self, now: float, per_hour: int) -> float:
-        self.tokens = min(float(per_hour), self.tokens + (now - self.stamp) * per_hour / 3600.0)
-        self.stamp = now
-        return self.tokens
-
-
 class InboxAllowance:
-    """Free inbox events left per sender pubkey and per client IP (token buckets).
+    """Free inbox events (and NIP-56 reports) per sender pubkey and per address group, each
+    at most ``per_hour`` in an hour, for the relay as a whole.
 
-    Keyed by pubkey, not connection, so reconnecting does not refill it. Kept in a bounded
-    LRU in memory: evicting the longest-idle sender gives an attacker nothing a fresh key
-    would not give anyway (keys cost nothing), which is why the per-IP bucket exists too.
-    Each node keeps its own, so N nodes grant up to N times the allowance.
+    Counted in the store (``Store.take_uses``, one transaction for both keys), not in a
+    process's memory: per-process buckets gave each ``--workers`` process and each node
+    its own allowance, and a restart a fresh one (issue 17 item 9). The store rather than
+    the shared-memory rate tables: an hour-long allowance must also hold across nodes and
+    restarts, and free events are few (the per-address event rate bounds the attempts), so
+    one small write each costs little. Keyed by pubkey, not connection, so reconnecting
+    does not refill it; the address group (IPv4 address, IPv6 /``ipv6_prefix``) bounds an
+    attacker with fresh keys. The hour is a window that opens with the first free event.
+
+    A refusal is remembered here for ``REFUSAL_MEMORY_SECONDS``: a flood of attempts past
+    the allowance then costs a dict lookup each, not a store write.
     """
 
-    def __init__(self, per_hour: int, per_hour_per_ip: int, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: Store, per_hour: int, per_hour_per_ip: int, *, ipv6_prefix: int = 64) -> None:
+        self._store = store
         self._per_hour = per_hour
         self._per_hour_ip = per_hour_per_ip
-        self._monotonic = monotonic
-        self._senders: OrderedDict[str, _Allowance] = OrderedDict()
-        self._ips: OrderedDict[str, _Allowance] = OrderedDict()
+        self._ipv6_prefix = ipv6_prefix
+        self._refused: OrderedDict[str, int] = OrderedDict()  # key -> refused until (unix time)
 
-    def take(self, pubkey: str, ip: str) -> bool:
+    async def take(self, pubkey: str, ip: str, now: int) -> bool:
         """Spend one free inbox event of ``pubkey`` from ``ip``; False (nothing spent) when
         either allowance is used up."""
-        now = self._monotonic()
-        sender = _entry(self._senders, pubkey, self._per_hour, now)
-        address = _entry(self._ips, ip, self._per_hour_ip, now)
-        if sender.refill(now, self._per_hour) < 1 or address.refill(now, self._per_hour_ip) < 1:
+        if self._per_hour < 1 or self._per_hour_ip < 1:
             return False
-        sender.tokens -= 1
-        address.tokens -= 1
-        return True
-
-
-def _entry(table: OrderedDict[str, _Allowance], key: str, per_hour: int, now: float) -> _Allowance:
-    entry = table.get(key)
-    if entry is None:
-        entry = table[key] = _Allowance(float(per_hour), now)
-        while len(table) > INBOX_ENTRIES:
-            table.popitem(last=False)
-    table.move_to_end(key)
-    return entry
+        keys = (f"inbox:pubkey:{pubkey}", f"inbox:ip:{address_group(ip, self._ipv6_prefix)}")
+        for key in keys:
+            until = self._refused.get(key)
+            if until is not None:
+                if until > now:
+                    return False
+                del self._refused[key]
+        end = now + HOUR
+        at_limit = await self._store.take_uses(
+            [UseLimit(keys[0], self._per_hour, end), UseLimit(keys[1], self._per_hour_ip, end)], now
+        )
+        if at_limit is None:
+            return True
+        self._refused[at_limit] = now + REFUSAL_MEMORY_SECONDS
+        self._refused.move_to_end(at_limit)
+        while len(self._refused) > INBOX_ENTRIES:
+            self._refused.popitem(last=False)
+        return False
 
 
 class Gate:
@@ -144,11 +145,11 @@ class Gate:
         payments_url: str,
         *,
         trusted_zappers: Collection[str] = (),
-        inbox: InboxAllowance | None = None,
+        inbox: InboxAllowance,
         zap_hint: str | None = None,
     ) -> None:
         """``trusted_zappers`` adds keys to ``settings.trusted_zappers`` (the relay's own
-        key, once it signs receipts for zaps to itself)."""
+        key, once it signs receipts for zaps to itself). ``inbox``: the free inbox allowance."""
         self._plans = plans
         self._accounts = accounts
         self._payments_url = payments_url
@@ -160,7 +161,9 @@ class Gate:
         self._free_p_tags = settings.free_if_p_tags_member
         self._inbox_kinds = frozenset(settings.inbox_kinds)
         self._inbox_max_bytes = settings.inbox_max_bytes
-        self._inbox = inbox or InboxAllowance(settings.inbox_events_per_hour, settings.inbox_events_per_hour_per_ip)
+        self._inbox_max_event_bytes = settings.inbox_max_event_bytes
+        self._inbox_max_tags = settings.inbox_max_tags
+        self._inbox = inbox
         self._credit = settings.credit.enabled
         self._zap_hint = zap_hint  # "zap relay@host 21 sats": the unpaid reply names both ways to pay
 
@@ -189,16 +192,17 @@ class Gate:
             # free-for-all kinds are exactly ``free_kinds``.
             return price
         if self._free_p_tags and self._inbox_eligible(event) and await self._p_tags_member(event, ctx.now):
-            if self._inbox.take(pubkey, ctx.ip):
+            if await self._inbox.take(pubkey, ctx.ip, ctx.now):
                 return 0
             raise RateLimited(
                 "free messages to members of this relay are used up for now; "
                 f"pay to write without limits at {self._payments_url}"
             )
-        if event.kind == REPORT_KIND and len(event.content.encode()) <= self._inbox_max_bytes:
+        if event.kind == REPORT_KIND and self._small(event):
             # NIP-56 reports feed the operators' moderation queue (NIP-86): anyone may file
-            # one, within the same hourly per-sender and per-IP allowance as inbox messages.
-            if self._inbox.take(pubkey, ctx.ip):
+            # one, within the same hourly per-sender and per-IP allowance and size bounds
+            # as inbox messages.
+            if await self._inbox.take(pubkey, ctx.ip, ctx.now):
                 return 0
             raise RateLimited(f"free reports are used up for now; pay to write without limits at {self._payments_url}")
         if price is not None and account is not None and account.credit_msat > 0:
@@ -239,7 +243,18 @@ class Gate:
         return receipt_problem(event, self._zappers, max_bytes=self._zap_max_bytes) is None
 
     def _inbox_eligible(self, event: Event) -> bool:
-        return event.kind in self._inbox_kinds and len(event.content.encode()) <= self._inbox_max_bytes
+        return event.kind in self._inbox_kinds and self._small(event)
+
+    def _small(self, event: Event) -> bool:
+        """Within the free paths' bounds: the content, the whole event (its tags carried
+        ~120 KB per free message when only the content was measured: issue 17 item 4) and
+        the number of tags. Not ``free_kinds``: the operator made those free for anyone,
+        and a kind-3 contact list has thousands of tags; they keep the relay's own limits."""
+        return (
+            len(event.raw) <= self._inbox_max_event_bytes
+            and len(event.tags) <= self._inbox_max_tags
+            and len(event.content.encode()) <= self._inbox_max_bytes
+        )
 
     async def _p_tags_member(self, event: Event, now: int) -> bool:
         checked = 0

@@ -201,6 +201,10 @@ class PaymentSettings(_Section):
     inbox_events_per_hour: int = Field(30, ge=0, description="free inbox events per unpaid sender pubkey")
     inbox_events_per_hour_per_ip: int = Field(300, ge=0, description="free inbox events per client IP")
     inbox_max_bytes: int = Field(4096, ge=0, description="content of a free inbox event, in UTF-8 bytes")
+    inbox_max_event_bytes: int = Field(
+        8192, ge=512, description="a free inbox event or report as a whole (JSON, tags included), in bytes"
+    )
+    inbox_max_tags: int = Field(40, ge=1, description="tags of a free inbox event or report")
     allow_pubkeys: list[str] = Field(default_factory=list, description="write free of charge")
     ban_pubkeys: list[str] = Field(default_factory=list, description="never write")
 

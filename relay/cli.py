@@ -26,6 +26,8 @@ from relay.errors import Invalid, Rejection
 from relay.event import Event, KindClass, parse_event, verify_signature
 from relay.extension import PluginError, discover_plugins
 from relay.filters import Filter, parse_filter
+from relay.management import ManagementState
+from relay.policy import ReadScope
 from relay.store import open_store
 from relay.store.base import Store, StoreUnavailable, WriteOutcome, WriteRequest
 
@@ -245,9 +247,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 # --- export ----------------------------------------------------------------------------
 
-async def export_events(store: Store, base: Filter, out: IO[bytes], limit: int | None = None) -> int:
+async def export_events(
+    store: Store, base: Filter, out: IO[bytes], limit: int | None = None, scope: ReadScope | None = None
+) -> int:
     """Write every matching event (at most ``limit``), newest first, paging by ``until``.
-    When more events share one second than a page holds, that second is fetched whole."""
+    When more events share one second than a page holds, that second is fetched whole.
+    ``scope``: only what it lets through (the CLI passes the NIP-86 bans unless
+    ``--include-banned``), cut inside the store's query like a REQ's."""
     written = 0
     if limit == 0:
         return 0
@@ -267,13 +273,13 @@ async def export_events(store: Store, base: Filter, out: IO[bytes], limit: int |
     while True:
         page = EXPORT_PAGE if limit is None else min(EXPORT_PAGE, limit)
         page_filter = Filter(base.ids, base.authors, base.kinds, base.tags, base.since, until, page)
-        rows = await store.query([page_filter], int(time.time()))
+        rows = await store.query([page_filter], int(time.time()), scope)
         fresh = [r for r in rows if r[7:71] not in seen_at_until]
         if not fresh:
             if len(rows) < page or until is None:
                 return written
             whole = Filter(base.ids, base.authors, base.kinds, base.tags, until, until, None)
-            fresh = [r for r in await store.query([whole], int(time.time())) if r[7:71] not in seen_at_until]
+            fresh = [r for r in await store.query([whole], int(time.time()), scope) if r[7:71] not in seen_at_until]
             if not emit(fresh):
                 return written
             until -= 1
@@ -304,7 +310,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         store = open_store(settings.storage, search_kinds=settings.search.indexed_kinds())
         await store.open()
         try:
-            return await export_events(store, base, out, limit)
+            scope = None
+            if not args.include_banned:
+                scope = ManagementState.from_rows(await store.list_management()).ban_scope()
+            return await export_events(store, base, out, limit, scope)
         finally:
             await store.close()
 
@@ -348,7 +357,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
         await store.open()
         try:
             counts = await sync_with_peer(
-                store, args.url, base, args.direction, sys.stderr, force_req=args.no_negentropy
+                store,
+                args.url,
+                base,
+                args.direction,
+                sys.stderr,
+                force_req=args.no_negentropy,
+                include_banned=args.include_banned,
             )
         except SyncError as exc:
             print(f"satsrelay sync: {exc}", file=sys.stderr)
@@ -446,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="export events as JSONL, newest first", parents=[common])
     exp.add_argument("file", nargs="?", help="output file, '-' or absent for stdout")
     exp.add_argument("--filter", help='a NIP-01 filter as JSON, e.g. \'{"kinds":[1],"limit":100}\' (newest first)')
+    exp.add_argument("--include-banned", action="store_true",
+                     help="also export events banned through NIP-86 (the events, and their authors')")
     exp.set_defaults(func=cmd_export)
 
     syn = sub.add_parser("sync", help="reconcile the local store with another relay (NIP-77, else paged REQ)",
@@ -455,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--direction", choices=("down", "up", "both"), default="both",
                      help="down: fetch what we lack; up: send what it lacks; both (default)")
     syn.add_argument("--no-negentropy", action="store_true", help="use paged REQ even if the peer speaks NIP-77")
+    syn.add_argument("--include-banned", action="store_true",
+                     help="also send (and keep) events banned here through NIP-86; by default they stay out")
     syn.set_defaults(func=cmd_sync)
 
     bak = sub.add_parser(

@@ -191,7 +191,7 @@ class Console:
             return _answer(HTTPStatus.OK, self._static[rest], STATIC_FILES[rest])
         if not api:
             return _error(HTTPStatus.NOT_FOUND, "not found")
-        refusal = self._refusal(request)
+        refusal = await self._refusal(request)
         if refusal is not None:
             return refusal
         if rest == "api/panels":
@@ -203,14 +203,18 @@ class Console:
             return await self._render(panel, request)
         return _error(HTTPStatus.NOT_FOUND, "not found")
 
-    def _refusal(self, request: HttpRequest) -> HttpResponse | None:
-        """None for a fresh NIP-98 GET of this exact URL signed by an admin; else 401 (no or
-        a bad signature) or 403 (a good signature from a key that is not an admin)."""
+    async def _refusal(self, request: HttpRequest) -> HttpResponse | None:
+        """None for a fresh NIP-98 GET of this exact URL signed by an admin, used once; else
+        401 (no or a bad signature, or a header used before on any node) or 403 (a good
+        signature from a key that is not an admin)."""
         url = self._base_url + request.target
+        now = int(self._clock())
         try:
-            signer = nip98.authorised_pubkey(
-                request.headers.get("Authorization") or None, url=url, method="GET", now=int(self._clock())
-            )
+            event = nip98.decode_header(request.headers.get("Authorization") or None)
+            problem = nip98.verify(event, url=url, method="GET", now=now)
+            if problem is not None:
+                raise nip98.Nip98Error(problem)
+            signer = event.pubkey
         except nip98.Nip98Error as exc:
             message = f"sign-in refused: {exc}"
             if "u tag" in str(exc):
@@ -222,6 +226,9 @@ class Console:
                 HTTPStatus.FORBIDDEN,
                 f"the key {signer} is not an operator of this relay: add it to [admin] pubkeys and restart",
             )
+        if not await self._management.first_use(event, now):
+            # A captured header (a proxy's log, a shared screen) must not read the panels again.
+            return _error(HTTPStatus.UNAUTHORIZED, "sign-in refused: this Authorization was used already")
         return None
 
     async def _render(self, panel: ConsolePanel, request: HttpRequest) -> HttpResponse:

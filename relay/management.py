@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from relay.event import is_hex64
+from relay.policy import ReadScope
 
 MAX_REASON = 1000  # characters kept of an operator's reason
 MAX_TEXT = 4000  # relay name / description / icon URL
@@ -90,6 +91,13 @@ class ManagementState:
             "block_ip": self.blocked_ips,
             "relay": self.relay,
         }
+
+    def ban_scope(self) -> ReadScope:
+        """What the operator's own copies (``satsrelay export``, ``sync`` uploads) read:
+        every stored event but the banned ones and their authors' (issue 17 item 8: an
+        export or upload used to carry what the operator had banned); private kinds
+        included, since the copy is the operator's."""
+        return ReadScope(frozenset(), frozenset(), frozenset(self.banned_pubkeys), frozenset(self.banned_events))
 
     def kind_allowed(self, kind: int) -> bool:
         if kind in self.disallowed_kinds:

@@ -41,7 +41,7 @@ from relay.management import (
     parse_request,
 )
 from relay.periodic import run_every
-from relay.store.base import Store
+from relay.store.base import Store, UseLimit
 from relay.vanish import VANISH_KIND
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ class ManagementView:
             if "." not in name:
                 raise PluginError(f"extension NIP-86 method {name!r} must be named '<section>.<verb>'")
         self.state = ManagementState()
-        self._replays = nip98.ReplayGuard()
         self._changes: int | None = None
         # The ban lists as each REQ/COUNT/NEG-OPEN's ReadScope takes them: built once per
         # change here, not once per request.
@@ -147,12 +146,19 @@ class ManagementView:
             return 401, orjson.dumps({"result": None, "error": f"unauthorized: {exc}"})
         if pubkey not in admins:
             return 401, orjson.dumps({"result": None, "error": "unauthorized: not an admin pubkey"})
-        if not self._replays.first_use(event, now):
+        if not await self.first_use(event, now):
             return 401, orjson.dumps({"result": None, "error": "unauthorized: this Authorization was used already"})
         outcome = await self.handle(body)
         if outcome.changed:
             log.info("NIP-86 %s by %s", body[:200].decode("utf-8", "replace"), pubkey)
         return 200, orjson.dumps(outcome.response)
+
+    async def first_use(self, event: Event, now: int) -> bool:
+        """Record that the (verified, admin-signed) NIP-98 ``event`` authorised a request:
+        True the first time on any process or node, False for every replay. Recorded in
+        the store before the request acts (``nip98.single_use``)."""
+        key, keep_until = nip98.single_use(event)
+        return await self._store.take_uses([UseLimit(key, 1, keep_until)], now) is None
 
     async def moderation_queue(self) -> list[dict[str, Any]]:
         """NIP-56 reports about events stored here (the newest ``QUEUE_REPORTS``), grouped."""

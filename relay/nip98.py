@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections import OrderedDict
 
 import orjson
 
@@ -92,27 +91,20 @@ def authorised_pubkey(
     return event.pubkey
 
 
-class ReplayGuard:
-    """The ids of NIP-98 events already honoured, for as long as their ``created_at`` keeps
-    them valid. NIP-98 binds a header to one URL, method and body for a minute but not to
-    one use: a captured NIP-86 ``payments.grant`` replayed within that minute would grant
-    the days twice. Only headers that passed every check (admins' own requests) are
-    remembered, so the table grows with the operators' activity, not with an attacker's;
-    ``capacity`` bounds it anyway (the oldest are forgotten first)."""
+# How long a header's single use is remembered after its created_at: ``verify`` lets it
+# through until created_at + window by the clock of the node checking it, which may run
+# behind the clock of the node that recorded the use; the margin covers that skew.
+CLOCK_SKEW_MARGIN = 300
 
-    def __init__(self, window: int = DEFAULT_WINDOW_SECONDS, capacity: int = 100_000) -> None:
-        self._window = window
-        self._capacity = capacity
-        self._seen: OrderedDict[str, int] = OrderedDict()  # id -> when it stops being valid
 
-    def first_use(self, event: Event, now: int) -> bool:
-        """True (and remembered) the first time ``event`` is presented, False after."""
-        while self._seen:
-            oldest, until = next(iter(self._seen.items()))
-            if until >= now and len(self._seen) < self._capacity:
-                break
-            del self._seen[oldest]
-        if event.id in self._seen:
-            return False
-        self._seen[event.id] = event.created_at + self._window
-        return True
+def single_use(event: Event, window: int = DEFAULT_WINDOW_SECONDS) -> tuple[str, int]:
+    """(key, keep until) of the record that lets ``event`` authorise one request only.
+
+    NIP-98 binds a header to one URL, method and body for a minute but not to one use: a
+    captured NIP-86 ``payments.grant`` replayed within that minute would grant twice. The
+    record must be relay-wide (the store's ``take_uses``, inserted before acting): a guard
+    in one process's memory forgot the header on a restart and never saw another worker's
+    or node's use (issue 17 item 3). Callers record only headers that passed every check
+    (an admin's own), so the record grows with the operators' activity, not an attacker's.
+    """
+    return f"nip98:{event.id}", event.created_at + window + CLOCK_SKEW_MARGIN

@@ -10,12 +10,19 @@ downloads them whole. Then, by direction:
   id, BIP-340 signature, that we asked for it and that it matches the filter) before the
   store's own write rules see it (deletions, replacements); anything else counts as rejected;
 - ``up``: the events we have and the peer lacks are sent with EVENT; an ``OK false`` counts
-  as rejected.
+  as rejected. The first few refusals are shown with the peer's reason, and when the first
+  ``STOP_AFTER_REFUSALS`` answers are all refusals for one reason (the same NIP-01 prefix:
+  ``auth-required:``, ``restricted:``, ``blocked:``...) nothing was accepted and nothing
+  will be: the upload stops with that reason instead of sending the rest.
+
+Events the operator banned here (NIP-86: the event, or its author) stay out of both
+directions unless ``include_banned``: they are not uploaded and not stored when a peer
+sends them, and count as withheld.
 
 Resumable: events are committed (down) or acknowledged (up) in chunks as they arrive, and a
 new run reconciles again, so after an interruption it transfers only what is still
 missing. Counts printed at the end: have (we hold, the peer lacks), need (the peer holds, we
-lack), sent, received, rejected.
+lack), sent, received, rejected, and withheld (banned here) when there were any.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from relay.errors import Invalid
 from relay.event import Event, KindClass, parse_event, verify_signature
 from relay.filters import Filter
+from relay.management import ManagementState
 from relay.negentropy import ItemSet, Negentropy, NegentropyError
+from relay.policy import ReadScope
 from relay.store.base import Store, WriteOutcome, WriteRequest
 
 FRAME_SIZE_LIMIT = 60_000  # bytes per negentropy message we send (hex doubles it)
@@ -43,6 +52,12 @@ PAGE = 500  # limit asked for per paged REQ (the peer may cap it lower)
 REPLY_TIMEOUT = 30.0
 RATE_LIMIT_RETRIES = 120
 LOCAL_MAX_ITEMS = 50_000_000
+STOP_AFTER_REFUSALS = 50  # refusals for one reason, none accepted: the peer refuses everything
+SHOWN_REFUSALS = 3  # distinct refusal messages shown as they come
+# Offsets of the id and the pubkey in an event's compact raw JSON ({"id":"<64>","pubkey":
+# "<64>",...}, the layout relay/event.py writes and the stores return byte for byte).
+_ID = slice(7, 71)
+_PUBKEY = slice(83, 147)
 
 
 class SyncError(Exception):
@@ -56,12 +71,14 @@ class SyncCounts:
     sent: int = 0
     received: int = 0
     rejected: int = 0
+    withheld: int = 0  # banned here: neither sent nor stored
     method: str = ""
 
     def line(self) -> str:
+        withheld = f", withheld {self.withheld} (banned here)" if self.withheld else ""
         return (
             f"sync ({self.method}): have {self.have}, need {self.need}, sent {self.sent}, "
-            f"received {self.received}, rejected {self.rejected}"
+            f"received {self.received}, rejected {self.rejected}{withheld}"
         )
 
 
@@ -141,12 +158,17 @@ async def sync_with_peer(
     progress: IO[str] | None = None,
     *,
     force_req: bool = False,
+    include_banned: bool = False,
 ) -> SyncCounts:
-    """Reconcile ``store`` with the relay at ``url`` for the events ``f`` matches."""
+    """Reconcile ``store`` with the relay at ``url`` for the events ``f`` matches; what the
+    operator banned here stays out unless ``include_banned``."""
     if direction not in ("down", "up", "both"):
         raise ValueError("direction must be down, up or both")
     bar = _Progress(progress)
     counts = SyncCounts()
+    bans = None if include_banned else ManagementState.from_rows(await store.list_management()).ban_scope()
+    if bans is not None and not (bans.banned_pubkeys or bans.banned_ids):
+        bans = None
     now = int(time.time())
     local = {eid: ts for ts, eid in await store.sync_items(f, now, None, LOCAL_MAX_ITEMS)}
     try:
@@ -159,14 +181,14 @@ async def sync_with_peer(
                 have, need = diff
                 counts.have, counts.need = len(have), len(need)
                 if direction in ("down", "both"):
-                    await _download(peer, store, f, need, counts, bar)
+                    await _download(peer, store, f, need, counts, bar, bans)
             else:
                 counts.method = "paged REQ"
-                peer_ids = await _page_peer(peer, store, f, local, direction != "up", counts, bar)
+                peer_ids = await _page_peer(peer, store, f, local, direction != "up", counts, bar, bans)
                 have = [eid for eid in local if eid not in peer_ids]
                 counts.have = len(have)
             if direction in ("up", "both") and have:
-                await _upload(peer, store, have, counts, bar)
+                await _upload(peer, store, have, counts, bar, bans)
     except OSError as exc:
         raise SyncError(f"cannot reach {url}: {exc}") from None
     bar.show(counts.line(), force=True)
@@ -239,6 +261,15 @@ def _check(objs: Iterable[dict[str, Any]], wanted: set[bytes] | None, f: Filter)
     return good, bad
 
 
+def _unbanned(events: list[Event], bans: ReadScope | None, counts: SyncCounts) -> list[Event]:
+    """``events`` less those banned here (counted as withheld)."""
+    if bans is None:
+        return events
+    kept = [ev for ev in events if not bans.banned(ev.id, ev.pubkey)]
+    counts.withheld += len(events) - len(kept)
+    return kept
+
+
 async def _store_events(store: Store, events: Sequence[Event], counts: SyncCounts) -> None:
     if not events:
         return
@@ -251,7 +282,13 @@ async def _store_events(store: Store, events: Sequence[Event], counts: SyncCount
 
 
 async def _download(
-    peer: _Peer, store: Store, f: Filter, need: list[bytes], counts: SyncCounts, bar: _Progress
+    peer: _Peer,
+    store: Store,
+    f: Filter,
+    need: list[bytes],
+    counts: SyncCounts,
+    bar: _Progress,
+    bans: ReadScope | None,
 ) -> None:
     done = 0
     for i in range(0, len(need), FETCH_CHUNK):
@@ -259,24 +296,34 @@ async def _download(
         objs = await peer.fetch({"ids": [eid.hex() for eid in chunk], "limit": len(chunk)})
         good, bad = await asyncio.to_thread(_check, objs, set(chunk), f)
         counts.rejected += bad
-        await _store_events(store, good, counts)
+        await _store_events(store, _unbanned(good, bans, counts), counts)
         done += len(chunk)
         bar.show(f"downloading: {done}/{len(need)}, received {counts.received}, rejected {counts.rejected}")
 
 
-async def _upload(peer: _Peer, store: Store, have: list[bytes], counts: SyncCounts, bar: _Progress) -> None:
+async def _upload(
+    peer: _Peer, store: Store, have: list[bytes], counts: SyncCounts, bar: _Progress, bans: ReadScope | None
+) -> None:
     """Send what the peer lacks, ``SEND_WINDOW`` at a time; events the peer answers with
     ``rate-limited:`` are sent again after a pause (a peer's per-connection limits are
-    normal, not a refusal), up to ``RATE_LIMIT_RETRIES`` pauses in all."""
+    normal, not a refusal), up to ``RATE_LIMIT_RETRIES`` pauses in all. Events banned here
+    are withheld; a peer that refuses everything for one reason stops the upload
+    (``_Refusals``)."""
     now = int(time.time())
     done = 0
     pauses = 0
+    refusals = _Refusals(bar)
     for i in range(0, len(have), SEND_WINDOW):
         chunk = have[i : i + SEND_WINDOW]
         raws = {
-            raw[7:71].decode(): raw
+            raw[_ID].decode(): raw
             for raw in await store.query([Filter(ids=frozenset(eid.hex() for eid in chunk))], now)
         }
+        if bans is not None:
+            banned = [eid for eid, raw in raws.items() if bans.banned(eid, raw[_PUBKEY].decode())]
+            for eid in banned:
+                del raws[eid]
+            counts.withheld += len(banned)
         todo = list(raws)
         while todo:
             for eid in todo:
@@ -294,6 +341,7 @@ async def _upload(peer: _Peer, store: Store, have: list[bytes], counts: SyncCoun
                     todo.append(msg[1])
                 else:
                     counts.rejected += 1
+                    refusals.add(msg[1], str(msg[3]), accepted=counts.sent)
             if todo:
                 pauses += 1
                 await asyncio.sleep(1.0)
@@ -301,8 +349,44 @@ async def _upload(peer: _Peer, store: Store, have: list[bytes], counts: SyncCoun
         bar.show(f"uploading: {done}/{len(have)}, sent {counts.sent}, rejected {counts.rejected}")
 
 
+class _Refusals:
+    """The peer's ``OK false`` answers to an upload. The first ``SHOWN_REFUSALS`` distinct
+    messages are shown as they come (the peer's reason, not only a count); once
+    ``STOP_AFTER_REFUSALS`` events were refused, all with one NIP-01 prefix, and none
+    accepted, the peer refuses everything for that reason (a write-restricted or paid
+    relay, AUTH required): ``SyncError`` with the messages, instead of sending the rest
+    (1,400 refusals took 86 s to print "rejected 1400")."""
+
+    def __init__(self, bar: _Progress) -> None:
+        self._bar = bar
+        self.refused = 0
+        self.shown: list[str] = []
+        self._prefixes: set[str] = set()
+
+    def add(self, event_id: str, message: str, *, accepted: int) -> None:
+        self.refused += 1
+        prefix, colon, _ = message.partition(":")
+        self._prefixes.add(prefix if colon else message)
+        if message not in self.shown and len(self.shown) < SHOWN_REFUSALS:
+            self.shown.append(message)
+            self._bar.show(f"the peer refused {event_id[:16]}: {message or '(no reason given)'}", force=True)
+        if accepted == 0 and self.refused >= STOP_AFTER_REFUSALS and len(self._prefixes) == 1:
+            reasons = " | ".join(m or "(no reason given)" for m in self.shown)
+            raise SyncError(
+                f"the peer refused all {self.refused} events sent, for one reason: {reasons}; "
+                "stopped uploading (nothing more was sent)"
+            )
+
+
 async def _page_peer(
-    peer: _Peer, store: Store, f: Filter, local: dict[bytes, int], keep: bool, counts: SyncCounts, bar: _Progress
+    peer: _Peer,
+    store: Store,
+    f: Filter,
+    local: dict[bytes, int],
+    keep: bool,
+    counts: SyncCounts,
+    bar: _Progress,
+    bans: ReadScope | None,
 ) -> set[bytes]:
     """Without NIP-77: list the peer's events for ``f`` newest first, page by page
     (``until`` = the oldest second seen, ids already seen skipped, one second back when a
@@ -326,7 +410,7 @@ async def _page_peer(
         if missing and keep:
             good, bad = await asyncio.to_thread(_check, missing, None, f)
             counts.rejected += bad
-            await _store_events(store, good, counts)
+            await _store_events(store, _unbanned(good, bans, counts), counts)
         stamps = [o["created_at"] for o in objs if isinstance(o.get("created_at"), int)]
         if not stamps:
             return seen

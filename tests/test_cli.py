@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 
 from relay import crypto
 from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import nip98_header
 from tests.nostr_client import NostrClient, signed
 
 
@@ -109,3 +111,39 @@ async def test_imported_events_are_served_over_websocket(
     async with relay_factory() as relay, NostrClient(relay.url) as client:
         got = await client.req("s", {"authors": [events[0].pubkey]})
         assert sorted(e["id"] for e in got) == sorted(e.id for e in events)
+
+
+async def test_export_leaves_out_what_the_operator_banned_unless_asked(
+    relay_factory: RelayFactory, storage: dict[str, str], tmp_path: Path, alice: bytes, bob: bytes
+) -> None:
+    """Issue 17 item 8: ``export`` wrote events banned through NIP-86 (the events, and their
+    authors'). Bans made over NIP-86 on a running relay, then the CLI on its store."""
+    operator = crypto.generate_secret()
+    kept = [signed(alice, 1, f"kept {i}") for i in range(3)]
+    banned_event = signed(alice, 1, "banned event")
+    by_banned_author = [signed(bob, 1, "spam"), signed(bob, 4, "a DM", [["p", crypto.public_key(alice).hex()]])]
+    async with (
+        relay_factory(storage=storage, admin={"pubkeys": [crypto.public_key(operator).hex()]}) as relay,
+        NostrClient(relay.url) as client,
+        httpx.AsyncClient() as http,
+    ):
+        for event in (*kept, banned_event, *by_banned_author):
+            assert (await client.publish(event))[0]
+        base = f"http://127.0.0.1:{relay.port}"
+        for method, target in (("banevent", banned_event.id), ("banpubkey", crypto.public_key(bob).hex())):
+            body = orjson.dumps({"method": method, "params": [target, "spam"]})
+            headers = {
+                "Content-Type": "application/nostr+json+rpc",
+                "Authorization": nip98_header(operator, relay.url, "POST", body=body),
+            }
+            answer = await http.post(base + "/", content=body, headers=headers)
+            assert answer.json() == {"result": True}, answer.text
+    config = tmp_path / "export.toml"  # the relay's store: its SQLite file, or its PostgreSQL schema
+    section = storage or {"url": f"sqlite:///{tmp_path}/relay.db"}
+    config.write_text('log_level = "WARNING"\n[storage]\n' + "".join(f'{k} = "{v}"\n' for k, v in section.items()))
+    result = satsrelay("export", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == sorted(e.raw for e in kept)
+    assert "exported 3 events" in result.stderr.decode()
+    everything = satsrelay("export", "--config", str(config), "--include-banned")
+    assert sorted(everything.stdout.splitlines()) == sorted(e.raw for e in (*kept, banned_event, *by_banned_author))

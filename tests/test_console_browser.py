@@ -237,3 +237,73 @@ async def test_a_stranger_and_a_browser_without_an_extension_are_told_why(
                 await page.screenshot(path=str(tmp_path / "console-refused.png"), full_page=True)
             finally:
                 await browser.close()
+
+
+# Where ``needle`` is drawn in the panel's cells: the left edges of its first and last
+# characters, for every occurrence (in the order written).
+DRAWN_AT = """(needle) => {
+  const found = [];
+  for (const td of document.querySelectorAll('#panel td')) {
+    const walker = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const left = (i) => { const r = document.createRange(); r.setStart(node, i); r.setEnd(node, i + 1);
+                            return r.getBoundingClientRect().left; };
+      for (let at = node.data.indexOf(needle); at >= 0; at = node.data.indexOf(needle, at + 1)) {
+        found.push([left(at), left(at + needle.length - 1)]);
+      }
+    }
+  }
+  return found;
+}"""
+
+
+async def test_moderation_wraps_long_strings_and_shows_bidi_overrides_inert(
+    alice: bytes, bob: bytes, tmp_path: Path
+) -> None:
+    """Issue 17 item 12: one unbroken string widened the moderation table to 4,305 px, and a
+    right-to-left override in a report (``<U+202E>gpj.exe``) read ``exe.jpg``, running on
+    into the reasons after it. Measured in Chromium's layout: the table fits its page and
+    the characters are drawn in the order they were written."""
+    from playwright.async_api import async_playwright, expect
+
+    operator = crypto.generate_secret()
+    carol = crypto.generate_secret()
+    async with (
+        run_relay(tmp_path, crypto.public_key(operator).hex()) as relay,
+        NostrClient(relay.url) as client,
+    ):
+        base = f"http://127.0.0.1:{relay.port}"
+        await ledger_of(relay).update_account(crypto.public_key(alice).hex(), int(time.time()), allowed=True)
+        bad = signed(alice, 1, "invoice\u202egpj.exe " + "W" * 3000)
+        assert (await client.publish(bad))[0]
+        for reporter, note in ((bob, "attached: \u202egpj.exe"), (carol, "see gpj.exe " + "M" * 190)):
+            ok, message = await client.publish(signed(reporter, 1984, note, [["e", bad.id, "spam"]]))
+            assert ok, message
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1000, "height": 900})
+                errors, _ = watch(page, base)
+                await stand_in_signer(page, operator)
+                await page.goto(base + "/admin", wait_until="load")
+                await page.click("#sign-in-button")
+                await expect(page.locator("#console")).to_be_visible(timeout=10_000)
+                await page.click("#tab-moderation")
+                queue = page.locator("#panel .block", has=page.locator("h3", has_text="Reported events"))
+                await expect(queue.locator("tbody tr")).to_have_count(1)
+                await page.screenshot(path=str(tmp_path / "console-moderation-hostile.png"), full_page=True)
+
+                table = await queue.locator("table").evaluate(
+                    "t => [t.getBoundingClientRect().width, t.parentElement.clientWidth]"
+                )
+                assert table[0] <= table[1] <= 1000, table  # the table fits; nothing scrolls sideways
+
+                drawn = await page.evaluate(DRAWN_AT, "gpj.exe")
+                assert len(drawn) == 3, drawn  # the content cell, and both reasons in theirs
+                for first, last in drawn:
+                    assert first < last, drawn  # "g" drawn left of the last "e": not reversed
+                reasons = queue.locator("tbody td").nth(4)
+                await expect(reasons).to_contain_text("\u27e8U+202E\u27e9gpj.exe")  # the override, visible
+                assert errors == [], errors
+            finally:
+                await browser.close()

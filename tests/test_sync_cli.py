@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from relay import crypto
 from relay.config import StorageSettings
 from relay.event import Event, sign_event
 from relay.filters import Filter
@@ -103,11 +104,15 @@ async def publish(url: str, events: list[Event]) -> None:
             pending.discard(msg[1])
 
 
-def run_sync(config: Path, url: str, *args: str) -> tuple[str, str]:
-    done = subprocess.run(
+def sync_process(config: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "relay.cli", "sync", url, "--config", str(config), *args],
         capture_output=True, text=True, timeout=120, env={**os.environ},
     )
+
+
+def run_sync(config: Path, url: str, *args: str) -> tuple[str, str]:
+    done = sync_process(config, url, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip(), done.stderr
 
@@ -192,3 +197,66 @@ def test_what_a_peer_sends_is_checked_before_it_is_stored() -> None:
                        Filter(kinds=frozenset({1})))
     assert [e.id for e in kept] == [good.id]
     assert bad == 4
+
+
+async def ban_locally(local: dict[str, str], rows: list[tuple[str, str, str | None]]) -> None:
+    """NIP-86 bans in the CLI's own store: what an operator's banpubkey / banevent wrote."""
+    store = open_store(StorageSettings(**local))  # type: ignore[arg-type]
+    await store.open()
+    try:
+        await store.apply_management(rows)
+    finally:
+        await store.close()
+
+
+async def test_sync_keeps_what_the_operator_banned_out_of_uploads_and_downloads(
+    relay_process: Callable[..., RelayProcess],
+    storage: dict[str, str],
+    local_storage: dict[str, str],
+    tmp_path: Path,
+    alice: bytes,
+    bob: bytes,
+) -> None:
+    """Issue 17 item 8: ``sync`` uploaded events the operator had banned (the events, and
+    their authors'). They stay out both ways unless ``--include-banned``."""
+    peer = start_peer(relay_process, storage)
+    kept = [signed(alice, 1, f"kept {i}") for i in range(4)]
+    banned_event = signed(alice, 1, "banned event")
+    by_banned_author = [signed(bob, 1, f"spam {i}") for i in range(3)]
+    from_peer = signed(bob, 1, "spam the peer holds")
+    await publish(peer.url, [from_peer])
+    await write_local(local_storage, [*kept, banned_event, *by_banned_author])
+    await ban_locally(
+        local_storage,
+        [("ban_event", banned_event.id, "illegal"), ("ban_pubkey", crypto.public_key(bob).hex(), "spam")],
+    )
+    config = local_config(tmp_path, local_storage)
+
+    out, err = run_sync(config, peer.url)
+    assert out == "sync (NIP-77): have 8, need 1, sent 4, received 0, rejected 0, withheld 5 (banned here)", err
+    everything = [*kept, banned_event, *by_banned_author]
+    assert await peer_has(peer.url, everything) == {ev.id for ev in kept}
+    assert from_peer.id not in await local_ids(local_storage)  # not stored here either
+
+    out, err = run_sync(config, peer.url, "--include-banned")
+    assert out == "sync (NIP-77): have 4, need 1, sent 4, received 1, rejected 0", err
+    assert await peer_has(peer.url, everything) == {ev.id for ev in everything}
+
+
+async def test_sync_up_to_a_peer_that_refuses_everything_stops_with_its_reason(
+    relay_process: Callable[..., RelayProcess], local_storage: dict[str, str], tmp_path: Path, alice: bytes
+) -> None:
+    """A paid peer answers every EVENT ``OK false "restricted: ..."``: the upload shows the
+    peer's reason and stops after STOP_AFTER_REFUSALS refusals, instead of sending every
+    event and printing only "rejected N" (issue 17 item 8)."""
+    peer = relay_process(FAST + '[payments]\nenabled = true\nbackend = "fake"\n')
+    await write_local(local_storage, [signed(alice, 1, f"n{i}") for i in range(400)])
+    config = local_config(tmp_path, local_storage)
+    started = time.monotonic()
+    done = sync_process(config, peer.url, "--direction", "up")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("satsrelay sync: the peer refused all 50 events sent, for one reason: restricted: "), last
+    assert last.endswith("stopped uploading (nothing more was sent)"), last
+    assert "the peer refused " in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 60

@@ -22,11 +22,23 @@
 
   // --- small DOM helpers (text only) -----------------------------------------------------
 
+  // Bidirectional formatting characters (embeddings, overrides, isolates: U+202A-202E,
+  // U+2066-2069) in what a client wrote reorder the text after them: a report's
+  // "<U+202E>gpj.exe" reads "exe.jpg", and one reason's override runs on into the next.
+  // They are shown as visible marks instead, so the operator reads the characters in the
+  // order they were written; right-to-left scripts still read right to left, each cell,
+  // figure and line isolated from its neighbours (dir="auto", console.css).
+  const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/g;
+
+  function shown(value) {
+    return String(value).replace(BIDI_CONTROLS, (c) => `\u27E8U+${c.codePointAt(0).toString(16).toUpperCase()}\u27E9`);
+  }
+
   function el(tag, props, children) {
     const node = document.createElement(tag);
     for (const [key, value] of Object.entries(props || {})) {
       if (value === null || value === undefined || value === false) continue;
-      if (key === "text") node.textContent = String(value);
+      if (key === "text") node.textContent = shown(value);
       else if (key === "class") node.className = value;
       else if (key === "value") node.value = String(value);
       else node.setAttribute(key, value === true ? "" : String(value));
@@ -42,7 +54,7 @@
   }
 
   function say(node, text, isError) {
-    node.textContent = text || "";
+    node.textContent = shown(text || "");
     node.classList.toggle("error", Boolean(isError));
     show(node, Boolean(text));
   }
@@ -74,9 +86,17 @@
     return btoa(binary);
   }
 
+  function nonceHex() {
+    return Array.from(window.crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   async function authorization(url, method, body) {
     const tags = [["u", url], ["method", method]];
     if (body !== undefined) tags.push(["payload", await sha256Hex(body)]);
+    // The relay honours each signed header once (a replay is refused), and two requests
+    // for one URL in one second would otherwise be the same event: a random tag tells
+    // them apart.
+    tags.push(["nonce", nonceHex()]);
     let event;
     try {
       event = await window.nostr.signEvent({
@@ -272,7 +292,7 @@
       case "chart": return renderChart(block, blobs);
       case "table": return renderTable(block);
       case "form": return renderForm(block);
-      case "text": return el("p", { class: "block text", "data-block": "text", text: block.text });
+      case "text": return el("p", { class: "block text", "data-block": "text", dir: "auto", text: block.text });
       default:
         return el("p", {
           class: "block message error", "data-block": String(block.type),
@@ -291,7 +311,7 @@
     const section = blockSection("stats", block.title);
     const list = el("dl", { class: "tiles" });
     for (const item of block.items || []) {
-      list.append(el("div", { class: "tile" }, [el("dt", { text: item.label }), el("dd", { text: item.value })]));
+      list.append(el("div", { class: "tile" }, [el("dt", { text: item.label }), el("dd", { dir: "auto", text: item.value })]));
     }
     section.append(list);
     return section;
@@ -324,7 +344,7 @@
       const tr = el("tr");
       row.forEach((cell, i) => {
         const text = String(cell);
-        tr.append(el("td", { text, "data-label": columns[i] || "", class: HEX64.test(text) ? "hex" : null }));
+        tr.append(el("td", { text, dir: "auto", "data-label": columns[i] || "", class: HEX64.test(text) ? "hex" : null }));
       });
       if (actions.length) {
         const cell = el("td", { class: "actions", "data-label": "Actions" });

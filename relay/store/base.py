@@ -53,6 +53,25 @@ PAGE_ROWS = 1000  # keys fetched per page statement, whatever their size
 FAST_ROWS = 64
 
 
+@dataclass(frozen=True, slots=True)
+class UseLimit:
+    """One count ``Store.take_uses`` keeps: at most ``limit`` uses of ``key`` in a window
+    that opens with the key's first use and ends at ``expires_at`` (fixed when it opens).
+
+    Guards that must hold for the relay as a whole live here rather than in a process's
+    memory, so neither a restart, another ``--workers`` process nor another node on the
+    same PostgreSQL resets them (issue 17 items 3 and 9): a NIP-98 header is honoured once
+    (``limit`` 1, its event id, until it can no longer pass the time check), free inbox
+    messages are counted per sender and per address group for an hour."""
+
+    key: str
+    limit: int
+    expires_at: int
+
+
+USES_PRUNED_PER_CALL = 64  # ended windows deleted by each take_uses: the table holds ~the live ones
+
+
 class StoreUnavailable(Exception):
     """The store cannot be opened (no such folder, permissions, wrong password, server
     down): an operator's problem, reported as one line naming the store, not a traceback."""
@@ -273,4 +292,13 @@ class Store(Protocol):
 
     async def management_changes(self) -> int:
         """A counter that grows with every ``apply_management``, from any node."""
+        ...
+
+    async def take_uses(self, uses: Sequence[UseLimit], now: int) -> str | None:
+        """Count one use of every key of ``uses``, all or none, in one transaction that
+        concurrent callers on any process or node cannot interleave: None when every key
+        had fewer than its ``limit`` uses in its current window (a window that ended at or
+        before ``now`` is replaced by a new one ending at the use's ``expires_at``), else
+        the key found at its limit, and nothing is counted. Also deletes up to
+        ``USES_PRUNED_PER_CALL`` windows that ended, so the table stays near the live ones."""
         ...

@@ -181,4 +181,15 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(12, "retired: a plug-in's indexes and table, now on its own line", ()),
+    # Relay-wide guards (issue 17 items 3 and 9, ``Store.take_uses``): a NIP-98 header's
+    # single use, the free inbox allowance. The expiry index serves the pruning.
+    Migration(
+        13,
+        "use_counts: single-use NIP-98 headers and free allowances, for every process and node",
+        (
+            "CREATE TABLE use_counts (key TEXT PRIMARY KEY, uses INTEGER NOT NULL, expires_at INTEGER NOT NULL)"
+            " WITHOUT ROWID",
+            "CREATE INDEX use_counts_expiry ON use_counts (expires_at)",
+        ),
+    ),
 )

@@ -37,7 +37,9 @@ from relay.filters import Filter
 from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, tsvector_literal
 from relay.store.base import (
     PAGE_BYTES,
+    USES_PRUNED_PER_CALL,
     StoreUnavailable,
+    UseLimit,
     WriteOutcome,
     WriteRequest,
     answer_pages,
@@ -336,6 +338,25 @@ def redact_dsn(dsn: str) -> str:
         if ":" in creds:
             return f"{scheme}://{creds.split(':')[0]}:***@{host}"
     return dsn
+
+
+# ``Store.take_uses``: the upsert's WHERE leaves a live window at its limit untouched
+# ("INSERT 0 0"); an ended window starts again at one use.
+_TAKE_USE = (
+    "INSERT INTO use_counts (key, uses, expires_at) VALUES ($1, 1, $2)"
+    " ON CONFLICT (key) DO UPDATE SET"
+    " uses = CASE WHEN use_counts.expires_at <= $3 THEN 1 ELSE use_counts.uses + 1 END,"
+    " expires_at = CASE WHEN use_counts.expires_at <= $3 THEN excluded.expires_at ELSE use_counts.expires_at END"
+    " WHERE use_counts.expires_at <= $3 OR use_counts.uses < $4"
+)
+_PRUNE_USES = (
+    "DELETE FROM use_counts WHERE key IN"
+    " (SELECT key FROM use_counts WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+)
+
+
+class _Rollback(Exception):
+    """Leaves a transaction block so it rolls back (a use at its limit: nothing counted)."""
 
 
 class PostgresStore:
@@ -869,6 +890,25 @@ class PostgresStore:
     async def management_changes(self) -> int:
         value = await self._fetchval("SELECT counter FROM store_changes WHERE topic = 'management'")
         return int(value or 0)
+
+    async def take_uses(self, uses: Sequence[UseLimit], now: int) -> str | None:
+        """Each upsert holds its row's lock to the commit, so two nodes counting one key
+        queue on it (ON CONFLICT DO UPDATE re-reads the committed row); keys are taken in
+        sorted order so two callers sharing keys cannot deadlock, and the pruning skips
+        rows another caller holds (SKIP LOCKED) instead of waiting for them."""
+        at_limit: str | None = None
+        async with self._acquire() as conn:
+            try:
+                async with conn.transaction():
+                    for use in sorted(uses, key=lambda u: u.key):
+                        status: str = await conn.execute(_TAKE_USE, use.key, use.expires_at, now, use.limit)
+                        if status != "INSERT 0 1":
+                            at_limit = use.key
+                            raise _Rollback
+                    await conn.execute(_PRUNE_USES, now, USES_PRUNED_PER_CALL)
+            except _Rollback:
+                pass
+        return at_limit
 
 
 async def apply_component_migrations(

@@ -236,6 +236,15 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(12, "retired: a plug-in's indexes and table, now on its own line", ()),
+    # Relay-wide guards (issue 17 items 3 and 9, ``Store.take_uses``); see the SQLite twin.
+    Migration(
+        13,
+        "use_counts: single-use NIP-98 headers and free allowances, for every process and node",
+        (
+            "CREATE TABLE use_counts (key text PRIMARY KEY, uses integer NOT NULL, expires_at bigint NOT NULL)",
+            "CREATE INDEX use_counts_expiry ON use_counts (expires_at)",
+        ),
+    ),
 )
 
 

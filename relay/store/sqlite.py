@@ -46,7 +46,9 @@ from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, 
 from relay.store.backup import StoreLock
 from relay.store.base import (
     PAGE_BYTES,
+    USES_PRUNED_PER_CALL,
     StoreUnavailable,
+    UseLimit,
     WriteOutcome,
     WriteRequest,
     answer_pages,
@@ -908,6 +910,15 @@ class SqliteStore:
         rows = await self._read("SELECT counter FROM store_changes WHERE topic = 'management'", ())
         return int(rows[0][0]) if rows else 0
 
+    async def take_uses(self, uses: Sequence[UseLimit], now: int) -> str | None:
+        # BEGIN IMMEDIATE takes the file's write lock first: processes sharing the file
+        # (``--workers``, a restart overlapping the old process) count one after another.
+        try:
+            await self._write(self._transaction, _take_uses, list(uses), now)
+        except _AtLimit as at_limit:
+            return at_limit.key
+        return None
+
 
 class SqlitePluginDatabase:
     """``relay.store.database.SqliteDatabase`` over a ``SqliteStore``: plug-ins' writes go
@@ -1123,6 +1134,35 @@ def _apply_management(conn: sqlite3.Connection, changes: list[tuple[str, str, st
                 (topic, key, value),
             )
     _bump_changes(conn, "management")
+
+
+class _AtLimit(Exception):
+    """Raised inside ``_take_uses`` so the transaction rolls back: nothing is counted."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _take_uses(conn: sqlite3.Connection, uses: list[UseLimit], now: int) -> None:
+    for use in uses:
+        # The upsert's WHERE leaves a live window at its limit untouched (rowcount 0); an
+        # ended window starts again at one use.
+        counted = conn.execute(
+            "INSERT INTO use_counts (key, uses, expires_at) VALUES (:key, 1, :expires_at)"
+            " ON CONFLICT (key) DO UPDATE SET"
+            " uses = CASE WHEN use_counts.expires_at <= :now THEN 1 ELSE use_counts.uses + 1 END,"
+            " expires_at = CASE WHEN use_counts.expires_at <= :now THEN excluded.expires_at"
+            " ELSE use_counts.expires_at END"
+            " WHERE use_counts.expires_at <= :now OR use_counts.uses < :limit",
+            {"key": use.key, "expires_at": use.expires_at, "now": now, "limit": use.limit},
+        ).rowcount
+        if counted != 1:
+            raise _AtLimit(use.key)
+    conn.execute(
+        "DELETE FROM use_counts WHERE key IN (SELECT key FROM use_counts WHERE expires_at <= ? LIMIT ?)",
+        (now, USES_PRUNED_PER_CALL),
+    )
 
 
 def _purge_expired(conn: sqlite3.Connection, now: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -98,11 +99,14 @@ def nip98_header(
     secret: bytes, url: str, method: str = "GET", created_at: int | None = None, body: bytes | None = None
 ) -> str:
     """``Authorization`` value signing ``method url`` as NIP-98 does (kind 27235, base64);
-    with ``body``, its SHA-256 as the ``payload`` tag."""
+    with ``body``, its SHA-256 as the ``payload`` tag. A random ``nonce`` tag, as the
+    console adds: the relay honours each header once, and two signings of one request in
+    one second would otherwise be the same event."""
     when = int(time.time()) if created_at is None else created_at
     tags = [["u", url], ["method", method]]
     if body is not None:
         tags.append(["payload", hashlib.sha256(body).hexdigest()])
+    tags.append(["nonce", os.urandom(8).hex()])
     event = sign_event(secret, 27235, "", tags, created_at=when)
     return "Nostr " + base64.b64encode(orjson.dumps(event.to_dict())).decode()
 

@@ -176,3 +176,70 @@ async def test_kind_priced_zero_is_free_only_for_accounts_that_paid(
             assert ok, message
         account = await ledger_of(relay).get_account(pk(alice))
         assert account is not None and account.credit_msat == 5_000
+
+
+def padded_tags(count: int, value_bytes: int = 64) -> list[list[str]]:
+    """``count`` filler tags (``t`` hashtags) of ``value_bytes`` each: what a free message
+    carried in bulk (issue 17 item 4: 1,700 of them, ~120 KB)."""
+    return [["t", f"{i:06d}" + "x" * (value_bytes - 6)] for i in range(count)]
+
+
+async def test_free_inbox_messages_and_reports_are_bounded_whole_tags_included(
+    relay_factory: RelayFactory, alice: bytes
+) -> None:
+    """The free paths measure the whole event and its number of tags, not only the content:
+    short content with 1,700 tags was accepted free, 40/40, inbox messages and reports alike."""
+    async with relay_factory(payments=PAID) as relay, NostrClient(relay.url) as client:
+        await grant(relay, alice, admitted_until=int(time.time()) + 3600)
+        target = signed(alice, kind=1, content="a note by a member")
+        assert (await client.publish(target))[0]
+        to_alice = [["p", pk(alice)]]
+        report = [["e", target.id, "spam"], ["p", pk(alice)]]
+        for base in (to_alice, report):
+            kind = 1984 if base is report else 1
+            refused = (
+                signed(crypto.generate_secret(), kind=kind, tags=[*base, *padded_tags(1_700)], content="hi"),
+                # few tags, each large: the whole event is past inbox_max_event_bytes (8192)
+                signed(crypto.generate_secret(), kind=kind, tags=[*base, *padded_tags(9, 1_000)], content="hi"),
+                # small, but one tag past inbox_max_tags (40)
+                signed(crypto.generate_secret(), kind=kind, tags=[*base, *padded_tags(41 - len(base), 8)]),
+            )
+            for event in refused:
+                ok, message = await client.publish(event)
+                assert not ok and message.startswith("restricted: "), (kind, len(event.raw), message)
+            within = signed(crypto.generate_secret(), kind=kind, tags=[*base, *padded_tags(40 - len(base), 100)])
+            assert len(within.raw) <= 8192
+            ok, message = await client.publish(within)
+            assert ok, (kind, message)
+        queue = await relay.management.handle(orjson.dumps({"method": "listeventsneedingmoderation"}))
+        assert [entry["count"] for entry in queue.response["result"]] == [1]  # only the bounded report
+
+
+async def test_the_inbox_allowance_holds_across_relays_on_one_store_and_restarts(
+    relay_factory: RelayFactory, storage: dict[str, str], alice: bytes, bob: bytes
+) -> None:
+    """Two relays on one database (two PostgreSQL nodes, or two processes on one SQLite file
+    as ``--workers`` runs them) share one allowance per sender, and a restart does not refill
+    it: the count lives in the store (issue 17 item 9: each process kept its own)."""
+    payments = {**PAID, "inbox_events_per_hour": 3, "inbox_events_per_hour_per_ip": 5}
+    to_alice = [["p", pk(alice)]]
+    async with relay_factory(storage=storage, payments=payments) as node_a:
+        await grant(node_a, alice, admitted_until=int(time.time()) + 3600)
+        async with (
+            relay_factory(storage=storage, payments=payments) as node_b,
+            NostrClient(node_a.url) as on_a,
+            NostrClient(node_b.url) as on_b,
+        ):
+            outcomes = [
+                await client.publish(signed(bob, tags=to_alice, content=f"hello {i}"))
+                for i, client in enumerate((on_a, on_b, on_a, on_b))
+            ]
+            assert [ok for ok, _ in outcomes] == [True, True, True, False], outcomes
+            assert outcomes[-1][1].startswith("rate-limited: ")
+            # the address's allowance (5) is shared too: two more senders, then none
+            for expected in (True, True, False):
+                ok, message = await on_b.publish(signed(crypto.generate_secret(), tags=to_alice))
+                assert ok is expected, message
+    async with relay_factory(storage=storage, payments=payments) as restarted, NostrClient(restarted.url) as client:
+        ok, message = await client.publish(signed(bob, tags=to_alice, content="after a restart"))
+        assert not ok and message.startswith("rate-limited: "), message

@@ -40,7 +40,7 @@ NOW = 1_700_000_000
 ALICE = (1).to_bytes(32, "big")
 PAYER = sign_event(ALICE, 1, "", [], 1).pubkey
 BOB = "b" * 64
-PRE_SPLIT_VERSION = 12  # the core's last step before the split
+PRE_SPLIT_VERSION = 13  # the core's last step on main when the ledger left it
 
 # Old core step -> the ledger step that holds the ledger statements it ran.
 MOVED = {1: 1, 3: 2, 4: 3, 6: 4, 7: 5, 8: 6, 12: 7}
@@ -209,7 +209,7 @@ async def test_a_pre_split_database_keeps_every_ledger_row(old_database: Callabl
 
 async def test_an_older_database_gets_the_steps_it_lacks(old_database: Callable[[int], Any]) -> None:
     """Made at the old core step 5 (invoices with fees and descriptions, no invites yet):
-    the core runs its (now empty) steps 6-12, the ledger adopts at 3 and makes the rest."""
+    the core runs its steps 6-13 (6-12 now empty), the ledger adopts at 3 and makes the rest."""
     async with old_database(5) as store:
         assert await store.schema_version() >= PRE_SPLIT_VERSION
         assert "invites" not in await _tables(store)
