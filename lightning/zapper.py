@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -35,7 +34,7 @@ from websockets.exceptions import WebSocketException
 
 from lightning import lnurl
 from lightning.backend import BackendError
-from lightning.ledger import Ledger, TooManyPending
+from lightning.ledger import Ledger, RequestBudget, TooManyPending
 from lightning.plans import Plans
 from lightning.settings import ZapSettings
 from lightning.zap import (
@@ -53,12 +52,10 @@ from relay.event import Event
 from relay.filters import Filter
 from relay.http import HttpRequest, HttpResponse
 from relay.identity import RelayIdentity
-from relay.limits import TokenBucket
 from relay.store.base import Invoice
 
 log = logging.getLogger(__name__)
 
-MAX_TRACKED_IPS = 10_000
 RECONCILE_SECONDS = 86_400  # how far back start-up looks for paid zaps without a receipt
 RECONCILE_MAX = 500
 MAX_AMOUNT_DIGITS = 15
@@ -87,7 +84,7 @@ class Zapper:
         ledger: Ledger,
         plans: Plans,
         publish: Publish,
-        invoices_per_minute: int,
+        budget: RequestBudget,
         on_issued: Callable[[Invoice], None] = lambda invoice: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -107,9 +104,7 @@ class Zapper:
         self._callback_path = f"/lnurlp/{settings.name}/callback"
         self._callback_url = base + self._callback_path
         self._metadata = lnurl.metadata(relay_name, self.address)
-        self._rate = invoices_per_minute / 60.0
-        self._burst = float(invoices_per_minute)
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._budget = budget  # shared with the join page (lightning.web)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- HTTP -----------------------------------------------------------------------
@@ -145,29 +140,22 @@ class Zapper:
             zap = parse_zap_request(raw, relay_pubkey=self._identity.pubkey, amount_msat=amount)
         except ZapRequestError as exc:
             return HTTPStatus.BAD_REQUEST, lnurl.error(str(exc))
-        if not self._rate_ok(client_ip):
+        source = self._budget.source(client_ip)
+        if not self._budget.take(source):
             return HTTPStatus.TOO_MANY_REQUESTS, lnurl.error("too many invoices from your address; wait a minute")
         grant = zap_grant(self._plans, amount)
         try:
             invoice = await self._ledger.issue_grant(
-                zap.event.pubkey, grant, int(self._clock()), memo="zap", hashed_description=zap.raw
+                zap.event.pubkey, grant, int(self._clock()), memo="zap", hashed_description=zap.raw, source=source
             )
         except TooManyPending as exc:
-            return HTTPStatus.TOO_MANY_REQUESTS, lnurl.error(str(exc))
+            status = HTTPStatus.TOO_MANY_REQUESTS if exc.per_pubkey else HTTPStatus.SERVICE_UNAVAILABLE
+            return status, lnurl.error(str(exc))
         except BackendError as exc:
             log.warning("zap invoice creation failed: %s", exc)
             return HTTPStatus.SERVICE_UNAVAILABLE, lnurl.error("the relay's wallet is unavailable; try again shortly")
         self._on_issued(invoice)
         return HTTPStatus.OK, lnurl.invoice_answer(invoice.bolt11)
-
-    def _rate_ok(self, ip: str) -> bool:
-        bucket = self._buckets.get(ip)
-        if bucket is None:
-            bucket = self._buckets[ip] = TokenBucket(self._rate, self._burst)
-            if len(self._buckets) > MAX_TRACKED_IPS:
-                self._buckets.popitem(last=False)
-        self._buckets.move_to_end(ip)
-        return bucket.take(time.monotonic())
 
     # --- receipts ---------------------------------------------------------------------
 

@@ -337,6 +337,17 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE pruned_invoices (day bigint PRIMARY KEY, count bigint NOT NULL)",
         ),
     ),
+    # Fair shares of the unpaid-invoice pool (issue 17): each pending invoice names the
+    # address group that asked for it, so a group's share is counted (and the biggest
+    # holder's oldest evicted) in the same transaction as the insert.
+    Migration(
+        13,
+        "invoices.source: the address group holding an unpaid invoice",
+        (
+            "ALTER TABLE invoices ADD COLUMN source text NOT NULL DEFAULT ''",
+            "CREATE INDEX invoices_pending_source ON invoices (source, created_at) WHERE state = 'pending'",
+        ),
+    ),
 )
 
 
