@@ -492,7 +492,8 @@ class JoinWeb:
         amount: int | None = None
         if raw_amount not in (None, ""):
             text = str(raw_amount)
-            if isinstance(raw_amount, bool) or not text.isdigit() or len(text) > 12:
+            # ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses.
+            if isinstance(raw_amount, bool) or not (text.isascii() and text.isdigit()) or len(text) > 12:
                 return _error(HTTPStatus.BAD_REQUEST, "amount must be a whole number of sats")
             amount = int(text)
         if not self._budget.take(source):

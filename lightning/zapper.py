@@ -126,7 +126,9 @@ class Zapper:
     async def callback(self, query: dict[str, list[str]], client_ip: str) -> tuple[HTTPStatus, dict[str, Any]]:
         """The LNURL callback: an invoice for a valid zap request, or an LNURL error."""
         amount_text = query.get("amount", [""])[0]
-        if not amount_text.isdigit() or len(amount_text) > MAX_AMOUNT_DIGITS:
+        # ASCII digits only: str.isdigit() also accepts "²" (and every script's digits), which
+        # int() refuses: that was a 500 and a traceback per request (issue 17).
+        if not (amount_text.isascii() and amount_text.isdigit()) or len(amount_text) > MAX_AMOUNT_DIGITS:
             return HTTPStatus.BAD_REQUEST, lnurl.error("amount must be a whole number of millisatoshis")
         amount = int(amount_text)
         if not self.min_msat <= amount <= self.max_msat or amount % 1000:
