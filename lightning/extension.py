@@ -218,7 +218,9 @@ class PaymentsExtension:
         self.membership: Membership | None = None
         if identity is not None and publish is not None and p.membership.enabled:
             self.membership = self._membership(settings, identity, publish, clock)
-        self.admin_methods = PaymentMethods(store, self._on_account_changed, clock)  # NIP-86
+        self.admin_methods = PaymentMethods(  # NIP-86
+            store, self._on_account_changed, clock, credit_pays=self.plans.credit_enabled
+        )
         self.console = PaymentsConsole(store, clock)  # operator console pages
         fake = self._fake_backend()
         self.web = JoinWeb(
