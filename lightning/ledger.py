@@ -101,7 +101,7 @@ class PendingCaps:
     pool no longer refuses a newcomer: the oldest invoice of the group holding the most
     makes room (``Store.add_invoice(evict=True)``). A payer from any group that holds
     less than the biggest holder always gets an invoice; pushing a payer's invoice out
-    takes more groups than ``total`` (README, "Payments")."""
+    takes as many groups as ``total`` (measured: README, "Payments")."""
 
     total: int | None = None
     per_pubkey: int | None = None
