@@ -295,4 +295,15 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX use_counts_expiry ON use_counts (expires_at)",
         ),
     ),
+    # Fair shares of the unpaid-invoice pool (issue 17): each pending invoice names the
+    # address group that asked for it, so a group's share is counted (and the biggest
+    # holder's oldest evicted) in the same transaction as the insert.
+    Migration(
+        14,
+        "invoices.source: the address group holding an unpaid invoice",
+        (
+            "ALTER TABLE invoices ADD COLUMN source TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX invoices_pending_source ON invoices (source, created_at) WHERE state = 'pending'",
+        ),
+    ),
 )
