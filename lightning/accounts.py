@@ -72,6 +72,21 @@ async def revoke(store: LedgerStore, pubkey: str, now: int, *, credit: bool = Fa
     return await store.update_account(pubkey, now, admitted_until=0, allowed=False, credit_delta_msat=delta)
 
 
+def revoke_summary(account: Account, *, credit_pays: bool) -> str:
+    """What a revoke left, in the operator's words: above all whether the key can still
+    write (issue 17: "Revoke" on a credit-only member said "done" and the member wrote on,
+    paying from the credit the revoke had kept). ``credit_pays``: the credit plan is on, so
+    credit pays for events."""
+    ended = "admission and allow-listing ended"
+    credit = account.credit_msat
+    if credit > 0:
+        held = f"{credit // 1000:,} sats" if credit % 1000 == 0 else f"{credit:,} msat"
+        if credit_pays and not account.banned:
+            return f"{ended}; {held} of credit kept: this key can still write until it is spent (zero it to stop that)"
+        return f"{ended}; {held} of credit kept (it pays for nothing here now): this key can no longer write"
+    return f"{ended}, no credit left: this key can no longer write (only what is free for everyone)"
+
+
 def invoice_view(invoice: Invoice) -> dict[str, Any]:
     """An invoice as an operator sees it: the public view plus the wallet's fee, without
     the QR link (that is for the payer's page)."""

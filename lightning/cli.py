@@ -214,6 +214,9 @@ async def _accounts_revoke(args: argparse.Namespace, settings: Settings, store: 
         return _fail(str(exc))
     now = int(time.time())
     account = await accounts.revoke(store, pubkey, now, credit=args.credit)
+    # What is left, on stderr (stdout stays the table or JSON): kept credit still pays.
+    credit_pays = payment_settings(settings).credit.enabled
+    print(f"satsrelay: {accounts.revoke_summary(account, credit_pays=credit_pays)}", file=sys.stderr)
     return _show_account(args, pubkey, account, now)
 
 

@@ -218,7 +218,24 @@ class PaymentsConsole:
                 "Accounts",
                 ["npub", "pubkey (hex)", "status", "admitted until (UTC)", "credit (sats)", "flags"],
                 [self._account_row(a, now, soon) for a in accounts[:PAGE_ROWS]],
-                actions=[blocks.action("Revoke", REVOKE_METHOD, 1)],
+                actions=[
+                    # Kept credit still pays for events (credit plan): the first stops writing.
+                    blocks.action(
+                        "Revoke, zero credit",
+                        REVOKE_METHOD,
+                        1,
+                        options={"credit": True},
+                        confirm="Revoke this member? Admission and allow-listing end and the credit is set"
+                        " to zero: the key can no longer write.",
+                    ),
+                    blocks.action(
+                        "Revoke, keep credit",
+                        REVOKE_METHOD,
+                        1,
+                        confirm="End this member's admission and allow-listing, keeping its credit? With the"
+                        " credit plan, kept credit still pays for the key's events.",
+                    ),
+                ],
                 empty="no account matches" if search.prefix or status else "no accounts yet",
             )
         )

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from lightning.backend import WalletBackend
 from lightning.console import PaymentsConsole
 from lightning.gate import AccountCache, Gate, InboxAllowance
-from lightning.ledger import Confirmation, ConfirmResult, Ledger, PendingCaps
+from lightning.ledger import Confirmation, ConfirmResult, Ledger, PendingCaps, RequestBudget
 from lightning.management import PaymentMethods
 from lightning.membership import REQUEST_KINDS, Membership
 from lightning.metrics import PaymentMetrics
@@ -137,8 +137,15 @@ class PaymentsExtension:
         self.payments_url = payments_url(settings)
         self.metrics = PaymentMetrics(registry)
         self.accounts = AccountCache(self.store, p.account_cache_seconds)
-        caps = PendingCaps(p.max_pending_invoices, p.max_pending_invoices_per_pubkey)
+        caps = PendingCaps(
+            p.max_pending_invoices, p.max_pending_invoices_per_pubkey, p.max_pending_invoices_per_address
+        )
         self.ledger = Ledger(self.store, backend, self.plans, p.invoice_expiry_seconds, caps)
+        # One rate budget per address group for the join page and the zap callback together.
+        limits = settings.limits
+        self.invoice_budget = RequestBudget(
+            p.invoice_requests_per_minute, ipv6_prefix=limits.ipv6_prefix, capacity=limits.rate_table_size
+        )
         self.zapper: Zapper | None = None
         if identity is not None and publish is not None and p.zaps.enabled:
             self.zapper = Zapper(
@@ -150,7 +157,7 @@ class PaymentsExtension:
                 events=store,
                 plans=self.plans,
                 publish=publish,
-                invoices_per_minute=p.invoice_requests_per_minute,
+                budget=self.invoice_budget,
                 on_issued=self._on_issued,
                 clock=clock,
             )
@@ -219,14 +226,16 @@ class PaymentsExtension:
         self.membership: Membership | None = None
         if identity is not None and publish is not None and p.membership.enabled:
             self.membership = self._membership(settings, identity, publish, clock)
-        self.admin_methods = PaymentMethods(self.store, self._on_account_changed, clock)  # NIP-86
+        self.admin_methods = PaymentMethods(  # NIP-86
+            self.store, self._on_account_changed, clock, credit_pays=self.plans.credit_enabled
+        )
         self.console = PaymentsConsole(self.store, clock)  # operator console pages
         fake = self._fake_backend()
         self.web = JoinWeb(
             PageInfo(settings.relay.name, settings.relay.description, settings.relay.public_url, demo=fake is not None),
             self.ledger,
             self.plans,
-            invoices_per_minute=p.invoice_requests_per_minute,
+            budget=self.invoice_budget,
             on_issued=self._on_issued,
             fake_pay=self._simulate_payment if fake is not None else None,
             confirm=self.watcher.confirm,

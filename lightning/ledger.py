@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import bolt11
@@ -19,6 +22,7 @@ import bolt11
 from lightning.backend import BackendError, InvoiceStatus, PaymentState, WalletBackend
 from lightning.plans import Grant, Plans
 from lightning.store.base import Invoice, InvoiceState, LedgerStore
+from relay.limits import BucketTable, address_group
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,9 @@ def settlement_problem(invoice: Invoice, status: InvoiceStatus) -> str | None:
 
 
 class TooManyPending(Exception):
-    """A cap on unpaid invoices is reached; ``per_pubkey`` says which."""
+    """A cap on unpaid invoices is reached; ``per_pubkey`` is true for the requester's own
+    share (its pubkey's or its address group's: asking again later helps), false for the
+    relay-wide pool (nothing could be evicted)."""
 
     def __init__(self, message: str, *, per_pubkey: bool) -> None:
         super().__init__(message)
@@ -87,10 +93,52 @@ class TooManyPending(Exception):
 
 @dataclass(frozen=True, slots=True)
 class PendingCaps:
-    """Bounds on unpaid, unexpired invoices (issue 8: 100 IPs made 1,000 in 7 s)."""
+    """Bounds on unpaid, unexpired invoices.
+
+    Issue 8: 100 IPs made 1,000 in 7 s, so the pool got a ``total``. Issue 17: 138
+    addresses then filled that pool in 26 s and every payer got 503 for the 15 minutes
+    until they expired. So each address group holds at most ``per_source``, and a full
+    pool no longer refuses a newcomer: the oldest invoice of the group holding the most
+    makes room (``Store.add_invoice(evict=True)``). A payer from any group that holds
+    less than the biggest holder always gets an invoice; pushing a payer's invoice out
+    takes as many groups as ``total`` (measured: README, "Payments")."""
 
     total: int | None = None
     per_pubkey: int | None = None
+    per_source: int | None = None
+
+
+class RequestBudget:
+    """How often an address group may ask for a new invoice: ONE budget for every route a
+    stranger reaches (the join page's ``POST /api/invoice`` and the zap callback).
+
+    Issue 17 found one bucket per route, keyed on the raw address: both routes doubled an
+    attacker's rate, and one IPv6 host had 2^64 addresses to pick from. Keys are the
+    connection caps' address groups (IPv4 address, IPv6 ``/ipv6_prefix``); the buckets live
+    in a ``relay.limits.BucketTable``. The group (``source``) also goes on the invoice, so
+    its share of the pending pool is counted by the store (``PendingCaps.per_source``)."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        ipv6_prefix: int = 64,
+        capacity: int = 100_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._table = BucketTable(per_minute / 60.0, float(per_minute), capacity, name="invoice-requests")
+        self._ipv6_prefix = ipv6_prefix
+        self._monotonic = monotonic
+        # Seconds until a drained bucket holds a token again (RFC 9110 Retry-After).
+        self.retry_after = max(1, math.ceil(60 / per_minute))
+
+    def source(self, client_ip: str) -> str:
+        """The address group ``client_ip`` is counted under."""
+        return address_group(client_ip, self._ipv6_prefix)
+
+    def take(self, source: str) -> bool:
+        """One request's token from ``source``'s bucket; False when it is empty."""
+        return self._table.take(source, self._monotonic())
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +163,11 @@ class Ledger:
         self.caps = caps or PendingCaps()
 
     async def issue(self, pubkey: str, plan: str, now: int, amount_sats: int | None = None, memo: str = "") -> Invoice:
-        """``issue_or_reuse``'s invoice."""
+        """``issue_or_reuse``'s invoice, for the relay itself (renewals, the CLI)."""
         return (await self.issue_or_reuse(pubkey, plan, now, amount_sats, memo)).invoice
 
     async def issue_or_reuse(
-        self, pubkey: str, plan: str, now: int, amount_sats: int | None = None, memo: str = ""
+        self, pubkey: str, plan: str, now: int, amount_sats: int | None = None, memo: str = "", *, source: str = ""
     ) -> Issued:
         """The pending invoice for this pubkey, plan and amount if one has at least a third
         of its life left; else a new one, created at the wallet and stored before anyone
@@ -141,7 +189,9 @@ class Ledger:
         # against its cap. Otherwise anyone could fill a victim's slots with odd top-ups and
         # keep the victim from buying admission (issue 8's cap, turned against its owner).
         fixed_price = grant.credit_msat == 0
-        invoice = await self.issue_grant(pubkey, grant, now, memo=memo, capped_per_pubkey=not fixed_price)
+        invoice = await self.issue_grant(
+            pubkey, grant, now, memo=memo, capped_per_pubkey=not fixed_price, source=source
+        )
         return Issued(invoice, reused=False)
 
     async def issue_grant(
@@ -153,14 +203,18 @@ class Ledger:
         memo: str = "",
         hashed_description: str | None = None,
         capped_per_pubkey: bool = True,
+        source: str = "",
     ) -> Invoice:
         """A new invoice for a grant computed by the caller (a zap's, ``lightning.zap``),
         within the caps (the per-pubkey one unless ``capped_per_pubkey`` is false); with
-        ``hashed_description`` it commits to it (BOLT11 ``h``) and keeps it. Raises like
-        ``issue_or_reuse``."""
+        ``hashed_description`` it commits to it (BOLT11 ``h``) and keeps it. ``source`` is
+        the requester's address group (``relay.limits.address_group``), "" for the relay's
+        own invoices (renewals), which no share limits and no eviction touches. The shares
+        are checked here before the wallet is asked, and again with the insert, where a full
+        pool evicts (``PendingCaps``). Raises like ``issue_or_reuse``."""
         per_pubkey = self.caps.per_pubkey if capped_per_pubkey else None
-        mine, total = await self.store.pending_invoice_counts(pubkey, now)
-        self._check_caps(mine, total, per_pubkey)
+        mine, held, _total = await self.store.pending_invoice_counts(pubkey, now, source)
+        self._check_shares(mine, held, per_pubkey, source)
         created = await self.backend.create_invoice(
             grant.amount_msat,
             memo or f"{grant.plan} for {pubkey[:12]}",
@@ -186,21 +240,32 @@ class Ledger:
             admit_forever=grant.admit_forever,
             credit_msat=grant.credit_msat,
             description=hashed_description,
+            source=source,
         )
-        if not await self.store.add_invoice(invoice, max_pending=self.caps.total, max_pending_per_pubkey=per_pubkey):
+        per_source = self.caps.per_source if source else None
+        added = await self.store.add_invoice(
+            invoice,
+            max_pending=self.caps.total,
+            max_pending_per_pubkey=per_pubkey,
+            max_pending_per_source=per_source,
+            evict=True,
+        )
+        if not added:
             # Lost a race with concurrent requests: the wallet's invoice is never shown.
-            mine, total = await self.store.pending_invoice_counts(pubkey, now)
-            self._check_caps(mine, total, per_pubkey)
-            raise TooManyPending("too many unpaid invoices; try again later", per_pubkey=False)
+            mine, held, _total = await self.store.pending_invoice_counts(pubkey, now, source)
+            self._check_shares(mine, held, per_pubkey, source)
+            raise TooManyPending("too many unpaid invoices at this relay; try again later", per_pubkey=False)
         return invoice
 
-    def _check_caps(self, mine: int, total: int, per_pubkey: int | None) -> None:
+    def _check_shares(self, mine: int, held: int, per_pubkey: int | None, source: str) -> None:
         if per_pubkey is not None and mine >= per_pubkey:
             raise TooManyPending(
                 f"this pubkey has {mine} unpaid invoices; pay one or wait for them to expire", per_pubkey=True
             )
-        if self.caps.total is not None and total >= self.caps.total:
-            raise TooManyPending("too many unpaid invoices at this relay; try again later", per_pubkey=False)
+        if source and self.caps.per_source is not None and held >= self.caps.per_source:
+            raise TooManyPending(
+                f"your address has {held} unpaid invoices; pay one or wait for them to expire", per_pubkey=True
+            )
 
     async def confirm(self, payment_hash: str, now: int) -> ConfirmResult:
         """Ask the wallet about one invoice and settle it if verifiably paid.

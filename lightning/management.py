@@ -2,7 +2,8 @@
 its NIP-98 admin check (relay/management_view.py):
 
 - ``payments.grant``    ``[pubkey, {"days", "forever", "credit_sats", "allow"}]`` -> the account
-- ``payments.revoke``   ``[pubkey]`` or ``[pubkey, {"credit": true}]`` -> the account
+- ``payments.revoke``   ``[pubkey]`` or ``[pubkey, {"credit": true}]`` -> the account, and a
+  ``summary`` of what is left (whether the key can still write: kept credit still pays)
 - ``payments.account``  ``[pubkey]`` -> the account and its invoices, newest first
 - ``payments.invoices`` ``[]`` or ``[{"pubkey", "pending", "limit"}]`` -> invoices, newest first
 
@@ -84,11 +85,18 @@ class PaymentMethods:
     learn of it through the store's account change counter, as they do of the CLI's."""
 
     def __init__(
-        self, store: LedgerStore, on_change: Callable[[str], None], clock: Callable[[], float] = time.time
+        self,
+        store: LedgerStore,
+        on_change: Callable[[str], None],
+        clock: Callable[[], float] = time.time,
+        *,
+        credit_pays: bool = False,
     ) -> None:
+        """``credit_pays``: the credit plan is on (kept credit still pays for events)."""
         self._store = store
         self._on_change = on_change
         self._clock = clock
+        self._credit_pays = credit_pays
 
     def methods(self) -> Mapping[str, ManagementMethod]:
         return {
@@ -118,7 +126,8 @@ class PaymentMethods:
         now = int(self._clock())
         account = await accounts.revoke(self._store, pubkey, now, credit=_bool(options, "credit"))
         self._on_change(pubkey)
-        return Changed(account_json(pubkey, account, now))
+        summary = accounts.revoke_summary(account, credit_pays=self._credit_pays)
+        return Changed({**account_json(pubkey, account, now), "summary": summary})
 
     async def account(self, params: list[Any]) -> dict[str, Any]:
         pubkey = _first_pubkey(params)

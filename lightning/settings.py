@@ -166,8 +166,15 @@ class PaymentSettings(_Section):
     poll_interval_seconds: float = Field(5.0, gt=0, description="how often pending invoices are checked")
     push: bool = Field(True, description="listen to the wallet's push stream as well as polling")
     account_cache_seconds: float = Field(5.0, ge=0, description="how long the gate may lag a CLI/other-node change")
-    invoice_requests_per_minute: int = Field(10, ge=1, description="per client IP")
-    max_pending_invoices: int = Field(1000, ge=1, description="unpaid, unexpired invoices in all")
+    invoice_requests_per_minute: int = Field(
+        10, ge=1, description="per address group (IPv4 address, IPv6 /ipv6_prefix), join page and zaps together"
+    )
+    max_pending_invoices: int = Field(
+        1000, ge=1, description="unpaid, unexpired invoices in all; when full, the biggest holder's oldest makes room"
+    )
+    max_pending_invoices_per_address: int = Field(
+        10, ge=1, description="unpaid, unexpired invoices per address group, join page and zaps together"
+    )
     max_pending_invoices_per_pubkey: int = Field(3, ge=1, description="unpaid, unexpired invoices per pubkey")
     prune_expired_invoices_after_seconds: int = Field(
         86400, ge=0, description="never-paid invoices are deleted this long after they expired; paid ones are kept"

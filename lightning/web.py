@@ -6,7 +6,8 @@ Routes (``handle`` answers None for anything else, so the relay falls through):
 - ``/static/<file>``: its script and styles (nothing is loaded from other sites; the
   Content-Security-Policy header makes the browser enforce that);
 - ``POST /api/invoice`` with a JSON body ``{"pubkey": <hex|npub>, "plan": <name>[, "amount":
-  <sats>]}``: issue an invoice (rate-limited per IP; stored before it is returned). A POST,
+  <sats>]}``: issue an invoice (rate-limited per address group, one budget with the zap
+  callback, and within the group's share of unpaid invoices; stored before it is returned). A POST,
   not a GET: creating an invoice changes state, and link prefetchers and crawlers follow
   GETs. JSON only, so a cross-site form cannot post it (a browser preflights JSON);
 - ``/api/invoice/<payment_hash>``: its state and the account's, polled by the page; while
@@ -28,7 +29,6 @@ import hashlib
 import html
 import io
 import logging
-import math
 import string
 import time
 from collections import OrderedDict
@@ -42,7 +42,7 @@ import orjson
 import segno
 
 from lightning.backend import BackendError
-from lightning.ledger import Ledger, TooManyPending
+from lightning.ledger import Ledger, RequestBudget, TooManyPending
 from lightning.plans import PlanOffer, Plans, UnknownPlan
 from lightning.pubkeys import npub_encode, parse_pubkey
 from lightning.renewal import Renewals
@@ -58,7 +58,6 @@ CSP = (
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-MAX_TRACKED_IPS = 10_000
 MAX_TRACKED_CHECKS = 10_000  # invoices whose last status-route lookup time is remembered
 STATUS_CHECK_INTERVAL = 2.0  # seconds between wallet lookups of one invoice caused by status requests
 STATUS_CHECK_WAIT = 1.5  # how long a status request waits for its lookup before answering from the store
@@ -166,7 +165,7 @@ class JoinWeb:
         ledger: Ledger,
         plans: Plans,
         *,
-        invoices_per_minute: int,
+        budget: RequestBudget,
         on_issued: Callable[[Invoice], None] = lambda invoice: None,
         fake_pay: Callable[[str], Awaitable[bool]] | None = None,
         confirm: Callable[[str], Awaitable[object]] | None = None,
@@ -184,9 +183,7 @@ class JoinWeb:
         self._info = info
         self._ledger = ledger
         self._plans = plans
-        self._rate = invoices_per_minute / 60.0
-        self._burst = float(invoices_per_minute)
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._budget = budget  # shared with the zap callback (lightning.zapper)
         self._on_issued = on_issued
         self._fake_pay = fake_pay
         self._confirm = confirm
@@ -476,21 +473,8 @@ class JoinWeb:
 
     # --- API --------------------------------------------------------------------
 
-    def _rate_ok(self, ip: str) -> bool:
-        bucket = self._buckets.get(ip)
-        if bucket is None:
-            bucket = self._buckets[ip] = TokenBucket(self._rate, self._burst)
-            if len(self._buckets) > MAX_TRACKED_IPS:
-                self._buckets.popitem(last=False)
-        self._buckets.move_to_end(ip)
-        return bucket.take(time.monotonic())
-
-    def _retry_after(self) -> int:
-        """Seconds until the per-IP bucket holds a token again (it refills at ``_rate``/s)."""
-        return max(1, math.ceil(1 / self._rate))
-
     async def _create_invoice(self, request: HttpRequest) -> HttpResponse:
-        client_ip = request.client_ip
+        source = self._budget.source(request.client_ip)
         if "application/json" not in request.headers.get("Content-Type"):
             return _error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the invoice request as application/json")
         try:
@@ -508,15 +492,20 @@ class JoinWeb:
         amount: int | None = None
         if raw_amount not in (None, ""):
             text = str(raw_amount)
-            if isinstance(raw_amount, bool) or not text.isdigit() or len(text) > 12:
+            # ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses.
+            if isinstance(raw_amount, bool) or not (text.isascii() and text.isdigit()) or len(text) > 12:
                 return _error(HTTPStatus.BAD_REQUEST, "amount must be a whole number of sats")
             amount = int(text)
-        if not self._rate_ok(client_ip):
+        if not self._budget.take(source):
             return _error(
-                HTTPStatus.TOO_MANY_REQUESTS, "too many invoices from your address; wait a minute", self._retry_after()
+                HTTPStatus.TOO_MANY_REQUESTS,
+                "too many invoices from your address; wait a minute",
+                self._budget.retry_after,
             )
         try:
-            issued = await self._ledger.issue_or_reuse(pubkey, plan, int(self._clock()), amount, memo=self._memo(plan))
+            issued = await self._ledger.issue_or_reuse(
+                pubkey, plan, int(self._clock()), amount, memo=self._memo(plan), source=source
+            )
         except UnknownPlan as exc:
             return _error(HTTPStatus.BAD_REQUEST, str(exc))
         except TooManyPending as exc:

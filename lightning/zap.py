@@ -88,7 +88,7 @@ def parse_zap_request(raw: str, *, relay_pubkey: str, amount_msat: int) -> ZapRe
 def _coordinate(value: str) -> bool:
     kind, _, rest = value.partition(":")
     pubkey, _, _d = rest.partition(":")
-    return kind.isdigit() and is_hex64(pubkey)
+    return kind.isascii() and kind.isdigit() and is_hex64(pubkey)
 
 
 def zap_grant(plans: Plans, amount_msat: int) -> Grant:
@@ -145,11 +145,38 @@ def publish_targets(relays: tuple[str, ...], own_urls: tuple[str, ...], limit: i
     return out
 
 
+# IPv6 prefixes whose addresses carry an IPv4 address that a gateway or the host itself may
+# deliver to: IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96, RFC 6052; local-use
+# 64:ff9b:1::/48, RFC 8215), 6to4 (2002::/16, RFC 3056) and SIIT (::ffff:0:a.b.c.d, RFC 7915).
+# Python's ``is_global`` judges the IPv6 prefix, not the IPv4 address inside, and calls
+# "64:ff9b::10.0.0.1" global (issue 17): such addresses are refused outright.
+IPV4_EMBEDDING_NETWORKS = tuple(
+    ipaddress.IPv6Network(network)
+    for network in ("::/96", "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::ffff:0:0:0/96")
+)
+
+
+def is_public(address: str) -> bool:
+    """Whether the relay may dial ``address`` (a literal IP, perhaps with a ``%zone``) on a
+    stranger's word: globally routable, and no IPv4 address tucked into an IPv6 one except
+    an IPv4-mapped address, which is judged by its IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped.is_global
+        if any(ip in network for network in IPV4_EMBEDDING_NETWORKS):
+            return False
+    return ip.is_global
+
+
 def public_address(url: str) -> str | None:
-    """The address to dial for ``url`` when every address its host resolves to is globally
-    routable, else None: a zapper must not make the relay connect into its own network
-    (SSRF). The caller connects to this very address (no second lookup a rebinding DNS
-    server could answer differently). Blocking DNS: call it off the event loop."""
+    """The address to dial for ``url`` when every address its host resolves to is public
+    (``is_public``), else None: a zapper must not make the relay connect into its own
+    network (SSRF). The caller connects to this very address (no second lookup a rebinding
+    DNS server could answer differently). Blocking DNS: call it off the event loop."""
     host = urlsplit(url).hostname
     if not host:
         return None
@@ -158,6 +185,6 @@ def public_address(url: str) -> str | None:
     except (OSError, UnicodeError):
         return None
     addresses = [str(info[4][0]) for info in infos]
-    if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_global for a in addresses):
+    if not addresses or not all(is_public(address) for address in addresses):
         return None
     return addresses[0]

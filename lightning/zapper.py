@@ -11,8 +11,12 @@ Thin over the pure parts (``lightning.lnurl`` documents, ``lightning.zap`` rules
   ``nostr`` is refused: it would name nobody to credit.
 - When such an invoice is credited (``settled``), the relay signs a kind-9735 receipt,
   stores it through its own writer, and sends it to the request's ``relays`` (at most
-  ``max_publish_relays``, each within ``publish_timeout_seconds``, public addresses only
-  unless configured otherwise): best effort, in the background.
+  ``max_publish_relays``, public addresses only unless configured otherwise): best effort,
+  in the background. ``publish_timeout_seconds`` bounds everything one relay costs: the
+  DNS lookup (in the publisher's own small thread pool, so a zapper's slow names never
+  occupy the default pool NIP-77 set building uses), the connection, the OK and the
+  closing handshake; a relay that ignores the close has its socket dropped at the deadline
+  (issue 17: the close timeout used to run after it, ~15 s instead of 5).
 - At start-up, zap invoices paid in the last day whose receipt is not in the store (the
   relay stopped between crediting and signing) get their receipt (``reconcile``).
 """
@@ -23,19 +27,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from lightning import lnurl
 from lightning.backend import BackendError
-from lightning.ledger import Ledger, TooManyPending
+from lightning.ledger import Ledger, RequestBudget, TooManyPending
 from lightning.plans import Plans
 from lightning.settings import ZapSettings
 from lightning.store.base import Invoice
@@ -54,15 +58,18 @@ from relay.event import Event
 from relay.filters import Filter
 from relay.http import HttpRequest, HttpResponse
 from relay.identity import RelayIdentity
-from relay.limits import TokenBucket
 from relay.store.base import Store
 
 log = logging.getLogger(__name__)
 
-MAX_TRACKED_IPS = 10_000
 RECONCILE_SECONDS = 86_400  # how far back start-up looks for paid zaps without a receipt
 RECONCILE_MAX = 500
 MAX_AMOUNT_DIGITS = 15
+# Receipt relays' names are resolved here: a zapper chooses them (up to max_publish_relays
+# per paid zap), so a few slow names could otherwise hold every thread of asyncio's default
+# pool (6 on 2 cores), which NIP-77 set building shares. A stuck lookup holds one of these
+# until the resolver gives up; the publish deadline stops waiting for it long before.
+RESOLVER_THREADS = 4
 
 Publish = Callable[[Event], Awaitable[object]]
 
@@ -89,7 +96,7 @@ class Zapper:
         events: Store,
         plans: Plans,
         publish: Publish,
-        invoices_per_minute: int,
+        budget: RequestBudget,
         on_issued: Callable[[Invoice], None] = lambda invoice: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -110,10 +117,9 @@ class Zapper:
         self._callback_path = f"/lnurlp/{settings.name}/callback"
         self._callback_url = base + self._callback_path
         self._metadata = lnurl.metadata(relay_name, self.address)
-        self._rate = invoices_per_minute / 60.0
-        self._burst = float(invoices_per_minute)
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._budget = budget  # shared with the join page (lightning.web)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._resolver = ThreadPoolExecutor(max_workers=RESOLVER_THREADS, thread_name_prefix="zap-receipt-dns")
 
     # --- HTTP -----------------------------------------------------------------------
 
@@ -134,7 +140,9 @@ class Zapper:
     async def callback(self, query: dict[str, list[str]], client_ip: str) -> tuple[HTTPStatus, dict[str, Any]]:
         """The LNURL callback: an invoice for a valid zap request, or an LNURL error."""
         amount_text = query.get("amount", [""])[0]
-        if not amount_text.isdigit() or len(amount_text) > MAX_AMOUNT_DIGITS:
+        # ASCII digits only: str.isdigit() also accepts "²" (and every script's digits), which
+        # int() refuses: that was a 500 and a traceback per request (issue 17).
+        if not (amount_text.isascii() and amount_text.isdigit()) or len(amount_text) > MAX_AMOUNT_DIGITS:
             return HTTPStatus.BAD_REQUEST, lnurl.error("amount must be a whole number of millisatoshis")
         amount = int(amount_text)
         if not self.min_msat <= amount <= self.max_msat or amount % 1000:
@@ -148,29 +156,22 @@ class Zapper:
             zap = parse_zap_request(raw, relay_pubkey=self._identity.pubkey, amount_msat=amount)
         except ZapRequestError as exc:
             return HTTPStatus.BAD_REQUEST, lnurl.error(str(exc))
-        if not self._rate_ok(client_ip):
+        source = self._budget.source(client_ip)
+        if not self._budget.take(source):
             return HTTPStatus.TOO_MANY_REQUESTS, lnurl.error("too many invoices from your address; wait a minute")
         grant = zap_grant(self._plans, amount)
         try:
             invoice = await self._ledger.issue_grant(
-                zap.event.pubkey, grant, int(self._clock()), memo="zap", hashed_description=zap.raw
+                zap.event.pubkey, grant, int(self._clock()), memo="zap", hashed_description=zap.raw, source=source
             )
         except TooManyPending as exc:
-            return HTTPStatus.TOO_MANY_REQUESTS, lnurl.error(str(exc))
+            status = HTTPStatus.TOO_MANY_REQUESTS if exc.per_pubkey else HTTPStatus.SERVICE_UNAVAILABLE
+            return status, lnurl.error(str(exc))
         except BackendError as exc:
             log.warning("zap invoice creation failed: %s", exc)
             return HTTPStatus.SERVICE_UNAVAILABLE, lnurl.error("the relay's wallet is unavailable; try again shortly")
         self._on_issued(invoice)
         return HTTPStatus.OK, lnurl.invoice_answer(invoice.bolt11)
-
-    def _rate_ok(self, ip: str) -> bool:
-        bucket = self._buckets.get(ip)
-        if bucket is None:
-            bucket = self._buckets[ip] = TokenBucket(self._rate, self._burst)
-            if len(self._buckets) > MAX_TRACKED_IPS:
-                self._buckets.popitem(last=False)
-        self._buckets.move_to_end(ip)
-        return bucket.take(time.monotonic())
 
     # --- receipts ---------------------------------------------------------------------
 
@@ -201,28 +202,35 @@ class Zapper:
         await asyncio.gather(*(self._send(url, receipt) for url in targets))
 
     async def _send(self, url: str, receipt: Event) -> None:
-        """Best effort: one EVENT, wait for its OK, give up after the timeout."""
+        """Best effort: one EVENT, wait for its OK; the lookup, the connection, the OK and
+        the closing handshake all end by one deadline (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.publish_timeout_seconds
+        ws: ClientConnection | None = None
         try:
-            async with asyncio.timeout(self._settings.publish_timeout_seconds):
+            async with asyncio.timeout_at(deadline):
                 pinned: dict[str, Any] = {}
                 if not self._settings.publish_to_private_addresses:
-                    address = await asyncio.to_thread(public_address, url)
+                    address = await loop.run_in_executor(self._resolver, public_address, url)
                     if address is None:
                         log.info("zap receipt %s not sent to %s: not a public address", receipt.id, url)
                         return
                     # Dial the checked address itself (TLS still verifies the host name);
                     # redirects then stay on it too.
                     pinned = {"host": address, "proxy": None}
-                async with connect(url, open_timeout=None, max_size=2**16, **pinned) as ws:
-                    await ws.send(orjson.dumps(["EVENT", receipt.to_dict()]).decode())
-                    async for message in ws:
-                        reply = orjson.loads(message)
-                        if isinstance(reply, list) and reply[:2] == ["OK", receipt.id]:
-                            if reply[2] is not True:
-                                log.info("relay %s refused zap receipt %s: %s", url, receipt.id, reply[3:4])
-                            return
+                ws = await connect(url, open_timeout=None, max_size=2**16, **pinned)
+                await ws.send(orjson.dumps(["EVENT", receipt.to_dict()]).decode())
+                async for message in ws:
+                    reply = orjson.loads(message)
+                    if isinstance(reply, list) and reply[:2] == ["OK", receipt.id]:
+                        if reply[2:3] != [True]:  # a hostile relay's short reply is no IndexError
+                            log.info("relay %s refused zap receipt %s: %s", url, receipt.id, reply[3:4])
+                        return
         except (TimeoutError, OSError, WebSocketException, orjson.JSONDecodeError) as exc:
             log.info("zap receipt %s not delivered to %s (%s)", receipt.id, url, type(exc).__name__)
+        finally:
+            if ws is not None:
+                await _close_by(ws, deadline)
 
     async def reconcile(self) -> int:
         """Receipts for recently paid zap invoices that have none in the store; returns
@@ -258,3 +266,18 @@ class Zapper:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # A lookup stuck in the resolver is not waited for (it ends with the resolver's own timeout).
+        self._resolver.shutdown(wait=False, cancel_futures=True)
+
+
+async def _close_by(ws: ClientConnection, deadline: float) -> None:
+    """The closing handshake, with what is left before ``deadline`` (RFC 6455 7.1.1 lets
+    the client drop the connection when the server does not answer); then the socket is
+    dropped in any case."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await ws.close()
+    except (TimeoutError, OSError, WebSocketException):
+        pass
+    finally:
+        ws.transport.abort()

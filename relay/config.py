@@ -91,7 +91,9 @@ class StorageSettings(_Section):
     url: str = Field("sqlite:///data/satsrelay.db", description="sqlite:///path or postgresql://...")
     synchronous: str = Field("FULL", pattern="^(FULL|NORMAL)$")
     batch_max: int = Field(1000, ge=1)
-    read_connections: int = Field(2, ge=1)
+    read_connections: int = Field(
+        2, ge=1, description="SQLite readers (at least 2 are opened); COUNT, NIP-77 and NIP-50 may use half of them"
+    )
     purge_interval_seconds: float = Field(60.0, gt=0)
     schema_name: str | None = Field(None, description="PostgreSQL schema for every table (default: public)")
 
@@ -128,6 +130,12 @@ class LimitSettings(_Section):
     pubkey_events_per_second: float = Field(50.0, gt=0, description="per author, any connection or address")
     pubkey_events_burst: int = Field(500, ge=1)
     rate_table_size: int = Field(100_000, ge=1000, description="buckets kept per address group and per pubkey")
+    max_heavy_reads: int = Field(
+        2, ge=1, description="COUNT, NEG-OPEN item sets and NIP-50 searches running at once; more wait their turn"
+    )
+    max_heavy_reads_per_ip: int = Field(
+        1, ge=1, description="... of them for one address group; freed turns go round robin over the groups"
+    )
     outgoing_queue_bytes: int = Field(4 * 1024 * 1024, ge=65536, description="slow reader is dropped past this")
     created_at_lower_limit: int | None = Field(None, ge=0, description="NIP-22: max seconds in the past")
     created_at_upper_limit: int | None = Field(900, ge=0, description="NIP-22: max seconds in the future")
@@ -162,8 +170,26 @@ class NegentropySettings(_Section):
     max_sessions: int = Field(4, ge=1, description="open reconciliations per connection")
     max_items: int = Field(500_000, ge=1, description="events in one reconciliation; more: NEG-ERR blocked")
     max_total_items: int = Field(5_000_000, ge=1, description="events held by all reconciliations together")
+    max_items_per_ip: int | None = Field(
+        None, ge=1, description="events held by one address group's reconciliations; default 2 x max_items"
+    )
     opens_per_second: float = Field(1.0, gt=0, description="NEG-OPEN rate per connection (burst 2 x max_sessions)")
     frame_size_limit: int = Field(60_000, ge=4096, description="bytes of one negentropy message we send")
+
+    @model_validator(mode="after")
+    def _items_fit(self) -> NegentropySettings:
+        # A NEG-OPEN reserves max_items before reading (issue 17): a budget smaller than
+        # that would refuse every reconciliation without a filter limit.
+        if self.max_total_items < self.max_items:
+            raise ValueError("max_total_items must be at least max_items")
+        if self.max_items_per_ip is not None and self.max_items_per_ip < self.max_items:
+            raise ValueError("max_items_per_ip must be at least max_items")
+        return self
+
+    def items_per_ip(self) -> int:
+        """Items one address group may hold (``max_items_per_ip``, default 2 x max_items)."""
+        per_ip = self.max_items_per_ip if self.max_items_per_ip is not None else 2 * self.max_items
+        return min(per_ip, self.max_total_items)
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}

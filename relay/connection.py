@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,8 @@ from relay.errors import AuthRequired, Invalid, RateLimited, Rejection, ServerEr
 from relay.event import Event, KindClass, parse_event
 from relay.extension import Answered, Extension, WriteContext
 from relay.filters import Filter
-from relay.limits import BucketTable, IpTable, TokenBucket
+from relay.heavy_reads import HeavyReads
+from relay.limits import BucketTable, IpTable, TokenBucket, address_group
 from relay.management_view import ManagementView
 from relay.messages import (
     AuthMessage,
@@ -80,9 +81,12 @@ _OUTCOME_REPLY = {
 }
 
 
-# NIP-77: item sets at least this large are built and reconciled on a worker thread, so a
-# reconciliation of 10^5 events (~0.5 s of Python) does not stall every other client.
+# NIP-77: item sets at least this large are reconciled on a worker thread, so a
+# reconciliation of 10^5 events does not stall every other client.
 _NEG_THREAD_ITEMS = 20_000
+# ... and built on one from this many rows: packing costs ~0.85 us a row (2 ms here), and a
+# flood of NEG-OPENs of 19,999 events each (17 ms each on the event loop) must not stall it.
+_NEG_BUILD_THREAD_ROWS = 2_000
 
 
 @dataclass(slots=True)
@@ -106,7 +110,8 @@ class ConnectionDeps:
     store: Store
     ips: IpTable
     authors: BucketTable  # per-pubkey event rate, shared by every connection
-    sync_budget: ItemBudget  # NIP-77: items held by open reconciliations, relay-wide
+    sync_budget: ItemBudget  # NIP-77: items held by open reconciliations, relay-wide and per address group
+    heavy_reads: HeavyReads  # turns at COUNT, NIP-77 item sets and NIP-50 searches, fair between groups
     filter_limits: FilterLimits
     write_policies: Sequence[WritePolicy]
     vanished: VanishedAuthors  # NIP-62 requests: applied here, refreshed from the store
@@ -125,6 +130,8 @@ class Connection:
         self.deps = deps
         self.link = link
         self.ip = ip
+        # What its fair shares are kept under (IPv4 address, IPv6 /64): heavy reads, NIP-77 items.
+        self.group = address_group(ip, deps.settings.limits.ipv6_prefix)
         self.subs: dict[str, tuple[Filter, ...]] = {}
         # subscriptions whose stored query is running: live events wait here (NIP-01 order)
         self._pending_live: dict[str, list[Event]] = {}
@@ -414,7 +421,8 @@ class Connection:
             if wanted:
                 pages = self.deps.store.query_pages(wanted, int(time.time()), scope, page_bytes=self._page_bytes)
                 async with contextlib.aclosing(pages):
-                    async for page in pages:
+                    page = await self._first_page(pages, any(f.search is not None for f in wanted))
+                    while page is not None:
                         for raw in page:
                             sent.add(raw[7:71])
                             self.send(messages.event(sub_id, raw))
@@ -424,6 +432,7 @@ class Connection:
                         await self._room()
                         if self.closed or self._pending_live.get(sub_id) is not pending:
                             return  # dropped, gone, or the subscription closed meanwhile
+                        page = await anext(pages, None)
         except Exception as exc:
             _store_fault_log.error("query failed", exc_info=exc)
             if self._pending_live.get(sub_id) is pending:
@@ -439,6 +448,15 @@ class Connection:
             if event.id.encode() not in sent:
                 self.send(messages.event(sub_id, event.raw))
         self.deps.metrics.query_seconds.observe(time.perf_counter() - started)
+
+    async def _first_page(self, pages: AsyncGenerator[list[bytes], None], search: bool) -> list[bytes] | None:
+        """The answer's first page. A NIP-50 search ranks its matches while reading it: an
+        expensive read, so in this address group's turn (``HeavyReads``); the later pages
+        only fetch the chosen rows."""
+        if not search:
+            return await anext(pages, None)
+        async with self.deps.heavy_reads.turn(self.group):
+            return await anext(pages, None)
 
     async def _room(self) -> None:
         """Wait until what is queued for this client has left (the transport accepts writes
@@ -468,7 +486,11 @@ class Connection:
             wanted = tuple(f for f in filters if not f.is_empty())  # NIP-45: limit does not apply
             # The store counts with the connection's read scope: what REQ would hide is
             # not counted either (NIP-45 COUNT must not reveal private or banned events).
-            n = await self.deps.store.count(wanted, int(time.time()), self._read_scope()) if wanted else 0
+            # A count may read every row: in this address group's turn (HeavyReads).
+            n = 0
+            if wanted:
+                async with self.deps.heavy_reads.turn(self.group):
+                    n = await self.deps.store.count(wanted, int(time.time()), self._read_scope())
         except Exception as exc:
             _store_fault_log.error("count failed", exc_info=exc)
             self.send(messages.closed(sub_id, "error: could not run the count"))
@@ -499,7 +521,10 @@ class Connection:
         """Load the filter's (created_at, id) set from the store's indexes, with REQ's
         read rules, and answer the client's first message. Refused with NEG-ERR when the
         relay is closing, the connection has too many reconciliations or opens them too
-        fast, the set is larger than ``max_items`` or the relay-wide item budget is spent."""
+        fast, the set is larger than ``max_items``, or the items it may load do not fit in
+        its address group's share or the relay-wide budget. The load runs in the group's
+        turn (``HeavyReads``) and reserves those items *before* the store reads anything
+        (issue 17: the store used to read the whole set and only then ask the budget)."""
         sub_id = msg.sub_id
         cfg = self.deps.settings.negentropy
         self._end_neg(sub_id)  # NIP-77: a NEG-OPEN on an open id replaces it
@@ -518,30 +543,43 @@ class Connection:
         if reason is not None:
             self.send(messages.neg_err(sub_id, reason))
             return
+        budget = self.deps.sync_budget
+        # The most this set can hold once accepted: a larger one is refused below.
+        reserved = cfg.max_items if msg.filter.limit is None else min(msg.filter.limit, cfg.max_items)
+        async with self.deps.heavy_reads.turn(self.group):
+            if not budget.take(self.group, reserved):
+                if budget.held(self.group) + reserved > budget.per_group:
+                    reason = "blocked: reconciliations from your address hold too many events, close some first"
+                else:
+                    reason = "blocked: the relay is busy with other reconciliations, try later"
+                self.send(messages.neg_err(sub_id, reason))
+                return
+            try:
+                items = await self._load_items(sub_id, msg.filter, cfg.max_items)
+            except BaseException:
+                budget.give_back(self.group, reserved)
+                raise
+        if items is None or self.closed:  # refused (NEG-ERR sent), or the client left meanwhile
+            budget.give_back(self.group, reserved)
+            return
+        budget.give_back(self.group, reserved - len(items))
+        self._negs[sub_id] = _SyncSession(Negentropy(items, cfg.frame_size_limit), len(items))
+        await self._on_neg_msg(sub_id, msg.message)
+
+    async def _load_items(self, sub_id: str, f: Filter, max_items: int) -> ItemSet | None:
+        """The relay's item set for ``f``, or None once a NEG-ERR says why not."""
         try:
-            rows = await self.deps.store.sync_items(msg.filter, int(time.time()), self._read_scope(), cfg.max_items)
+            rows = await self.deps.store.sync_items(f, int(time.time()), self._read_scope(), max_items)
         except Exception:
             log.exception("negentropy item query failed")
             self.send(messages.neg_err(sub_id, "error: could not read the events to reconcile"))
-            return
-        if len(rows) > cfg.max_items:
-            self.send(messages.neg_err(sub_id, f"blocked: this query matches more than {cfg.max_items} events"))
-            return
-        n = len(rows)
-        if not self.deps.sync_budget.take(n):
-            self.send(messages.neg_err(sub_id, "blocked: the relay is busy with other reconciliations, try later"))
-            return
-        try:
-            items = await asyncio.to_thread(ItemSet, rows) if n >= _NEG_THREAD_ITEMS else ItemSet(rows)
-        except BaseException:
-            self.deps.sync_budget.give_back(n)
-            raise
-        del rows
-        if self.closed:  # the client left while the set was built
-            self.deps.sync_budget.give_back(n)
-            return
-        self._negs[sub_id] = _SyncSession(Negentropy(items, cfg.frame_size_limit), n)
-        await self._on_neg_msg(sub_id, msg.message)
+            return None
+        if len(rows) > max_items:
+            self.send(messages.neg_err(sub_id, f"blocked: this query matches more than {max_items} events"))
+            return None
+        if len(rows) >= _NEG_BUILD_THREAD_ROWS:
+            return await asyncio.to_thread(ItemSet, rows)
+        return ItemSet(rows)
 
     async def _on_neg_msg(self, sub_id: str, message: bytes) -> None:
         session = self._negs.get(sub_id)
@@ -563,7 +601,7 @@ class Connection:
     def _end_neg(self, sub_id: str) -> None:
         session = self._negs.pop(sub_id, None)
         if session is not None:
-            self.deps.sync_budget.give_back(session.items)
+            self.deps.sync_budget.give_back(self.group, session.items)
 
     def _end_all_negs(self) -> None:
         for sub_id in list(self._negs):

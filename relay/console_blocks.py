@@ -15,7 +15,9 @@ Blocks:
   ``<img>`` from a blob URL: an image cannot run script, whatever the SVG holds.
 - ``table``: ``columns`` and ``rows`` of strings, and row ``actions``: a button per row that
   calls NIP-86 ``method`` with ``[row[column]]`` (plus the operator's reason, typed next to
-  the button, when ``reason`` is true), then redraws the panel.
+  the button, when ``reason`` is true, then ``options``, an object, when given), then shows
+  the result's ``summary`` (or "done") and redraws the panel. An action with ``confirm``
+  asks that question (and names the row's cell) before it acts.
 - ``form``: fields whose values reload the panel as query parameters (search a pubkey, pick
   a period).
 - ``text``: a line of plain text.
@@ -39,9 +41,24 @@ def chart(title: str, svg: str) -> dict[str, Any]:
     return {"type": "chart", "title": title, "svg": svg}
 
 
-def action(label: str, method: str, column: int, *, reason: bool = False) -> dict[str, Any]:
-    """A per-row button: NIP-86 ``method`` with ``[row[column]]`` (+ the typed reason)."""
-    return {"label": label, "method": method, "column": column, "reason": reason}
+def action(
+    label: str,
+    method: str,
+    column: int,
+    *,
+    reason: bool = False,
+    options: dict[str, Any] | None = None,
+    confirm: str = "",
+) -> dict[str, Any]:
+    """A per-row button: NIP-86 ``method`` with ``[row[column]]`` (+ the typed reason, +
+    ``options``); with ``confirm``, the browser asks that first (destructive actions ask
+    once before acting)."""
+    doc: dict[str, Any] = {"label": label, "method": method, "column": column, "reason": reason}
+    if options is not None:
+        doc["options"] = dict(options)
+    if confirm:
+        doc["confirm"] = confirm
+    return doc
 
 
 def table(

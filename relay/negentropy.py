@@ -391,18 +391,36 @@ class Negentropy:
 
 
 class ItemBudget:
-    """Relay-wide count of items held by open reconciliations, so many connections each
-    under their own caps still cannot make the relay hold unbounded memory."""
+    """Items held by open reconciliations (40 bytes each), relay-wide and per address group
+    (issue 17): many connections each under their own caps still cannot make the relay hold
+    unbounded memory, nor one address group take the whole of it. A NEG-OPEN reserves the
+    most it may load *before* the store reads anything and gives back what it did not use
+    (``give_back``); on old main the store read the whole set first and only then asked."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, per_group: int | None = None) -> None:
         self.capacity = capacity
+        self.per_group = capacity if per_group is None else per_group
         self.used = 0
+        self._held: dict[str, int] = {}
 
-    def take(self, n: int) -> bool:
-        if self.used + n > self.capacity:
+    def held(self, group: str) -> int:
+        return self._held.get(group, 0)
+
+    def room(self, group: str) -> int:
+        """How many more items ``group`` may take now."""
+        return max(0, min(self.capacity - self.used, self.per_group - self.held(group)))
+
+    def take(self, group: str, n: int) -> bool:
+        if n > self.room(group):
             return False
         self.used += n
+        self._held[group] = self.held(group) + n
         return True
 
-    def give_back(self, n: int) -> None:
+    def give_back(self, group: str, n: int) -> None:
         self.used = max(0, self.used - n)
+        left = self.held(group) - n
+        if left > 0:
+            self._held[group] = left
+        else:
+            self._held.pop(group, None)

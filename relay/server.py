@@ -31,6 +31,7 @@ from relay.console import Console, redact_url
 from relay.event import Event
 from relay.extension import Extension
 from relay.filters import Filter
+from relay.heavy_reads import HeavyReads
 from relay.http import HttpRequest, HttpResponse, HttpRouter, http_url, not_found, response
 from relay.identity import RelayIdentity, profile_content, profile_event
 from relay.limits import BucketTable, IpTable, LogThrottle
@@ -95,7 +96,9 @@ class Relay:
             limits.pubkey_events_per_second, limits.pubkey_events_burst, limits.rate_table_size, name="author-events"
         )
         self._refusal_log = LogThrottle()
-        self.sync_budget = ItemBudget(settings.negentropy.max_total_items)  # NIP-77
+        # NIP-77 items, relay-wide and per address group; turns at expensive reads (issue 17)
+        self.sync_budget = ItemBudget(settings.negentropy.max_total_items, settings.negentropy.items_per_ip())
+        self.heavy_reads = HeavyReads(limits.max_heavy_reads, limits.max_heavy_reads_per_ip)
         self.quota = StorageQuota(self.store, settings.retention)
         self.vanished = VanishedAuthors(self.store)  # NIP-62
         write_policies = build_write_policies(
@@ -129,6 +132,7 @@ class Relay:
                 settings.negentropy.max_items,
             ),
             sync_budget=self.sync_budget,
+            heavy_reads=self.heavy_reads,
             write_policies=write_policies,
             vanished=self.vanished,
             quota=self.quota,

@@ -156,6 +156,16 @@ def test_random_bytes_never_raise_anything_but_negentropy_error(tail: bytes) -> 
 
 def test_item_budget_is_shared_and_returned() -> None:
     budget = ItemBudget(10)
-    assert budget.take(6) and not budget.take(5)
-    budget.give_back(6)
-    assert budget.take(10)
+    assert budget.take("a", 6) and not budget.take("b", 5)
+    budget.give_back("a", 6)
+    assert budget.take("b", 10)
+
+
+def test_item_budget_gives_each_address_group_a_share_of_the_whole() -> None:
+    budget = ItemBudget(10, per_group=4)
+    assert budget.take("a", 3) and not budget.take("a", 2)  # a's share is spent, not the relay's
+    assert budget.room("a") == 1 and budget.room("b") == 4
+    assert budget.take("b", 4) and budget.take("c", 3)
+    assert not budget.take("d", 1) and budget.room("d") == 0  # the relay-wide bound still holds
+    budget.give_back("a", 3)
+    assert budget.held("a") == 0 and budget.take("d", 3)

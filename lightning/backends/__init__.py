@@ -86,7 +86,7 @@ def as_msat(value: object) -> int:
         return value
     if isinstance(value, str):
         digits = value.removesuffix("msat")
-        if digits.isdigit():
+        if digits.isascii() and digits.isdigit():  # isdigit() alone takes "²", which int() refuses
             return int(digits)
     raise BackendError(f"not an amount: {str(value)[:40]!r}")
 

@@ -151,7 +151,7 @@ class LndBackend:
         if not isinstance(invoice, dict) or invoice.get("state") != "SETTLED" or "r_hash" not in invoice:
             return None
         index = invoice.get("settle_index")
-        if isinstance(index, str | int) and str(index).isdigit():
+        if isinstance(index, str | int) and str(index).isascii() and str(index).isdigit():
             self._settle_index = max(self._settle_index, int(index))
         return _hash_hex(invoice["r_hash"], label)
 

@@ -148,6 +148,10 @@ class Invoice:
     paid_msat: int | None = None
     fee_msat: int | None = None  # what the wallet kept of the payment (the operator's cost)
     description: str | None = None  # what the BOLT11 ``h`` tag commits to (a NIP-57 zap request)
+    # The address group (``relay.limits.address_group``) that asked for it, while it is
+    # unpaid: its share of the pending pool is counted by this. "" for the relay's own
+    # (renewals, the CLI); erased when the invoice is paid or marked expired.
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +170,7 @@ class Account:
 # Column order both stores use for the ledger tables, so one mapping reads either.
 INVOICE_COLUMNS = (
     "payment_hash, pubkey, plan, amount_msat, bolt11, created_at, expires_at, admit_seconds, "
-    "admit_forever, credit_msat, state, paid_at, paid_msat, fee_msat, description"
+    "admit_forever, credit_msat, state, paid_at, paid_msat, fee_msat, description, source"
 )
 ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at"
 
@@ -189,6 +193,7 @@ def invoice_from_row(row: Sequence[Any]) -> Invoice:
         paid_msat=row[12],
         fee_msat=row[13],
         description=row[14],
+        source=row[15],
     )
 
 
@@ -321,12 +326,27 @@ class LedgerStore(Protocol):
     # --- invoices and accounts -------------------------------------------------------
 
     async def add_invoice(
-        self, invoice: Invoice, *, max_pending: int | None = None, max_pending_per_pubkey: int | None = None
+        self,
+        invoice: Invoice,
+        *,
+        max_pending: int | None = None,
+        max_pending_per_pubkey: int | None = None,
+        max_pending_per_source: int | None = None,
+        evict: bool = False,
     ) -> bool:
         """Store ``invoice``. With caps, only while fewer than ``max_pending`` unexpired
-        pending invoices exist in all (``max_pending_per_pubkey`` for its pubkey): counted and
-        inserted in one transaction serialised across nodes, so concurrent requests cannot
-        overshoot. False (nothing stored) when a cap is reached."""
+        pending invoices exist in all (``max_pending_per_pubkey`` for its pubkey,
+        ``max_pending_per_source`` for its ``source``): counted and inserted in one
+        transaction serialised across nodes, so concurrent requests cannot overshoot. False
+        (nothing stored) when a cap is reached.
+
+        With ``evict``, a full pool makes room instead of refusing (issue 17: strangers
+        filled it and locked every payer out): the oldest pending invoice of the source
+        holding the most unexpired ones (of the invoice's own source when it holds as
+        many) gets ``expires_at = invoice.created_at``, so it no longer counts. It stays
+        pending and creditable: a payment that still reaches it is found by the wallet's
+        push, by polling while its page is watched, or by the next reconciliation. Invoices
+        with source "" (the relay's own) are never evicted. False when nothing can be."""
         ...
 
     async def find_pending_invoice(self, pubkey: str, plan: str, amount_msat: int, valid_after: int) -> Invoice | None:
@@ -334,9 +354,9 @@ class LedgerStore(Protocol):
         expires after ``valid_after``: the join page hands it out again instead of a new one."""
         ...
 
-    async def pending_invoice_counts(self, pubkey: str, now: int) -> tuple[int, int]:
-        """(pending invoices of ``pubkey``, pending invoices in all), counting only those
-        that expire after ``now``: a cheap look before asking the wallet for a new one."""
+    async def pending_invoice_counts(self, pubkey: str, now: int, source: str = "") -> tuple[int, int, int]:
+        """(pending invoices of ``pubkey``, of ``source`` (0 for ""), in all), counting only
+        those that expire after ``now``: a cheap look before asking the wallet for a new one."""
         ...
 
     async def delete_unpaid_invoices(self, expired_before: int) -> int:

@@ -12,8 +12,9 @@ none of them, and the core's later steps move its number on anyway.
 
 Step (old core step that made it): 1 (1) invoices, accounts; 2 (3) invoices.fee_msat;
 3 (4) invoices.description; 4 (6) invites; 5 (7) reminder_optins, reminders_sent; 6 (8)
-nwc_links, renewal_attempts; 7 (12) the console's indexes, pruned_invoices; 8 (new)
-account_changes, the counter the core's store_changes kept as its ``accounts`` row.
+nwc_links, renewal_attempts; 7 (12) the console's indexes, pruned_invoices; 8 (14)
+invoices.source; 9 (new) account_changes, the counter the core's store_changes kept as
+its ``accounts`` row.
 Never edit a released step: add a new one.
 """
 
@@ -144,11 +145,22 @@ SQLITE_STEPS: tuple[Migration, ...] = (
             "CREATE TABLE pruned_invoices (day INTEGER PRIMARY KEY, count INTEGER NOT NULL)",
         ),
     ),
+    # Fair shares of the unpaid-invoice pool (issue 17): each pending invoice names the
+    # address group that asked for it, so a group's share is counted (and the biggest
+    # holder's oldest evicted) in the same transaction as the insert.
+    Migration(
+        8,
+        "invoices.source: the address group holding an unpaid invoice",
+        (
+            "ALTER TABLE invoices ADD COLUMN source TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX invoices_pending_source ON invoices (source, created_at) WHERE state = 'pending'",
+        ),
+    ),
     # Change counter (issue 11): a grant, revoke or ban made by the CLI (another process)
     # or on another node bumps it, and running relays poll it (one primary-key read every
     # ~0.5 s) to drop their cached accounts at once instead of after a TTL.
     Migration(
-        8,
+        9,
         "account_changes: a counter bumped by account changes, polled by running relays",
         (
             "CREATE TABLE account_changes (id INTEGER PRIMARY KEY CHECK (id = 1), counter INTEGER NOT NULL)",
@@ -185,6 +197,7 @@ def sqlite_adopt(conn: sqlite3.Connection) -> int:
             "reminder_optins" in tables,
             "nwc_links" in tables,
             "pruned_invoices" in tables,
+            "source" in columns,
             "account_changes" in tables,
         ]
     )
@@ -296,6 +309,14 @@ POSTGRES_STEPS: tuple[Migration, ...] = (
     ),
     Migration(
         8,
+        "invoices.source: the address group holding an unpaid invoice",
+        (
+            "ALTER TABLE invoices ADD COLUMN source text NOT NULL DEFAULT ''",
+            "CREATE INDEX invoices_pending_source ON invoices (source, created_at) WHERE state = 'pending'",
+        ),
+    ),
+    Migration(
+        9,
         "account_changes: a counter bumped by account changes, polled by running relays",
         (
             "CREATE TABLE account_changes (id integer PRIMARY KEY CHECK (id = 1), counter bigint NOT NULL)",
@@ -323,6 +344,5 @@ async def postgres_adopt(conn: Any) -> int:
             " AND NOT attisdropped"
         )
     }
-    return _marks(
-        [True, "fee_msat" in columns, "description" in columns, invites, reminders, nwc, pruned, changes]
-    )
+    marks = [True, "fee_msat" in columns, "description" in columns, invites, reminders, nwc, pruned]
+    return _marks([*marks, "source" in columns, changes])

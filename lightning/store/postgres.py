@@ -134,30 +134,48 @@ class PostgresLedger:
         self._db.add_write_hook(COMPONENT, charge_hook)
 
     async def add_invoice(
-        self, invoice: Invoice, *, max_pending: int | None = None, max_pending_per_pubkey: int | None = None
+        self,
+        invoice: Invoice,
+        *,
+        max_pending: int | None = None,
+        max_pending_per_pubkey: int | None = None,
+        max_pending_per_source: int | None = None,
+        evict: bool = False,
     ) -> bool:
         inv = invoice
         async with self._db.transaction() as conn:
-            if max_pending is not None or max_pending_per_pubkey is not None:
+            if max_pending is not None or max_pending_per_pubkey is not None or max_pending_per_source is not None:
                 # One transaction-scoped lock for every node: count and insert cannot interleave.
                 await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS_INVOICES)
-                if max_pending is not None:
-                    total = await conn.fetchval(
-                        "SELECT count(*) FROM invoices WHERE state = 'pending' AND expires_at > $1", inv.created_at
-                    )
-                    if total >= max_pending:
-                        return False
+                # Never earlier than the newest invoice: see SQLite's _insert_invoice_capped.
+                newest = await conn.fetchval("SELECT coalesce(max(created_at), 0) FROM invoices")
+                now = max(inv.created_at, int(newest))
                 if max_pending_per_pubkey is not None:
                     mine = await conn.fetchval(
                         "SELECT count(*) FROM invoices WHERE pubkey = $1 AND state = 'pending' AND expires_at > $2",
                         inv.pubkey,
-                        inv.created_at,
+                        now,
                     )
                     if mine >= max_pending_per_pubkey:
                         return False
+                held = 0
+                if inv.source:
+                    held = await conn.fetchval(
+                        "SELECT count(*) FROM invoices WHERE source = $1 AND state = 'pending' AND expires_at > $2",
+                        inv.source,
+                        now,
+                    )
+                    if max_pending_per_source is not None and held >= max_pending_per_source:
+                        return False
+                if max_pending is not None:
+                    total = await conn.fetchval(
+                        "SELECT count(*) FROM invoices WHERE state = 'pending' AND expires_at > $1", now
+                    )
+                    if total >= max_pending and not (evict and await _evict_one(conn, inv.source, held, now)):
+                        return False
             await conn.execute(
                 f"INSERT INTO invoices ({INVOICE_COLUMNS})"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 inv.payment_hash,
                 inv.pubkey,
                 inv.plan,
@@ -173,6 +191,7 @@ class PostgresLedger:
                 inv.paid_msat,
                 inv.fee_msat,
                 inv.description,
+                inv.source,
             )
         return True
 
@@ -187,14 +206,15 @@ class PostgresLedger:
         )
         return invoice_from_row(rows[0]) if rows else None
 
-    async def pending_invoice_counts(self, pubkey: str, now: int) -> tuple[int, int]:
+    async def pending_invoice_counts(self, pubkey: str, now: int, source: str = "") -> tuple[int, int, int]:
         rows = await self._db.fetch(
-            "SELECT count(*) FILTER (WHERE pubkey = $1), count(*) FROM invoices"
-            " WHERE state = 'pending' AND expires_at > $2",
+            "SELECT count(*) FILTER (WHERE pubkey = $1), count(*) FILTER (WHERE source = $3 AND source <> ''),"
+            " count(*) FROM invoices WHERE state = 'pending' AND expires_at > $2",
             pubkey,
             now,
+            source,
         )
-        return int(rows[0][0]), int(rows[0][1])
+        return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
 
     async def delete_unpaid_invoices(self, expired_before: int) -> int:
         # One statement: the deleted rows feed the tally (data-modifying CTEs run to the end
@@ -255,7 +275,7 @@ class PostgresLedger:
         nothing), and only that caller applies the grant, in the same transaction."""
         async with self._db.transaction() as conn:
             row = await conn.fetchrow(
-                "UPDATE invoices SET state = 'paid', paid_at = $1, paid_msat = $2, fee_msat = $4"
+                "UPDATE invoices SET state = 'paid', paid_at = $1, paid_msat = $2, fee_msat = $4, source = ''"
                 " WHERE payment_hash = $3 AND state <> 'paid'"
                 " RETURNING pubkey, admit_seconds, admit_forever, credit_msat",
                 now,
@@ -272,7 +292,7 @@ class PostgresLedger:
     async def expire_invoices(self, now: int) -> int:
         async with self._db.acquire() as conn:
             status: str = await conn.execute(
-                "UPDATE invoices SET state = 'expired' WHERE state = 'pending' AND expires_at <= $1", now
+                "UPDATE invoices SET state = 'expired', source = '' WHERE state = 'pending' AND expires_at <= $1", now
             )
         return int(status.split()[-1])
 
@@ -565,6 +585,28 @@ class PostgresLedger:
             f"SELECT {RENEWAL_COLUMNS} FROM renewal_attempts WHERE pubkey = $1 ORDER BY period_end DESC", pubkey
         )
         return [RenewalAttempt(*tuple(row)) for row in rows]
+
+
+async def _evict_one(conn: Any, source: str, held: int, now: int) -> bool:
+    """Make room in a full pool (``LedgerStore.add_invoice``; the caller holds the invoices
+    lock): the oldest unexpired pending invoice of the source holding the most (ties: the
+    one whose oldest invoice is oldest), or of ``source`` itself when it already holds as
+    many, expires now. False when no source may give one up."""
+    biggest = await conn.fetchrow(
+        "SELECT source, count(*) FROM invoices WHERE state = 'pending' AND expires_at > $1 AND source <> ''"
+        " GROUP BY source ORDER BY count(*) DESC, min(created_at), source LIMIT 1",
+        now,
+    )
+    if biggest is None:
+        return False
+    victim = source if source and held >= biggest[1] else biggest[0]
+    status: str = await conn.execute(
+        "UPDATE invoices SET expires_at = $1 WHERE payment_hash = (SELECT payment_hash FROM invoices"
+        " WHERE source = $2 AND state = 'pending' AND expires_at > $1 ORDER BY created_at, payment_hash LIMIT 1)",
+        now,
+        victim,
+    )
+    return status.split()[-1] != "0"
 
 
 async def _apply_grant(

@@ -81,10 +81,16 @@ class SqliteLedger:
         self._db.add_write_hook(COMPONENT, charge_hook)
 
     async def add_invoice(
-        self, invoice: Invoice, *, max_pending: int | None = None, max_pending_per_pubkey: int | None = None
+        self,
+        invoice: Invoice,
+        *,
+        max_pending: int | None = None,
+        max_pending_per_pubkey: int | None = None,
+        max_pending_per_source: int | None = None,
+        evict: bool = False,
     ) -> bool:
         added: bool = await self._db.write(
-            _insert_invoice_capped, invoice, max_pending, max_pending_per_pubkey
+            _insert_invoice_capped, invoice, max_pending, max_pending_per_pubkey, max_pending_per_source, evict
         )
         return added
 
@@ -96,13 +102,13 @@ class SqliteLedger:
         )
         return invoice_from_row(rows[0]) if rows else None
 
-    async def pending_invoice_counts(self, pubkey: str, now: int) -> tuple[int, int]:
+    async def pending_invoice_counts(self, pubkey: str, now: int, source: str = "") -> tuple[int, int, int]:
         rows = await self._db.read(
-            "SELECT count(*) FILTER (WHERE pubkey = ?), count(*) FROM invoices"
-            " WHERE state = 'pending' AND expires_at > ?",
-            (pubkey, now),
+            "SELECT count(*) FILTER (WHERE pubkey = ?), count(*) FILTER (WHERE source = ? AND source <> ''),"
+            " count(*) FROM invoices WHERE state = 'pending' AND expires_at > ?",
+            (pubkey, source, now),
         )
-        return int(rows[0][0]), int(rows[0][1])
+        return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
 
     async def delete_unpaid_invoices(self, expired_before: int) -> int:
         deleted: int = await self._db.write(_delete_unpaid_invoices, expired_before)
@@ -345,7 +351,7 @@ def _bump_account_changes(conn: sqlite3.Connection) -> None:
 
 def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
     conn.execute(
-        f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ({_marks(15)})",
+        f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ({_marks(16)})",
         (
             inv.payment_hash,
             inv.pubkey,
@@ -362,30 +368,74 @@ def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
             inv.paid_msat,
             inv.fee_msat,
             inv.description,
+            inv.source,
         ),
     )
 
 
 def _insert_invoice_capped(
-    conn: sqlite3.Connection, inv: Invoice, max_pending: int | None, max_pending_per_pubkey: int | None
+    conn: sqlite3.Connection,
+    inv: Invoice,
+    max_pending: int | None,
+    max_pending_per_pubkey: int | None,
+    max_pending_per_source: int | None,
+    evict: bool,
 ) -> bool:
     """Count and insert under the write lock (BEGIN IMMEDIATE), so the caps hold across
-    concurrent requests and processes. Pending rows past their expiry do not count."""
-    if max_pending is not None:
-        (total,) = conn.execute(
-            "SELECT count(*) FROM invoices WHERE state = 'pending' AND expires_at > ?", (inv.created_at,)
-        ).fetchone()
-        if total >= max_pending:
-            return False
+    concurrent requests and processes. Pending rows past their expiry do not count; with
+    ``evict`` a full pool makes room (``LedgerStore.add_invoice``).
+
+    "Now" is never earlier than the newest invoice's ``created_at``: concurrent requests
+    read the clock before their wallet call and commit in another order, and a request
+    whose clock reading is a second behind an earlier eviction would otherwise count that
+    evicted invoice (``expires_at`` = the later second) as pending, "evict" it again and
+    overshoot the pool by one."""
+    (newest,) = conn.execute("SELECT coalesce(max(created_at), 0) FROM invoices").fetchone()
+    now = max(inv.created_at, newest)
     if max_pending_per_pubkey is not None:
         (mine,) = conn.execute(
             "SELECT count(*) FROM invoices WHERE pubkey = ? AND state = 'pending' AND expires_at > ?",
-            (inv.pubkey, inv.created_at),
+            (inv.pubkey, now),
         ).fetchone()
         if mine >= max_pending_per_pubkey:
             return False
+    held = 0
+    if inv.source:
+        (held,) = conn.execute(
+            "SELECT count(*) FROM invoices WHERE source = ? AND state = 'pending' AND expires_at > ?",
+            (inv.source, now),
+        ).fetchone()
+        if max_pending_per_source is not None and held >= max_pending_per_source:
+            return False
+    if max_pending is not None:
+        (total,) = conn.execute(
+            "SELECT count(*) FROM invoices WHERE state = 'pending' AND expires_at > ?", (now,)
+        ).fetchone()
+        if total >= max_pending and not (evict and _evict_one(conn, inv.source, held, now)):
+            return False
     _insert_invoice(conn, inv)
     return True
+
+
+def _evict_one(conn: sqlite3.Connection, source: str, held: int, now: int) -> bool:
+    """Make room in a full pool: the oldest unexpired pending invoice of the source holding
+    the most (ties: the one whose oldest invoice is oldest), or of ``source`` itself when it
+    already holds as many, expires now. False when no source may give one up."""
+    biggest = conn.execute(
+        "SELECT source, count(*) FROM invoices WHERE state = 'pending' AND expires_at > ? AND source <> ''"
+        " GROUP BY source ORDER BY count(*) DESC, min(created_at), source LIMIT 1",
+        (now,),
+    ).fetchone()
+    if biggest is None:
+        return False
+    victim = source if source and held >= biggest[1] else biggest[0]
+    return bool(
+        conn.execute(
+            "UPDATE invoices SET expires_at = ? WHERE payment_hash = (SELECT payment_hash FROM invoices"
+            " WHERE source = ? AND state = 'pending' AND expires_at > ? ORDER BY created_at, payment_hash LIMIT 1)",
+            (now, victim, now),
+        ).rowcount
+    )
 
 
 def _delete_unpaid_invoices(conn: sqlite3.Connection, expired_before: int) -> int:
@@ -423,7 +473,7 @@ def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int,
     """Exactly once: the conditional UPDATE changes a row for one caller only (the write lock
     serialises callers, across processes too), and only that caller applies the grant."""
     row = conn.execute(
-        "UPDATE invoices SET state = 'paid', paid_at = ?, paid_msat = ?, fee_msat = ?"
+        "UPDATE invoices SET state = 'paid', paid_at = ?, paid_msat = ?, fee_msat = ?, source = ''"
         " WHERE payment_hash = ? AND state != 'paid' RETURNING pubkey, admit_seconds, admit_forever, credit_msat",
         (now, paid_msat, fee_msat, payment_hash),
     ).fetchone()
@@ -436,7 +486,7 @@ def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int,
 
 def _expire_invoices(conn: sqlite3.Connection, now: int) -> int:
     return conn.execute(
-        "UPDATE invoices SET state = 'expired' WHERE state = 'pending' AND expires_at <= ?", (now,)
+        "UPDATE invoices SET state = 'expired', source = '' WHERE state = 'pending' AND expires_at <= ?", (now,)
     ).rowcount
 
 

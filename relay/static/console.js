@@ -371,12 +371,16 @@
     }
     const button = el("button", { type: "button", class: "danger", text: action.label, "data-method": action.method });
     button.addEventListener("click", async () => {
+      // A destructive action asks once, naming its target; "Cancel" changes nothing.
+      if (action.confirm && !window.confirm(`${action.confirm}\n\n${target}`)) return;
       button.disabled = true;
       const params = [target];
       if (reason) params.push(reason.value.trim());
+      if (action.options) params.push(action.options);
       try {
-        await manage(action.method, params);
-        say($("notice"), `${action.label}: done (${target.length > 20 ? target.slice(0, 16) + "…" : target}).`);
+        const result = await manage(action.method, params);
+        const what = result && typeof result.summary === "string" ? result.summary : "done";
+        say($("notice"), `${action.label}: ${what} (${target.length > 20 ? target.slice(0, 16) + "…" : target}).`);
         await loadPanel(false);
       } catch (err) {
         say($("notice"), describe(err), true);

@@ -28,9 +28,12 @@ Queries never return expired events (NIP-40, ``expiration`` tag <= now).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 from array import array
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +54,79 @@ if TYPE_CHECKING:
 PAGE_BYTES = 256 * 1024
 PAGE_ROWS = 1000  # keys fetched per page statement, whatever their size
 FAST_ROWS = 64
+
+
+class ReadLanes:
+    """Fair turns at a store's ``readers`` (issue 17): at most ``heavy`` of them at once
+    for expensive reads (NIP-77 item sets, NIP-50 ranking, COUNT), so however many of
+    those wait, ``readers - heavy`` readers are left to ordinary reads: REQ always has one.
+
+    Turns go first come, first served, and a freed reader is handed to the waiter itself.
+    ``asyncio.Queue`` (the old SQLite pool, and asyncpg's) lets a newcomer take a reader
+    put back before the waiter it woke runs, and that waiter goes to the back of the line
+    again: on old main a bystander's ``REQ {"limit":1}`` waited over 10 s for one of two
+    readers while 40 connections sent COUNTs back to back. A heavy read held back by the
+    heavy cap does not hold up the ordinary reads queued behind it."""
+
+    def __init__(self, readers: int, heavy: int) -> None:
+        if not 1 <= heavy < readers:
+            raise ValueError("need 1 <= heavy < readers: ordinary reads keep at least one reader")
+        self.readers = readers
+        self.heavy = heavy
+        self.busy = 0
+        self.busy_heavy = 0
+        self._waiting: deque[tuple[asyncio.Future[None], bool]] = deque()
+
+    def _fits(self, heavy: bool) -> bool:
+        return self.busy < self.readers and (not heavy or self.busy_heavy < self.heavy)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, *, heavy: bool = False) -> AsyncIterator[None]:
+        await self._acquire(heavy)
+        try:
+            yield
+        finally:
+            self._release(heavy)
+
+    async def _acquire(self, heavy: bool) -> None:
+        # Every release hands out what fits at once, so when this read fits nobody who
+        # could use the reader is waiting for it: no line is jumped.
+        if self._fits(heavy):
+            self._take(heavy)
+            return
+        entry = (asyncio.get_running_loop().create_future(), heavy)
+        self._waiting.append(entry)
+        try:
+            await entry[0]
+        except BaseException:
+            if entry[0].done() and not entry[0].cancelled():
+                self._release(heavy)  # given a reader, but the caller is gone: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(entry)
+            raise
+
+    def _take(self, heavy: bool) -> None:
+        self.busy += 1
+        if heavy:
+            self.busy_heavy += 1
+
+    def _release(self, heavy: bool) -> None:
+        self.busy -= 1
+        if heavy:
+            self.busy_heavy -= 1
+        held_back: deque[tuple[asyncio.Future[None], bool]] = deque()
+        while self._waiting and self.busy < self.readers:
+            waiter, wants_heavy = entry = self._waiting.popleft()
+            if waiter.done():  # its caller was cancelled
+                continue
+            if not self._fits(wants_heavy):
+                held_back.append(entry)
+                continue
+            self._take(wants_heavy)
+            waiter.set_result(None)
+        held_back.extend(self._waiting)
+        self._waiting = held_back
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE tags_v2 RENAME TO tags",
         ),
     ),
-    # Steps 3, 4, 6, 7, 8 and 12 (and part of 1 and 9) made a plug-in's tables before each
+    # Steps 3, 4, 6, 7, 8, 12 and 14 (and part of 1 and 9) made a plug-in's tables before each
     # plug-in had its own version line (relay.store.database); their statements moved to
     # that plug-in's line, which adopts the tables a database made before holds. Kept
     # empty so the core's numbers, recorded by every database, keep their meaning.
@@ -192,4 +192,5 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX use_counts_expiry ON use_counts (expires_at)",
         ),
     ),
+    Migration(14, "retired: a plug-in's column, now on its own line", ()),
 )

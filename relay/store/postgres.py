@@ -38,6 +38,7 @@ from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, 
 from relay.store.base import (
     PAGE_BYTES,
     USES_PRUNED_PER_CALL,
+    ReadLanes,
     StoreUnavailable,
     UseLimit,
     WriteOutcome,
@@ -328,6 +329,10 @@ def _filter_count(f: Filter, now: int, p: _Params, scope: ReadScope | None = Non
 
 
 _BUMP_CHANGES = "UPDATE store_changes SET counter = counter + 1 WHERE topic = $1"
+# NIP-77 item sets are fetched through a cursor this many rows at a time: asyncpg decodes
+# rows on the event loop, and one fetch of 30,000 stalled every other client for up to
+# 34 ms (2,000 rows: ~2 ms, between which the loop serves them).
+_SYNC_CHUNK_ROWS = 2000
 
 
 def redact_dsn(dsn: str) -> str:
@@ -378,6 +383,11 @@ class PostgresStore:
         self._pool: Any = None
         self._lock_scope = schema or "public"
         self.search_kinds = search_kinds  # NIP-50: kinds whose events get a search vector
+        # Event reads take fair turns at all but two of the pool's connections (the writer's
+        # batch and the plug-ins' tables keep those), expensive ones at half of them at most,
+        # so a flood of COUNT/NEG-OPEN/search leaves REQ pages connections (issue 17).
+        readers = max(2, pool_size - 2)
+        self._lanes = ReadLanes(readers, heavy=readers // 2)
         self._hooks: dict[str, PostgresWriteHook] = {}
         self.database = PostgresPluginDatabase(self)  # plug-ins' tables (relay.store.database)
 
@@ -477,6 +487,11 @@ class PostgresStore:
     async def _fetchval(self, sql: str, *args: Any) -> Any:
         async with self._acquire() as conn:
             return await conn.fetchval(sql, *args)
+
+    async def _read_events(self, sql: str, *args: Any, heavy: bool = False) -> list[Any]:
+        """An event read, in its turn (``ReadLanes``; ``heavy`` for the expensive kinds)."""
+        async with self._lanes.turn(heavy=heavy):
+            return await self._fetch(sql, *args)
 
     # --- events: writes -----------------------------------------------------------------
 
@@ -731,7 +746,7 @@ class PostgresStore:
             yield page
 
     async def _rows_by_seq(self, seqs: list[int]) -> list[tuple[int, bytes, bytes]]:
-        rows = await self._fetch("SELECT seq, id, raw FROM events WHERE seq = ANY($1::int8[])", seqs)
+        rows = await self._read_events("SELECT seq, id, raw FROM events WHERE seq = ANY($1::int8[])", seqs)
         return [(row[0], row[1], row[2]) for row in rows]
 
     async def _answer(self, live: list[Filter], now: int, columns: str, scope: ReadScope | None) -> list[Any]:
@@ -740,7 +755,9 @@ class PostgresStore:
         de-duplicated, newest first, ties lowest id."""
         p = _Params()
         if len(live) == 1:
-            return await self._fetch(_filter_select(live[0], now, p, columns, scope), *p.values)
+            # NIP-50 ranking reads up to RANK_CANDIDATES matches: an expensive read.
+            sql = _filter_select(live[0], now, p, columns, scope)
+            return await self._read_events(sql, *p.values, heavy=live[0].search is not None)
         if any(f.search is not None for f in live):
             return await self._ranked_answer(live, now, columns, scope)
         # One statement, one snapshot; each arm keeps its own ORDER BY/LIMIT, the union is
@@ -748,7 +765,7 @@ class PostgresStore:
         keyed = f"e.created_at, e.id, {columns}"
         arms = " UNION ALL ".join(f"({_filter_select(f, now, p, keyed, scope)})" for f in live)
         merged: dict[bytes, tuple[int, bytes, tuple[Any, ...]]] = {}
-        for row in await self._fetch(arms, *p.values):
+        for row in await self._read_events(arms, *p.values):
             merged[row[1]] = (-row[0], row[1], tuple(row[2:]))
         return [rest for _, _, rest in sorted(merged.values())]
 
@@ -778,7 +795,8 @@ class PostgresStore:
             return 0
         p = _Params()
         union = " UNION ".join(_filter_count(f, now, p, scope) for f in live)
-        return int(await self._fetchval(f"SELECT count(*) FROM ({union}) s", *p.values))
+        rows = await self._read_events(f"SELECT count(*) FROM ({union}) s", *p.values, heavy=True)
+        return int(rows[0][0])
 
     async def sync_items(
         self, f: Filter, now: int, scope: ReadScope | None, max_items: int
@@ -794,7 +812,12 @@ class PostgresStore:
             take = min(take, f.limit)
             sql += " ORDER BY e.created_at DESC, e.id"
         sql += f" LIMIT {p.add(take, '::int8')}"
-        return [(row[0], bytes(row[1])) for row in await self._fetch(sql, *p.values)]
+        items: list[tuple[int, bytes]] = []
+        async with self._lanes.turn(heavy=True), self._acquire() as conn, conn.transaction(readonly=True):
+            cursor = await conn.cursor(sql, *p.values)  # one statement: one snapshot
+            while rows := await cursor.fetch(_SYNC_CHUNK_ROWS):
+                items.extend((row[0], bytes(row[1])) for row in rows)
+        return items
 
     # --- retention, quotas, NIP-62, NIP-86 -------------------------------------------------
 

@@ -139,7 +139,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             $fn$""",
         ),
     ),
-    # Steps 3, 4, 6, 7, 8 and 12 (and part of 1 and 9): see the SQLite list.
+    # Steps 3, 4, 6, 7, 8, 12 and 14 (and part of 1 and 9): see the SQLite list.
     Migration(3, "retired: a plug-in's table, now on its own line", ()),
     Migration(4, "retired: a plug-in's table, now on its own line", ()),
     # NIP-50 search (relay/search.py): a tsvector column on events, set only for the
@@ -245,6 +245,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX use_counts_expiry ON use_counts (expires_at)",
         ),
     ),
+    Migration(14, "retired: a plug-in's column, now on its own line", ()),
 )
 
 

@@ -11,11 +11,13 @@ Two kinds of connection, because reads and writes have opposite needs:
   writer well below the 12k events/s target on two cores. SQLite allows one writer per
   file anyway, so a single thread also means the relay's own writes never fight over the
   lock (no SQLITE_BUSY between them).
-- **``read_connections`` readers**: aiosqlite connections (each has its own thread), handed
-  out from a small pool. WAL lets them read the last committed state while the writer
-  writes, so a slow REQ never delays a commit and a commit never blocks a REQ. Each query
-  or count is a single ``execute_fetchall``: one hop, one snapshot, even with several
-  filters (they are combined into one SQL statement).
+- **``read_connections`` readers** (at least two): aiosqlite connections (each has its own
+  thread), handed out in fair turns (``ReadLanes``). WAL lets them read the last committed
+  state while the writer writes, so a slow REQ never delays a commit and a commit never
+  blocks a REQ. Each query or count is a single ``execute_fetchall``: one hop, one
+  snapshot, even with several filters (they are combined into one SQL statement).
+  Expensive reads (COUNT, NIP-77 item sets, NIP-50 ranking) may hold at most half the
+  readers, so REQ pages always find one (issue 17: a NEG-OPEN flood held every reader).
 
 ``synchronous="FULL"`` fsyncs the WAL at every commit, so an OK sent after a commit
 survives power loss; ``"NORMAL"`` survives a process crash but may lose the last commits on
@@ -47,6 +49,7 @@ from relay.store.backup import StoreLock
 from relay.store.base import (
     PAGE_BYTES,
     USES_PRUNED_PER_CALL,
+    ReadLanes,
     StoreUnavailable,
     UseLimit,
     WriteOutcome,
@@ -530,7 +533,10 @@ class SqliteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._lock: StoreLock | None = None
         self._writer: sqlite3.Connection | None = None
-        self._readers: asyncio.Queue[aiosqlite.Connection] | None = None
+        # Two readers at least, so that one is always left to REQ pages (ReadLanes).
+        readers = max(2, read_connections)
+        self._lanes = ReadLanes(readers, heavy=readers // 2)
+        self._idle: list[aiosqlite.Connection] | None = None
         self._all_readers: list[aiosqlite.Connection] = []
         self._checkpointer: WalCheckpointer | None = None
         self._hooks: dict[str, SqliteWriteHook] = {}
@@ -569,14 +575,14 @@ class SqliteStore:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             where = exc.filename if isinstance(exc, OSError) and exc.filename else self.path
             raise StoreUnavailable(f"cannot open SQLite database {self.path} ({where}: {reason})") from exc
-        self._readers = asyncio.Queue()
-        for _ in range(self.read_connections):
+        self._idle = []
+        for _ in range(self._lanes.readers):
             conn = await aiosqlite.connect(self.path, isolation_level=None)
             await conn.execute("PRAGMA busy_timeout = 5000")
             await conn.execute("PRAGMA query_only = ON")
             await conn.execute("PRAGMA cache_size = -32000")
             self._all_readers.append(conn)
-            self._readers.put_nowait(conn)
+            self._idle.append(conn)
         self._checkpointer = WalCheckpointer(
             self.path, self.synchronous, interval=_CHECKPOINT_INTERVAL, restart_frames=_RESTART_FRAMES
         )
@@ -605,7 +611,7 @@ class SqliteStore:
         for conn in self._all_readers:
             await conn.close()
         self._all_readers.clear()
-        self._readers = None
+        self._idle = None
         if self._executor is not None:
             if self._writer is not None:
                 await self._write(self._close_writer)
@@ -633,14 +639,18 @@ class SqliteStore:
             raise RuntimeError("store is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
-        if self._readers is None:
+    async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any], *, heavy: bool = False) -> list[Any]:
+        """One statement on a reader; ``heavy`` for the expensive kinds (``ReadLanes``)."""
+        idle = self._idle
+        if idle is None:
             raise RuntimeError("store is not open")
-        conn = await self._readers.get()
-        try:
-            return list(await conn.execute_fetchall(sql, params))
-        finally:
-            self._readers.put_nowait(conn)
+        async with self._lanes.turn(heavy=heavy):
+            # A turn is granted only while a reader is idle: the lanes count them.
+            conn = idle.pop()
+            try:
+                return list(await conn.execute_fetchall(sql, params))
+            finally:
+                idle.append(conn)
 
     def _conn(self) -> sqlite3.Connection:
         if self._writer is None:
@@ -794,7 +804,8 @@ class SqliteStore:
         de-duplicated, newest first, ties lowest id."""
         if len(live) == 1:
             sql, params = _filter_select(live[0], now, columns, scope)
-            return await self._read(sql, params)
+            # NIP-50 ranking reads up to RANK_CANDIDATES matches: an expensive read.
+            return await self._read(sql, params, heavy=live[0].search is not None)
         if any(f.search is not None for f in live):
             return await self._ranked_answer(live, now, columns, scope)
         arms = [_filter_select(f, now, "e.rid", scope) for f in live]
@@ -838,15 +849,16 @@ class SqliteStore:
         arms = [_filter_where(f, now, scope=scope) for f in live]
         if len(arms) == 1:
             where, params = arms[0]
-            rows = await self._read(f"SELECT COUNT(*) FROM events e WHERE {where}", params)
+            rows = await self._read(f"SELECT COUNT(*) FROM events e WHERE {where}", params, heavy=True)
             return int(rows[0][0])
         if sum(len(p) for _, p in arms) <= _MAX_PARAMS:
             union = " UNION ".join(f"SELECT e.rid FROM events e WHERE {where}" for where, _ in arms)
-            rows = await self._read(f"SELECT COUNT(*) FROM ({union})", [p for _, ps in arms for p in ps])
+            rows = await self._read(f"SELECT COUNT(*) FROM ({union})", [p for _, ps in arms for p in ps], heavy=True)
             return int(rows[0][0])
         seen: set[int] = set()
         for where, params in arms:
-            seen.update(row[0] for row in await self._read(f"SELECT e.rid FROM events e WHERE {where}", params))
+            rows = await self._read(f"SELECT e.rid FROM events e WHERE {where}", params, heavy=True)
+            seen.update(row[0] for row in rows)
         return len(seen)
 
     async def sync_items(
@@ -864,7 +876,9 @@ class SqliteStore:
             order = " ORDER BY e.created_at DESC, e.id"
         driver = "" if f.search is not None else _driver(f)
         sql = f"SELECT e.created_at, e.id FROM events e{driver} WHERE {where}{order} LIMIT ?"
-        return [(row[0], row[1]) for row in await self._read(sql, [*params, take])]
+        # The rows are (created_at, id) tuples already: no copy of up to max_items of them
+        # on the event loop.
+        return await self._read(sql, [*params, take], heavy=True)
 
     # --- retention, quotas, NIP-62, NIP-86 -------------------------------------------------
 

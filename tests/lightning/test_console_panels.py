@@ -179,7 +179,11 @@ async def test_members_counts_by_status_and_revoke_action(sales: Console) -> Non
     assert counts == {"Active": "2", "Expiring within 7 days": "1", "Expired": "1", "Credit only": "1"}
     assert stat(doc, "Accounts in all") == "5"  # frank and gina never paid: no account
     (table,) = blocks_of(doc, "table")
-    assert table["actions"] == [{"label": "Revoke", "method": "payments.revoke", "column": 1, "reason": False}]
+    zero, keep = table["actions"]
+    assert zero["label"] == "Revoke, zero credit" and keep["label"] == "Revoke, keep credit"
+    assert zero["method"] == keep["method"] == "payments.revoke" and zero["column"] == keep["column"] == 1
+    assert zero["options"] == {"credit": True} and "options" not in keep
+    assert "can no longer write" in zero["confirm"] and "still pays" in keep["confirm"]  # both ask first
     hex_column = table["columns"].index("pubkey (hex)")
     assert hex_column == 1
     rows = {row[1]: row for row in table["rows"]}
@@ -193,16 +197,27 @@ async def test_members_counts_by_status_and_revoke_action(sales: Console) -> Non
     assert rows[ALICE][0] == npub[:12] + "\u2026" + npub[-6:]
 
 
-async def test_members_revoke_action_names_a_real_method_that_takes_the_row_cell(sales: Console) -> None:
-    """What console.js does on a click: NIP-86 ``method`` with ``[row[column]]``."""
+async def test_members_revoke_actions_name_a_real_method_that_takes_the_row_cell(sales: Console) -> None:
+    """What console.js does on a click: NIP-86 ``method`` with ``[row[column]]`` (+ ``options``)."""
+
+    async def click(action: dict[str, Any], row: list[str]) -> Any:
+        params: list[Any] = [row[action["column"]], *([action["options"]] if "options" in action else [])]
+        return (await sales.ext.management_methods()[action["method"]](params)).result
+
     doc = await sales.render("members", q=npub_encode(ALICE))
     (table,) = blocks_of(doc, "table")
-    (action,) = table["actions"]
+    zero, keep = table["actions"]
     (row,) = table["rows"]
-    await sales.ext.management_methods()[action["method"]]([row[action["column"]]])
+    await click(keep, row)
     doc = await sales.render("members", q=ALICE)
     assert [row[2] for row in blocks_of(doc, "table")[0]["rows"]] == ["none"]
     assert stat(doc, "Active") == "1"  # bob, for good
+    # Carol holds only credit: "keep credit" leaves her a credit-only member, "zero credit" does not.
+    (row,) = blocks_of(await sales.render("members", q=CAROL), "table")[0]["rows"]
+    assert "500 sats of credit kept" in (await click(keep, row))["summary"]
+    assert [r[2] for r in blocks_of(await sales.render("members", q=CAROL), "table")[0]["rows"]] == ["credit-only"]
+    assert "no credit left" in (await click(zero, row))["summary"]
+    assert [r[2] for r in blocks_of(await sales.render("members", q=CAROL), "table")[0]["rows"]] == ["none"]
 
 
 async def test_members_search_by_npub_hex_or_prefix_and_by_status(sales: Console) -> None:

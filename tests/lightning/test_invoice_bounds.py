@@ -78,6 +78,8 @@ async def test_same_pubkey_plan_and_amount_gets_its_unpaid_invoice_back(relay_fa
 
 
 async def test_hundred_addresses_cannot_create_more_than_the_cap(relay_factory: RelayFactory) -> None:
+    """The pool stays bounded; since issue 17 a full pool makes room (the biggest holder's
+    oldest invoice) instead of refusing newcomers (tests/lightning/test_invoice_fairness.py)."""
     payments = {**PAID, "max_pending_invoices": 40, "invoice_requests_per_minute": 10}
     server = {"real_ip_header": "X-Forwarded-For"}  # lets one test client speak for 100 addresses
     async with relay_factory(payments=payments, server=server) as relay, httpx.AsyncClient(base_url=base(relay)) as web:
@@ -91,9 +93,21 @@ async def test_hundred_addresses_cannot_create_more_than_the_cap(relay_factory: 
             return codes
 
         codes = [code for codes in await asyncio.gather(*(attack(n) for n in range(100))) for code in codes]
-        assert codes.count(200) == 40
-        assert set(codes) == {200, 503}
-        assert len(await ledger_of(relay).list_invoices(pending_only=True)) == 40
+        assert set(codes) == {200}
+        now = int(time.time())
+        live = [i for i in await ledger_of(relay).list_invoices(pending_only=True) if i.expires_at > now]
+        assert len(live) == 40
+        bystander = await web.post("/api/invoice", json={"pubkey": "cd" * 32, "plan": "admission"})
+        assert bystander.status_code == 200, bystander.text
+
+
+async def test_a_pool_full_of_the_relays_own_invoices_refuses_with_503(relay_factory: RelayFactory) -> None:
+    """Only invoices a stranger asked for can be evicted; the relay's own (renewals) cannot."""
+    payments = {**PAID, "max_pending_invoices": 5}
+    async with relay_factory(payments=payments) as relay, httpx.AsyncClient(base_url=base(relay)) as web:
+        ext: Any = relay.extension
+        for n in range(5):
+            await ext.ledger.issue(f"{n:064x}", "admission", int(time.time()))
         refused = await web.post("/api/invoice", json={"pubkey": "cd" * 32, "plan": "admission"})
         assert refused.status_code == 503 and "try again later" in refused.json()["error"]
         assert refused.headers["Retry-After"] == "60"
@@ -206,7 +220,7 @@ async def test_wallet_lookups_per_minute_stay_bounded_with_1000_pending(tmp_path
 
 async def test_status_route_lookups_share_one_budget(relay_factory: RelayFactory) -> None:
     payments = {**PAID, "status_lookups_per_second": 1.0, "push": False, "poll_interval_seconds": 3600,
-                "invoice_requests_per_minute": 100}
+                "invoice_requests_per_minute": 100, "max_pending_invoices_per_address": 100}
     async with relay_factory(payments=payments) as relay, httpx.AsyncClient(base_url=base(relay)) as web:
         assert relay.extension is not None
         ext: Any = relay.extension
@@ -231,6 +245,7 @@ async def test_lnbits_reused_invoice_and_bounded_polling_still_credit_a_payer(
         "backend": "lnbits",
         "lnbits": {"url": lnbits.url, "invoice_key": lnbits.wallet_a.inkey},
         "invoice_requests_per_minute": 100,
+        "max_pending_invoices_per_address": 100,
         "push": False,  # polling alone must find the payment
         "poll_interval_seconds": 0.2,
         "max_lookups_per_poll": 5,

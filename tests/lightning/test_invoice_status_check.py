@@ -35,6 +35,7 @@ NO_PUSH_NO_POLL: dict[str, Any] = {
     "poll_interval_seconds": 3600,
     "account_cache_seconds": 60,  # a stale gate would refuse the payer for a minute
     "invoice_requests_per_minute": 100,
+    "max_pending_invoices_per_address": 100,
 }
 
 

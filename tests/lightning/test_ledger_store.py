@@ -20,7 +20,7 @@ ALICE_PK = crypto.public_key(ALICE).hex()
 BOB_PK = crypto.public_key((2).to_bytes(32, "big")).hex()
 
 
-def invoice(payment_hash: str, pubkey: str = ALICE_PK, created_at: int = NOW, **grant: int | bool) -> Invoice:
+def invoice(payment_hash: str, pubkey: str = ALICE_PK, created_at: int = NOW, **grant: int | bool | str) -> Invoice:
     return Invoice(
         payment_hash=payment_hash,
         pubkey=pubkey,
@@ -276,8 +276,61 @@ async def test_pending_invoice_counts_skip_paid_and_expired(ledger: LedgerStore)
     await ledger.add_invoice(invoice("03" * 32, pubkey=BOB_PK))
     await ledger.add_invoice(invoice("04" * 32, created_at=NOW - 1_000))  # expired at NOW-400
     await ledger.settle_invoice("02" * 32, 21_000, NOW)
-    assert await ledger.pending_invoice_counts(ALICE_PK, NOW) == (1, 2)
-    assert await ledger.pending_invoice_counts("ab" * 32, NOW) == (0, 2)
+    assert await ledger.pending_invoice_counts(ALICE_PK, NOW) == (1, 0, 2)
+    assert await ledger.pending_invoice_counts("ab" * 32, NOW) == (0, 0, 2)
+
+
+async def test_pending_invoice_counts_per_source(ledger: LedgerStore) -> None:
+    await ledger.add_invoice(invoice("01" * 32, source="10.0.0.1"))
+    await ledger.add_invoice(invoice("02" * 32, pubkey=BOB_PK, source="10.0.0.1"))
+    await ledger.add_invoice(invoice("03" * 32, source=""))  # the relay's own
+    assert await ledger.pending_invoice_counts(ALICE_PK, NOW, "10.0.0.1") == (2, 2, 3)
+    assert await ledger.pending_invoice_counts(ALICE_PK, NOW, "") == (2, 0, 3)
+    assert await ledger.pending_invoice_counts(ALICE_PK, NOW, "2001:db8::/64") == (2, 0, 3)
+
+
+async def test_a_full_pool_evicts_the_oldest_invoice_of_the_biggest_holder(ledger: LedgerStore) -> None:
+    """Issue 17: a full pool makes room instead of refusing; who gives way is the source
+    holding the most (its oldest invoice), or the requester itself when it holds as many.
+    The evicted invoice stays pending (creditable) but no longer counts."""
+    caps: dict[str, int | bool] = {"max_pending": 5, "max_pending_per_source": 3, "evict": True}
+    rows = [("a1", "A", 0), ("a2", "A", 1), ("a3", "A", 2), ("b1", "B", 3), ("e1", "", 4)]
+    for name, source, age in rows:
+        added = await ledger.add_invoice(invoice(name * 32, created_at=NOW + age, source=source), **caps)
+        assert added, name
+    # A fourth from A is over its share; a newcomer C evicts A's oldest.
+    assert not await ledger.add_invoice(invoice("a4" * 32, created_at=NOW + 5, source="A"), **caps)
+    assert await ledger.add_invoice(invoice("c1" * 32, created_at=NOW + 5, source="C"), **caps)
+    evicted = await ledger.get_invoice("a1" * 32)
+    assert evicted is not None and evicted.state is InvoiceState.PENDING and evicted.expires_at == NOW + 5
+    assert await ledger.pending_invoice_counts(ALICE_PK, NOW + 5, "A") == (5, 2, 5)
+    # A holds 2, the most: its oldest goes next, even for a request from B.
+    assert await ledger.add_invoice(invoice("b2" * 32, created_at=NOW + 6, source="B"), **caps)
+    assert (await ledger.get_invoice("a2" * 32)).expires_at == NOW + 6  # type: ignore[union-attr]
+    # Now A, B, C hold 1, 2, 1: B asks again and, holding the most, gives up its own oldest.
+    assert await ledger.add_invoice(invoice("b3" * 32, created_at=NOW + 7, source="B"), **caps)
+    assert (await ledger.get_invoice("b1" * 32)).expires_at == NOW + 7  # type: ignore[union-attr]
+    # The relay's own invoices (source "") are never evicted, but may evict: B holds the most.
+    assert await ledger.add_invoice(invoice("e2" * 32, created_at=NOW + 8), **caps)
+    assert (await ledger.get_invoice("b2" * 32)).expires_at == NOW + 8  # type: ignore[union-attr]
+    remaining = {i.payment_hash[:2] for i in await ledger.list_invoices(pending_only=True, valid_after=NOW + 8)}
+    assert remaining == {"a3", "b3", "c1", "e1", "e2"}
+    # A request whose clock reads a second behind the last eviction cannot "evict" an
+    # invoice that was evicted already and overshoot the pool.
+    assert await ledger.add_invoice(invoice("d1" * 32, created_at=NOW + 7, source="D"), **caps)
+    assert len(await ledger.list_invoices(pending_only=True, valid_after=NOW + 8)) == 5
+    # Paying or marking expired erases the source (the address is kept only while it counts).
+    await ledger.settle_invoice("c1" * 32, 21_000, NOW + 9)
+    assert (await ledger.get_invoice("c1" * 32)).source == ""  # type: ignore[union-attr]
+    await ledger.expire_invoices(NOW + 10_000)
+    assert {i.source for i in await ledger.list_invoices()} == {""}
+
+
+async def test_a_pool_of_the_relays_own_invoices_cannot_evict(ledger: LedgerStore) -> None:
+    caps: dict[str, int | bool] = {"max_pending": 2, "evict": True}
+    assert await ledger.add_invoice(invoice("01" * 32), **caps)
+    assert await ledger.add_invoice(invoice("02" * 32), **caps)
+    assert not await ledger.add_invoice(invoice("03" * 32, source="10.0.0.1"), **caps)
 
 
 async def test_add_invoice_caps_hold_under_concurrent_requests(ledger: LedgerStore) -> None:

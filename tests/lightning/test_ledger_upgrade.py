@@ -4,7 +4,7 @@ Until then the core's one version line made the ledger's tables; now the core's 
 that did are empty and the ledger has its own line (``lightning.store.migrations``),
 which adopts the tables such a database holds. ``old_core_line`` rebuilds the line the
 core ran before the split from the statements themselves, unchanged: each core step
-with the ledger statements it held (old steps 1, 3, 4, 6, 7, 8, 12, and step 9's
+with the ledger statements it held (old steps 1, 3, 4, 6, 7, 8, 12, 14, and step 9's
 ``accounts`` counter row). A database is made with it up to a version, filled with rows
 as the old code wrote them, then opened by the current store and ledger: nothing lost,
 nothing made twice, the missing steps applied, and the ledger working on it. On SQLite
@@ -40,10 +40,10 @@ NOW = 1_700_000_000
 ALICE = (1).to_bytes(32, "big")
 PAYER = sign_event(ALICE, 1, "", [], 1).pubkey
 BOB = "b" * 64
-PRE_SPLIT_VERSION = 13  # the core's last step on main when the ledger left it
+PRE_SPLIT_VERSION = 14  # the core's last step on main when the ledger left it
 
 # Old core step -> the ledger step that holds the ledger statements it ran.
-MOVED = {1: 1, 3: 2, 4: 3, 6: 4, 7: 5, 8: 6, 12: 7}
+MOVED = {1: 1, 3: 2, 4: 3, 6: 4, 7: 5, 8: 6, 12: 7, 14: 8}
 ACCOUNTS_COUNTER = "INSERT INTO store_changes (topic, counter) VALUES ('accounts', 0)"
 
 
@@ -181,7 +181,7 @@ async def test_a_pre_split_database_keeps_every_ledger_row(old_database: Callabl
         assert await store.schema_version() == PRE_SPLIT_VERSION  # the core's line: nothing to do
         ledger = open_ledger(store)
         await ledger.open()
-        assert await _ledger_version(store) == len(SQLITE_STEPS)  # adopted at 7, then step 8
+        assert await _ledger_version(store) == len(SQLITE_STEPS)  # adopted at 8, then step 9
         account = await ledger.get_account(PAYER)
         assert account is not None and (account.credit_msat, account.admitted_until) == (5_000, NOW + 3600)
         paid = await ledger.get_invoice("01" * 32)
@@ -209,7 +209,8 @@ async def test_a_pre_split_database_keeps_every_ledger_row(old_database: Callabl
 
 async def test_an_older_database_gets_the_steps_it_lacks(old_database: Callable[[int], Any]) -> None:
     """Made at the old core step 5 (invoices with fees and descriptions, no invites yet):
-    the core runs its steps 6-13 (6-12 now empty), the ledger adopts at 3 and makes the rest."""
+    the core runs its steps 6-14 (all but 9-11 and 13 now empty), the ledger adopts at 3 and
+    makes the rest."""
     async with old_database(5) as store:
         assert await store.schema_version() >= PRE_SPLIT_VERSION
         assert "invites" not in await _tables(store)

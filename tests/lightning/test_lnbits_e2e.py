@@ -51,6 +51,7 @@ def payments(lnbits: LnbitsServer, **overrides: Any) -> dict[str, Any]:
         "backend": "lnbits",
         "lnbits": {"url": lnbits.url, "invoice_key": lnbits.wallet_a.inkey},
         "invoice_requests_per_minute": 100,
+        "max_pending_invoices_per_address": 100,
         **overrides,
     }
 
@@ -215,6 +216,7 @@ enabled = true
 backend = "lnbits"
 poll_interval_seconds = {poll}
 invoice_requests_per_minute = 100
+max_pending_invoices_per_address = 100
 [payments.lnbits]
 url = "{url}"
 invoice_key = "{key}"

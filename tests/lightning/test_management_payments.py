@@ -142,6 +142,43 @@ async def test_grant_lets_a_refused_pubkey_publish_at_once_and_revoke_refuses_it
         assert forever["admitted_until"] == "forever"
 
 
+async def test_revoke_says_whether_the_key_can_still_write(
+    relay_factory: RelayFactory, storage: dict[str, str], operator: bytes, alice: bytes
+) -> None:
+    """Issue 17: revoking a credit-only member answered like any revoke and the member wrote
+    on, paying from the credit the revoke kept. The answer now says so; zeroing the credit
+    stops the writing."""
+    member = pubkey_of(alice)
+    sections: dict[str, Any] = {
+        "payments": {**PAID, "credit": {"enabled": True}},
+        "admin": {"pubkeys": [pubkey_of(operator)]},
+        **({"storage": storage} if storage else {}),
+    }
+    async with (
+        relay_factory(**sections) as relay,
+        httpx.AsyncClient(timeout=10) as http,
+        NostrClient(relay.url) as client,
+    ):
+        admin = Admin(relay, http, operator)
+        await admin.call("payments.grant", member, {"credit_sats": 21})
+        assert (await client.publish(note(alice, "on credit")))[0]
+        kept = await admin.call("payments.revoke", member)
+        assert kept["credit_msat"] == 20_000
+        assert kept["summary"] == (
+            "admission and allow-listing ended; 20 sats of credit kept: this key can still write until it is spent"
+            " (zero it to stop that)"
+        )
+        assert (await client.publish(note(alice, "still on credit")))[0]  # as the summary says
+        zeroed = await admin.call("payments.revoke", member, {"credit": True})
+        assert zeroed["credit_msat"] == 0
+        assert zeroed["summary"] == (
+            "admission and allow-listing ended, no credit left: this key can no longer write"
+            " (only what is free for everyone)"
+        )
+        ok, message = await client.publish(note(alice, "revoked"))
+        assert not ok and message.startswith("restricted:"), message
+
+
 async def test_a_grant_on_one_node_admits_on_the_other(
     relay_factory: RelayFactory, storage: dict[str, str], operator: bytes, alice: bytes
 ) -> None:

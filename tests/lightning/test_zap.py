@@ -305,6 +305,7 @@ async def test_zap_end_to_end_against_real_lnbits(
         "lnbits": {"url": lnbits.url, "invoice_key": lnbits.wallet_a.inkey},
         "poll_interval_seconds": 60.0,
         "invoice_requests_per_minute": 100,
+        "max_pending_invoices_per_address": 100,
         "admission": ADMISSION,
         "zaps": {"publish_to_private_addresses": True},
     }
