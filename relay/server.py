@@ -99,6 +99,7 @@ class Relay:
         # NIP-77 items, relay-wide and per address group; turns at expensive reads (issue 17)
         self.sync_budget = ItemBudget(settings.negentropy.max_total_items, settings.negentropy.items_per_ip())
         self.heavy_reads = HeavyReads(limits.max_heavy_reads, limits.max_heavy_reads_per_ip)
+        self.page_reads = HeavyReads(limits.max_page_reads, limits.max_page_reads_per_ip)
         self.quota = StorageQuota(self.store, settings.retention)
         self.vanished = VanishedAuthors(self.store)  # NIP-62
         write_policies = build_write_policies(
@@ -133,6 +134,7 @@ class Relay:
             ),
             sync_budget=self.sync_budget,
             heavy_reads=self.heavy_reads,
+            page_reads=self.page_reads,
             write_policies=write_policies,
             vanished=self.vanished,
             quota=self.quota,
