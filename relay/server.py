@@ -32,7 +32,7 @@ from relay.event import Event
 from relay.extension import Extension
 from relay.filters import Filter
 from relay.http import HttpRequest, HttpResponse, HttpRouter, http_url, not_found, response
-from relay.identity import RelayIdentity, profile_content, profile_event
+from relay.identity import RelayIdentity, profile_content, profile_event, save_new_key
 from relay.limits import BucketTable, IpTable, LogThrottle
 from relay.management_view import ManagementView
 from relay.messages import FilterLimits
@@ -188,6 +188,7 @@ class Relay:
         """Open the store, start the stages, listen (on ``sock`` when given: a socket the
         caller bound already, e.g. to port 0)."""
         await self.store.open()
+        self.identity = save_new_key(self.identity)  # a new key is kept only by a relay whose store opened
         await self.vanished.load()
         await self.management.load()
         self.verifier.start()
