@@ -36,6 +36,7 @@ from relay.store.base import Invoice
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+STREAM_FAILURES_LOGGED = 20  # a failing push stream logs a warning every 20th try (~10 min at MAX_BACKOFF)
 POLL_CONCURRENCY = 8
 MAX_WATCHED = 10_000  # invoices whose "someone is looking at it" time is remembered
 
@@ -197,8 +198,10 @@ class Watcher:
 
     async def _push_loop(self) -> None:
         backoff = 0.5
+        failures = 0  # in a row: streams that failed without living long
         while True:
             self.stream_connects += 1
+            opened = time.monotonic()
             try:
                 async for payment_hash in self._ledger.backend.settlements():
                     backoff = 0.5
@@ -206,11 +209,19 @@ class Watcher:
                         await self.confirm(payment_hash)
                     except BackendError as exc:
                         log.warning("settlement hint for %s not confirmed yet (%s); polling will", payment_hash, exc)
-                log.warning("wallet settlement stream ended; reconnecting in %.1f s", backoff)
+                reason = "ended"
             except BackendError as exc:
-                log.warning("wallet settlement stream dropped (%s); reconnecting in %.1f s", exc, backoff)
+                reason = f"dropped ({exc})"
             except Exception:
                 log.exception("wallet settlement stream crashed; reconnecting in %.1f s", backoff)
+                reason = ""
+            if reason:
+                # A wallet that is down or refuses the key fails every reconnect: say so once
+                # (and every STREAM_FAILURES_LOGGED after), not at each try of the backoff.
+                # A stream that lived a while was up: its drop is news again.
+                failures = 1 if time.monotonic() - opened > MAX_BACKOFF else failures + 1
+                level = logging.WARNING if failures % STREAM_FAILURES_LOGGED == 1 else logging.DEBUG
+                log.log(level, "wallet settlement stream %s; reconnecting in %.1f s", reason, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 

@@ -17,7 +17,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -211,6 +211,7 @@ class Relay:
             metrics=self.metrics,
             management=self.management,
             extension_panels=self.extension.console_panels() if self.extension is not None else (),
+            problems=self.extension.problems if self.extension is not None else tuple,
         )
         self.router.add(self.console.handle)  # /admin: the operator console, before any other route
         self.router.add(self._management_route)
@@ -253,6 +254,9 @@ class Relay:
             redact_url(self.settings.storage.url),
             self.extension.describe() if self.extension is not None else "none",
         )
+        links = self.extension.links() if self.extension is not None else {}
+        for line in where_next(self.settings, self.metrics_port, links):
+            log.info("%s", line)
 
     async def publish_own(self, event: Event) -> WriteOutcome:
         """Store and fan out an event the relay signed itself (its profile, zap receipts):
@@ -424,13 +428,32 @@ class Relay:
         factory = create_factory(hooks, options, set(), lambda: None)
         host, port = address
         self._metrics_server = await asyncio.get_running_loop().create_server(factory, host, port, reuse_port=True)
-        log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
 
     @property
     def metrics_port(self) -> int | None:
         if self._metrics_server is None:
             return None
         return int(self._metrics_server.sockets[0].getsockname()[1])
+
+
+def where_next(settings: Settings, metrics_port: int | None, links: Mapping[str, str]) -> list[str]:
+    """The start-up log's pointers for an operator: the address clients add, the
+    extension's pages (the join page), the console (or how to turn it on), the metrics."""
+    public = settings.relay.public_url
+    lines = [f"clients connect to {public}"]
+    lines += [f"{label}: {url}" for label, url in links.items()]
+    console = http_url(public) + "/admin"
+    if settings.admin.pubkeys:
+        lines.append(f"operator console: {console} (sign in with a NIP-07 extension holding an [admin] pubkeys key)")
+    else:
+        lines.append(f"operator console: {console} opens once [admin] pubkeys names your hex pubkey")
+    address = settings.server.metrics_address()
+    if address is None or metrics_port is None:
+        lines.append("metrics: off ([server] metrics_listen is empty)")
+    else:
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        lines.append(f"metrics (Prometheus): http://{host}:{metrics_port}/metrics")
+    return lines
 
 
 class _MetricsOnly:

@@ -1,11 +1,13 @@
-"""Start-up as an operator meets it (issue 22): a start that fails on its database leaves
-nothing behind in the directory it was started from."""
+"""Start-up as an operator meets it (issue 22): the log says where to go next, and a start
+that fails on its database leaves nothing behind in the directory it was started from."""
 
 from __future__ import annotations
 
+import re
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -13,7 +15,7 @@ import httpx
 from relay import crypto
 from relay.app import build_relay
 from relay.identity import key_file_path
-from tests.conftest import free_port, listening_socket, relay_settings
+from tests.conftest import RelayProcess, free_port, listening_socket, relay_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,3 +63,29 @@ async def test_a_new_relay_key_is_written_once_the_store_opened(tmp_path: Path) 
         assert info.json()["self"] == relay.identity.pubkey
     finally:
         await relay.stop()
+
+
+def test_the_start_up_log_says_where_to_go_next(relay_process: Callable[..., RelayProcess], tmp_path: Path) -> None:
+    """The join page, the console (admins set) and the metrics address, each logged as a URL
+    that answers."""
+    operator = crypto.public_key(crypto.generate_secret()).hex()
+    relay = relay_process(f'[admin]\npubkeys = ["{operator}"]\n[payments]\nenabled = true\nbackend = "fake"\n')
+    log = relay.stderr_text()
+    base = f"http://127.0.0.1:{relay.port}"
+    assert f"clients connect to ws://127.0.0.1:{relay.port}" in log, log
+    join = re.search(r"join page \(unpaid writers are sent here\): (\S+)", log)
+    console = re.search(r"operator console: (\S+) \(sign in with a NIP-07 extension", log)
+    metrics = re.search(r"metrics \(Prometheus\): (\S+)", log)
+    assert join and console and metrics, log
+    assert join[1] == f"{base}/join" and console[1] == f"{base}/admin"
+    with httpx.Client(timeout=10) as http:
+        assert "text/html" in http.get(join[1]).headers["content-type"]
+        assert http.get(console[1]).status_code == 200
+        scraped = http.get(metrics[1])  # metrics_listen is 127.0.0.1:0 here: the logged port is the real one
+        assert scraped.status_code == 200 and "satsrelay_events_accepted_total" in scraped.text
+
+
+def test_without_admins_the_log_says_how_to_open_the_console(relay_process: Callable[..., RelayProcess]) -> None:
+    relay = relay_process()
+    log = relay.stderr_text()
+    assert f"operator console: http://127.0.0.1:{relay.port}/admin opens once [admin] pubkeys names" in log, log

@@ -182,6 +182,9 @@ class FakeBackend:
             return InvoiceStatus(payment_hash, PaymentState.FAILED)
         return InvoiceStatus(payment_hash, PaymentState.PENDING)
 
+    async def check(self) -> None:
+        self._check_up()
+
     async def settlements(self) -> AsyncIterator[str]:
         self._check_up()
         generation = self._stream_generation
