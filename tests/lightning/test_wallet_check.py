@@ -22,7 +22,8 @@ from tests.waiting import eventually
 
 
 def payments(url: str, key: str) -> dict[str, Any]:
-    return {"enabled": True, "backend": "lnbits", "lnbits": {"url": url, "invoice_key": key}, "poll_interval_seconds": 1}
+    wallet = {"url": url, "invoice_key": key}
+    return {"enabled": True, "backend": "lnbits", "lnbits": wallet, "poll_interval_seconds": 1}
 
 
 def warnings(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
