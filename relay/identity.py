@@ -57,6 +57,23 @@ def key_file_path(settings: Settings) -> Path:
     return Path("data") / KEY_FILE_NAME
 
 
+def key_backup_note(settings: Settings) -> str:
+    """Where the relay's key is, for ``satsrelay backup`` to say: the database backup does
+    not hold it, on purpose (the database alone cannot unseal the members' wallet
+    connections), yet a restore without it gets a relay with another NIP-11 ``self``."""
+    why = (
+        "keep a copy of it apart from the database backups (once: it never changes); NIP-11 self, "
+        "the relay's zap receipts and the members' sealed wallet connections depend on it"
+    )
+    configured = settings.relay.secret_key
+    if configured is not None and configured.get_secret_value():
+        return f"The relay's key is not in this backup: it is [relay] secret_key (or its env variable); {why}."
+    path = key_file_path(settings)
+    if not path.exists():
+        return f"The relay's key file {path} does not exist yet (the relay creates it on its first start); {why}."
+    return f"The relay's key is not in this backup: it is {path.resolve()}; {why}."
+
+
 def _parse_secret(text: str, where: str) -> bytes:
     text = text.strip().lower()
     if not is_hex64(text):
