@@ -23,7 +23,7 @@ from lightning.gate import AccountCache, Gate
 from lightning.ledger import Confirmation, ConfirmResult, Ledger, PendingCaps
 from lightning.management import PaymentMethods
 from lightning.membership import REQUEST_KINDS, Membership
-from lightning.metrics import PaymentMetrics
+from lightning.metrics import MeteredWallet, PaymentMetrics
 from lightning.plans import Plans, UnknownPlan
 from lightning.reminders import Reminders
 from lightning.renewal import Renewals
@@ -148,8 +148,13 @@ class PaymentsExtension:
         self.metrics = PaymentMetrics(registry)
         self.accounts = AccountCache(store, p.account_cache_seconds)
         caps = PendingCaps(p.max_pending_invoices, p.max_pending_invoices_per_pubkey)
-        self.ledger = Ledger(store, backend, self.plans, p.invoice_expiry_seconds, caps)
-        self.health = WalletHealth(backend, hint=wallet_hint(p), clock=clock)
+        # The ledger and the check reach the wallet through its error counter; ``backend``
+        # stays the wallet itself (the demo's "simulate payment" needs the fake one).
+        metered = MeteredWallet(backend, self.metrics.wallet_errors)
+        self.ledger = Ledger(store, metered, self.plans, p.invoice_expiry_seconds, caps)
+        self.health = WalletHealth(metered, hint=wallet_hint(p), clock=clock)
+        self.metrics.watch_wallet(lambda: self.health.problem is None)
+        self._clock = clock
         self._health_task: asyncio.Task[None] | None = None
         self.zapper: Zapper | None = None
         if identity is not None and publish is not None and p.zaps.enabled:
@@ -192,6 +197,7 @@ class PaymentsExtension:
             push=p.push,
             schedule=schedule,
             on_result=self._on_result,
+            on_pending=self.metrics.invoices_pending.set,
             clock=clock,
         )
         self.reminders: Reminders | None = None
@@ -393,6 +399,7 @@ class PaymentsExtension:
             self.metrics.invoices_settled.labels(result.invoice.plan).inc()
             self.metrics.sats_received.inc(result.invoice.amount_msat / 1000)
             self.metrics.wallet_fees_msat.inc(result.fee_msat)
+            self.metrics.settlement_lag.observe(max(0.0, self._clock() - result.invoice.created_at))
             if self.zapper is not None:
                 self.zapper.settled(result.invoice, result.preimage)
             if self.membership is not None:

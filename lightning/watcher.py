@@ -63,13 +63,16 @@ class Watcher:
         push: bool = True,
         schedule: PollSchedule | None = None,
         on_result: Callable[[ConfirmResult], None] = lambda result: None,
+        on_pending: Callable[[int], None] = lambda count: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``on_pending``: how many invoices are pending, after each round's listing (a gauge)."""
         self._ledger = ledger
         self._schedule = schedule or PollSchedule(poll_interval=poll_interval)
         self._poll_interval = poll_interval
         self._push = push
         self._on_result = on_result
+        self._on_pending = on_pending
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
         self._poll_wakeup = asyncio.Event()
@@ -120,6 +123,7 @@ class Watcher:
         started = self._clock()
         store = self._ledger.store
         pending = await store.list_invoices(pending_only=True)
+        self._on_pending(len(pending))
         credited = await self._look_up(pending, started, raise_on_failure=True)
         self._last_reconcile = started
         await store.expire_invoices(int(started))
@@ -134,6 +138,7 @@ class Watcher:
         s = self._schedule
         now = self._clock()
         pending = await self._ledger.store.list_invoices(pending_only=True)
+        self._on_pending(len(pending))
         live = {invoice.payment_hash for invoice in pending}
         for payment_hash in [h for h in self._last_lookup if h not in live]:
             del self._last_lookup[payment_hash]  # settled, expired or pruned: forget it
