@@ -44,6 +44,9 @@ test-deps: $(BIN)/satsrelay $(LNBITS_VENV)/.installed chromium deploy-tools test
 run: $(BIN)/satsrelay
 	$(BIN)/satsrelay serve --config config.example.toml
 
+# The PostgreSQL half (tests marked postgres) runs against $$SATSRELAY_TEST_POSTGRES, else
+# against postgresql://postgres@127.0.0.1:5432/test when that answers; otherwise it is skipped
+# and the run's last line says how to include it (README: Tests).
 test: test-deps
 	$(BIN)/python -m pytest -q
 

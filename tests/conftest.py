@@ -230,3 +230,52 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
             print(f"\nSKIPPED (fails CI): {report.nodeid}: {reason}", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- the PostgreSQL half of the suite ---------------------------------------------------
+
+DEFAULT_TEST_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_HINT = (
+    "set SATSRELAY_TEST_POSTGRES=postgresql://<user>@<host>:<port>/<database> (a database the tests may "
+    f"create and drop schemas in), or make {DEFAULT_TEST_POSTGRES} answer (README: Tests)"
+)
+
+
+def _postgres_answers(dsn: str) -> bool:
+    import asyncio
+
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(dsn, timeout=2)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, TimeoutError, asyncpg.PostgresError):
+        return False
+    return True
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests marked postgres use SATSRELAY_TEST_POSTGRES; when it is unset and the default
+    test database answers (a machine set up like CI), they use that, so ``make test`` runs
+    the PostgreSQL half wherever PostgreSQL is there to run it."""
+    if not os.environ.get("SATSRELAY_TEST_POSTGRES") and _postgres_answers(DEFAULT_TEST_POSTGRES):
+        os.environ["SATSRELAY_TEST_POSTGRES"] = DEFAULT_TEST_POSTGRES
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say at the end of the run whether the PostgreSQL half ran, and how to include it."""
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if "SATSRELAY_TEST_POSTGRES" in (report.longrepr[2] if isinstance(report.longrepr, tuple) else "")
+    ]
+    if skipped:
+        terminalreporter.write_line(
+            f"PostgreSQL half: {len(skipped)} tests skipped, no PostgreSQL to run them on: {POSTGRES_HINT}"
+        )
+    elif os.environ.get("SATSRELAY_TEST_POSTGRES"):
+        url = os.environ["SATSRELAY_TEST_POSTGRES"]
+        terminalreporter.write_line(f"PostgreSQL half: run against {url.split('@')[-1]}")
