@@ -4,6 +4,7 @@ environment (as /etc/satsrelay/env does), validates with the relay's Settings mo
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -36,22 +37,30 @@ def test_every_wallet_backend_has_an_example() -> None:
 
 
 @pytest.mark.parametrize("backend", sorted(REQUIRED_SECRETS))
-def test_each_wallet_example_validates_with_its_secret_from_the_environment(
-    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("given_in", ["relay.toml", "env"])
+def test_each_wallet_example_validates_with_its_secret_filled_in(
+    backend: str, given_in: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Appended to relay.toml as it is, an example is refused, naming the key and the env
+    variable; with the credential filled in on its commented line, or given in the
+    environment (as /etc/satsrelay/env does), the whole config is valid."""
     example = (WALLETS / f"{backend}.toml").read_text()
-    config = tmp_path / "relay.toml"
-    config.write_text(RELAY.read_text() + "\n" + example)  # what `tee -a` makes of it
     section, key = REQUIRED_SECRETS[backend]
     env = f"SATSRELAY_PAYMENTS__{section.upper()}__{key.upper()}"
-    # the example names the variable the relay asks for, and sets no secret itself ...
-    assert re.search(rf"^#\s+(?:echo \")?{env}=", example, re.MULTILINE), f"{backend}.toml does not name {env}"
+    assert re.search(rf"^#\s+{env}=", example, re.MULTILINE), f"{backend}.toml does not name {env}"
+    placeholder = re.compile(rf'^# {key} = "<[^>]*>"$', re.MULTILINE)
+    assert placeholder.search(example), f"{backend}.toml has no commented {key} line to fill in"
+    config = tmp_path / "relay.toml"
     monkeypatch.delenv(env, raising=False)
-    with pytest.raises(ConfigError, match=env):
+    config.write_text(RELAY.read_text() + "\n" + example)  # what `tee -a` makes of it
+    with pytest.raises(ConfigError, match=f"payments.{section}.{key}.*{env}"):
         load_settings(config)
-    # ... and with it set (as /etc/satsrelay/env does) the whole config is valid
     secret = dummy_secret(backend)
-    monkeypatch.setenv(env, secret)
+    if given_in == "env":
+        monkeypatch.setenv(env, secret)
+    else:
+        filled = placeholder.sub(lambda _: f"{key} = {json.dumps(secret)}", example)
+        config.write_text(RELAY.read_text() + "\n" + filled)
     payments = load_settings(config).section("payments")
     assert isinstance(payments, PaymentSettings)
     assert payments.enabled and payments.backend == backend and payments.admission.enabled
