@@ -69,7 +69,13 @@ def relay_settings(tmp_path: Path, port: int | None = None, **sections: dict[str
                    "ip_events_burst": 10000, "pubkey_events_per_second": 10000, "pubkey_events_burst": 10000},
         "log_level": "WARNING",
     }
-    return load_settings(None, **_merge(base, sections))
+    merged = _merge(base, sections)
+    postgres = not str(merged["storage"]["url"]).startswith("sqlite:")
+    if postgres and not {"key_file", "secret_key"} & set(merged["relay"]):
+        # A PostgreSQL relay's key file defaults to ./data/relay.key: keep it in the test's
+        # folder, not in the checkout's ./data (the operator's, under `make run`).
+        merged["relay"]["key_file"] = str(tmp_path / "relay.key")
+    return load_settings(None, **merged)
 
 
 @pytest.fixture
@@ -196,10 +202,12 @@ def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
         extra ``satsrelay serve`` arguments (e.g. ``["--workers", "2"]``)."""
         port = port or free_port()
         storage_url = storage_url or f"sqlite:///{tmp_path}/relay.db"
+        # as in relay_settings: a PostgreSQL relay's key in the test's folder, not ./data
+        key_file = "" if storage_url.startswith("sqlite:") else f'key_file = "{tmp_path}/relay.key"\n'
         config = tmp_path / f"relay-{port}.toml"
         config.write_text(
             f'log_level = "INFO"\n[server]\nhost = "127.0.0.1"\nport = {port}\nmetrics_listen = "127.0.0.1:0"\n'
-            f'[relay]\npublic_url = "ws://127.0.0.1:{port}"\n'
+            f'[relay]\npublic_url = "ws://127.0.0.1:{port}"\n{key_file}'
             f'[storage]\nurl = "{storage_url}"\n' + (storage_toml.rstrip("\n") + "\n" if storage_toml else "")
             + extra_toml
         )

@@ -1,0 +1,42 @@
+"""The test suite keeps to its temp folders: run from a checkout, it must write nothing into
+the current directory, whose ``./data`` is the operator's (``make run`` keeps the demo
+relay's database and key there)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RelayFactory
+from tests.lnbits_server import LnbitsServer, lnbits_python
+from tests.nostr_client import NostrClient, signed
+
+
+def test_starting_the_test_lnbits_writes_nothing_into_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not lnbits_python().exists():
+        pytest.skip(f"no LNbits interpreter at {lnbits_python()}: run `make test-deps`")
+    monkeypatch.chdir(tmp_path)
+    server = LnbitsServer.start()
+    try:
+        assert server.wallet_a.inkey
+    finally:
+        server.stop()
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+async def test_a_test_relay_writes_nothing_into_the_current_directory(
+    storage: dict[str, str], relay_factory: RelayFactory, alice: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the relay's key file defaults to ./data/relay.key: the fixtures keep it
+    in the test's folder."""
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    async with relay_factory(storage=storage) as relay, NostrClient(relay.url) as client:
+        ok, message = await client.publish(signed(alice, 1, "x"))
+        assert ok, message
+    assert sorted(os.listdir(here)) == []
