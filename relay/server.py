@@ -514,6 +514,13 @@ def _tune_gc() -> None:
 
 async def run(relay: Relay) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    # Handlers first: a SIGTERM that arrives while the relay starts (systemd stopping it,
+    # a supervisor) is a graceful stop once it has started, not death by the default
+    # action with the port already open (exit -15, events in flight unanswered).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await relay.start(reuse_port=relay.settings.server.reuse_port)
     except BaseException:
@@ -522,10 +529,6 @@ async def run(relay: Relay) -> None:
         await relay.stop()
         raise
     _tune_gc()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
     await relay.stop()
