@@ -71,10 +71,12 @@ def relay_settings(tmp_path: Path, port: int | None = None, **sections: dict[str
     }
     merged = _merge(base, sections)
     postgres = not str(merged["storage"]["url"]).startswith("sqlite:")
+    # A PostgreSQL relay keeps its key and the demo wallet's file in ./data by default: keep
+    # them in the test's folder, not in the checkout's ./data (the operator's, `make run`).
     if postgres and not {"key_file", "secret_key"} & set(merged["relay"]):
-        # A PostgreSQL relay's key file defaults to ./data/relay.key: keep it in the test's
-        # folder, not in the checkout's ./data (the operator's, under `make run`).
         merged["relay"]["key_file"] = str(tmp_path / "relay.key")
+    if postgres and "payments" in merged:
+        merged["payments"] = _merge({"fake": {"state_file": str(tmp_path / "fake-wallet.db")}}, merged["payments"])
     return load_settings(None, **merged)
 
 
