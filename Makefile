@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 LNBITS_VENV := .venv-lnbits
 
-.PHONY: run test lint bench test-deps chromium
+.PHONY: run test lint bench test-deps chromium deploy-tools
 
 $(BIN)/satsrelay: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,15 +24,29 @@ $(LNBITS_VENV)/.installed:
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
 
+# Debian's nginx, systemd and Prometheus for the deploy tests (tests/test_deploy_*.py,
+# tests/test_monitoring.py): nginx is run unprivileged in front of the relay with its own
+# config in a temp folder, systemd-analyze verifies deploy/satsrelay.service, promtool checks
+# the alert rules and the dashboard's queries. (On a machine booted with systemd, Debian's
+# packages also start their own nginx and Prometheus services; the tests use neither:
+# `systemctl disable --now nginx prometheus`.)
+deploy-tools:
+	@command -v nginx >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q nginx)
+	@command -v systemd-analyze >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q systemd)
+	@command -v promtool >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q --no-install-recommends prometheus)
+
 # nostr-tools (Node) for the zap tests: an independent NIP-57 implementation.
 tests/node/node_modules/.package-lock.json: tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund
 
-test-deps: $(BIN)/satsrelay $(LNBITS_VENV)/.installed chromium tests/node/node_modules/.package-lock.json
+test-deps: $(BIN)/satsrelay $(LNBITS_VENV)/.installed chromium deploy-tools tests/node/node_modules/.package-lock.json
 
 run: $(BIN)/satsrelay
 	$(BIN)/satsrelay serve --config config.example.toml
 
+# The PostgreSQL half (tests marked postgres) runs against $$SATSRELAY_TEST_POSTGRES, else
+# against postgresql://postgres@127.0.0.1:5432/test when that answers; otherwise it is skipped
+# and the run's last line says how to include it (README: Tests).
 test: test-deps
 	$(BIN)/python -m pytest -q
 

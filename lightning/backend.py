@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+# A payment hash no wallet holds: looking it up proves the wallet answers and takes the
+# credential (``WalletBackend.check``) without touching a real invoice.
+PROBE_PAYMENT_HASH = hashlib.sha256(b"satsrelay wallet check").hexdigest()
 BOLT11_DESCRIPTION_BYTES = 639  # the most a ``d`` tag can hold (10-bit length in 5-bit groups)
 ELLIPSIS = "\u2026"
 
@@ -113,6 +116,12 @@ class WalletBackend(Protocol):
         ...
 
     async def lookup_invoice(self, payment_hash: str) -> InvoiceStatus: ...
+
+    async def check(self) -> None:
+        """Return when the wallet answers and accepts the credential; else ``BackendError``
+        saying which (the relay's start-up check: a wrong URL or key is named at once, not
+        at the first payer's invoice). Cheap and read-only: it creates nothing."""
+        ...
 
     def settlements(self) -> AsyncIterator[str]:
         """Payment hashes the wallet says were just paid, for as long as the stream lives.

@@ -74,7 +74,7 @@ def add_commands(
     _add_invite_commands(sub, common, output, load)
 
     p = sub.add_parser("pay-fake", help="settle an invoice of the demo (fake) wallet", parents=[common, output])
-    p.add_argument("payment_hash")
+    p.add_argument("invoice", metavar="payment_hash_or_bolt11", help="the invoice's payment hash or its BOLT11 text")
     p.add_argument("--amount-msat", type=int, help="pay this much instead (an underpayment is never credited)")
     p.set_defaults(func=_pay_fake_runner(load))
 
@@ -254,7 +254,9 @@ def _pay_fake_runner(load: SettingsLoader) -> Callable[[argparse.Namespace], int
             return _fail(
                 f"pay-fake works only with payments.backend = 'fake' (this relay uses {backend!r})"
             )
-        payment_hash = args.payment_hash.strip().lower()
+        payment_hash = fake_payment_hash(args.invoice)
+        if payment_hash is None:
+            return _fail(f"not a payment hash (64 hex) or a BOLT11 invoice: {args.invoice[:80]!r}")
         path = fake_state_file(settings)
         if not path.exists():
             return _fail(f"no fake wallet state at {path}: has the relay issued an invoice yet?")
@@ -269,6 +271,24 @@ def _pay_fake_runner(load: SettingsLoader) -> Callable[[argparse.Namespace], int
         return 0 if paid else 1
 
     return run
+
+
+def fake_payment_hash(text: str) -> str | None:
+    """The payment hash ``pay-fake`` was given, or the one in the BOLT11 invoice it was given
+    (what a client holds; ``lightning:`` URIs too); None for anything else."""
+    text = text.strip()
+    if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return text.lower()
+    invoice = text.removeprefix("lightning:").removeprefix("LIGHTNING:")
+    if not invoice.lower().startswith("ln"):
+        return None
+    import bolt11  # only this command decodes invoices
+
+    try:
+        decoded = bolt11.decode(invoice.lower())
+    except Exception:  # the library raises many unrelated types for bad input
+        return None
+    return str(decoded.payment_hash).lower()
 
 
 # --- NIP-43 invite codes ------------------------------------------------------------------

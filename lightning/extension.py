@@ -8,6 +8,7 @@ once at start-up when ``payments.enabled`` is true.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -22,13 +23,14 @@ from lightning.gate import AccountCache, Gate, InboxAllowance
 from lightning.ledger import Confirmation, ConfirmResult, Ledger, PendingCaps, RequestBudget
 from lightning.management import PaymentMethods
 from lightning.membership import REQUEST_KINDS, Membership
-from lightning.metrics import PaymentMetrics
+from lightning.metrics import MeteredWallet, PaymentMetrics
 from lightning.plans import Plans, UnknownPlan
 from lightning.reminders import Reminders
 from lightning.renewal import Renewals
-from lightning.settings import PaymentSettings
+from lightning.settings import REQUIRED_SECRETS, PaymentSettings
 from lightning.store import open_ledger
 from lightning.store.base import Charge, Invoice
+from lightning.wallet_health import WalletHealth
 from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
 from lightning.zapper import Publish, Zapper
@@ -73,6 +75,16 @@ def fake_state_file(settings: Settings) -> Path:
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
         return Path(url[len("sqlite:///") :]).parent / "fake-wallet.db"
     return Path("data") / "fake-wallet.db"
+
+
+def wallet_hint(p: PaymentSettings) -> str:
+    """Which settings to look at when the chosen wallet does not answer."""
+    if p.backend == "fake":
+        return "the demo wallet is in-process; restart the relay"
+    section, secret = REQUIRED_SECRETS[p.backend]
+    fields = secret if section == "nwc" else f"url and {secret}"
+    env = f"SATSRELAY_PAYMENTS__{section.upper()}__{secret.upper()}"
+    return f"check {fields} in [payments.{section}] (or env {env})"
 
 
 def build_backend(settings: Settings, http: httpx.AsyncClient) -> WalletBackend:
@@ -140,7 +152,14 @@ class PaymentsExtension:
         caps = PendingCaps(
             p.max_pending_invoices, p.max_pending_invoices_per_pubkey, p.max_pending_invoices_per_address
         )
-        self.ledger = Ledger(self.store, backend, self.plans, p.invoice_expiry_seconds, caps)
+        # The ledger and the check reach the wallet through its error counter; ``backend``
+        # stays the wallet itself (the demo's "simulate payment" needs the fake one).
+        metered = MeteredWallet(backend, self.metrics.wallet_errors)
+        self.ledger = Ledger(self.store, metered, self.plans, p.invoice_expiry_seconds, caps)
+        self.health = WalletHealth(metered, hint=wallet_hint(p), clock=clock)
+        self.metrics.watch_wallet(lambda: self.health.problem is None)
+        self._clock = clock
+        self._health_task: asyncio.Task[None] | None = None
         # One rate budget per address group for the join page and the zap callback together.
         limits = settings.limits
         self.invoice_budget = RequestBudget(
@@ -193,6 +212,7 @@ class PaymentsExtension:
             push=p.push,
             schedule=schedule,
             on_result=self._on_result,
+            on_pending=self.metrics.invoices_pending.set,
             clock=clock,
         )
         self.reminders: Reminders | None = None
@@ -285,6 +305,10 @@ class PaymentsExtension:
 
     async def start(self) -> None:
         await self.store.open()  # the ledger's tables, before anything reads them
+        # The wallet first: a wrong URL or key is one clear line at start-up (and on the
+        # console's overview), before the watcher's own tries.
+        await self.health.check()
+        self._health_task = asyncio.create_task(self.health.run(), name="wallet-health")
         await self.watcher.start()
         if self.zapper is not None:
             await self.zapper.reconcile()
@@ -296,6 +320,9 @@ class PaymentsExtension:
             await self.renewals.start()
 
     async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
         if self.membership is not None:
             await self.membership.stop()
         if self.reminders is not None:
@@ -343,6 +370,18 @@ class PaymentsExtension:
     def describe(self) -> str:
         return f"payments ({payment_settings(self.settings).backend})"
 
+    def links(self) -> Mapping[str, str]:
+        return {"join page (unpaid writers are sent here)": self.payments_url}
+
+    def problems(self) -> Sequence[str]:
+        if self.health.problem is None or self.health.since is None:
+            return []
+        since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.health.since))
+        return [
+            f"The {self.backend.name} wallet does not answer (since {since}): {self.health.problem}. "
+            f"No invoice can be issued or credited: {wallet_hint(payment_settings(self.settings))}."
+        ]
+
     def management_methods(self) -> Mapping[str, ManagementMethod]:
         return self.admin_methods.methods()
 
@@ -386,6 +425,7 @@ class PaymentsExtension:
             self.metrics.invoices_settled.labels(result.invoice.plan).inc()
             self.metrics.sats_received.inc(result.invoice.amount_msat / 1000)
             self.metrics.wallet_fees_msat.inc(result.fee_msat)
+            self.metrics.settlement_lag.observe(max(0.0, self._clock() - result.invoice.created_at))
             if self.zapper is not None:
                 self.zapper.settled(result.invoice, result.preimage)
             if self.membership is not None:

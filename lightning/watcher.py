@@ -36,6 +36,7 @@ from lightning.store.base import Invoice
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+STREAM_FAILURES_LOGGED = 20  # a failing push stream logs a warning every 20th try (~10 min at MAX_BACKOFF)
 POLL_CONCURRENCY = 8
 MAX_WATCHED = 10_000  # invoices whose "someone is looking at it" time is remembered
 
@@ -62,13 +63,16 @@ class Watcher:
         push: bool = True,
         schedule: PollSchedule | None = None,
         on_result: Callable[[ConfirmResult], None] = lambda result: None,
+        on_pending: Callable[[int], None] = lambda count: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``on_pending``: how many invoices are pending, after each round's listing (a gauge)."""
         self._ledger = ledger
         self._schedule = schedule or PollSchedule(poll_interval=poll_interval)
         self._poll_interval = poll_interval
         self._push = push
         self._on_result = on_result
+        self._on_pending = on_pending
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
         self._poll_wakeup = asyncio.Event()
@@ -119,6 +123,7 @@ class Watcher:
         started = self._clock()
         store = self._ledger.store
         pending = await store.list_invoices(pending_only=True)
+        self._on_pending(len(pending))
         credited = await self._look_up(pending, started, raise_on_failure=True)
         self._last_reconcile = started
         await store.expire_invoices(int(started))
@@ -133,6 +138,7 @@ class Watcher:
         s = self._schedule
         now = self._clock()
         pending = await self._ledger.store.list_invoices(pending_only=True)
+        self._on_pending(len(pending))
         live = {invoice.payment_hash for invoice in pending}
         for payment_hash in [h for h in self._last_lookup if h not in live]:
             del self._last_lookup[payment_hash]  # settled, expired or pruned: forget it
@@ -197,8 +203,10 @@ class Watcher:
 
     async def _push_loop(self) -> None:
         backoff = 0.5
+        failures = 0  # in a row: streams that failed without living long
         while True:
             self.stream_connects += 1
+            opened = time.monotonic()
             try:
                 async for payment_hash in self._ledger.backend.settlements():
                     backoff = 0.5
@@ -206,11 +214,19 @@ class Watcher:
                         await self.confirm(payment_hash)
                     except BackendError as exc:
                         log.warning("settlement hint for %s not confirmed yet (%s); polling will", payment_hash, exc)
-                log.warning("wallet settlement stream ended; reconnecting in %.1f s", backoff)
+                reason = "ended"
             except BackendError as exc:
-                log.warning("wallet settlement stream dropped (%s); reconnecting in %.1f s", exc, backoff)
+                reason = f"dropped ({exc})"
             except Exception:
                 log.exception("wallet settlement stream crashed; reconnecting in %.1f s", backoff)
+                reason = ""
+            if reason:
+                # A wallet that is down or refuses the key fails every reconnect: say so once
+                # (and every STREAM_FAILURES_LOGGED after), not at each try of the backoff.
+                # A stream that lived a while was up: its drop is news again.
+                failures = 1 if time.monotonic() - opened > MAX_BACKOFF else failures + 1
+                level = logging.WARNING if failures % STREAM_FAILURES_LOGGED == 1 else logging.DEBUG
+                log.log(level, "wallet settlement stream %s; reconnecting in %.1f s", reason, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 

@@ -50,7 +50,9 @@ def build_relay(
 ) -> Relay:
     """``ConfigError`` (one line) for a bad relay key or key file."""
     plugins = discover_plugins() if plugins is None else plugins
-    identity = load_identity(settings)
+    # A new key is written once the store has opened (Relay.start): a relay that cannot open
+    # its database leaves no key file behind.
+    identity = load_identity(settings, save=False)
     store = store if store is not None else open_store(settings.storage, search_kinds=settings.search.indexed_kinds())
     metrics = RelayMetrics()
 

@@ -418,6 +418,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
         f"backed up {db} to {args.file}: {result.events:,} events, "
         f"{result.bytes / 2**20:.1f} MiB in {result.seconds:.1f} s"
     )
+    from relay.identity import key_backup_note
+
+    print(key_backup_note(settings))
     return 0
 
 

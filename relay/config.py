@@ -136,6 +136,12 @@ class LimitSettings(_Section):
     max_heavy_reads_per_ip: int = Field(
         1, ge=1, description="... of them for one address group; freed turns go round robin over the groups"
     )
+    max_page_reads: int = Field(
+        16, ge=1, description="REQ answer pages being read and queued at once; more wait their turn"
+    )
+    max_page_reads_per_ip: int = Field(
+        2, ge=1, description="... of them for one address group; freed turns go round robin over the groups"
+    )
     outgoing_queue_bytes: int = Field(4 * 1024 * 1024, ge=65536, description="slow reader is dropped past this")
     created_at_lower_limit: int | None = Field(None, ge=0, description="NIP-22: max seconds in the past")
     created_at_upper_limit: int | None = Field(900, ge=0, description="NIP-22: max seconds in the future")

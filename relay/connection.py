@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +112,7 @@ class ConnectionDeps:
     authors: BucketTable  # per-pubkey event rate, shared by every connection
     sync_budget: ItemBudget  # NIP-77: items held by open reconciliations, relay-wide and per address group
     heavy_reads: HeavyReads  # turns at COUNT, NIP-77 item sets and NIP-50 searches, fair between groups
+    page_reads: HeavyReads  # turns at reading and queueing one page of a REQ's stored answer, likewise
     filter_limits: FilterLimits
     write_policies: Sequence[WritePolicy]
     vanished: VanishedAuthors  # NIP-62 requests: applied here, refreshed from the store
@@ -421,18 +422,23 @@ class Connection:
             if wanted:
                 pages = self.deps.store.query_pages(wanted, int(time.time()), scope, page_bytes=self._page_bytes)
                 async with contextlib.aclosing(pages):
-                    page = await self._first_page(pages, any(f.search is not None for f in wanted))
-                    while page is not None:
-                        for raw in page:
-                            sent.add(raw[7:71])
-                            self.send(messages.event(sub_id, raw))
+                    search = any(f.search is not None for f in wanted)
+                    while True:
+                        async with self._page_turn(search):
+                            page = await anext(pages, None)
+                            if page is None:
+                                break
+                            for raw in page:
+                                sent.add(raw[7:71])
+                                self.send(messages.event(sub_id, raw))
+                        search = False
                         # Back-pressure: the next page is read only once the client has
                         # taken this one, so a client that does not read holds about one
-                        # page, never its whole answer (issue 8, item 2).
+                        # page, never its whole answer (issue 8, item 2). Outside the turn:
+                        # a client that stops reading must not hold one.
                         await self._room()
                         if self.closed or self._pending_live.get(sub_id) is not pending:
                             return  # dropped, gone, or the subscription closed meanwhile
-                        page = await anext(pages, None)
         except Exception as exc:
             _store_fault_log.error("query failed", exc_info=exc)
             if self._pending_live.get(sub_id) is pending:
@@ -449,14 +455,22 @@ class Connection:
                 self.send(messages.event(sub_id, event.raw))
         self.deps.metrics.query_seconds.observe(time.perf_counter() - started)
 
-    async def _first_page(self, pages: AsyncGenerator[list[bytes], None], search: bool) -> list[bytes] | None:
-        """The answer's first page. A NIP-50 search ranks its matches while reading it: an
-        expensive read, so in this address group's turn (``HeavyReads``); the later pages
-        only fetch the chosen rows."""
+    @contextlib.asynccontextmanager
+    async def _page_turn(self, search: bool) -> AsyncIterator[None]:
+        """This address group's turn to read one page of a stored answer and queue its
+        events (issue 17): the reading and framing of pages is the event loop's work, and
+        twenty connections of one address each draining ``{"limit":5000}`` held a
+        bystander's ``REQ {"limit":1}`` for 4 s on old main; a group reads at most
+        ``max_page_reads_per_ip`` pages at once, turns round robin over the groups. A
+        NIP-50 search ranks its matches while reading its first page, an expensive read, so
+        that page first takes a heavy turn (always heavy before page, never the other way,
+        so no two waits can hold each other up)."""
         if not search:
-            return await anext(pages, None)
-        async with self.deps.heavy_reads.turn(self.group):
-            return await anext(pages, None)
+            async with self.deps.page_reads.turn(self.group):
+                yield
+            return
+        async with self.deps.heavy_reads.turn(self.group), self.deps.page_reads.turn(self.group):
+            yield
 
     async def _room(self) -> None:
         """Wait until what is queued for this client has left (the transport accepts writes

@@ -138,6 +138,7 @@ class Console:
         metrics: RelayMetrics,
         management: ManagementView,
         extension_panels: Sequence[ConsolePanel] = (),
+        problems: Callable[[], Sequence[str]] = tuple,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -145,6 +146,7 @@ class Console:
         self._store = store
         self._metrics = metrics
         self._management = management
+        self._problems = problems  # the extension's (Extension.problems): a wallet that does not answer
         self._clock = clock
         self._monotonic = monotonic
         self._started = monotonic()
@@ -250,7 +252,8 @@ class Console:
         rate, span = self.rate.current()
         state = self._management.state
         workers = self._settings.server.workers
-        blocks: list[dict[str, Any]] = [
+        blocks: list[dict[str, Any]] = [ui.text(f"Needs attention: {line}") for line in self._problems()]
+        blocks += [
             ui.stats(
                 [
                     (f"events/s (last {span:.0f} s)" if span else "events/s", f"{rate:.1f}"),

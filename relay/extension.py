@@ -119,6 +119,15 @@ class Extension(Protocol):
         """One word or two for the start-up log line (e.g. the wallet backend)."""
         ...
 
+    def links(self) -> Mapping[str, str]:
+        """Its own pages the start-up log names (label -> URL), e.g. the join page."""
+        ...
+
+    def problems(self) -> Sequence[str]:
+        """What the operator must fix now, one sentence each (a wallet that does not
+        answer); the console's overview shows them first. Empty when all is well."""
+        ...
+
     def management_methods(self) -> Mapping[str, ManagementMethod]:
         """Extra NIP-86 methods, named ``<section>.<verb>`` (e.g. ``payments.grant``) so they
         never collide with the NIP's own; listed by ``supportedmethods``, called only for

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,6 +19,9 @@ class RelayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_resident_memory_bytes, process_open_fds / process_max_fds (the unit's
+        # LimitNOFILE: one descriptor per connection), CPU seconds: read from /proc at scrape.
+        ProcessCollector(registry=r)
         self.connections = Gauge("satsrelay_connections", "Open WebSocket connections", registry=r)
         self.connections_rejected = Counter(
             "satsrelay_connections_rejected_total", "Connections refused", ["reason"], registry=r

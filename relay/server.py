@@ -17,7 +17,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -33,7 +33,7 @@ from relay.extension import Extension
 from relay.filters import Filter
 from relay.heavy_reads import HeavyReads
 from relay.http import HttpRequest, HttpResponse, HttpRouter, http_url, not_found, response
-from relay.identity import RelayIdentity, profile_content, profile_event
+from relay.identity import RelayIdentity, profile_content, profile_event, save_new_key
 from relay.limits import BucketTable, IpTable, LogThrottle
 from relay.management_view import ManagementView
 from relay.messages import FilterLimits
@@ -99,6 +99,7 @@ class Relay:
         # NIP-77 items, relay-wide and per address group; turns at expensive reads (issue 17)
         self.sync_budget = ItemBudget(settings.negentropy.max_total_items, settings.negentropy.items_per_ip())
         self.heavy_reads = HeavyReads(limits.max_heavy_reads, limits.max_heavy_reads_per_ip)
+        self.page_reads = HeavyReads(limits.max_page_reads, limits.max_page_reads_per_ip)
         self.quota = StorageQuota(self.store, settings.retention)
         self.vanished = VanishedAuthors(self.store)  # NIP-62
         write_policies = build_write_policies(
@@ -133,6 +134,7 @@ class Relay:
             ),
             sync_budget=self.sync_budget,
             heavy_reads=self.heavy_reads,
+            page_reads=self.page_reads,
             write_policies=write_policies,
             vanished=self.vanished,
             quota=self.quota,
@@ -194,6 +196,7 @@ class Relay:
         """Open the store, start the stages, listen (on ``sock`` when given: a socket the
         caller bound already, e.g. to port 0)."""
         await self.store.open()
+        self.identity = save_new_key(self.identity)  # a new key is kept only by a relay whose store opened
         await self.vanished.load()
         await self.management.load()
         self.verifier.start()
@@ -216,6 +219,7 @@ class Relay:
             metrics=self.metrics,
             management=self.management,
             extension_panels=self.extension.console_panels() if self.extension is not None else (),
+            problems=self.extension.problems if self.extension is not None else tuple,
         )
         self.router.add(self.console.handle)  # /admin: the operator console, before any other route
         self.router.add(self._management_route)
@@ -258,6 +262,9 @@ class Relay:
             redact_url(self.settings.storage.url),
             self.extension.describe() if self.extension is not None else "none",
         )
+        links = self.extension.links() if self.extension is not None else {}
+        for line in where_next(self.settings, self.metrics_port, links):
+            log.info("%s", line)
 
     async def publish_own(self, event: Event) -> WriteOutcome:
         """Store and fan out an event the relay signed itself (its profile, zap receipts):
@@ -429,13 +436,32 @@ class Relay:
         factory = create_factory(hooks, options, set(), lambda: None)
         host, port = address
         self._metrics_server = await asyncio.get_running_loop().create_server(factory, host, port, reuse_port=True)
-        log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
 
     @property
     def metrics_port(self) -> int | None:
         if self._metrics_server is None:
             return None
         return int(self._metrics_server.sockets[0].getsockname()[1])
+
+
+def where_next(settings: Settings, metrics_port: int | None, links: Mapping[str, str]) -> list[str]:
+    """The start-up log's pointers for an operator: the address clients add, the
+    extension's pages (the join page), the console (or how to turn it on), the metrics."""
+    public = settings.relay.public_url
+    lines = [f"clients connect to {public}"]
+    lines += [f"{label}: {url}" for label, url in links.items()]
+    console = http_url(public) + "/admin"
+    if settings.admin.pubkeys:
+        lines.append(f"operator console: {console} (sign in with a NIP-07 extension holding an [admin] pubkeys key)")
+    else:
+        lines.append(f"operator console: {console} opens once [admin] pubkeys names your hex pubkey")
+    address = settings.server.metrics_address()
+    if address is None or metrics_port is None:
+        lines.append("metrics: off ([server] metrics_listen is empty)")
+    else:
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        lines.append(f"metrics (Prometheus): http://{host}:{metrics_port}/metrics")
+    return lines
 
 
 class _MetricsOnly:
@@ -496,6 +522,13 @@ def _tune_gc() -> None:
 
 async def run(relay: Relay) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    # Handlers first: a SIGTERM that arrives while the relay starts (systemd stopping it,
+    # a supervisor) is a graceful stop once it has started, not death by the default
+    # action with the port already open (exit -15, events in flight unanswered).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await relay.start(reuse_port=relay.settings.server.reuse_port)
     except BaseException:
@@ -504,10 +537,6 @@ async def run(relay: Relay) -> None:
         await relay.stop()
         raise
     _tune_gc()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
     await relay.stop()

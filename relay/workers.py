@@ -60,6 +60,11 @@ def run_workers(settings: Settings, config: Path | None) -> int:
             file=sys.stderr,
         )
         return 2
+    from relay.identity import load_identity
+
+    # The relay's key, made here once when new: workers starting together would each make
+    # their own (a worker writes a new key only after its store opened: relay.identity).
+    load_identity(settings)
     env = {
         **os.environ,
         "SATSRELAY_SERVER__WORKERS": "1",

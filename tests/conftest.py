@@ -69,7 +69,15 @@ def relay_settings(tmp_path: Path, port: int | None = None, **sections: dict[str
                    "ip_events_burst": 10000, "pubkey_events_per_second": 10000, "pubkey_events_burst": 10000},
         "log_level": "WARNING",
     }
-    return load_settings(None, **_merge(base, sections))
+    merged = _merge(base, sections)
+    postgres = not str(merged["storage"]["url"]).startswith("sqlite:")
+    # A PostgreSQL relay keeps its key and the demo wallet's file in ./data by default: keep
+    # them in the test's folder, not in the checkout's ./data (the operator's, `make run`).
+    if postgres and not {"key_file", "secret_key"} & set(merged["relay"]):
+        merged["relay"]["key_file"] = str(tmp_path / "relay.key")
+    if postgres and "payments" in merged:
+        merged["payments"] = _merge({"fake": {"state_file": str(tmp_path / "fake-wallet.db")}}, merged["payments"])
+    return load_settings(None, **merged)
 
 
 @pytest.fixture
@@ -196,10 +204,12 @@ def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
         extra ``satsrelay serve`` arguments (e.g. ``["--workers", "2"]``)."""
         port = port or free_port()
         storage_url = storage_url or f"sqlite:///{tmp_path}/relay.db"
+        # as in relay_settings: a PostgreSQL relay's key in the test's folder, not ./data
+        key_file = "" if storage_url.startswith("sqlite:") else f'key_file = "{tmp_path}/relay.key"\n'
         config = tmp_path / f"relay-{port}.toml"
         config.write_text(
             f'log_level = "INFO"\n[server]\nhost = "127.0.0.1"\nport = {port}\nmetrics_listen = "127.0.0.1:0"\n'
-            f'[relay]\npublic_url = "ws://127.0.0.1:{port}"\n'
+            f'[relay]\npublic_url = "ws://127.0.0.1:{port}"\n{key_file}'
             f'[storage]\nurl = "{storage_url}"\n' + (storage_toml.rstrip("\n") + "\n" if storage_toml else "")
             + extra_toml
         )
@@ -230,3 +240,52 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
             print(f"\nSKIPPED (fails CI): {report.nodeid}: {reason}", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- the PostgreSQL half of the suite ---------------------------------------------------
+
+DEFAULT_TEST_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_HINT = (
+    "set SATSRELAY_TEST_POSTGRES=postgresql://<user>@<host>:<port>/<database> (a database the tests may "
+    f"create and drop schemas in), or make {DEFAULT_TEST_POSTGRES} answer (README: Tests)"
+)
+
+
+def _postgres_answers(dsn: str) -> bool:
+    import asyncio
+
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(dsn, timeout=2)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, TimeoutError, asyncpg.PostgresError):
+        return False
+    return True
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests marked postgres use SATSRELAY_TEST_POSTGRES; when it is unset and the default
+    test database answers (a machine set up like CI), they use that, so ``make test`` runs
+    the PostgreSQL half wherever PostgreSQL is there to run it."""
+    if not os.environ.get("SATSRELAY_TEST_POSTGRES") and _postgres_answers(DEFAULT_TEST_POSTGRES):
+        os.environ["SATSRELAY_TEST_POSTGRES"] = DEFAULT_TEST_POSTGRES
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say at the end of the run whether the PostgreSQL half ran, and how to include it."""
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if "SATSRELAY_TEST_POSTGRES" in (report.longrepr[2] if isinstance(report.longrepr, tuple) else "")
+    ]
+    if skipped:
+        terminalreporter.write_line(
+            f"PostgreSQL half: {len(skipped)} tests skipped, no PostgreSQL to run them on: {POSTGRES_HINT}"
+        )
+    elif os.environ.get("SATSRELAY_TEST_POSTGRES"):
+        url = os.environ["SATSRELAY_TEST_POSTGRES"]
+        terminalreporter.write_line(f"PostgreSQL half: run against {url.split('@')[-1]}")

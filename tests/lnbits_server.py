@@ -41,13 +41,19 @@ def _free_port() -> int:
         return port
 
 
-def _site_packages_lnbits(python: Path) -> Path:
+def _site_packages_lnbits(python: Path, workdir: Path) -> Path:
+    """Where the lnbits package is installed. Found without importing it: ``import lnbits``
+    loads its settings, which write ``data/.lnbits_auth_key`` under the current directory
+    (it used to land in the operator's ``./data``, beside the relay's own data). Run in
+    ``workdir`` all the same."""
+    locate = "import importlib.util; print(importlib.util.find_spec('lnbits').submodule_search_locations[0])"
     out = subprocess.run(
-        [str(python), "-c", "import lnbits, os; print(os.path.dirname(lnbits.__file__))"],
+        [str(python), "-c", locate],
         check=True,
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=workdir,
     )
     return Path(out.stdout.strip())
 
@@ -72,9 +78,9 @@ class LnbitsServer:
     @classmethod
     def start(cls, funding_sats: int = 1_000_000) -> LnbitsServer:
         python = lnbits_python()
-        package = _site_packages_lnbits(python)
         workdir = tempfile.TemporaryDirectory(prefix="satsrelay-lnbits-")
         root = Path(workdir.name)
+        package = _site_packages_lnbits(python, root)
         (root / "lnbits").mkdir()
         (root / "lnbits" / "static").symlink_to(package / "static")
         (root / "lnbits" / "templates").symlink_to(package / "templates")

@@ -351,6 +351,12 @@ class _PanelsExtension:
     def describe(self) -> str:
         return "panels"
 
+    def links(self) -> Mapping[str, str]:
+        return {}
+
+    def problems(self) -> Sequence[str]:
+        return []
+
     def management_methods(self) -> Mapping[str, ManagementMethod]:
         return {}
 

@@ -81,6 +81,9 @@ def make_bolt11(
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    # Created on first use, not when the relay is built: a relay that cannot open its own
+    # database must leave no wallet file (or data/ directory) behind.
+    path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=10, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(_SCHEMA)
@@ -117,8 +120,6 @@ class FakeBackend:
         self._outage = False
         self._stream_generation = 0
         self._wake = asyncio.Event()
-        config.state_file.parent.mkdir(parents=True, exist_ok=True)
-        _connect(config.state_file).close()
 
     # --- test and demo controls ------------------------------------------------
 
@@ -180,6 +181,9 @@ class FakeBackend:
         if expires_at <= time.time():
             return InvoiceStatus(payment_hash, PaymentState.FAILED)
         return InvoiceStatus(payment_hash, PaymentState.PENDING)
+
+    async def check(self) -> None:
+        self._check_up()
 
     async def settlements(self) -> AsyncIterator[str]:
         self._check_up()

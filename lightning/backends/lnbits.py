@@ -129,6 +129,23 @@ class LnbitsBackend:
             preimage = None  # LNbits shows 64 zeros until it knows the preimage
         return InvoiceStatus(payment_hash, state, received, preimage=preimage)
 
+    async def check(self) -> None:
+        """``GET /api/v1/wallet`` answers a valid invoice key with the wallet's name and
+        balance, anything else with 404 "Wallet not found." (a lookup cannot tell: an unknown
+        hash is 404 whatever the key)."""
+        label = "lnbits wallet"
+        reply = await request_json(
+            self._client,
+            "GET",
+            f"{self._base}/api/v1/wallet",
+            label=label,
+            secrets=self._secrets,
+            headers=self._headers,
+            allow=frozenset({401, 403, 404}),
+        )
+        if reply.status != 200:
+            raise BackendError(f"{label}: the invoice key was refused (HTTP {reply.status})")
+
     async def settlements(self) -> AsyncIterator[str]:
         ws_url = self._base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         try:

@@ -23,6 +23,7 @@ import httpx
 import orjson
 
 from lightning.backend import (
+    PROBE_PAYMENT_HASH,
     BackendError,
     CreatedInvoice,
     InvoiceStatus,
@@ -112,6 +113,10 @@ class LndBackend:
                 return InvoiceStatus(payment_hash, PaymentState.UNKNOWN)
             raise BackendError(f"{label}: HTTP {reply.status}: {scrub(message, self._secrets)}")
         return _status(payment_hash, reply.body, label)
+
+    async def check(self) -> None:
+        """An unknown hash is answered "unknown" only past the credential check."""
+        await self.lookup_invoice(PROBE_PAYMENT_HASH)
 
     async def settlements(self) -> AsyncIterator[str]:
         label = "lnd push stream"

@@ -33,6 +33,7 @@ from websockets.exceptions import WebSocketException
 
 from lightning import nip04, nip44
 from lightning.backend import (
+    PROBE_PAYMENT_HASH,
     BackendError,
     CreatedInvoice,
     InvoiceStatus,
@@ -190,6 +191,10 @@ class NwcBackend:
         if not (isinstance(preimage, str) and len(preimage) == 64):
             preimage = None
         return InvoiceStatus(payment_hash, state, received, preimage=preimage)
+
+    async def check(self) -> None:
+        """An unknown hash is answered "unknown" only past the credential check."""
+        await self.lookup_invoice(PROBE_PAYMENT_HASH)
 
     async def settlements(self) -> AsyncIterator[str]:
         session = await self._live_session()

@@ -88,10 +88,15 @@ def backup(db: Path, target: Path, progress: Progress | None = None) -> BackupRe
         raise BackupError(f"{target} already exists; choose a new file name")
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
+    try:
+        _create_private(partial)
+    except OSError as exc:
+        raise BackupError(f"cannot write {target}: {exc.strerror or exc}") from None
     started = time.monotonic()
     try:
         source = sqlite3.connect(_read_only(db), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
+        partial.unlink(missing_ok=True)
         raise BackupError(f"cannot open {db}: {exc}") from None
     try:
         source.execute("PRAGMA busy_timeout = 5000")
@@ -159,6 +164,7 @@ def restore(backup_file: Path, db: Path) -> tuple[int, Path | None]:
     with _exclusive(db):
         incoming = db.with_name(db.name + ".restoring")
         incoming.unlink(missing_ok=True)
+        _create_private(incoming)
         src = sqlite3.connect(_read_only(backup_file), uri=True)
         try:
             dest = sqlite3.connect(incoming, isolation_level=None)
@@ -191,6 +197,13 @@ def _exclusive(db: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _create_private(path: Path) -> None:
+    """An empty file readable by its owner only (0600, whatever the umask), for SQLite to
+    fill: a backup holds every account, invoice and sealed wallet connection, and a copy
+    left world-readable in /backups would hand them to every local user."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _read_only(path: Path) -> str:
