@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -321,15 +322,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             out = sys.stdout.buffer if args.file in (None, "-") else stack.enter_context(open(args.file, "wb"))
         except OSError as exc:
             return _fail(f"cannot write {args.file}: {exc.strerror or exc}")
-        try:
-            n = asyncio.run(main(out))
-            out.flush()
-        except BrokenPipeError:
-            # `satsrelay export | head`: the reader has what it wanted. Point stdout at
-            # /dev/null so the interpreter's final flush does not raise again.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            return 0
+        n = asyncio.run(main(out))  # `export | head`: main() handles the broken pipe
+        out.flush()
     print(f"exported {n} events", file=sys.stderr)
     return 0
 
@@ -501,11 +495,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        # Inside the try: output a reader never took (`| head` has exited) is still in
+        # the buffer, and flushing it is where the broken pipe shows.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a socket of the command's own, not the operator's pipe: a real fault
+        # `satsrelay accounts list | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except ConfigError as exc:
         return _fail(str(exc), 2)
     except StoreUnavailable as exc:
         return _fail(str(exc))
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reading end is closed: poll reports an
+    error condition on the writing end then (Linux, the BSDs, macOS)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll (Windows), stdout not a file
+        return True
 
 
 if __name__ == "__main__":
