@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import select
+import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -79,26 +79,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run_workers(settings, args.config)
     from relay.app import build_relay
     from relay.server import run
+    from relay.transport import ListenError
+
+    # --workers' supervisor hands each worker the metrics socket it bound once (relay.workers)
+    metrics_sock = socket.socket(fileno=args.metrics_fd) if args.metrics_fd is not None else None
 
     async def serve() -> None:
-        await run(build_relay(settings))
+        await run(build_relay(settings), metrics_sock)
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
             _event_loop_runner()(serve())
-    except OSError as exc:
-        if exc.errno not in _LISTEN_ERRNOS:
-            raise
-        srv = settings.server
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        hint = " (is another relay running? set server.port or --port)" if exc.errno == errno.EADDRINUSE else ""
-        return _fail(f"cannot listen on {srv.host}:{srv.port}: {reason.lower()}{hint}")
+    except ListenError as exc:
+        return _fail(str(exc))
     return 0
-
-
-# Errors from bind(): the operator's to fix (another process on the port, a port below
-# 1024 without privileges, an address this machine does not have).
-_LISTEN_ERRNOS = frozenset((errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL))
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -447,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, help="processes sharing the port (needs PostgreSQL)")
+    serve.add_argument("--metrics-fd", type=int, default=None, help=argparse.SUPPRESS)  # from --workers' supervisor
     serve.set_defaults(func=cmd_serve)
 
     imp = sub.add_parser("import", help="import events from JSONL (file or stdin)", parents=[common])

@@ -44,7 +44,17 @@ from relay.retention import StorageQuota, purge_old_events
 from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.writer import GroupCommitWriter
 from relay.subscriptions import SubscriptionIndex
-from relay.transport import MessageSink, RelayProtocol, ShellOptions, WebSocketLink, create_factory, keepalive_sweep
+from relay.transport import (
+    METRICS_IN_USE_HINT,
+    MessageSink,
+    RelayProtocol,
+    ShellOptions,
+    WebSocketLink,
+    bind_listening_socket,
+    create_factory,
+    keepalive_sweep,
+    listen_error,
+)
 from relay.vanish import VanishedAuthors
 from relay.verifier import SignatureVerifier
 
@@ -150,6 +160,7 @@ class Relay:
         self._background: list[asyncio.Task[None]] = []
         self._server: asyncio.Server | None = None
         self._metrics_server: asyncio.Server | None = None
+        self._announced = False  # start() completed and said so
         self._info_json = b""
         self._info_html = b""
         self._info_base: dict[str, Any] = {}
@@ -192,9 +203,17 @@ class Relay:
     def url(self) -> str:
         return f"ws://{self.settings.server.host}:{self.port}"
 
-    async def start(self, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
+    async def start(
+        self,
+        *,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+        metrics_sock: socket.socket | None = None,
+    ) -> None:
         """Open the store, start the stages, listen (on ``sock`` when given: a socket the
-        caller bound already, e.g. to port 0)."""
+        caller bound already, e.g. to port 0; metrics on ``metrics_sock`` when given: the
+        one ``--workers``' supervisor bound for all its workers). ``ListenError`` (one
+        line) when an address is taken."""
         await self.store.open()
         self.identity = save_new_key(self.identity)  # a new key is kept only by a relay whose store opened
         await self.vanished.load()
@@ -251,10 +270,15 @@ class Relay:
         if sock is not None:
             self._server = await loop.create_server(factory, sock=sock, backlog=1024)
         else:
-            self._server = await loop.create_server(
-                factory, srv.host, srv.port, reuse_port=reuse_port or None, backlog=1024
-            )
-        await self._start_metrics_listener(options)
+            try:
+                self._server = await loop.create_server(
+                    factory, srv.host, srv.port, reuse_port=reuse_port or None, backlog=1024
+                )
+            except OSError as exc:
+                hint = "is another relay running? set server.port or --port"
+                raise listen_error(srv.host, srv.port, exc, setting="", hint=hint) or exc from None
+        await self._start_metrics_listener(options, metrics_sock)
+        self._announced = True
         log.info(
             "satsrelay listening on ws://%s:%d (store %s, extension %s)",
             srv.host,
@@ -305,7 +329,7 @@ class Relay:
             await self.extension.stop()
         await self.verifier.close()
         await self.store.close()
-        if self._server is not None:  # a relay that never listened has nothing to announce
+        if self._announced:  # a relay that never started has nothing to announce
             log.info("satsrelay stopped")
 
     async def _keepalive_loop(self, interval: float) -> None:
@@ -424,18 +448,24 @@ class Relay:
             return response(HTTPStatus.UNAUTHORIZED, b"unauthorized\n", "text/plain", [("WWW-Authenticate", "Bearer")])
         return self._metrics_response()
 
-    async def _start_metrics_listener(self, options: ShellOptions) -> None:
+    async def _start_metrics_listener(self, options: ShellOptions, sock: socket.socket | None) -> None:
         """``[server] metrics_listen``: a second listener (loopback by default) that answers
-        /metrics and nothing else, for a local Prometheus scraper. SO_REUSEPORT: the workers
-        of ``--workers`` (and several relays on one host) share the address, as they share the
-        public port; each answers with its own process's counters."""
+        /metrics and nothing else, for a local Prometheus scraper.
+
+        Never SO_REUSEPORT: with it a second relay on the same host bound the default
+        address too and the kernel split scrapes between two unrelated relays. A relay
+        alone binds it itself and exits naming it when it is taken; the workers of
+        ``--workers`` accept on the one socket their supervisor bound (``sock``), each
+        answering with its own process's counters."""
         address = self.settings.server.metrics_address()
         if address is None:
             return
         hooks = _MetricsOnly(self)
         factory = create_factory(hooks, options, set(), lambda: None)
         host, port = address
-        self._metrics_server = await asyncio.get_running_loop().create_server(factory, host, port, reuse_port=True)
+        if sock is None:
+            sock = bind_listening_socket(host, port, setting=" (server.metrics_listen)", hint=METRICS_IN_USE_HINT)
+        self._metrics_server = await asyncio.get_running_loop().create_server(factory, sock=sock)
 
     @property
     def metrics_port(self) -> int | None:
@@ -520,7 +550,7 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def run(relay: Relay) -> None:
+async def run(relay: Relay, metrics_sock: socket.socket | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     # Handlers first: a SIGTERM that arrives while the relay starts (systemd stopping it,
     # a supervisor) is a graceful stop once it has started, not death by the default
@@ -530,7 +560,7 @@ async def run(relay: Relay) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await relay.start(reuse_port=relay.settings.server.reuse_port)
+        await relay.start(reuse_port=relay.settings.server.reuse_port, metrics_sock=metrics_sock)
     except BaseException:
         # A relay that cannot start (port taken, store unreachable) must exit, not linger
         # with its writer, verifier and store threads alive; the CLI reports the cause.

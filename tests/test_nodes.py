@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ import httpx
 import pytest
 
 from relay import crypto
-from tests.conftest import RelayProcess
+from tests.conftest import RelayProcess, free_port
 from tests.nostr_client import NostrClient, signed
 from tests.waiting import eventually
 
@@ -65,8 +67,9 @@ async def _drop_schema(dsn: str, schema: str) -> None:
 def start_node(pg_schema: str, pg_dsn: str, relay_process: MakeRelay) -> Callable[..., RelayProcess]:
     """``start_node(extra_toml=..., args=...)``: a ``satsrelay serve`` on the shared schema."""
 
-    def start(extra_toml: str = "", args: list[str] | None = None) -> RelayProcess:
+    def start(extra_toml: str = "", args: list[str] | None = None, env: dict[str, str] | None = None) -> RelayProcess:
         return relay_process(
+            env=env,
             storage_url=pg_dsn,
             storage_toml=f'schema_name = "{pg_schema}"',
             extra_toml="[limits]\nevents_per_second = 10000\nevents_burst = 10000\n"
@@ -413,6 +416,86 @@ async def test_sigterm_while_a_crashed_worker_is_being_restarted_still_stops_eve
     assert code == 0
     with pytest.raises(ProcessLookupError):
         os.kill(survivor, 0)
+
+
+def _holders(inode: int, pids: list[int]) -> set[int]:
+    """The processes among ``pids`` holding the socket ``inode``."""
+    held = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == f"socket:[{inode}]" for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                held.add(pid)
+    return held
+
+
+async def test_workers_share_one_metrics_socket_that_no_other_relay_can_join(
+    start_node: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """``--workers``: the supervisor binds the metrics address once and its workers accept on
+    that one socket; a relay of its own started with the same address exits naming it
+    instead of joining (SO_REUSEPORT let it, and the kernel split scrapes between them)."""
+    from tests.test_listeners import one_line, relay_config, serve_until_exit
+
+    metrics_port = free_port()
+    metrics = f"127.0.0.1:{metrics_port}"
+    supervisor = start_node(args=["--workers", "2"], env={"SATSRELAY_SERVER__METRICS_LISTEN": metrics})
+    assert supervisor.proc is not None
+
+    async def two_workers_serving_metrics() -> bool:
+        workers = _children(supervisor.proc.pid) if supervisor.proc is not None else []
+        announced = supervisor.stderr_text().count(f"metrics (Prometheus): http://{metrics}/metrics")
+        return len(workers) == 2 and announced == 2
+
+    await eventually(two_workers_serving_metrics, WAIT, what="both workers to serve metrics")
+    workers = _children(supervisor.proc.pid)
+    listening = [inode for inode, _, state in _tcp_sockets(metrics_port) if state == "0A"]  # 0A = LISTEN
+    assert len(listening) == 1, f"{len(listening)} listening sockets on the metrics port"
+    assert _holders(listening[0], workers) == set(workers)
+    async with httpx.AsyncClient(timeout=WAIT) as http:
+        for _ in range(10):
+            assert (await http.get(f"http://{metrics}/metrics")).status_code == 200
+
+    other = serve_until_exit(relay_config(tmp_path, "other", metrics))
+    assert other.returncode == 1
+    line = one_line(other.stderr)
+    assert f"cannot listen on {metrics} (server.metrics_listen): address already in use" in line, line
+
+
+async def test_workers_that_can_never_start_back_off_then_the_supervisor_gives_up(
+    start_node: Callable[..., RelayProcess], pg_dsn: str, pg_schema: str, tmp_path: Path
+) -> None:
+    """A worker that fails right at start every time (here: its port is held by another
+    program, without SO_REUSEPORT) is restarted after growing delays, then the supervisor
+    stops, says so in one line and exits non-zero; it used to restart it every second,
+    forever."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "workers.toml"
+        config.write_text(
+            f'log_level = "INFO"\n[server]\nhost = "127.0.0.1"\nport = {port}\nmetrics_listen = ""\n'
+            f'[storage]\nurl = "{pg_dsn}"\nschema_name = "{pg_schema}"\n'
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay.cli", "serve", "--config", str(config), "--workers", "2",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 90)
+        except TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = await proc.communicate()
+            raise AssertionError(f"the supervisor kept restarting workers:\n{err.decode()[-3000:]}") from None
+    log = err.decode()
+    assert proc.returncode not in (0, None), log
+    assert "Traceback" not in log, log
+    giving_up = [line for line in log.splitlines() if "giving up" in line]
+    assert len(giving_up) == 1, log
+    # Each worker said why it could not start, and the delays between restarts grew.
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in log, log
+    delays = [float(m) for m in re.findall(r"worker 0 exited with \S+ after [\d.]+ s; restarting in ([\d.]+) s", log)]
+    assert len(delays) >= 3 and delays == sorted(delays) and delays[-1] >= 4 * delays[0], log
 
 
 # --- the ledger across nodes ------------------------------------------------------------
