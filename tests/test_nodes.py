@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -67,10 +68,12 @@ async def _drop_schema(dsn: str, schema: str) -> None:
 def start_node(pg_schema: str, pg_dsn: str, relay_process: MakeRelay) -> Callable[..., RelayProcess]:
     """``start_node(extra_toml=..., args=...)``: a ``satsrelay serve`` on the shared schema."""
 
-    def start(extra_toml: str = "", args: list[str] | None = None, env: dict[str, str] | None = None) -> RelayProcess:
+    def start(
+        extra_toml: str = "", args: list[str] | None = None, env: dict[str, str] | None = None, dsn: str | None = None
+    ) -> RelayProcess:
         return relay_process(
             env=env,
-            storage_url=pg_dsn,
+            storage_url=dsn or pg_dsn,
             storage_toml=f'schema_name = "{pg_schema}"',
             extra_toml="[limits]\nevents_per_second = 10000\nevents_burst = 10000\n"
             "ip_events_per_second = 10000\nip_events_burst = 10000\n"
@@ -112,6 +115,69 @@ async def test_event_published_on_a_reaches_live_subscriber_and_req_on_b(
         assert [e["id"] for e in stored] == [regular.id]
         assert stored[0] == regular.to_dict()
         # each event reached B's subscriber once, not echoed again
+        await sub.expect_silence(0.3)
+
+
+@pytest.fixture
+def own_role(pg_dsn: str) -> Iterator[tuple[str, str]]:
+    """(role, DSN) of a login role of its own for one node: not a superuser, so a CONNECTION
+    LIMIT binds it. Dropped afterwards with what it owns."""
+    role = f"node_{uuid.uuid4().hex[:12]}"
+    parts = urlsplit(pg_dsn)
+    database = parts.path.lstrip("/")
+    asyncio.run(_sql(pg_dsn, f'CREATE ROLE "{role}" LOGIN', f'GRANT CREATE ON DATABASE "{database}" TO "{role}"'))
+    yield role, urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    asyncio.run(_sql(
+        pg_dsn,
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
+        f'DROP OWNED BY "{role}"',
+        f'DROP ROLE "{role}"',
+    ))
+
+
+async def _sql(dsn: str, *statements: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def test_event_committed_on_a_reaches_b_although_a_dies_before_it_could_notify(
+    own_role: tuple[str, str], start_node: Callable[..., RelayProcess], pg_dsn: str, alice: bytes
+) -> None:
+    """A node commits an event and dies before any NOTIFY of its own could follow: the
+    event must still reach other nodes' live subscribers, because its announcement is part
+    of the commit. Node A runs as a role held to the connections it has (CONNECTION LIMIT),
+    so a NOTIFY needing a connection of its own can never be sent; then A is killed -9
+    right after its OK."""
+    import asyncpg
+
+    role, dsn = own_role
+    a = start_node(dsn=dsn)  # first: it creates the schema, owned by its role
+    b = start_node()
+    assert a.proc is not None
+    async with NostrClient(a.url) as pub, NostrClient(b.url) as sub:
+        assert await sub.req("live", {"authors": [crypto.public_key(alice).hex()]}) == []
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            held = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role)
+            await conn.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT {held}')
+        finally:
+            await conn.close()
+
+        # A regular event (one-statement write) and a replaceable one (the transaction
+        # that applies NIP-01's replacement rules): both write paths announce in the commit.
+        note = signed(alice, 1, "committed on A, which then died")
+        profile = signed(alice, 0, '{"name":"alice"}')
+        for event in (note, profile):
+            assert await pub.publish(event) == (True, "")
+        a.kill()
+        got = [(await live_event(sub, "live"))["id"] for _ in range(2)]
+        assert sorted(got) == sorted([note.id, profile.id])
         await sub.expect_silence(0.3)
 
 
@@ -279,6 +345,57 @@ async def test_killed_listener_reconnects_and_live_subscriber_misses_nothing(
     assert b.terminate() == 0
     log = b.stderr_text()
     assert "broadcast listener lost" in log and "caught up" in log, log
+
+
+async def test_listener_outage_is_logged_once_and_over_within_a_second_of_postgres_answering(
+    own_role: tuple[str, str], start_node: Callable[..., RelayProcess], pg_dsn: str, alice: bytes
+) -> None:
+    """Each second without a listener loses other nodes' ephemeral events on this node, so
+    once PostgreSQL takes connections again the listener is back within a second (not after
+    a back-off grown to 5 s), and an outage of many refused attempts is two log lines (lost,
+    back), not one per attempt. B runs as a role of its own; its listener is terminated
+    while the role's CONNECTION LIMIT refuses it a new connection, for 8 s."""
+    import asyncpg
+
+    role, dsn = own_role
+    b = start_node(dsn=dsn)  # first: it creates the schema, owned by its role
+    a = start_node()
+    assert b.proc is not None
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        held = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role)
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT {held - 1}')  # no room once it loses one
+        (listener,) = await listener_pids(pg_dsn, b.proc.pid)
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", listener)
+        await eventually(
+            lambda: asyncio.sleep(0, "broadcast listener lost" in b.stderr_text()), WAIT, what="the outage"
+        )
+        await asyncio.sleep(8)  # the outage: every reconnect attempt is refused meanwhile
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+        answering = time.monotonic()
+    finally:
+        await admin.close()
+
+    async def listening_again() -> bool:
+        pids = await listener_pids(pg_dsn, b.proc.pid) if b.proc is not None else []
+        return len(pids) == 1
+
+    await eventually(listening_again, WAIT, interval=0.02, what="B's listener to reconnect")
+    assert time.monotonic() - answering < 2.0, "B's listener took more than 2 s to come back"
+
+    async with NostrClient(a.url) as pub, NostrClient(b.url) as sub:
+        assert await sub.req("live", {"authors": [crypto.public_key(alice).hex()]}) == []
+        ephemeral = signed(alice, 20001, "after the outage")
+        assert await pub.publish(ephemeral) == (True, "")
+        assert (await live_event(sub, "live"))["id"] == ephemeral.id
+
+    await eventually(
+        lambda: asyncio.sleep(0, "broadcast listener back" in b.stderr_text()), WAIT, what="the 'back' line"
+    )
+    log = b.stderr_text()
+    assert log.count("broadcast listener lost") == 1, log
+    assert log.count("broadcast listener back") == 1, log
+    assert "Traceback" not in log, log
 
 
 # --- serve --workers N --------------------------------------------------------------------
