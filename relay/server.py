@@ -28,6 +28,7 @@ from relay.broadcast import Broadcast
 from relay.config import Settings
 from relay.connection import Connection, ConnectionDeps
 from relay.console import Console, redact_url
+from relay.descriptors import METRICS_BACKLOG, METRICS_CONNECTIONS, open_descriptors, plan_connections, raise_soft_limit
 from relay.event import Event
 from relay.extension import Extension
 from relay.filters import Filter
@@ -46,6 +47,7 @@ from relay.store.writer import GroupCommitWriter
 from relay.subscriptions import SubscriptionIndex
 from relay.transport import (
     METRICS_IN_USE_HINT,
+    ConnectionSlots,
     MessageSink,
     RelayProtocol,
     ShellOptions,
@@ -161,6 +163,8 @@ class Relay:
         self._server: asyncio.Server | None = None
         self._metrics_server: asyncio.Server | None = None
         self._announced = False  # start() completed and said so
+        # Every open connection of the public listener (sized at start from the open-file limit)
+        self.slots = ConnectionSlots(settings.limits.max_connections, None, settings.limits.ipv6_prefix)
         self._info_json = b""
         self._info_html = b""
         self._info_base: dict[str, Any] = {}
@@ -214,6 +218,7 @@ class Relay:
         caller bound already, e.g. to port 0; metrics on ``metrics_sock`` when given: the
         one ``--workers``' supervisor bound for all its workers). ``ListenError`` (one
         line) when an address is taken."""
+        soft_limit, _ = raise_soft_limit()  # before the store and the wallet open anything
         await self.store.open()
         self.identity = save_new_key(self.identity)  # a new key is kept only by a relay whose store opened
         await self.vanished.load()
@@ -262,17 +267,31 @@ class Relay:
             outgoing_queue_bytes=limits.outgoing_queue_bytes,
             compression=srv.compression,
             real_ip_header=srv.real_ip_header,
-            max_http_per_ip=limits.max_connections_per_ip,
-            ipv6_prefix=limits.ipv6_prefix,
         )
-        factory = create_factory(self, options, self.sessions, self.metrics.slow_clients_dropped.inc)
+        budget = plan_connections(
+            soft_limit, open_descriptors(), limits.max_connections, metrics=srv.metrics_address() is not None
+        )
+        if budget.limited_by_descriptors:
+            log.warning(
+                "open-file limit %d is too low for max_connections = %d: with %d descriptors kept for the "
+                "database, wallet, logs and accept queue, at most %d connections are served; raise the "
+                "service's limit (systemd LimitNOFILE=, ulimit -n) to %d",
+                budget.soft_limit, budget.wanted, budget.reserved, budget.connections, budget.limit_needed,
+            )
+        # Every connection, HTTP phase included, takes a slot; the HTTP share per address
+        # group is not kept behind a proxy (every connection comes from its address).
+        http_share = limits.max_connections_per_ip if srv.real_ip_header is None else None
+        self.slots = ConnectionSlots(budget.connections, http_share, limits.ipv6_prefix)
+        factory = create_factory(
+            self, options, self.sessions, self.metrics.slow_clients_dropped.inc, self.slots, self._refused
+        )
         loop = asyncio.get_running_loop()
         if sock is not None:
-            self._server = await loop.create_server(factory, sock=sock, backlog=1024)
+            self._server = await loop.create_server(factory, sock=sock, backlog=budget.backlog)
         else:
             try:
                 self._server = await loop.create_server(
-                    factory, srv.host, srv.port, reuse_port=reuse_port or None, backlog=1024
+                    factory, srv.host, srv.port, reuse_port=reuse_port or None, backlog=budget.backlog
                 )
             except OSError as exc:
                 hint = "is another relay running? set server.port or --port"
@@ -364,20 +383,33 @@ class Relay:
             return None
         # Retry-After (RFC 9110): a client that reconnects in a loop learns when to come back.
         retry = [("Retry-After", "10")]
-        if self._refused(ip) == "global-limit":
+        reason = self.ips.refusal(ip) or "per-ip-limit"
+        self._refused(ip, reason)
+        if reason == "global-limit":
             return response(HTTPStatus.SERVICE_UNAVAILABLE, b"relay is full, try again later\n", "text/plain", retry)
         return response(HTTPStatus.TOO_MANY_REQUESTS, b"too many connections\n", "text/plain", retry)
 
-    def _refused(self, ip: str) -> str:
-        """Count and log (at most one line per reason per 10 s) a refused connection."""
-        reason = self.ips.refusal(ip) or "per-ip-limit"
-        self.metrics.connections_rejected.labels(reason).inc()
+    def _refused(self, ip: str, reason: str) -> None:
+        """Count and log (at most one line per reason per 10 s) a connection refused (or,
+        "evicted", closed to make room for another address group: ``ConnectionSlots``)."""
+        if reason == "evicted":
+            self.metrics.connections_evicted.inc()
+        else:
+            self.metrics.connections_rejected.labels(reason).inc()
         suppressed = self._refusal_log.ready(reason, time.monotonic())
-        if suppressed is not None:
-            what = "the relay is at max_connections" if reason == "global-limit" else "too many open connections"
-            more = f" ({suppressed} more refused since the last line)" if suppressed else ""
-            log.warning("rejected connection from %s: %s%s", ip, what, more)
-        return reason
+        if suppressed is None:
+            return
+        more = f" ({suppressed} more since the last line)" if suppressed else ""
+        if reason == "evicted":
+            log.warning("closed a connection from %s to make room: its address group held the most%s", ip, more)
+            return
+        if reason != "global-limit":
+            what = "too many open connections"
+        elif self.slots.capacity < self.settings.limits.max_connections:
+            what = f"the relay is at the {self.slots.capacity} connections its open-file limit allows"
+        else:
+            what = "the relay is at max_connections"
+        log.warning("rejected connection from %s: %s%s", ip, what, more)
 
     def open_websocket(self, link: WebSocketLink, ip: str) -> MessageSink:
         conn = Connection(self.deps, link, ip)
@@ -461,11 +493,20 @@ class Relay:
         if address is None:
             return
         hooks = _MetricsOnly(self)
-        factory = create_factory(hooks, options, set(), lambda: None)
+        slots = ConnectionSlots(METRICS_CONNECTIONS, None, self.settings.limits.ipv6_prefix)
+        factory = create_factory(hooks, options, set(), lambda: None, slots, self._metrics_refused)
         host, port = address
         if sock is None:
             sock = bind_listening_socket(host, port, setting=" (server.metrics_listen)", hint=METRICS_IN_USE_HINT)
-        self._metrics_server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        self._metrics_server = await asyncio.get_running_loop().create_server(
+            factory, sock=sock, backlog=METRICS_BACKLOG
+        )
+
+    def _metrics_refused(self, ip: str, reason: str) -> None:
+        suppressed = self._refusal_log.ready("metrics", time.monotonic())
+        if suppressed is not None:
+            more = f" ({suppressed} more since the last line)" if suppressed else ""
+            log.warning("rejected a metrics connection from %s: %d open already%s", ip, METRICS_CONNECTIONS, more)
 
     @property
     def metrics_port(self) -> int | None:
