@@ -7,7 +7,10 @@ any node sees events published on any node — an existing engine, no home-made 
 Payload: ``<node id> <raw event JSON>``; NOTIFY payloads must stay under 8000 bytes, so a
 larger event is announced by id (``<node id> @<event id>``) and the receivers read it
 from the events table. (Such an oversized *ephemeral* event has no row to read and stays
-on its node; that is logged at DEBUG.)
+on its node; that is logged at DEBUG.) Receivers read announced ids in batches over one
+connection of their own: a connection per id let one address's burst of large events
+open dozens of PostgreSQL connections on every node (48 for 200 events), and the server's
+connection limit is what every node's writes need.
 
 Stored events are announced by the store itself, by ``pg_notify`` inside the transaction
 that inserts them (``PostgresStore.announce_stored``): PostgreSQL delivers a transaction's
@@ -45,7 +48,7 @@ from typing import Any, Protocol
 import orjson
 
 from relay.errors import Invalid
-from relay.event import Event, KindClass, parse_event
+from relay.event import Event, KindClass, is_hex64, parse_event
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ CATCH_UP_MARGIN = 1000  # seqs re-read behind the watermark (identity order != c
 CATCH_UP_BATCH = 1000
 RECENT_IDS = 20000
 MAX_OUTBOX = 100_000  # notifications held while PostgreSQL is unreachable
+FETCH_BATCH = 500  # announced ids read per statement
+MAX_FETCH_QUEUE = 100_000  # announced ids waiting to be read; past it the oldest are dropped
 MAX_IDENTIFIER = 63  # bytes; pg_notify refuses longer channel names, LISTEN truncates them
 # Seconds between attempts to reopen a lost connection, at most: each second without a
 # listener loses other nodes' ephemeral events, and an attempt costs one TCP connect.
@@ -140,7 +145,8 @@ class PostgresBroadcast:
         self._floor = 0  # max seq when this node first listened; older rows are history
         self._reconnect_max = reconnect_max
         self._tasks: list[asyncio.Task[None]] = []
-        self._fetches: set[asyncio.Task[None]] = set()  # reads of events announced by id
+        self._to_fetch: list[str] = []  # ids announced by other nodes, to read from the table
+        self._fetch_wakeup = asyncio.Event()
         self._listener: Any = None
         self.connected = asyncio.Event()
         # Set by the composition root once the store NOTIFYs stored events itself.
@@ -165,6 +171,7 @@ class PostgresBroadcast:
         self._tasks = [
             asyncio.create_task(self._listen_forever(), name="broadcast-listen"),
             asyncio.create_task(self._send_forever(), name="broadcast-notify"),
+            asyncio.create_task(self._fetch_forever(), name="broadcast-fetch"),
         ]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.connected.wait(), timeout=10)
@@ -195,7 +202,7 @@ class PostgresBroadcast:
             if not self._outbox and not self._sending:
                 break
             await asyncio.sleep(0.05)
-        tasks = [*self._tasks, *self._fetches]
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -338,31 +345,65 @@ class PostgresBroadcast:
         if origin == self.node_id:
             return
         if body.startswith("@"):
-            # the loop holds tasks weakly: keep a reference until the read is done
-            task = asyncio.get_running_loop().create_task(self._fetch_and_emit(body[1:]))
-            self._fetches.add(task)
-            task.add_done_callback(self._fetches.discard)
+            if not is_hex64(body[1:]):
+                log.warning("ignored a malformed broadcast payload")
+                return
+            self._to_fetch.append(body[1:])
+            if len(self._to_fetch) > MAX_FETCH_QUEUE:
+                del self._to_fetch[: len(self._to_fetch) - MAX_FETCH_QUEUE]
+                log.warning("more than %d announced events waiting to be read; dropped the oldest", MAX_FETCH_QUEUE)
+            self._fetch_wakeup.set()
             return
         event = self._parse(body.encode())
         if event is not None and self._seen.add(event.id):
             self._emit(event)
 
-    async def _fetch_and_emit(self, event_id: str) -> None:
+    async def _fetch_forever(self) -> None:
+        """Read events announced by id, a batch per statement over one connection."""
+        conn: Any = None
+        delay = 0.0
+        down_since: float | None = None
         try:
-            conn = await self._connect("fetch")
-            try:
-                raw = await conn.fetchval("SELECT raw FROM events WHERE id = $1", bytes.fromhex(event_id))
-            finally:
-                await conn.close()
-        except Exception:
-            log.exception("could not read announced event %s", event_id)
-            return
-        if raw is None:
-            log.debug("announced event %s has no row (oversized ephemeral event?)", event_id)
-            return
-        event = self._parse(bytes(raw))
-        if event is not None and self._seen.add(event.id):
-            self._emit(event)
+            while True:
+                await self._fetch_wakeup.wait()
+                self._fetch_wakeup.clear()
+                while self._to_fetch:
+                    batch = self._to_fetch[:FETCH_BATCH]
+                    try:
+                        if conn is None or conn.is_closed():
+                            conn = await self._connect("fetch")
+                        rows = await conn.fetch(
+                            "SELECT raw FROM events WHERE id = ANY($1::bytea[])", [bytes.fromhex(i) for i in batch]
+                        )
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        if down_since is None:  # one line per outage
+                            down_since = time.monotonic()
+                            log.warning("reading announced events failed (%s); retrying", type(exc).__name__)
+                        if conn is not None:
+                            conn.terminate()
+                            conn = None
+                        await asyncio.sleep(delay)
+                        delay = min(max(delay * 2, 0.1), self._reconnect_max)
+                        continue
+                    del self._to_fetch[: len(batch)]
+                    delay, down_since = 0.0, None
+                    by_id = {}
+                    for row in rows:
+                        event = self._parse(bytes(row["raw"]))
+                        if event is not None:
+                            by_id[event.id] = event
+                    for event_id in batch:  # in the order they were announced
+                        event = by_id.get(event_id)
+                        if event is None:
+                            log.debug("announced event %s has no row (oversized ephemeral event?)", event_id)
+                        elif self._seen.add(event.id):
+                            self._emit(event)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), timeout=1)
 
     @staticmethod
     def _parse(raw: bytes) -> Event | None:

@@ -146,8 +146,40 @@ async def _sql(dsn: str, *statements: str) -> None:
         await conn.close()
 
 
+async def grow_pool_to_its_size(node: RelayProcess, pg_dsn: str, schema: str, role: str) -> int:
+    """Make ``node`` (running as ``role``) open its whole PostgreSQL pool, so that a
+    CONNECTION LIMIT set afterwards binds only connections it would open beyond the pool:
+    REQs from 12 clients wait on a lock the test holds on the events table until the pool
+    has grown to its 10. Returns how many backends the role holds then."""
+    import asyncpg
+
+    admin, locker = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(NostrClient(node.url)) for _ in range(12)]
+            async with locker.transaction():
+                await locker.execute(f'LOCK TABLE "{schema}".events IN ACCESS EXCLUSIVE MODE')
+                for n, client in enumerate(clients):
+                    await client.send(["REQ", f"grow{n}", {"kinds": [1], "limit": 1}])
+
+                async def pool_full() -> bool:
+                    # from another connection: pg_stat_activity is read once per transaction
+                    held = await admin.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = ''", role
+                    )
+                    return int(held) >= 10
+
+                await eventually(pool_full, WAIT, what="the node's pool to grow to 10 connections")
+            for n, client in enumerate(clients):
+                await client.recv_where(lambda m, n=n: m[0] == "EOSE" and m[1] == f"grow{n}")
+        return int(await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role))
+    finally:
+        await admin.close()
+        await locker.close()
+
+
 async def test_event_committed_on_a_reaches_b_although_a_dies_before_it_could_notify(
-    own_role: tuple[str, str], start_node: Callable[..., RelayProcess], pg_dsn: str, alice: bytes
+    own_role: tuple[str, str], start_node: Callable[..., RelayProcess], pg_dsn: str, pg_schema: str, alice: bytes
 ) -> None:
     """A node commits an event and dies before any NOTIFY of its own could follow: the
     event must still reach other nodes' live subscribers, because its announcement is part
@@ -160,11 +192,11 @@ async def test_event_committed_on_a_reaches_b_although_a_dies_before_it_could_no
     a = start_node(dsn=dsn)  # first: it creates the schema, owned by its role
     b = start_node()
     assert a.proc is not None
+    held = await grow_pool_to_its_size(a, pg_dsn, pg_schema, role)
     async with NostrClient(a.url) as pub, NostrClient(b.url) as sub:
         assert await sub.req("live", {"authors": [crypto.public_key(alice).hex()]}) == []
         conn = await asyncpg.connect(pg_dsn)
         try:
-            held = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role)
             await conn.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT {held}')
         finally:
             await conn.close()
@@ -348,7 +380,7 @@ async def test_killed_listener_reconnects_and_live_subscriber_misses_nothing(
 
 
 async def test_listener_outage_is_logged_once_and_over_within_a_second_of_postgres_answering(
-    own_role: tuple[str, str], start_node: Callable[..., RelayProcess], pg_dsn: str, alice: bytes
+    own_role: tuple[str, str], start_node: Callable[..., RelayProcess], pg_dsn: str, pg_schema: str, alice: bytes
 ) -> None:
     """Each second without a listener loses other nodes' ephemeral events on this node, so
     once PostgreSQL takes connections again the listener is back within a second (not after
@@ -361,9 +393,9 @@ async def test_listener_outage_is_logged_once_and_over_within_a_second_of_postgr
     b = start_node(dsn=dsn)  # first: it creates the schema, owned by its role
     a = start_node()
     assert b.proc is not None
+    held = await grow_pool_to_its_size(b, pg_dsn, pg_schema, role)
     admin = await asyncpg.connect(pg_dsn)
     try:
-        held = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role)
         await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT {held - 1}')  # no room once it loses one
         (listener,) = await listener_pids(pg_dsn, b.proc.pid)
         assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", listener)
@@ -681,6 +713,45 @@ async def test_longest_schema_name_still_fans_out(pg_dsn: str, relay_factory: An
             assert (await live_event(sub, "live", timeout=5))["id"] == note.id
     finally:
         await _drop_schema(pg_dsn, schema)
+
+
+async def test_burst_of_events_too_large_for_notify_is_read_on_b_through_one_connection(
+    start_node: Callable[..., RelayProcess], pg_dsn: str, alice: bytes, bob: bytes
+) -> None:
+    """Events past NOTIFY's 8000 bytes cross as ids and B reads them from the table: a
+    burst of 200 (what one address may send at once) must not make B open a PostgreSQL
+    connection per event (one stranger could then use up the server's connection limit,
+    which every node's writes need); B reads them in batches over one connection."""
+    import asyncpg
+
+    a, b = start_node(), start_node()
+    assert b.proc is not None
+    big = [signed(k, 1, f"{i} " + "x" * 9000) for i in range(100) for k in (alice, bob)]
+    async with NostrClient(a.url) as pub, NostrClient(b.url) as sub:
+        assert await sub.req("live", {"kinds": [1]}) == []
+        admin = await asyncpg.connect(pg_dsn)
+        most = 0
+
+        async def watch_fetch_connections() -> None:
+            nonlocal most
+            while True:
+                count = await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", f"satsrelay fetch {b.proc.pid}"
+                )
+                most = max(most, count)
+                await asyncio.sleep(0.002)
+
+        watcher = asyncio.create_task(watch_fetch_connections())
+        try:
+            await publish_all(pub, big)
+            got = {(await live_event(sub, "live"))["id"] for _ in big}
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await admin.close()
+        assert got == {e.id for e in big}
+        assert most <= 1, f"B held {most} connections at once to read announced events"
 
 
 async def test_event_too_large_for_notify_is_announced_by_id_and_read_on_b(
