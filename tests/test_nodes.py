@@ -149,18 +149,28 @@ async def _sql(dsn: str, *statements: str) -> None:
 async def grow_pool_to_its_size(node: RelayProcess, pg_dsn: str, schema: str, role: str) -> int:
     """Make ``node`` (running as ``role``) open its whole PostgreSQL pool, so that a
     CONNECTION LIMIT set afterwards binds only connections it would open beyond the pool:
-    REQs from 12 clients wait on a lock the test holds on the events table until the pool
-    has grown to its 10. Returns how many backends the role holds then."""
+    REQs from 12 addresses (reads take turns per address group, and at most the pool's
+    readers' share) and the NIP-86/NIP-62 change watchers wait on locks the test holds on
+    the events and store_changes tables until the pool has grown to its 10. Returns how
+    many backends the role holds then."""
     import asyncpg
+
+    from tests.test_listeners import websocket_from
 
     admin, locker = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(NostrClient(node.url)) for _ in range(12)]
+            readers = []
+            for n in range(12):
+                ws = await websocket_from(node.url, f"127.0.0.{60 + n}")
+                stack.push_async_callback(ws.close)
+                readers.append(ws)
             async with locker.transaction():
-                await locker.execute(f'LOCK TABLE "{schema}".events IN ACCESS EXCLUSIVE MODE')
-                for n, client in enumerate(clients):
-                    await client.send(["REQ", f"grow{n}", {"kinds": [1], "limit": 1}])
+                await locker.execute(
+                    f'LOCK TABLE "{schema}".events, "{schema}".store_changes IN ACCESS EXCLUSIVE MODE'
+                )
+                for ws in readers:
+                    await ws.send('["REQ","grow",{"kinds":[1],"limit":1}]')
 
                 async def pool_full() -> bool:
                     # from another connection: pg_stat_activity is read once per transaction
@@ -170,8 +180,9 @@ async def grow_pool_to_its_size(node: RelayProcess, pg_dsn: str, schema: str, ro
                     return int(held) >= 10
 
                 await eventually(pool_full, WAIT, what="the node's pool to grow to 10 connections")
-            for n, client in enumerate(clients):
-                await client.recv_where(lambda m, n=n: m[0] == "EOSE" and m[1] == f"grow{n}")
+            for ws in readers:
+                while '"EOSE"' not in str(await asyncio.wait_for(ws.recv(), WAIT)):
+                    pass
         return int(await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role))
     finally:
         await admin.close()
