@@ -22,10 +22,18 @@ from relay.store import open_store
 from relay.store.base import Store, WriteOutcome
 
 
-def build_broadcast(settings: Settings) -> Broadcast:
+def build_broadcast(settings: Settings, store: Store) -> Broadcast:
     storage = settings.storage
     if storage.url.startswith(("postgresql://", "postgres://")):
-        return PostgresBroadcast(storage.url, storage.schema_name)
+        from relay.store.postgres import PostgresStore
+
+        bus = PostgresBroadcast(storage.url, storage.schema_name)
+        if isinstance(store, PostgresStore):
+            # Stored events are NOTIFY'd in the transaction that inserts them (atomic with
+            # it); the broadcast's own connection carries only ephemeral events.
+            store.announce_stored(bus.channel, bus.node_id)
+            bus.store_announces = True
+        return bus
     return LocalBroadcast()
 
 
@@ -63,7 +71,7 @@ def build_relay(
     relay = Relay(
         settings,
         store=store,
-        broadcast=build_broadcast(settings),
+        broadcast=build_broadcast(settings, store),
         identity=identity,
         extension=extension,
         metrics=metrics,

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import logging
 import os
+import select
+import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -78,26 +79,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run_workers(settings, args.config)
     from relay.app import build_relay
     from relay.server import run
+    from relay.transport import ListenError
+
+    # --workers' supervisor hands each worker the metrics socket it bound once (relay.workers)
+    metrics_sock = socket.socket(fileno=args.metrics_fd) if args.metrics_fd is not None else None
 
     async def serve() -> None:
-        await run(build_relay(settings))
+        await run(build_relay(settings), metrics_sock)
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
             _event_loop_runner()(serve())
-    except OSError as exc:
-        if exc.errno not in _LISTEN_ERRNOS:
-            raise
-        srv = settings.server
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        hint = " (is another relay running? set server.port or --port)" if exc.errno == errno.EADDRINUSE else ""
-        return _fail(f"cannot listen on {srv.host}:{srv.port}: {reason.lower()}{hint}")
+    except ListenError as exc:
+        return _fail(str(exc))
     return 0
-
-
-# Errors from bind(): the operator's to fix (another process on the port, a port below
-# 1024 without privileges, an address this machine does not have).
-_LISTEN_ERRNOS = frozenset((errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL))
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -322,15 +317,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             out = sys.stdout.buffer if args.file in (None, "-") else stack.enter_context(open(args.file, "wb"))
         except OSError as exc:
             return _fail(f"cannot write {args.file}: {exc.strerror or exc}")
-        try:
-            n = asyncio.run(main(out))
-            out.flush()
-        except BrokenPipeError:
-            # `satsrelay export | head`: the reader has what it wanted. Point stdout at
-            # /dev/null so the interpreter's final flush does not raise again.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            return 0
+        n = asyncio.run(main(out))  # `export | head`: main() handles the broken pipe
+        out.flush()
     print(f"exported {n} events", file=sys.stderr)
     return 0
 
@@ -454,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, help="processes sharing the port (needs PostgreSQL)")
+    serve.add_argument("--metrics-fd", type=int, default=None, help=argparse.SUPPRESS)  # from --workers' supervisor
     serve.set_defaults(func=cmd_serve)
 
     imp = sub.add_parser("import", help="import events from JSONL (file or stdin)", parents=[common])
@@ -502,11 +491,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        # Inside the try: output a reader never took (`| head` has exited) is still in
+        # the buffer, and flushing it is where the broken pipe shows.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a socket of the command's own, not the operator's pipe: a real fault
+        # `satsrelay accounts list | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except ConfigError as exc:
         return _fail(str(exc), 2)
     except StoreUnavailable as exc:
         return _fail(str(exc))
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reading end is closed: poll reports an
+    error condition on the writing end then (Linux, the BSDs, macOS)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll (Windows), stdout not a file
+        return True
 
 
 if __name__ == "__main__":

@@ -26,6 +26,11 @@ class RelayMetrics:
         self.connections_rejected = Counter(
             "satsrelay_connections_rejected_total", "Connections refused", ["reason"], registry=r
         )
+        self.connections_evicted = Counter(
+            "satsrelay_connections_evicted_total",
+            "Connections closed when the relay was full, to make room for an address group holding fewer",
+            registry=r,
+        )
         self.slow_clients_dropped = Counter(
             "satsrelay_slow_clients_dropped_total", "Connections dropped for not reading", registry=r
         )

@@ -28,6 +28,7 @@ from relay.broadcast import Broadcast
 from relay.config import Settings
 from relay.connection import Connection, ConnectionDeps
 from relay.console import Console, redact_url
+from relay.descriptors import METRICS_BACKLOG, METRICS_CONNECTIONS, open_descriptors, plan_connections, raise_soft_limit
 from relay.event import Event
 from relay.extension import Extension
 from relay.filters import Filter
@@ -44,7 +45,18 @@ from relay.retention import StorageQuota, purge_old_events
 from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.writer import GroupCommitWriter
 from relay.subscriptions import SubscriptionIndex
-from relay.transport import MessageSink, RelayProtocol, ShellOptions, WebSocketLink, create_factory, keepalive_sweep
+from relay.transport import (
+    METRICS_IN_USE_HINT,
+    ConnectionSlots,
+    MessageSink,
+    RelayProtocol,
+    ShellOptions,
+    WebSocketLink,
+    bind_listening_socket,
+    create_factory,
+    keepalive_sweep,
+    listen_error,
+)
 from relay.vanish import VanishedAuthors
 from relay.verifier import SignatureVerifier
 
@@ -150,6 +162,9 @@ class Relay:
         self._background: list[asyncio.Task[None]] = []
         self._server: asyncio.Server | None = None
         self._metrics_server: asyncio.Server | None = None
+        self._announced = False  # start() completed and said so
+        # Every open connection of the public listener (sized at start from the open-file limit)
+        self.slots = ConnectionSlots(settings.limits.max_connections, None, settings.limits.ipv6_prefix)
         self._info_json = b""
         self._info_html = b""
         self._info_base: dict[str, Any] = {}
@@ -192,9 +207,18 @@ class Relay:
     def url(self) -> str:
         return f"ws://{self.settings.server.host}:{self.port}"
 
-    async def start(self, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
+    async def start(
+        self,
+        *,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+        metrics_sock: socket.socket | None = None,
+    ) -> None:
         """Open the store, start the stages, listen (on ``sock`` when given: a socket the
-        caller bound already, e.g. to port 0)."""
+        caller bound already, e.g. to port 0; metrics on ``metrics_sock`` when given: the
+        one ``--workers``' supervisor bound for all its workers). ``ListenError`` (one
+        line) when an address is taken."""
+        soft_limit, _ = raise_soft_limit()  # before the store and the wallet open anything
         await self.store.open()
         self.identity = save_new_key(self.identity)  # a new key is kept only by a relay whose store opened
         await self.vanished.load()
@@ -243,18 +267,37 @@ class Relay:
             outgoing_queue_bytes=limits.outgoing_queue_bytes,
             compression=srv.compression,
             real_ip_header=srv.real_ip_header,
-            max_http_per_ip=limits.max_connections_per_ip,
-            ipv6_prefix=limits.ipv6_prefix,
         )
-        factory = create_factory(self, options, self.sessions, self.metrics.slow_clients_dropped.inc)
+        budget = plan_connections(
+            soft_limit, open_descriptors(), limits.max_connections, metrics=srv.metrics_address() is not None
+        )
+        if budget.limited_by_descriptors:
+            log.warning(
+                "open-file limit %d is too low for max_connections = %d: with %d descriptors kept for the "
+                "database, wallet, logs and accept queue, at most %d connections are served; raise the "
+                "service's limit (systemd LimitNOFILE=, ulimit -n) to %d",
+                budget.soft_limit, budget.wanted, budget.reserved, budget.connections, budget.limit_needed,
+            )
+        # Every connection, HTTP phase included, takes a slot; the HTTP share per address
+        # group is not kept behind a proxy (every connection comes from its address).
+        http_share = limits.max_connections_per_ip if srv.real_ip_header is None else None
+        self.slots = ConnectionSlots(budget.connections, http_share, limits.ipv6_prefix)
+        factory = create_factory(
+            self, options, self.sessions, self.metrics.slow_clients_dropped.inc, self.slots, self._refused
+        )
         loop = asyncio.get_running_loop()
         if sock is not None:
-            self._server = await loop.create_server(factory, sock=sock, backlog=1024)
+            self._server = await loop.create_server(factory, sock=sock, backlog=budget.backlog)
         else:
-            self._server = await loop.create_server(
-                factory, srv.host, srv.port, reuse_port=reuse_port or None, backlog=1024
-            )
-        await self._start_metrics_listener(options)
+            try:
+                self._server = await loop.create_server(
+                    factory, srv.host, srv.port, reuse_port=reuse_port or None, backlog=budget.backlog
+                )
+            except OSError as exc:
+                hint = "is another relay running? set server.port or --port"
+                raise listen_error(srv.host, srv.port, exc, setting="", hint=hint) or exc from None
+        await self._start_metrics_listener(options, metrics_sock)
+        self._announced = True
         log.info(
             "satsrelay listening on ws://%s:%d (store %s, extension %s)",
             srv.host,
@@ -305,7 +348,7 @@ class Relay:
             await self.extension.stop()
         await self.verifier.close()
         await self.store.close()
-        if self._server is not None:  # a relay that never listened has nothing to announce
+        if self._announced:  # a relay that never started has nothing to announce
             log.info("satsrelay stopped")
 
     async def _keepalive_loop(self, interval: float) -> None:
@@ -340,20 +383,33 @@ class Relay:
             return None
         # Retry-After (RFC 9110): a client that reconnects in a loop learns when to come back.
         retry = [("Retry-After", "10")]
-        if self._refused(ip) == "global-limit":
+        reason = self.ips.refusal(ip) or "per-ip-limit"
+        self._refused(ip, reason)
+        if reason == "global-limit":
             return response(HTTPStatus.SERVICE_UNAVAILABLE, b"relay is full, try again later\n", "text/plain", retry)
         return response(HTTPStatus.TOO_MANY_REQUESTS, b"too many connections\n", "text/plain", retry)
 
-    def _refused(self, ip: str) -> str:
-        """Count and log (at most one line per reason per 10 s) a refused connection."""
-        reason = self.ips.refusal(ip) or "per-ip-limit"
-        self.metrics.connections_rejected.labels(reason).inc()
+    def _refused(self, ip: str, reason: str) -> None:
+        """Count and log (at most one line per reason per 10 s) a connection refused (or,
+        "evicted", closed to make room for another address group: ``ConnectionSlots``)."""
+        if reason == "evicted":
+            self.metrics.connections_evicted.inc()
+        else:
+            self.metrics.connections_rejected.labels(reason).inc()
         suppressed = self._refusal_log.ready(reason, time.monotonic())
-        if suppressed is not None:
-            what = "the relay is at max_connections" if reason == "global-limit" else "too many open connections"
-            more = f" ({suppressed} more refused since the last line)" if suppressed else ""
-            log.warning("rejected connection from %s: %s%s", ip, what, more)
-        return reason
+        if suppressed is None:
+            return
+        more = f" ({suppressed} more since the last line)" if suppressed else ""
+        if reason == "evicted":
+            log.warning("closed a connection from %s to make room: its address group held the most%s", ip, more)
+            return
+        if reason != "global-limit":
+            what = "too many open connections"
+        elif self.slots.capacity < self.settings.limits.max_connections:
+            what = f"the relay is at the {self.slots.capacity} connections its open-file limit allows"
+        else:
+            what = "the relay is at max_connections"
+        log.warning("rejected connection from %s: %s%s", ip, what, more)
 
     def open_websocket(self, link: WebSocketLink, ip: str) -> MessageSink:
         conn = Connection(self.deps, link, ip)
@@ -424,18 +480,33 @@ class Relay:
             return response(HTTPStatus.UNAUTHORIZED, b"unauthorized\n", "text/plain", [("WWW-Authenticate", "Bearer")])
         return self._metrics_response()
 
-    async def _start_metrics_listener(self, options: ShellOptions) -> None:
+    async def _start_metrics_listener(self, options: ShellOptions, sock: socket.socket | None) -> None:
         """``[server] metrics_listen``: a second listener (loopback by default) that answers
-        /metrics and nothing else, for a local Prometheus scraper. SO_REUSEPORT: the workers
-        of ``--workers`` (and several relays on one host) share the address, as they share the
-        public port; each answers with its own process's counters."""
+        /metrics and nothing else, for a local Prometheus scraper.
+
+        Never SO_REUSEPORT: with it a second relay on the same host bound the default
+        address too and the kernel split scrapes between two unrelated relays. A relay
+        alone binds it itself and exits naming it when it is taken; the workers of
+        ``--workers`` accept on the one socket their supervisor bound (``sock``), each
+        answering with its own process's counters."""
         address = self.settings.server.metrics_address()
         if address is None:
             return
         hooks = _MetricsOnly(self)
-        factory = create_factory(hooks, options, set(), lambda: None)
+        slots = ConnectionSlots(METRICS_CONNECTIONS, None, self.settings.limits.ipv6_prefix)
+        factory = create_factory(hooks, options, set(), lambda: None, slots, self._metrics_refused)
         host, port = address
-        self._metrics_server = await asyncio.get_running_loop().create_server(factory, host, port, reuse_port=True)
+        if sock is None:
+            sock = bind_listening_socket(host, port, setting=" (server.metrics_listen)", hint=METRICS_IN_USE_HINT)
+        self._metrics_server = await asyncio.get_running_loop().create_server(
+            factory, sock=sock, backlog=METRICS_BACKLOG
+        )
+
+    def _metrics_refused(self, ip: str, reason: str) -> None:
+        suppressed = self._refusal_log.ready("metrics", time.monotonic())
+        if suppressed is not None:
+            more = f" ({suppressed} more since the last line)" if suppressed else ""
+            log.warning("rejected a metrics connection from %s: %d open already%s", ip, METRICS_CONNECTIONS, more)
 
     @property
     def metrics_port(self) -> int | None:
@@ -520,7 +591,7 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def run(relay: Relay) -> None:
+async def run(relay: Relay, metrics_sock: socket.socket | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     # Handlers first: a SIGTERM that arrives while the relay starts (systemd stopping it,
     # a supervisor) is a graceful stop once it has started, not death by the default
@@ -530,7 +601,7 @@ async def run(relay: Relay) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await relay.start(reuse_port=relay.settings.server.reuse_port)
+        await relay.start(reuse_port=relay.settings.server.reuse_port, metrics_sock=metrics_sock)
     except BaseException:
         # A relay that cannot start (port taken, store unreachable) must exit, not linger
         # with its writer, verifier and store threads alive; the CLI reports the cause.

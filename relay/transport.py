@@ -25,7 +25,10 @@ bound (``relay.outbox``). Only the documented sans-I/O API of websockets is used
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +60,11 @@ TOO_MANY_CONNECTIONS = (
     b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nRetry-After: 10\r\n"
     b"Connection: close\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
 )
+RELAY_FULL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 10\r\n"
+    b"Connection: close\r\nContent-Length: 31\r\n\r\nrelay is full, try again later\n"
+)
+GOING_AWAY_FULL = 1013  # RFC 6455 "Try Again Later": closed to make room (ConnectionSlots)
 
 
 class MessageSink(Protocol):
@@ -104,39 +112,118 @@ class ShellOptions:
     outgoing_queue_bytes: int
     compression: bool
     real_ip_header: str | None
-    # Connections one address group may hold open before (or without) a WebSocket upgrade;
-    # None: no cap (behind a proxy every connection comes from the proxy's address).
-    max_http_per_ip: int | None = None
-    ipv6_prefix: int = 64
 
 
-class HttpSlots:
-    """Open connections per address group that have not become WebSockets (issue 8's "rates
-    survive reconnects", for the HTTP phase): without it one address could hold thousands of
-    idle keep-alive or half-sent requests, each a file descriptor and a parser, for the
-    header timeout each, and starve the relay of descriptors. Upgraded connections leave
-    this count for the WebSocket one (``IpTable``)."""
+class ConnectionSlots:
+    """Every open connection of one listener, by address group (issue 17 item 11): the
+    listener's share of the process's descriptors (``relay.descriptors``), HTTP and
+    WebSocket alike, taken in ``connection_made`` before a byte is parsed.
 
-    def __init__(self, cap: int, ipv6_prefix: int) -> None:
-        self._cap = cap
+    - ``capacity``: connections held at most, still in HTTP or upgraded (max_connections,
+      lowered to what the open-file limit allows). Connections in HTTP used not to count:
+      10,025 descriptors were open while 5,000 were counted.
+    - ``http_per_group``: connections one group may hold before (or without) an upgrade
+      (issue 8's "rates survive reconnects", for the HTTP phase): without it one address
+      held thousands of idle keep-alive or half-sent requests for the header timeout each.
+      Upgraded connections leave this count for the WebSocket one (``IpTable``). None
+      behind a proxy, where every connection comes from the proxy's address.
+    - Full, a newcomer from a group holding fewer than the largest holder minus one takes a
+      connection from that holder (an idle HTTP one first, else its WebSocket silent
+      longest): a few dozen addresses filling the relay up to their caps cannot keep
+      anyone else out, and a group holding one connection is never the one closed while
+      another holds two. A newcomer from the largest group is refused (503).
+
+    The largest holder is found in O(1): groups are bucketed by how many they hold.
+    """
+
+    def __init__(self, capacity: int, http_per_group: int | None, ipv6_prefix: int) -> None:
+        self.capacity = capacity
+        self._http_cap = http_per_group
         self._prefix = ipv6_prefix
-        self._open: dict[str, int] = {}
+        self._groups: dict[str, dict[RelayProtocol, None]] = {}  # oldest first
+        self._group_of: dict[RelayProtocol, str] = {}
+        self._in_http: dict[str, int] = {}
+        self._http_members: set[RelayProtocol] = set()
+        self._by_size: dict[int, set[str]] = {}
+        self._largest = 0
+        self.total = 0
+        self.evicted = 0
 
-    def take(self, ip: str) -> str | None:
-        """The group's key when a slot was taken, None when the group is at its cap."""
+    def admit(self, conn: RelayProtocol, ip: str) -> str | None:
+        """Count ``conn`` (an HTTP connection from ``ip``), or say why not: "per-ip-limit"
+        (its group's HTTP share is taken: 429), "global-limit" (full, and its group holds
+        as many as anyone: 503)."""
         key = address_group(ip, self._prefix)
-        held = self._open.get(key, 0)
-        if held >= self._cap:
-            return None
-        self._open[key] = held + 1
-        return key
+        if self._http_cap is not None and self._in_http.get(key, 0) >= self._http_cap:
+            return "per-ip-limit"
+        if self.total >= self.capacity:
+            held = len(self._groups.get(key, ()))
+            if self._largest <= held + 1:
+                return "global-limit"
+            victim = self._victim(next(iter(self._by_size[self._largest])))
+            self.release(victim)
+            self.evicted += 1
+            victim.evict()
+        members = self._groups.setdefault(key, {})
+        members[conn] = None
+        self._resize(key, len(members) - 1, len(members))
+        self._group_of[conn] = key
+        self._http_members.add(conn)
+        self._in_http[key] = self._in_http.get(key, 0) + 1
+        self.total += 1
+        return None
 
-    def release(self, key: str) -> None:
-        held = self._open.get(key, 0) - 1
-        if held > 0:
-            self._open[key] = held
+    def leave_http(self, conn: RelayProtocol) -> None:
+        """``conn`` became a WebSocket: still held, no longer in its group's HTTP share."""
+        if conn in self._http_members:
+            self._http_members.discard(conn)
+            self._drop_http(self._group_of[conn])
+
+    def release(self, conn: RelayProtocol) -> None:
+        key = self._group_of.pop(conn, None)
+        if key is None:
+            return  # never admitted, or evicted already
+        if conn in self._http_members:
+            self._http_members.discard(conn)
+            self._drop_http(key)
+        members = self._groups[key]
+        del members[conn]
+        self._resize(key, len(members) + 1, len(members))
+        if not members:
+            del self._groups[key]
+        self.total -= 1
+
+    def _drop_http(self, key: str) -> None:
+        left = self._in_http[key] - 1
+        if left:
+            self._in_http[key] = left
         else:
-            self._open.pop(key, None)
+            del self._in_http[key]
+
+    def _resize(self, key: str, old: int, new: int) -> None:
+        if old:
+            bucket = self._by_size[old]
+            bucket.discard(key)
+            if not bucket:
+                del self._by_size[old]
+        if new:
+            self._by_size.setdefault(new, set()).add(key)
+        if new > self._largest:
+            self._largest = new
+        elif old == self._largest and old not in self._by_size:
+            self._largest = old - 1  # the group that shrank is now the (or a) largest
+
+    def _victim(self, key: str) -> RelayProtocol:
+        """The connection of group ``key`` whose loss costs least: an HTTP connection with
+        no request being served (the oldest), else the WebSocket silent longest."""
+        quietest: RelayProtocol | None = None
+        for conn in self._groups[key]:
+            if conn in self._http_members:
+                if conn.idle_http:
+                    return conn
+            elif quietest is None or conn.last_seen < quietest.last_seen:
+                quietest = conn
+        return quietest if quietest is not None else next(iter(self._groups[key]))
 
 
 class ShellHooks(Protocol):
@@ -176,11 +263,12 @@ class RelayProtocol(asyncio.Protocol):
         extensions: list[ServerExtensionFactory] | None,
         sessions: set[RelayProtocol],
         on_slow_drop: Callable[[], None],
-        http_slots: HttpSlots | None = None,
+        slots: ConnectionSlots,
+        on_refused: Callable[[str, str], None],
     ) -> None:
         self._hooks = hooks
-        self._http_slots = http_slots
-        self._http_slot: str | None = None  # the address group whose HTTP slot this holds
+        self._slots = slots
+        self._on_refused = on_refused
         self._on_slow_drop = on_slow_drop
         self._options = options
         self._extensions = extensions
@@ -214,19 +302,32 @@ class RelayProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = self._transport.get_extra_info("peername")
         self.ip = str(peer[0]) if peer else "unknown"
-        if self._http_slots is not None:
-            self._http_slot = self._http_slots.take(self.ip)
-            if self._http_slot is None:
-                # Refused before a byte is parsed: one short answer, then the socket closes.
-                self._transport.write(TOO_MANY_CONNECTIONS)
-                self._transport.close()
-                return
+        refusal = self._slots.admit(self, self.ip)
+        if refusal is not None:
+            # Refused before a byte is parsed: one short answer, then the socket closes.
+            self._transport.write(TOO_MANY_CONNECTIONS if refusal == "per-ip-limit" else RELAY_FULL)
+            self._transport.close()
+            self._on_refused(self.ip, refusal)
+            return
         self._arm(self._options.header_timeout)
 
-    def _leave_http(self) -> None:
-        if self._http_slot is not None and self._http_slots is not None:
-            self._http_slots.release(self._http_slot)
-        self._http_slot = None
+    @property
+    def idle_http(self) -> bool:
+        """Still in HTTP with no request being served: closing it loses nothing in progress."""
+        return self._ws is None and not self._handling
+
+    def evict(self) -> None:
+        """Closed to make room for a connection from a group holding fewer (ConnectionSlots):
+        a WebSocket hears why (1013, try again later); the socket is cut at once either way,
+        since the point is its descriptor."""
+        ws = self._ws
+        if ws is not None and ws.state is State.OPEN and not self._lost:
+            ws.send_close(GOING_AWAY_FULL, "relay is full, try again later")
+            self._write_pending()
+        if self._outbox is not None:
+            self._outbox.clear()
+        self._abort()
+        self._on_refused(self.ip, "evicted")
 
     def data_received(self, data: bytes) -> None:
         ws = self._ws
@@ -253,7 +354,7 @@ class RelayProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._leave_http()
+        self._slots.release(self)
         self._cancel_timer()
         if self._sink is not None:
             sink, self._sink = self._sink, None
@@ -480,7 +581,7 @@ class RelayProtocol(asyncio.Protocol):
         self.ip = ip
         self.last_seen = time.monotonic()
         self._outbox = Outbox(self._options.outgoing_queue_bytes)
-        self._leave_http()  # counted by the relay's WebSocket table from here on
+        self._slots.leave_http(self)  # also counted by the relay's WebSocket table from here on
         self._sessions.add(self)
         self._sink = self._hooks.open_websocket(self, ip)
         if self._reading_paused:
@@ -651,17 +752,72 @@ def keepalive_sweep(sessions: set[RelayProtocol], interval: float, now: float) -
 
 
 def create_factory(
-    hooks: ShellHooks, options: ShellOptions, sessions: set[RelayProtocol], on_slow_drop: Callable[[], None]
+    hooks: ShellHooks,
+    options: ShellOptions,
+    sessions: set[RelayProtocol],
+    on_slow_drop: Callable[[], None],
+    slots: ConnectionSlots,
+    on_refused: Callable[[str, str], None],
 ) -> Callable[[], RelayProtocol]:
+    """``on_refused(ip, reason)`` hears of each connection ``slots`` refused or evicted
+    ("per-ip-limit", "global-limit", "evicted")."""
     extensions = deflate_extensions(options.compression)
-    slots = None
-    if options.max_http_per_ip is not None and options.real_ip_header is None:
-        slots = HttpSlots(options.max_http_per_ip, options.ipv6_prefix)
 
     def factory() -> RelayProtocol:
-        return RelayProtocol(hooks, options, extensions, sessions, on_slow_drop, slots)
+        return RelayProtocol(hooks, options, extensions, sessions, on_slow_drop, slots, on_refused)
 
     return factory
+
+
+class ListenError(Exception):
+    """A listening address could not be bound: the operator's to fix (another process on
+    it, a port below 1024 without privilege, an address this machine does not have). The
+    message is the one line ``satsrelay serve`` exits with."""
+
+
+# Errors from bind() that name a mistake in the configuration or the machine's state,
+# not a fault of the relay.
+_LISTEN_ERRNOS = frozenset((errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL))
+
+
+def listen_error(host: str, port: int, exc: OSError, *, setting: str, hint: str) -> ListenError | None:
+    """The one-line ListenError for a failed bind of ``host:port`` (configured by
+    ``setting``), or None when ``exc`` is not the operator's to fix."""
+    if exc.errno not in _LISTEN_ERRNOS:
+        return None
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    more = f" ({hint})" if exc.errno == errno.EADDRINUSE else ""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return ListenError(f"cannot listen on {where}{setting}: {reason}{more}")
+
+
+METRICS_IN_USE_HINT = "another relay's metrics? give each relay its own server.metrics_listen, or empty for none"
+
+
+def bind_listening_socket(host: str, port: int, *, setting: str, hint: str) -> socket.socket:
+    """One listening TCP socket on ``host:port`` WITHOUT SO_REUSEPORT: a process that binds
+    it and hands it to its children (``--workers``) is then the only one serving that
+    address; any other process's bind fails instead of silently joining the kernel's load
+    balancing. ``ListenError`` when the address is taken."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # SO_REUSEADDR as asyncio sets it: a restart may bind while old connections sit in
+        # TIME_WAIT; on Linux it never lets two listeners share a port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        error = listen_error(host, port, exc, setting=setting, hint=hint)
+        if error is None:
+            raise
+        raise error from None
+    return sock
 
 
 def _reason(status: int) -> bytes:

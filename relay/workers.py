@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,10 +27,20 @@ from types import FrameType
 
 from relay.config import Settings
 from relay.shared_limits import SharedLimits
+from relay.transport import METRICS_IN_USE_HINT, ListenError, bind_listening_socket
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF_SECONDS = 1.0
+# A worker that exits is restarted after RESTART_DELAY_FIRST, doubled after each exit in a
+# row up to RESTART_DELAY_MAX. One that keeps failing right at start (within
+# STARTUP_SECONDS, GIVE_UP_AFTER times in a row: a port taken, a database refusing it, a bad
+# key file) never will start: restarting it every second forever only filled the log, so the
+# supervisor gives up, stops the others and exits non-zero for the service manager to see.
+RESTART_DELAY_FIRST = 0.5
+RESTART_DELAY_MAX = 30.0
+STARTUP_SECONDS = 10.0
+GIVE_UP_AFTER = 5
+POLL_SECONDS = 0.2
 # Bucket slots for the plug-ins' tables (invoice requests, NIP-43 claims: 10,000 each), on
 # top of the relay's two tables of ``rate_table_size``.
 PLUGIN_BUCKETS = 65_536
@@ -75,10 +86,27 @@ def run_workers(settings: Settings, config: Path | None) -> int:
     cmd = [sys.executable, "-m", "relay.cli", "serve"]
     if config is not None:
         cmd += ["--config", str(config)]
+    # The metrics address is bound once, here, and every worker accepts on that socket: no
+    # SO_REUSEPORT, so no other relay on the host can join it (relay.server).
+    metrics_sock: socket.socket | None = None
+    address = settings.server.metrics_address()
+    if address is not None:
+        try:
+            metrics_sock = bind_listening_socket(
+                *address, setting=" (server.metrics_listen)", hint=METRICS_IN_USE_HINT
+            )
+        except ListenError as exc:
+            print(f"satsrelay: {exc}", file=sys.stderr)
+            return 1
+        cmd += ["--metrics-fd", str(metrics_sock.fileno())]
     shared = shared_limits_for(settings)  # anonymous: gone with the last process holding it
+    pass_fds = (shared.fd,) if metrics_sock is None else (shared.fd, metrics_sock.fileno())
 
     stopping = False
     children: dict[int, subprocess.Popen[bytes]] = {}
+    started_at: dict[int, float] = {}
+    exits_in_a_row: dict[int, int] = {}
+    restart_at: dict[int, float] = {}  # slot -> when its replacement starts
     signaled: set[int] = set()  # pids already sent SIGTERM
 
     def start(slot: int) -> None:
@@ -86,9 +114,8 @@ def run_workers(settings: Settings, config: Path | None) -> int:
             # The slot's previous worker (if any) has exited, and its connections with it:
             # counts it left in the segment would hold their addresses' places forever.
             shared.forget_worker(slot)
-            children[slot] = subprocess.Popen(
-                cmd, env={**env, **shared.worker_environment(slot)}, pass_fds=(shared.fd,)
-            )
+            children[slot] = subprocess.Popen(cmd, env={**env, **shared.worker_environment(slot)}, pass_fds=pass_fds)
+            started_at[slot] = time.monotonic()
 
     def forward(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -103,16 +130,37 @@ def run_workers(settings: Settings, config: Path | None) -> int:
     for slot in range(n):
         start(slot)
     log.info("started %d workers on port %d", n, settings.server.port)
-    while not stopping:
+    gave_up = False
+    while not stopping and not gave_up:
+        now = time.monotonic()
         for slot, child in list(children.items()):
             code = child.poll()
-            if code is not None and not stopping:
-                log.error("worker %d exited with %s; restarting", slot, code)
-                del children[slot]  # reported; a stop during the back-off must not count it again
-                time.sleep(RESTART_BACKOFF_SECONDS)
+            if code is None or stopping:
+                continue
+            del children[slot]  # reported; a stop during the back-off must not count it again
+            ran = now - started_at[slot]
+            at_start = ran < STARTUP_SECONDS
+            exits_in_a_row[slot] = (exits_in_a_row.get(slot, 0) if at_start else 0) + 1
+            if at_start and exits_in_a_row[slot] >= GIVE_UP_AFTER:
+                log.error(
+                    "worker %d exited with %s within %.0f s of starting, %d times in a row; giving up "
+                    "(its own messages above say why)", slot, code, STARTUP_SECONDS, exits_in_a_row[slot],
+                )
+                gave_up = True
+                break
+            delay = min(RESTART_DELAY_FIRST * 2 ** (exits_in_a_row[slot] - 1), RESTART_DELAY_MAX)
+            log.error("worker %d exited with %s after %.1f s; restarting in %.1f s", slot, code, ran, delay)
+            restart_at[slot] = now + delay
+        for slot, when in list(restart_at.items()):
+            if now >= when and not gave_up:
+                del restart_at[slot]
                 start(slot)
-        time.sleep(0.2)
-    return _stop_all(children, signaled, settings.server.shutdown_grace_seconds)
+        # Sleeping in short steps: a stop request during a long back-off is served at once.
+        time.sleep(POLL_SECONDS)
+    code = _stop_all(children, signaled, settings.server.shutdown_grace_seconds)
+    if metrics_sock is not None:
+        metrics_sock.close()
+    return 1 if gave_up else code
 
 
 def _stop_all(children: dict[int, subprocess.Popen[bytes]], signaled: set[int], grace: float) -> int:
@@ -142,5 +190,5 @@ def _stop_all(children: dict[int, subprocess.Popen[bytes]], signaled: set[int], 
     if failed:
         log.error("unclean shutdown: %s", "; ".join(failed))
         return 1
-    log.info("all %d workers stopped", len(children))
+    log.info("workers stopped (%d running at the stop)", len(children))
     return 0

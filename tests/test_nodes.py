@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,12 +22,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
 from relay import crypto
-from tests.conftest import RelayProcess
+from tests.conftest import RelayProcess, free_port
 from tests.nostr_client import NostrClient, signed
 from tests.waiting import eventually
 
@@ -65,9 +68,12 @@ async def _drop_schema(dsn: str, schema: str) -> None:
 def start_node(pg_schema: str, pg_dsn: str, relay_process: MakeRelay) -> Callable[..., RelayProcess]:
     """``start_node(extra_toml=..., args=...)``: a ``satsrelay serve`` on the shared schema."""
 
-    def start(extra_toml: str = "", args: list[str] | None = None) -> RelayProcess:
+    def start(
+        extra_toml: str = "", args: list[str] | None = None, env: dict[str, str] | None = None, dsn: str | None = None
+    ) -> RelayProcess:
         return relay_process(
-            storage_url=pg_dsn,
+            env=env,
+            storage_url=dsn or pg_dsn,
             storage_toml=f'schema_name = "{pg_schema}"',
             extra_toml="[limits]\nevents_per_second = 10000\nevents_burst = 10000\n"
             "ip_events_per_second = 10000\nip_events_burst = 10000\n"
@@ -109,6 +115,112 @@ async def test_event_published_on_a_reaches_live_subscriber_and_req_on_b(
         assert [e["id"] for e in stored] == [regular.id]
         assert stored[0] == regular.to_dict()
         # each event reached B's subscriber once, not echoed again
+        await sub.expect_silence(0.3)
+
+
+@pytest.fixture
+def own_role(pg_dsn: str) -> Iterator[tuple[str, str]]:
+    """(role, DSN) of a login role of its own for one node: not a superuser, so a CONNECTION
+    LIMIT binds it. Dropped afterwards with what it owns."""
+    role = f"node_{uuid.uuid4().hex[:12]}"
+    parts = urlsplit(pg_dsn)
+    database = parts.path.lstrip("/")
+    asyncio.run(_sql(pg_dsn, f'CREATE ROLE "{role}" LOGIN', f'GRANT CREATE ON DATABASE "{database}" TO "{role}"'))
+    yield role, urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    asyncio.run(_sql(
+        pg_dsn,
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
+        f'DROP OWNED BY "{role}"',
+        f'DROP ROLE "{role}"',
+    ))
+
+
+async def _sql(dsn: str, *statements: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def grow_pool_to_its_size(node: RelayProcess, pg_dsn: str, schema: str, role: str) -> int:
+    """Make ``node`` (running as ``role``) open its whole PostgreSQL pool, so that a
+    CONNECTION LIMIT set afterwards binds only connections it would open beyond the pool:
+    REQs from 12 addresses (reads take turns per address group, and at most the pool's
+    readers' share) and the NIP-86/NIP-62 change watchers wait on locks the test holds on
+    the events and store_changes tables until the pool has grown to its 10. Returns how
+    many backends the role holds then."""
+    import asyncpg
+
+    from tests.test_listeners import websocket_from
+
+    admin, locker = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            readers = []
+            for n in range(12):
+                ws = await websocket_from(node.url, f"127.0.0.{60 + n}")
+                stack.push_async_callback(ws.close)
+                readers.append(ws)
+            async with locker.transaction():
+                await locker.execute(
+                    f'LOCK TABLE "{schema}".events, "{schema}".store_changes IN ACCESS EXCLUSIVE MODE'
+                )
+                for ws in readers:
+                    await ws.send('["REQ","grow",{"kinds":[1],"limit":1}]')
+
+                async def pool_full() -> bool:
+                    # from another connection: pg_stat_activity is read once per transaction
+                    held = await admin.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = ''", role
+                    )
+                    return int(held) >= 10
+
+                await eventually(pool_full, WAIT, what="the node's pool to grow to 10 connections")
+            for ws in readers:
+                while '"EOSE"' not in str(await asyncio.wait_for(ws.recv(), WAIT)):
+                    pass
+        return int(await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role))
+    finally:
+        await admin.close()
+        await locker.close()
+
+
+async def test_event_committed_on_a_reaches_b_although_a_dies_before_it_could_notify(
+    own_role: tuple[str, str], start_node: Callable[..., RelayProcess], pg_dsn: str, pg_schema: str, alice: bytes
+) -> None:
+    """A node commits an event and dies before any NOTIFY of its own could follow: the
+    event must still reach other nodes' live subscribers, because its announcement is part
+    of the commit. Node A runs as a role held to the connections it has (CONNECTION LIMIT),
+    so a NOTIFY needing a connection of its own can never be sent; then A is killed -9
+    right after its OK."""
+    import asyncpg
+
+    role, dsn = own_role
+    a = start_node(dsn=dsn)  # first: it creates the schema, owned by its role
+    b = start_node()
+    assert a.proc is not None
+    held = await grow_pool_to_its_size(a, pg_dsn, pg_schema, role)
+    async with NostrClient(a.url) as pub, NostrClient(b.url) as sub:
+        assert await sub.req("live", {"authors": [crypto.public_key(alice).hex()]}) == []
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT {held}')
+        finally:
+            await conn.close()
+
+        # A regular event (one-statement write) and a replaceable one (the transaction
+        # that applies NIP-01's replacement rules): both write paths announce in the commit.
+        note = signed(alice, 1, "committed on A, which then died")
+        profile = signed(alice, 0, '{"name":"alice"}')
+        for event in (note, profile):
+            assert await pub.publish(event) == (True, "")
+        a.kill()
+        got = [(await live_event(sub, "live"))["id"] for _ in range(2)]
+        assert sorted(got) == sorted([note.id, profile.id])
         await sub.expect_silence(0.3)
 
 
@@ -278,6 +390,57 @@ async def test_killed_listener_reconnects_and_live_subscriber_misses_nothing(
     assert "broadcast listener lost" in log and "caught up" in log, log
 
 
+async def test_listener_outage_is_logged_once_and_over_within_a_second_of_postgres_answering(
+    own_role: tuple[str, str], start_node: Callable[..., RelayProcess], pg_dsn: str, pg_schema: str, alice: bytes
+) -> None:
+    """Each second without a listener loses other nodes' ephemeral events on this node, so
+    once PostgreSQL takes connections again the listener is back within a second (not after
+    a back-off grown to 5 s), and an outage of many refused attempts is two log lines (lost,
+    back), not one per attempt. B runs as a role of its own; its listener is terminated
+    while the role's CONNECTION LIMIT refuses it a new connection, for 8 s."""
+    import asyncpg
+
+    role, dsn = own_role
+    b = start_node(dsn=dsn)  # first: it creates the schema, owned by its role
+    a = start_node()
+    assert b.proc is not None
+    held = await grow_pool_to_its_size(b, pg_dsn, pg_schema, role)
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT {held - 1}')  # no room once it loses one
+        (listener,) = await listener_pids(pg_dsn, b.proc.pid)
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", listener)
+        await eventually(
+            lambda: asyncio.sleep(0, "broadcast listener lost" in b.stderr_text()), WAIT, what="the outage"
+        )
+        await asyncio.sleep(8)  # the outage: every reconnect attempt is refused meanwhile
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+        answering = time.monotonic()
+    finally:
+        await admin.close()
+
+    async def listening_again() -> bool:
+        pids = await listener_pids(pg_dsn, b.proc.pid) if b.proc is not None else []
+        return len(pids) == 1
+
+    await eventually(listening_again, WAIT, interval=0.02, what="B's listener to reconnect")
+    assert time.monotonic() - answering < 2.0, "B's listener took more than 2 s to come back"
+
+    async with NostrClient(a.url) as pub, NostrClient(b.url) as sub:
+        assert await sub.req("live", {"authors": [crypto.public_key(alice).hex()]}) == []
+        ephemeral = signed(alice, 20001, "after the outage")
+        assert await pub.publish(ephemeral) == (True, "")
+        assert (await live_event(sub, "live"))["id"] == ephemeral.id
+
+    await eventually(
+        lambda: asyncio.sleep(0, "broadcast listener back" in b.stderr_text()), WAIT, what="the 'back' line"
+    )
+    log = b.stderr_text()
+    assert log.count("broadcast listener lost") == 1, log
+    assert log.count("broadcast listener back") == 1, log
+    assert "Traceback" not in log, log
+
+
 # --- serve --workers N --------------------------------------------------------------------
 
 
@@ -415,6 +578,86 @@ async def test_sigterm_while_a_crashed_worker_is_being_restarted_still_stops_eve
         os.kill(survivor, 0)
 
 
+def _holders(inode: int, pids: list[int]) -> set[int]:
+    """The processes among ``pids`` holding the socket ``inode``."""
+    held = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == f"socket:[{inode}]" for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                held.add(pid)
+    return held
+
+
+async def test_workers_share_one_metrics_socket_that_no_other_relay_can_join(
+    start_node: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """``--workers``: the supervisor binds the metrics address once and its workers accept on
+    that one socket; a relay of its own started with the same address exits naming it
+    instead of joining (SO_REUSEPORT let it, and the kernel split scrapes between them)."""
+    from tests.test_listeners import one_line, relay_config, serve_until_exit
+
+    metrics_port = free_port()
+    metrics = f"127.0.0.1:{metrics_port}"
+    supervisor = start_node(args=["--workers", "2"], env={"SATSRELAY_SERVER__METRICS_LISTEN": metrics})
+    assert supervisor.proc is not None
+
+    async def two_workers_serving_metrics() -> bool:
+        workers = _children(supervisor.proc.pid) if supervisor.proc is not None else []
+        announced = supervisor.stderr_text().count(f"metrics (Prometheus): http://{metrics}/metrics")
+        return len(workers) == 2 and announced == 2
+
+    await eventually(two_workers_serving_metrics, WAIT, what="both workers to serve metrics")
+    workers = _children(supervisor.proc.pid)
+    listening = [inode for inode, _, state in _tcp_sockets(metrics_port) if state == "0A"]  # 0A = LISTEN
+    assert len(listening) == 1, f"{len(listening)} listening sockets on the metrics port"
+    assert _holders(listening[0], workers) == set(workers)
+    async with httpx.AsyncClient(timeout=WAIT) as http:
+        for _ in range(10):
+            assert (await http.get(f"http://{metrics}/metrics")).status_code == 200
+
+    other = serve_until_exit(relay_config(tmp_path, "other", metrics))
+    assert other.returncode == 1
+    line = one_line(other.stderr)
+    assert f"cannot listen on {metrics} (server.metrics_listen): address already in use" in line, line
+
+
+async def test_workers_that_can_never_start_back_off_then_the_supervisor_gives_up(
+    start_node: Callable[..., RelayProcess], pg_dsn: str, pg_schema: str, tmp_path: Path
+) -> None:
+    """A worker that fails right at start every time (here: its port is held by another
+    program, without SO_REUSEPORT) is restarted after growing delays, then the supervisor
+    stops, says so in one line and exits non-zero; it used to restart it every second,
+    forever."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "workers.toml"
+        config.write_text(
+            f'log_level = "INFO"\n[server]\nhost = "127.0.0.1"\nport = {port}\nmetrics_listen = ""\n'
+            f'[storage]\nurl = "{pg_dsn}"\nschema_name = "{pg_schema}"\n'
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay.cli", "serve", "--config", str(config), "--workers", "2",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 90)
+        except TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = await proc.communicate()
+            raise AssertionError(f"the supervisor kept restarting workers:\n{err.decode()[-3000:]}") from None
+    log = err.decode()
+    assert proc.returncode not in (0, None), log
+    assert "Traceback" not in log, log
+    giving_up = [line for line in log.splitlines() if "giving up" in line]
+    assert len(giving_up) == 1, log
+    # Each worker said why it could not start, and the delays between restarts grew.
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in log, log
+    delays = [float(m) for m in re.findall(r"worker 0 exited with \S+ after [\d.]+ s; restarting in ([\d.]+) s", log)]
+    assert len(delays) >= 3 and delays == sorted(delays) and delays[-1] >= 4 * delays[0], log
+
+
 # --- the ledger across nodes ------------------------------------------------------------
 
 
@@ -484,6 +727,45 @@ async def test_longest_schema_name_still_fans_out(pg_dsn: str, relay_factory: An
             assert (await live_event(sub, "live", timeout=5))["id"] == note.id
     finally:
         await _drop_schema(pg_dsn, schema)
+
+
+async def test_burst_of_events_too_large_for_notify_is_read_on_b_through_one_connection(
+    start_node: Callable[..., RelayProcess], pg_dsn: str, alice: bytes, bob: bytes
+) -> None:
+    """Events past NOTIFY's 8000 bytes cross as ids and B reads them from the table: a
+    burst of 200 (what one address may send at once) must not make B open a PostgreSQL
+    connection per event (one stranger could then use up the server's connection limit,
+    which every node's writes need); B reads them in batches over one connection."""
+    import asyncpg
+
+    a, b = start_node(), start_node()
+    assert b.proc is not None
+    big = [signed(k, 1, f"{i} " + "x" * 9000) for i in range(100) for k in (alice, bob)]
+    async with NostrClient(a.url) as pub, NostrClient(b.url) as sub:
+        assert await sub.req("live", {"kinds": [1]}) == []
+        admin = await asyncpg.connect(pg_dsn)
+        most = 0
+
+        async def watch_fetch_connections() -> None:
+            nonlocal most
+            while True:
+                count = await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", f"satsrelay fetch {b.proc.pid}"
+                )
+                most = max(most, count)
+                await asyncio.sleep(0.002)
+
+        watcher = asyncio.create_task(watch_fetch_connections())
+        try:
+            await publish_all(pub, big)
+            got = {(await live_event(sub, "live"))["id"] for _ in big}
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await admin.close()
+        assert got == {e.id for e in big}
+        assert most <= 1, f"B held {most} connections at once to read announced events"
 
 
 async def test_event_too_large_for_notify_is_announced_by_id_and_read_on_b(

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import asyncpg
 import orjson
 
+from relay.broadcast import notify_payload
 from relay.errors import Rejection
 from relay.event import Event, KindClass, is_hex64
 from relay.filters import Filter
@@ -390,6 +391,19 @@ class PostgresStore:
         self._lanes = ReadLanes(readers, heavy=readers // 2)
         self._hooks: dict[str, PostgresWriteHook] = {}
         self.database = PostgresPluginDatabase(self)  # plug-ins' tables (relay.store.database)
+        self._announce: tuple[str, str] | None = None  # (NOTIFY channel, node id): announce_stored
+
+    def announce_stored(self, channel: str, node_id: str) -> None:
+        """NOTIFY every event this store inserts on ``channel`` (``relay.broadcast``'s
+        payloads, from ``node_id``), inside the transaction that inserts it: PostgreSQL
+        sends a transaction's notifications at its commit and never without it, so other
+        nodes hear of exactly the events that committed, even if this node dies right after
+        (a NOTIFY sent after the commit was lost with the node)."""
+        self._announce = (channel, node_id)
+
+    def _payloads(self, events: Sequence[Event]) -> list[str]:
+        assert self._announce is not None
+        return [notify_payload(self._announce[1], ev) for ev in events]
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -534,8 +548,22 @@ class PostgresStore:
                 tag_index.append(i)
                 tag_names.append(name)
                 tag_values.append(value)
+        call = "write_regular_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        announce: list[Any] = []
+        if self._announce is None:
+            sql = f"SELECT {call}"
+        else:
+            # Still one statement, so one implicit transaction: the events it stored (answer
+            # letter "s") are NOTIFY'd in it, and go out with its commit.
+            sql = (
+                f"WITH w AS MATERIALIZED (SELECT {call} AS answer)"
+                " SELECT w.answer, (SELECT count(pg_notify($13, p.payload))"
+                " FROM unnest($14::text[]) WITH ORDINALITY p(payload, n)"
+                " WHERE substr(w.answer, p.n::int, 1) = 's') FROM w"
+            )
+            announce = [self._announce[0], self._payloads([req.event for req in batch])]
         answer: str = await conn.fetchval(
-            "SELECT write_regular_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            sql,
             LOCK_CLASS_AUTHOR,
             keys,
             ids,
@@ -548,6 +576,7 @@ class PostgresStore:
             tag_index,
             tag_names,
             tag_values,
+            *announce,
         )
         if len(answer) != len(batch):
             raise RuntimeError(f"write_regular_batch answered {len(answer)} outcomes for {len(batch)} events")
@@ -638,6 +667,12 @@ class PostgresStore:
             )
         for batch_hook in batch_hooks:
             await batch_hook.write(conn, now)
+        stored = [req.event for req, outcome in zip(batch, outcomes, strict=True) if outcome is WriteOutcome.STORED]
+        if self._announce is not None and stored:
+            # In this transaction: sent with its commit, or never (announce_stored).
+            await conn.execute(
+                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", self._announce[0], self._payloads(stored)
+            )
         return outcomes
 
     async def _lock_authors(self, conn: Any, events: list[Event]) -> None:

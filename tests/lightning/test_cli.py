@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from lightning.pubkeys import npub_encode
 from relay import crypto
@@ -138,3 +141,39 @@ async def test_pay_fake_from_another_process_admits_on_the_running_relay(
                 await asyncio.sleep(0.1)
         ok, message = await client.publish(sign_event(alice, 1, "paid", [], created_at=int(time.time())))
         assert ok, message
+
+
+def _run_into_closed_pipe(config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run a command whose stdout is a pipe nobody reads any more, as after
+    ``satsrelay ... | head`` once head has printed its lines and exited."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes a byte
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "relay.cli", *args, "--config", str(config)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("accounts", "list"), ("invoices", "list"), ("invites", "list"), ("accounts", "list", "--json"), ("export",)],
+)
+def test_output_into_a_closed_pipe_exits_quietly(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """``satsrelay accounts list | head``: the reader leaving early is not an error of ours;
+    no BrokenPipeError traceback (nor Python's "Exception ignored" at exit), exit 0."""
+    config = write_config(tmp_path)
+    pubkey = crypto.public_key(crypto.generate_secret()).hex()
+    result = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "accounts", "grant", pubkey, "--days", "1", "--config", str(config)],
+        capture_output=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    result = _run_into_closed_pipe(config, *command)
+    err = result.stderr.decode()
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert result.returncode == 0, err
