@@ -2,7 +2,8 @@
 
 Signs ``--events`` events up front (kind 1 with ``p``/``e`` tags; ``--replaceable`` of
 them kinds 0/3/10002 from a small author pool so replacements really happen; every
-event charged 1 msat from a funded account when ``--charge``), then writes them in
+event charged 1 msat from a funded account by the payments ledger's write hook when
+``--charge``, ``lightning.store``), then writes them in
 batches of ``--batch`` into a scratch schema and prints events/s as JSON.
 
     python bench/pg_write.py --events 50000 --batch 1000 --replaceable 0.1 --charge
@@ -23,6 +24,9 @@ import uuid
 
 import asyncpg
 
+from lightning.store import open_ledger
+from lightning.store.base import Charge
+from relay.errors import Rejection, Restricted
 from relay.event import Event, sign_event
 from relay.store.base import WriteOutcome, WriteRequest
 from relay.store.postgres import PostgresStore
@@ -45,12 +49,17 @@ def make_events(count: int, replaceable: float, seed: int) -> list[Event]:
     return out
 
 
-async def write_all(store: PostgresStore, batches: list[list[WriteRequest]]) -> dict[WriteOutcome, int]:
-    counts: dict[WriteOutcome, int] = {}
+async def write_all(store: PostgresStore, batches: list[list[WriteRequest]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
     for i, batch in enumerate(batches):
         for outcome in await store.write_batch(batch, 1_800_000_000 + i):
-            counts[outcome] = counts.get(outcome, 0) + 1
+            name = outcome.value if isinstance(outcome, WriteOutcome) else "refused"
+            counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def _refusal(event: Event) -> Rejection:
+    return Restricted("credit ran out")
 
 
 async def main() -> None:
@@ -67,23 +76,27 @@ async def main() -> None:
     args = parser.parse_args()
 
     events = make_events(args.events, args.replaceable, args.seed)
-    charge = 1 if args.charge else 0
-    requests = [WriteRequest(ev, charge) for ev in events]
+    attachments = (Charge(1),) if args.charge else ()
+    requests = [WriteRequest(ev, attachments=attachments) for ev in events]
     batches = [requests[i : i + args.batch] for i in range(0, len(requests), args.batch)]
     schema = f"bench_write_{uuid.uuid4().hex[:8]}"
     stores = [PostgresStore(args.dsn, schema=schema, pool_size=2) for _ in range(args.nodes)]
     for store in stores:
         await store.open()
     try:
+        ledgers = [open_ledger(store) for store in stores]
+        for ledger in ledgers:
+            await ledger.open()
+            ledger.charge_events(_refusal, lambda pubkey: None)
         for pubkey in {ev.pubkey for ev in events}:
-            await stores[0].update_account(pubkey, 0, credit_delta_msat=10**12)
+            await ledgers[0].update_account(pubkey, 0, credit_delta_msat=10**12)
         t0 = time.perf_counter()
         results = await asyncio.gather(*(write_all(store, batches[n :: args.nodes]) for n, store in enumerate(stores)))
         elapsed = time.perf_counter() - t0
         outcomes: dict[str, int] = {}
         for counts in results:
             for outcome, n in counts.items():
-                outcomes[outcome.value] = outcomes.get(outcome.value, 0) + n
+                outcomes[outcome] = outcomes.get(outcome, 0) + n
         print(
             json.dumps(
                 {

@@ -3,7 +3,7 @@ ends: the CLI (``satsrelay accounts grant/revoke/show``, ``invoices list``, ligh
 and the NIP-86 methods (``payments.grant`` ..., lightning/management.py).
 
 Every rule an operator can break raises ``ValueError`` with a message naming it; the CLI
-prints it, NIP-86 answers it as the ``error``. Changes go through ``Store.update_account``,
+prints it, NIP-86 answers it as the ``error``. Changes go through ``LedgerStore.update_account``,
 which bumps the store's account change counter: every relay process sharing the database
 drops its cached account state within ``gate.CHANGES_POLL_SECONDS``.
 """
@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from lightning.store.base import FOREVER, Account, Invoice, LedgerStore
 from lightning.web import account_json, invoice_json
-from relay.store.base import FOREVER, Account, Invoice, Store
 
 # Every bitcoin there will ever be, in msat (2.1e18): below int64's 9.2e18, the column type of
 # credit_msat in both stores, so no sum of grants past it is ever attempted.
@@ -34,7 +34,7 @@ class Grant:
     allow: bool = False
 
 
-async def grant(store: Store, pubkey: str, what: Grant, now: int) -> Account:
+async def grant(store: LedgerStore, pubkey: str, what: Grant, now: int) -> Account:
     """Apply ``what`` to ``pubkey``'s account (created when missing); the account after it.
     Days extend from the later of now and the current end, so a grant never shortens a
     paid period nor wastes days already past."""
@@ -64,7 +64,7 @@ async def grant(store: Store, pubkey: str, what: Grant, now: int) -> Account:
     )
 
 
-async def revoke(store: Store, pubkey: str, now: int, *, credit: bool = False) -> Account:
+async def revoke(store: LedgerStore, pubkey: str, now: int, *, credit: bool = False) -> Account:
     """End admission and allow-listing; with ``credit``, also set the credit to zero (it
     stays otherwise: the member paid for it)."""
     current = await store.get_account(pubkey)
@@ -96,7 +96,7 @@ def invoice_view(invoice: Invoice) -> dict[str, Any]:
 
 
 async def invoices(
-    store: Store, now: int, *, pubkey: str | None = None, pending: bool = False, limit: int | None = None
+    store: LedgerStore, now: int, *, pubkey: str | None = None, pending: bool = False, limit: int | None = None
 ) -> list[Invoice]:
     """Newest first, at most ``limit``; ``pending``: unpaid and not yet expired (an invoice
     past its expiry is still ``pending`` in the store until the watcher's next expiry sweep)."""
@@ -105,7 +105,7 @@ async def invoices(
     )
 
 
-async def account_view(store: Store, pubkey: str, now: int) -> dict[str, Any]:
+async def account_view(store: LedgerStore, pubkey: str, now: int) -> dict[str, Any]:
     """The account (``account_json``) with its invoices, newest first."""
     doc = account_json(pubkey, await store.get_account(pubkey), now)
     return {**doc, "invoices": [invoice_view(i) for i in await invoices(store, now, pubkey=pubkey)]}

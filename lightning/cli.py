@@ -3,8 +3,8 @@
 ``relay.cli`` calls ``add_commands`` with its sub-parser set, the shared ``--config``
 parent parser and its settings loader. Every command prints a readable table, or JSON
 with ``--json`` (for scripts). They talk to the same database as the running relay; the
-relay's gate sees a change within about half a second (it polls the store's change
-counter, ``Store.account_changes``), on every node.
+relay's gate sees a change within about half a second (it polls the ledger's change
+counter, ``LedgerStore.account_changes``), on every node.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import orjson
 from lightning import accounts
 from lightning.extension import payment_settings
 from lightning.pubkeys import parse_pubkey
+from lightning.store import open_ledger
+from lightning.store.base import Account, Invite, LedgerStore
 from lightning.web import account_json
 from relay.config import Settings
 from relay.store import open_store
-from relay.store.base import Account, Invite, Store
 
 SettingsLoader = Callable[[argparse.Namespace], Settings]
 
@@ -78,7 +79,7 @@ def add_commands(
     p.set_defaults(func=_pay_fake_runner(load))
 
 
-Command = Callable[[argparse.Namespace, Settings, Store], Awaitable[int]]
+Command = Callable[[argparse.Namespace, Settings, LedgerStore], Awaitable[int]]
 
 
 def _runner(load: SettingsLoader, command: Command) -> Callable[[argparse.Namespace], int]:
@@ -89,7 +90,9 @@ def _runner(load: SettingsLoader, command: Command) -> Callable[[argparse.Namesp
             store = open_store(settings.storage)
             await store.open()
             try:
-                return await command(args, settings, store)
+                ledger = open_ledger(store)
+                await ledger.open()  # a database the relay never ran payments on gets its tables
+                return await command(args, settings, ledger)
             finally:
                 await store.close()
 
@@ -164,14 +167,14 @@ def _invoice_rows(docs: Sequence[dict[str, Any]]) -> str:
     return _table(headers, rows)
 
 
-async def _accounts_list(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _accounts_list(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     now = int(time.time())
     docs = [account_json(a.pubkey, a, now) for a in await store.list_accounts()]
     _emit(args, docs, _account_rows(docs) if docs else "no accounts yet")
     return 0
 
 
-async def _accounts_show(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _accounts_show(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     try:
         pubkey = _pubkey(args.pubkey)
     except _Abort as exc:
@@ -183,7 +186,7 @@ async def _accounts_show(args: argparse.Namespace, settings: Settings, store: St
     return 0
 
 
-async def _accounts_grant(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _accounts_grant(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     try:
         pubkey = _pubkey(args.pubkey)
     except _Abort as exc:
@@ -204,7 +207,7 @@ def _show_account(args: argparse.Namespace, pubkey: str, account: Account | None
     return 0
 
 
-async def _accounts_revoke(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _accounts_revoke(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     try:
         pubkey = _pubkey(args.pubkey)
     except _Abort as exc:
@@ -217,7 +220,7 @@ async def _accounts_revoke(args: argparse.Namespace, settings: Settings, store: 
     return _show_account(args, pubkey, account, now)
 
 
-async def _accounts_ban(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _accounts_ban(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     try:
         pubkey = _pubkey(args.pubkey)
     except _Abort as exc:
@@ -227,7 +230,7 @@ async def _accounts_ban(args: argparse.Namespace, settings: Settings, store: Sto
     return _show_account(args, pubkey, account, now)
 
 
-async def _invoices_list(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _invoices_list(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     pubkey = None
     if args.pubkey:
         try:
@@ -350,7 +353,7 @@ def _add_invite_commands(
     p.set_defaults(func=_runner(load, _reminders_set))
 
 
-async def _invites_create(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _invites_create(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     from lightning.membership import make_invites
     from lightning.plans import Plans, UnknownPlan
 
@@ -394,7 +397,7 @@ def _invite_doc(invite: Invite) -> dict[str, Any]:
     }
 
 
-async def _invites_list(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _invites_list(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     now = int(time.time())
     docs = [_invite_doc(i) for i in await store.list_invites()]
     rows = []
@@ -412,7 +415,7 @@ async def _invites_list(args: argparse.Namespace, settings: Settings, store: Sto
     return 0
 
 
-async def _invites_revoke(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _invites_revoke(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     from lightning.membership import code_hash
 
     text = args.code.strip().lower()
@@ -422,7 +425,7 @@ async def _invites_revoke(args: argparse.Namespace, settings: Settings, store: S
     return 0 if revoked else 1
 
 
-async def _reminders_set(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _reminders_set(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     try:
         pubkey = _pubkey(args.pubkey)
     except _Abort as exc:
@@ -433,7 +436,7 @@ async def _reminders_set(args: argparse.Namespace, settings: Settings, store: St
     return 0
 
 
-async def _renewal_connect(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _renewal_connect(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     from lightning.backend import BackendError
     from lightning.renewal import UriSeal, check_uri
     from relay.identity import load_identity
@@ -445,7 +448,7 @@ async def _renewal_connect(args: argparse.Namespace, settings: Settings, store: 
         return _fail(str(exc))
     if args.budget_sats <= 0:
         return _fail("--budget-sats must be positive")
-    from relay.store.base import NwcLink
+    from lightning.store.base import NwcLink
 
     now = int(time.time())
     sealed = UriSeal(load_identity(settings)).seal(args.uri.strip(), pubkey)
@@ -454,7 +457,7 @@ async def _renewal_connect(args: argparse.Namespace, settings: Settings, store: 
     return 0
 
 
-async def _renewal_forget(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _renewal_forget(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     try:
         pubkey = _pubkey(args.pubkey)
     except _Abort as exc:
@@ -464,7 +467,7 @@ async def _renewal_forget(args: argparse.Namespace, settings: Settings, store: S
     return 0
 
 
-async def _renewal_show(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+async def _renewal_show(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     try:
         pubkey = _pubkey(args.pubkey)
     except _Abort as exc:

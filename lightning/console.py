@@ -22,7 +22,7 @@ Definitions, as the pages state them:
 - **Invoice funnel**: the invoices created in the period, and what became of them: paid,
   expired (marked expired, or still unpaid past their expiry) or still payable. Never-paid
   invoices the watcher deletes a while after expiry still count (the store tallies them).
-- **Member status** (``relay.store.base.MemberStatus``): active = admitted for good or for
+- **Member status** (``lightning.store.base.MemberStatus``): active = admitted for good or for
   more than 7 days more; expiring = admission ends within 7 days; expired = was admitted,
   has ended; credit only = never admitted for a time (or revoked) but holds credit.
 """
@@ -35,9 +35,9 @@ from typing import Any
 
 from lightning.charts import DAY, daily_bars, plan_bars
 from lightning.pubkeys import npub_encode, parse_pubkey
+from lightning.store.base import FOREVER, Account, Invoice, InvoiceState, LedgerStore, MemberStatus, member_status
 from relay import console_blocks as blocks
 from relay.extension import ConsolePanel
-from relay.store.base import FOREVER, Account, Invoice, InvoiceState, MemberStatus, Store, member_status
 
 PERIODS = (7, 30, 365)
 DEFAULT_DAYS = 30
@@ -108,7 +108,7 @@ class Search:
 class PaymentsConsole:
     """The three pages over one store; ``clock`` is the relay's (tests move it)."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: LedgerStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
 

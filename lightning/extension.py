@@ -28,18 +28,19 @@ from lightning.plans import Plans, UnknownPlan
 from lightning.reminders import Reminders
 from lightning.renewal import Renewals
 from lightning.settings import REQUIRED_SECRETS, PaymentSettings
+from lightning.store import open_ledger
+from lightning.store.base import Charge, Invoice
 from lightning.wallet_health import WalletHealth
 from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
 from lightning.zapper import Publish, Zapper
 from relay.config import ConfigError
-from relay.errors import Rejection
-from relay.event import Event
+from relay.event import Event, KindClass
 from relay.extension import Answered, ConsolePanel, ManagementMethod, WriteContext
 from relay.filters import Filter
 from relay.http import HttpRequest, HttpResponse, http_url
 from relay.identity import RelayIdentity
-from relay.store.base import Invoice, Store
+from relay.store.base import Store
 
 if TYPE_CHECKING:
     from lightning.backends.fake import FakeBackend
@@ -141,19 +142,20 @@ class PaymentsExtension:
         p = payment_settings(settings)
         self._http = http
         self.settings = settings
-        self.store = store
+        self.events = store  # the relay's event store
+        self.store = open_ledger(store)  # the payments tables beside it (lightning.store)
         self.backend = backend
         self.plans = Plans.from_settings(p)
         self.payments_url = payments_url(settings)
         self.metrics = PaymentMetrics(registry)
-        self.accounts = AccountCache(store, p.account_cache_seconds)
+        self.accounts = AccountCache(self.store, p.account_cache_seconds)
         caps = PendingCaps(
             p.max_pending_invoices, p.max_pending_invoices_per_pubkey, p.max_pending_invoices_per_address
         )
         # The ledger and the check reach the wallet through its error counter; ``backend``
         # stays the wallet itself (the demo's "simulate payment" needs the fake one).
         metered = MeteredWallet(backend, self.metrics.wallet_errors)
-        self.ledger = Ledger(store, metered, self.plans, p.invoice_expiry_seconds, caps)
+        self.ledger = Ledger(self.store, metered, self.plans, p.invoice_expiry_seconds, caps)
         self.health = WalletHealth(metered, hint=wallet_hint(p), clock=clock)
         self.metrics.watch_wallet(lambda: self.health.problem is None)
         self._clock = clock
@@ -171,6 +173,7 @@ class PaymentsExtension:
                 public_url=settings.relay.public_url,
                 identity=identity,
                 ledger=self.ledger,
+                events=store,
                 plans=self.plans,
                 publish=publish,
                 budget=self.invoice_budget,
@@ -192,6 +195,8 @@ class PaymentsExtension:
             ),
             zap_hint=zap_hint,
         )
+        # A priced event's charge commits in its own transaction (lightning.store.base).
+        self.store.charge_events(self.gate.credit_ran_out, self.accounts.invalidate)
         schedule = PollSchedule(
             poll_interval=p.poll_interval_seconds,
             young_seconds=p.young_invoice_seconds,
@@ -214,7 +219,7 @@ class PaymentsExtension:
         if identity is not None and publish is not None and p.reminders.enabled:
             self.reminders = Reminders(
                 p.reminders,
-                store=store,
+                store=self.store,
                 plans=self.plans,
                 identity=identity,
                 publish=publish,
@@ -229,7 +234,7 @@ class PaymentsExtension:
         if identity is not None and publish is not None and p.renewal.enabled:
             self.renewals = Renewals(
                 p.renewal,
-                store=store,
+                store=self.store,
                 ledger=self.ledger,
                 plans=self.plans,
                 identity=identity,
@@ -242,9 +247,9 @@ class PaymentsExtension:
         if identity is not None and publish is not None and p.membership.enabled:
             self.membership = self._membership(settings, identity, publish, clock)
         self.admin_methods = PaymentMethods(  # NIP-86
-            store, self._on_account_changed, clock, credit_pays=self.plans.credit_enabled
+            self.store, self._on_account_changed, clock, credit_pays=self.plans.credit_enabled
         )
-        self.console = PaymentsConsole(store, clock)  # operator console pages
+        self.console = PaymentsConsole(self.store, clock)  # operator console pages
         fake = self._fake_backend()
         self.web = JoinWeb(
             PageInfo(settings.relay.name, settings.relay.description, settings.relay.public_url, demo=fake is not None),
@@ -274,6 +279,7 @@ class PaymentsExtension:
             m,
             plans=self.plans,
             store=self.store,
+            events=self.events,
             accounts=self.accounts,
             identity=identity,
             publish=publish,
@@ -298,6 +304,7 @@ class PaymentsExtension:
     # --- Extension ------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.store.open()  # the ledger's tables, before anything reads them
         # The wallet first: a wrong URL or key is one clear line at start-up (and on the
         # console's overview), before the watcher's own tries.
         await self.health.check()
@@ -330,11 +337,20 @@ class PaymentsExtension:
         if self._http is not None:
             await self._http.aclose()
 
-    async def admit(self, event: Event, ctx: WriteContext) -> int:
+    async def admit(self, event: Event, ctx: WriteContext) -> tuple[object, ...]:
         if self.membership is not None and event.kind in REQUEST_KINDS:
             # NIP-43 join/leave requests are addressed to the relay: answered, never stored.
             raise Answered(*await self.membership.answer(event, ctx.ip))
-        return await self.gate.admit(event, ctx)
+        price = await self.gate.admit(event, ctx)
+        if price <= 0:
+            return ()
+        if event.kind_class is KindClass.EPHEMERAL:
+            # Never stored, so no write hook sees it: its price is debited now, in its own
+            # ledger transaction, before the relay fans it out (issue 8).
+            if not await self.store.charge_credit(event.pubkey, price, ctx.now):
+                raise self.gate.insufficient_credit(event)
+            return ()
+        return (Charge(price),)  # debited by the ledger's write hook, in the event's transaction
 
     async def req_events(self, filters: tuple[Filter, ...], authed: frozenset[str]) -> list[bytes]:
         if self.membership is None:
@@ -343,9 +359,6 @@ class PaymentsExtension:
 
     async def is_member(self, pubkey: str, now: int) -> bool:
         return await self.gate.is_member(pubkey, now)
-
-    def insufficient_credit(self, event: Event) -> Rejection:
-        return self.gate.insufficient_credit(event)
 
     async def handle_http(self, request: HttpRequest) -> HttpResponse | None:
         if self.zapper is not None:

@@ -5,8 +5,8 @@ per event: account state is cached in memory (unknown pubkeys too, since spam co
 them). The cache is dropped for a pubkey when one of its invoices settles on this node,
 every entry lives at most ``account_cache_seconds``, and the whole cache is dropped when
 the store's change counter moves (a grant/revoke/ban by the CLI or on another node), which
-the cache checks every ``CHANGES_POLL_SECONDS``. A stale "has credit" entry is harmless: the Store charges the
-credit inside the event's insert transaction and refuses when it ran out.
+the cache checks every ``CHANGES_POLL_SECONDS``. A stale "has credit" entry is harmless: the ledger's write
+hook charges the credit inside the event's insert transaction and refuses when it ran out.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from dataclasses import dataclass
 
 from lightning.plans import Plans
 from lightning.settings import PaymentSettings
+from lightning.store.base import Account, LedgerStore
 from lightning.zap_receipts import ZAP_RECEIPT_KIND, receipt_problem
 from relay.errors import Blocked, RateLimited, Restricted
 from relay.event import Event
 from relay.extension import WriteContext
 from relay.limits import address_group
 from relay.management import REPORT_KIND
-from relay.store.base import Account, Store, UseLimit
+from relay.store.base import Store, UseLimit
 from relay.vanish import VANISH_KIND
 
 MAX_P_TAGS_CHECKED = 10  # an inbox event names a few recipients; do not look up hundreds
@@ -44,7 +45,7 @@ class _Cached:
 class AccountCache:
     """Bounded LRU of accounts (or their absence) with a time-to-live."""
 
-    def __init__(self, store: Store, ttl: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: LedgerStore, ttl: float, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._ttl = ttl
         self._monotonic = monotonic
@@ -55,7 +56,7 @@ class AccountCache:
     async def get(self, pubkey: str) -> Account | None:
         now = self._monotonic()
         if now - self._changes_checked >= CHANGES_POLL_SECONDS:
-            # A grant/revoke/ban by the CLI or another node bumps the store's counter: one
+            # A grant/revoke/ban by the CLI or another node bumps the ledger's counter: one
             # primary-key read per interval makes it take effect at once, not after the TTL.
             self._changes_checked = now
             changes = await self._store.account_changes()
@@ -213,10 +214,15 @@ class Gate:
             raise Restricted(f"writing here needs a payment; {self._zap_hint} or pay at {join}")
         raise Restricted(f"writing here needs a payment; pay at {self._payments_url}")
 
-    def insufficient_credit(self, event: Event) -> Restricted:
-        """The refusal when the Store refused the charge at commit: the cached credit was stale."""
-        self._accounts.invalidate(event.pubkey)
+    def credit_ran_out(self, event: Event) -> Restricted:
+        """The reply when the ledger refused the charge at commit (the cached credit was
+        stale). Pure: the ledger's write hook may call it on the store's writer thread."""
         return Restricted(f"credit ran out; pay at {self._payments_url}")
+
+    def insufficient_credit(self, event: Event) -> Restricted:
+        """``credit_ran_out``, with the stale cache entry dropped (on the event loop)."""
+        self._accounts.invalidate(event.pubkey)
+        return self.credit_ran_out(event)
 
     async def is_member(self, pubkey: str, now: int) -> bool:
         """Whose inbox strangers may write to for free: an operator-allowed or admitted

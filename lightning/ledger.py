@@ -1,6 +1,6 @@
-"""Issue invoices and confirm settlements on top of the Store's ledger methods.
+"""Issue invoices and confirm settlements on top of the ledger's tables (``lightning.store``).
 
-The Store does the exactly-once part (``settle_invoice`` is idempotent by payment hash,
+The ledger store does the exactly-once part (``settle_invoice`` is idempotent by payment hash,
 in one transaction with the account change). This module makes sure nothing reaches it
 unverified: an invoice is stored before anyone sees it, and a settlement is applied only
 after the wallet itself says the invoice is paid *and* the BOLT11 we stored decodes to the
@@ -21,8 +21,8 @@ import bolt11
 
 from lightning.backend import BackendError, InvoiceStatus, PaymentState, WalletBackend
 from lightning.plans import Grant, Plans
+from lightning.store.base import Invoice, InvoiceState, LedgerStore
 from relay.limits import BucketTable, address_group
-from relay.store.base import Invoice, InvoiceState, Store
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,12 @@ class Issued:
 
 class Ledger:
     def __init__(
-        self, store: Store, backend: WalletBackend, plans: Plans, expiry_seconds: int, caps: PendingCaps | None = None
+        self,
+        store: LedgerStore,
+        backend: WalletBackend,
+        plans: Plans,
+        expiry_seconds: int,
+        caps: PendingCaps | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -265,7 +270,7 @@ class Ledger:
     async def confirm(self, payment_hash: str, now: int) -> ConfirmResult:
         """Ask the wallet about one invoice and settle it if verifiably paid.
 
-        Safe to call any number of times, from any node: the Store settles once. A paid
+        Safe to call any number of times, from any node: the ledger store settles once. A paid
         invoice that expired locally is still credited (the payer did pay). Raises
         ``BackendError`` when the wallet cannot be asked; the caller retries later.
         """

@@ -20,9 +20,9 @@ from typing import Any
 
 from lightning import accounts
 from lightning.pubkeys import parse_pubkey
+from lightning.store.base import LedgerStore
 from lightning.web import account_json
 from relay.extension import Changed, ManagementMethod
-from relay.store.base import Store
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -86,7 +86,7 @@ class PaymentMethods:
 
     def __init__(
         self,
-        store: Store,
+        store: LedgerStore,
         on_change: Callable[[str], None],
         clock: Callable[[], float] = time.time,
         *,

@@ -5,7 +5,7 @@ All of it is signed by the relay's own key (``relay.identity``, NIP-11 ``self``)
 - **Join request** (kind 28934, ``claim`` tag): redeems a single-use invite code made by
   ``satsrelay invites create`` (or handed to a member, below). The code's grant (what
   buying its plan would give) is applied in the same transaction that uses the code
-  (``Store.redeem_invite``), exactly once across nodes. The OK texts are the NIP's own:
+  (``LedgerStore.redeem_invite``), exactly once across nodes. The OK texts are the NIP's own:
   ``info: welcome to <url>!``, ``duplicate: you are already a member of this relay.``,
   ``restricted: that invite code is expired.``, ``restricted: that is an invalid invite code.``
 - **Leave request** (kind 28936, NIP-70 ``-`` tag): admission, credit and the allowed flag
@@ -41,12 +41,13 @@ import orjson
 from lightning.gate import AccountCache
 from lightning.plans import DAY, Plans
 from lightning.settings import MembershipSettings
+from lightning.store.base import Invite, InviteOutcome, LedgerStore
 from relay.errors import AuthRequired, RateLimited, Restricted
 from relay.event import Event, sign_event
 from relay.filters import Filter
 from relay.identity import RelayIdentity
 from relay.limits import BucketTable, address_group
-from relay.store.base import Invite, InviteOutcome, Store
+from relay.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,8 @@ class Membership:
         settings: MembershipSettings,
         *,
         plans: Plans,
-        store: Store,
+        store: LedgerStore,
+        events: Store,
         accounts: AccountCache,
         identity: RelayIdentity,
         publish: Publish,
@@ -154,6 +156,7 @@ class Membership:
         self.settings = settings
         self._plans = plans
         self._store = store
+        self._events = events  # the relay's event store: the published list, members' opt-ins
         self._accounts = accounts
         self._identity = identity
         self._publish = publish
@@ -283,7 +286,7 @@ class Membership:
         """Bring the published member list up to date; True when something was published."""
         now = int(self._clock())
         me = self._identity.pubkey
-        stored = await self._store.query([Filter(authors=frozenset({me}), kinds=frozenset({LIST_KIND}), limit=1)], now)
+        stored = await self._events.query([Filter(authors=frozenset({me}), kinds=frozenset({LIST_KIND}), limit=1)], now)
         current_raw = stored[0] if stored else None
         current = listed_members(current_raw)
         wanted = await self._listed(now) if self.settings.list_members else []
@@ -309,7 +312,7 @@ class Membership:
     async def _listed(self, now: int) -> list[str]:
         """Members whose newest kind 10010 here names this relay, newest opt-in first,
         at most ``max_listed_members``, then sorted (a stable list does not churn)."""
-        optins = await self._store.query(
+        optins = await self._events.query(
             [Filter(kinds=frozenset({OPT_IN_KIND}), tags=(("r", relay_urls(self._relay_url)),), limit=5000)], now
         )
         out: list[str] = []

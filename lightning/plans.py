@@ -1,7 +1,7 @@
 """Prices and what each payment grants, derived once from settings.
 
 Pure: no I/O, no clock. What an invoice grants is copied onto the invoice when it is
-issued (see ``relay.store.base.Invoice``), so changing prices never alters an invoice
+issued (see ``lightning.store.base.Invoice``), so changing prices never alters an invoice
 someone is already paying.
 """
 

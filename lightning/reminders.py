@@ -11,7 +11,7 @@ node and every restart agrees. For each opted-in account, every ``check_interval
 - prepaid credit under ``credit_below_sats`` (for an account that is neither admitted nor
   allowed) gets one reminder; once the balance is back above it, the next dip reminds again.
 
-The reminder is recorded (``Store.claim_reminder``, a unique key) *before* it is sent, so
+The reminder is recorded (``LedgerStore.claim_reminder``, a unique key) *before* it is sent, so
 it goes out at most once across restarts and nodes; a crash between the two loses one
 reminder rather than sending two. Each message says how to renew: zap the relay's lightning
 address from any client, or the join link.
@@ -27,10 +27,10 @@ from collections.abc import Awaitable, Callable
 from lightning.giftwrap import gift_wrap
 from lightning.plans import DAY, Plans
 from lightning.settings import ReminderSettings
+from lightning.store.base import FOREVER, Account, LedgerStore
 from relay.event import Event
 from relay.identity import RelayIdentity
 from relay.periodic import run_every
-from relay.store.base import FOREVER, Account, Store
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Reminders:
         self,
         settings: ReminderSettings,
         *,
-        store: Store,
+        store: LedgerStore,
         plans: Plans,
         identity: RelayIdentity,
         publish: Publish,

@@ -9,7 +9,7 @@ wallet (NIP-47 ``pay_invoice``), ``days_before`` the end of their subscription p
   a key derived from the relay's own key (HKDF-SHA256), so a copy of the database alone
   cannot spend; revoking (or leaving the relay) deletes it.
 - Exactly once per period, across restarts and nodes: the renewal of the period that ends
-  at ``admitted_until`` is one row (``Store.claim_renewal``, a unique key) bound to ONE
+  at ``admitted_until`` is one row (``LedgerStore.claim_renewal``, a unique key) bound to ONE
   invoice, created before the first payment request. Every later round only asks the
   ledger whether that invoice is paid (the usual exactly-once settlement credits the
   period) and, while it is unpaid and unexpired, asks the wallet to pay that same invoice
@@ -40,10 +40,10 @@ from lightning.giftwrap import gift_wrap
 from lightning.ledger import Confirmation, ConfirmResult, Ledger
 from lightning.plans import DAY, Plans, UnknownPlan
 from lightning.settings import RenewalSettings
+from lightning.store.base import FOREVER, InvoiceState, LedgerStore, NwcLink, RenewalAttempt
 from relay.event import Event
 from relay.identity import RelayIdentity
 from relay.periodic import run_every
-from relay.store.base import FOREVER, InvoiceState, NwcLink, RenewalAttempt, Store
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Renewals:
         self,
         settings: RenewalSettings,
         *,
-        store: Store,
+        store: LedgerStore,
         ledger: Ledger,
         plans: Plans,
         identity: RelayIdentity,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from lightning.backend import BackendError
 from lightning.ledger import Confirmation, ConfirmResult, Ledger
-from relay.store.base import Invoice
+from lightning.store.base import Invoice
 
 log = logging.getLogger(__name__)
 

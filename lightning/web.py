@@ -46,10 +46,10 @@ from lightning.ledger import Ledger, RequestBudget, TooManyPending
 from lightning.plans import PlanOffer, Plans, UnknownPlan
 from lightning.pubkeys import npub_encode, parse_pubkey
 from lightning.renewal import Renewals
+from lightning.store.base import FOREVER, Account, Invoice, InvoiceState
 from relay import nip98
 from relay.http import HttpRequest, HttpResponse, http_url
 from relay.limits import TokenBucket
-from relay.store.base import FOREVER, Account, Invoice, InvoiceState
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,7 @@ from lightning.backend import BackendError
 from lightning.ledger import Ledger, RequestBudget, TooManyPending
 from lightning.plans import Plans
 from lightning.settings import ZapSettings
+from lightning.store.base import Invoice
 from lightning.zap import (
     ZAP_PLAN,
     ZAP_RECEIPT_KIND,
@@ -57,7 +58,7 @@ from relay.event import Event
 from relay.filters import Filter
 from relay.http import HttpRequest, HttpResponse
 from relay.identity import RelayIdentity
-from relay.store.base import Invoice
+from relay.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Zapper:
         public_url: str,
         identity: RelayIdentity,
         ledger: Ledger,
+        events: Store,
         plans: Plans,
         publish: Publish,
         budget: RequestBudget,
@@ -101,6 +103,7 @@ class Zapper:
         self._settings = settings
         self._identity = identity
         self._ledger = ledger
+        self._events = events  # the relay's event store: which receipts exist
         self._plans = plans
         self._publish = publish
         self._clock = clock
@@ -234,13 +237,12 @@ class Zapper:
         how many were re-signed. Waits for receipts already under way first."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self._settings.publish_timeout_seconds + 1)
-        store = self._ledger.store
         now = int(self._clock())
-        recent = await store.list_invoices(paid_after=now - RECONCILE_SECONDS)
+        recent = await self._ledger.store.list_invoices(paid_after=now - RECONCILE_SECONDS)
         paid = [invoice for invoice in recent if invoice.plan == ZAP_PLAN][:RECONCILE_MAX]
         missing = 0
         for invoice in paid:
-            found = await store.query(
+            found = await self._events.query(
                 [
                     Filter(
                         authors=frozenset({self._identity.pubkey}),

@@ -126,7 +126,6 @@ Rejects = Callable[[int, bytes, str], None]
 _OUTCOME_REASONS = {
     WriteOutcome.SUPERSEDED: "superseded: a newer version of this replaceable event is stored",
     WriteOutcome.DELETED: "deleted: a stored NIP-09 deletion names this event",
-    WriteOutcome.INSUFFICIENT_CREDIT: "restricted: not enough credit",
 }
 
 
@@ -169,8 +168,10 @@ async def import_events(
                     counts["accepted"] += 1
                 elif outcome is WriteOutcome.DUPLICATE:
                     counts["duplicate"] += 1
-                else:
+                elif isinstance(outcome, WriteOutcome):
                     reject(number, line, _OUTCOME_REASONS.get(outcome, outcome.value))
+                else:  # a plug-in's write hook refused it (an import attaches nothing, so none does)
+                    reject(number, line, str(outcome))
             batch.clear()
 
         for number, line in lines:

@@ -317,16 +317,11 @@ class Connection:
             if event.kind == vanish.VANISH_KIND:  # NIP-62: free, whatever the payment status
                 await self._vanish(event, ctx)
                 return
-            charge = 0
+            attachments: tuple[object, ...] = ()
             if self.deps.extension is not None:
-                charge = await self.deps.extension.admit(event, ctx)
+                attachments = await self.deps.extension.admit(event, ctx)
             if event.kind_class is KindClass.EPHEMERAL:
-                # Never stored, so write_batch cannot charge them: the price is debited in
-                # its own ledger transaction before the event is fanned out (issue 8).
-                if charge > 0 and not await self.deps.store.charge_credit(event.pubkey, charge, ctx.now):
-                    assert self.deps.extension is not None
-                    self._reject(event.id, self.deps.extension.insufficient_credit(event))
-                    return
+                # Never stored: whatever it costs, the gate has taken already (issue 8).
                 self.deps.broadcast(event)
                 self._accepted(event, (True, ""))
                 return
@@ -338,13 +333,11 @@ class Connection:
                 if refused is not None:
                     self._reject(event.id, refused)
                     return
-            outcome = await self.deps.writer.submit(WriteRequest(event, charge))
+            # A write hook that refuses the event in its transaction (the charge its gate
+            # attached could not be taken) raises its Rejection here: nothing was stored.
+            outcome = await self.deps.writer.submit(WriteRequest(event, attachments=attachments))
             if outcome is WriteOutcome.STORED:
                 self.deps.quota.stored(event)
-            if outcome is WriteOutcome.INSUFFICIENT_CREDIT:
-                assert self.deps.extension is not None
-                self._reject(event.id, self.deps.extension.insufficient_credit(event))
-                return
             self._accepted(event, _OUTCOME_REPLY[outcome])
         except Answered as answer:
             self._accepted(event, (answer.accepted, answer.message))

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from relay.errors import Rejection
 from relay.event import Event
 from relay.filters import Filter
 from relay.http import HttpRequest, HttpResponse
@@ -88,10 +87,13 @@ class Extension(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def admit(self, event: Event, ctx: WriteContext) -> int:
+    async def admit(self, event: Event, ctx: WriteContext) -> tuple[object, ...]:
         """The write gate, called after every other check passed and the signature was
-        verified. Return the charge in msat (0 for free); raise a ``Rejection``
-        (``restricted: ...; pay at <url>``, ``blocked: ...``) to refuse."""
+        verified. Return what the event's ``WriteRequest`` carries to the plug-in's write
+        hook (e.g. its price, taken in the event's own transaction: ``relay.store.database``),
+        ``()`` for nothing; raise a ``Rejection`` (``restricted: ...; pay at <url>``,
+        ``blocked: ...``) to refuse. An ephemeral event never reaches the store: whatever it
+        costs, the gate takes before returning."""
         ...
 
     async def req_events(self, filters: tuple[Filter, ...], authed: frozenset[str]) -> list[bytes]:
@@ -102,10 +104,6 @@ class Extension(Protocol):
     async def is_member(self, pubkey: str, now: int) -> bool:
         """A paying (or operator-allowed) account in good standing: the larger storage
         quota applies (``retention.member_max_bytes_per_pubkey``)."""
-        ...
-
-    def insufficient_credit(self, event: Event) -> Rejection:
-        """The refusal when the charge failed at commit (credit ran out meanwhile)."""
         ...
 
     async def handle_http(self, request: HttpRequest) -> HttpResponse | None:

@@ -22,7 +22,6 @@ from relay import crypto
 from relay.app import build_relay
 from relay.config import Settings, load_settings
 from relay.console import MASK, EventRate, rate_chart, redact_url
-from relay.errors import Rejection
 from relay.event import Event
 from relay.extension import ConsolePanel, ExtensionHost, ManagementMethod, WriteContext
 from relay.filters import Filter
@@ -334,17 +333,14 @@ class _PanelsExtension:
     async def stop(self) -> None:
         pass
 
-    async def admit(self, event: Event, ctx: WriteContext) -> int:
-        return 0
+    async def admit(self, event: Event, ctx: WriteContext) -> tuple[object, ...]:
+        return ()
 
     async def req_events(self, filters: tuple[Filter, ...], authed: frozenset[str]) -> list[bytes]:
         return []
 
     async def is_member(self, pubkey: str, now: int) -> bool:
         return False
-
-    def insufficient_credit(self, event: Event) -> Rejection:
-        raise AssertionError("never charged")
 
     async def handle_http(self, request: HttpRequest) -> HttpResponse | None:
         return None

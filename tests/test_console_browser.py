@@ -23,7 +23,7 @@ import pytest
 from relay import crypto
 from relay.event import sign_event
 from relay.server import Relay
-from tests.lightning.payment_stack import nip98_header
+from tests.lightning.payment_stack import ledger_of, nip98_header
 from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS, DOCS_IMG, make_run_relay
 from tests.nostr_client import NostrClient, signed
 
@@ -106,7 +106,7 @@ async def test_operator_visits_every_panel_and_bans_a_reported_event(
     ):
         base = f"http://127.0.0.1:{relay.port}"
         # Alice writes free (operator-allowed); Bob, not a member, reports her note (NIP-56).
-        await relay.store.update_account(crypto.public_key(alice).hex(), int(time.time()), allowed=True)
+        await ledger_of(relay).update_account(crypto.public_key(alice).hex(), int(time.time()), allowed=True)
         bad = signed(alice, 1, "Send 1 BTC, get 2 back: <b>totally</b> legit")
         assert (await client.publish(bad))[0]
         ok, message = await client.publish(signed(bob, 1984, "scam", [["e", bad.id, "spam"], ["p", bad.pubkey]]))
@@ -273,7 +273,7 @@ async def test_moderation_wraps_long_strings_and_shows_bidi_overrides_inert(
         NostrClient(relay.url) as client,
     ):
         base = f"http://127.0.0.1:{relay.port}"
-        await relay.store.update_account(crypto.public_key(alice).hex(), int(time.time()), allowed=True)
+        await ledger_of(relay).update_account(crypto.public_key(alice).hex(), int(time.time()), allowed=True)
         bad = signed(alice, 1, "invoice\u202egpj.exe " + "W" * 3000)
         assert (await client.publish(bad))[0]
         for reporter, note in ((bob, "attached: \u202egpj.exe"), (carol, "see gpj.exe " + "M" * 190)):

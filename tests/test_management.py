@@ -24,6 +24,7 @@ from relay.store.base import Store
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SqliteStore
 from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient, signed
 from tests.test_nodes import _drop_schema, pg_dsn  # noqa: F401  (fixture)
 
@@ -327,7 +328,7 @@ async def test_non_members_may_file_reports_within_an_hourly_allowance(
 ) -> None:
     payments = {"enabled": True, "backend": "fake", "inbox_events_per_hour": 2}
     async with relay_factory(payments=payments) as relay, NostrClient(relay.url) as client:
-        await relay.store.update_account(crypto.public_key(alice).hex(), int(time.time()), allowed=True)
+        await ledger_of(relay).update_account(crypto.public_key(alice).hex(), int(time.time()), allowed=True)
         target = signed(alice, 1, "reported note")
         assert (await client.publish(target))[0]
         ok, message = await client.publish(signed(bob, 1, "bob is not a member"))

@@ -16,7 +16,7 @@ import httpx
 from relay import crypto
 from relay.server import Relay
 from tests.conftest import RelayFactory
-from tests.lightning.payment_stack import nip98_header
+from tests.lightning.payment_stack import ledger_of, nip98_header
 
 PUBLIC = "ws://relay.test"  # every relay here answers to this address (NIP-98's u tag)
 PAID: dict[str, Any] = {"enabled": True, "backend": "fake", "account_cache_seconds": 0}
@@ -57,7 +57,7 @@ async def post(client: httpx.AsyncClient, relay: Relay, body: bytes, headers: di
 
 
 async def credit_msat(relay: Relay, pubkey: str) -> int:
-    account = await relay.store.get_account(pubkey)
+    account = await ledger_of(relay).get_account(pubkey)
     return 0 if account is None else account.credit_msat
 
 

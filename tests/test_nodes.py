@@ -662,12 +662,15 @@ async def test_workers_that_can_never_start_back_off_then_the_supervisor_gives_u
 
 
 async def test_settlement_raced_by_two_nodes_pools_credits_exactly_once(pg_dsn: str, pg_schema: str) -> None:
-    from relay.store.base import Invoice, InvoiceState
+    from lightning.store import open_ledger
+    from lightning.store.base import Invoice, InvoiceState
     from relay.store.postgres import PostgresStore
 
-    # Two stores = two pools, as on two nodes; opened at once, so the schema migration
-    # itself is raced too.
-    node_a, node_b = PostgresStore(pg_dsn, schema=pg_schema), PostgresStore(pg_dsn, schema=pg_schema)
+    # Two stores = two pools, as on two nodes; opened at once, so the schema migrations
+    # themselves (the core's, then the ledger's) are raced too.
+    store_a, store_b = PostgresStore(pg_dsn, schema=pg_schema), PostgresStore(pg_dsn, schema=pg_schema)
+    await asyncio.gather(store_a.open(), store_b.open())
+    node_a, node_b = open_ledger(store_a), open_ledger(store_b)
     await asyncio.gather(node_a.open(), node_b.open())
     try:
         now = int(time.time())
@@ -703,7 +706,7 @@ async def test_settlement_raced_by_two_nodes_pools_credits_exactly_once(pg_dsn: 
             # admission stacks once per invoice: now + 4 x 1 h, not 48 x
             assert account.admitted_until == now + 4 * 3600
     finally:
-        await asyncio.gather(node_a.close(), node_b.close())
+        await asyncio.gather(store_a.close(), store_b.close())
 
 
 async def test_longest_schema_name_still_fans_out(pg_dsn: str, relay_factory: Any, alice: bytes) -> None:

@@ -15,6 +15,7 @@ from relay import crypto
 from relay.config import ConfigError, load_settings, parse_duration
 from relay.retention import purge_old_events
 from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient, signed
 from tests.test_nodes import pg_dsn  # noqa: F401  (fixture)
 from tests.test_vanish import ids, storage  # noqa: F401  (fixture: SQLite and PostgreSQL)
@@ -92,7 +93,7 @@ async def test_storage_quota_refuses_past_the_limit_members_get_more(
         relay_factory(storage=storage, payments=payments, retention=retention) as relay,
         NostrClient(relay.url) as client,
     ):
-        await relay.store.update_account(b, now, allowed=True)
+        await ledger_of(relay).update_account(b, now, allowed=True)
         await asyncio.sleep(CHANGES_POLL_SECONDS + 0.1)
         accepted = 0
         while True:

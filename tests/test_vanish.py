@@ -15,6 +15,7 @@ from lightning.gate import CHANGES_POLL_SECONDS
 from relay import crypto
 from relay.server import Relay
 from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient, signed
 from tests.test_nodes import _drop_schema, pg_dsn  # noqa: F401  (fixture)
 
@@ -47,8 +48,8 @@ async def test_vanish_deletes_history_and_gift_wraps_even_when_unpaid(
     a, b = crypto.public_key(alice).hex(), crypto.public_key(bob).hex()
     now = int(time.time())
     async with relay_factory(payments=PAID, storage=storage) as relay, NostrClient(relay.url) as client:
-        await relay.store.update_account(a, now, allowed=True)
-        await relay.store.update_account(b, now, allowed=True)
+        await ledger_of(relay).update_account(a, now, allowed=True)
+        await ledger_of(relay).update_account(b, now, allowed=True)
         notes = [signed(alice, 1, f"mine {i}", created_at=now - 10 - i) for i in range(3)]
         profile = signed(alice, 0, '{"name":"alice"}', created_at=now - 5)
         deletion = signed(alice, 5, "", [["e", notes[2].id]], created_at=now - 4)
@@ -58,7 +59,7 @@ async def test_vanish_deletes_history_and_gift_wraps_even_when_unpaid(
             ok, message = await client.publish(event)
             assert ok, message
         # alice is no longer a member: the request must still be honoured (NIP-62)
-        await relay.store.update_account(a, now, allowed=False)
+        await ledger_of(relay).update_account(a, now, allowed=False)
         await asyncio.sleep(CHANGES_POLL_SECONDS + 0.1)  # the gate's cache picks the change up
         ok, message = await client.publish(signed(alice, 1, "unpaid now"))
         assert not ok and message.startswith("restricted:")
@@ -74,7 +75,7 @@ async def test_vanish_deletes_history_and_gift_wraps_even_when_unpaid(
 
         ok, message = await client.publish(notes[0])  # re-publication of the past
         assert not ok and message.startswith("blocked:") and "vanish" in message
-        await relay.store.update_account(a, now, allowed=True)
+        await ledger_of(relay).update_account(a, now, allowed=True)
         await asyncio.sleep(CHANGES_POLL_SECONDS + 0.1)
         ok, message = await client.publish(notes[1])
         assert not ok and message.startswith("blocked:")

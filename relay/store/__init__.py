@@ -1,4 +1,5 @@
-"""Storage: one ``Store`` protocol (``base``), a SQLite and a PostgreSQL implementation."""
+"""The event store: one ``Store`` protocol (``base``), a SQLite and a PostgreSQL implementation,
+and the seam through which a plug-in keeps its own tables in the same database (``database``)."""
 
 from __future__ import annotations
 

@@ -201,8 +201,8 @@ def _exclusive(db: Path) -> Iterator[None]:
 
 def _create_private(path: Path) -> None:
     """An empty file readable by its owner only (0600, whatever the umask), for SQLite to
-    fill: a backup holds every account, invoice and sealed wallet connection, and a copy
-    left world-readable in /backups would hand them to every local user."""
+    fill: a backup holds every table, the plug-ins' too (accounts, sealed secrets), and a
+    copy left world-readable in /backups would hand them to every local user."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 

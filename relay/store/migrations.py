@@ -53,7 +53,7 @@ def pending(migrations: Sequence[Migration], current: int) -> list[Migration]:
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "events, tags, deletions, invoices, accounts",
+        "events, tags, deletions",
         (
             """CREATE TABLE events (
                 rid INTEGER PRIMARY KEY,
@@ -94,32 +94,6 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
                 until INTEGER NOT NULL,
                 PRIMARY KEY (pubkey, kind, d_tag)
             ) WITHOUT ROWID""",
-            """CREATE TABLE invoices (
-                payment_hash TEXT PRIMARY KEY,
-                pubkey TEXT NOT NULL,
-                plan TEXT NOT NULL,
-                amount_msat INTEGER NOT NULL,
-                bolt11 TEXT NOT NULL,
-                created_at INTEGER NOT NULL,
-                expires_at INTEGER NOT NULL,
-                admit_seconds INTEGER NOT NULL,
-                admit_forever INTEGER NOT NULL,
-                credit_msat INTEGER NOT NULL,
-                state TEXT NOT NULL,
-                paid_at INTEGER,
-                paid_msat INTEGER
-            )""",
-            "CREATE INDEX invoices_pubkey ON invoices (pubkey, created_at)",
-            "CREATE INDEX invoices_created ON invoices (created_at)",
-            "CREATE INDEX invoices_pending ON invoices (expires_at) WHERE state = 'pending'",
-            """CREATE TABLE accounts (
-                pubkey TEXT PRIMARY KEY,
-                admitted_until INTEGER NOT NULL DEFAULT 0,
-                credit_msat INTEGER NOT NULL DEFAULT 0,
-                banned INTEGER NOT NULL DEFAULT 0,
-                allowed INTEGER NOT NULL DEFAULT 0,
-                updated_at INTEGER NOT NULL DEFAULT 0
-            )""",
         ),
     ),
     # Fewer pages dirtied per stored event (the writer's COMMIT was the ingest bottleneck:
@@ -152,13 +126,12 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE tags_v2 RENAME TO tags",
         ),
     ),
-    # Phoenixd keeps a liquidity fee out of some incoming payments (issue 13): the payer
-    # is credited for what they sent, the operator's cost is recorded beside it.
-    Migration(
-        3, "invoices.fee_msat: what the wallet kept of a payment", ("ALTER TABLE invoices ADD COLUMN fee_msat INTEGER",)
-    ),
-    # A zap invoice keeps the zap request its BOLT11 commits to, for the receipt (NIP-57).
-    Migration(4, "invoices.description: the hashed description", ("ALTER TABLE invoices ADD COLUMN description TEXT",)),
+    # Steps 3, 4, 6, 7, 8, 12 and 14 (and part of 1 and 9) made a plug-in's tables before each
+    # plug-in had its own version line (relay.store.database); their statements moved to
+    # that plug-in's line, which adopts the tables a database made before holds. Kept
+    # empty so the core's numbers, recorded by every database, keep their meaning.
+    Migration(3, "retired: a plug-in's table, now on its own line", ()),
+    Migration(4, "retired: a plug-in's table, now on its own line", ()),
     # NIP-50 search (relay/search.py): the words of each event of an indexed kind, under
     # the event's rid, in an FTS5 table. Words arrive already cut and case-folded, joined
     # by spaces; unicode61 with diacritics kept only splits them back. A regular (not
@@ -174,78 +147,17 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE search_state (id INTEGER PRIMARY KEY CHECK (id = 1), kinds TEXT NOT NULL)",
         ),
     ),
-    # NIP-43 invite codes (issue 10): single use, stored as SHA-256 of the code.
-    Migration(
-        6,
-        "invites: NIP-43 invite codes",
-        (
-            """CREATE TABLE invites (
-                code_hash TEXT PRIMARY KEY,
-                plan TEXT NOT NULL,
-                created_at INTEGER NOT NULL,
-                expires_at INTEGER,
-                created_by TEXT NOT NULL,
-                admit_seconds INTEGER NOT NULL,
-                admit_forever INTEGER NOT NULL,
-                credit_msat INTEGER NOT NULL,
-                redeemed_by TEXT,
-                redeemed_at INTEGER
-            )""",
-            "CREATE INDEX invites_created_by ON invites (created_by, created_at)",
-        ),
-    ),
-    # Reminders in Nostr (issue 10 item 5): who asked for them, and which were sent, so
-    # each goes out once per term, across restarts and nodes.
-    Migration(
-        7,
-        "reminder_optins, reminders_sent",
-        (
-            "CREATE TABLE reminder_optins (pubkey TEXT PRIMARY KEY, opted_in_at INTEGER NOT NULL)",
-            """CREATE TABLE reminders_sent (
-                pubkey TEXT NOT NULL,
-                reason TEXT NOT NULL,
-                term_end INTEGER NOT NULL,
-                sent_at INTEGER NOT NULL,
-                PRIMARY KEY (pubkey, reason, term_end)
-            )""",
-        ),
-    ),
-    # Renewal by Nostr Wallet Connect (issue 10 item 6): the member's NWC URI, sealed with a
-    # key derived from the relay's key, and one attempt row per (member, end of period),
-    # bound to one invoice: a retry can only pay that invoice again, which Lightning refuses.
-    Migration(
-        8,
-        "nwc_links, renewal_attempts",
-        (
-            """CREATE TABLE nwc_links (
-                pubkey TEXT PRIMARY KEY,
-                sealed_uri TEXT NOT NULL,
-                budget_msat INTEGER NOT NULL,
-                created_at INTEGER NOT NULL
-            )""",
-            """CREATE TABLE renewal_attempts (
-                pubkey TEXT NOT NULL,
-                period_end INTEGER NOT NULL,
-                payment_hash TEXT NOT NULL,
-                state TEXT NOT NULL,
-                tries INTEGER NOT NULL,
-                detail TEXT NOT NULL,
-                created_at INTEGER NOT NULL,
-                updated_at INTEGER NOT NULL,
-                PRIMARY KEY (pubkey, period_end)
-            )""",
-        ),
-    ),
-    # Change counters (issue 11): a grant, revoke or ban made by the CLI (another process)
-    # or on another node bumps a counter that running relays poll (one primary-key read
-    # every ~0.5 s) to drop their cached copies at once instead of after a TTL.
+    Migration(6, "retired: a plug-in's table, now on its own line", ()),
+    Migration(7, "retired: a plug-in's tables, now on its own line", ()),
+    Migration(8, "retired: a plug-in's tables, now on its own line", ()),
+    # Change counters (issue 11): a change made by the CLI (another process) or on another
+    # node bumps a counter that running relays poll (one primary-key read every ~0.5 s) to
+    # reload their copies at once instead of after a TTL; steps 10 and 11 add their rows.
+    # (Its first row, a plug-in's counter, moved to that plug-in's line.)
     Migration(
         9,
-        "store_changes: counters bumped by account changes, polled by running relays",
-        (
-            "CREATE TABLE store_changes (topic TEXT PRIMARY KEY, counter INTEGER NOT NULL) WITHOUT ROWID",
-            "INSERT INTO store_changes (topic, counter) VALUES ('accounts', 0)",
-        ),
+        "store_changes: counters bumped by changes other processes must see, polled by running relays",
+        ("CREATE TABLE store_changes (topic TEXT PRIMARY KEY, counter INTEGER NOT NULL) WITHOUT ROWID",),
     ),
     # NIP-62 (issue 11): one row per author who vanished, the latest request's created_at;
     # a counter row so other processes re-read them.
@@ -268,22 +180,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO store_changes (topic, counter) VALUES ('management', 0)",
         ),
     ),
-    # The operator console's payments pages (issue 11 item 3), aggregated in SQL:
-    # - invoices_paid covers revenue per day and plan (index-only, paid invoices only);
-    # - accounts_admitted serves the member counts and pages by status (a range of
-    #   admitted_until each); it moves only on grants, never on per-event credit charges;
-    # - pruned_invoices keeps, per UTC day of creation, how many never-paid invoices the
-    #   watcher deleted (``prune_expired_invoices_after_seconds``), so the invoice funnel
-    #   over 30 or 365 days still counts them.
-    Migration(
-        12,
-        "console: invoices_paid, accounts_admitted indexes; pruned_invoices tally",
-        (
-            "CREATE INDEX invoices_paid ON invoices (paid_at, plan, paid_msat, fee_msat) WHERE state = 'paid'",
-            "CREATE INDEX accounts_admitted ON accounts (admitted_until, pubkey)",
-            "CREATE TABLE pruned_invoices (day INTEGER PRIMARY KEY, count INTEGER NOT NULL)",
-        ),
-    ),
+    Migration(12, "retired: a plug-in's indexes and table, now on its own line", ()),
     # Relay-wide guards (issue 17 items 3 and 9, ``Store.take_uses``): a NIP-98 header's
     # single use, the free inbox allowance. The expiry index serves the pruning.
     Migration(
@@ -295,15 +192,5 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX use_counts_expiry ON use_counts (expires_at)",
         ),
     ),
-    # Fair shares of the unpaid-invoice pool (issue 17): each pending invoice names the
-    # address group that asked for it, so a group's share is counted (and the biggest
-    # holder's oldest evicted) in the same transaction as the insert.
-    Migration(
-        14,
-        "invoices.source: the address group holding an unpaid invoice",
-        (
-            "ALTER TABLE invoices ADD COLUMN source TEXT NOT NULL DEFAULT ''",
-            "CREATE INDEX invoices_pending_source ON invoices (source, created_at) WHERE state = 'pending'",
-        ),
-    ),
+    Migration(14, "retired: a plug-in's column, now on its own line", ()),
 )

@@ -35,7 +35,7 @@ LOCK_CLASS_MIGRATE = 0x53520001
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "events, tags, deletions, invoices, accounts",
+        "events, tags, deletions",
         (
             """CREATE TABLE events (
                 seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -75,32 +75,6 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
                 d_tag text NOT NULL,
                 until bigint NOT NULL,
                 PRIMARY KEY (pubkey, kind, d_tag)
-            )""",
-            """CREATE TABLE invoices (
-                payment_hash text PRIMARY KEY,
-                pubkey text NOT NULL,
-                plan text NOT NULL,
-                amount_msat bigint NOT NULL,
-                bolt11 text NOT NULL,
-                created_at bigint NOT NULL,
-                expires_at bigint NOT NULL,
-                admit_seconds bigint NOT NULL,
-                admit_forever boolean NOT NULL,
-                credit_msat bigint NOT NULL,
-                state text NOT NULL,
-                paid_at bigint,
-                paid_msat bigint
-            )""",
-            "CREATE INDEX invoices_pubkey ON invoices (pubkey, created_at DESC)",
-            "CREATE INDEX invoices_created ON invoices (created_at DESC)",
-            "CREATE INDEX invoices_pending ON invoices (expires_at) WHERE state = 'pending'",
-            """CREATE TABLE accounts (
-                pubkey text PRIMARY KEY,
-                admitted_until bigint NOT NULL DEFAULT 0,
-                credit_msat bigint NOT NULL DEFAULT 0,
-                banned boolean NOT NULL DEFAULT false,
-                allowed boolean NOT NULL DEFAULT false,
-                updated_at bigint NOT NULL DEFAULT 0
             )""",
         ),
     ),
@@ -165,13 +139,9 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             $fn$""",
         ),
     ),
-    # Phoenixd keeps a liquidity fee out of some incoming payments (issue 13): the payer
-    # is credited for what they sent, the operator's cost is recorded beside it.
-    Migration(
-        3, "invoices.fee_msat: what the wallet kept of a payment", ("ALTER TABLE invoices ADD COLUMN fee_msat bigint",)
-    ),
-    # A zap invoice keeps the zap request its BOLT11 commits to, for the receipt (NIP-57).
-    Migration(4, "invoices.description: the hashed description", ("ALTER TABLE invoices ADD COLUMN description text",)),
+    # Steps 3, 4, 6, 7, 8, 12 and 14 (and part of 1 and 9): see the SQLite list.
+    Migration(3, "retired: a plug-in's table, now on its own line", ()),
+    Migration(4, "retired: a plug-in's table, now on its own line", ()),
     # NIP-50 search (relay/search.py): a tsvector column on events, set only for the
     # indexed kinds (NULL otherwise, and then in no index entry: the GIN index is partial),
     # written by the same INSERT as the event, so it commits in the event's transaction and
@@ -237,76 +207,14 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             $fn$""",
         ),
     ),
-    # NIP-43 invite codes (issue 10): single use, stored as SHA-256 of the code.
-    Migration(
-        6,
-        "invites: NIP-43 invite codes",
-        (
-            """CREATE TABLE invites (
-                code_hash text PRIMARY KEY,
-                plan text NOT NULL,
-                created_at bigint NOT NULL,
-                expires_at bigint,
-                created_by text NOT NULL,
-                admit_seconds bigint NOT NULL,
-                admit_forever boolean NOT NULL,
-                credit_msat bigint NOT NULL,
-                redeemed_by text,
-                redeemed_at bigint
-            )""",
-            "CREATE INDEX invites_created_by ON invites (created_by, created_at)",
-        ),
-    ),
-    # Reminders in Nostr (issue 10 item 5): who asked for them, and which were sent, so
-    # each goes out once per term, across restarts and nodes.
-    Migration(
-        7,
-        "reminder_optins, reminders_sent",
-        (
-            "CREATE TABLE reminder_optins (pubkey text PRIMARY KEY, opted_in_at bigint NOT NULL)",
-            """CREATE TABLE reminders_sent (
-                pubkey text NOT NULL,
-                reason text NOT NULL,
-                term_end bigint NOT NULL,
-                sent_at bigint NOT NULL,
-                PRIMARY KEY (pubkey, reason, term_end)
-            )""",
-        ),
-    ),
-    # Renewal by Nostr Wallet Connect (issue 10 item 6): the member's NWC URI, sealed with a
-    # key derived from the relay's key, and one attempt row per (member, end of period),
-    # bound to one invoice: a retry can only pay that invoice again, which Lightning refuses.
-    Migration(
-        8,
-        "nwc_links, renewal_attempts",
-        (
-            """CREATE TABLE nwc_links (
-                pubkey text PRIMARY KEY,
-                sealed_uri text NOT NULL,
-                budget_msat bigint NOT NULL,
-                created_at bigint NOT NULL
-            )""",
-            """CREATE TABLE renewal_attempts (
-                pubkey text NOT NULL,
-                period_end bigint NOT NULL,
-                payment_hash text NOT NULL,
-                state text NOT NULL,
-                tries bigint NOT NULL,
-                detail text NOT NULL,
-                created_at bigint NOT NULL,
-                updated_at bigint NOT NULL,
-                PRIMARY KEY (pubkey, period_end)
-            )""",
-        ),
-    ),
+    Migration(6, "retired: a plug-in's table, now on its own line", ()),
+    Migration(7, "retired: a plug-in's tables, now on its own line", ()),
+    Migration(8, "retired: a plug-in's tables, now on its own line", ()),
     # Change counters (issue 11): see the SQLite migration 9.
     Migration(
         9,
-        "store_changes: counters bumped by account changes, polled by running relays",
-        (
-            "CREATE TABLE store_changes (topic text PRIMARY KEY, counter bigint NOT NULL)",
-            "INSERT INTO store_changes (topic, counter) VALUES ('accounts', 0)",
-        ),
+        "store_changes: counters bumped by changes other processes must see, polled by running relays",
+        ("CREATE TABLE store_changes (topic text PRIMARY KEY, counter bigint NOT NULL)",),
     ),
     # NIP-62 (issue 11): see the SQLite migration 10.
     Migration(
@@ -327,16 +235,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO store_changes (topic, counter) VALUES ('management', 0)",
         ),
     ),
-    # The operator console's payments pages (issue 11 item 3): see the SQLite migration 12.
-    Migration(
-        12,
-        "console: invoices_paid, accounts_admitted indexes; pruned_invoices tally",
-        (
-            "CREATE INDEX invoices_paid ON invoices (paid_at, plan, paid_msat, fee_msat) WHERE state = 'paid'",
-            "CREATE INDEX accounts_admitted ON accounts (admitted_until, pubkey)",
-            "CREATE TABLE pruned_invoices (day bigint PRIMARY KEY, count bigint NOT NULL)",
-        ),
-    ),
+    Migration(12, "retired: a plug-in's indexes and table, now on its own line", ()),
     # Relay-wide guards (issue 17 items 3 and 9, ``Store.take_uses``); see the SQLite twin.
     Migration(
         13,
@@ -346,17 +245,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX use_counts_expiry ON use_counts (expires_at)",
         ),
     ),
-    # Fair shares of the unpaid-invoice pool (issue 17): each pending invoice names the
-    # address group that asked for it, so a group's share is counted (and the biggest
-    # holder's oldest evicted) in the same transaction as the insert.
-    Migration(
-        14,
-        "invoices.source: the address group holding an unpaid invoice",
-        (
-            "ALTER TABLE invoices ADD COLUMN source text NOT NULL DEFAULT ''",
-            "CREATE INDEX invoices_pending_source ON invoices (source, created_at) WHERE state = 'pending'",
-        ),
-    ),
+    Migration(14, "retired: a plug-in's column, now on its own line", ()),
 )
 
 

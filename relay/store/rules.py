@@ -2,25 +2,29 @@
 
 A store's job is to read the state a batch's rules need and to write what the rules
 decided; the rules themselves (an event's replaceable address, "the newest created_at
-wins, ties to the lowest id", which ``a`` and ``e`` tags a deletion may act on, what a
-paid invoice grants) live here, free of SQL, and are unit-tested without a database
-(tests/store/test_rules.py).
+wins, ties to the lowest id", which ``a`` and ``e`` tags a deletion may act on) live
+here, free of SQL, and are unit-tested without a database (tests/store/test_rules.py).
 
 ``BatchPlan`` decides a whole batch in batch order from a snapshot of the state (events
-present, current versions of addresses, tombstones, credit balances) as if its events
-were applied one by one, and records what to write: rows to insert, rows to delete,
-tombstones and charges. PostgreSQL reads that snapshot set-based under its advisory locks
-and writes the plan with one statement per table; SQLite applies the same predicates to
-the rows it reads on its single writer thread.
+present, current versions of addresses, tombstones) as if its events were applied one
+by one, asking the plug-ins' write hooks about the events it would store, and records
+what to write: rows to insert, rows to delete, tombstones. PostgreSQL reads that snapshot
+set-based under its advisory locks and writes the plan with one statement per table;
+SQLite applies the same predicates to the rows it reads on its single writer thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from relay.errors import Rejection
 from relay.event import Event, KindClass, is_hex64, kind_class, parse_address
-from relay.store.base import FOREVER, WriteOutcome, WriteRequest
+from relay.store.base import WriteOutcome, WriteRequest
+
+if TYPE_CHECKING:
+    from relay.store.database import BatchHook
 
 Address = tuple[str, int, str]  # (pubkey hex, kind, d) of a replaceable/addressable event
 
@@ -78,17 +82,6 @@ def tombstone_applies(ev: Event, tombstoned_by: set[str] | frozenset[str]) -> bo
     return ev.kind != 5 and ev.pubkey in tombstoned_by
 
 
-def admitted_until_after_grant(current: int, now: int, admit_seconds: int, admit_forever: bool) -> int:
-    """What a paid invoice's admission grant makes of an account's ``admitted_until``:
-    for good, or ``admit_seconds`` more counted from the later of now and the current end
-    (paying early extends, paying late starts afresh), capped at FOREVER."""
-    if admit_forever:
-        return FOREVER
-    if admit_seconds > 0:
-        return min(FOREVER, max(now, current) + admit_seconds)
-    return current
-
-
 @dataclass(frozen=True, slots=True)
 class Present:
     """An event present in the store at this point of the batch (stored before, or earlier
@@ -103,12 +96,12 @@ class Present:
 
 def simple_batch(batch: Sequence[WriteRequest]) -> bool:
     """True when every rule the batch needs is "duplicate id" or "tombstoned id": regular
-    kinds only (no replaceable/addressable versions, no kind-5 deletions), nothing charged,
-    no id twice. A store may take a cheaper path for such a batch."""
+    kinds only (no replaceable/addressable versions, no kind-5 deletions), no attachments
+    for plug-ins' write hooks, no id twice. A store may take a cheaper path for such a batch."""
     seen: set[str] = set()
     for req in batch:
         ev = req.event
-        if req.charge_msat > 0 or ev.kind == 5 or ev.kind_class is not KindClass.REGULAR or ev.id in seen:
+        if req.attachments or ev.kind == 5 or ev.kind_class is not KindClass.REGULAR or ev.id in seen:
             return False
         seen.add(ev.id)
     return True
@@ -136,8 +129,8 @@ class BatchPlan:
     Mutable working state of one ``write_batch`` call, never shared. Inputs: ``present``
     (id -> event, for every id in ``lookups``), ``current`` (address -> its stored version
     or None), ``tomb_ids`` (id -> pubkeys whose deletion named it), ``tomb_addresses``
-    (address -> latest deletion created_at), ``credits`` (pubkey -> balance, for charged
-    authors; a missing account has no credit).
+    (address -> latest deletion created_at), ``hooks`` (the plug-ins' ``BatchHook`` for
+    this batch, asked in order about each event with attachments it would store).
     """
 
     def __init__(
@@ -146,21 +139,20 @@ class BatchPlan:
         current: dict[Address, Present | None],
         tomb_ids: dict[str, set[str]],
         tomb_addresses: dict[Address, int],
-        credits: dict[str, int],
+        hooks: Sequence[BatchHook] = (),
     ) -> None:
         self.present = present
+        self.hooks = hooks
         self.current = current
         self.tomb_ids = tomb_ids
         self.tomb_addresses = tomb_addresses
-        self.credits = credits
         self.outcomes: list[WriteOutcome] = []
         self.inserts: dict[str, tuple[int, WriteRequest]] = {}  # id -> (batch index, request)
         self.db_deletes: set[str] = set()
         self.new_tomb_ids: set[tuple[str, str]] = set()
         self.new_tomb_addresses: dict[Address, int] = {}
-        self.charges: dict[str, int] = {}
 
-    def apply(self, index: int, req: WriteRequest) -> WriteOutcome:
+    def apply(self, index: int, req: WriteRequest) -> WriteOutcome | Rejection:
         ev = req.event
         if ev.id in self.present:
             return WriteOutcome.DUPLICATE
@@ -175,12 +167,10 @@ class BatchPlan:
             cur = self.current.get(address)
             if cur is not None and not newer(ev.created_at, ev.id, cur.created_at, cur.id):
                 return WriteOutcome.SUPERSEDED
-        if req.charge_msat > 0:
-            balance = self.credits.get(ev.pubkey)
-            if balance is None or balance < req.charge_msat:
-                return WriteOutcome.INSUFFICIENT_CREDIT
-            self.credits[ev.pubkey] = balance - req.charge_msat
-            self.charges[ev.pubkey] = self.charges.get(ev.pubkey, 0) + req.charge_msat
+        if req.attachments:
+            refusal = self._admit(req)
+            if refusal is not None:
+                return refusal
         if cur is not None:
             self._remove(cur.id)
         entry = Present(ev.id, ev.pubkey, ev.kind, ev.created_at, address)
@@ -191,6 +181,23 @@ class BatchPlan:
         if ev.kind == 5:
             self._delete(ev)
         return WriteOutcome.STORED
+
+    def _admit(self, req: WriteRequest) -> Rejection | None:
+        """The write hooks' verdicts on an event about to be stored, in order; a refusal
+        makes the hooks before it take theirs back."""
+        for i, hook in enumerate(self.hooks):
+            refusal = hook.admit(req)
+            if refusal is not None:
+                for earlier in self.hooks[:i]:
+                    earlier.retract(req)
+                return refusal
+        return None
+
+    def retract(self, req: WriteRequest) -> None:
+        """``req`` was not stored after all (another node stored its id first): every
+        hook takes back its ``admit``."""
+        for hook in self.hooks:
+            hook.retract(req)
 
     def _remove(self, event_id: str) -> None:
         entry = self.present.pop(event_id)

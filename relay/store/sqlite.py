@@ -1,15 +1,16 @@
-"""The embedded store: one SQLite file in WAL mode, events and the payments ledger together.
+"""The embedded store: one SQLite file in WAL mode, events (and plug-ins' tables beside them).
 
 Two kinds of connection, because reads and writes have opposite needs:
 
 - **One writer**: a stdlib ``sqlite3`` connection owned by a single-thread executor. Every
-  write (an event batch, a settlement, an operator change) runs as ONE plain synchronous
-  function on that thread: ``write_batch`` costs one thread hop per batch, not one per
-  statement. With aiosqlite each ``execute`` is a hop through a queue and a future (tens of
-  microseconds); a batch of 1,000 events issues about 5,000 statements, so per-statement
-  hops alone would cap the writer well below the 12k events/s target on two cores. SQLite
-  allows one writer per file anyway, so a single thread also means the relay's own writes
-  never fight over the lock (no SQLITE_BUSY between them).
+  write (an event batch, an operator change, a plug-in's transaction through
+  ``SqlitePluginDatabase.write``) runs as ONE plain synchronous function on that thread:
+  ``write_batch`` costs one thread hop per batch, not one per statement. With aiosqlite
+  each ``execute`` is a hop through a queue and a future (tens of microseconds); a batch
+  of 1,000 events issues about 5,000 statements, so per-statement hops alone would cap the
+  writer well below the 12k events/s target on two cores. SQLite allows one writer per
+  file anyway, so a single thread also means the relay's own writes never fight over the
+  lock (no SQLITE_BUSY between them).
 - **``read_connections`` readers** (at least two): aiosqlite connections (each has its own
   thread), handed out in fair turns (``ReadLanes``). WAL lets them read the last committed
   state while the writer writes, so a slow REQ never delays a commit and a commit never
@@ -32,55 +33,35 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import aiosqlite
 import orjson
 
+from relay.errors import Rejection
 from relay.event import Event, KindClass, index_tags, is_hex64, kind_class
 from relay.filters import Filter
 from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, fts5_body
 from relay.store.backup import StoreLock
 from relay.store.base import (
-    ACCOUNT_COLUMNS,
-    DAY_SECONDS,
-    FOREVER,
-    INVITE_COLUMNS,
-    INVOICE_COLUMNS,
     PAGE_BYTES,
-    RENEWAL_COLUMNS,
     USES_PRUNED_PER_CALL,
-    Account,
-    Invite,
-    InviteOutcome,
-    Invoice,
-    InvoiceFunnel,
-    MemberStatus,
-    NwcLink,
     ReadLanes,
-    RenewalAttempt,
-    RevenueRow,
     StoreUnavailable,
     UseLimit,
     WriteOutcome,
     WriteRequest,
-    account_from_row,
     answer_pages,
     answerable,
-    hex_prefix_range,
-    invite_from_row,
-    invite_refusal,
-    invoice_from_row,
-    member_status_conditions,
 )
+from relay.store.database import COMPONENT_VERSIONS, SqliteWriteHook
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
 from relay.store.rules import (
     a_tag_addresses,
     address_of,
-    admitted_until_after_grant,
     deletion_removes,
     e_tag_targets,
     newer,
@@ -90,6 +71,9 @@ if TYPE_CHECKING:
     from relay.policy import ReadScope
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _SYNCHRONOUS = frozenset(("OFF", "NORMAL", "FULL", "EXTRA"))
 # SQLite's default SQLITE_MAX_VARIABLE_NUMBER since 3.32; past it, filters run one by one.
@@ -345,6 +329,42 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] =
     return steps[-1].version if steps else int(current)
 
 
+def apply_component_migrations(
+    conn: sqlite3.Connection,
+    component: str,
+    steps: Sequence[Migration],
+    adopt: Callable[[sqlite3.Connection], int] | None = None,
+) -> int:
+    """A plug-in's version line (``relay.store.database``): its pending steps and its new
+    version in one transaction under the write lock, as ``apply_migrations`` does for the
+    core's; a component without a row starts where ``adopt`` says (else 0)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {COMPONENT_VERSIONS}"
+            " (component TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        row = conn.execute(f"SELECT version FROM {COMPONENT_VERSIONS} WHERE component = ?", (component,)).fetchone()
+        current = int(row[0]) if row is not None else (adopt(conn) if adopt is not None else 0)
+        todo = pending(steps, current)
+        for step in todo:
+            for statement in step.statements:
+                conn.execute(statement)
+        version = todo[-1].version if todo else current
+        if row is None or todo:
+            conn.execute(
+                f"INSERT INTO {COMPONENT_VERSIONS} (component, version) VALUES (?, ?)"
+                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                (component, version),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return version
+
+
 def _sync_search_index(conn: sqlite3.Connection, kinds: frozenset[int]) -> None:
     """Rebuild the NIP-50 index when it was built for other kinds than ``kinds`` (first
     start after migration 5 on a store with events, or ``[search] kinds`` changed), in
@@ -519,6 +539,8 @@ class SqliteStore:
         self._idle: list[aiosqlite.Connection] | None = None
         self._all_readers: list[aiosqlite.Connection] = []
         self._checkpointer: WalCheckpointer | None = None
+        self._hooks: dict[str, SqliteWriteHook] = {}
+        self.database = SqlitePluginDatabase(self)  # plug-ins' tables (relay.store.database)
 
     @classmethod
     def from_url(
@@ -652,21 +674,29 @@ class SqliteStore:
 
     # --- events: writes -----------------------------------------------------------------
 
-    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome]:
+    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome | Rejection]:
         for req in batch:
             if req.event.kind_class is KindClass.EPHEMERAL:
                 raise ValueError("ephemeral events are never stored")
         if not batch:
             return []
-        outcomes: list[WriteOutcome] = await self._write(
-            self._transaction, self._write_all, list(batch), now, self.search_kinds
+        hooks = tuple(self._hooks.values())
+        if not hooks and any(req.attachments for req in batch):
+            # Attachments nobody interprets would store, say, a priced event for free.
+            raise ValueError("a write request carries attachments but no write hook is installed")
+        outcomes: list[WriteOutcome | Rejection] = await self._write(
+            self._transaction, self._write_all, list(batch), now, self.search_kinds, hooks
         )
         return outcomes
 
     @staticmethod
     def _write_all(
-        conn: sqlite3.Connection, batch: list[WriteRequest], now: int, search_kinds: frozenset[int]
-    ) -> list[WriteOutcome]:
+        conn: sqlite3.Connection,
+        batch: list[WriteRequest],
+        now: int,
+        search_kinds: frozenset[int],
+        hooks: tuple[SqliteWriteHook, ...],
+    ) -> list[WriteOutcome | Rejection]:
         """Apply a batch in order, with as few statements as the batch allows.
 
         The common event (regular kind, not a deletion) needs no lookup of its own: the
@@ -688,7 +718,7 @@ class SqliteStore:
         event_rows: list[tuple[Any, ...]] = []
         tag_rows: list[tuple[str, str, int, int]] = []
         search_rows: list[tuple[int, str]] = []
-        outcomes: list[WriteOutcome] = []
+        outcomes: list[WriteOutcome | Rejection] = []
         for req, eid in zip(batch, ids, strict=True):
             ev = req.event
             if eid in stored:
@@ -709,8 +739,9 @@ class SqliteStore:
                     outcomes.append(WriteOutcome.DELETED)
                     continue
             if kind != 5 and ev.kind_class is KindClass.REGULAR:
-                if req.charge_msat > 0 and not _charge(conn, req, now):
-                    outcomes.append(WriteOutcome.INSUFFICIENT_CREDIT)
+                refusal = _run_hooks(conn, hooks, req, now) if req.attachments else None
+                if refusal is not None:
+                    outcomes.append(refusal)
                     continue
                 created_at = ev.created_at
                 event_rows.append((next_rid, eid, pk, created_at, kind, None, ev.expiration, ev.raw))
@@ -723,7 +754,7 @@ class SqliteStore:
                 outcomes.append(WriteOutcome.STORED)
                 continue
             _insert_rows(conn, event_rows, tag_rows, search_rows)
-            outcome = _write_one(conn, req, eid, pk, next_rid, now, search_kinds)
+            outcome = _write_one(conn, req, eid, pk, next_rid, now, search_kinds, hooks)
             if outcome is WriteOutcome.STORED:
                 next_rid += 1
                 stored.add(eid)
@@ -849,99 +880,7 @@ class SqliteStore:
         # on the event loop.
         return await self._read(sql, [*params, take], heavy=True)
 
-    # --- payments ledger ----------------------------------------------------------------
-
-    async def add_invoice(
-        self,
-        invoice: Invoice,
-        *,
-        max_pending: int | None = None,
-        max_pending_per_pubkey: int | None = None,
-        max_pending_per_source: int | None = None,
-        evict: bool = False,
-    ) -> bool:
-        added: bool = await self._write(
-            self._transaction,
-            _insert_invoice_capped,
-            invoice,
-            max_pending,
-            max_pending_per_pubkey,
-            max_pending_per_source,
-            evict,
-        )
-        return added
-
-    async def find_pending_invoice(self, pubkey: str, plan: str, amount_msat: int, valid_after: int) -> Invoice | None:
-        rows = await self._read(
-            f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE pubkey = ? AND state = 'pending' AND plan = ?"
-            " AND amount_msat = ? AND expires_at > ? ORDER BY created_at DESC LIMIT 1",
-            (pubkey, plan, amount_msat, valid_after),
-        )
-        return invoice_from_row(rows[0]) if rows else None
-
-    async def pending_invoice_counts(self, pubkey: str, now: int, source: str = "") -> tuple[int, int, int]:
-        rows = await self._read(
-            "SELECT count(*) FILTER (WHERE pubkey = ?), count(*) FILTER (WHERE source = ? AND source <> ''),"
-            " count(*) FROM invoices WHERE state = 'pending' AND expires_at > ?",
-            (pubkey, source, now),
-        )
-        return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
-
-    async def delete_unpaid_invoices(self, expired_before: int) -> int:
-        deleted: int = await self._write(self._transaction, _delete_unpaid_invoices, expired_before)
-        return deleted
-
-    async def charge_credit(self, pubkey: str, amount_msat: int, now: int) -> bool:
-        charged: bool = await self._write(self._transaction, _charge_credit, pubkey, amount_msat, now)
-        return charged
-
-    async def get_invoice(self, payment_hash: str) -> Invoice | None:
-        rows = await self._read(f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE payment_hash = ?", (payment_hash,))
-        return invoice_from_row(rows[0]) if rows else None
-
-    async def list_invoices(
-        self,
-        *,
-        pending_only: bool = False,
-        pubkey: str | None = None,
-        valid_after: int | None = None,
-        paid_after: int | None = None,
-        limit: int | None = None,
-    ) -> list[Invoice]:
-        where: list[str] = []
-        params: list[Any] = []
-        if pending_only:
-            where.append("state = 'pending'")
-        if pubkey is not None:
-            where.append("pubkey = ?")
-            params.append(pubkey)
-        if valid_after is not None:
-            where.append("expires_at > ?")
-            params.append(valid_after)
-        if paid_after is not None:
-            where.append("state = 'paid' AND paid_at > ?")
-            params.append(paid_after)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        cut = ""
-        if limit is not None:
-            cut = " LIMIT ?"
-            params.append(limit)
-        rows = await self._read(
-            f"SELECT {INVOICE_COLUMNS} FROM invoices {clause} ORDER BY created_at DESC, payment_hash{cut}", params
-        )
-        return [invoice_from_row(row) for row in rows]
-
-    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0) -> bool:
-        settled: bool = await self._write(self._transaction, _settle_invoice, payment_hash, paid_msat, now, fee_msat)
-        return settled
-
-    async def expire_invoices(self, now: int) -> int:
-        expired: int = await self._write(self._transaction, _expire_invoices, now)
-        return expired
-
-    async def get_account(self, pubkey: str) -> Account | None:
-        rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,))
-        return account_from_row(rows[0]) if rows else None
+    # --- retention, quotas, NIP-62, NIP-86 -------------------------------------------------
 
     async def purge_older(self, kind: int, before: int, limit: int) -> int:
         purged: int = await self._write(self._transaction, _purge_older, kind, before, limit)
@@ -994,186 +933,39 @@ class SqliteStore:
             return at_limit.key
         return None
 
-    async def account_changes(self) -> int:
-        rows = await self._read("SELECT counter FROM store_changes WHERE topic = 'accounts'", ())
-        return int(rows[0][0]) if rows else 0
 
-    async def list_accounts(self) -> list[Account]:
-        rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY pubkey", ())
-        return [account_from_row(row) for row in rows]
+class SqlitePluginDatabase:
+    """``relay.store.database.SqliteDatabase`` over a ``SqliteStore``: plug-ins' writes go
+    through the store's writer thread and lock, their reads through its readers."""
 
-    # --- the operator console's figures --------------------------------------------------
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
 
-    async def revenue_by_day(self, since: int) -> list[RevenueRow]:
-        rows = await self._read(
-            f"SELECT paid_at / {DAY_SECONDS}, plan, sum(paid_msat), coalesce(sum(fee_msat), 0), count(*)"
-            " FROM invoices WHERE state = 'paid' AND paid_at >= ? GROUP BY 1, 2 ORDER BY 1, 2",
-            (since,),
-        )
-        return [RevenueRow(int(r[0]), str(r[1]), int(r[2] or 0), int(r[3]), int(r[4])) for r in rows]
+    @property
+    def dialect(self) -> Literal["sqlite"]:
+        return "sqlite"
 
-    async def invoice_funnel(self, since: int, now: int) -> InvoiceFunnel:
-        rows = await self._read(
-            "SELECT count(*), count(*) FILTER (WHERE state = 'paid'),"
-            " count(*) FILTER (WHERE state = 'expired' OR (state = 'pending' AND expires_at <= ?)),"
-            " (SELECT coalesce(sum(count), 0) FROM pruned_invoices"
-            f"  WHERE day >= (? + {DAY_SECONDS - 1}) / {DAY_SECONDS})"
-            " FROM invoices WHERE created_at >= ?",
-            (now, since, since),
-        )
-        created, paid, expired, pruned = (int(v) for v in rows[0])
-        return InvoiceFunnel(created + pruned, paid, expired + pruned)
+    async def write(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        result: T = await self._store._write(self._store._transaction, lambda conn: fn(conn, *args, **kwargs))
+        return result
 
-    async def recurring_msat(self, now: int, per_seconds: int) -> int:
-        rows = await self._read(
-            "SELECT coalesce(sum((i.amount_msat - i.credit_msat) * ? / i.admit_seconds), 0)"
-            " FROM accounts a JOIN invoices i ON i.payment_hash = ("
-            "  SELECT j.payment_hash FROM invoices j WHERE j.pubkey = a.pubkey AND j.state = 'paid'"
-            "  AND j.admit_seconds > 0 AND j.admit_forever = 0 ORDER BY j.paid_at DESC, j.payment_hash DESC LIMIT 1)"
-            " WHERE a.admitted_until > ? AND a.admitted_until < ? AND a.banned = 0",
-            (per_seconds, now, FOREVER),
-        )
-        return int(rows[0][0])
+    async def read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        return await self._store._read(sql, params)
 
-    async def member_counts(self, now: int, soon: int) -> dict[MemberStatus, int]:
-        conditions = member_status_conditions(":now", ":soon")
-        columns = ", ".join(f"count(*) FILTER (WHERE {c})" for c in conditions.values())
-        rows = await self._read(f"SELECT {columns} FROM accounts", {"now": now, "soon": soon})
-        return {status: int(n) for status, n in zip(conditions, rows[0], strict=True)}
-
-    async def find_accounts(
-        self, now: int, soon: int, *, status: MemberStatus | None = None, pubkey_prefix: str = "", limit: int = 100
-    ) -> list[Account]:
-        where = ["1"]
-        params: dict[str, Any] = {"now": now, "soon": soon, "limit": limit}
-        if status is not None:
-            where.append(member_status_conditions(":now", ":soon")[status])
-        if pubkey_prefix:
-            params["low"], params["high"] = hex_prefix_range(pubkey_prefix)
-            where.append("pubkey >= :low AND pubkey < :high")
-        order = "ASC" if status is MemberStatus.EXPIRING else "DESC"
-        rows = await self._read(
-            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {' AND '.join(where)}"
-            f" ORDER BY admitted_until {order}, pubkey {order} LIMIT :limit",
-            params,
-        )
-        return [account_from_row(row) for row in rows]
-
-    async def find_invoices(self, *, pubkey_prefix: str = "", hash_prefix: str = "", limit: int = 100) -> list[Invoice]:
-        either: list[str] = []
-        params: list[Any] = []
-        for column, prefix in (("pubkey", pubkey_prefix), ("payment_hash", hash_prefix)):
-            if prefix:
-                either.append(f"({column} >= ? AND {column} < ?)")
-                params.extend(hex_prefix_range(prefix))
-        where = f"WHERE {' OR '.join(either)}" if either else ""
-        rows = await self._read(
-            f"SELECT {INVOICE_COLUMNS} FROM invoices {where} ORDER BY created_at DESC, payment_hash DESC LIMIT ?",
-            [*params, limit],
-        )
-        return [invoice_from_row(row) for row in rows]
-
-    async def update_account(
+    async def migrate(
         self,
-        pubkey: str,
-        now: int,
-        *,
-        admitted_until: int | None = None,
-        credit_delta_msat: int = 0,
-        banned: bool | None = None,
-        allowed: bool | None = None,
-    ) -> Account:
-        account: Account = await self._write(
-            self._transaction, _update_account, pubkey, now, admitted_until, credit_delta_msat, banned, allowed
-        )
-        return account
+        component: str,
+        steps: Sequence[Migration],
+        adopt: Callable[[sqlite3.Connection], int] | None = None,
+    ) -> int:
+        store = self._store
+        version: int = await store._write(lambda: apply_component_migrations(store._conn(), component, steps, adopt))
+        return version
 
-    # --- NIP-43 membership ---------------------------------------------------------------
-
-    async def add_invites(self, invites: Sequence[Invite]) -> None:
-        await self._write(self._transaction, _insert_invites, list(invites))
-
-    async def redeem_invite(self, code_hash: str, pubkey: str, now: int) -> InviteOutcome:
-        outcome: InviteOutcome = await self._write(self._transaction, _redeem_invite, code_hash, pubkey, now)
-        return outcome
-
-    async def list_invites(self) -> list[Invite]:
-        rows = await self._read(f"SELECT {INVITE_COLUMNS} FROM invites ORDER BY created_at DESC, code_hash", ())
-        return [invite_from_row(row) for row in rows]
-
-    async def open_invite_count(self, created_by: str, now: int) -> int:
-        rows = await self._read(
-            "SELECT count(*) FROM invites WHERE created_by = ? AND redeemed_by IS NULL"
-            " AND (expires_at IS NULL OR expires_at > ?)",
-            (created_by, now),
-        )
-        return int(rows[0][0])
-
-    async def revoke_invite(self, code_hash: str) -> bool:
-        revoked: bool = await self._write(self._transaction, _revoke_invite, code_hash)
-        return revoked
-
-    async def end_membership(self, pubkey: str, now: int) -> bool:
-        ended: bool = await self._write(self._transaction, _end_membership, pubkey, now)
-        return ended
-
-    # --- reminders in Nostr --------------------------------------------------------------
-
-    async def set_reminders(self, pubkey: str, on: bool, now: int) -> None:
-        await self._write(self._transaction, _set_reminders, pubkey, on, now)
-
-    async def reminders_on(self, pubkey: str) -> bool:
-        return bool(await self._read("SELECT 1 FROM reminder_optins WHERE pubkey = ?", (pubkey,)))
-
-    async def reminder_targets(self) -> list[tuple[Account, bool]]:
-        columns = ", ".join(f"a.{c.strip()}" for c in ACCOUNT_COLUMNS.split(","))
-        rows = await self._read(
-            f"SELECT {columns}, EXISTS (SELECT 1 FROM reminders_sent s WHERE s.pubkey = a.pubkey"
-            " AND s.reason = 'credit') FROM reminder_optins o JOIN accounts a ON a.pubkey = o.pubkey ORDER BY a.pubkey",
-            (),
-        )
-        return [(account_from_row(row[:6]), bool(row[6])) for row in rows]
-
-    async def claim_reminder(self, pubkey: str, reason: str, term_end: int, now: int) -> bool:
-        claimed: bool = await self._write(self._transaction, _claim_reminder, pubkey, reason, term_end, now)
-        return claimed
-
-    async def rearm_reminder(self, pubkey: str, reason: str) -> None:
-        await self._write(self._transaction, _rearm_reminder, pubkey, reason)
-
-    # --- renewal by Nostr Wallet Connect ---------------------------------------------------
-
-    async def set_nwc_link(self, link: NwcLink) -> None:
-        await self._write(self._transaction, _set_nwc_link, link)
-
-    async def forget_nwc_link(self, pubkey: str) -> bool:
-        forgot: bool = await self._write(self._transaction, _forget_nwc_link, pubkey)
-        return forgot
-
-    async def nwc_links(self) -> list[NwcLink]:
-        rows = await self._read("SELECT pubkey, sealed_uri, budget_msat, created_at FROM nwc_links ORDER BY pubkey", ())
-        return [NwcLink(*row) for row in rows]
-
-    async def claim_renewal(self, pubkey: str, period_end: int, payment_hash: str, now: int) -> bool:
-        claimed: bool = await self._write(self._transaction, _claim_renewal, pubkey, period_end, payment_hash, now)
-        return claimed
-
-    async def get_renewal(self, pubkey: str, period_end: int) -> RenewalAttempt | None:
-        rows = await self._read(
-            f"SELECT {RENEWAL_COLUMNS} FROM renewal_attempts WHERE pubkey = ? AND period_end = ?", (pubkey, period_end)
-        )
-        return RenewalAttempt(*rows[0]) if rows else None
-
-    async def record_renewal(
-        self, pubkey: str, period_end: int, state: str, detail: str, now: int, *, tried: bool
-    ) -> None:
-        await self._write(self._transaction, _record_renewal, pubkey, period_end, state, detail, now, tried)
-
-    async def list_renewals(self, pubkey: str) -> list[RenewalAttempt]:
-        rows = await self._read(
-            f"SELECT {RENEWAL_COLUMNS} FROM renewal_attempts WHERE pubkey = ? ORDER BY period_end DESC", (pubkey,)
-        )
-        return [RenewalAttempt(*row) for row in rows]
+    def add_write_hook(self, component: str, hook: SqliteWriteHook) -> None:
+        self._store._hooks[component] = hook
 
 
 # --- synchronous bodies run on the writer thread inside one transaction --------------------
@@ -1205,13 +997,23 @@ def _insert_rows(
         search_rows.clear()
 
 
-def _charge(conn: sqlite3.Connection, req: WriteRequest, now: int) -> bool:
-    """Debit the event's price; False (and nothing changed) when the credit is short."""
-    cur = conn.execute(
-        "UPDATE accounts SET credit_msat = credit_msat - ?, updated_at = ? WHERE pubkey = ? AND credit_msat >= ?",
-        (req.charge_msat, now, req.event.pubkey, req.charge_msat),
-    )
-    return cur.rowcount > 0
+def _run_hooks(
+    conn: sqlite3.Connection, hooks: tuple[SqliteWriteHook, ...], req: WriteRequest, now: int
+) -> Rejection | None:
+    """The write hooks for one event about to be stored, in order; the first refusal wins.
+    With several hooks a SAVEPOINT takes back what earlier ones wrote when a later one
+    refuses (a lone hook that refuses has written nothing: its contract)."""
+    if len(hooks) == 1:
+        return hooks[0](conn, req, now)
+    conn.execute("SAVEPOINT write_hooks")
+    for hook in hooks:
+        refusal = hook(conn, req, now)
+        if refusal is not None:
+            conn.execute("ROLLBACK TO write_hooks")
+            conn.execute("RELEASE write_hooks")
+            return refusal
+    conn.execute("RELEASE write_hooks")
+    return None
 
 
 def _write_one(
@@ -1222,9 +1024,11 @@ def _write_one(
     rid: int,
     now: int,
     search_kinds: frozenset[int],
-) -> WriteOutcome:
+    hooks: tuple[SqliteWriteHook, ...],
+) -> WriteOutcome | Rejection:
     """A replaceable, addressable or kind-5 event, already known to be neither stored nor
-    tombstoned: apply the replacement rules, store it as ``rid``, apply a deletion."""
+    tombstoned: apply the replacement rules, the write hooks, store it as ``rid``, apply a
+    deletion."""
     ev = req.event
     address = address_of(ev)
     d_tag: str | None = None
@@ -1244,8 +1048,9 @@ def _write_one(
             if not newer(ev.created_at, ev.id, row[1], row[2].hex()):
                 return WriteOutcome.SUPERSEDED
             old = (row[0], row[3])
-    if req.charge_msat > 0 and not _charge(conn, req, now):
-        return WriteOutcome.INSUFFICIENT_CREDIT
+    refusal = _run_hooks(conn, hooks, req, now) if req.attachments else None
+    if refusal is not None:
+        return refusal
     if old is not None:
         _delete_event(conn, *old)
     conn.execute(_INSERT_EVENT, (rid, eid, pk, ev.created_at, ev.kind, d_tag, ev.expiration, ev.raw))
@@ -1383,277 +1188,8 @@ def _purge_expired(conn: sqlite3.Connection, now: int) -> int:
     return len(rows)
 
 
-def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
-    conn.execute(
-        f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ({_marks(16)})",
-        (
-            inv.payment_hash,
-            inv.pubkey,
-            inv.plan,
-            inv.amount_msat,
-            inv.bolt11,
-            inv.created_at,
-            inv.expires_at,
-            inv.admit_seconds,
-            int(inv.admit_forever),
-            inv.credit_msat,
-            inv.state.value,
-            inv.paid_at,
-            inv.paid_msat,
-            inv.fee_msat,
-            inv.description,
-            inv.source,
-        ),
-    )
-
-
-def _insert_invoice_capped(
-    conn: sqlite3.Connection,
-    inv: Invoice,
-    max_pending: int | None,
-    max_pending_per_pubkey: int | None,
-    max_pending_per_source: int | None,
-    evict: bool,
-) -> bool:
-    """Count and insert under the write lock (BEGIN IMMEDIATE), so the caps hold across
-    concurrent requests and processes. Pending rows past their expiry do not count; with
-    ``evict`` a full pool makes room (``Store.add_invoice``).
-
-    "Now" is never earlier than the newest invoice's ``created_at``: concurrent requests
-    read the clock before their wallet call and commit in another order, and a request
-    whose clock reading is a second behind an earlier eviction would otherwise count that
-    evicted invoice (``expires_at`` = the later second) as pending, "evict" it again and
-    overshoot the pool by one."""
-    (newest,) = conn.execute("SELECT coalesce(max(created_at), 0) FROM invoices").fetchone()
-    now = max(inv.created_at, newest)
-    if max_pending_per_pubkey is not None:
-        (mine,) = conn.execute(
-            "SELECT count(*) FROM invoices WHERE pubkey = ? AND state = 'pending' AND expires_at > ?",
-            (inv.pubkey, now),
-        ).fetchone()
-        if mine >= max_pending_per_pubkey:
-            return False
-    held = 0
-    if inv.source:
-        (held,) = conn.execute(
-            "SELECT count(*) FROM invoices WHERE source = ? AND state = 'pending' AND expires_at > ?",
-            (inv.source, now),
-        ).fetchone()
-        if max_pending_per_source is not None and held >= max_pending_per_source:
-            return False
-    if max_pending is not None:
-        (total,) = conn.execute(
-            "SELECT count(*) FROM invoices WHERE state = 'pending' AND expires_at > ?", (now,)
-        ).fetchone()
-        if total >= max_pending and not (evict and _evict_one(conn, inv.source, held, now)):
-            return False
-    _insert_invoice(conn, inv)
-    return True
-
-
-def _evict_one(conn: sqlite3.Connection, source: str, held: int, now: int) -> bool:
-    """Make room in a full pool: the oldest unexpired pending invoice of the source holding
-    the most (ties: the one whose oldest invoice is oldest), or of ``source`` itself when it
-    already holds as many, expires now. False when no source may give one up."""
-    biggest = conn.execute(
-        "SELECT source, count(*) FROM invoices WHERE state = 'pending' AND expires_at > ? AND source <> ''"
-        " GROUP BY source ORDER BY count(*) DESC, min(created_at), source LIMIT 1",
-        (now,),
-    ).fetchone()
-    if biggest is None:
-        return False
-    victim = source if source and held >= biggest[1] else biggest[0]
-    return bool(
-        conn.execute(
-            "UPDATE invoices SET expires_at = ? WHERE payment_hash = (SELECT payment_hash FROM invoices"
-            " WHERE source = ? AND state = 'pending' AND expires_at > ? ORDER BY created_at, payment_hash LIMIT 1)",
-            (now, victim, now),
-        ).rowcount
-    )
-
-
-def _delete_unpaid_invoices(conn: sqlite3.Connection, expired_before: int) -> int:
-    conn.execute(
-        f"INSERT INTO pruned_invoices (day, count) SELECT created_at / {DAY_SECONDS}, count(*) FROM invoices"
-        " WHERE state = 'expired' AND expires_at < ? GROUP BY 1"
-        " ON CONFLICT (day) DO UPDATE SET count = count + excluded.count",
-        (expired_before,),
-    )
-    return conn.execute("DELETE FROM invoices WHERE state = 'expired' AND expires_at < ?", (expired_before,)).rowcount
-
-
-def _charge_credit(conn: sqlite3.Connection, pubkey: str, amount_msat: int, now: int) -> bool:
-    cursor = conn.execute(
-        "UPDATE accounts SET credit_msat = credit_msat - ?, updated_at = ? WHERE pubkey = ? AND credit_msat >= ?",
-        (amount_msat, now, pubkey, amount_msat),
-    )
-    return cursor.rowcount == 1
-
-
-def _apply_grant(
-    conn: sqlite3.Connection, pubkey: str, now: int, admit_seconds: int, admit_forever: bool, credit_msat: int
-) -> None:
-    """An invoice's or invite's grant, applied to the account (created when missing)."""
-    conn.execute("INSERT OR IGNORE INTO accounts (pubkey, updated_at) VALUES (?, ?)", (pubkey, now))
-    (current,) = conn.execute("SELECT admitted_until FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
-    conn.execute(
-        "UPDATE accounts SET admitted_until = ?, credit_msat = credit_msat + ?, updated_at = ? WHERE pubkey = ?",
-        (admitted_until_after_grant(current, now, admit_seconds, admit_forever), credit_msat, now, pubkey),
-    )
-    _bump_changes(conn, "accounts")
-
-
-def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int, now: int, fee_msat: int) -> bool:
-    """Exactly once: the conditional UPDATE changes a row for one caller only (the write lock
-    serialises callers, across processes too), and only that caller applies the grant."""
-    row = conn.execute(
-        "UPDATE invoices SET state = 'paid', paid_at = ?, paid_msat = ?, fee_msat = ?, source = ''"
-        " WHERE payment_hash = ? AND state != 'paid' RETURNING pubkey, admit_seconds, admit_forever, credit_msat",
-        (now, paid_msat, fee_msat, payment_hash),
-    ).fetchone()
-    if row is None:
-        return False
-    pubkey, admit_seconds, admit_forever, credit_msat = row
-    _apply_grant(conn, pubkey, now, admit_seconds, bool(admit_forever), credit_msat)
-    return True
-
-
 def _bump_changes(conn: sqlite3.Connection, topic: str) -> None:
     conn.execute("UPDATE store_changes SET counter = counter + 1 WHERE topic = ?", (topic,))
-
-
-def _expire_invoices(conn: sqlite3.Connection, now: int) -> int:
-    return conn.execute(
-        "UPDATE invoices SET state = 'expired', source = '' WHERE state = 'pending' AND expires_at <= ?", (now,)
-    ).rowcount
-
-
-def _update_account(
-    conn: sqlite3.Connection,
-    pubkey: str,
-    now: int,
-    admitted_until: int | None,
-    credit_delta_msat: int,
-    banned: bool | None,
-    allowed: bool | None,
-) -> Account:
-    conn.execute("INSERT OR IGNORE INTO accounts (pubkey, updated_at) VALUES (?, ?)", (pubkey, now))
-    sets = ["credit_msat = credit_msat + ?", "updated_at = ?"]
-    params: list[Any] = [credit_delta_msat, now]
-    for column, value in (("admitted_until", admitted_until), ("banned", banned), ("allowed", allowed)):
-        if value is not None:
-            sets.append(f"{column} = ?")
-            params.append(int(value))
-    params.append(pubkey)
-    conn.execute(f"UPDATE accounts SET {', '.join(sets)} WHERE pubkey = ?", params)
-    _bump_changes(conn, "accounts")
-    row = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
-    return account_from_row(row)
-
-
-def _insert_invites(conn: sqlite3.Connection, invites: list[Invite]) -> None:
-    conn.executemany(
-        f"INSERT INTO invites ({INVITE_COLUMNS}) VALUES ({_marks(10)})",
-        [
-            (
-                i.code_hash,
-                i.plan,
-                i.created_at,
-                i.expires_at,
-                i.created_by,
-                i.admit_seconds,
-                int(i.admit_forever),
-                i.credit_msat,
-                i.redeemed_by,
-                i.redeemed_at,
-            )
-            for i in invites
-        ],
-    )
-
-
-def _redeem_invite(conn: sqlite3.Connection, code_hash: str, pubkey: str, now: int) -> InviteOutcome:
-    """Exactly once: the conditional UPDATE matches for one caller only (the write lock
-    serialises callers), and only that caller applies the grant."""
-    row = conn.execute(
-        "UPDATE invites SET redeemed_by = ?, redeemed_at = ? WHERE code_hash = ? AND redeemed_by IS NULL"
-        " AND (expires_at IS NULL OR expires_at > ?) RETURNING admit_seconds, admit_forever, credit_msat",
-        (pubkey, now, code_hash, now),
-    ).fetchone()
-    if row is None:
-        found = conn.execute("SELECT expires_at, redeemed_by FROM invites WHERE code_hash = ?", (code_hash,)).fetchone()
-        return invite_refusal(found, pubkey, now)
-    _apply_grant(conn, pubkey, now, row[0], bool(row[1]), row[2])
-    return InviteOutcome.REDEEMED
-
-
-def _revoke_invite(conn: sqlite3.Connection, code_hash: str) -> bool:
-    return conn.execute("DELETE FROM invites WHERE code_hash = ? AND redeemed_by IS NULL", (code_hash,)).rowcount > 0
-
-
-def _end_membership(conn: sqlite3.Connection, pubkey: str, now: int) -> bool:
-    return (
-        conn.execute(
-            "UPDATE accounts SET admitted_until = 0, credit_msat = 0, allowed = 0, updated_at = ?"
-            " WHERE pubkey = ? AND (admitted_until > ? OR credit_msat > 0 OR allowed = 1)",
-            (now, pubkey, now),
-        ).rowcount
-        > 0
-    )
-
-
-def _set_reminders(conn: sqlite3.Connection, pubkey: str, on: bool, now: int) -> None:
-    if on:
-        conn.execute("INSERT OR IGNORE INTO reminder_optins (pubkey, opted_in_at) VALUES (?, ?)", (pubkey, now))
-    else:
-        conn.execute("DELETE FROM reminder_optins WHERE pubkey = ?", (pubkey,))
-
-
-def _claim_reminder(conn: sqlite3.Connection, pubkey: str, reason: str, term_end: int, now: int) -> bool:
-    return (
-        conn.execute(
-            "INSERT OR IGNORE INTO reminders_sent (pubkey, reason, term_end, sent_at) VALUES (?, ?, ?, ?)",
-            (pubkey, reason, term_end, now),
-        ).rowcount
-        == 1
-    )
-
-
-def _rearm_reminder(conn: sqlite3.Connection, pubkey: str, reason: str) -> None:
-    conn.execute("DELETE FROM reminders_sent WHERE pubkey = ? AND reason = ?", (pubkey, reason))
-
-
-def _set_nwc_link(conn: sqlite3.Connection, link: NwcLink) -> None:
-    conn.execute(
-        "INSERT INTO nwc_links (pubkey, sealed_uri, budget_msat, created_at) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (pubkey) DO UPDATE SET sealed_uri = excluded.sealed_uri, budget_msat = excluded.budget_msat,"
-        " created_at = excluded.created_at",
-        (link.pubkey, link.sealed_uri, link.budget_msat, link.created_at),
-    )
-
-
-def _forget_nwc_link(conn: sqlite3.Connection, pubkey: str) -> bool:
-    return conn.execute("DELETE FROM nwc_links WHERE pubkey = ?", (pubkey,)).rowcount > 0
-
-
-def _claim_renewal(conn: sqlite3.Connection, pubkey: str, period_end: int, payment_hash: str, now: int) -> bool:
-    return (
-        conn.execute(
-            f"INSERT OR IGNORE INTO renewal_attempts ({RENEWAL_COLUMNS}) VALUES (?, ?, ?, 'paying', 0, '', ?, ?)",
-            (pubkey, period_end, payment_hash, now, now),
-        ).rowcount
-        == 1
-    )
-
-
-def _record_renewal(
-    conn: sqlite3.Connection, pubkey: str, period_end: int, state: str, detail: str, now: int, tried: bool
-) -> None:
-    conn.execute(
-        "UPDATE renewal_attempts SET state = ?, detail = ?, updated_at = ?, tries = tries + ?"
-        " WHERE pubkey = ? AND period_end = ?",
-        (state, detail, now, int(tried), pubkey, period_end),
-    )
 
 
 def _file_bytes(path: Path) -> int:

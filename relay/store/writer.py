@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay.errors import ServerError
+from relay.errors import Rejection, ServerError
 from relay.event import Event, KindClass
 from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.throttled_log import ThrottledLog
@@ -135,9 +135,10 @@ class GroupCommitWriter:
 
         Raises ``ServerError`` (its text the NIP-01 ``error:`` reply, the store's exception
         as its cause) when the store could not write this event: alone when the store
-        refused just this one, or with the rest of its batch when the store is failing.
-        If the caller is cancelled (its client went away) the event is still written: it
-        was already accepted.
+        refused just this one, or with the rest of its batch when the store is failing;
+        raises the ``Rejection`` a plug-in's write hook refused the event with (it was
+        neither stored nor charged: ``relay.store.database``). If the caller is cancelled
+        (its client went away) the event is still written: it was already accepted.
         """
         if self._closing:
             raise RuntimeError("writer is closed")
@@ -207,8 +208,9 @@ class GroupCommitWriter:
             except Exception:
                 log.exception("on_committed callback failed for a batch of %d events", len(stored))
 
-    async def _attempt(self, requests: list[WriteRequest], now: int) -> list[WriteOutcome] | Exception:
-        """One ``write_batch`` transaction: its outcomes, or the exception it raised."""
+    async def _attempt(self, requests: list[WriteRequest], now: int) -> list[WriteOutcome | Rejection] | Exception:
+        """One ``write_batch`` transaction: its outcomes (a ``Rejection`` for an event a
+        write hook refused, raised by ``submit``), or the exception it raised."""
         try:
             outcomes = await self._store.write_batch(requests, now)
             if len(outcomes) != len(requests):
@@ -219,10 +221,10 @@ class GroupCommitWriter:
 
     async def _isolate(
         self, requests: list[WriteRequest], failure: Exception, now: int
-    ) -> list[WriteOutcome | ServerError]:
+    ) -> list[WriteOutcome | Rejection]:
         """The batch failed as a whole: commit its halves on their own, in order, splitting
         each failing part again, so that only the events the store refuses alone fail."""
-        results: list[WriteOutcome | ServerError | None] = [None] * len(requests)
+        results: list[WriteOutcome | Rejection | None] = [None] * len(requests)
         alone: list[tuple[int, Exception]] = []  # events that failed in a batch of one
         failed = 0
         stored_any = False
@@ -247,7 +249,7 @@ class GroupCommitWriter:
                     stored_any = True
 
         await split(0, len(requests), failure)
-        some_stored = any(isinstance(r, WriteOutcome) for r in results)
+        some_stored = any(r is not None and not isinstance(r, ServerError) for r in results)
         # The store took this event's neighbours (or, for a lone event, the batch before it)
         # and refused this one: the event, not the store, is at fault.
         blame_events = some_stored or (len(requests) == 1 and self._store_ok)

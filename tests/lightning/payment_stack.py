@@ -20,10 +20,12 @@ import orjson
 
 from lightning.backends.fake import FakeBackend
 from lightning.extension import PaymentsExtension, build_backend
+from lightning.store.base import LedgerStore
 from relay import crypto
 from relay.config import Settings, load_settings
 from relay.event import Event, sign_event
 from relay.extension import WriteContext
+from relay.server import Relay
 from relay.store.sqlite import SqliteStore
 from tests.conftest import _merge
 
@@ -51,6 +53,11 @@ class Stack:
     wallet: FakeBackend
     ext: PaymentsExtension
 
+    @property
+    def ledger(self) -> LedgerStore:
+        """The payments tables (``lightning.store``) in the store's database."""
+        return self.ext.store
+
     def ctx(self, now: int | None = None) -> WriteContext:
         return WriteContext(now=int(time.time()) if now is None else now, authed=frozenset(), ip="127.0.0.1")
 
@@ -66,6 +73,8 @@ async def payment_stack(tmp_path: Path, *, start: bool = False, **payments: Any)
     try:
         if start:
             await ext.start()
+        else:
+            await ext.store.open()  # the ledger's tables, as start() would make them
         yield Stack(settings, store, wallet, ext)
     finally:
         if start:
@@ -73,6 +82,12 @@ async def payment_stack(tmp_path: Path, *, start: bool = False, **payments: Any)
         else:
             await wallet.close()
         await store.close()
+
+
+def ledger_of(relay: Relay) -> LedgerStore:
+    """The payments tables of a running relay with payments enabled (its extension's)."""
+    assert isinstance(relay.extension, PaymentsExtension)
+    return relay.extension.store
 
 
 def note(secret: bytes, kind: int = 1, tags: list[list[str]] | None = None) -> Event:

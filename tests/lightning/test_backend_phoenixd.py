@@ -275,15 +275,16 @@ async def test_fee_taken_payment_admits_the_payer_and_records_the_operators_cost
     store = SqliteStore(tmp_path / "relay.db")
     await store.open()
     ext = PaymentsExtension(settings, store, backend, registry=CollectorRegistry())
+    await ext.store.open()
     try:
         payer = "c" * 64
         invoice = await ext.ledger.issue(payer, "admission", int(time.time()))
         await fake.pay(invoice.payment_hash, 21, fee_msat=3_210)
         result = await ext.watcher.confirm(invoice.payment_hash)
         assert result.outcome is Confirmation.CREDITED
-        account = await store.get_account(payer)
+        account = await ext.store.get_account(payer)
         assert account is not None and account.admitted(int(time.time()))
-        stored = await store.get_invoice(invoice.payment_hash)
+        stored = await ext.store.get_invoice(invoice.payment_hash)
         assert stored is not None and (stored.paid_msat, stored.fee_msat) == (21_000, 3_210)
         assert ext.metrics.wallet_fees_msat._value.get() == 3_210
     finally:

@@ -23,8 +23,9 @@ from lightning.backends.fake import FakeBackend
 from lightning.console import PAGE_ROWS
 from lightning.extension import PaymentsExtension, build_backend
 from lightning.pubkeys import npub_encode
+from lightning.store.base import Invoice, LedgerStore
 from relay import crypto
-from relay.store.base import Invoice, Store
+from relay.store.base import Store
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import nip98_header, payment_settings, pubkey_of
 from tests.store.conftest import store, store_factory  # noqa: F401  (SQLite and PostgreSQL, fresh per test)
@@ -43,7 +44,7 @@ ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA = (pubkey_of(n.to_bytes(32, "big")) f
 @dataclass
 class Console:
     ext: PaymentsExtension
-    store: Store
+    store: LedgerStore  # the extension's ledger (lightning.store)
     wallet: FakeBackend
     hashes: dict[str, str]
 
@@ -67,8 +68,9 @@ async def console(store: Store, tmp_path: Path) -> AsyncIterator[Console]:  # no
     wallet = build_backend(settings, None)  # type: ignore[arg-type]  # the fake wallet needs no HTTP
     assert isinstance(wallet, FakeBackend)
     ext = PaymentsExtension(settings, store, wallet, clock=lambda: NOW)
+    await ext.store.open()
     try:
-        yield Console(ext, store, wallet, {})
+        yield Console(ext, ext.store, wallet, {})
     finally:
         await wallet.close()
 

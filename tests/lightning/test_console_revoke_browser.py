@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from relay import crypto
+from tests.lightning.payment_stack import ledger_of
 from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.nostr_client import NostrClient, signed
 from tests.test_console_browser import run_relay, stand_in_signer, watch
@@ -33,7 +34,7 @@ async def test_revoking_a_credit_only_member_in_the_console_stops_its_writing(al
     async with run_relay(tmp_path, crypto.public_key(operator).hex()) as relay, NostrClient(relay.url) as client:
         base = f"http://127.0.0.1:{relay.port}"
         # A member who topped up credit (the example config's credit plan: 1 sat per note).
-        await relay.store.update_account(member, int(time.time()), credit_delta_msat=21_000)
+        await ledger_of(relay).update_account(member, int(time.time()), credit_delta_msat=21_000)
         ok, message = await client.publish(signed(alice, 1, "paid by credit"))
         assert ok, message
 
@@ -65,7 +66,7 @@ async def test_revoking_a_credit_only_member_in_the_console_stops_its_writing(al
 
                 await eventually(asked_once, what="the confirmation dialog")
                 assert member in asked[0]  # the question names the key
-                account = await relay.store.get_account(member)
+                account = await ledger_of(relay).get_account(member)
                 assert account is not None and account.credit_msat == 20_000  # Cancel changed nothing
                 assert (await client.publish(signed(alice, 1, "still a member")))[0]
 

@@ -11,6 +11,7 @@ from typing import Any
 from relay import crypto
 from relay.server import Relay
 from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient, signed
 
 CREDIT: dict[str, Any] = {
@@ -23,13 +24,14 @@ CREDIT: dict[str, Any] = {
 
 
 async def balance(relay: Relay, secret: bytes) -> int:
-    account = await relay.store.get_account(crypto.public_key(secret).hex())
+    account = await ledger_of(relay).get_account(crypto.public_key(secret).hex())
     return 0 if account is None else account.credit_msat
 
 
 async def test_ephemeral_events_are_charged_at_their_kind_price(relay_factory: RelayFactory, alice: bytes) -> None:
     async with relay_factory(payments=CREDIT) as relay:
-        await relay.store.update_account(crypto.public_key(alice).hex(), int(time.time()), credit_delta_msat=10_000)
+        alice_pk = crypto.public_key(alice).hex()
+        await ledger_of(relay).update_account(alice_pk, int(time.time()), credit_delta_msat=10_000)
         async with NostrClient(relay.url) as listener, NostrClient(relay.url) as writer:
             await listener.req("live", {"kinds": [20001]})
             for i in range(8):
@@ -42,7 +44,7 @@ async def test_ephemeral_events_are_charged_at_their_kind_price(relay_factory: R
 
 async def test_ephemeral_event_refused_when_credit_runs_out(relay_factory: RelayFactory, alice: bytes) -> None:
     async with relay_factory(payments=CREDIT) as relay:
-        await relay.store.update_account(crypto.public_key(alice).hex(), int(time.time()), credit_delta_msat=500)
+        await ledger_of(relay).update_account(crypto.public_key(alice).hex(), int(time.time()), credit_delta_msat=500)
         async with NostrClient(relay.url) as listener, NostrClient(relay.url) as writer:
             await listener.req("live", {"kinds": [20001]})
             results = [await writer.publish(signed(alice, kind=20001, content=f"ping {i}")) for i in range(4)]

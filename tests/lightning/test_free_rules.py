@@ -21,6 +21,7 @@ from relay import crypto
 from relay.event import Event
 from relay.server import Relay
 from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient, signed
 
 ZAPPER = crypto.generate_secret()
@@ -75,7 +76,7 @@ def zap_receipt(
 
 
 async def grant(relay: Relay, secret: bytes, **change: Any) -> None:
-    await relay.store.update_account(pk(secret), int(time.time()), **change)
+    await ledger_of(relay).update_account(pk(secret), int(time.time()), **change)
 
 
 async def test_fake_zap_receipts_from_unpaid_keys_are_refused(relay_factory: RelayFactory, alice: bytes) -> None:
@@ -94,7 +95,7 @@ async def test_valid_receipt_from_trusted_zapper_is_free(relay_factory: RelayFac
         assert ok, message
         ok, message = await client.publish(zap_receipt(pk(bob), request_amount=None))
         assert ok, message  # the request's amount tag is optional
-        assert await relay.store.get_account(ZAPPER_PK) is None  # nothing charged, no account made
+        assert await ledger_of(relay).get_account(ZAPPER_PK) is None  # nothing charged, no account made
 
 
 async def test_receipts_failing_nip57_checks_are_priced(relay_factory: RelayFactory, bob: bytes) -> None:
@@ -173,7 +174,7 @@ async def test_kind_priced_zero_is_free_only_for_accounts_that_paid(
         for kind in (0, 3):
             ok, message = await client.publish(signed(alice, kind=kind))
             assert ok, message
-        account = await relay.store.get_account(pk(alice))
+        account = await ledger_of(relay).get_account(pk(alice))
         assert account is not None and account.credit_msat == 5_000
 
 

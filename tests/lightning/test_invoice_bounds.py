@@ -19,12 +19,12 @@ import httpx
 
 from lightning.backend import CreatedInvoice, InvoiceStatus, WalletBackend
 from lightning.ledger import Ledger, PendingCaps
+from lightning.store.base import Invoice, InvoiceState
 from lightning.watcher import PollSchedule, Watcher
 from relay import crypto
 from relay.server import Relay
-from relay.store.base import Invoice, InvoiceState
 from tests.conftest import RelayFactory
-from tests.lightning.payment_stack import payment_stack
+from tests.lightning.payment_stack import ledger_of, payment_stack
 from tests.lnbits_server import LnbitsServer
 
 PAID: dict[str, Any] = {"enabled": True, "backend": "fake", "credit": {"enabled": True}}
@@ -70,7 +70,7 @@ async def test_same_pubkey_plan_and_amount_gets_its_unpaid_invoice_back(relay_fa
         credit = (await web.post("/api/invoice", json=top_up)).json()
         assert credit["payment_hash"] != first["payment_hash"]
         assert (await web.post("/api/invoice", json=top_up)).json()["payment_hash"] == credit["payment_hash"]
-        assert len(await relay.store.list_invoices()) == 2
+        assert len(await ledger_of(relay).list_invoices()) == 2
         # once paid, the next request makes a new invoice
         await web.post(f"/api/fake/pay/{first['payment_hash']}")
         renewed = (await web.post("/api/invoice", json={"pubkey": pubkey, "plan": "admission"})).json()
@@ -95,7 +95,7 @@ async def test_hundred_addresses_cannot_create_more_than_the_cap(relay_factory: 
         codes = [code for codes in await asyncio.gather(*(attack(n) for n in range(100))) for code in codes]
         assert set(codes) == {200}
         now = int(time.time())
-        live = [i for i in await relay.store.list_invoices(pending_only=True) if i.expires_at > now]
+        live = [i for i in await ledger_of(relay).list_invoices(pending_only=True) if i.expires_at > now]
         assert len(live) == 40
         bystander = await web.post("/api/invoice", json={"pubkey": "cd" * 32, "plan": "admission"})
         assert bystander.status_code == 200, bystander.text
@@ -141,7 +141,7 @@ async def test_odd_top_ups_for_a_victim_do_not_keep_it_from_buying_admission(rel
         assert admission.status_code == 200, admission.text
         again = await web.post("/api/invoice", json={"pubkey": victim, "plan": "admission"})
         assert again.json()["payment_hash"] == admission.json()["payment_hash"]  # reused, not piled up
-        assert len(await relay.store.list_invoices(pubkey=victim, pending_only=True)) == 3
+        assert len(await ledger_of(relay).list_invoices(pubkey=victim, pending_only=True)) == 3
 
 
 def stored_invoice(created_at: int, expiry: int = 900, pubkey: str = "ab" * 32) -> Invoice:
@@ -157,26 +157,26 @@ async def test_never_paid_invoices_are_pruned_paid_ones_kept(tmp_path: Path) -> 
         recent_unpaid = stored_invoice(now - 1_000)  # expired 100 s ago: kept a while for support
         old_paid = stored_invoice(now - 20_000)
         for invoice in (old_unpaid, recent_unpaid, old_paid):
-            await s.store.add_invoice(invoice)
-        await s.store.settle_invoice(old_paid.payment_hash, 1000, now - 19_900)
+            await s.ledger.add_invoice(invoice)
+        await s.ledger.settle_invoice(old_paid.payment_hash, 1000, now - 19_900)
         await s.ext.watcher.poll_once()  # reconciliation: last look, mark expired, prune
-        assert await s.store.get_invoice(old_unpaid.payment_hash) is None
-        kept = await s.store.get_invoice(recent_unpaid.payment_hash)
+        assert await s.ledger.get_invoice(old_unpaid.payment_hash) is None
+        kept = await s.ledger.get_invoice(recent_unpaid.payment_hash)
         assert kept is not None and kept.state is InvoiceState.EXPIRED
-        paid = await s.store.get_invoice(old_paid.payment_hash)
+        paid = await s.ledger.get_invoice(old_paid.payment_hash)
         assert paid is not None and paid.state is InvoiceState.PAID
 
 
 async def test_wallet_lookups_per_minute_stay_bounded_with_1000_pending(tmp_path: Path) -> None:
     async with payment_stack(tmp_path) as s:
         wallet = CountingWallet(s.wallet)
-        ledger = Ledger(s.store, wallet, s.ext.plans, 900, PendingCaps())
+        ledger = Ledger(s.ledger, wallet, s.ext.plans, 900, PendingCaps())
         clock = [float(time.time())]
         schedule = PollSchedule(poll_interval=5, young_seconds=600, old_interval=300, max_lookups=20)
         watcher = Watcher(ledger, poll_interval=5, push=False, schedule=schedule, clock=lambda: clock[0])
         now = int(clock[0])
         for n in range(1000):  # an attacker's rows: half old, half just created (and long-lived)
-            await s.store.add_invoice(stored_invoice(now - 700) if n % 2 else stored_invoice(now - 10, expiry=3600))
+            await s.ledger.add_invoice(stored_invoice(now - 700) if n % 2 else stored_invoice(now - 10, expiry=3600))
 
         await watcher.poll_once()  # start-up reconciliation looks at every pending invoice once
         assert wallet.lookups == 1000
@@ -199,7 +199,7 @@ async def test_wallet_lookups_per_minute_stay_bounded_with_1000_pending(tmp_path
         watcher.watch(invoice.payment_hash)
         clock[0] += 5
         assert await watcher.poll_due() == 1
-        account = await s.store.get_account(payer)
+        account = await s.ledger.get_account(payer)
         assert account is not None and account.admitted(int(clock[0]))
 
         # once the young ones are old (and the half created 700 s ago has expired: those wait for
@@ -256,7 +256,7 @@ async def test_lnbits_reused_invoice_and_bounded_polling_still_credit_a_payer(
         ext.ledger.backend = wallet
         now = int(time.time())
         for _ in range(200):  # rows LNbits never issued (it answers 404 for each)
-            await relay.store.add_invoice(stored_invoice(now - 700))
+            await ledger_of(relay).add_invoice(stored_invoice(now - 700))
         await ext.watcher.poll_once()  # a reconciliation asks about every one of them once
         assert wallet.lookups >= 200
         wallet.lookups = 0
@@ -271,7 +271,7 @@ async def test_lnbits_reused_invoice_and_bounded_polling_still_credit_a_payer(
         assert wallet.creates == 1  # the second request did not ask LNbits for another invoice
         await asyncio.to_thread(lnbits.pay, invoice["bolt11"])
         deadline = time.monotonic() + 10
-        while not ((account := await relay.store.get_account(pubkey)) and account.admitted(int(time.time()))):
+        while not ((account := await ledger_of(relay).get_account(pubkey)) and account.admitted(int(time.time()))):
             assert time.monotonic() < deadline, "young invoice not polled"
             await asyncio.sleep(0.1)
         assert wallet.lookups <= 5 + 5 * (10 + 50)  # bounded by the per-round budget throughout

@@ -27,6 +27,7 @@ from relay import crypto
 from relay.event import sign_event
 from relay.server import Relay
 from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import ledger_of
 
 POOL = 120  # max_pending_invoices: small, so a few hundred requests overflow it
 PAYMENTS: dict[str, Any] = {
@@ -80,7 +81,7 @@ async def codes(calls: list[Awaitable[httpx.Response]]) -> list[int]:
 
 async def pending_now(relay: Relay) -> list[Any]:
     now = int(time.time())
-    return [i for i in await relay.store.list_invoices(pending_only=True) if i.expires_at > now]
+    return [i for i in await ledger_of(relay).list_invoices(pending_only=True) if i.expires_at > now]
 
 
 async def test_a_flood_from_hundreds_of_addresses_cannot_lock_a_payer_out(
@@ -114,7 +115,7 @@ async def test_a_flood_from_hundreds_of_addresses_cannot_lock_a_payer_out(
         # the payer's invoice stays payable.
         more = await codes([ask.zap(f"10.19.0.{n + 1}") for n in range(100)])
         assert more.count(200) == 100
-        still = await relay.store.get_invoice(joined.json()["payment_hash"])
+        still = await ledger_of(relay).get_invoice(joined.json()["payment_hash"])
         assert still is not None and still.expires_at > int(time.time()) and still.state.value == "pending"
         assert len(await pending_now(relay)) == POOL
         by_source: dict[str, int] = {}
@@ -164,7 +165,7 @@ async def test_an_address_group_holds_at_most_its_share_of_unpaid_invoices(
         # Paying one frees a place in the share; the paid invoice keeps no address.
         paid = await web.post(f"/api/fake/pay/{held[0].payment_hash}")
         assert paid.json()["simulated"] is True
-        settled = await relay.store.get_invoice(held[0].payment_hash)
+        settled = await ledger_of(relay).get_invoice(held[0].payment_hash)
         assert settled is not None and settled.state.value == "paid" and settled.source == ""
         assert (await ask.join(f"{ONE_HOST_64}::99")).status_code == 200
 

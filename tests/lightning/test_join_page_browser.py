@@ -24,6 +24,7 @@ from relay.config import load_settings
 from relay.event import sign_event
 from relay.server import Relay
 from tests.conftest import RelayFactory, free_port
+from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -169,7 +170,7 @@ async def test_expired_invoice_is_greyed_out_and_cannot_be_copied_or_simulated(a
                 await page.wait_for_selector("#step-pay:not([hidden])")
                 await expect(page.locator("#copy")).to_be_enabled()
                 # Time passes: the invoice's expiry is behind us (what the watcher's round does).
-                assert await relay.store.expire_invoices(int(time.time()) + 10**6) == 1
+                assert await ledger_of(relay).expire_invoices(int(time.time()) + 10**6) == 1
                 await expect(page.locator("#status")).to_have_text("expired: get a new invoice", timeout=10_000)
                 await expect(page.locator("#invoice")).to_have_class("invoice expired")
                 await expect(page.locator("#copy")).to_be_disabled()
@@ -191,7 +192,7 @@ async def test_account_page_shows_the_balance_to_its_owner_after_a_nip07_signed_
     pubkey = crypto.public_key(alice).hex()
     payments: dict[str, Any] = {"enabled": True, "backend": "fake", "credit": {"enabled": True}}
     async with relay_factory(payments=payments) as relay:
-        await relay.store.update_account(pubkey, int(time.time()), credit_delta_msat=21_000)
+        await ledger_of(relay).update_account(pubkey, int(time.time()), credit_delta_msat=21_000)
         url = f"http://127.0.0.1:{relay.port}/account/{pubkey}"
 
         def sign(template: dict[str, Any]) -> dict[str, Any]:
@@ -248,10 +249,10 @@ async def test_after_paying_a_member_turns_on_reminders_with_the_browser_extensi
                 await expect(page.locator("#remind-row")).to_be_hidden()
                 await page.click("#simulate")
                 await expect(page.locator("#status")).to_have_text("paid", timeout=10_000)
-                assert not await relay.store.reminders_on(pubkey)
+                assert not await ledger_of(relay).reminders_on(pubkey)
                 await page.click("#remind")
                 await expect(page.locator("#remind-note")).to_contain_text("reminders on", timeout=10_000)
-                assert await relay.store.reminders_on(pubkey)
+                assert await ledger_of(relay).reminders_on(pubkey)
             finally:
                 await browser.close()
 
@@ -272,7 +273,7 @@ async def test_account_page_hands_over_a_wallet_connection_encrypted_to_the_rela
     payments: dict[str, Any] = {"enabled": True, "backend": "fake", "subscription": {"enabled": True}}
     async with relay_factory(payments=payments) as relay:
         url = f"http://127.0.0.1:{relay.port}/account/{pubkey}"
-        await relay.store.update_account(pubkey, int(time.time()), admitted_until=int(time.time()) + 86400)
+        await ledger_of(relay).update_account(pubkey, int(time.time()), admitted_until=int(time.time()) + 86400)
 
         def sign(template: dict[str, Any]) -> dict[str, Any]:
             event = sign_event(alice, template["kind"], template["content"], template["tags"], template["created_at"])
@@ -299,12 +300,12 @@ async def test_account_page_hands_over_a_wallet_connection_encrypted_to_the_rela
                 await page.fill("#nwc-budget", "700")
                 await page.click("#nwc-connect")
                 await expect(page.locator("#nwc-state")).to_contain_text("renewals up to 700 sats", timeout=10_000)
-                (link,) = await relay.store.nwc_links()
+                (link,) = await ledger_of(relay).nwc_links()
                 assert link.pubkey == pubkey and link.budget_msat == 700_000
                 assert UriSeal(relay.identity).open(link.sealed_uri, pubkey) == uri
                 assert secret not in link.sealed_uri and not any(secret in u for u in requested)
                 await page.click("#nwc-forget")
                 await expect(page.locator("#nwc-state")).to_have_text("no wallet connected", timeout=10_000)
-                assert await relay.store.nwc_links() == []
+                assert await ledger_of(relay).nwc_links() == []
             finally:
                 await browser.close()

@@ -12,7 +12,7 @@ from lightning.backends.fake import make_bolt11, mark_paid
 from lightning.extension import fake_state_file
 from lightning.ledger import Confirmation, decode_bolt11, settlement_problem
 from lightning.plans import UnknownPlan
-from relay.store.base import FOREVER, InvoiceState
+from lightning.store.base import FOREVER, InvoiceState
 from tests.lightning.payment_stack import payment_stack
 
 PK = "a" * 64
@@ -21,7 +21,7 @@ PK = "a" * 64
 async def test_invoice_is_stored_before_it_is_returned_and_decodes_to_its_price(tmp_path: Path) -> None:
     async with payment_stack(tmp_path) as s:
         invoice = await s.ext.ledger.issue(PK, "admission", int(time.time()))
-        stored = await s.store.get_invoice(invoice.payment_hash)
+        stored = await s.ledger.get_invoice(invoice.payment_hash)
         assert stored == invoice
         assert stored.state is InvoiceState.PENDING
         assert decode_bolt11(invoice.bolt11) == (invoice.payment_hash, 1_000_000)
@@ -38,7 +38,7 @@ async def test_unknown_or_disabled_plan_and_bad_topup_are_refused(tmp_path: Path
             await s.ext.ledger.issue(PK, "credit", 0, amount_sats=101)
         invoice = await s.ext.ledger.issue(PK, "credit", int(time.time()), amount_sats=42)
         assert invoice.amount_msat == invoice.credit_msat == 42_000
-        assert await s.store.list_invoices() == [invoice]
+        assert await s.ledger.list_invoices() == [invoice]
 
 
 async def test_wallet_returning_a_mismatched_invoice_is_not_stored(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ async def test_wallet_returning_a_mismatched_invoice_is_not_stored(tmp_path: Pat
         s.ext.ledger.backend = LyingWallet()  # type: ignore[assignment]
         with pytest.raises(BackendError):
             await s.ext.ledger.issue(PK, "admission", int(time.time()))
-        assert await s.store.list_invoices() == []
+        assert await s.ledger.list_invoices() == []
 
 
 async def test_settlement_credits_exactly_once_and_admits(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ async def test_settlement_credits_exactly_once_and_admits(tmp_path: Path) -> Non
         assert await s.wallet.pay(invoice.payment_hash)
         outcomes = [(await s.ext.ledger.confirm(invoice.payment_hash, now)).outcome for _ in range(3)]
         assert outcomes == [Confirmation.CREDITED, Confirmation.ALREADY_PAID, Confirmation.ALREADY_PAID]
-        account = await s.store.get_account(PK)
+        account = await s.ledger.get_account(PK)
         assert account is not None and account.admitted_until == FOREVER
 
 
@@ -76,8 +76,8 @@ async def test_underpaid_invoice_credits_nothing(tmp_path: Path) -> None:
         invoice = await s.ext.ledger.issue(PK, "admission", now)
         assert mark_paid(fake_state_file(s.settings), invoice.payment_hash, amount_msat=999_999)
         assert (await s.ext.ledger.confirm(invoice.payment_hash, now)).outcome is Confirmation.REJECTED
-        assert await s.store.get_account(PK) is None
-        assert (await s.store.get_invoice(invoice.payment_hash)).state is InvoiceState.PENDING  # type: ignore[union-attr]
+        assert await s.ledger.get_account(PK) is None
+        assert (await s.ledger.get_invoice(invoice.payment_hash)).state is InvoiceState.PENDING  # type: ignore[union-attr]
 
 
 async def test_hash_we_never_issued_is_ignored(tmp_path: Path) -> None:
@@ -95,12 +95,12 @@ async def test_subscription_paid_twice_extends_from_the_current_end(tmp_path: Pa
             invoice = await s.ext.ledger.issue(PK, "subscription", now)
             await s.wallet.pay(invoice.payment_hash)
             assert (await s.ext.ledger.confirm(invoice.payment_hash, now)).outcome is Confirmation.CREDITED
-        account = await s.store.get_account(PK)
+        account = await s.ledger.get_account(PK)
         assert account is not None and account.admitted_until == now + 60 * 86400
 
 
 def test_settlement_problem_names_each_mismatch() -> None:
-    from relay.store.base import Invoice
+    from lightning.store.base import Invoice
 
     now = int(time.time())
     good = make_bolt11("d" * 64, 5000, "x", now, 600)

@@ -18,14 +18,14 @@ import orjson
 import pytest
 
 from lightning.pubkeys import npub_encode
+from lightning.store.base import FOREVER
 from relay import crypto
 from relay.extension import Changed, ManagementMethod, PluginError
 from relay.management_view import ManagementView
 from relay.server import Relay
-from relay.store.base import FOREVER
 from relay.store.sqlite import SqliteStore
 from tests.conftest import RelayFactory
-from tests.lightning.payment_stack import nip98_header
+from tests.lightning.payment_stack import ledger_of, nip98_header
 from tests.nostr_client import NostrClient, signed
 
 PAID: dict[str, Any] = {"enabled": True, "backend": "fake", "poll_interval_seconds": 0.2, "account_cache_seconds": 60}
@@ -103,7 +103,7 @@ async def test_supportedmethods_lists_the_payment_methods_and_only_admins_may_ca
         ):
             assert refused.status_code == 401, refused.text
             assert refused.json()["result"] is None and refused.json()["error"].startswith("unauthorized:")
-        assert await admin.relay.store.get_account(target) is None  # nothing was granted
+        assert await ledger_of(admin.relay).get_account(target) is None  # nothing was granted
 
 
 async def test_grant_lets_a_refused_pubkey_publish_at_once_and_revoke_refuses_it_again(
@@ -290,19 +290,19 @@ async def test_bad_params_are_answered_with_a_clear_error_and_change_nothing(
     member = pubkey_of(alice)
     async with paid_relay(relay_factory, operator) as admin:
         await admin.call("payments.grant", member, {"credit_sats": 10})
-        before = await admin.relay.store.get_account(member)
+        before = await ledger_of(admin.relay).get_account(member)
         caplog.clear()
         with caplog.at_level(logging.INFO):
             for method, params, expected in BAD_PARAMS:
                 params = [member if p == "PK" else p for p in params]
                 error = await admin.error(method, *params)
                 assert error.startswith(f"{method}: ") and expected in error, (method, params, error)
-        assert await admin.relay.store.get_account(member) == before
+        assert await ledger_of(admin.relay).get_account(member) == before
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
         # A number of days past anything a clock can show is admission for good, not an overflow.
         huge = await admin.call("payments.grant", member, {"days": 1.5e308})
         assert huge["admitted_until"] == "forever"
-        assert (await admin.relay.store.get_account(member)).admitted_until == FOREVER  # type: ignore[union-attr]
+        assert (await ledger_of(admin.relay).get_account(member)).admitted_until == FOREVER  # type: ignore[union-attr]
 
 
 async def test_a_failing_extension_method_is_logged_once_and_answered_as_an_error(

@@ -13,11 +13,12 @@ import httpx
 
 from lightning.membership import make_invites
 from lightning.plans import Plans
+from lightning.store.base import FOREVER
 from relay import crypto
 from relay.event import parse_event
 from relay.server import Relay
-from relay.store.base import FOREVER
 from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import ledger_of
 from tests.lightning.test_cli import satsrelay
 from tests.nostr_client import NostrClient, signed
 
@@ -94,7 +95,7 @@ async def test_invite_codes_from_the_cli_are_claimed_with_the_nips_ok_texts(
             [stale_code], stale = make_invites(
                 Plans.from_settings(relay.settings.payments), "admission", 1, 1, expires_at=int(time.time()) - 1
             )
-            await relay.store.add_invites(stale)
+            await ledger_of(relay).add_invites(stale)
             assert await bob_client.publish(claim(bob, stale_code)) == (
                 False,
                 "restricted: that invite code is expired.",
@@ -102,7 +103,7 @@ async def test_invite_codes_from_the_cli_are_claimed_with_the_nips_ok_texts(
             assert await bob_client.publish(claim(bob, codes[1])) == (True, welcome)  # alice's duplicate left it unused
         finally:
             await bob_client.__aexit__(None, None, None)
-        account = await relay.store.get_account(pk(alice))
+        account = await ledger_of(relay).get_account(pk(alice))
         assert account is not None and account.admitted_until == FOREVER
 
 
@@ -110,7 +111,7 @@ async def test_a_leave_request_ends_membership_without_refund(relay_factory: Rel
     payments = {**PAID, "credit": {"enabled": True}}
     async with relay_factory(payments=payments) as relay:
         now = int(time.time())
-        await relay.store.update_account(pk(alice), now, admitted_until=now + 86400, credit_delta_msat=50_000)
+        await ledger_of(relay).update_account(pk(alice), now, admitted_until=now + 86400, credit_delta_msat=50_000)
         client = await authed_client(relay, alice)
         try:
             assert (await client.publish(signed(alice, 1, "member")))[0]
@@ -126,7 +127,7 @@ async def test_a_leave_request_ends_membership_without_refund(relay_factory: Rel
             )
         finally:
             await client.__aexit__(None, None, None)
-        account = await relay.store.get_account(pk(alice))
+        account = await ledger_of(relay).get_account(pk(alice))
         assert account is not None and (account.admitted_until, account.credit_msat) == (0, 0)
 
 
@@ -135,7 +136,7 @@ async def test_members_get_a_fresh_invite_code_on_request(
 ) -> None:
     payments = {**PAID, "membership": {"members_may_invite": True, "max_open_invites_per_member": 2}}
     async with relay_factory(payments=payments) as relay:
-        await relay.store.update_account(pk(alice), int(time.time()), admitted_until=FOREVER)
+        await ledger_of(relay).update_account(pk(alice), int(time.time()), admitted_until=FOREVER)
         async with NostrClient(relay.url) as anonymous:
             await anonymous.send(["REQ", "inv", {"kinds": [28935]}])
             msg = await anonymous.recv_where(lambda m: m[0] == "CLOSED")
@@ -166,7 +167,7 @@ async def test_members_get_a_fresh_invite_code_on_request(
         finally:
             await stranger.__aexit__(None, None, None)
             await member.__aexit__(None, None, None)
-        (made,) = [i for i in await relay.store.list_invites() if i.redeemed_by == pk(bob)]
+        (made,) = [i for i in await ledger_of(relay).list_invites() if i.redeemed_by == pk(bob)]
         assert made.created_by == pk(alice) and made.expires_at is not None
 
 
@@ -177,7 +178,7 @@ async def test_member_list_names_only_members_who_opted_in(
     async with relay_factory(payments=payments) as relay:
         now = int(time.time())
         for secret in (alice, bob):
-            await relay.store.update_account(pk(secret), now, admitted_until=FOREVER)
+            await ledger_of(relay).update_account(pk(secret), now, admitted_until=FOREVER)
         url = relay.settings.relay.public_url
         async with NostrClient(relay.url) as client:
             assert (await client.publish(signed(alice, 10010, "", [["r", url]])))[0]
@@ -214,7 +215,7 @@ async def test_member_list_names_only_members_who_opted_in(
 
 async def test_member_list_is_off_by_default(relay_factory: RelayFactory, alice: bytes) -> None:
     async with relay_factory(payments=PAID) as relay:
-        await relay.store.update_account(pk(alice), int(time.time()), admitted_until=FOREVER)
+        await ledger_of(relay).update_account(pk(alice), int(time.time()), admitted_until=FOREVER)
         url = relay.settings.relay.public_url
         async with NostrClient(relay.url) as client:
             assert (await client.publish(signed(alice, 10010, "", [["r", url]])))[0]

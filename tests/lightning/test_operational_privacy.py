@@ -18,7 +18,7 @@ from relay.config import ServerSettings
 from relay.event import sign_event
 from relay.server import Relay
 from tests.conftest import RelayFactory, free_port
-from tests.lightning.payment_stack import nip98_header
+from tests.lightning.payment_stack import ledger_of, nip98_header
 
 PAID: dict[str, Any] = {"enabled": True, "backend": "fake", "account_cache_seconds": 0}
 PRIVATE_FIELDS = {"credit_msat", "banned", "allowed"}
@@ -64,7 +64,7 @@ async def test_public_account_view_shows_only_whether_a_pubkey_may_write(
     pubkey = crypto.public_key(alice).hex()
     credit = {"enabled": True}
     async with relay_factory(payments={**PAID, "credit": credit}) as relay, httpx.AsyncClient() as web:
-        await relay.store.update_account(pubkey, int(time.time()), credit_delta_msat=21_000)
+        await ledger_of(relay).update_account(pubkey, int(time.time()), credit_delta_msat=21_000)
         url = f"{base(relay)}/account/{pubkey}"
         public = (await web.get(url, headers={"Accept": "application/json"})).json()
         assert public["may_write"] is True and public["pubkey"] == pubkey
@@ -80,7 +80,7 @@ async def test_owner_sees_the_balance_with_a_nip98_signed_request(
 ) -> None:
     pubkey = crypto.public_key(alice).hex()
     async with relay_factory(payments={**PAID, "credit": {"enabled": True}}) as relay, httpx.AsyncClient() as web:
-        await relay.store.update_account(pubkey, int(time.time()), credit_delta_msat=21_000)
+        await ledger_of(relay).update_account(pubkey, int(time.time()), credit_delta_msat=21_000)
         url = f"{base(relay)}/account/{pubkey}"
         json_accept = {"Accept": "application/json"}
         own = await web.get(url, headers={**json_accept, "Authorization": nip98_header(alice, url)})
@@ -104,7 +104,7 @@ async def test_owner_sees_the_balance_with_a_nip98_signed_request(
 async def test_invoice_status_does_not_reveal_the_balance(relay_factory: RelayFactory, alice: bytes) -> None:
     pubkey = crypto.public_key(alice).hex()
     async with relay_factory(payments={**PAID, "credit": {"enabled": True}}) as relay, httpx.AsyncClient() as web:
-        await relay.store.update_account(pubkey, int(time.time()), credit_delta_msat=77_000)
+        await ledger_of(relay).update_account(pubkey, int(time.time()), credit_delta_msat=77_000)
         # anyone may ask for an invoice in someone else's name and poll its status
         invoice = (await web.post(f"{base(relay)}/api/invoice", json={"pubkey": pubkey, "plan": "admission"})).json()
         status = (await web.get(f"{base(relay)}/api/invoice/{invoice['payment_hash']}")).json()

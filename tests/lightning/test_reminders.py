@@ -13,12 +13,12 @@ import httpx
 import orjson
 import pytest
 
+from lightning.store.base import FOREVER
 from relay import crypto
 from relay.server import Relay
-from relay.store.base import FOREVER
 from tests import node_tools
 from tests.conftest import RelayFactory
-from tests.lightning.payment_stack import nip98_header
+from tests.lightning.payment_stack import ledger_of, nip98_header
 from tests.nostr_client import NostrClient, signed
 
 REMIND: dict[str, Any] = {"check_interval_seconds": 0.2}
@@ -83,7 +83,7 @@ async def test_term_reminders_reach_only_opted_in_members_once_and_open_with_nos
     now = int(time.time())
     async with relay_factory(payments=PAID) as relay:
         for secret in (alice, bob):
-            await relay.store.update_account(pk(secret), now, admitted_until=now + 3 * 86400)
+            await ledger_of(relay).update_account(pk(secret), now, admitted_until=now + 3 * 86400)
         # only the owner may opt in, signing this very URL (NIP-98)
         async with httpx.AsyncClient() as http:
             url = f"http://127.0.0.1:{relay.port}/account/{pk(alice)}/reminders"
@@ -115,7 +115,7 @@ async def test_term_reminders_reach_only_opted_in_members_once_and_open_with_nos
     async with relay_factory(payments=PAID) as relay:
         await asyncio.sleep(0.6)
         assert len(await wraps_for(relay, alice)) == 1
-        await relay.store.update_account(pk(alice), now, admitted_until=now + 3600)
+        await ledger_of(relay).update_account(pk(alice), now, admitted_until=now + 3600)
 
         async def two_wraps() -> bool:
             return len(await wraps_for(relay, alice)) == 2
@@ -132,7 +132,7 @@ async def test_low_credit_reminds_once_per_dip_and_leaving_stops_reminders(
     payments = {**PAID, "admission": {"enabled": False}, "subscription": {"enabled": False}}
     async with relay_factory(payments=payments) as relay:
         now = int(time.time())
-        await relay.store.update_account(pk(alice), now, credit_delta_msat=50_000)  # under the 100-sat minimum
+        await ledger_of(relay).update_account(pk(alice), now, credit_delta_msat=50_000)  # under the 100-sat minimum
         assert (await opt_in(relay, alice)).json()["reminders"] is True
 
         async def count(n: int) -> Any:
@@ -146,16 +146,16 @@ async def test_low_credit_reminds_once_per_dip_and_leaving_stops_reminders(
         assert "credit" in rumor["content"] and "50 sats" in rumor["content"]
         await asyncio.sleep(0.5)
         assert len(await wraps_for(relay, alice)) == 1  # once per dip
-        await relay.store.update_account(pk(alice), now, credit_delta_msat=1_000_000)
+        await ledger_of(relay).update_account(pk(alice), now, credit_delta_msat=1_000_000)
         await asyncio.sleep(0.5)  # back above: re-armed
-        await relay.store.update_account(pk(alice), now, credit_delta_msat=-1_000_000)
+        await ledger_of(relay).update_account(pk(alice), now, credit_delta_msat=-1_000_000)
         await settle(await count(2))
 
         async with NostrClient(relay.url) as client:
             await client.auth(alice, relay.settings.relay.public_url)
             ok, message = await client.publish(signed(alice, 28936, "", [["-"]]))
             assert ok, message
-        assert await relay.store.reminders_on(pk(alice)) is False
+        assert await ledger_of(relay).reminders_on(pk(alice)) is False
 
 
 async def test_cli_turns_reminders_on_and_off(relay_factory: RelayFactory, tmp_path: Path, alice: bytes) -> None:
@@ -166,7 +166,7 @@ async def test_cli_turns_reminders_on_and_off(relay_factory: RelayFactory, tmp_p
         config.write_text(f'[storage]\nurl = "sqlite:///{tmp_path}/relay.db"\n[payments]\nenabled = true\n')
         code, out, err = await satsrelay(config, "reminders", "on", pk(alice))
         assert code == 0 and "reminders on" in out, err
-        assert await relay.store.reminders_on(pk(alice))
-        await relay.store.update_account(pk(alice), int(time.time()), admitted_until=FOREVER)
+        assert await ledger_of(relay).reminders_on(pk(alice))
+        await ledger_of(relay).update_account(pk(alice), int(time.time()), admitted_until=FOREVER)
         code, out, _ = await satsrelay(config, "reminders", "off", pk(alice))
-        assert code == 0 and not await relay.store.reminders_on(pk(alice))
+        assert code == 0 and not await ledger_of(relay).reminders_on(pk(alice))

@@ -16,10 +16,11 @@ import orjson
 from lightning.backends.fake import mark_paid
 from lightning.ledger import decode_bolt11
 from lightning.renewal import UriSeal
+from lightning.store.base import InvoiceState
 from relay import crypto
 from relay.identity import RelayIdentity
-from relay.store.base import InvoiceState
 from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import ledger_of
 from tests.lightning.test_backend_nwc import FakeWalletService
 from tests.lightning.test_cli import satsrelay
 from tests.nostr_client import NostrClient, signed
@@ -122,9 +123,9 @@ async def test_renewal_paid_once_across_a_restart_between_paid_and_recorded(
         try:
             wallet.hold.clear()  # the wallet pays, but its answer waits
             async with relay_factory(payments=settings()) as relay:
-                await relay.store.update_account(pk(alice), now, admitted_until=end)
+                await ledger_of(relay).update_account(pk(alice), now, admitted_until=end)
                 await connect_wallet(tmp_path, pk(alice), wallet.uri(), budget=1000)
-                (link,) = await relay.store.nwc_links()
+                (link,) = await ledger_of(relay).nwc_links()
                 assert wallet.uri().split("secret=")[1] not in link.sealed_uri  # sealed at rest
                 assert UriSeal(relay.identity).open(link.sealed_uri, pk(alice)) == wallet.uri()
 
@@ -132,9 +133,9 @@ async def test_renewal_paid_once_across_a_restart_between_paid_and_recorded(
                     return len(wallet.paid) == 1
 
                 await until(paid_by_wallet)
-                attempt = await relay.store.get_renewal(pk(alice), end)
+                attempt = await ledger_of(relay).get_renewal(pk(alice), end)
                 assert attempt is not None and attempt.state == "paying"  # paid, not yet recorded
-                account = await relay.store.get_account(pk(alice))
+                account = await ledger_of(relay).get_account(pk(alice))
                 assert account is not None and account.admitted_until == end
             # the relay stopped between the payment and its record; the late answer finds nobody
             wallet.hold.set()
@@ -142,25 +143,25 @@ async def test_renewal_paid_once_across_a_restart_between_paid_and_recorded(
             async with relay_factory(payments=settings()) as relay:
 
                 async def recorded() -> bool:
-                    attempt = await relay.store.get_renewal(pk(alice), end)
+                    attempt = await ledger_of(relay).get_renewal(pk(alice), end)
                     return attempt is not None and attempt.state == "paid"
 
                 await until(recorded)
-                account = await relay.store.get_account(pk(alice))
+                account = await ledger_of(relay).get_account(pk(alice))
                 assert account is not None and account.admitted_until == end + PERIOD_DAYS * DAY  # one period
                 await asyncio.sleep(1.0)  # more rounds: nothing else is paid or asked
                 assert len(wallet.paid) == 1 and wallet.refused == []
                 assert [m for m, _ in wallet.seen].count("pay_invoice") == 1
-                invoices = await relay.store.list_invoices(pubkey=pk(alice))
+                invoices = await ledger_of(relay).list_invoices(pubkey=pk(alice))
                 assert [i.state for i in invoices] == [InvoiceState.PAID]
-                (attempt,) = await relay.store.list_renewals(pk(alice))
+                (attempt,) = await ledger_of(relay).list_renewals(pk(alice))
                 assert attempt.period_end == end and attempt.payment_hash == invoices[0].payment_hash
                 # leaving forgets the wallet connection
                 async with NostrClient(relay.url) as client:
                     await client.auth(alice, relay.settings.relay.public_url)
                     ok, message = await client.publish(signed(alice, 28936, "", [["-"]]))
                     assert ok, message
-                assert await relay.store.nwc_links() == []
+                assert await ledger_of(relay).nwc_links() == []
         finally:
             await wallet.stop()
 
@@ -176,16 +177,16 @@ async def test_over_budget_is_recorded_not_paid_and_the_secret_needs_the_relay_k
         await wallet.start()
         try:
             async with relay_factory(payments=settings()) as relay:
-                await relay.store.update_account(pk(alice), now, admitted_until=now + DAY)
+                await ledger_of(relay).update_account(pk(alice), now, admitted_until=now + DAY)
                 await connect_wallet(tmp_path, pk(alice), wallet.uri(), budget=100)  # the period costs 500
 
                 async def failed() -> bool:
-                    attempt = await relay.store.get_renewal(pk(alice), now + DAY)
+                    attempt = await ledger_of(relay).get_renewal(pk(alice), now + DAY)
                     return attempt is not None and attempt.state == "failed"
 
                 await until(failed)
-                assert wallet.paid == [] and "budget" in (await relay.store.list_renewals(pk(alice)))[0].detail
-                (link,) = await relay.store.nwc_links()
+                assert wallet.paid == [] and "budget" in (await ledger_of(relay).list_renewals(pk(alice)))[0].detail
+                (link,) = await ledger_of(relay).nwc_links()
                 other = RelayIdentity.from_secret(crypto.generate_secret())
                 try:
                     UriSeal(other).open(link.sealed_uri, pk(alice))
@@ -195,7 +196,7 @@ async def test_over_budget_is_recorded_not_paid_and_the_secret_needs_the_relay_k
                     raise AssertionError("another relay key opened the sealed URI")
                 config = tmp_path / "cli.toml"
                 code, _, _ = await satsrelay(config, "renewal", "forget", pk(alice))
-                assert code == 0 and await relay.store.nwc_links() == []
+                assert code == 0 and await ledger_of(relay).nwc_links() == []
         finally:
             await wallet.stop()
 
@@ -238,12 +239,12 @@ async def test_wallet_relay_on_a_private_address_is_never_dialled(
                 assert get_signed.status_code == 401  # signed for POST, not for this GET
                 no_account = await post(alice)
                 assert no_account.status_code == 403 and "pay first" in no_account.json()["error"]
-                await relay.store.update_account(pk(alice), now, admitted_until=now + DAY)
+                await ledger_of(relay).update_account(pk(alice), now, admitted_until=now + DAY)
                 answer = await post(alice)
                 assert answer.status_code == 200 and answer.json()["connected"] is True
 
                 async def refused() -> bool:
-                    attempt = await relay.store.get_renewal(pk(alice), now + DAY)
+                    attempt = await ledger_of(relay).get_renewal(pk(alice), now + DAY)
                     return attempt is not None and "public address" in attempt.detail
 
                 await until(refused)

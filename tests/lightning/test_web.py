@@ -12,7 +12,7 @@ from relay import crypto
 from relay.event import sign_event
 from relay.server import Relay
 from tests.conftest import RelayFactory
-from tests.lightning.payment_stack import nip98_header
+from tests.lightning.payment_stack import ledger_of, nip98_header
 from tests.nostr_client import NostrClient
 
 PAID: dict[str, Any] = {"enabled": True, "backend": "fake", "poll_interval_seconds": 0.2}
@@ -102,7 +102,7 @@ async def test_root_is_the_join_page_for_browsers_and_loads_nothing_from_elsewhe
 async def test_account_page_in_html_and_json(relay_factory: RelayFactory, alice: bytes) -> None:
     pubkey = crypto.public_key(alice).hex()
     async with relay_factory(payments=PAID) as relay, httpx.AsyncClient(base_url=http_base(relay)) as web:
-        await relay.store.update_account(pubkey, int(time.time()), credit_delta_msat=21_000)
+        await ledger_of(relay).update_account(pubkey, int(time.time()), credit_delta_msat=21_000)
         url = f"{http_base(relay)}/account/{npub_encode(pubkey)}"
         signed_in = {"Authorization": nip98_header(alice, url)}  # balances only to the owner (NIP-98)
         as_json = (await web.get(url, headers={"Accept": "application/json", **signed_in})).json()
@@ -151,10 +151,10 @@ async def test_invoice_creation_is_a_post_with_a_json_body(relay_factory: RelayF
         as_form = await web.post("/api/invoice", data={"pubkey": pubkey, "plan": "admission"})
         not_json = await web.post("/api/invoice", content=b"{", headers={"Content-Type": "application/json"})
         fake_pay_get = await web.get("/api/fake/pay/" + "0" * 64)
-        assert await relay.store.list_invoices(pubkey=pubkey) == []
+        assert await ledger_of(relay).list_invoices(pubkey=pubkey) == []
         created = await web.post("/api/invoice", json={"pubkey": pubkey, "plan": "admission"})
         assert created.status_code == 200
-        assert [i.payment_hash for i in await relay.store.list_invoices(pubkey=pubkey)] == [
+        assert [i.payment_hash for i in await ledger_of(relay).list_invoices(pubkey=pubkey)] == [
             created.json()["payment_hash"]]
     assert as_get.status_code == 405 and as_get.headers["allow"] == "POST"
     assert as_form.status_code == 415

@@ -32,6 +32,7 @@ from relay import crypto
 from relay.event import sign_event
 from relay.server import Relay
 from tests.conftest import RelayFactory
+from tests.lightning.payment_stack import ledger_of
 from tests.waiting import eventually
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
@@ -82,7 +83,7 @@ async def test_non_ascii_digits_in_an_amount_are_a_400_without_a_traceback(
             joined = await web.post("/api/invoice", json=body)
             assert joined.status_code == 400, (amount, joined.text)
             assert joined.json() == {"error": "amount must be a whole number of sats"}
-        assert await relay.store.list_invoices() == []
+        assert await ledger_of(relay).list_invoices() == []
     no_traceback(caplog)
 
 
@@ -128,8 +129,8 @@ async def test_receipt_addresses_are_checked_in_the_publishers_own_pool(
         httpx.AsyncClient(base_url=base(relay)) as web,
     ):
         payment_hash = await zap_invoice(relay, web, names)
-        assert await relay.store.settle_invoice(payment_hash, 21_000, int(time.time()))  # as the watcher does
-        invoice = await relay.store.get_invoice(payment_hash)
+        assert await ledger_of(relay).settle_invoice(payment_hash, 21_000, int(time.time()))  # as the watcher does
+        invoice = await ledger_of(relay).get_invoice(payment_hash)
         ext: Any = relay.extension
         async with saturated_default_pool():
             ext.zapper.settled(invoice, None)  # the watcher's call after a credit

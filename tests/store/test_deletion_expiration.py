@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 
+from relay.errors import Rejection
 from relay.event import Event, sign_event
 from relay.filters import Filter
 from relay.store.base import Store, WriteOutcome, WriteRequest
@@ -13,7 +14,7 @@ ALICE = (1).to_bytes(32, "big")
 BOB = (2).to_bytes(32, "big")
 
 
-async def put(store: Store, *events: Event, now: int = NOW) -> list[WriteOutcome]:
+async def put(store: Store, *events: Event, now: int = NOW) -> list[WriteOutcome | Rejection]:
     return await store.write_batch([WriteRequest(e) for e in events], now)
 
 

@@ -9,6 +9,7 @@ import contextlib
 
 import orjson
 
+from relay.errors import Rejection
 from relay.event import Event, sign_event
 from relay.filters import Filter
 from relay.store.base import Store, WriteOutcome, WriteRequest
@@ -21,7 +22,7 @@ HEX_A = "aa" * 32
 HEX_B = "bb" * 32
 
 
-async def put(store: Store, *events: Event, now: int = NOW) -> list[WriteOutcome]:
+async def put(store: Store, *events: Event, now: int = NOW) -> list[WriteOutcome | Rejection]:
     return await store.write_batch([WriteRequest(e) for e in events], now)
 
 

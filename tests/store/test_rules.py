@@ -4,15 +4,18 @@ test_deletion_expiration.py) proves the same rules through SQLite and PostgreSQL
 
 from __future__ import annotations
 
+from typing import Any
+
 from relay import crypto
+from relay.errors import Rejection, Restricted
 from relay.event import Event, sign_event
-from relay.store.base import FOREVER, WriteOutcome, WriteRequest
+from relay.store.base import WriteOutcome, WriteRequest
+from relay.store.database import BatchHook
 from relay.store.rules import (
     BatchPlan,
     Present,
     a_tag_addresses,
     address_of,
-    admitted_until_after_grant,
     e_tag_targets,
     lookups,
     newer,
@@ -27,11 +30,11 @@ def ev(secret: bytes, kind: int, created_at: int, tags: list[list[str]] | None =
     return sign_event(secret, kind, content, tags or [], created_at)
 
 
-def empty_plan(credits: dict[str, int] | None = None) -> BatchPlan:
-    return BatchPlan({}, {}, {}, {}, credits or {})
+def empty_plan(*hooks: BatchHook) -> BatchPlan:
+    return BatchPlan({}, {}, {}, {}, hooks)
 
 
-def run(plan: BatchPlan, *events: Event | WriteRequest) -> list[WriteOutcome]:
+def run(plan: BatchPlan, *events: Event | WriteRequest) -> list[WriteOutcome | Rejection]:
     reqs = [e if isinstance(e, WriteRequest) else WriteRequest(e) for e in events]
     return [plan.apply(i, req) for i, req in enumerate(reqs)]
 
@@ -87,7 +90,7 @@ def test_replacing_a_stored_version_deletes_its_row() -> None:
     stored = ev(ALICE, 10002, 10)
     addr = address_of(stored)
     entry = Present(stored.id, stored.pubkey, stored.kind, stored.created_at, addr)
-    plan = BatchPlan({stored.id: entry}, {addr: entry} if addr else {}, {}, {}, {})
+    plan = BatchPlan({stored.id: entry}, {addr: entry} if addr else {}, {}, {})
     newer_version = ev(ALICE, 10002, 11)
     # the replaced version is gone: sent again, it loses to the newer one
     assert run(plan, newer_version, stored) == [WriteOutcome.STORED, WriteOutcome.SUPERSEDED]
@@ -115,7 +118,7 @@ def test_deleting_a_deletion_has_no_effect() -> None:
     assert run(plan, first, second) == [WriteOutcome.STORED, WriteOutcome.STORED]
     assert set(plan.inserts) == {first.id, second.id}
     # and a kind 5 whose id is tombstoned is still accepted
-    plan2 = BatchPlan({}, {}, {first.id: {first.pubkey}}, {}, {})
+    plan2 = BatchPlan({}, {}, {first.id: {first.pubkey}}, {})
     assert run(plan2, first) == [WriteOutcome.STORED]
 
 
@@ -133,23 +136,64 @@ def test_a_tag_deletion_covers_versions_up_to_its_created_at() -> None:
     assert plan.new_tomb_addresses == {(pk, 30023, "post"): 20}
 
 
-def test_charges_stop_at_the_balance_and_skip_refused_events() -> None:
-    pk = ev(ALICE, 1, 1).pubkey
-    plan = empty_plan({pk: 2500})
-    first, second, third = ev(ALICE, 1, 1), ev(ALICE, 1, 2), ev(ALICE, 1, 3)
-    outcomes = run(plan, WriteRequest(first, 1000), WriteRequest(first, 1000), WriteRequest(second, 1000),
-                   WriteRequest(third, 1000))
-    assert outcomes == [WriteOutcome.STORED, WriteOutcome.DUPLICATE, WriteOutcome.STORED,
-                        WriteOutcome.INSUFFICIENT_CREDIT]
-    assert plan.charges == {pk: 2000}
-    assert run(empty_plan(), WriteRequest(first, 1)) == [WriteOutcome.INSUFFICIENT_CREDIT]  # no account
+class Budget:
+    """A write hook's batch part that admits ``left`` events with attachments, then refuses."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.admitted: list[str] = []
+
+    def admit(self, request: WriteRequest) -> Rejection | None:
+        if self.left <= 0:
+            return Restricted("budget spent")
+        self.left -= 1
+        self.admitted.append(request.event.id)
+        return None
+
+    def retract(self, request: WriteRequest) -> None:
+        self.admitted.remove(request.event.id)
+        self.left += 1
+
+    async def write(self, conn: Any, now: int) -> None:
+        raise AssertionError("the plan never writes")
+
+
+def test_hooks_decide_only_events_about_to_be_stored_and_refusals_store_nothing() -> None:
+    budget = Budget(2)
+    plan = empty_plan(budget)
+    first, second, third, free = ev(ALICE, 1, 1), ev(ALICE, 1, 2), ev(ALICE, 1, 3), ev(ALICE, 1, 4)
+    paid = (object(),)
+    outcomes = run(
+        plan,
+        WriteRequest(first, attachments=paid),
+        WriteRequest(first, attachments=paid),  # a duplicate never meets the hook
+        WriteRequest(second, attachments=paid),
+        WriteRequest(third, attachments=paid),
+        WriteRequest(free),  # nothing attached: no hook asked
+    )
+    assert outcomes[:3] == [WriteOutcome.STORED, WriteOutcome.DUPLICATE, WriteOutcome.STORED]
+    assert isinstance(outcomes[3], Restricted) and outcomes[4] is WriteOutcome.STORED
+    assert budget.admitted == [first.id, second.id]
+    assert set(plan.inserts) == {first.id, second.id, free.id}
+    plan.retract(WriteRequest(second, attachments=paid))  # another node stored it first
+    assert budget.admitted == [first.id] and budget.left == 1
+
+
+def test_a_later_hooks_refusal_retracts_the_earlier_admissions() -> None:
+    generous, stingy = Budget(5), Budget(0)
+    plan = empty_plan(generous, stingy)
+    note = ev(ALICE, 1, 1)
+    (outcome,) = run(plan, WriteRequest(note, attachments=(object(),)))
+    assert isinstance(outcome, Restricted)
+    assert generous.admitted == [] and generous.left == 5
+    assert plan.inserts == {}
 
 
 def test_simple_batch_and_lookups() -> None:
     note, other = ev(ALICE, 1, 1), ev(BOB, 1, 1)
     assert simple_batch([WriteRequest(note), WriteRequest(other)])
     assert not simple_batch([WriteRequest(note), WriteRequest(note)])
-    assert not simple_batch([WriteRequest(note, 1)])
+    assert not simple_batch([WriteRequest(note, attachments=(object(),))])
     assert not simple_batch([WriteRequest(ev(ALICE, 0, 1))])
     deletion = ev(ALICE, 5, 2, [["e", other.id], ["a", f"30023:{note.pubkey}:x"]])
     profile = ev(ALICE, 0, 3)
@@ -157,12 +201,3 @@ def test_simple_batch_and_lookups() -> None:
     assert ids == {note.id, deletion.id, profile.id, other.id}
     assert addresses == {(note.pubkey, 30023, "x"), (note.pubkey, 0, "")}
 
-
-def test_settlement_grant() -> None:
-    now = 1_000
-    assert admitted_until_after_grant(0, now, 0, True) == FOREVER
-    assert admitted_until_after_grant(0, now, 60, False) == now + 60  # new member: from now
-    assert admitted_until_after_grant(now + 100, now, 60, False) == now + 160  # early renewal extends
-    assert admitted_until_after_grant(now - 100, now, 60, False) == now + 60  # lapsed: from now
-    assert admitted_until_after_grant(FOREVER, now, 60, False) == FOREVER  # capped
-    assert admitted_until_after_grant(now + 5, now, 0, False) == now + 5  # credit-only invoice

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from relay.errors import ServerError
+from relay.errors import Rejection, ServerError
 from relay.event import Event, sign_event
 from relay.filters import Filter
 from relay.store.base import Store, WriteOutcome, WriteRequest
@@ -31,7 +31,7 @@ class GatedStore:
         self.poison: set[str] = set()
         self.entered = asyncio.Event()
 
-    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome]:
+    async def write_batch(self, batch: Sequence[WriteRequest], now: int) -> list[WriteOutcome | Rejection]:
         self.entered.set()
         await self.gate.wait()
         self.sizes.append(len(batch))
