@@ -37,7 +37,7 @@ from lightning.charts import DAY, daily_bars, plan_bars
 from lightning.pubkeys import npub_encode, parse_pubkey
 from lightning.store.base import FOREVER, Account, Invoice, InvoiceState, LedgerStore, MemberStatus, member_status
 from relay import console_blocks as blocks
-from relay.extension import ConsolePanel
+from relay.hooks import ConsolePanel
 
 PERIODS = (7, 30, 365)
 DEFAULT_DAYS = 30

@@ -1,4 +1,4 @@
-"""``PaymentsExtension``: the lightning package as the relay sees it (``relay.extension``).
+"""``PaymentsExtension``: the lightning package as the relay sees it (its ``relay.hooks.PluginHooks``).
 
 It wires the pieces together: a wallet backend chosen by ``payments.backend``, the
 ledger (issue + verified settlement), the watcher (push + polling + reconciliation), the
@@ -35,11 +35,13 @@ from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
 from lightning.zapper import Publish, Zapper
 from relay.config import ConfigError
+from relay.errors import Rejection, Restricted
 from relay.event import Event, KindClass
-from relay.extension import Answered, ConsolePanel, ManagementMethod, WriteContext
 from relay.filters import Filter
+from relay.hooks import Admit, Answered, ConsolePanel, ManagementMethod, PluginHooks, Refuse, Verdict
 from relay.http import HttpRequest, HttpResponse, http_url
 from relay.identity import RelayIdentity
+from relay.policy import WriteContext
 from relay.store.base import Store
 
 if TYPE_CHECKING:
@@ -119,7 +121,7 @@ def build_backend(settings: Settings, http: httpx.AsyncClient) -> WalletBackend:
 
 
 class PaymentsExtension:
-    """Implements ``relay.extension.Extension``."""
+    """The payments plug-in's running parts; ``hooks()`` is what the relay calls."""
 
     def __init__(
         self,
@@ -352,13 +354,52 @@ class PaymentsExtension:
             return ()
         return (Charge(price),)  # debited by the ledger's write hook, in the event's transaction
 
+    def hooks(self) -> PluginHooks:
+        """The relay's hook lists, filled (``relay.hooks``). Order 50: after free tiers
+        (a web of trust, order 10), whose members then write free; a refusal here that
+        is not ``restricted:`` (a ban, a rate) is final."""
+        return PluginHooks(
+            name="payments",
+            description=self.describe(),
+            order=50,
+            write_gates=(self.judge,),
+            req_sources=(self.req_events,) if self.membership is not None else (),
+            storage_allowances=(self.storage_allowance,),
+            http_routes=(self.handle_http,),
+            management_methods=self.management_methods(),
+            console_panels=self.console_panels(),
+            nip11_fields=(self.nip11,),
+            profile_fields=(self.profile,),
+            services=(self,),
+            links=(self.links,),
+            problems=(self.problems,),
+            owner=self,
+        )
+
+    async def judge(self, event: Event, ctx: WriteContext) -> Verdict:
+        """``admit`` as a write gate's verdict: a paid (or free-rule) event is admitted
+        with its price attached; "pay first" is a refusal a later gate may override."""
+        try:
+            return Admit(await self.admit(event, ctx))
+        except Restricted as exc:
+            return Refuse(exc)
+        except Rejection as exc:
+            return Refuse(exc, final=True)
+
+    async def storage_allowance(self, pubkey: str, now: int) -> int | None:
+        """Members in good standing get ``retention.member_max_bytes_per_pubkey``."""
+        if await self.gate.is_member(pubkey, now):
+            return self.settings.retention.member_max_bytes_per_pubkey
+        return None
+
+    def profile(self) -> Mapping[str, Any]:
+        """The relay's kind-0 profile carries the address zaps reach (NIP-57)."""
+        return {"lud16": self.zapper.address} if self.zapper is not None else {}
+
     async def req_events(self, filters: tuple[Filter, ...], authed: frozenset[str]) -> list[bytes]:
         if self.membership is None:
             return []
         return await self.membership.invite_events(filters, authed)
-
-    async def is_member(self, pubkey: str, now: int) -> bool:
-        return await self.gate.is_member(pubkey, now)
 
     async def handle_http(self, request: HttpRequest) -> HttpResponse | None:
         if self.zapper is not None:

@@ -22,9 +22,9 @@ from lightning.store.base import Account, LedgerStore
 from lightning.zap_receipts import ZAP_RECEIPT_KIND, receipt_problem
 from relay.errors import Blocked, RateLimited, Restricted
 from relay.event import Event
-from relay.extension import WriteContext
 from relay.limits import address_group
 from relay.management import REPORT_KIND
+from relay.policy import WriteContext
 from relay.store.base import Store, UseLimit
 from relay.vanish import VANISH_KIND
 

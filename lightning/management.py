@@ -22,7 +22,7 @@ from lightning import accounts
 from lightning.pubkeys import parse_pubkey
 from lightning.store.base import LedgerStore
 from lightning.web import account_json
-from relay.extension import Changed, ManagementMethod
+from relay.hooks import Changed, ManagementMethod
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

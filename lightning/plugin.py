@@ -1,9 +1,9 @@
 """The payments plug-in as the relay's composition root finds it.
 
 pyproject.toml names ``PLUGIN`` under the ``satsrelay.extensions`` entry-point group;
-``relay.extension.discover_plugins`` loads it with importlib.metadata. It owns the
+``relay.discovery.discover_plugins`` loads it with importlib.metadata. It owns the
 ``[payments]`` config section (validated by ``PaymentSettings``), builds the running
-``PaymentsExtension`` when ``payments.enabled`` is true, and adds the operator commands
+``PaymentsExtension`` when ``payments.enabled`` is true and hands the relay its hooks, and adds the operator commands
 (``accounts``, ``invoices``, ``pay-fake``) to ``satsrelay``. The relay core never imports
 this package.
 """
@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from relay.config import Settings
-    from relay.extension import Extension, ExtensionHost, SettingsLoader
+    from relay.hooks import PluginHooks
+    from relay.plugins import PluginHost, SettingsLoader
     from relay.store.base import Store
 
 
@@ -28,13 +29,14 @@ class PaymentsPlugin:
     settings_model = PaymentSettings
 
     def build(
-        self, settings: Settings, store: Store, registry: CollectorRegistry, host: ExtensionHost
-    ) -> Extension | None:
+        self, settings: Settings, store: Store, registry: CollectorRegistry, host: PluginHost
+    ) -> PluginHooks | None:
         from lightning.extension import build_extension, payment_settings
 
         if not payment_settings(settings).enabled:
             return None
-        return build_extension(settings, store, registry=registry, identity=host.identity, publish=host.publish)
+        extension = build_extension(settings, store, registry=registry, identity=host.identity, publish=host.publish)
+        return extension.hooks()
 
     def add_commands(
         self,

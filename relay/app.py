@@ -2,7 +2,7 @@
 
 Builds what the relay receives instead of building itself: the store the URL names, the
 cross-node broadcast that goes with it (PostgreSQL LISTEN/NOTIFY, or in-process), the
-metrics registry, and the extensions found by ``relay.extension.discover_plugins`` (each
+metrics registry, and the hooks of the plug-ins found by ``relay.discovery.discover_plugins`` (each
 configured from its own section). ``satsrelay serve`` and the tests' ``relay_factory``
 both start relays through ``build_relay``.
 """
@@ -13,10 +13,12 @@ from collections.abc import Sequence
 
 from relay.broadcast import Broadcast, LocalBroadcast, PostgresBroadcast
 from relay.config import Settings
+from relay.discovery import discover_plugins
 from relay.event import Event
-from relay.extension import Extension, ExtensionHost, ExtensionPlugin, PluginError, discover_plugins
+from relay.hooks import Hooks, PluginHooks
 from relay.identity import load_identity
 from relay.metrics import RelayMetrics
+from relay.plugins import Plugin, PluginHost
 from relay.server import Relay
 from relay.store import open_store
 from relay.store.base import Store, WriteOutcome
@@ -37,24 +39,27 @@ def build_broadcast(settings: Settings, store: Store) -> Broadcast:
     return LocalBroadcast()
 
 
-def build_extension(
+def build_hooks(
     settings: Settings,
     store: Store,
     metrics: RelayMetrics,
-    plugins: Sequence[ExtensionPlugin],
-    host: ExtensionHost,
-) -> Extension | None:
-    """The one enabled extension, or None. (The relay has one extension seam; a second
-    enabled plug-in is refused rather than silently ignored.)"""
-    enabled = [(p, ext) for p in plugins if (ext := p.build(settings, store, metrics.registry, host)) is not None]
-    if len(enabled) > 1:
-        names = ", ".join(f"[{p.section}]" for p, _ in enabled)
-        raise PluginError(f"more than one extension is enabled ({names}); the relay runs one")
-    return enabled[0][1] if enabled else None
+    plugins: Sequence[Plugin],
+    host: PluginHost,
+) -> Hooks:
+    """Every enabled plug-in's hooks, in their documented order: by each plug-in's
+    ``order`` (lower first: free tiers, 10, before paid ones, 50), then section name. A
+    plug-in whose section leaves it disabled adds nothing; with none enabled the relay is
+    a free relay."""
+    built: list[PluginHooks] = []
+    for plugin in plugins:
+        hooks = plugin.build(settings, store, metrics.registry, host)
+        if hooks is not None:
+            built.append(hooks)
+    return Hooks(built)
 
 
 def build_relay(
-    settings: Settings, *, store: Store | None = None, plugins: Sequence[ExtensionPlugin] | None = None
+    settings: Settings, *, store: Store | None = None, plugins: Sequence[Plugin] | None = None
 ) -> Relay:
     """``ConfigError`` (one line) for a bad relay key or key file."""
     plugins = discover_plugins() if plugins is None else plugins
@@ -67,13 +72,13 @@ def build_relay(
     async def publish(event: Event) -> WriteOutcome:
         return await relay.publish_own(event)  # bound once the relay exists, below
 
-    extension = build_extension(settings, store, metrics, plugins, ExtensionHost(identity, publish))
+    hooks = build_hooks(settings, store, metrics, plugins, PluginHost(identity, publish))
     relay = Relay(
         settings,
         store=store,
         broadcast=build_broadcast(settings, store),
         identity=identity,
-        extension=extension,
+        hooks=hooks,
         metrics=metrics,
     )
     return relay

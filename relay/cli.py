@@ -23,9 +23,9 @@ from typing import IO, Any
 import orjson
 
 from relay.config import ConfigError, Settings, load_settings, public_url_mismatch
+from relay.discovery import PluginError, discover_plugins
 from relay.errors import Invalid, Rejection
 from relay.event import Event, KindClass, parse_event, verify_signature
-from relay.extension import PluginError, discover_plugins
 from relay.filters import Filter, parse_filter
 from relay.management import ManagementState
 from relay.policy import ReadScope

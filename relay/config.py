@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from relay.extension import ExtensionPlugin, PluginError, discover_plugins
+from relay.discovery import PluginError, discover_plugins
 
 
 class _Section(BaseModel):
@@ -282,16 +282,23 @@ class Settings(BaseSettings):
         return self
 
     def section(self, name: str) -> BaseModel:
-        """An extension's own section (``[payments]``), validated by its model."""
+        """A plug-in's own section (``[payments]``), validated by its model."""
         value = getattr(self, name, None)
         if not isinstance(value, BaseModel):
-            raise KeyError(f"no config section {name!r}: is its extension installed?")
+            raise KeyError(f"no config section {name!r}: is its plug-in installed?")
         return value
 
 
-def settings_class(plugins: Sequence[ExtensionPlugin]) -> type[Settings]:
-    """Settings plus one section per installed extension, each validated by the model the
-    extension supplies (unknown keys in it are refused like anywhere else)."""
+class PluginSection(Protocol):
+    """What config needs of a plug-in (``relay.plugins.Plugin``): its section and model."""
+
+    section: str
+    settings_model: type[BaseModel]
+
+
+def settings_class(plugins: Sequence[PluginSection]) -> type[Settings]:
+    """Settings plus one section per installed plug-in, each validated by the model the
+    plug-in supplies (unknown keys in it are refused like anywhere else)."""
     if not plugins:
         return Settings
     fields: dict[str, Any] = {}
@@ -344,11 +351,11 @@ class ConfigError(Exception):
 
 
 def load_settings(
-    path: Path | None = None, *, plugins: Sequence[ExtensionPlugin] | None = None, **overrides: object
+    path: Path | None = None, *, plugins: Sequence[PluginSection] | None = None, **overrides: object
 ) -> Settings:
     """Settings from ``path`` (TOML), environment and keyword overrides (highest first:
     overrides, environment, file, defaults), with the sections of ``plugins`` (default:
-    every installed extension)."""
+    every installed plug-in)."""
     if plugins is None:
         try:
             plugins = discover_plugins()

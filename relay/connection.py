@@ -25,9 +25,9 @@ from relay import messages, vanish
 from relay.config import Settings
 from relay.errors import AuthRequired, Invalid, RateLimited, Rejection, ServerError
 from relay.event import Event, KindClass, parse_event
-from relay.extension import Answered, Extension, WriteContext
 from relay.filters import Filter
 from relay.heavy_reads import HeavyReads
+from relay.hooks import Answered, Hooks, Refuse
 from relay.limits import BucketTable, IpTable, TokenBucket, address_group
 from relay.management_view import ManagementView
 from relay.messages import (
@@ -47,6 +47,7 @@ from relay.metrics import RelayMetrics
 from relay.negentropy import ItemBudget, ItemSet, Negentropy, NegentropyError
 from relay.policy import (
     ReadScope,
+    WriteContext,
     WritePolicy,
     check_auth_event,
     check_private_read,
@@ -118,7 +119,7 @@ class ConnectionDeps:
     vanished: VanishedAuthors  # NIP-62 requests: applied here, refreshed from the store
     quota: StorageQuota  # [retention] bytes per author
     management: ManagementView  # NIP-86 state: bans hide stored events too
-    extension: Extension | None
+    hooks: Hooks  # the plug-ins' write gates, read sources and storage allowances, in order
     broadcast: Callable[[Event], None]  # an accepted ephemeral event to live subscribers
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
     closing: bool = False  # set by the server's stop(): no new EVENT/REQ/COUNT
@@ -317,25 +318,24 @@ class Connection:
             if event.kind == vanish.VANISH_KIND:  # NIP-62: free, whatever the payment status
                 await self._vanish(event, ctx)
                 return
-            attachments: tuple[object, ...] = ()
-            if self.deps.extension is not None:
-                attachments = await self.deps.extension.admit(event, ctx)
+            verdict = await self.deps.hooks.judge(event, ctx)
+            if isinstance(verdict, Refuse):
+                self._reject(event.id, verdict.rejection)
+                return
             if event.kind_class is KindClass.EPHEMERAL:
                 # Never stored: whatever it costs, the gate has taken already (issue 8).
                 self.deps.broadcast(event)
                 self._accepted(event, (True, ""))
                 return
             if self.deps.quota.enabled:
-                member = self.deps.extension is not None and await self.deps.extension.is_member(
-                    event.pubkey, ctx.now
-                )
-                refused = await self.deps.quota.check(event, member)
+                allowance = await self.deps.hooks.storage_allowance(event.pubkey, ctx.now)
+                refused = await self.deps.quota.check(event, allowance)
                 if refused is not None:
                     self._reject(event.id, refused)
                     return
             # A write hook that refuses the event in its transaction (the charge its gate
             # attached could not be taken) raises its Rejection here: nothing was stored.
-            outcome = await self.deps.writer.submit(WriteRequest(event, attachments=attachments))
+            outcome = await self.deps.writer.submit(WriteRequest(event, attachments=verdict.attachments))
             if outcome is WriteOutcome.STORED:
                 self.deps.quota.stored(event)
             self._accepted(event, _OUTCOME_REPLY[outcome])
@@ -392,9 +392,9 @@ class Connection:
             return
         rejection = self._read_rejection(filters)
         made: list[bytes] = []
-        if rejection is None and self.deps.extension is not None:
+        if rejection is None and self.deps.hooks.req_sources:
             try:
-                made = await self.deps.extension.req_events(filters, self.authed)
+                made = await self.deps.hooks.req_events(filters, self.authed)
             except Rejection as exc:
                 rejection = exc
         if rejection is not None:

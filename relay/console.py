@@ -1,5 +1,5 @@
 """The operator console at ``/admin`` (issue 11 item 3): the relay's routes for it and its
-own pages (overview, moderation, settings); an extension adds more (``ConsolePanel``).
+own pages (overview, moderation, settings); plug-ins add more (``ConsolePanel``).
 
 Routes (``Console.handle`` answers None for any other path):
 
@@ -40,8 +40,8 @@ from pydantic import BaseModel, SecretStr
 from relay import __version__, nip98
 from relay import console_blocks as ui
 from relay.config import Settings
-from relay.extension import ConsolePanel
 from relay.filters import Filter
+from relay.hooks import ConsolePanel
 from relay.http import HttpRequest, HttpResponse, http_url
 from relay.management_view import ManagementView
 from relay.metrics import RelayMetrics
@@ -146,7 +146,7 @@ class Console:
         self._store = store
         self._metrics = metrics
         self._management = management
-        self._problems = problems  # the extension's (Extension.problems): a wallet that does not answer
+        self._problems = problems  # the plug-ins' (PluginHooks.problems): a wallet that does not answer
         self._clock = clock
         self._monotonic = monotonic
         self._started = monotonic()
@@ -163,7 +163,7 @@ class Console:
         self.panels: dict[str, ConsolePanel] = {p.name: p for p in core}
         for panel in extension_panels:
             if panel.name in self.panels:
-                log.warning("console: an extension's panel %r is ignored: the name is taken", panel.name)
+                log.warning("console: a plug-in's panel %r is ignored: the name is taken", panel.name)
                 continue
             self.panels[panel.name] = panel
         static = resources.files("relay") / "static"
@@ -240,7 +240,7 @@ class Console:
         try:
             body = orjson.dumps(await panel.render(query))
         except Exception as exc:
-            # The relay's fault (or an extension's), not the operator's: the traceback goes
+            # The relay's fault (or a plug-in's), not the operator's: the traceback goes
             # to the log (throttled: the overview asks again every few seconds), not the page.
             self._failures.error("console panel %r failed", panel.name, exc_info=exc)
             return _error(HTTPStatus.INTERNAL_SERVER_ERROR, f"the {panel.title} panel failed; see the relay's log")
@@ -524,7 +524,7 @@ def _cell(value: Any) -> str:
 
 
 def config_sections(settings: BaseModel) -> list[tuple[str, list[list[str]]]]:
-    """Every section of the running config, extensions' included (``[payments]`` is a field
+    """Every section of the running config, plug-ins' included (``[payments]`` is a field
     of the Settings model built at start-up), as (dotted name, [[key, shown value], ...]);
     nested tables (``[payments.lnbits]``) are sections of their own, after their parent."""
     out: list[tuple[str, list[list[str]]]] = []

@@ -1,6 +1,6 @@
 """The operator console's page language: what a panel returns, what console.js draws.
 
-A panel (``relay.extension.ConsolePanel``: the relay's own overview, moderation and
+A panel (``relay.hooks.ConsolePanel``: the relay's own overview, moderation and
 settings, the payments extension's revenue, members and invoices) answers a JSON document;
 the browser script renders it with DOM calls (``textContent``, never ``innerHTML``), so
 nothing a client wrote (a report's reason, a plan name, a relay description) can become

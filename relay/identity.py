@@ -18,8 +18,10 @@ import contextlib
 import logging
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -148,15 +150,14 @@ def save_new_key(identity: RelayIdentity, path: Path | None = None) -> RelayIden
     return RelayIdentity(identity.secret, identity.pubkey)
 
 
-def profile_content(settings: Settings, lud16: str | None) -> str:
-    """The relay's kind-0 metadata (NIP-01): name, about, picture, and the lightning
-    address zaps reach (NIP-57) when payments are on."""
+def profile_content(settings: Settings, fields: Mapping[str, Any]) -> str:
+    """The relay's kind-0 metadata (NIP-01): name, about, picture, and what plug-ins add
+    (the payments plug-in: the lightning address zaps reach, NIP-57)."""
     info = settings.relay
-    profile: dict[str, str] = {"name": info.name, "about": info.description}
+    profile: dict[str, Any] = {"name": info.name, "about": info.description}
     if info.icon:
         profile["picture"] = info.icon
-    if lud16:
-        profile["lud16"] = lud16
+    profile.update(fields)
     return orjson.dumps(profile).decode()
 
 

@@ -9,9 +9,9 @@ when the store's ``management`` change counter moves, every ``REFRESH_SECONDS``:
 through NIP-86 on one node applies on the others within about half a second, and survives
 restarts because the rows live in the store.
 
-An extension's methods (``Extension.management_methods``, named ``<section>.<verb>``) are
+A plug-in's methods (``PluginHooks.management_methods``, named ``<section>.<verb>``) are
 answered here too, behind the same NIP-98 admin check: the NIP's table never holds their
-state, so they reach other nodes by the extension's own means (payments: the store's
+state, so they reach other nodes by the plug-in's own means (payments: the store's
 account change counter).
 """
 
@@ -26,10 +26,11 @@ from typing import Any
 import orjson
 
 from relay import nip98
+from relay.discovery import PluginError
 from relay.errors import Blocked, Rejection
 from relay.event import Event, is_hex64
-from relay.extension import Changed, ManagementMethod, PluginError, WriteContext
 from relay.filters import Filter
+from relay.hooks import Changed, ManagementMethod
 from relay.management import (
     QUEUE_METHOD,
     REPORT_KIND,
@@ -41,6 +42,7 @@ from relay.management import (
     parse_request,
 )
 from relay.periodic import run_every
+from relay.policy import WriteContext
 from relay.store.base import Store, UseLimit
 from relay.vanish import VANISH_KIND
 
@@ -55,13 +57,13 @@ _ID = slice(7, 71)
 
 class ManagementView:
     def __init__(self, store: Store, extra: Mapping[str, ManagementMethod] | None = None) -> None:
-        """``extra``: an extension's NIP-86 methods. A name without a ``.`` could collide
+        """``extra``: the plug-ins' NIP-86 methods. A name without a ``.`` could collide
         with a method a later NIP-86 revision adds, so the plug-in is refused at start-up."""
         self._store = store
         self._extra = dict(extra or {})
         for name in self._extra:
             if "." not in name:
-                raise PluginError(f"extension NIP-86 method {name!r} must be named '<section>.<verb>'")
+                raise PluginError(f"plug-in NIP-86 method {name!r} must be named '<section>.<verb>'")
         self.state = ManagementState()
         self._changes: int | None = None
         # The ban lists as each REQ/COUNT/NEG-OPEN's ReadScope takes them: built once per
@@ -107,7 +109,7 @@ class ManagementView:
         return outcome
 
     async def _call_extra(self, method: str, call: ManagementMethod, params: list[Any]) -> Outcome:
-        """An extension's method: its ``ValueError`` is the client's mistake, answered as
+        """A plug-in's method: its ``ValueError`` is the client's mistake, answered as
         NIP-86 errors are; anything else is the relay's failure, logged once here and
         answered without its details (a traceback is no use to a remote client)."""
         try:

@@ -2,8 +2,8 @@
 
 A write policy is ``(event, ctx) -> Rejection | None``; the first rejection wins and its
 text (with its NIP-01 prefix) becomes the OK message. Policies run before the signature
-check because they cost a fraction of it; the lightning gate runs after it (see
-``extension.Extension.admit``). Adding a rule is adding a function here.
+check because they cost a fraction of it; plug-ins' write gates run after it (see
+``relay.hooks``). Adding a rule is adding a function here.
 """
 
 from __future__ import annotations
@@ -13,8 +13,18 @@ from dataclasses import dataclass
 
 from relay.errors import AuthRequired, Invalid, PowTooLow, Rejection, Restricted
 from relay.event import Event, is_hex64
-from relay.extension import WriteContext
 from relay.filters import Filter
+
+
+@dataclass(frozen=True, slots=True)
+class WriteContext:
+    """What a write policy or a plug-in's write gate may know about the connection an
+    event came in on."""
+
+    now: int
+    authed: frozenset[str]  # pubkeys authenticated on this connection (NIP-42)
+    ip: str
+
 
 WritePolicy = Callable[[Event, WriteContext], Rejection | None]
 

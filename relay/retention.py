@@ -63,7 +63,7 @@ class StorageQuota:
     ) -> None:
         self._store = store
         self._limit = settings.max_bytes_per_pubkey
-        self._member_limit = settings.member_max_bytes_per_pubkey
+        self._member_limit = settings.member_max_bytes_per_pubkey  # a plug-in's members may get it
         self._monotonic = monotonic
         self._usage: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
@@ -71,8 +71,10 @@ class StorageQuota:
     def enabled(self) -> bool:
         return bool(self._limit or self._member_limit)
 
-    async def check(self, event: Event, member: bool) -> Rejection | None:
-        limit = self._member_limit if member else self._limit
+    async def check(self, event: Event, allowance: int | None) -> Rejection | None:
+        """``allowance``: the bytes a plug-in lets this author store instead of the default
+        (0: no limit; None: the default, ``max_bytes_per_pubkey``)."""
+        limit = self._limit if allowance is None else allowance
         if not limit:
             return None
         used = await self._used(event.pubkey)

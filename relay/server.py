@@ -1,10 +1,10 @@
 """The relay: the stages wired together behind the network shell, on one port.
 
-``Relay`` receives its store, broadcast and extension (``relay.app`` builds them from
+``Relay`` receives its store, broadcast and plug-ins' hooks (``relay.app`` builds them from
 Settings: the composition root) and owns the rest: the verifier, the group-commit writer,
 the live subscription index, the HTTP router and the listening socket. Each TCP
 connection is a ``relay.transport.RelayProtocol``: HTTP requests go to the router (the
-operator console at /admin, NIP-86, NIP-11 with CORS, /metrics, the extension's routes, then
+operator console at /admin, NIP-86, NIP-11 with CORS, /metrics, the plug-ins' routes, then
 the HTML page), a WebSocket upgrade becomes one ``Connection``.
 """
 
@@ -30,9 +30,9 @@ from relay.connection import Connection, ConnectionDeps
 from relay.console import Console, redact_url
 from relay.descriptors import METRICS_BACKLOG, METRICS_CONNECTIONS, open_descriptors, plan_connections, raise_soft_limit
 from relay.event import Event
-from relay.extension import Extension
 from relay.filters import Filter
 from relay.heavy_reads import HeavyReads
+from relay.hooks import Hooks
 from relay.http import HttpRequest, HttpResponse, HttpRouter, http_url, not_found, response
 from relay.identity import RelayIdentity, profile_content, profile_event, save_new_key
 from relay.limits import BucketTable, IpTable, LogThrottle
@@ -79,7 +79,7 @@ class Relay:
         store: Store,
         broadcast: Broadcast,
         identity: RelayIdentity,
-        extension: Extension | None = None,
+        hooks: Hooks | None = None,
         metrics: RelayMetrics | None = None,
     ) -> None:
         """``identity``: the relay's own key (NIP-11 ``self``, its profile, zap receipts)."""
@@ -87,7 +87,7 @@ class Relay:
         self.identity = identity
         self.store = store
         self.bus = broadcast
-        self.extension = extension
+        self.hooks = hooks if hooks is not None else Hooks()
         self.metrics = metrics or RelayMetrics()
         self.index = SubscriptionIndex()
         self.verifier = SignatureVerifier()
@@ -125,8 +125,8 @@ class Relay:
             )
         )
         write_policies.append(self.vanished.policy)
-        # NIP-86 bans, kinds, blocked IPs, and the extension's namespaced methods
-        self.management = ManagementView(self.store, extension.management_methods() if extension else None)
+        # NIP-86 bans, kinds, blocked IPs, and the plug-ins' namespaced methods
+        self.management = ManagementView(self.store, self.hooks.management_methods)
         write_policies.append(self.management.policy)
         self.deps = ConnectionDeps(
             settings=settings,
@@ -151,7 +151,7 @@ class Relay:
             vanished=self.vanished,
             quota=self.quota,
             management=self.management,
-            extension=extension,
+            hooks=self.hooks,
             broadcast=self.broadcast,
             spawn=self.spawn,
         )
@@ -226,14 +226,13 @@ class Relay:
         self.verifier.start()
         self.writer.start()
         await self.bus.start(self.index.publish)
-        if self.extension is not None:
-            await self.extension.start()
-        extra = self.extension.nip11() if self.extension else {}
-        info = nip11.build_info(self.settings, {**extra, "self": self.identity.pubkey})
-        lud16 = extra.get("lud16")
-        if isinstance(lud16, str):
-            # The profile exists to be zapped (NIP-57): published when something can pay it.
-            await self._publish_profile(lud16)
+        await self.hooks.start()
+        info = nip11.build_info(self.settings, {**self.hooks.nip11(), "self": self.identity.pubkey})
+        profile = self.hooks.profile()
+        if profile:
+            # The profile exists to be found and zapped (NIP-57): published when a plug-in
+            # gives it something to say (a lud16 that can be paid).
+            await self._publish_profile(profile)
         info["supported_nips"] = sorted({*info["supported_nips"], 86})  # NIP-86 management API
         self._info_base = info
         self._refresh_info()
@@ -242,14 +241,13 @@ class Relay:
             store=self.store,
             metrics=self.metrics,
             management=self.management,
-            extension_panels=self.extension.console_panels() if self.extension is not None else (),
-            problems=self.extension.problems if self.extension is not None else tuple,
+            extension_panels=self.hooks.console_panels,
+            problems=self.hooks.problems,
         )
         self.router.add(self.console.handle)  # /admin: the operator console, before any other route
         self.router.add(self._management_route)
         self.router.add(self._core_routes)
-        if self.extension is not None:
-            self.router.add(self.extension.handle_http)
+        self.router.add(self.hooks.route)
         self.router.add(self._home_page)
         self._background.append(asyncio.create_task(self._purge_loop(), name="purge-expired"))
         self._background.append(asyncio.create_task(self.vanished.watch(), name="nip62-refresh"))
@@ -299,13 +297,13 @@ class Relay:
         await self._start_metrics_listener(options, metrics_sock)
         self._announced = True
         log.info(
-            "satsrelay listening on ws://%s:%d (store %s, extension %s)",
+            "satsrelay listening on ws://%s:%d (store %s, plug-ins: %s)",
             srv.host,
             self.port,
             redact_url(self.settings.storage.url),
-            self.extension.describe() if self.extension is not None else "none",
+            self.hooks.describe(),
         )
-        links = self.extension.links() if self.extension is not None else {}
+        links = self.hooks.links()
         for line in where_next(self.settings, self.metrics_port, links):
             log.info("%s", line)
 
@@ -314,10 +312,10 @@ class Relay:
         the write policies and the gate are for clients, not for the relay's own key."""
         return await self.writer.submit(WriteRequest(event))
 
-    async def _publish_profile(self, lud16: str) -> None:
+    async def _publish_profile(self, fields: Mapping[str, Any]) -> None:
         """The relay's kind-0 profile, re-signed only when its content changed (NIP-01
         replaceable: a restart does not churn it)."""
-        content = profile_content(self.settings, lud16)
+        content = profile_content(self.settings, fields)
         stored = await self.store.query(
             [Filter(authors=frozenset({self.identity.pubkey}), kinds=frozenset({0}), limit=1)], int(time.time())
         )
@@ -344,8 +342,7 @@ class Relay:
         await self.writer.close()
         await self.bus.stop()
         await asyncio.gather(*(c.close(grace=grace) for c in list(self.connections)), return_exceptions=True)
-        if self.extension is not None:
-            await self.extension.stop()
+        await self.hooks.stop()
         await self.verifier.close()
         await self.store.close()
         if self._announced:  # a relay that never started has nothing to announce
@@ -517,7 +514,7 @@ class Relay:
 
 def where_next(settings: Settings, metrics_port: int | None, links: Mapping[str, str]) -> list[str]:
     """The start-up log's pointers for an operator: the address clients add, the
-    extension's pages (the join page), the console (or how to turn it on), the metrics."""
+    plug-ins' pages (the join page), the console (or how to turn it on), the metrics."""
     public = settings.relay.public_url
     lines = [f"clients connect to {public}"]
     lines += [f"{label}: {url}" for label, url in links.items()]

@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 from relay.errors import Blocked, Invalid, Rejection
 from relay.event import Event
-from relay.extension import WriteContext
 from relay.periodic import run_every
+from relay.policy import WriteContext
 from relay.store.base import Store
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,10 +22,8 @@ from relay import crypto
 from relay.app import build_relay
 from relay.config import Settings, load_settings
 from relay.console import MASK, EventRate, rate_chart, redact_url
-from relay.event import Event
-from relay.extension import ConsolePanel, ExtensionHost, ManagementMethod, WriteContext
-from relay.filters import Filter
-from relay.http import HttpRequest, HttpResponse
+from relay.hooks import ConsolePanel, PluginHooks
+from relay.plugins import PluginHost
 from relay.server import Relay
 from relay.store.base import Store
 from tests.conftest import RelayFactory, listening_socket
@@ -324,59 +322,25 @@ class _Section(BaseModel):
     enabled: bool = True
 
 
-class _PanelsExtension:
-    """The smallest extension: two console panels, one of which raises."""
+def _panels() -> list[ConsolePanel]:
+    async def echo(query: Mapping[str, str]) -> dict[str, Any]:
+        return {"title": "Echo", "refresh": 0, "blocks": [{"type": "text", "text": query.get("q", "")}]}
 
-    async def start(self) -> None:
-        pass
+    async def broken(query: Mapping[str, str]) -> dict[str, Any]:
+        raise RuntimeError("secret internals 0xdeadbeef")
 
-    async def stop(self) -> None:
-        pass
-
-    async def admit(self, event: Event, ctx: WriteContext) -> tuple[object, ...]:
-        return ()
-
-    async def req_events(self, filters: tuple[Filter, ...], authed: frozenset[str]) -> list[bytes]:
-        return []
-
-    async def is_member(self, pubkey: str, now: int) -> bool:
-        return False
-
-    async def handle_http(self, request: HttpRequest) -> HttpResponse | None:
-        return None
-
-    def nip11(self) -> dict[str, Any]:
-        return {}
-
-    def describe(self) -> str:
-        return "panels"
-
-    def links(self) -> Mapping[str, str]:
-        return {}
-
-    def problems(self) -> Sequence[str]:
-        return []
-
-    def management_methods(self) -> Mapping[str, ManagementMethod]:
-        return {}
-
-    def console_panels(self) -> Sequence[ConsolePanel]:
-        async def echo(query: Mapping[str, str]) -> dict[str, Any]:
-            return {"title": "Echo", "refresh": 0, "blocks": [{"type": "text", "text": query.get("q", "")}]}
-
-        async def broken(query: Mapping[str, str]) -> dict[str, Any]:
-            raise RuntimeError("secret internals 0xdeadbeef")
-
-        return [ConsolePanel("echo", "Echo", echo), ConsolePanel("broken", "Broken", broken),
-                ConsolePanel("overview", "Not the overview", echo)]
+    return [ConsolePanel("echo", "Echo", echo), ConsolePanel("broken", "Broken", broken),
+            ConsolePanel("overview", "Not the overview", echo)]
 
 
 class _PanelsPlugin:
+    """A plug-in that only adds console pages (relay.hooks: one list filled)."""
+
     section = "panels"
     settings_model = _Section
 
-    def build(self, settings: Settings, store: Store, registry: Any, host: ExtensionHost) -> _PanelsExtension:
-        return _PanelsExtension()
+    def build(self, settings: Settings, store: Store, registry: Any, host: PluginHost) -> PluginHooks:
+        return PluginHooks(name="panels", console_panels=_panels())
 
     def add_commands(self, sub: Any, common: Any, load: Any) -> None:
         pass

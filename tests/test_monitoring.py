@@ -90,7 +90,7 @@ async def scrape_after_some_traffic(relay: Relay, alice: bytes, bob: bytes) -> s
         await web.post("/api/invoice", json={"pubkey": crypto.public_key(bob).hex(), "plan": "admission"})
         await client.req("r", {"kinds": [1]})
         await client.count("c", {"kinds": [1]})
-    await relay.extension.watcher.poll_due()  # type: ignore[union-attr]  # the pending gauge's round
+    await relay.hooks.owner("payments").watcher.poll_due()  # type: ignore[union-attr]  # the pending gauge's round
     async with httpx.AsyncClient() as http:
         answer = await http.get(f"http://127.0.0.1:{relay.metrics_port}/metrics")
     assert answer.status_code == 200
@@ -201,7 +201,7 @@ async def test_a_failing_wallet_shows_in_the_metrics(relay_factory: RelayFactory
     from lightning.extension import PaymentsExtension
 
     async with relay_factory(payments={"enabled": True, "backend": "fake"}) as relay, httpx.AsyncClient() as http:
-        ext = relay.extension
+        ext = relay.hooks.owner("payments")
         assert isinstance(ext, PaymentsExtension) and isinstance(ext.backend, FakeBackend)
 
         async def scrape() -> dict[str, float]:

@@ -24,7 +24,7 @@ from lightning.store.base import LedgerStore
 from relay import crypto
 from relay.config import Settings, load_settings
 from relay.event import Event, sign_event
-from relay.extension import WriteContext
+from relay.policy import WriteContext
 from relay.server import Relay
 from relay.store.sqlite import SqliteStore
 from tests.conftest import _merge
@@ -86,8 +86,8 @@ async def payment_stack(tmp_path: Path, *, start: bool = False, **payments: Any)
 
 def ledger_of(relay: Relay) -> LedgerStore:
     """The payments tables of a running relay with payments enabled (its extension's)."""
-    assert isinstance(relay.extension, PaymentsExtension)
-    return relay.extension.store
+    assert isinstance(relay.hooks.owner("payments"), PaymentsExtension)
+    return relay.hooks.owner("payments").store
 
 
 def note(secret: bytes, kind: int = 1, tags: list[list[str]] | None = None) -> Event:

@@ -105,7 +105,7 @@ async def test_a_pool_full_of_the_relays_own_invoices_refuses_with_503(relay_fac
     """Only invoices a stranger asked for can be evicted; the relay's own (renewals) cannot."""
     payments = {**PAID, "max_pending_invoices": 5}
     async with relay_factory(payments=payments) as relay, httpx.AsyncClient(base_url=base(relay)) as web:
-        ext: Any = relay.extension
+        ext: Any = relay.hooks.owner("payments")
         for n in range(5):
             await ext.ledger.issue(f"{n:064x}", "admission", int(time.time()))
         refused = await web.post("/api/invoice", json={"pubkey": "cd" * 32, "plan": "admission"})
@@ -222,8 +222,8 @@ async def test_status_route_lookups_share_one_budget(relay_factory: RelayFactory
     payments = {**PAID, "status_lookups_per_second": 1.0, "push": False, "poll_interval_seconds": 3600,
                 "invoice_requests_per_minute": 100, "max_pending_invoices_per_address": 100}
     async with relay_factory(payments=payments) as relay, httpx.AsyncClient(base_url=base(relay)) as web:
-        assert relay.extension is not None
-        ext: Any = relay.extension
+        assert relay.hooks.owner("payments") is not None
+        ext: Any = relay.hooks.owner("payments")
         wallet = CountingWallet(ext.ledger.backend)
         ext.ledger.backend = wallet
         hashes = []
@@ -251,7 +251,7 @@ async def test_lnbits_reused_invoice_and_bounded_polling_still_credit_a_payer(
         "max_lookups_per_poll": 5,
     }
     async with relay_factory(payments=payments) as relay, httpx.AsyncClient(base_url=base(relay)) as web:
-        ext: Any = relay.extension
+        ext: Any = relay.hooks.owner("payments")
         wallet = CountingWallet(ext.ledger.backend)
         ext.ledger.backend = wallet
         now = int(time.time())

@@ -43,7 +43,7 @@ class CountedWallet:
     """Counts (and can slow down) the running relay's wallet lookups."""
 
     def __init__(self, relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
-        ext = relay.extension
+        ext = relay.hooks.owner("payments")
         assert isinstance(ext, PaymentsExtension) and isinstance(ext.backend, FakeBackend)
         self.wallet = ext.backend
         self.lookups: list[str] = []

@@ -61,7 +61,7 @@ def note(secret: bytes) -> Event:
 
 
 def extension(relay: Relay) -> PaymentsExtension:
-    ext = relay.extension
+    ext = relay.hooks.owner("payments")
     assert isinstance(ext, PaymentsExtension)
     return ext
 

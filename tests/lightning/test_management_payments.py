@@ -20,7 +20,8 @@ import pytest
 from lightning.pubkeys import npub_encode
 from lightning.store.base import FOREVER
 from relay import crypto
-from relay.extension import Changed, ManagementMethod, PluginError
+from relay.discovery import PluginError
+from relay.hooks import Changed, ManagementMethod
 from relay.management_view import ManagementView
 from relay.server import Relay
 from relay.store.sqlite import SqliteStore

@@ -219,7 +219,7 @@ async def test_member_list_is_off_by_default(relay_factory: RelayFactory, alice:
         url = relay.settings.relay.public_url
         async with NostrClient(relay.url) as client:
             assert (await client.publish(signed(alice, 10010, "", [["r", url]])))[0]
-            membership = relay.extension.membership  # type: ignore[union-attr]
+            membership = relay.hooks.owner("payments").membership  # type: ignore[union-attr]
             assert membership is not None and await membership.refresh() is False
             assert await relay_events(client, relay, 13534, "list") == []
             assert await relay_events(client, relay, 8000, "add") == []

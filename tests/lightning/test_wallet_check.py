@@ -31,8 +31,8 @@ def warnings(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
 
 
 def extension(relay: Relay) -> PaymentsExtension:
-    assert isinstance(relay.extension, PaymentsExtension)
-    return relay.extension
+    assert isinstance(relay.hooks.owner("payments"), PaymentsExtension)
+    return relay.hooks.owner("payments")  # type: ignore[return-value]
 
 
 async def attention(relay: Relay, operator: bytes) -> list[str]:

@@ -32,7 +32,7 @@ from relay import crypto
 from relay.app import build_relay
 from relay.config import ConfigError
 from relay.event import parse_event, sign_event
-from relay.extension import WriteContext
+from relay.policy import WriteContext
 from relay.server import Relay
 from tests import node_tools
 from tests.conftest import RelayFactory, free_port, relay_settings
@@ -283,7 +283,7 @@ async def test_demo_zap_flow_with_pay_fake(relay_factory: RelayFactory, tmp_path
         assert ok, message
         # The relay's own receipts pass the free-receipt rules (its key is a trusted zapper);
         # the same receipt signed by anyone else is an unpaid write.
-        ext = relay.extension
+        ext = relay.hooks.owner("payments")
         assert ext is not None
         ctx = WriteContext(now=int(time.time()), authed=frozenset(), ip="127.0.0.1")
         assert await ext.admit(parse_event(receipt), ctx) == ()

@@ -131,7 +131,7 @@ async def test_receipt_addresses_are_checked_in_the_publishers_own_pool(
         payment_hash = await zap_invoice(relay, web, names)
         assert await ledger_of(relay).settle_invoice(payment_hash, 21_000, int(time.time()))  # as the watcher does
         invoice = await ledger_of(relay).get_invoice(payment_hash)
-        ext: Any = relay.extension
+        ext: Any = relay.hooks.owner("payments")
         async with saturated_default_pool():
             ext.zapper.settled(invoice, None)  # the watcher's call after a credit
 
