@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from relay.broadcast import Broadcast, LocalBroadcast, PostgresBroadcast
+from relay.broadcast import Broadcast, LocalBroadcast
 from relay.config import Settings
 from relay.discovery import discover_plugins
 from relay.event import Event
@@ -28,6 +28,7 @@ def build_broadcast(settings: Settings, store: Store) -> Broadcast:
     storage = settings.storage
     if storage.url.startswith(("postgresql://", "postgres://")):
         from relay.store.postgres import PostgresStore
+        from relay.store.postgres_broadcast import PostgresBroadcast
 
         bus = PostgresBroadcast(storage.url, storage.schema_name)
         if isinstance(store, PostgresStore):

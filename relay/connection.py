@@ -120,7 +120,7 @@ class ConnectionDeps:
     quota: StorageQuota  # [retention] bytes per author
     management: ManagementView  # NIP-86 state: bans hide stored events too
     hooks: Hooks  # the plug-ins' write gates, read sources and storage allowances, in order
-    broadcast: Callable[[Event], None]  # an accepted ephemeral event to live subscribers
+    fan_out: Callable[[Event], None]  # an accepted ephemeral event to live subscribers, here and beyond
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
     closing: bool = False  # set by the server's stop(): no new EVENT/REQ/COUNT
 
@@ -303,9 +303,12 @@ class Connection:
             self._reject(event.id, rejection)
             return
         self._in_flight += 1
-        self.deps.spawn(self._publish(event, ctx))
+        self.deps.spawn(self._verify_admit_store(event, ctx))
 
-    async def _publish(self, event: Event, ctx: WriteContext) -> None:
+    async def _verify_admit_store(self, event: Event, ctx: WriteContext) -> None:
+        """The EVENT's stages after the cheap policies: verify, per-author rate, NIP-62,
+        the plug-ins' gates, the storage quota, the writer (OK after commit); ephemeral
+        events are fanned out instead of stored."""
         try:
             if not await self.deps.verifier.verify(event):
                 self._reject(event.id, Invalid("signature is invalid"))
@@ -324,8 +327,8 @@ class Connection:
                 return
             if event.kind_class is KindClass.EPHEMERAL:
                 # Never stored: whatever it costs, the gate has taken already (issue 8).
-                self.deps.broadcast(event)
-                self._accepted(event, (True, ""))
+                self.deps.fan_out(event)
+                self._reply_ok(event, (True, ""))
                 return
             if self.deps.quota.enabled:
                 allowance = await self.deps.hooks.storage_allowance(event.pubkey, ctx.now)
@@ -338,9 +341,9 @@ class Connection:
             outcome = await self.deps.writer.submit(WriteRequest(event, attachments=verdict.attachments))
             if outcome is WriteOutcome.STORED:
                 self.deps.quota.stored(event)
-            self._accepted(event, _OUTCOME_REPLY[outcome])
+            self._reply_ok(event, _OUTCOME_REPLY[outcome])
         except Answered as answer:
-            self._accepted(event, (answer.accepted, answer.message))
+            self._reply_ok(event, (answer.accepted, answer.message))
         except Rejection as exc:
             self._reject(event.id, exc)
         except Exception as exc:
@@ -355,9 +358,10 @@ class Connection:
             self._reject(event.id, rejection)
             return
         await self.deps.vanished.vanish(event, ctx.now)
-        self._accepted(event, (True, ""))
+        self._reply_ok(event, (True, ""))
 
-    def _accepted(self, event: Event, reply: tuple[bool, str]) -> None:
+    def _reply_ok(self, event: Event, reply: tuple[bool, str]) -> None:
+        """The event's OK, true or false, counted by outcome."""
         accepted, text = reply
         if accepted:
             self.deps.metrics.events_accepted.labels(event.kind_class.value).inc()

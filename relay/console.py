@@ -32,7 +32,7 @@ from html import escape
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from pydantic import BaseModel, SecretStr
@@ -46,6 +46,7 @@ from relay.http import HttpRequest, HttpResponse, http_url
 from relay.management_view import ManagementView
 from relay.metrics import RelayMetrics
 from relay.periodic import run_every
+from relay.redaction import MASK, is_secret_name, redact_url
 from relay.store.base import Store
 from relay.throttled_log import ThrottledLog
 
@@ -67,11 +68,9 @@ STATIC_FILES = {
     "console.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
-MASK = "••••"
 # A config key whose name has one of these words holds a secret (invoice_key, metrics_token,
 # rune, macaroon_hex, nwc uri, password); ``*_file``/``*_path`` keys name where a secret is
 # kept, not the secret, and stay readable.
-SECRET_WORDS = frozenset({"key", "secret", "password", "passwd", "token", "rune", "macaroon", "uri", "credentials"})
 SAMPLE_SECONDS = 1.0  # the accepted-events counter is read this often
 RATE_WINDOW = 5.0  # events/s is measured over about this many seconds
 HISTORY_SECONDS = 600  # the overview's chart spans this
@@ -460,38 +459,6 @@ def _nice_ceiling(value: float) -> float:
 
 def _figure(value: float) -> str:
     return f"{value:g}"
-
-
-def redact_url(url: str) -> str:
-    """A URL with its password, and any query parameter named like a secret, masked."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return MASK
-    netloc = parts.netloc
-    if password is None and not any(is_secret_name(k) for k, _ in parse_qsl(parts.query)):
-        return url  # nothing to mask: as written (urlunsplit would turn sqlite:/// into sqlite:/)
-    if password is not None:
-        userinfo, _, host = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:{MASK}@{host}"
-    query = "&".join(_masked_pair(pair) for pair in parts.query.split("&")) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _masked_pair(pair: str) -> str:
-    """One ``name=value`` of a query string, the value masked when the name is a secret's
-    (the rest kept as written, percent-encoding included)."""
-    name, eq, value = pair.partition("=")
-    return f"{name}={MASK}" if eq and value and is_secret_name(unquote_plus(name)) else pair
-
-
-def is_secret_name(name: str) -> bool:
-    words = name.lower().replace("-", "_").split("_")
-    if words[-1] in ("file", "path"):
-        return False
-    return any(word in SECRET_WORDS for word in words)
 
 
 def shown_value(name: str, value: Any) -> Any:

@@ -27,7 +27,7 @@ from relay import nip11
 from relay.broadcast import Broadcast
 from relay.config import Settings
 from relay.connection import Connection, ConnectionDeps
-from relay.console import Console, redact_url
+from relay.console import Console
 from relay.descriptors import METRICS_BACKLOG, METRICS_CONNECTIONS, open_descriptors, plan_connections, raise_soft_limit
 from relay.event import Event
 from relay.filters import Filter
@@ -41,6 +41,7 @@ from relay.messages import FilterLimits
 from relay.metrics import RelayMetrics
 from relay.negentropy import ItemBudget
 from relay.policy import WriteRules, build_write_policies
+from relay.redaction import redact_url
 from relay.retention import StorageQuota, purge_old_events
 from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.writer import GroupCommitWriter
@@ -152,7 +153,7 @@ class Relay:
             quota=self.quota,
             management=self.management,
             hooks=self.hooks,
-            broadcast=self.broadcast,
+            fan_out=self.fan_out,
             spawn=self.spawn,
         )
         self.router = HttpRouter()
@@ -193,7 +194,7 @@ class Relay:
             self.index.publish(event)
         self.bus.publish(events)
 
-    def broadcast(self, event: Event) -> None:
+    def fan_out(self, event: Event) -> None:
         """Hand an accepted ephemeral event to live subscriptions here and on other nodes."""
         self.index.publish(event)
         self.bus.publish([event])

@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict
 from relay import crypto
 from relay.app import build_relay
 from relay.config import Settings, load_settings
-from relay.console import MASK, EventRate, rate_chart, redact_url
+from relay.console import EventRate, rate_chart
 from relay.hooks import ConsolePanel, PluginHooks
 from relay.plugins import PluginHost
+from relay.redaction import MASK, redact_url
 from relay.server import Relay
 from relay.store.base import Store
 from tests.conftest import RelayFactory, listening_socket

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import asyncpg
 import orjson
 
-from relay.broadcast import notify_payload
 from relay.errors import Rejection
 from relay.event import Event, KindClass, is_hex64
 from relay.filters import Filter
+from relay.redaction import redact_url
 from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, tsvector_literal
 from relay.store.base import (
     PAGE_BYTES,
@@ -49,6 +49,7 @@ from relay.store.base import (
 )
 from relay.store.database import COMPONENT_VERSIONS, BatchHook, PostgresWriteHook
 from relay.store.migrations import Migration, pending
+from relay.store.postgres_broadcast import notify_payload
 from relay.store.postgres_migrations import LOCK_CLASS_MIGRATE, apply_migrations, quote_ident
 from relay.store.rules import (
     Address,
@@ -336,16 +337,6 @@ _BUMP_CHANGES = "UPDATE store_changes SET counter = counter + 1 WHERE topic = $1
 _SYNC_CHUNK_ROWS = 2000
 
 
-def redact_dsn(dsn: str) -> str:
-    """A PostgreSQL URL for messages: the password replaced by ***."""
-    if "@" in dsn and "://" in dsn:
-        scheme, rest = dsn.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        if ":" in creds:
-            return f"{scheme}://{creds.split(':')[0]}:***@{host}"
-    return dsn
-
-
 # ``Store.take_uses``: the upsert's WHERE leaves a live window at its limit untouched
 # ("INSERT 0 0"); an ended window starts again at one use.
 _TAKE_USE = (
@@ -394,7 +385,7 @@ class PostgresStore:
         self._announce: tuple[str, str] | None = None  # (NOTIFY channel, node id): announce_stored
 
     def announce_stored(self, channel: str, node_id: str) -> None:
-        """NOTIFY every event this store inserts on ``channel`` (``relay.broadcast``'s
+        """NOTIFY every event this store inserts on ``channel`` (``relay.store.postgres_broadcast``'s
         payloads, from ``node_id``), inside the transaction that inserts it: PostgreSQL
         sends a transaction's notifications at its commit and never without it, so other
         nodes hear of exactly the events that committed, even if this node dies right after
@@ -423,7 +414,7 @@ class PostgresStore:
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Wrong password, unknown database, server down: the operator's to fix.
-            raise StoreUnavailable(f"cannot connect to PostgreSQL {redact_dsn(self.dsn)}: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to PostgreSQL {redact_url(self.dsn)}: {exc}") from exc
         try:
             async with pool.acquire() as conn:
                 await apply_migrations(conn, self.schema)
