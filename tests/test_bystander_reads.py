@@ -98,8 +98,12 @@ class Attack:
                 reader.cancel()
 
     async def _read(self, ws: ClientConnection) -> None:
+        # The verb is read off the frame's head, not parsed: these clients share the test's
+        # event loop with the relay and the bystander, and parsing a million events here
+        # would measure the attackers' clients rather than the relay.
         async for frame in ws:
-            verb = orjson.loads(frame)[0]
+            head = frame[:16] if isinstance(frame, str) else frame[:16].decode()
+            verb = head[2 : head.index('"', 2)]
             self.answers[verb] = self.answers.get(verb, 0) + 1
 
 
