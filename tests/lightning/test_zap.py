@@ -41,6 +41,7 @@ from tests.lightning.payment_stack import ledger_of
 from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.lnbits_server import LnbitsServer
 from tests.nostr_client import NostrClient
+from tests.waiting import eventually
 
 ADMISSION = {"fee_sats": 21}
 
@@ -88,14 +89,6 @@ async def profile(relay: Relay, pubkey: str) -> dict[str, Any]:
 async def receipts(relay: Relay, pubkey: str, zapper: str) -> list[dict[str, Any]]:
     async with NostrClient(relay.url) as client:
         return await client.req("receipts", {"kinds": [9735], "authors": [pubkey], "#P": [zapper]})
-
-
-async def eventually(check: Any, timeout: float = 15.0) -> float:
-    start = time.monotonic()
-    while not await check():
-        assert time.monotonic() - start < timeout, "condition not reached in time"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 # --- the relay's own key ---------------------------------------------------------------
@@ -276,7 +269,7 @@ async def test_demo_zap_flow_with_pay_fake(relay_factory: RelayFactory, tmp_path
         async def receipt_stored() -> bool:
             return bool(await receipts(relay, me, zapper_pub))
 
-        await eventually(receipt_stored)
+        await eventually(receipt_stored, 15.0, interval=0.02, what="the zap receipt stored")
         [receipt] = await receipts(relay, me, zapper_pub)
         assert await zap_client.receipt_problems(receipt, me, request, 21_000) == []
         ok, message = await client.publish(note(zapper))
@@ -336,7 +329,7 @@ async def test_zap_end_to_end_against_real_lnbits(
                     ok, _ = await client.publish(note(zapper))
                     return ok
 
-                await eventually(accepted)
+                await eventually(accepted, 15.0, interval=0.02, what="the zapper's note accepted")
                 timings.append(time.monotonic() - paid_at)
                 assert time.monotonic() - start < 15
             for where in (relay, elsewhere):
@@ -344,7 +337,7 @@ async def test_zap_end_to_end_against_real_lnbits(
                 async def receipt_there(where: Relay = where, zapper_pub: str = zapper_pub) -> bool:
                     return bool(await receipts(where, me, zapper_pub))
 
-                await eventually(receipt_there)
+                await eventually(receipt_there, 15.0, interval=0.02, what="the zap receipt on the relay")
                 [receipt] = await receipts(where, me, zapper_pub)
                 assert await zap_client.receipt_problems(receipt, me, request, 21_000) == []
                 preimage = receipt["tags"][-1]
@@ -375,7 +368,7 @@ async def _wait_for_push(relay: Relay, web: httpx.AsyncClient, lnbits: LnbitsSer
         account = await ledger_of(relay).get_account(probe)
         return account is not None and account.admitted(int(time.time()))
 
-    await eventually(credited, timeout=30)
+    await eventually(credited, 30.0, interval=0.02, what="the zap credited")
 
 
 async def test_many_processes_starting_at_once_share_one_key(tmp_path: Path) -> None:
@@ -448,7 +441,7 @@ async def test_receipt_missing_after_a_stop_is_signed_at_the_next_start(
             async def receipt_stored() -> bool:
                 return bool(await receipts(relay, me, zapper_pub))
 
-            await eventually(receipt_stored)
+            await eventually(receipt_stored, 15.0, interval=0.02, what="the zap receipt stored")
             found = await receipts(relay, me, zapper_pub)
             assert len(found) == 1 and ["bolt11", answer["pr"]] in found[0]["tags"]
             assert receipt_problem(parse_event(found[0]), {me}) is None
@@ -482,6 +475,6 @@ async def test_receipt_is_not_sent_to_a_private_address_by_default(relay_factory
         async def receipt_here() -> bool:
             return bool(await receipts(relay, me, zapper_pub))
 
-        await eventually(receipt_here)
+        await eventually(receipt_here, 15.0, interval=0.02, what="the zap receipt here")
         await asyncio.sleep(0.5)  # time enough for a delivery that should not happen
         assert await receipts(elsewhere, me, zapper_pub) == []
