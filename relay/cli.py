@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import orjson
 
-from relay.config import ConfigError, Settings, load_settings, public_url_mismatch
+from relay.config import ConfigError, Settings, load_settings, public_url_mismatch, resolve_workers
 from relay.discovery import PluginError, discover_plugins
 from relay.errors import Invalid, Rejection
 from relay.event import Event, KindClass, parse_event, verify_signature
@@ -45,7 +45,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "port", None) is not None:
         server["port"] = args.port
     if getattr(args, "workers", None) is not None:
-        server["workers"] = args.workers
+        server["workers"] = resolve_workers(args.workers)
     settings = load_settings(args.config)
     if server:
         merged = settings.server.model_copy(update=server)

@@ -50,6 +50,13 @@ class RelayInfo(_Section):
     key_file: str | None = Field(None, description="default relay.key beside the SQLite database (or data/)")
 
 
+def resolve_workers(value: object) -> object:
+    """``workers = "auto"``: as many as the cores this process may run on."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return value
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(7777, ge=0, le=65535)
@@ -68,10 +75,7 @@ class ServerSettings(_Section):
     @field_validator("workers", mode="before")
     @classmethod
     def _auto_workers(cls, value: object) -> object:
-        """"auto": as many workers as the cores this process may run on."""
-        if value == "auto":
-            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return value
+        return resolve_workers(value)
 
     @field_validator("metrics_listen")
     @classmethod

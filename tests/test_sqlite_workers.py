@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from relay import crypto
+from relay.cli import _settings as cli_settings
+from relay.cli import build_parser
 from relay.config import load_settings
 from relay.event import Event
 from tests.conftest import RelayProcess
@@ -160,6 +163,11 @@ def test_workers_auto_is_one_per_core(tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
     config.write_text('[server]\nworkers = "auto"\n')
     assert load_settings(config).server.workers == len(os.sched_getaffinity(0))
+    config.write_text("[server]\nworkers = 1\n")
+    args = build_parser().parse_args(["serve", "--config", str(config), "--workers", "auto"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydantic warned of a str serialised as the int field
+        assert cli_settings(args).server.workers == len(os.sched_getaffinity(0))
 
 
 async def test_sqlite_workers_fan_out_in_commit_order_each_once_and_stop_on_sigterm(
