@@ -42,7 +42,7 @@ import relay.store.writer_frames as frames
 from relay.errors import ServerError
 from relay.event import Event, event_from_own_raw
 from relay.store.base import Store, WriteOutcome, WriteRequest
-from relay.store.writer import GroupCommitWriter
+from relay.store.writer import STORE_FAILED, GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class WriterService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._no_links = asyncio.Event()
         self._no_links.set()
+        self._stopping = False
 
     @property
     def links(self) -> int:
@@ -151,6 +152,7 @@ class WriterService:
         """Accept no new link; serve the connected workers until they have all gone (each
         drains its in-flight events as it stops) or ``grace`` has passed; then commit what
         is queued, answer it, and finish the calls under way."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         with contextlib.suppress(TimeoutError):
@@ -201,8 +203,9 @@ class WriterService:
             event = event_from_own_raw(raw)
             fut = self.writer.enqueue(WriteRequest(event, decode_attachments(attachments)))
         except Exception as exc:
-            log.exception("could not queue an event from worker link %d", link.number)
-            link.outcomes.append((request, ServerError(f"could not store the event, try again ({type(exc).__name__})")))
+            if not self._stopping:  # else: a worker still sending as the writer stops
+                log.error("could not queue an event from worker link %d", link.number, exc_info=exc)
+            link.outcomes.append((request, ServerError(STORE_FAILED)))
             self._flush_soon()
             return
         self._origins[id(event)] = (link.number, request)
@@ -213,7 +216,7 @@ class WriterService:
         if link.number not in self._links:
             return  # that worker is gone: nobody waits for this answer
         if fut.cancelled():
-            link.outcomes.append((request, ServerError("could not store the event, try again")))
+            link.outcomes.append((request, ServerError(STORE_FAILED)))
         else:
             exc = fut.exception()
             link.outcomes.append((request, exc if exc is not None else fut.result()))
