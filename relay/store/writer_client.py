@@ -337,9 +337,9 @@ class WriterLink(asyncio.Protocol):
         if not self._ready.is_set():
             raise ServerError(WRITER_GONE)
         request = self._request_number()
+        attachments = pickle.dumps(req.attachments, protocol=pickle.HIGHEST_PROTOCOL) if req.attachments else b""
         fut: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
         self._pending[request] = (fut, req.event)
-        attachments = pickle.dumps(req.attachments, protocol=pickle.HIGHEST_PROTOCOL) if req.attachments else b""
         self._send(frames.event_frame(request, attachments, req.event.raw))
         return fut
 
@@ -354,9 +354,10 @@ class WriterLink(asyncio.Protocol):
         """Run one of the writer process's calls; its result, or its exception raised here."""
         await self.wait_ready()
         request = self._request_number()
+        data = frames.call_frame(request, method, args, kwargs)  # may not pickle: raised here
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[request] = fut
-        self._send(frames.call_frame(request, method, args, kwargs))
+        self._send(data)
         return await fut
 
     def set_deliver(self, deliver: Deliver | None) -> None:

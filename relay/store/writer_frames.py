@@ -91,10 +91,16 @@ def call_frame(request: int, method: str, args: tuple[Any, ...], kwargs: dict[st
     return frame(CALL, U32.pack(request), pickle.dumps((method, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def read_call(payload: memoryview) -> tuple[int, str, tuple[Any, ...], dict[str, Any]]:
+def read_call(payload: memoryview) -> tuple[int, bytes]:
+    """(request, the pickled call): unpickled by ``load_call``, so a call that cannot be
+    (a function the writer cannot import) fails alone, answered, not the whole link."""
     (request,) = U32.unpack_from(payload)
-    method, args, kwargs = pickle.loads(payload[U32.size :])
-    return request, method, args, kwargs
+    return request, bytes(payload[U32.size :])
+
+
+def load_call(body: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    method, args, kwargs = pickle.loads(body)
+    return str(method), tuple(args), dict(kwargs)
 
 
 def result_frame(request: int, ok: bool, value: object) -> bytes:

@@ -190,8 +190,8 @@ class WriterService:
                     other.fanout.append(relayed)
             self._flush_soon()
         elif kind == frames.CALL:
-            request, method, args, kwargs = frames.read_call(payload)
-            task = asyncio.get_running_loop().create_task(self._call(link, request, method, args, kwargs))
+            request, body = frames.read_call(payload)
+            task = asyncio.get_running_loop().create_task(self._call(link, request, body))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
@@ -232,11 +232,10 @@ class WriterService:
             link.fanout.append(body)
         self._flush_soon()
 
-    async def _call(
-        self, link: _Link, request: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        call = self._calls.get(method)
+    async def _call(self, link: _Link, request: int, body: bytes) -> None:
         try:
+            method, args, kwargs = frames.load_call(body)
+            call = self._calls.get(method)
             if call is None:
                 raise ValueError(f"the writer process offers no call {method!r}")
             result: Any = await call(*args, **kwargs)
