@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relay import crypto
 from relay.cli import _settings as cli_settings
@@ -396,6 +396,27 @@ async def test_sigterm_during_ingest_answers_every_event_in_flight_through_the_w
     again = start_workers(relay_process, port=supervisor.port)
     await serving(again)
     assert answered <= await stored_ids(again.url, authors)
+
+
+async def test_an_address_gets_its_connection_cap_once_across_sqlite_workers(relay_process: MakeRelay) -> None:
+    """The per-address limits live in the supervisor's shared segment on SQLite as on
+    PostgreSQL (``relay.shared_limits``): 3 connections for the address in all, not 3 per
+    worker (tests/test_worker_limits.py proves the rate limits on PostgreSQL). Twelve
+    attempts: a per-worker cap would pass only if the kernel sent all twelve to one worker
+    (2 in 4,096)."""
+    supervisor = start_workers(relay_process, "max_connections_per_ip = 3\n")
+    await serving(supervisor)
+    async with contextlib.AsyncExitStack() as stack:
+        held: list[NostrClient] = []
+        refused: list[int] = []
+        for _ in range(12):
+            try:
+                held.append(await stack.enter_async_context(NostrClient(supervisor.url)))
+            except InvalidStatus as exc:
+                refused.append(exc.response.status_code)
+        assert len(held) == 3 and refused == [429] * 9, (len(held), refused)
+        for client in held:
+            await client.assert_alive()
 
 
 async def test_priced_events_are_charged_by_the_write_hook_in_the_writer_process(
