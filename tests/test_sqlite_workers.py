@@ -360,12 +360,15 @@ async def test_kill_9_of_a_worker_during_ingest_spares_the_other_and_loses_no_ac
         assert await live_ids(sub, "live", 1) == [late.id]
 
 
+@pytest.mark.parametrize("whom", ["supervisor", "process group"])
 async def test_sigterm_during_ingest_answers_every_event_in_flight_through_the_writer(
-    relay_process: MakeRelay, alice: bytes, bob: bytes
+    relay_process: MakeRelay, alice: bytes, bob: bytes, whom: str
 ) -> None:
     """The workers stop first and drain through the writer, which stops last: an event in
     flight at the stop gets its real OK, not "try again" (the writer stopping first would
-    fail them all)."""
+    fail them all). Also when every process gets the SIGTERM at once, as systemd's default
+    KillMode (control-group) sends it: the writer then serves the workers until they have
+    gone."""
     supervisor = start_workers(relay_process)
     _, workers = await serving(supervisor)
     authors = [crypto.public_key(k).hex() for k in (alice, bob)]
@@ -379,7 +382,10 @@ async def test_sigterm_during_ingest_answers_every_event_in_flight_through_the_w
             for event in batch:
                 await pub.send(["EVENT", event.to_dict()])
         assert supervisor.proc is not None
-        supervisor.proc.send_signal(signal.SIGTERM)
+        if whom == "supervisor":
+            supervisor.proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(supervisor.proc.pid, signal.SIGTERM)  # its own session: start_new_session
         for pub in pubs:
             with contextlib.suppress(ConnectionClosed):
                 while True:
