@@ -26,7 +26,7 @@ from relay.config import Settings
 from relay.errors import AuthRequired, Invalid, RateLimited, Rejection, ServerError
 from relay.event import Event, KindClass, parse_event
 from relay.extension import Answered, Extension, WriteContext
-from relay.filters import Filter
+from relay.filters import Filter, answer_is_whole
 from relay.heavy_reads import HeavyReads
 from relay.limits import BucketTable, IpTable, TokenBucket, address_group
 from relay.management_view import ManagementView
@@ -454,7 +454,8 @@ class Connection:
             return
         if self._pending_live.get(sub_id) is not pending:
             return  # closed or replaced while the query ran
-        self.send(messages.eose(sub_id))
+        # NIP-67: say when nothing stored was left out, so the client need not paginate.
+        self.send(messages.eose(sub_id, ("finish",) if answer_is_whole(filters, len(sent)) else ()))
         del self._pending_live[sub_id]
         self._pending_bytes = 0
         for event in pending:
