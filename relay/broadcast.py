@@ -58,6 +58,10 @@ Deliver = Callable[[Event], object]
 
 
 class Broadcast(Protocol):
+    # True when other processes or nodes may have subscribers: this node cannot then tell
+    # that nobody listened to an ephemeral event (NIP-01 ``mute:``), so it never says so.
+    reaches_other_nodes: bool
+
     async def start(self, deliver: Deliver) -> None:
         """Begin delivering other nodes' events to ``deliver`` (local fan-out)."""
 
@@ -69,6 +73,8 @@ class Broadcast(Protocol):
 
 class LocalBroadcast:
     """One process: nothing to announce."""
+
+    reaches_other_nodes = False
 
     async def start(self, deliver: Deliver) -> None:
         return None
@@ -98,6 +104,8 @@ class _RecentIds:
 
 
 class PostgresBroadcast:
+    reaches_other_nodes = True
+
     def __init__(self, dsn: str, schema: str | None = None, *, reconnect_max: float = 5.0) -> None:
         self._dsn = dsn
         self._schema = schema

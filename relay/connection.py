@@ -72,6 +72,7 @@ _store_fault_log = ThrottledLog(log, per_second=0.2, burst=3)
 _ID_IN_FRAME = re.compile(rb'"id"\s*:\s*"([0-9a-f]{64})"')
 MAX_IN_FLIGHT = 1000  # EVENTs of one connection awaiting verification or commit
 SHUTTING_DOWN = "relay is shutting down, try again later"
+MUTED = "mute: nobody was listening to this ephemeral event, so it was ignored"
 
 _OUTCOME_REPLY = {
     WriteOutcome.STORED: (True, ""),
@@ -120,6 +121,7 @@ class ConnectionDeps:
     management: ManagementView  # NIP-86 state: bans hide stored events too
     extension: Extension | None
     broadcast: Callable[[Event], None]  # an accepted ephemeral event to live subscribers
+    may_reach_anyone: Callable[[Event], bool]  # could an ephemeral event reach a subscriber?
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
     closing: bool = False  # set by the server's stop(): no new EVENT/REQ/COUNT
 
@@ -321,6 +323,11 @@ class Connection:
             if self.deps.extension is not None:
                 charge = await self.deps.extension.admit(event, ctx)
             if event.kind_class is KindClass.EPHEMERAL:
+                if not self.deps.may_reach_anyone(event):
+                    # NIP-01 ``mute:``: valid and admitted, but nobody could receive it, so it
+                    # was ignored; nothing was delivered, so nothing is charged.
+                    self._accepted(event, (False, MUTED))
+                    return
                 # Never stored, so write_batch cannot charge them: the price is debited in
                 # its own ledger transaction before the event is fanned out (issue 8).
                 if charge > 0 and not await self.deps.store.charge_credit(event.pubkey, charge, ctx.now):

@@ -141,6 +141,7 @@ class Relay:
             management=self.management,
             extension=extension,
             broadcast=self.broadcast,
+            may_reach_anyone=self.may_reach_anyone,
             spawn=self.spawn,
         )
         self.router = HttpRouter()
@@ -177,6 +178,14 @@ class Relay:
         for event in events:
             self.index.publish(event)
         self.bus.publish(events)
+
+    def may_reach_anyone(self, event: Event) -> bool:
+        """Whether an accepted ephemeral event could reach a live subscriber: one here whose
+        filters match and who may see it (NIP-42 private kinds, NIP-86 bans), or any on other
+        processes or nodes, which this node cannot see (then always True)."""
+        if self.bus.reaches_other_nodes:
+            return True
+        return any(subscriber.can_see(event) for subscriber, _ in self.index.matching(event))
 
     def broadcast(self, event: Event) -> None:
         """Hand an accepted ephemeral event to live subscriptions here and on other nodes."""
