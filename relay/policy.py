@@ -19,8 +19,10 @@ from relay.filters import Filter
 WritePolicy = Callable[[Event, WriteContext], Rejection | None]
 
 AUTH_KIND = 22242
-# NIP-42: DMs and gift wraps are served only to an authenticated party they name.
-PRIVATE_KINDS = frozenset((4, 1059, 1060))
+# NIP-42: DMs and gift wraps are served only to an authenticated party they name; the
+# ephemeral gift wrap (NIP-59 kind 21059) is never stored, so this rule is all that decides
+# who receives it live: its authenticated recipient (or its one-time signer), nobody else.
+PRIVATE_KINDS = frozenset((4, 1059, 1060, 21059))
 AUTH_MAX_SKEW = 600  # seconds an AUTH event's created_at may differ from now
 
 

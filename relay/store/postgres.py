@@ -65,6 +65,7 @@ from relay.store.base import (
 )
 from relay.store.postgres_migrations import LOCK_CLASS_MIGRATE, apply_migrations, quote_ident
 from relay.store.rules import (
+    GIFT_WRAP_KIND,
     Address,
     BatchPlan,
     Present,
@@ -572,13 +573,19 @@ class PostgresStore:
         # Everything the rules read, in four set-based statements under the locks.
         lookup_ids, addresses = lookups(events)
         present: dict[str, Present] = {}
+        # A gift wrap's p tags come along: its recipient may delete it (rules.deletion_removes).
         rows = await conn.fetch(
-            "SELECT id, pubkey, kind, created_at, d_tag FROM events WHERE id = ANY($1::bytea[])",
+            "SELECT e.id, e.pubkey, e.kind, e.created_at, e.d_tag, CASE WHEN e.kind = $2 THEN"
+            " ARRAY(SELECT t.value FROM tags t WHERE t.seq = e.seq AND t.name = 'p') END"
+            " FROM events e WHERE e.id = ANY($1::bytea[])",
             [bytes.fromhex(i) for i in lookup_ids],
+            GIFT_WRAP_KIND,
         )
         for row in rows:
             eid, pk = row[0].hex(), row[1].hex()
-            present[eid] = Present(eid, pk, row[2], row[3], (pk, row[2], row[4]) if row[4] is not None else None)
+            address = (pk, row[2], row[4]) if row[4] is not None else None
+            recipients = frozenset(v for v in row[5] or () if is_hex64(v))
+            present[eid] = Present(eid, pk, row[2], row[3], address, recipients)
         tomb_ids: dict[str, set[str]] = {}
         for row in await conn.fetch(
             "SELECT id, pubkey FROM deleted_ids WHERE id = ANY($1::bytea[])", [bytes.fromhex(ev.id) for ev in events]

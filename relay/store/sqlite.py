@@ -78,11 +78,13 @@ from relay.store.base import (
 )
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
 from relay.store.rules import (
+    GIFT_WRAP_KIND,
     a_tag_addresses,
     address_of,
     admitted_until_after_grant,
     deletion_removes,
     e_tag_targets,
+    gift_wrap_recipients,
     newer,
 )
 
@@ -698,12 +700,15 @@ class SqliteStore:
             kind = ev.kind
             # NIP-09: deleting a deletion has no effect, so kind 5 ignores tombstones.
             if kind != 5:
+                # The author's own deletion, or (a gift wrap) its recipient's: rules.tombstone_applies.
+                deleters = [pk, *(bytes.fromhex(p) for p in gift_wrap_recipients(kind, ev.tags))]
                 if tombstones is not None:
-                    deleted = (eid, pk) in tombstones
+                    deleted = any((eid, by) in tombstones for by in deleters)
                 else:
-                    deleted = (
-                        conn.execute("SELECT 1 FROM deleted_ids WHERE id = ? AND pubkey = ?", (eid, pk)).fetchone()
+                    deleted = any(
+                        conn.execute("SELECT 1 FROM deleted_ids WHERE id = ? AND pubkey = ?", (eid, by)).fetchone()
                         is not None
+                        for by in deleters
                     )
                 if deleted:
                     outcomes.append(WriteOutcome.DELETED)
@@ -1285,7 +1290,13 @@ def _apply_deletion(conn: sqlite3.Connection, ev: Event, pk: bytes) -> None:
         tid = bytes.fromhex(target)
         conn.execute("INSERT OR IGNORE INTO deleted_ids (id, pubkey) VALUES (?, ?)", (tid, pk))
         row = conn.execute("SELECT rid, raw, pubkey, kind FROM events WHERE id = ?", (tid,)).fetchone()
-        if row is not None and deletion_removes(row[2].hex(), row[3], ev.pubkey):
+        if row is None:
+            continue
+        # A gift wrap's recipient may delete it: its p tags are read from the stored JSON.
+        recipients: frozenset[str] = frozenset()
+        if row[3] == GIFT_WRAP_KIND:
+            recipients = gift_wrap_recipients(row[3], orjson.loads(row[1])["tags"])
+        if deletion_removes(row[2].hex(), row[3], ev.pubkey, recipients):
             _delete_event(conn, row[0], row[1])
     for _, kind, d_tag in a_tag_addresses(ev):
         conn.execute(
