@@ -377,7 +377,7 @@ class Relay:
         state = self.management.state
         info = {**self._info_base, **{k: v for k, v in state.relay.items() if k in ("name", "description", "icon")}}
         self._info_json = orjson.dumps(info)
-        self._info_html = nip11.render_html(info).encode()
+        self._info_html = nip11.render_html(info, nip11.retention_lines(self.settings.retention.max_age())).encode()
         self._info_state = state
 
     async def _management_route(self, request: HttpRequest) -> HttpResponse | None:
