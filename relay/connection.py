@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from relay import messages, vanish
+from relay import hyperloglog, messages, vanish
 from relay.config import Settings
 from relay.errors import AuthRequired, Invalid, RateLimited, Rejection, ServerError
 from relay.event import Event, KindClass, parse_event
@@ -517,14 +517,21 @@ class Connection:
             # not counted either (NIP-45 COUNT must not reveal private or banned events).
             # A count may read every row: in this address group's turn (HeavyReads).
             n = 0
+            hll: bytes | None = None
             if wanted:
+                now, scope = int(time.time()), self._read_scope()
+                # NIP-45 HyperLogLog for the NIP's common filters (reactions, followers, ...).
+                offset = hyperloglog.offset_for(wanted) if len(wanted) == len(filters) else None
                 async with self.deps.heavy_reads.turn(self.group):
-                    n = await self.deps.store.count(wanted, int(time.time()), self._read_scope())
+                    n = await self.deps.store.count(wanted, now, scope)
+                    if offset is not None:
+                        minima = await self.deps.store.count_registers(wanted[0], now, scope, offset)
+                        hll = hyperloglog.registers(minima)
         except Exception as exc:
             _store_fault_log.error("count failed", exc_info=exc)
             self.send(messages.closed(sub_id, "error: could not run the count"))
             return
-        self.send(messages.count(sub_id, n))
+        self.send(messages.count(sub_id, n, hll))
 
     # --- AUTH (NIP-42) ---------------------------------------------------------------
 

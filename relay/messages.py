@@ -225,8 +225,12 @@ def auth_challenge(challenge: str) -> bytes:
     return orjson.dumps(["AUTH", challenge])
 
 
-def count(sub_id: str, n: int) -> bytes:
-    return orjson.dumps(["COUNT", sub_id, {"count": n}])
+def count(sub_id: str, n: int, hll: bytes | None = None) -> bytes:
+    """NIP-45 ``["COUNT", id, {"count": n}]``, with ``"hll"`` (256 registers, hex) when given."""
+    body: dict[str, Any] = {"count": n}
+    if hll is not None:
+        body["hll"] = hll.hex()
+    return orjson.dumps(["COUNT", sub_id, body])
 
 
 def neg_msg(sub_id: str, message: bytes) -> bytes:

@@ -829,6 +829,18 @@ class PostgresStore:
         rows = await self._read_events(f"SELECT count(*) FROM ({union}) s", *p.values, heavy=True)
         return int(rows[0][0])
 
+    async def count_registers(
+        self, f: Filter, now: int, scope: ReadScope | None, offset: int
+    ) -> list[tuple[int, bytes]]:
+        # PostgreSQL has no min(bytea): the suffix is compared as hex text in the C collation
+        # (bytewise), which orders equal-length hex exactly as the bytes.
+        p = _Params()
+        at, after = p.add(offset, "::int4"), p.add(offset + 2, "::int4")
+        columns = f"get_byte(e.pubkey, {at}), min(encode(substring(e.pubkey from {after} for 7), 'hex') COLLATE \"C\")"
+        sql = _filter_count(f, now, p, scope, columns=columns) + " GROUP BY 1"
+        rows = await self._read_events(sql, *p.values, heavy=True)
+        return [(int(row[0]), bytes.fromhex(row[1])) for row in rows]
+
     async def sync_items(
         self, f: Filter, now: int, scope: ReadScope | None, max_items: int
     ) -> list[tuple[int, bytes]]:

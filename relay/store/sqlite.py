@@ -835,6 +835,15 @@ class SqliteStore:
             seen.update(row[0] for row in rows)
         return len(seen)
 
+    async def count_registers(
+        self, f: Filter, now: int, scope: ReadScope | None, offset: int
+    ) -> list[tuple[int, bytes]]:
+        # substr() of a BLOB is bytes (1-based), and min() of BLOBs compares them memcmp-wise.
+        where, params = _filter_where(f, now, scope=scope)
+        sql = f"SELECT substr(e.pubkey, ?, 1), min(substr(e.pubkey, ?, 7)) FROM events e WHERE {where} GROUP BY 1"
+        rows = await self._read(sql, [offset + 1, offset + 2, *params], heavy=True)
+        return [(row[0][0], bytes(row[1])) for row in rows]
+
     async def sync_items(
         self, f: Filter, now: int, scope: ReadScope | None, max_items: int
     ) -> list[tuple[int, bytes]]:
