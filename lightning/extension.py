@@ -374,7 +374,7 @@ class PaymentsExtension:
             self.metrics.sats_received.inc(result.invoice.amount_msat / 1000)
             self.metrics.wallet_fees_msat.inc(result.fee_msat)
             if self.zapper is not None:
-                self.zapper.settled(result.invoice, result.preimage)
+                self.zapper.settled(result.invoice, result.preimage, result.paid_at)
             if self.membership is not None:
                 self.membership.changed()
         elif result.outcome is Confirmation.REJECTED:
