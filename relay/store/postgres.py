@@ -32,7 +32,7 @@ import asyncpg
 import orjson
 
 from relay.errors import Rejection
-from relay.event import Event, KindClass
+from relay.event import Event, KindClass, is_hex64
 from relay.filters import Filter
 from relay.redaction import redact_url
 from relay.search import DEFAULT_SEARCH_KINDS, document_words, tsvector_literal
@@ -53,6 +53,7 @@ from relay.store.postgres_broadcast import notify_payload
 from relay.store.postgres_migrations import LOCK_CLASS_MIGRATE, apply_migrations, quote_ident
 from relay.store.postgres_sql import Params, filter_count, filter_select
 from relay.store.rules import (
+    GIFT_WRAP_KIND,
     Address,
     BatchPlan,
     Present,
@@ -341,13 +342,19 @@ class PostgresStore:
         # Everything the rules read, in four set-based statements under the locks.
         lookup_ids, addresses = lookups(events)
         present: dict[str, Present] = {}
+        # A gift wrap's p tags come along: its recipient may delete it (rules.deletion_removes).
         rows = await conn.fetch(
-            "SELECT id, pubkey, kind, created_at, d_tag FROM events WHERE id = ANY($1::bytea[])",
+            "SELECT e.id, e.pubkey, e.kind, e.created_at, e.d_tag, CASE WHEN e.kind = $2 THEN"
+            " ARRAY(SELECT t.value FROM tags t WHERE t.seq = e.seq AND t.name = 'p') END"
+            " FROM events e WHERE e.id = ANY($1::bytea[])",
             [bytes.fromhex(i) for i in lookup_ids],
+            GIFT_WRAP_KIND,
         )
         for row in rows:
             eid, pk = row[0].hex(), row[1].hex()
-            present[eid] = Present(eid, pk, row[2], row[3], (pk, row[2], row[4]) if row[4] is not None else None)
+            address = (pk, row[2], row[4]) if row[4] is not None else None
+            recipients = frozenset(v for v in row[5] or () if is_hex64(v))
+            present[eid] = Present(eid, pk, row[2], row[3], address, recipients)
         tomb_ids: dict[str, set[str]] = {}
         for row in await conn.fetch(
             "SELECT id, pubkey FROM deleted_ids WHERE id = ANY($1::bytea[])", [bytes.fromhex(ev.id) for ev in events]
@@ -580,6 +587,18 @@ class PostgresStore:
         union = " UNION ".join(filter_count(f, now, p, scope) for f in live)
         rows = await self._read_events(f"SELECT count(*) FROM ({union}) s", *p.values, heavy=True)
         return int(rows[0][0])
+
+    async def count_registers(
+        self, f: Filter, now: int, scope: ReadScope | None, offset: int
+    ) -> list[tuple[int, bytes]]:
+        # PostgreSQL has no min(bytea): the suffix is compared as hex text in the C collation
+        # (bytewise), which orders equal-length hex exactly as the bytes.
+        p = Params()
+        at, after = p.add(offset, "::int4"), p.add(offset + 2, "::int4")
+        columns = f"get_byte(e.pubkey, {at}), min(encode(substring(e.pubkey from {after} for 7), 'hex') COLLATE \"C\")"
+        sql = filter_count(f, now, p, scope, columns=columns) + " GROUP BY 1"
+        rows = await self._read_events(sql, *p.values, heavy=True)
+        return [(int(row[0]), bytes.fromhex(row[1])) for row in rows]
 
     async def sync_items(
         self, f: Filter, now: int, scope: ReadScope | None, max_items: int
