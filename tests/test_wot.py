@@ -206,3 +206,20 @@ def test_incremental_updates_agree_with_the_rules_on_random_graphs() -> None:
             while graph.pending:
                 graph.provide({a: lists[a] for a in graph.pending})
             assert graph.hops == reference_hops(rules, lists, banned), (trial, author)
+
+
+async def test_a_banned_members_follows_no_longer_count(tmp_path: Path) -> None:
+    """NIP-86: a banned pubkey is never trusted and its contact list vouches for nobody."""
+    r, a, b = (crypto.generate_secret() for _ in range(3))
+    async with wot_relay(tmp_path, {}, [WOT], wot=wot_section(r)) as relay, NostrClient(relay.url) as c:
+        assert await c.publish(contacts(r, a)) == (True, "")
+        await eventually(lambda: accepted(c, a), 10, interval=0.3, what="A admitted free")
+        assert await c.publish(contacts(a, b)) == (True, "")
+        await eventually(lambda: accepted(c, b), 10, interval=0.3, what="B admitted free")
+        await relay.store.apply_management([("ban_pubkey", pub(a), "spam ring")])
+
+        async def b_refused() -> bool:
+            ok, message = await c.publish(note(b))
+            return not ok and message.startswith("restricted: free for people followed")
+
+        await eventually(b_refused, 10, interval=0.3, what="B refused once A is banned")

@@ -53,7 +53,10 @@ log = logging.getLogger(__name__)
 LATE_SECONDS = 300  # a contact list stamped up to this far behind the last look is still seen
 POLL_LIMIT = 20_000  # more changed lists than this in one look: a full computation instead
 RECENT_REFUSALS = 50
-NEXT_HOP_SAMPLE = 2_000  # last-hop members whose lists the console reads for "one more hop"
+NEXT_HOP_SAMPLE = 2_000
+# The id's place in an event's compact raw JSON ({"id":"<64 hex>",...}), the layout the
+# stores return byte for byte (relay/event.py).
+_ID = slice(7, 71)  # last-hop members whose lists the console reads for "one more hop"
 
 
 class WotTier:
@@ -267,6 +270,7 @@ class WotTier:
         members = {p: PROVIDER_HOP for p in self.provider_set}
         members.update(graph.hops)
         self.graph, self.members = graph, members
+        # Lists the computation read are not applied again by the next look.
         self.computed_at, self._since, self._seen, self._looked_at = now, since, {}, now
         self.full_runs += 1
         await self._save(None)
@@ -292,9 +296,9 @@ class WotTier:
         assertions = False
         contacts = 0
         for raw in raws:
+            if raw[_ID].decode() in self._seen:
+                continue  # applied on an earlier look (the windows overlap): not parsed again
             event_id, author, created_at, follows = followed(raw)
-            if event_id in self._seen:
-                continue
             self._seen[event_id] = created_at
             if b'"kind":30382' in raw and author == self.settings.provider:
                 assertions = True
