@@ -53,7 +53,7 @@ class Tier:
 
     def offer_text(self) -> str:
         term = "for good" if self.period_seconds == 0 else f"for {_days(self.period_seconds)}"
-        return f"{self.label}: {_msat_text(self.amount_msat)} {term}"
+        return f"{_msat_text(self.amount_msat)} {term}"
 
 
 def _better(limit: float | None, than: float | None) -> bool:
