@@ -550,7 +550,7 @@ class PostgresLedger:
             f"SELECT {columns}, EXISTS (SELECT 1 FROM reminders_sent s WHERE s.pubkey = a.pubkey"
             " AND s.reason = 'credit') FROM reminder_optins o JOIN accounts a ON a.pubkey = o.pubkey ORDER BY a.pubkey"
         )
-        return [(account_from_row(tuple(row)[:6]), bool(row[6])) for row in rows]
+        return [(account_from_row(tuple(row)[:8]), bool(row[8])) for row in rows]
 
     async def claim_reminder(self, pubkey: str, reason: str, term_end: int, now: int) -> bool:
         async with self._db.acquire() as conn:

@@ -314,7 +314,7 @@ class SqliteLedger:
             " AND s.reason = 'credit') FROM reminder_optins o JOIN accounts a ON a.pubkey = o.pubkey ORDER BY a.pubkey",
             (),
         )
-        return [(account_from_row(row[:6]), bool(row[6])) for row in rows]
+        return [(account_from_row(row[:8]), bool(row[8])) for row in rows]
 
     async def claim_reminder(self, pubkey: str, reason: str, term_end: int, now: int) -> bool:
         claimed: bool = await self._db.write(_claim_reminder, pubkey, reason, term_end, now)

@@ -228,6 +228,10 @@ async def test_an_expired_tier_names_its_end_date_and_grace_keeps_writes(
             assert message.startswith(f"restricted: your Supporter plan ended on {ended} (and its 3-day grace)")
             join = relay.hooks.owner("payments").payments_url  # type: ignore[union-attr]
             assert message.endswith(f"renew at {join}?pubkey={pk(bob)}"), message
+        async with httpx.AsyncClient() as web:
+            page = (await web.get(f"{join.removesuffix('/join')}/account/{pk(alice)}")).text
+        renew, grace_end = (time.strftime("%Y-%m-%d", time.gmtime(t)) for t in (in_grace, in_grace + 3 * 86400))
+        assert f"Supporter (2000 sats for 30 days), renew by {renew} (writes go on until {grace_end})" in page
         # Comped for good outlives any date.
         await ledger_of(relay).update_account(pk(bob), now, role="pro", comped=True)
         async with NostrClient(relay.url) as client:
