@@ -29,14 +29,14 @@ from lightning.reminders import Reminders
 from lightning.renewal import Renewals
 from lightning.settings import REQUIRED_SECRETS, PaymentSettings
 from lightning.store import open_ledger
-from lightning.store.base import Charge, Invoice, RoleDefinition
+from lightning.store.base import Charge, Invoice, RoleDefinition, charge_of
 from lightning.wallet_health import WalletHealth
 from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
 from lightning.zapper import Publish, Zapper
 from relay.config import ConfigError
 from relay.errors import Rejection, Restricted
-from relay.event import Event, KindClass
+from relay.event import Event
 from relay.filters import Filter
 from relay.hooks import Admit, Allowance, Answered, ConsolePanel, ManagementMethod, PluginHooks, Refuse, Verdict
 from relay.http import HttpRequest, HttpResponse, http_url
@@ -360,13 +360,17 @@ class PaymentsExtension:
         price = await self.gate.admit(event, ctx)
         if price <= 0:
             return ()
-        if event.kind_class is KindClass.EPHEMERAL:
-            # Never stored, so no write hook sees it: its price is debited now, in its own
-            # ledger transaction, before the relay fans it out (issue 8).
-            if not await self.store.charge_credit(event.pubkey, price, ctx.now):
-                raise self.gate.insufficient_credit(event)
-            return ()
-        return (Charge(price),)  # debited by the ledger's write hook, in the event's transaction
+        # Debited by the ledger's write hook in the event's transaction; an ephemeral event,
+        # never stored, by ``take_unstored`` once the relay knows someone can receive it.
+        return (Charge(price),)
+
+    async def take_unstored(self, event: Event, attachments: tuple[object, ...], now: int) -> Rejection | None:
+        """An ephemeral event's price, in its own ledger transaction, before the relay fans
+        it out (issue 8); not taken at all when nobody could receive it (NIP-01 ``mute:``)."""
+        price = charge_of(attachments)
+        if price > 0 and not await self.store.charge_credit(event.pubkey, price, now):
+            return self.gate.insufficient_credit(event)
+        return None
 
     def hooks(self) -> PluginHooks:
         """The relay's hook lists, filled (``relay.hooks``). Order 50: after free tiers
@@ -377,6 +381,7 @@ class PaymentsExtension:
             description=self.describe(),
             order=50,
             write_gates=(self.judge,),
+            unstored_takers=(self.take_unstored,),
             req_sources=(self.req_events,) if self.membership is not None else (),
             # Asked per event only where a member's quota differs from the relay's default.
             storage_allowances=(self.storage_allowance,) if self._quota_differs() else (),
@@ -500,7 +505,7 @@ class PaymentsExtension:
             self.metrics.wallet_fees_msat.inc(result.fee_msat)
             self.metrics.settlement_lag.observe(max(0.0, self._clock() - result.invoice.created_at))
             if self.zapper is not None:
-                self.zapper.settled(result.invoice, result.preimage)
+                self.zapper.settled(result.invoice, result.preimage, result.paid_at)
             if self.membership is not None:
                 self.membership.changed()
         elif result.outcome is Confirmation.REJECTED:

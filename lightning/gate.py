@@ -137,9 +137,10 @@ class Gate:
 
     In order: banned -> ``blocked:``; allow-listed, allowed or admitted -> free; a kind in
     ``free_kinds`` -> free for anyone; a NIP-57 zap receipt signed by a trusted zapper ->
-    free; with the credit plan, a kind priced 0 -> free for a paying account, otherwise
-    charged when the balance covers it; an inbox event to a member -> free within the
-    sender's allowance; anything else -> ``restricted: ...; pay at <url>``.
+    free; a NIP-56 report from an account holding paid credit -> free; with the credit
+    plan, a kind priced 0 -> free for a paying account, otherwise charged when the balance
+    covers it; an inbox event to a member, or anyone's report -> free within the sender's
+    allowance; anything else -> ``restricted: ...; pay at <url>``.
     """
 
     def __init__(
@@ -212,6 +213,11 @@ class Gate:
         if event.kind in self._free_kinds:
             return 0
         if event.kind == ZAP_RECEIPT_KIND and self._genuine_receipt(event):
+            return 0
+        if event.kind == REPORT_KIND and account is not None and account.credit_msat > 0 and self._small(event):
+            # A paying member's NIP-56 report is free and outside the strangers' allowance
+            # (issue 22: the credit plan charged for it, while strangers filed theirs free):
+            # reports feed the operators' moderation queue, and the member has paid already.
             return 0
         price = self._plans.price_msat(event.kind) if self._credit else None
         if price is not None and account is not None and account.credit_msat > 0 and account.credit_msat >= price:

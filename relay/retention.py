@@ -23,7 +23,6 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from relay.config import RetentionSettings
 from relay.errors import Blocked, Rejection
@@ -45,14 +44,6 @@ async def purge_old_events(store: Store, max_age: dict[int, int], now: int, batc
             if purged < batch:
                 break
     return total
-
-
-def nip11_retention(max_age: dict[int, int]) -> list[dict[str, Any]]:
-    """NIP-11 ``retention``: one entry per distinct age, listing its kinds."""
-    by_age: dict[int, list[int]] = {}
-    for kind, age in max_age.items():
-        by_age.setdefault(age, []).append(kind)
-    return [{"kinds": sorted(kinds), "time": age} for age, kinds in sorted(by_age.items())]
 
 
 class StorageQuota:

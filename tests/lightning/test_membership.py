@@ -4,7 +4,6 @@ requests, and the member list (only members who opted in with their own kind 100
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of
 from tests.lightning.test_cli import satsrelay
 from tests.nostr_client import NostrClient, signed
+from tests.waiting import eventually
 
 PAID: dict[str, Any] = {"enabled": True, "backend": "fake", "account_cache_seconds": 0}
 
@@ -188,21 +188,20 @@ async def test_member_list_names_only_members_who_opted_in(
                 lists = await relay_events(client, relay, 13534, "list")
                 return [t[1] for t in lists[0]["tags"] if t[0] == "member"] if lists else []
 
-            async def eventually(want: list[str]) -> None:
-                for _ in range(100):
-                    if await members() == want:
-                        return
-                    await asyncio.sleep(0.1)
-                raise AssertionError(f"member list is {await members()}, not {want}")
+            async def listed(want: list[str]) -> None:
+                async def check() -> bool:
+                    return await members() == want
 
-            await eventually([pk(alice)])
+                await eventually(check, 10.0, interval=0.1, what=f"the member list to be {want}")
+
+            await listed([pk(alice)])
             (added,) = await relay_events(client, relay, 8000, "add")
             assert ["p", pk(alice)] in added["tags"] and ["-"] in added["tags"]
 
             async with NostrClient(relay.url) as leaver:
                 await leaver.auth(alice, url)
                 assert (await leaver.publish(signed(alice, 28936, "", [["-"]])))[0]
-            await eventually([])
+            await listed([])
             (removed,) = await relay_events(client, relay, 8001, "remove")
             assert ["p", pk(alice)] in removed["tags"]
 

@@ -4,7 +4,6 @@ opted in, each once across a restart."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import httpx
 import orjson
 import pytest
 
+from lightning.reminders import Reminders
 from lightning.store.base import FOREVER
 from relay import crypto
 from relay.server import Relay
@@ -20,6 +20,7 @@ from tests import node_tools
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of, nip98_header
 from tests.nostr_client import NostrClient, signed
+from tests.waiting import eventually
 
 REMIND: dict[str, Any] = {"check_interval_seconds": 0.2}
 PAID: dict[str, Any] = {
@@ -52,6 +53,12 @@ async def open_wrap(wrap: dict[str, Any], secret: bytes) -> dict[str, Any]:
     return rumor
 
 
+def reminders_of(relay: Relay) -> Reminders:
+    reminders = relay.hooks.owner("payments").reminders  # type: ignore[attr-defined]
+    assert isinstance(reminders, Reminders)
+    return reminders
+
+
 async def wraps_for(relay: Relay, secret: bytes, sub: str = "dm") -> list[dict[str, Any]]:
     """Gift wraps addressed to ``secret``'s key, read as its owner (NIP-42: only they may)."""
     async with NostrClient(relay.url) as client:
@@ -67,14 +74,6 @@ async def opt_in(relay: Relay, secret: bytes, setting: str = "on", signer: bytes
     header = nip98_header(signer or secret, url, "POST", body=body)
     async with httpx.AsyncClient() as http:
         return await http.post(url, content=body, headers={"Authorization": header, "Content-Type": "application/json"})
-
-
-async def settle(condition: Any, seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.1)):
-        if await condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition never held")
 
 
 async def test_term_reminders_reach_only_opted_in_members_once_and_open_with_nostr_tools(
@@ -99,7 +98,7 @@ async def test_term_reminders_reach_only_opted_in_members_once_and_open_with_nos
         async def one_wrap() -> bool:
             return len(await wraps_for(relay, alice)) == 1
 
-        await settle(one_wrap)
+        await eventually(one_wrap, 10.0, what="alice's reminder")
         (wrap,) = await wraps_for(relay, alice)
         rumor = await open_wrap(wrap, alice)
         assert rumor["kind"] == 14 and rumor["pubkey"] == relay.identity.pubkey
@@ -107,20 +106,20 @@ async def test_term_reminders_reach_only_opted_in_members_once_and_open_with_nos
         text = rumor["content"]
         assert "ends on" in text and f"/join?pubkey={pk(alice)}" in text
         assert f"zap relay@127.0.0.1:{relay.port} 500 sats" in text, text
-        # bob did not ask: nothing, ever
-        await asyncio.sleep(0.5)
+        # bob did not ask: nothing, ever (a whole round run here, whatever the loop did)
+        await reminders_of(relay).check()
         assert await wraps_for(relay, bob) == []
 
     # a restart: the 7-day reminder of this term is not sent again; the 1-day one is
     async with relay_factory(payments=PAID) as relay:
-        await asyncio.sleep(0.6)
+        assert await reminders_of(relay).check() == 0  # a whole round after the restart
         assert len(await wraps_for(relay, alice)) == 1
         await ledger_of(relay).update_account(pk(alice), now, admitted_until=now + 3600)
 
         async def two_wraps() -> bool:
             return len(await wraps_for(relay, alice)) == 2
 
-        await settle(two_wraps)
+        await eventually(two_wraps, 10.0, what="the 1-day reminder")
         texts = [(await open_wrap(w, alice))["content"] for w in await wraps_for(relay, alice)]
         assert any("in about 1 hour." in t for t in texts), texts
         assert await wraps_for(relay, bob) == []
@@ -141,15 +140,15 @@ async def test_low_credit_reminds_once_per_dip_and_leaving_stops_reminders(
 
             return check
 
-        await settle(await count(1))
+        await eventually(await count(1), 10.0, what="the low-credit reminder")
         rumor = await open_wrap((await wraps_for(relay, alice))[0], alice)
         assert "credit" in rumor["content"] and "50 sats" in rumor["content"]
-        await asyncio.sleep(0.5)
+        await reminders_of(relay).check()  # a whole round more
         assert len(await wraps_for(relay, alice)) == 1  # once per dip
         await ledger_of(relay).update_account(pk(alice), now, credit_delta_msat=1_000_000)
-        await asyncio.sleep(0.5)  # back above: re-armed
+        await reminders_of(relay).check()  # back above: this round re-arms it
         await ledger_of(relay).update_account(pk(alice), now, credit_delta_msat=-1_000_000)
-        await settle(await count(2))
+        await eventually(await count(2), 10.0, what="the reminder of the second dip")
 
         async with NostrClient(relay.url) as client:
             await client.auth(alice, relay.settings.relay.public_url)

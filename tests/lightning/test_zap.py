@@ -15,6 +15,7 @@ import stat
 import statistics
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +42,7 @@ from tests.lightning.payment_stack import ledger_of
 from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.lnbits_server import LnbitsServer
 from tests.nostr_client import NostrClient
+from tests.waiting import eventually
 
 ADMISSION = {"fee_sats": 21}
 
@@ -88,14 +90,6 @@ async def profile(relay: Relay, pubkey: str) -> dict[str, Any]:
 async def receipts(relay: Relay, pubkey: str, zapper: str) -> list[dict[str, Any]]:
     async with NostrClient(relay.url) as client:
         return await client.req("receipts", {"kinds": [9735], "authors": [pubkey], "#P": [zapper]})
-
-
-async def eventually(check: Any, timeout: float = 15.0) -> float:
-    start = time.monotonic()
-    while not await check():
-        assert time.monotonic() - start < timeout, "condition not reached in time"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 # --- the relay's own key ---------------------------------------------------------------
@@ -276,7 +270,7 @@ async def test_demo_zap_flow_with_pay_fake(relay_factory: RelayFactory, tmp_path
         async def receipt_stored() -> bool:
             return bool(await receipts(relay, me, zapper_pub))
 
-        await eventually(receipt_stored)
+        await eventually(receipt_stored, 15.0, interval=0.02, what="the zap receipt stored")
         [receipt] = await receipts(relay, me, zapper_pub)
         assert await zap_client.receipt_problems(receipt, me, request, 21_000) == []
         ok, message = await client.publish(note(zapper))
@@ -336,7 +330,7 @@ async def test_zap_end_to_end_against_real_lnbits(
                     ok, _ = await client.publish(note(zapper))
                     return ok
 
-                await eventually(accepted)
+                await eventually(accepted, 15.0, interval=0.02, what="the zapper's note accepted")
                 timings.append(time.monotonic() - paid_at)
                 assert time.monotonic() - start < 15
             for where in (relay, elsewhere):
@@ -344,7 +338,7 @@ async def test_zap_end_to_end_against_real_lnbits(
                 async def receipt_there(where: Relay = where, zapper_pub: str = zapper_pub) -> bool:
                     return bool(await receipts(where, me, zapper_pub))
 
-                await eventually(receipt_there)
+                await eventually(receipt_there, 15.0, interval=0.02, what="the zap receipt on the relay")
                 [receipt] = await receipts(where, me, zapper_pub)
                 assert await zap_client.receipt_problems(receipt, me, request, 21_000) == []
                 preimage = receipt["tags"][-1]
@@ -375,7 +369,7 @@ async def _wait_for_push(relay: Relay, web: httpx.AsyncClient, lnbits: LnbitsSer
         account = await ledger_of(relay).get_account(probe)
         return account is not None and account.admitted(int(time.time()))
 
-    await eventually(credited, timeout=30)
+    await eventually(credited, 30.0, interval=0.02, what="the zap credited")
 
 
 async def test_many_processes_starting_at_once_share_one_key(tmp_path: Path) -> None:
@@ -448,10 +442,63 @@ async def test_receipt_missing_after_a_stop_is_signed_at_the_next_start(
             async def receipt_stored() -> bool:
                 return bool(await receipts(relay, me, zapper_pub))
 
-            await eventually(receipt_stored)
+            await eventually(receipt_stored, 15.0, interval=0.02, what="the zap receipt stored")
             found = await receipts(relay, me, zapper_pub)
             assert len(found) == 1 and ["bolt11", answer["pr"]] in found[0]["tags"]
             assert receipt_problem(parse_event(found[0]), {me}) is None
+
+
+async def test_zap_paid_while_the_relay_was_down_is_receipted_at_the_payments_time(
+    relay_factory: RelayFactory, tmp_path: Path, lnbits: LnbitsServer
+) -> None:
+    """NIP-57: the receipt's created_at SHOULD be the invoice's paid_at. A zap invoice is
+    paid at LNbits while the relay is stopped; the relay, started seconds later, credits it
+    in its start-up reconciliation and dates the receipt when LNbits settled the payment,
+    not when it noticed."""
+    zapper = crypto.generate_secret()
+    zapper_pub = crypto.public_key(zapper).hex()
+    port = free_port()
+    same = {"server": {"port": port}, "relay": {"public_url": f"ws://127.0.0.1:{port}"}}
+    payments = {
+        "enabled": True,
+        "backend": "lnbits",
+        "lnbits": {"url": lnbits.url, "invoice_key": lnbits.wallet_a.inkey},
+        "admission": ADMISSION,
+    }
+    async with relay_factory(payments=payments, **same) as relay, httpx.AsyncClient(base_url=http_base(relay)) as web:
+        me = (await nip11(relay))["self"]
+        request = _request(zapper, [["p", me], ["amount", "21000"], ["relays", relay.url]])
+        answer = (await web.get("/lnurlp/relay/callback", params={"amount": "21000", "nostr": request})).json()
+    before = int(time.time())
+    paid = await asyncio.to_thread(lnbits.pay, answer["pr"])  # nobody is listening
+    assert paid.get("status") == "success", paid
+    after = int(time.time())
+
+    async def seconds_later() -> bool:  # the restart must fall in a later second than the payment
+        return int(time.time()) >= after + 2
+
+    await eventually(seconds_later)
+    restarted = int(time.time())
+    async with relay_factory(payments=payments, **same) as relay:
+
+        async def receipt_stored() -> bool:
+            return bool(await receipts(relay, me, zapper_pub))
+
+        await eventually(receipt_stored)
+        [receipt] = await receipts(relay, me, zapper_pub)
+    assert before <= receipt["created_at"] <= after < restarted, (before, receipt["created_at"], after, restarted)
+    async with httpx.AsyncClient() as web:  # exactly the time LNbits recorded for the settlement
+        details = (
+            await web.get(
+                f"{lnbits.url}/api/v1/payments/{bolt11.decode(answer['pr']).payment_hash}",
+                headers={"X-Api-Key": lnbits.wallet_a.inkey},
+            )
+        ).json()["details"]
+    settled = datetime.fromisoformat(details["updated_at"])
+    if settled.tzinfo is None:  # LNbits stores UTC
+        settled = settled.replace(tzinfo=UTC)
+    assert receipt["created_at"] == int(settled.timestamp())
+    assert receipt_problem(parse_event(receipt), {me}) is None
 
 
 def test_receipts_go_only_to_public_addresses() -> None:
@@ -482,6 +529,6 @@ async def test_receipt_is_not_sent_to_a_private_address_by_default(relay_factory
         async def receipt_here() -> bool:
             return bool(await receipts(relay, me, zapper_pub))
 
-        await eventually(receipt_here)
+        await eventually(receipt_here, 15.0, interval=0.02, what="the zap receipt here")
         await asyncio.sleep(0.5)  # time enough for a delivery that should not happen
         assert await receipts(elsewhere, me, zapper_pub) == []
