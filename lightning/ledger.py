@@ -240,6 +240,7 @@ class Ledger:
             admit_seconds=grant.admit_seconds,
             admit_forever=grant.admit_forever,
             credit_msat=grant.credit_msat,
+            role=grant.role,
             description=hashed_description,
             source=source,
         )

@@ -344,7 +344,10 @@ class Connection:
                 return
             if self.deps.quota.enabled:
                 allowance = await self.deps.hooks.storage_allowance(event.pubkey, ctx.now)
-                refused = await self.deps.quota.check(event, allowance)
+                if allowance is None:
+                    refused = await self.deps.quota.check(event, None)
+                else:
+                    refused = await self.deps.quota.check(event, allowance.bytes, allowance.refusal)
                 if refused is not None:
                     self._reject(event.id, refused)
                     return

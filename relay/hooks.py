@@ -18,7 +18,8 @@ never names a plug-in: each enabled plug-in hands the composition root one
   knows someone can receive it (NIP-01 ``mute:`` takes nothing) and before it is fanned
   out; a taker may refuse it with a ``Rejection``.
 - ``req_sources``: events made for a REQ on the fly (NIP-43 invite codes), never stored.
-- ``storage_allowances``: a larger storage quota for a pubkey (bytes; 0 = no limit).
+- ``storage_allowances``: a larger storage quota for a pubkey (bytes; 0 = no limit), or
+  an ``Allowance`` whose ``refusal`` is the reply past it (a plan naming its next plan).
 - ``http_routes``, ``management_methods`` (NIP-86, ``<section>.<verb>``),
   ``console_panels``, ``nip11_fields``, ``profile_fields`` (the relay's kind-0 profile:
   a ``lud16`` makes it zappable), ``services`` (started after the store, stopped before
@@ -80,8 +81,18 @@ stored; None when taken (or nothing of it was this plug-in's), a ``Rejection`` t
 ReqSource = Callable[[tuple[Filter, ...], frozenset[str]], Awaitable[list[bytes]]]
 """Events made for this REQ on the fly, sent before the stored ones and never stored; raise
 a ``Rejection`` to close the REQ."""
-StorageAllowance = Callable[[str, int], Awaitable[int | None]]
-"""``(pubkey, now)``: the bytes that pubkey may store (0: no limit), or None (no opinion)."""
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """A plug-in's storage quota for one pubkey: ``bytes`` (0: no limit) and the reply once
+    it is used up (None: the relay's own ``storage quota reached``)."""
+
+    bytes: int
+    refusal: Rejection | None = None
+
+
+StorageAllowance = Callable[[str, int], Awaitable["int | Allowance | None"]]
+"""``(pubkey, now)``: the bytes that pubkey may store (0: no limit) as an int or an
+``Allowance``, or None (no opinion)."""
 HttpRoute = Callable[[HttpRequest], Awaitable[HttpResponse | None]]
 Fields = Callable[[], Mapping[str, Any]]
 
@@ -236,14 +247,17 @@ class Hooks:
             made.extend(await source(filters, authed))
         return made
 
-    async def storage_allowance(self, pubkey: str, now: int) -> int | None:
+    async def storage_allowance(self, pubkey: str, now: int) -> Allowance | None:
         """The largest allowance any plug-in gives (0, no limit, is the largest)."""
-        best: int | None = None
+        best: Allowance | None = None
         for allowance in self.storage_allowances:
             given = await allowance(pubkey, now)
             if given is None:
                 continue
-            best = 0 if given == 0 or best == 0 else max(best or 0, given)
+            if isinstance(given, int):
+                given = Allowance(given)
+            if best is None or (best.bytes != 0 and (given.bytes == 0 or given.bytes > best.bytes)):
+                best = given
         return best
 
     async def route(self, request: HttpRequest) -> HttpResponse | None:

@@ -57,20 +57,24 @@ class StorageQuota:
         self._member_limit = settings.member_max_bytes_per_pubkey  # a plug-in's members may get it
         self._monotonic = monotonic
         self._usage: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # A plug-in whose allowances are quotas of their own (a tier's) though [retention]
+        # sets none: set by the composition root when any plug-in gives allowances.
+        self.plugin_quotas = False
 
     @property
     def enabled(self) -> bool:
-        return bool(self._limit or self._member_limit)
+        return bool(self._limit or self._member_limit or self.plugin_quotas)
 
-    async def check(self, event: Event, allowance: int | None) -> Rejection | None:
+    async def check(self, event: Event, allowance: int | None, refusal: Rejection | None = None) -> Rejection | None:
         """``allowance``: the bytes a plug-in lets this author store instead of the default
-        (0: no limit; None: the default, ``max_bytes_per_pubkey``)."""
+        (0: no limit; None: the default, ``max_bytes_per_pubkey``); ``refusal``: the plug-in's
+        reply past it (a plan names the plan that stores more)."""
         limit = self._limit if allowance is None else allowance
         if not limit:
             return None
         used = await self._used(event.pubkey)
         if used + len(event.raw) > limit:
-            return Blocked("storage quota reached")
+            return refusal if refusal is not None else Blocked("storage quota reached")
         return None
 
     def stored(self, event: Event) -> None:

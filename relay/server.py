@@ -114,6 +114,7 @@ class Relay:
         self.heavy_reads = HeavyReads(limits.max_heavy_reads, limits.max_heavy_reads_per_ip)
         self.page_reads = HeavyReads(limits.max_page_reads, limits.max_page_reads_per_ip)
         self.quota = StorageQuota(self.store, settings.retention)
+        self.quota.plugin_quotas = bool(self.hooks.storage_allowances)  # a plug-in's plans set quotas of their own
         self.vanished = VanishedAuthors(self.store)  # NIP-62
         write_policies = build_write_policies(
             WriteRules(
