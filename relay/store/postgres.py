@@ -21,6 +21,7 @@ Why each choice, the alternatives rejected and the figures measured: docs/postgr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from relay.policy import ReadScope
 
+CLOSE_SECONDS = 10.0  # a graceful pool close at shutdown, then its connections are terminated
 # pg_advisory_xact_lock(classid, objid) namespace for author buckets (docs/postgres-store.md).
 LOCK_CLASS_AUTHOR = 0x53520002
 AUTHOR_BUCKETS = 1024
@@ -229,9 +231,18 @@ class PostgresStore:
             log.info("search index rebuilt for kinds [%s]: %d events", want, indexed)
 
     async def close(self) -> None:
+        """Close the pool gracefully, but not for ever: asyncpg's ``close`` waits for every
+        connection to be released, and one held by a read that never returns (a task the
+        shutdown could not reach) kept a stopping relay waiting 300 s in a test run. Past
+        ``CLOSE_SECONDS`` the remaining connections are terminated, so a relay stops within
+        its service manager's limit."""
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), timeout=CLOSE_SECONDS)
+            except TimeoutError:
+                log.warning("PostgreSQL connections still busy after %.0f s at shutdown: terminated", CLOSE_SECONDS)
+                pool.terminate()
 
     async def schema_version(self) -> int:
         return int(await self._fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
