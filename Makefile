@@ -52,8 +52,8 @@ test: test-deps
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/satsrelay
-	$(BIN)/ruff check relay lightning tests bench
-	$(BIN)/mypy --strict relay lightning
+	$(BIN)/ruff check relay lightning wot tests bench
+	$(BIN)/mypy --strict relay lightning wot
 
 bench: $(BIN)/satsrelay
 	$(BIN)/python -m bench

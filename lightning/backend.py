@@ -47,6 +47,9 @@ class InvoiceStatus:
     invoice), not what the node kept: a wallet that takes a fee out of an incoming payment
     (phoenixd's on-the-fly liquidity) reports that fee in ``fee_msat``, the operator's cost.
     ``preimage`` (hex) when the wallet discloses it: NIP-57 receipts may carry it.
+    ``paid_at`` (unix seconds) when the wallet says when it was paid: a NIP-57 receipt is
+    dated then (the NIP's SHOULD), not when the relay noticed, which after a restart is
+    later.
     """
 
     payment_hash: str
@@ -54,6 +57,7 @@ class InvoiceStatus:
     amount_received_msat: int | None = None
     fee_msat: int = 0
     preimage: str | None = None
+    paid_at: int | None = None
 
 
 def description_hash(hashed_description: str) -> bytes:

@@ -3,7 +3,7 @@
 The console (relay/console.py) checks NIP-98 and ``[admin] pubkeys`` before it calls a
 panel's ``render`` with the page's query parameters; each render answers a document in the
 console's page language (relay/console_blocks.py). Figures are aggregated by the store in
-SQL, never by loading every invoice, and every list is bounded (``PAGE_ROWS``). Query
+SQL, never by loading every invoice, and every list is paged (``PAGE_ROWS`` a page). Query
 parameters are the operator's typing: an unknown or garbled value falls back to the
 default, and a search that is not a pubkey or payment hash says so in a line of text.
 
@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from lightning.charts import DAY, daily_bars, plan_bars
+from lightning.charts import DAY, NARROW, WIDTH, daily_bars, plan_bars
 from lightning.pubkeys import npub_encode, parse_pubkey
 from lightning.store.base import FOREVER, Account, Invoice, InvoiceState, LedgerStore, MemberStatus, member_status
 from relay import console_blocks as blocks
@@ -43,7 +43,10 @@ PERIODS = (7, 30, 365)
 DEFAULT_DAYS = 30
 MONTH_SECONDS = 30 * DAY
 EXPIRING_SECONDS = 7 * DAY
-PAGE_ROWS = 100
+PAGE_ROWS = 25  # rows per page of a list: a phone shows each row as a card
+# Pages reachable by "Next": each page asks the store for every row before it too (the
+# ledger's queries take a limit, not an offset), so past 10,000 rows the operator searches.
+MAX_PAGES = 400
 MIN_PREFIX = 4  # hex characters a prefix search needs (shorter ones match a sixteenth of everything)
 ECHO_CHARS = 80  # of an unparsable search, shown back
 REVOKE_METHOD = "payments.revoke"  # NIP-86, lightning's management methods
@@ -74,6 +77,32 @@ def utc(moment: int | None) -> str:
     if moment >= FOREVER:
         return "forever"
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(moment))
+
+
+def page_number(params: Mapping[str, str]) -> int:
+    """The ``page`` asked for (1 to ``MAX_PAGES``); anything else is the first page."""
+    value = params.get("page", "")
+    if len(value) <= 4 and value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_PAGES:
+        return int(value)
+    return 1
+
+
+def paged(
+    params: Mapping[str, str], keep: Sequence[str], page: int, shown: int, more: bool, what: str
+) -> list[dict[str, Any]]:
+    """The blocks under one page of a list: a pager when there is more than one page (its
+    queries keep the search in ``keep``), and a line when the last reachable page is full."""
+    if page == 1 and not more:
+        return []
+    base = {key: params[key] for key in keep if params.get(key)}
+    previous = {**base, "page": str(page - 1)} if page > 1 else None
+    following = {**base, "page": str(page + 1)} if more and page < MAX_PAGES else None
+    first = (page - 1) * PAGE_ROWS + 1
+    label = f"{what} {first:,}\u2013{first + shown - 1:,}" if shown else f"no {what} on page {page}"
+    out = [blocks.pager(label, previous, following)]
+    if more and page >= MAX_PAGES:
+        out.append(blocks.text(f"Only the first {MAX_PAGES * PAGE_ROWS:,} can be paged through: search to narrow."))
+    return out
 
 
 def period_days(params: Mapping[str, str]) -> int:
@@ -138,6 +167,15 @@ class PaymentsConsole:
         mrr = await self.store.recurring_msat(now, MONTH_SECONDS)
         span = f"{time.strftime('%Y-%m-%d', time.gmtime(since))} to {time.strftime('%Y-%m-%d', time.gmtime(now))} UTC"
         nothing = "no payments in this period"
+
+        def per_day_chart(width: int) -> str:  # drawn for a desk and for a phone
+            sats_per_day = [v / 1000 for v in per_day]
+            return daily_bars(f"Sats per day, last {days} days", first_day, sats_per_day, empty=nothing, width=width)
+
+        def per_plan_chart(width: int) -> str:
+            sats_per_plan = [(k, v / 1000) for k, v in per_plan.items()]
+            return plan_bars(f"Sats per plan, last {days} days", sats_per_plan, empty=nothing, width=width)
+
         return blocks.document(
             "Revenue",
             [
@@ -154,18 +192,8 @@ class PaymentsConsole:
                     ],
                     title=f"Last {days} days: {span}",
                 ),
-                blocks.chart(
-                    "Sats per day",
-                    daily_bars(
-                        f"Sats per day, last {days} days", first_day, [v / 1000 for v in per_day], empty=nothing
-                    ),
-                ),
-                blocks.chart(
-                    "Sats per plan",
-                    plan_bars(
-                        f"Sats per plan, last {days} days", [(k, v / 1000) for k, v in per_plan.items()], empty=nothing
-                    ),
-                ),
+                blocks.chart("Sats per day", per_day_chart(WIDTH), per_day_chart(NARROW)),
+                blocks.chart("Sats per plan", per_plan_chart(WIDTH), per_plan_chart(NARROW)),
                 blocks.stats(
                     [
                         ("Created", f"{funnel.created:,}"),
@@ -210,14 +238,16 @@ class PaymentsConsole:
         if search.problem:
             found.append(blocks.text(search.problem))
             return blocks.document("Members", found)
+        page = page_number(params)
         accounts = await self.store.find_accounts(
-            now, soon, status=status, pubkey_prefix=search.prefix, limit=PAGE_ROWS + 1
+            now, soon, status=status, pubkey_prefix=search.prefix, limit=page * PAGE_ROWS + 1
         )
+        shown = accounts[(page - 1) * PAGE_ROWS : page * PAGE_ROWS]
         found.append(
             blocks.table(
                 "Accounts",
                 ["npub", "pubkey (hex)", "status", "admitted until (UTC)", "credit (sats)", "flags"],
-                [self._account_row(a, now, soon) for a in accounts[:PAGE_ROWS]],
+                [self._account_row(a, now, soon) for a in shown],
                 actions=[
                     # Kept credit still pays for events (credit plan): the first stops writing.
                     blocks.action(
@@ -239,10 +269,7 @@ class PaymentsConsole:
                 empty="no account matches" if search.prefix or status else "no accounts yet",
             )
         )
-        if len(accounts) > PAGE_ROWS:
-            found.append(
-                blocks.text(f"Only the first {PAGE_ROWS} are shown: search a pubkey or pick a status to narrow.")
-            )
+        found += paged(params, ("q", "status"), page, len(shown), len(accounts) > page * PAGE_ROWS, "accounts")
         return blocks.document("Members", found)
 
     @staticmethod
@@ -274,23 +301,22 @@ class PaymentsConsole:
         if search.problem:
             found.append(blocks.text(search.problem))
             return blocks.document("Invoices", found)
+        page = page_number(params)
         invoices = await self.store.find_invoices(
             pubkey_prefix=search.prefix,
             hash_prefix="" if search.npub else search.prefix,
-            limit=PAGE_ROWS + 1,
+            limit=page * PAGE_ROWS + 1,
         )
+        shown = invoices[(page - 1) * PAGE_ROWS : page * PAGE_ROWS]
         found.append(
             blocks.table(
                 "Invoices, newest first",
                 ["payment hash", "pubkey", "plan", "sats", "state", "created (UTC)", "paid (UTC)", "wallet fee (sats)"],
-                [self._invoice_row(i, now) for i in invoices[:PAGE_ROWS]],
+                [self._invoice_row(i, now) for i in shown],
                 empty="no invoice matches" if search.prefix else "no invoices yet",
             )
         )
-        if len(invoices) > PAGE_ROWS:
-            found.append(
-                blocks.text(f"Only the newest {PAGE_ROWS} are shown: search a pubkey or payment hash to narrow.")
-            )
+        found += paged(params, ("q",), page, len(shown), len(invoices) > page * PAGE_ROWS, "invoices")
         return blocks.document("Invoices", found)
 
     @staticmethod

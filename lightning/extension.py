@@ -29,16 +29,16 @@ from lightning.reminders import Reminders
 from lightning.renewal import Renewals
 from lightning.settings import REQUIRED_SECRETS, PaymentSettings
 from lightning.store import open_ledger
-from lightning.store.base import Charge, Invoice
+from lightning.store.base import Charge, Invoice, RoleDefinition, charge_of
 from lightning.wallet_health import WalletHealth
 from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
 from lightning.zapper import Publish, Zapper
 from relay.config import ConfigError
 from relay.errors import Rejection, Restricted
-from relay.event import Event, KindClass
+from relay.event import Event
 from relay.filters import Filter
-from relay.hooks import Admit, Answered, ConsolePanel, ManagementMethod, PluginHooks, Refuse, Verdict
+from relay.hooks import Admit, Allowance, Answered, ConsolePanel, ManagementMethod, PluginHooks, Refuse, Verdict
 from relay.http import HttpRequest, HttpResponse, http_url
 from relay.identity import RelayIdentity
 from relay.policy import WriteContext
@@ -196,6 +196,8 @@ class PaymentsExtension:
                 store, p.inbox_events_per_hour, p.inbox_events_per_hour_per_ip, ipv6_prefix=settings.limits.ipv6_prefix
             ),
             zap_hint=zap_hint,
+            events=store,
+            rate_table_size=settings.limits.rate_table_size,
         )
         # A priced event's charge commits in its own transaction (lightning.store.base).
         self.store.charge_events(self.gate.credit_ran_out, self.accounts.invalidate)
@@ -249,7 +251,12 @@ class PaymentsExtension:
         if identity is not None and publish is not None and p.membership.enabled:
             self.membership = self._membership(settings, identity, publish, clock)
         self.admin_methods = PaymentMethods(  # NIP-86
-            self.store, self._on_account_changed, clock, credit_pays=self.plans.credit_enabled
+            self.store,
+            self._on_account_changed,
+            clock,
+            credit_pays=self.plans.credit_enabled,
+            tiers=self.plans.tiers,
+            on_roles_change=self._on_roles_changed,
         )
         self.console = PaymentsConsole(self.store, clock)  # operator console pages
         fake = self._fake_backend()
@@ -291,7 +298,14 @@ class PaymentsExtension:
             on_leave=self._on_leave,
             clock=clock,
             ipv6_prefix=settings.limits.ipv6_prefix,
+            roles=self.roles,
         )
+
+    async def roles(self) -> list[RoleDefinition]:
+        """Every NIP-43 role: the tiers (their limits are the config's), then those made
+        through NIP-86 ``createrole``."""
+        tiers = [RoleDefinition(t.name, t.label, t.description, t.color, t.order) for t in self.plans.tiers]
+        return [*tiers, *await self.store.list_roles()]
 
     async def _on_leave(self, pubkey: str, now: int) -> None:
         """A member who leaves is forgotten: no more reminders, no wallet connection."""
@@ -346,13 +360,17 @@ class PaymentsExtension:
         price = await self.gate.admit(event, ctx)
         if price <= 0:
             return ()
-        if event.kind_class is KindClass.EPHEMERAL:
-            # Never stored, so no write hook sees it: its price is debited now, in its own
-            # ledger transaction, before the relay fans it out (issue 8).
-            if not await self.store.charge_credit(event.pubkey, price, ctx.now):
-                raise self.gate.insufficient_credit(event)
-            return ()
-        return (Charge(price),)  # debited by the ledger's write hook, in the event's transaction
+        # Debited by the ledger's write hook in the event's transaction; an ephemeral event,
+        # never stored, by ``take_unstored`` once the relay knows someone can receive it.
+        return (Charge(price),)
+
+    async def take_unstored(self, event: Event, attachments: tuple[object, ...], now: int) -> Rejection | None:
+        """An ephemeral event's price, in its own ledger transaction, before the relay fans
+        it out (issue 8); not taken at all when nobody could receive it (NIP-01 ``mute:``)."""
+        price = charge_of(attachments)
+        if price > 0 and not await self.store.charge_credit(event.pubkey, price, now):
+            return self.gate.insufficient_credit(event)
+        return None
 
     def hooks(self) -> PluginHooks:
         """The relay's hook lists, filled (``relay.hooks``). Order 50: after free tiers
@@ -363,8 +381,10 @@ class PaymentsExtension:
             description=self.describe(),
             order=50,
             write_gates=(self.judge,),
+            unstored_takers=(self.take_unstored,),
             req_sources=(self.req_events,) if self.membership is not None else (),
-            storage_allowances=(self.storage_allowance,),
+            # Asked per event only where a member's quota differs from the relay's default.
+            storage_allowances=(self.storage_allowance,) if self._quota_differs() else (),
             http_routes=(self.handle_http,),
             management_methods=self.management_methods(),
             console_panels=self.console_panels(),
@@ -386,11 +406,22 @@ class PaymentsExtension:
         except Rejection as exc:
             return Refuse(exc, final=True)
 
-    async def storage_allowance(self, pubkey: str, now: int) -> int | None:
-        """Members in good standing get ``retention.member_max_bytes_per_pubkey``."""
-        if await self.gate.is_member(pubkey, now):
-            return self.settings.retention.member_max_bytes_per_pubkey
-        return None
+    def _quota_differs(self) -> bool:
+        retention = self.settings.retention
+        return bool(retention.max_bytes_per_pubkey or retention.member_max_bytes_per_pubkey) or any(
+            t.max_bytes_stored is not None for t in self.plans.tiers
+        )
+
+    async def storage_allowance(self, pubkey: str, now: int) -> Allowance | None:
+        """Members in good standing get ``retention.member_max_bytes_per_pubkey``, or their
+        tier's ``max_bytes_stored`` (the reply past it names the tier and the next one)."""
+        if not await self.gate.is_member(pubkey, now):
+            return None
+        account = await self.accounts.get(pubkey)
+        tier = self.plans.tier(account.role) if account is not None and not account.allowed else None
+        if tier is not None and tier.max_bytes_stored is not None:
+            return Allowance(tier.max_bytes_stored, self.gate.storage_refusal(tier, pubkey))
+        return Allowance(self.settings.retention.member_max_bytes_per_pubkey)
 
     def profile(self) -> Mapping[str, Any]:
         """The relay's kind-0 profile carries the address zaps reach (NIP-57)."""
@@ -454,6 +485,12 @@ class PaymentsExtension:
         if self.membership is not None:
             self.membership.changed()
 
+    def _on_roles_changed(self) -> None:
+        """A role made, changed or deleted (NIP-86): republish the kind 33534 events soon."""
+        self.accounts.invalidate_all()
+        if self.membership is not None:
+            self.membership.changed()
+
     def _on_issued(self, invoice: Invoice) -> None:
         self.metrics.invoices_created.labels(invoice.plan).inc()
 
@@ -468,7 +505,7 @@ class PaymentsExtension:
             self.metrics.wallet_fees_msat.inc(result.fee_msat)
             self.metrics.settlement_lag.observe(max(0.0, self._clock() - result.invoice.created_at))
             if self.zapper is not None:
-                self.zapper.settled(result.invoice, result.preimage)
+                self.zapper.settled(result.invoice, result.preimage, result.paid_at)
             if self.membership is not None:
                 self.membership.changed()
         elif result.outcome is Confirmation.REJECTED:

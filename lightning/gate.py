@@ -16,13 +16,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from lightning.plans import Plans
+from lightning.plans import Plans, Tier
 from lightning.settings import PaymentSettings
 from lightning.store.base import Account, LedgerStore
 from lightning.zap_receipts import ZAP_RECEIPT_KIND, receipt_problem
 from relay.errors import Blocked, RateLimited, Restricted
 from relay.event import Event
-from relay.limits import address_group
+from relay.limits import BucketTable, address_group
 from relay.management import REPORT_KIND
 from relay.policy import WriteContext
 from relay.store.base import Store, UseLimit
@@ -34,6 +34,7 @@ CHANGES_POLL_SECONDS = 0.5  # how soon a change made elsewhere (CLI, other node)
 INBOX_ENTRIES = 100_000  # refused senders (and address groups) remembered in memory
 REFUSAL_MEMORY_SECONDS = 10  # how long a refused key is refused without asking the store again
 HOUR = 3600
+DAY = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,10 @@ class AccountCache:
 
     def invalidate(self, pubkey: str) -> None:
         self._entries.pop(pubkey, None)
+
+    def invalidate_all(self) -> None:
+        """A change that touched many accounts at once (a role deleted from its holders)."""
+        self._entries.clear()
 
 
 class InboxAllowance:
@@ -132,9 +137,10 @@ class Gate:
 
     In order: banned -> ``blocked:``; allow-listed, allowed or admitted -> free; a kind in
     ``free_kinds`` -> free for anyone; a NIP-57 zap receipt signed by a trusted zapper ->
-    free; with the credit plan, a kind priced 0 -> free for a paying account, otherwise
-    charged when the balance covers it; an inbox event to a member -> free within the
-    sender's allowance; anything else -> ``restricted: ...; pay at <url>``.
+    free; a NIP-56 report from an account holding paid credit -> free; with the credit
+    plan, a kind priced 0 -> free for a paying account, otherwise charged when the balance
+    covers it; an inbox event to a member, or anyone's report -> free within the sender's
+    allowance; anything else -> ``restricted: ...; pay at <url>``.
     """
 
     def __init__(
@@ -147,6 +153,8 @@ class Gate:
         trusted_zappers: Collection[str] = (),
         inbox: InboxAllowance,
         zap_hint: str | None = None,
+        events: Store | None = None,
+        rate_table_size: int = 100_000,
     ) -> None:
         """``trusted_zappers`` adds keys to ``settings.trusted_zappers`` (the relay's own
         key, once it signs receipts for zaps to itself). ``inbox``: the free inbox allowance."""
@@ -166,6 +174,21 @@ class Gate:
         self._inbox = inbox
         self._credit = settings.credit.enabled
         self._zap_hint = zap_hint  # "zap relay@host 21 sats": the unpaid reply names both ways to pay
+        # Tier limits (issue 20): a tier's events per second, one bucket per member and
+        # tier (shared by --workers processes like the relay's own per-author buckets);
+        # its events per day in the store (``take_uses``), so every node and restart
+        # counts the same day.
+        self._events = events
+        self._tier_rates = {
+            tier.name: BucketTable(
+                tier.events_per_second,
+                max(1.0, tier.events_per_second),
+                rate_table_size,
+                name=f"tier-events-{tier.name}",
+            )
+            for tier in plans.tiers
+            if tier.events_per_second is not None
+        }
 
     async def admit(self, event: Event, ctx: WriteContext) -> int:
         """The charge in msat, or raise ``Blocked`` (banned) / ``Restricted`` (unpaid)."""
@@ -180,11 +203,21 @@ class Gate:
         if account is not None:
             if account.banned:
                 raise Blocked("this pubkey is banned from this relay")
-            if account.allowed or account.admitted(ctx.now):
+            if account.allowed:
+                return 0
+            if self.in_standing(account, ctx.now):
+                tier = self._plans.tier(account.role)
+                if tier is not None and event.kind not in self._free_kinds:
+                    await self._tier_limits(event, tier, ctx)
                 return 0
         if event.kind in self._free_kinds:
             return 0
         if event.kind == ZAP_RECEIPT_KIND and self._genuine_receipt(event):
+            return 0
+        if event.kind == REPORT_KIND and account is not None and account.credit_msat > 0 and self._small(event):
+            # A paying member's NIP-56 report is free and outside the strangers' allowance
+            # (issue 22: the credit plan charged for it, while strangers filed theirs free):
+            # reports feed the operators' moderation queue, and the member has paid already.
             return 0
         price = self._plans.price_msat(event.kind) if self._credit else None
         if price is not None and account is not None and account.credit_msat > 0 and account.credit_msat >= price:
@@ -207,12 +240,80 @@ class Gate:
             raise RateLimited(f"free reports are used up for now; pay to write without limits at {self._payments_url}")
         if price is not None and account is not None and account.credit_msat > 0:
             raise Restricted(f"not enough credit for this event ({price} msat); pay at {self._payments_url}")
+        join = self.join_link(pubkey)
         if account is not None and account.admitted_until > 0:
-            raise Restricted(f"your paid period has ended; pay at {self._payments_url}")
+            ended = time.strftime("%Y-%m-%d", time.gmtime(account.admitted_until))
+            tier = self._plans.tier(account.role)
+            what = f"your {tier.label} plan" if tier is not None else "your paid period"
+            if tier is not None and tier.grace_seconds:
+                ended += f" (and its {tier.grace_seconds // DAY}-day grace)"
+            raise Restricted(f"{what} ended on {ended}; renew at {join}")
+        cheapest = "" if self._zap_hint is not None else self._cheapest()  # the zap hint names its price
         if self._zap_hint is not None:
-            join = self._payments_url + ("&" if "?" in self._payments_url else "?") + f"pubkey={pubkey}"
-            raise Restricted(f"writing here needs a payment; {self._zap_hint} or pay at {join}")
-        raise Restricted(f"writing here needs a payment; pay at {self._payments_url}")
+            raise Restricted(f"writing here needs a payment{cheapest}; {self._zap_hint} or pay at {join}")
+        raise Restricted(f"writing here needs a payment{cheapest}; pay at {self._payments_url}")
+
+    def join_link(self, pubkey: str) -> str:
+        """The join page with the pubkey filled in (the unpaid and renewal replies name it)."""
+        return self._payments_url + ("&" if "?" in self._payments_url else "?") + f"pubkey={pubkey}"
+
+    def _cheapest(self) -> str:
+        """" (from N sats)": the least a plan costs, for the unpaid reply; "" with none fixed."""
+        prices = [o.amount_msat for o in self._plans.offers() if o.amount_msat is not None]
+        if not prices:
+            return ""
+        sats = min(prices) // 1000
+        return f" (from {sats} sat{'s' if sats != 1 else ''})"
+
+    def in_standing(self, account: Account, now: int) -> bool:
+        """Writes as a member: comped (a role given by the operator), admitted, or within
+        the grace of its tier after the period ended (writes continue, renewal prompts go
+        out; then the unpaid rules apply)."""
+        if account.comped or account.admitted(now):
+            return True
+        tier = self._plans.tier(account.role)
+        return tier is not None and tier.grace_seconds > 0 and account.admitted(now - tier.grace_seconds)
+
+    async def _tier_limits(self, event: Event, tier: Tier, ctx: WriteContext) -> None:
+        """A member's tier limits, each one rule; the refusal names the tier and the next
+        tier that gives more of what ran out (README "Tiers")."""
+        if tier.kinds is not None and event.kind not in tier.kinds:
+            raise Restricted(
+                f"kind {event.kind} is not part of the {tier.label} tier"
+                + self._upgrade_hint(tier, "kinds", event.pubkey, event.kind)
+            )
+        size = len(event.raw)
+        if tier.max_event_bytes is not None and size > tier.max_event_bytes:
+            raise Restricted(
+                f"this event is {size} bytes, over the {tier.label} tier's {tier.max_event_bytes}"
+                + self._upgrade_hint(tier, "max_event_bytes", event.pubkey)
+            )
+        rate = self._tier_rates.get(tier.name)
+        if rate is not None and not rate.take(event.pubkey, time.monotonic()):
+            raise RateLimited(
+                f"the {tier.label} tier allows {tier.events_per_second:g} events per second"
+                + self._upgrade_hint(tier, "events_per_second", event.pubkey)
+            )
+        if tier.events_per_day is not None and self._events is not None:
+            key = f"tier-day:{event.pubkey}"
+            if await self._events.take_uses([UseLimit(key, tier.events_per_day, ctx.now + DAY)], ctx.now) is not None:
+                raise Restricted(
+                    f"the {tier.label} tier allows {tier.events_per_day} events a day, used up for now"
+                    + self._upgrade_hint(tier, "events_per_day", event.pubkey)
+                )
+
+    def _upgrade_hint(self, tier: Tier, limit: str, pubkey: str, kind: int | None = None) -> str:
+        better = self._plans.upgrade(tier, limit, kind)
+        if better is None:
+            return f"; no plan here gives more ({tier.label} is the largest)"
+        return f"; the {better.label} tier ({better.offer_text()}) allows more: upgrade at {self.join_link(pubkey)}"
+
+    def storage_refusal(self, tier: Tier, pubkey: str) -> Restricted:
+        """The reply past a tier's storage quota (``max_bytes_stored``)."""
+        return Restricted(
+            f"storage quota of the {tier.label} tier ({tier.max_bytes_stored} bytes) reached"
+            + self._upgrade_hint(tier, "max_bytes_stored", pubkey)
+        )
 
     def credit_ran_out(self, event: Event) -> Restricted:
         """The reply when the ledger refused the charge at commit (the cached credit was
@@ -235,7 +336,7 @@ class Gate:
         account = await self._accounts.get(pubkey)
         if account is None or account.banned:
             return False
-        if account.allowed or account.admitted(now):
+        if account.allowed or self.in_standing(account, now):
             return True
         return self._credit and account.credit_msat >= max(1, self._plans.credit_min_msat)
 
@@ -256,11 +357,17 @@ class Gate:
             and len(event.content.encode()) <= self._inbox_max_bytes
         )
 
+    async def _inbox_included(self, pubkey: str) -> bool:
+        """Whether the member's tier includes free inbox traffic (``free_inbox``)."""
+        account = await self._accounts.get(pubkey)
+        tier = self._plans.tier(account.role) if account is not None else None
+        return tier is None or tier.free_inbox
+
     async def _p_tags_member(self, event: Event, now: int) -> bool:
         checked = 0
         for tag in event.tags:
             if len(tag) > 1 and tag[0] == "p" and len(tag[1]) == 64:
-                if await self.is_member(tag[1], now):
+                if await self.is_member(tag[1], now) and await self._inbox_included(tag[1]):
                     return True
                 checked += 1
                 if checked >= MAX_P_TAGS_CHECKED:

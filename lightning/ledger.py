@@ -42,6 +42,7 @@ class ConfirmResult:
     invoice: Invoice | None  # as it was before this call; None when not ours
     fee_msat: int = 0  # CREDITED: what the wallet kept of the payment (the operator's cost)
     preimage: str | None = None  # CREDITED: when the wallet disclosed it (NIP-57 receipts)
+    paid_at: int | None = None  # CREDITED: when the wallet says it was paid (NIP-57 receipts)
 
 
 def decode_bolt11(request: str) -> tuple[str, int | None]:
@@ -239,6 +240,7 @@ class Ledger:
             admit_seconds=grant.admit_seconds,
             admit_forever=grant.admit_forever,
             credit_msat=grant.credit_msat,
+            role=grant.role,
             description=hashed_description,
             source=source,
         )
@@ -293,5 +295,5 @@ class Ledger:
         paid = status.amount_received_msat if status.amount_received_msat is not None else invoice.amount_msat
         if await self.store.settle_invoice(payment_hash, paid, now, status.fee_msat):
             log.info("invoice %s paid: %d msat, %s for %s", payment_hash, paid, invoice.plan, invoice.pubkey)
-            return ConfirmResult(Confirmation.CREDITED, invoice, status.fee_msat, status.preimage)
+            return ConfirmResult(Confirmation.CREDITED, invoice, status.fee_msat, status.preimage, status.paid_at)
         return ConfirmResult(Confirmation.ALREADY_PAID, invoice)

@@ -41,7 +41,7 @@ import orjson
 from lightning.gate import AccountCache
 from lightning.plans import DAY, Plans
 from lightning.settings import MembershipSettings
-from lightning.store.base import Invite, InviteOutcome, LedgerStore
+from lightning.store.base import Invite, InviteOutcome, LedgerStore, RoleDefinition
 from relay.errors import AuthRequired, RateLimited, Restricted
 from relay.event import Event, sign_event
 from relay.filters import Filter
@@ -59,6 +59,8 @@ ADD_KIND = 8000
 REMOVE_KIND = 8001
 OPT_IN_KIND = 10010
 REQUEST_KINDS = frozenset({JOIN_KIND, LEAVE_KIND})
+ROLE_KIND = 33534
+DELETION_KIND = 5  # NIP-09: a role the operator deleted is withdrawn by its address
 
 OPERATOR = "operator"  # Invite.created_by of codes made with the CLI
 CLAIMS_PER_MINUTE = 6  # per address group: each claim is a write transaction
@@ -72,6 +74,7 @@ INVALID_CODE = "restricted: that is an invalid invite code."
 
 Publish = Callable[[Event], Awaitable[object]]
 IsMember = Callable[[str, int], Awaitable[bool]]
+Roles = Callable[[], Awaitable[list[RoleDefinition]]]
 
 
 def new_code() -> str:
@@ -126,12 +129,28 @@ def relay_urls(public_url: str) -> frozenset[str]:
     return frozenset({url, url + "/"})
 
 
-def listed_members(event_raw: bytes | None) -> list[str]:
-    """The ``member`` pubkeys of a stored kind-13534 event, in order."""
+def listed_members(event_raw: bytes | None) -> list[list[str]]:
+    """The ``member`` tags of a stored kind-13534 event, in order: the pubkey, then its
+    roles (NIP-43: "assigned roles may be included as subsequent arguments")."""
     if event_raw is None:
         return []
     tags = orjson.loads(event_raw)["tags"]
-    return [t[1] for t in tags if len(t) > 1 and t[0] == "member"]
+    return [t for t in tags if len(t) > 1 and t[0] == "member"]
+
+
+def role_tags(role: RoleDefinition) -> list[list[str]]:
+    """A kind-33534 role definition's tags (NIP-43): ``-`` and ``d`` required, ``label``,
+    ``description``, ``color`` (a hue 0-360) and ``order`` when set."""
+    tags = [["-"], ["d", role.id]]
+    if role.label:
+        tags.append(["label", role.label])
+    if role.description:
+        tags.append(["description", role.description])
+    if role.color is not None:
+        tags.append(["color", str(role.color)])
+    if role.order is not None:
+        tags.append(["order", str(role.order)])
+    return tags
 
 
 class Membership:
@@ -151,6 +170,7 @@ class Membership:
         on_leave: Callable[[str, int], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
         ipv6_prefix: int = 64,
+        roles: Roles | None = None,
     ) -> None:
         """``ipv6_prefix``: the relay's ``[limits] ipv6_prefix``, grouping claimants."""
         self.settings = settings
@@ -164,6 +184,7 @@ class Membership:
         self._is_member = is_member
         self._banned = banned
         self._on_leave = on_leave
+        self._roles = roles  # the tiers and the roles made by NIP-86, published as kind 33534
         self._clock = clock
         # Per address group (an IPv6 /64 is one client, as for the connection caps) and,
         # with --workers, per relay: the table lives in the workers' shared segment.
@@ -283,7 +304,42 @@ class Membership:
             self._dirty.clear()
 
     async def refresh(self) -> bool:
-        """Bring the published member list up to date; True when something was published."""
+        """Bring the published roles and member list up to date; True when something was
+        published."""
+        roles_changed = await self._refresh_roles()
+        return await self._refresh_list() or roles_changed
+
+    async def _refresh_roles(self) -> bool:
+        """Publish each role whose stored kind 33534 differs (or is missing), and withdraw
+        (NIP-09, by its address) each stored role that no longer exists."""
+        if self._roles is None:
+            return False
+        now = int(self._clock())
+        me = self._identity.pubkey
+        stored = await self._events.query([Filter(authors=frozenset({me}), kinds=frozenset({ROLE_KIND}))], now)
+        current: dict[str, tuple[list[list[str]], int]] = {}
+        for raw in stored:
+            doc = orjson.loads(raw)
+            d = next((t[1] for t in doc["tags"] if len(t) > 1 and t[0] == "d"), "")
+            current[d] = (doc["tags"], int(doc["created_at"]))
+        published = False
+        wanted = {role.id: role_tags(role) for role in await self._roles()}
+        for role_id, tags in wanted.items():
+            held = current.get(role_id)
+            if held is not None and held[0] == tags:
+                continue
+            created_at = max(now, held[1] + 1) if held is not None else now  # addressable: newer wins
+            await self._sign_and_publish(ROLE_KIND, tags, created_at)
+            published = True
+        for role_id, (_, created_at) in current.items():
+            if role_id not in wanted:
+                await self._sign_and_publish(
+                    DELETION_KIND, [["a", f"{ROLE_KIND}:{me}:{role_id}"]], max(now, created_at + 1)
+                )
+                published = True
+        return published
+
+    async def _refresh_list(self) -> bool:
         now = int(self._clock())
         me = self._identity.pubkey
         stored = await self._events.query([Filter(authors=frozenset({me}), kinds=frozenset({LIST_KIND}), limit=1)], now)
@@ -298,20 +354,19 @@ class Membership:
         if current_raw is not None:
             created_at = max(now, int(orjson.loads(current_raw)["created_at"]) + 1)  # replaceable: newer wins
         if self.settings.list_members:
-            before = set(current)
-            for pubkey in wanted:
-                if pubkey not in before:
-                    await self._sign_and_publish(ADD_KIND, [["-"], ["p", pubkey]], created_at)
-            after = set(wanted)
-            for pubkey in current:
-                if pubkey not in after:
-                    await self._sign_and_publish(REMOVE_KIND, [["-"], ["p", pubkey]], created_at)
-        await self._sign_and_publish(LIST_KIND, [["-"], *(["member", pk] for pk in wanted)], created_at)
+            before = {tag[1] for tag in current}
+            after = {tag[1] for tag in wanted}
+            for pubkey in sorted(after - before):
+                await self._sign_and_publish(ADD_KIND, [["-"], ["p", pubkey]], created_at)
+            for pubkey in sorted(before - after):
+                await self._sign_and_publish(REMOVE_KIND, [["-"], ["p", pubkey]], created_at)
+        await self._sign_and_publish(LIST_KIND, [["-"], *wanted], created_at)
         return True
 
-    async def _listed(self, now: int) -> list[str]:
-        """Members whose newest kind 10010 here names this relay, newest opt-in first,
-        at most ``max_listed_members``, then sorted (a stable list does not churn)."""
+    async def _listed(self, now: int) -> list[list[str]]:
+        """The ``member`` tags of members whose newest kind 10010 here names this relay,
+        newest opt-in first, at most ``max_listed_members``, then sorted (a stable list
+        does not churn); a member holding a role (a tier) has it as the tag's next argument."""
         optins = await self._events.query(
             [Filter(kinds=frozenset({OPT_IN_KIND}), tags=(("r", relay_urls(self._relay_url)),), limit=5000)], now
         )
@@ -322,7 +377,12 @@ class Membership:
                 out.append(pubkey)
                 if len(out) >= self.settings.max_listed_members:
                     break
-        return sorted(out)
+        tags = []
+        for pubkey in sorted(out):
+            account = await self._accounts.get(pubkey)
+            role = account.role if account is not None else ""
+            tags.append(["member", pubkey, role] if role else ["member", pubkey])
+        return tags
 
     async def _sign_and_publish(self, kind: int, tags: list[list[str]], created_at: int) -> None:
         await self._publish(sign_event(self._identity.secret, kind, "", tags, created_at=created_at))

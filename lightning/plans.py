@@ -28,6 +28,39 @@ class Grant:
     admit_seconds: int = 0
     admit_forever: bool = False
     credit_msat: int = 0
+    role: str = ""  # a tier: the NIP-43 role settlement gives
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """A tier (``[payments.tiers.<name>]``): a plan with its own limits, and the NIP-43 role
+    of that name. ``None`` limits are the relay's own."""
+
+    name: str
+    label: str
+    description: str
+    color: int | None
+    order: int
+    amount_msat: int
+    period_seconds: int  # 0: admitted for good
+    grace_seconds: int = 0
+    events_per_second: float | None = None
+    events_per_day: int | None = None
+    max_bytes_stored: int | None = None
+    max_event_bytes: int | None = None
+    kinds: frozenset[int] | None = None
+    free_inbox: bool = True
+
+    def offer_text(self) -> str:
+        term = "for good" if self.period_seconds == 0 else f"for {_days(self.period_seconds)}"
+        return f"{_msat_text(self.amount_msat)} {term}"
+
+
+def _better(limit: float | None, than: float | None) -> bool:
+    """Whether ``limit`` gives more than ``than`` (None: no tier limit, the most)."""
+    if than is None:
+        return False
+    return limit is None or limit > than
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +86,7 @@ class Plans:
     credit_default_msat: int
     default_price_msat: int
     kind_prices_msat: dict[int, int]
+    tiers: tuple[Tier, ...] = ()  # by order, then name
 
     @classmethod
     def from_settings(cls, settings: PaymentSettings) -> Plans:
@@ -68,7 +102,51 @@ class Plans:
             credit_default_msat=credit.default_topup_sats * 1000,
             default_price_msat=credit.default_price_msat,
             kind_prices_msat=dict(credit.kind_prices_msat),
+            tiers=tuple(
+                sorted(
+                    (
+                        Tier(
+                            name=name,
+                            label=t.label or name.capitalize(),
+                            description=t.description,
+                            color=t.color,
+                            order=t.order,
+                            amount_msat=t.price_sats * 1000,
+                            period_seconds=round(t.period_days * DAY),
+                            grace_seconds=round(t.grace_days * DAY),
+                            events_per_second=t.events_per_second,
+                            events_per_day=t.events_per_day,
+                            max_bytes_stored=t.max_bytes_stored,
+                            max_event_bytes=t.max_event_bytes,
+                            kinds=frozenset(t.kinds) if t.kinds is not None else None,
+                            free_inbox=t.free_inbox,
+                        )
+                        for name, t in settings.tiers.items()
+                    ),
+                    key=lambda tier: (tier.order, tier.name),
+                )
+            ),
         )
+
+    def tier(self, name: str) -> Tier | None:
+        """The tier of that name (an account's role); None for "" or a role that is no tier."""
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        return None
+
+    def upgrade(self, tier: Tier, limit: str, event_kind: int | None = None) -> Tier | None:
+        """The first tier after ``tier`` (in display order) that gives more of ``limit`` (a
+        ``Tier`` field: ``events_per_second``, ``max_event_bytes``, ...; ``kinds`` with
+        ``event_kind``: one that allows it): what a refusal names as the way past it."""
+        later = self.tiers[self.tiers.index(tier) + 1 :] if tier in self.tiers else ()
+        for other in later:
+            if limit == "kinds":
+                if other.kinds is None or event_kind in other.kinds:
+                    return other
+            elif _better(getattr(other, limit), getattr(tier, limit)):
+                return other
+        return None
 
     def price_msat(self, kind: int) -> int:
         """What one accepted event of ``kind`` costs a credit-plan account."""
@@ -88,6 +166,10 @@ class Plans:
                     f"credit top-up must be {self.credit_min_msat // 1000}-{self.credit_max_msat // 1000} sats"
                 )
             return Grant("credit", amount, credit_msat=amount)
+        tier = self.tier(plan)
+        if tier is not None:
+            term = tier.period_seconds
+            return Grant(tier.name, tier.amount_msat, admit_seconds=term, admit_forever=term == 0, role=tier.name)
         raise UnknownPlan(f"no plan {plan!r} here")
 
     def offers(self) -> list[PlanOffer]:
@@ -114,6 +196,18 @@ class Plans:
                     period_seconds=period,
                 )
             )
+        for tier in self.tiers:
+            period = tier.period_seconds
+            out.append(
+                PlanOffer(
+                    tier.name,
+                    tier.label,
+                    tier.description
+                    or ("write for good" if period == 0 else f"write for {_days(period)}; paying again extends it"),
+                    tier.amount_msat,
+                    period_seconds=period or None,
+                )
+            )
         if self.credit_enabled:
             out.append(
                 PlanOffer(
@@ -138,6 +232,16 @@ class Plans:
             fees["subscription"] = [
                 {"amount": self.subscription_msat, "unit": "msats", "period": self.subscription_period_seconds}
             ]
+        for tier in self.tiers:
+            # NIP-11 has one list per fee kind; a tier's entry is told apart by its
+            # ``tier`` (the NIP-43 role id) and ``label``, beside the NIP's own fields.
+            tier_entry: dict[str, Any] = {"amount": tier.amount_msat, "unit": "msats", "tier": tier.name}
+            tier_entry["label"] = tier.label
+            if tier.period_seconds:
+                tier_entry["period"] = tier.period_seconds
+                fees.setdefault("subscription", []).append(tier_entry)
+            else:
+                fees.setdefault("admission", []).append(tier_entry)
         if self.credit_enabled:
             by_price: dict[int, list[int]] = {}
             for kind, price in sorted(self.kind_prices_msat.items()):

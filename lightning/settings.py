@@ -8,6 +8,7 @@ object never shows them.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -52,6 +53,32 @@ class CreditPlan(_Section):
         if any(price < 0 for price in self.kind_prices_msat.values()):
             raise ValueError("kind prices must be >= 0")
         return self
+
+
+RESERVED_PLAN_NAMES = frozenset({"admission", "subscription", "credit"})
+
+
+class TierSettings(_Section):
+    """One plan of several (``[payments.tiers.<name>]``): a price per period with its own
+    limits, published as a NIP-43 role whose ``d`` tag is the tier's name. A limit left
+    out is the relay's own (``[limits]``, ``[retention]``): a tier only narrows or widens
+    what it names."""
+
+    label: str = Field("", max_length=64, description="shown to people; default the name")
+    description: str = Field("", max_length=500)
+    color: int | None = Field(None, ge=0, le=360, description="a hue (NIP-43 role color)")
+    order: int = Field(0, description="display order, lower first (NIP-43 role order)")
+    price_sats: int = Field(..., ge=1)
+    period_days: float = Field(30, ge=0, description="0 = admitted for good")
+    grace_days: float = Field(0, ge=0, description="writes continue this long after the period ends")
+    events_per_second: float | None = Field(None, gt=0, description="per member; default the relay's [limits]")
+    events_per_day: int | None = Field(None, ge=1, description="per member, a day from the first event")
+    max_bytes_stored: int | None = Field(
+        None, ge=0, description="stored raw JSON; default retention.member_max_bytes_per_pubkey; 0 = no limit"
+    )
+    max_event_bytes: int | None = Field(None, ge=1, description="largest event (raw JSON)")
+    kinds: list[int] | None = Field(None, description="the kinds a member may write; default every kind")
+    free_inbox: bool = Field(True, description="strangers may write to members' inboxes free (free_if_p_tags_member)")
 
 
 class FakeBackendSettings(_Section):
@@ -195,6 +222,9 @@ class PaymentSettings(_Section):
     admission: AdmissionPlan = AdmissionPlan()
     subscription: SubscriptionPlan = SubscriptionPlan()
     credit: CreditPlan = CreditPlan()
+    tiers: dict[str, TierSettings] = Field(
+        default_factory=dict, description="named plans with their own limits, each a NIP-43 role"
+    )
 
     free_kinds: list[int] = Field(default_factory=lambda: [22242], description="kinds anyone may write")
     trusted_zappers: list[str] = Field(
@@ -239,9 +269,21 @@ class PaymentSettings(_Section):
 
     @model_validator(mode="after")
     def _some_plan(self) -> PaymentSettings:
-        if self.enabled and not (self.admission.enabled or self.subscription.enabled or self.credit.enabled):
-            raise ValueError("payments are enabled but no plan (admission, subscription, credit) is")
+        if self.enabled and not (
+            self.admission.enabled or self.subscription.enabled or self.credit.enabled or self.tiers
+        ):
+            raise ValueError("payments are enabled but no plan (admission, subscription, credit, tiers) is")
         return self
+
+    @field_validator("tiers")
+    @classmethod
+    def _tier_names(cls, value: dict[str, TierSettings]) -> dict[str, TierSettings]:
+        for name in value:
+            if name in RESERVED_PLAN_NAMES or not re.fullmatch(r"[a-z0-9_-]{1,32}", name):
+                raise ValueError(
+                    f"tier name {name!r}: use 1-32 of a-z 0-9 _ - and none of {', '.join(sorted(RESERVED_PLAN_NAMES))}"
+                )
+        return value
 
     @model_validator(mode="after")
     def _backend_secret(self) -> PaymentSettings:

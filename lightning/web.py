@@ -112,12 +112,16 @@ def account_json(pubkey: str, account: Account | None, now: int) -> dict[str, An
         "credit_msat": account.credit_msat,
         "banned": account.banned,
         "allowed": account.allowed,
+        "tier": account.role or None,  # the NIP-43 role whose limits apply (a tier)
+        "comped": account.comped,
     }
 
 
 def may_write(account: Account, now: int) -> bool:
     """What the public account view tells anyone: this pubkey can publish here now."""
-    return not account.banned and (account.allowed or account.admitted(now) or account.credit_msat > 0)
+    return not account.banned and (
+        account.allowed or account.comped or account.admitted(now) or account.credit_msat > 0
+    )
 
 
 def public_account_json(pubkey: str, account: Account | None, now: int) -> dict[str, Any]:
@@ -129,6 +133,7 @@ def public_account_json(pubkey: str, account: Account | None, now: int) -> dict[
         "pubkey": pubkey,
         "npub": npub_encode(pubkey),
         "may_write": may_write(account, now),
+        "tier": account.role or None,  # public anyway: the NIP-43 member list names it
         "admitted": account.admitted(now),
         "admitted_until": None if until == 0 else ("forever" if until >= FOREVER else until),
     }
@@ -436,6 +441,7 @@ class JoinWeb:
                 pubkey=esc(doc["pubkey"]),
                 npub=esc(doc["npub"]),
                 admitted=esc(self._admitted_text(doc)),
+                tier=esc(self._tier_text(doc)),
                 credit="shown to its owner only (NIP-98 signed request)",
                 state="may write" if doc["may_write"] else "may not write",
                 **self._wallet_vars(),
@@ -446,6 +452,7 @@ class JoinWeb:
             pubkey=esc(doc["pubkey"]),
             npub=esc(doc["npub"]),
             admitted=esc(self._admitted_text(doc)),
+            tier=esc(self._tier_text(doc)),
             credit=esc(_sats(doc["credit_msat"])),
             state=esc(state),
             **self._wallet_vars(),
@@ -457,6 +464,27 @@ class JoinWeb:
             "renewal_flag": "1" if renewals is not None and renewals.available else "0",
             "relay_self": renewals.relay_pubkey if renewals is not None else "",
         }
+
+    def _tier_text(self, doc: dict[str, Any]) -> str:
+        """The tier, its price and when it renews (or its grace ends): what the member
+        pays again, and by when (issue 20 item 5)."""
+        role = doc.get("tier")
+        if not role:
+            return "none"
+        tier = self._plans.tier(role)
+        if tier is None:
+            return f"{role} (a role given by the operator)"
+        text = f"{tier.label} ({tier.offer_text()})"
+        until = doc["admitted_until"]
+        if doc.get("comped"):
+            return text + ", given by the operator"
+        if isinstance(until, int) and tier.period_seconds:
+            renew = time.strftime("%Y-%m-%d", time.gmtime(until))
+            text += f", renew by {renew}"
+            if tier.grace_seconds:
+                grace = time.strftime("%Y-%m-%d", time.gmtime(until + tier.grace_seconds))
+                text += f" (writes go on until {grace})"
+        return text
 
     @staticmethod
     def _admitted_text(doc: dict[str, Any]) -> str:

@@ -132,6 +132,17 @@ def receipt_event(secret: bytes, request: ZapRequest, bolt11: str, preimage: str
     return sign_event(secret, ZAP_RECEIPT_KIND, "", tags, created_at=paid_at)
 
 
+def receipt_time(wallet_paid_at: int | None, issued_at: int, now: int) -> int:
+    """NIP-57: a receipt's ``created_at`` SHOULD be the invoice's ``paid_at`` (the same
+    receipt, however late it is signed: after a restart, the relay notices a payment made
+    while it was down only then). The wallet's time is kept between the invoice's issue
+    and now, so a wallet clock that is off never dates a receipt in the future or before
+    the invoice existed; without one, now."""
+    if wallet_paid_at is None:
+        return now
+    return max(issued_at, min(wallet_paid_at, now))
+
+
 def publish_targets(relays: tuple[str, ...], own_urls: tuple[str, ...], limit: int) -> list[str]:
     """The request's relays the receipt is sent to: ws(s):// only, not this relay itself
     (it already stored the receipt), at most ``limit``."""

@@ -52,6 +52,7 @@ from lightning.zap import (
     public_address,
     publish_targets,
     receipt_event,
+    receipt_time,
     zap_grant,
 )
 from relay.event import Event
@@ -175,16 +176,16 @@ class Zapper:
 
     # --- receipts ---------------------------------------------------------------------
 
-    def settled(self, invoice: Invoice, preimage: str | None) -> None:
+    def settled(self, invoice: Invoice, preimage: str | None, paid_at: int | None = None) -> None:
         """A zap invoice was credited (exactly once, on this node): sign and spread the
-        receipt in the background."""
+        receipt in the background, dated ``paid_at`` (the wallet's time of payment)."""
         if invoice.plan != ZAP_PLAN or invoice.description is None:
             return
-        task = asyncio.create_task(self._receipt(invoice, preimage), name="zap-receipt")
+        task = asyncio.create_task(self._receipt(invoice, preimage, paid_at), name="zap-receipt")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _receipt(self, invoice: Invoice, preimage: str | None) -> None:
+    async def _receipt(self, invoice: Invoice, preimage: str | None, paid_at: int | None) -> None:
         try:
             assert invoice.description is not None
             zap = parse_zap_request(
@@ -193,7 +194,8 @@ class Zapper:
         except ZapRequestError as exc:  # stored by us after the same checks: should not happen
             log.error("zap invoice %s: stored zap request no longer parses (%s)", invoice.payment_hash, exc)
             return
-        receipt = receipt_event(self._identity.secret, zap, invoice.bolt11, preimage, int(self._clock()))
+        created_at = receipt_time(paid_at, invoice.created_at, int(self._clock()))
+        receipt = receipt_event(self._identity.secret, zap, invoice.bolt11, preimage, created_at)
         try:
             await self._publish(receipt)
         except Exception:
@@ -254,10 +256,22 @@ class Zapper:
             )
             if not any(invoice.bolt11 in raw.decode() for raw in found):
                 missing += 1
-                self.settled(invoice, None)
+                self.settled(invoice, None, await self._paid_time(invoice))
         if missing:
             log.info("re-signing %d zap receipts missing after a stop", missing)
         return missing
+
+    async def _paid_time(self, invoice: Invoice) -> int | None:
+        """When the wallet says a credited invoice was paid, else when the ledger settled it
+        (a receipt re-signed after a stop keeps the payment's date, NIP-57)."""
+        try:
+            status = await self._ledger.backend.lookup_invoice(invoice.payment_hash)
+        except BackendError as exc:
+            log.info("zap invoice %s: payment time not asked of the wallet (%s)", invoice.payment_hash, exc)
+            status = None
+        if status is not None and status.paid_at is not None:
+            return status.paid_at
+        return invoice.paid_at
 
     async def close(self) -> None:
         tasks = list(self._tasks)

@@ -17,6 +17,10 @@ Deliver = Callable[[Event], object]
 
 
 class Broadcast(Protocol):
+    # True when other processes or nodes may have subscribers: this node cannot then tell
+    # that nobody listened to an ephemeral event (NIP-01 ``mute:``), so it never says so.
+    reaches_other_nodes: bool
+
     async def start(self, deliver: Deliver) -> None:
         """Begin delivering other nodes' events to ``deliver`` (local fan-out)."""
 
@@ -28,6 +32,8 @@ class Broadcast(Protocol):
 
 class LocalBroadcast:
     """One process: nothing to announce."""
+
+    reaches_other_nodes = False
 
     async def start(self, deliver: Deliver) -> None:
         return None

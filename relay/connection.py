@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from relay import messages, vanish
+from relay import hyperloglog, messages, vanish
 from relay.config import Settings
 from relay.errors import AuthRequired, Invalid, RateLimited, Rejection, ServerError
 from relay.event import Event, KindClass, parse_event
-from relay.filters import Filter
+from relay.filters import Filter, answer_is_whole
 from relay.heavy_reads import HeavyReads
 from relay.hooks import Answered, Hooks, Refuse
 from relay.limits import BucketTable, IpTable, TokenBucket, address_group
@@ -73,6 +73,7 @@ _store_fault_log = ThrottledLog(log, per_second=0.2, burst=3)
 _ID_IN_FRAME = re.compile(rb'"id"\s*:\s*"([0-9a-f]{64})"')
 MAX_IN_FLIGHT = 1000  # EVENTs of one connection awaiting verification or commit
 SHUTTING_DOWN = "relay is shutting down, try again later"
+MUTED = "mute: nobody was listening to this ephemeral event, so it was ignored"
 
 _OUTCOME_REPLY = {
     WriteOutcome.STORED: (True, ""),
@@ -121,6 +122,7 @@ class ConnectionDeps:
     management: ManagementView  # NIP-86 state: bans hide stored events too
     hooks: Hooks  # the plug-ins' write gates, read sources and storage allowances, in order
     fan_out: Callable[[Event], None]  # an accepted ephemeral event to live subscribers, here and beyond
+    may_reach_anyone: Callable[[Event], bool]  # could an ephemeral event reach a subscriber?
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
     closing: bool = False  # set by the server's stop(): no new EVENT/REQ/COUNT
 
@@ -326,13 +328,26 @@ class Connection:
                 self._reject(event.id, verdict.rejection)
                 return
             if event.kind_class is KindClass.EPHEMERAL:
-                # Never stored: whatever it costs, the gate has taken already (issue 8).
+                if not self.deps.may_reach_anyone(event):
+                    # NIP-01 ``mute:``: valid and admitted, but nobody could receive it, so it
+                    # was ignored; nothing was delivered, so nothing is taken.
+                    self._reply_ok(event, (False, MUTED))
+                    return
+                # Never stored, so no store write hook takes what the gates attached (a
+                # price): the plug-ins take it now, before the event is fanned out (issue 8).
+                refused = await self.deps.hooks.take_unstored(event, verdict.attachments, ctx.now)
+                if refused is not None:
+                    self._reject(event.id, refused)
+                    return
                 self.deps.fan_out(event)
                 self._reply_ok(event, (True, ""))
                 return
             if self.deps.quota.enabled:
                 allowance = await self.deps.hooks.storage_allowance(event.pubkey, ctx.now)
-                refused = await self.deps.quota.check(event, allowance)
+                if allowance is None:
+                    refused = await self.deps.quota.check(event, None)
+                else:
+                    refused = await self.deps.quota.check(event, allowance.bytes, allowance.refusal)
                 if refused is not None:
                     self._reject(event.id, refused)
                     return
@@ -451,7 +466,8 @@ class Connection:
             return
         if self._pending_live.get(sub_id) is not pending:
             return  # closed or replaced while the query ran
-        self.send(messages.eose(sub_id))
+        # NIP-67: say when nothing stored was left out, so the client need not paginate.
+        self.send(messages.eose(sub_id, ("finish",) if answer_is_whole(filters, len(sent)) else ()))
         del self._pending_live[sub_id]
         self._pending_bytes = 0
         for event in pending:
@@ -506,14 +522,21 @@ class Connection:
             # not counted either (NIP-45 COUNT must not reveal private or banned events).
             # A count may read every row: in this address group's turn (HeavyReads).
             n = 0
+            hll: bytes | None = None
             if wanted:
+                now, scope = int(time.time()), self._read_scope()
+                # NIP-45 HyperLogLog for the NIP's common filters (reactions, followers, ...).
+                offset = hyperloglog.offset_for(wanted) if len(wanted) == len(filters) else None
                 async with self.deps.heavy_reads.turn(self.group):
-                    n = await self.deps.store.count(wanted, int(time.time()), self._read_scope())
+                    n = await self.deps.store.count(wanted, now, scope)
+                    if offset is not None:
+                        minima = await self.deps.store.count_registers(wanted[0], now, scope, offset)
+                        hll = hyperloglog.registers(minima)
         except Exception as exc:
             _store_fault_log.error("count failed", exc_info=exc)
             self.send(messages.closed(sub_id, "error: could not run the count"))
             return
-        self.send(messages.count(sub_id, n))
+        self.send(messages.count(sub_id, n, hll))
 
     # --- AUTH (NIP-42) ---------------------------------------------------------------
 

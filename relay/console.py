@@ -264,7 +264,11 @@ class Console:
                     ("version", __version__),
                 ]
             ),
-            ui.chart("Accepted events per second, last 10 minutes", rate_chart(self.rate.history())),
+            ui.chart(
+                "Accepted events per second, last 10 minutes",
+                rate_chart(history := self.rate.history()),
+                narrow=rate_chart(history, width=NARROW_CHART),
+            ),
             ui.stats(
                 [
                     ("banned pubkeys", f"{len(state.banned_pubkeys):,}"),
@@ -403,6 +407,9 @@ def human_duration(seconds: float) -> str:
 def snippet(content: str) -> str:
     line = " ".join(content.split())
     return line if len(line) <= SNIPPET else line[: SNIPPET - 1] + "…"
+
+
+NARROW_CHART = 360  # the overview's chart as a phone shows it (console_blocks ``narrow``)
 
 
 def rate_chart(points: Sequence[tuple[float, float]], width: int = 600, height: int = 180) -> str:

@@ -12,7 +12,9 @@ Document: ``{"title": str, "refresh": seconds (0: never), "blocks": [block, ...]
 Blocks:
 - ``stats``: labelled figures in a row of tiles.
 - ``chart``: a complete SVG document drawn on the server (``svg``), shown through an
-  ``<img>`` from a blob URL: an image cannot run script, whatever the SVG holds.
+  ``<img>`` from a blob URL: an image cannot run script, whatever the SVG holds. With
+  ``narrow`` (the same chart drawn about 360 units wide) a screen under 640 px shows that
+  one instead, so its labels keep a readable size (a ``<picture>`` source).
 - ``table``: ``columns`` and ``rows`` of strings, and row ``actions``: a button per row that
   calls NIP-86 ``method`` with ``[row[column]]`` (plus the operator's reason, typed next to
   the button, when ``reason`` is true, then ``options``, an object, when given), then shows
@@ -21,6 +23,9 @@ Blocks:
 - ``form``: fields whose values reload the panel as query parameters (search a pubkey, pick
   a period).
 - ``text``: a line of plain text.
+- ``pager``: "Previous" and "Next" buttons under a long list, each reloading the panel with
+  its query (``previous``/``next``, null at either end), and a ``label`` saying which rows
+  are shown.
 """
 
 from __future__ import annotations
@@ -37,8 +42,16 @@ def stats(items: Sequence[tuple[str, str]], title: str = "") -> dict[str, Any]:
     return {"type": "stats", "title": title, "items": [{"label": k, "value": v} for k, v in items]}
 
 
-def chart(title: str, svg: str) -> dict[str, Any]:
-    return {"type": "chart", "title": title, "svg": svg}
+def chart(title: str, svg: str, narrow: str = "") -> dict[str, Any]:
+    doc = {"type": "chart", "title": title, "svg": svg}
+    if narrow:
+        doc["narrow"] = narrow
+    return doc
+
+
+def pager(label: str, previous: dict[str, str] | None, following: dict[str, str] | None) -> dict[str, Any]:
+    """Paging of a list: the queries of the previous and next pages (None at an end)."""
+    return {"type": "pager", "label": label, "previous": previous, "next": following}
 
 
 def action(

@@ -7,12 +7,13 @@ checks the store against it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import Invalid, Unsupported
 from relay.event import INT64_MAX, MAX_KIND, Event, is_hex64, unstorable_text
-from relay.search import DEFAULT_SEARCH_KINDS, SearchQuery, parse_search
+from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, SearchQuery, parse_search
 
 _HEX_TAGS = frozenset("ep")  # NIP-01: #e and #p values MUST be 64-char lowercase hex
 # Most values (ids + authors + kinds + tag values) one filter may list. SQLite binds each
@@ -87,6 +88,30 @@ class Filter:
             out["search"] = self.search.text
         return out
 
+
+
+def answer_is_whole(filters: Sequence[Filter], distinct_sent: int) -> bool:
+    """NIP-67: True when a REQ's stored answer of ``distinct_sent`` events is known to hold
+    every stored event its ``filters`` match, so its EOSE may carry ``["finish"]``.
+
+    Each filter gives at most its ``limit`` events (a NIP-50 search at most
+    ``RANK_CANDIDATES`` ranked matches) and the answer is their union, so an answer smaller
+    than the smallest of those caps means no filter reached its cap: each gave all it
+    matched. Deliberately conservative (the NIP: the hint's presence is definitive, its
+    absence is not): an answer exactly at the smallest cap is not called whole, though the
+    filter may have matched exactly that many, and neither is an answer at or above it,
+    though another filter may have given the rest. A non-empty filter with ``limit: 0``
+    asked for no stored events, so whatever it matches was not sent: never whole."""
+    caps: list[int] = []
+    for f in filters:
+        if f.is_empty():
+            continue  # matches nothing: nothing left unsent
+        cap = f.limit
+        if f.search is not None:
+            cap = RANK_CANDIDATES if cap is None else min(cap, RANK_CANDIDATES)
+        if cap is not None:
+            caps.append(cap)
+    return not caps or distinct_sent < min(caps)
 
 
 def _int(value: object, key: str, maximum: int = INT64_MAX) -> int:

@@ -13,8 +13,13 @@ never names a plug-in: each enabled plug-in hands the composition root one
   none admitted, and the reply gives every way in ("...; or ..."). No opinion at all:
   admitted free (a relay without plug-ins is a free relay). A gate may raise
   ``Answered`` for an event addressed to the relay itself (NIP-43 requests).
+- ``unstored_takers``: an admitted event that is never stored (ephemeral kinds) meets no
+  store write hook, so what its gate attached (a price) is taken here, after the relay
+  knows someone can receive it (NIP-01 ``mute:`` takes nothing) and before it is fanned
+  out; a taker may refuse it with a ``Rejection``.
 - ``req_sources``: events made for a REQ on the fly (NIP-43 invite codes), never stored.
-- ``storage_allowances``: a larger storage quota for a pubkey (bytes; 0 = no limit).
+- ``storage_allowances``: a larger storage quota for a pubkey (bytes; 0 = no limit), or
+  an ``Allowance`` whose ``refusal`` is the reply past it (a plan naming its next plan).
 - ``http_routes``, ``management_methods`` (NIP-86, ``<section>.<verb>``),
   ``console_panels``, ``nip11_fields``, ``profile_fields`` (the relay's kind-0 profile:
   a ``lud16`` makes it zappable), ``services`` (started after the store, stopped before
@@ -70,11 +75,24 @@ class Answered(Exception):
 
 
 WriteGate = Callable[[Event, WriteContext], Awaitable[Verdict]]
+UnstoredTaker = Callable[[Event, tuple[object, ...], int], Awaitable[Rejection | None]]
+"""``(event, attachments, now)``: take what the gates attached to an event that is never
+stored; None when taken (or nothing of it was this plug-in's), a ``Rejection`` to refuse."""
 ReqSource = Callable[[tuple[Filter, ...], frozenset[str]], Awaitable[list[bytes]]]
 """Events made for this REQ on the fly, sent before the stored ones and never stored; raise
 a ``Rejection`` to close the REQ."""
-StorageAllowance = Callable[[str, int], Awaitable[int | None]]
-"""``(pubkey, now)``: the bytes that pubkey may store (0: no limit), or None (no opinion)."""
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """A plug-in's storage quota for one pubkey: ``bytes`` (0: no limit) and the reply once
+    it is used up (None: the relay's own ``storage quota reached``)."""
+
+    bytes: int
+    refusal: Rejection | None = None
+
+
+StorageAllowance = Callable[[str, int], Awaitable["int | Allowance | None"]]
+"""``(pubkey, now)``: the bytes that pubkey may store (0: no limit) as an int or an
+``Allowance``, or None (no opinion)."""
 HttpRoute = Callable[[HttpRequest], Awaitable[HttpResponse | None]]
 Fields = Callable[[], Mapping[str, Any]]
 
@@ -124,6 +142,7 @@ class PluginHooks:
     description: str = ""  # for the start-up line, e.g. "payments (lnbits)"
     order: int = 100  # lower first: free tiers before paid ones
     write_gates: Sequence[WriteGate] = ()
+    unstored_takers: Sequence[UnstoredTaker] = ()
     req_sources: Sequence[ReqSource] = ()
     storage_allowances: Sequence[StorageAllowance] = ()
     http_routes: Sequence[HttpRoute] = ()
@@ -167,6 +186,7 @@ class Hooks:
         self.plugins = tuple(sorted(plugins, key=lambda p: (p.order, p.name)))
         ps = self.plugins
         self.write_gates = tuple(g for p in ps for g in p.write_gates)
+        self.unstored_takers = tuple(t for p in ps for t in p.unstored_takers)
         self.req_sources = tuple(s for p in ps for s in p.req_sources)
         self.storage_allowances = tuple(a for p in ps for a in p.storage_allowances)
         self.http_routes = tuple(r for p in ps for r in p.http_routes)
@@ -211,20 +231,33 @@ class Hooks:
         others = "; or ".join(r.reason for r in refused[1:])
         return Refuse(type(first)(f"{first.reason}; or {others}"))
 
+    async def take_unstored(self, event: Event, attachments: tuple[object, ...], now: int) -> Rejection | None:
+        """Every taker's share of an unstored event's attachments; the first refusal."""
+        if not attachments:
+            return None
+        for taker in self.unstored_takers:
+            refused = await taker(event, attachments, now)
+            if refused is not None:
+                return refused
+        return None
+
     async def req_events(self, filters: tuple[Filter, ...], authed: frozenset[str]) -> list[bytes]:
         made: list[bytes] = []
         for source in self.req_sources:
             made.extend(await source(filters, authed))
         return made
 
-    async def storage_allowance(self, pubkey: str, now: int) -> int | None:
+    async def storage_allowance(self, pubkey: str, now: int) -> Allowance | None:
         """The largest allowance any plug-in gives (0, no limit, is the largest)."""
-        best: int | None = None
+        best: Allowance | None = None
         for allowance in self.storage_allowances:
             given = await allowance(pubkey, now)
             if given is None:
                 continue
-            best = 0 if given == 0 or best == 0 else max(best or 0, given)
+            if isinstance(given, int):
+                given = Allowance(given)
+            if best is None or (best.bytes != 0 and (given.bytes == 0 or given.bytes > best.bytes)):
+                best = given
         return best
 
     async def route(self, request: HttpRequest) -> HttpResponse | None:

@@ -210,6 +210,11 @@ METHODS: dict[str, Method] = {
 }
 
 
+# NIP-86 methods the NIP names whose state belongs to a plug-in (NIP-43 roles: a
+# membership plug-in's), so the core answers none of them: a plug-in may provide these by
+# their NIP names; every other plug-in method is namespaced ``<section>.<verb>``.
+PLUGIN_NIP_METHODS = frozenset({"createrole", "editrole", "deleterole", "assignrole", "unassignrole"})
+
 # Answered by the shell (it needs the store's reports), listed here so supportedmethods does.
 QUEUE_METHOD = "listeventsneedingmoderation"
 REPORT_KIND = 1984  # NIP-56

@@ -32,6 +32,7 @@ from relay.event import Event, is_hex64
 from relay.filters import Filter
 from relay.hooks import Changed, ManagementMethod
 from relay.management import (
+    PLUGIN_NIP_METHODS,
     QUEUE_METHOD,
     REPORT_KIND,
     Change,
@@ -58,11 +59,13 @@ _ID = slice(7, 71)
 class ManagementView:
     def __init__(self, store: Store, extra: Mapping[str, ManagementMethod] | None = None) -> None:
         """``extra``: the plug-ins' NIP-86 methods. A name without a ``.`` could collide
-        with a method a later NIP-86 revision adds, so the plug-in is refused at start-up."""
+        with a method a later NIP-86 revision adds, so the plug-in is refused at start-up,
+        unless it is one of the NIP's own names whose state is a plug-in's
+        (``PLUGIN_NIP_METHODS``: the NIP-43 role methods)."""
         self._store = store
         self._extra = dict(extra or {})
         for name in self._extra:
-            if "." not in name:
+            if "." not in name and name not in PLUGIN_NIP_METHODS:
                 raise PluginError(f"plug-in NIP-86 method {name!r} must be named '<section>.<verb>'")
         self.state = ManagementState()
         self._changes: int | None = None

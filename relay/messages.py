@@ -6,6 +6,7 @@ frame without being decoded and re-encoded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,8 +208,9 @@ def ok(event_id: str | None, accepted: bool, message: str = "") -> bytes:
     return orjson.dumps(["OK", event_id or "", accepted, message])
 
 
-def eose(sub_id: str) -> bytes:
-    return orjson.dumps(["EOSE", sub_id])
+def eose(sub_id: str, hints: Sequence[str] = ()) -> bytes:
+    """``["EOSE", id]``, or with NIP-67 hints ``["EOSE", id, ["finish"]]``."""
+    return orjson.dumps(["EOSE", sub_id, list(hints)] if hints else ["EOSE", sub_id])
 
 
 def closed(sub_id: str, message: str) -> bytes:
@@ -223,8 +225,12 @@ def auth_challenge(challenge: str) -> bytes:
     return orjson.dumps(["AUTH", challenge])
 
 
-def count(sub_id: str, n: int) -> bytes:
-    return orjson.dumps(["COUNT", sub_id, {"count": n}])
+def count(sub_id: str, n: int, hll: bytes | None = None) -> bytes:
+    """NIP-45 ``["COUNT", id, {"count": n}]``, with ``"hll"`` (256 registers, hex) when given."""
+    body: dict[str, Any] = {"count": n}
+    if hll is not None:
+        body["hll"] = hll.hex()
+    return orjson.dumps(["COUNT", sub_id, body])
 
 
 def neg_msg(sub_id: str, message: bytes) -> bytes:

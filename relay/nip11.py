@@ -1,7 +1,13 @@
 """NIP-11 relay information document and the plain HTML page for browsers.
 
-Built once at start-up from Settings (plus the extension's fields): every limit the relay
-enforces is published, and only NIPs the relay actually implements are listed.
+Built once at start-up from Settings (plus the extension's fields): the limits NIP-11 names
+are published as the relay enforces them, and only NIPs the relay actually implements are
+listed. The fields follow NIP-11 as of 2026-03-02 (nostr-protocol/nips 1a4e0988; the
+2026-06-13 commit only reformatted it): ``max_filters`` (dropped 2025-04) and ``retention``
+(dropped 2026-02 with ``relay_countries``, ``language_tags``, ``tags``, ``posting_policy``
+and ``privacy_policy``) are no longer published; the relay still enforces both, says the
+filter cap in its ``CLOSED`` reply and the retention on the HTML page.
+tests/nip11_fields.json keeps the spec's field list with that date.
 """
 
 from __future__ import annotations
@@ -11,9 +17,8 @@ from typing import Any
 
 from relay import __version__
 from relay.config import Settings
-from relay.retention import nip11_retention
 
-SUPPORTED_NIPS = [1, 9, 11, 13, 22, 40, 42, 45, 62, 70]
+SUPPORTED_NIPS = [1, 9, 11, 13, 22, 40, 42, 45, 59, 62, 67, 70]
 
 
 def supported_nips(settings: Settings) -> list[int]:
@@ -41,7 +46,6 @@ def build_info(settings: Settings, extra: dict[str, Any] | None = None) -> dict[
     limitation: dict[str, Any] = {
         "max_message_length": limits.max_message_length,
         "max_subscriptions": limits.max_subscriptions,
-        "max_filters": limits.max_filters,
         "max_limit": limits.max_limit,
         "default_limit": limits.default_limit,
         "max_subid_length": 64,
@@ -61,8 +65,6 @@ def build_info(settings: Settings, extra: dict[str, Any] | None = None) -> dict[
         limitation["created_at_lower_limit"] = limits.created_at_lower_limit
     if limits.created_at_upper_limit is not None:
         limitation["created_at_upper_limit"] = limits.created_at_upper_limit
-    if settings.retention.kinds:
-        doc["retention"] = nip11_retention(settings.retention.max_age())
     extra = dict(extra or {})
     limitation.update(extra.pop("limitation", {}))
     doc["supported_nips"] = sorted(set(doc["supported_nips"]) | set(extra.pop("supported_nips", [])))
@@ -71,12 +73,30 @@ def build_info(settings: Settings, extra: dict[str, Any] | None = None) -> dict[
     return doc
 
 
-def render_html(doc: dict[str, Any]) -> str:
+def retention_lines(max_age: dict[int, int]) -> list[str]:
+    """The ``[retention] kinds`` policy in words, for the HTML page (NIP-11 no longer has a
+    field for it): one line per distinct age."""
+    by_age: dict[int, list[int]] = {}
+    for kind, age in max_age.items():
+        by_age.setdefault(age, []).append(kind)
+    lines = []
+    for age, kinds in sorted(by_age.items()):
+        days = f"{age} seconds"
+        if age % 86400 == 0:
+            days = f"{age // 86400} day{'s' if age != 86400 else ''}"
+        lines.append(f"kind{'s' if len(kinds) > 1 else ''} {', '.join(map(str, sorted(kinds)))}: kept {days}")
+    return lines
+
+
+def render_html(doc: dict[str, Any], retention: list[str] | None = None) -> str:
     """A small self-contained page: what this relay is and what it allows."""
     esc = html.escape
     limits = "".join(
         f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in doc.get("limitation", {}).items()
     )
+    kept = ""
+    if retention:
+        kept = "<h2>Retention</h2><ul>" + "".join(f"<li>{esc(line)}</li>" for line in retention) + "</ul>"
     pubkey = f"<p>Operator pubkey: <code>{esc(doc['pubkey'])}</code></p>" if doc.get("pubkey") else ""
     nips = ", ".join(str(n) for n in doc.get("supported_nips", []))
     return f"""<!doctype html>
@@ -86,5 +106,5 @@ def render_html(doc: dict[str, Any]) -> str:
 th{{text-align:left;padding-right:1rem;font-weight:500}}code{{word-break:break-all}}</style></head>
 <body><h1>{esc(doc.get("name", "satsrelay"))}</h1><p>{esc(doc.get("description", ""))}</p>{pubkey}
 <p>This is a Nostr relay: add its address to your Nostr client. Supported NIPs: {esc(nips)}.</p>
-<h2>Limits</h2><table>{limits}</table></body></html>
+<h2>Limits</h2><table>{limits}</table>{kept}</body></html>
 """

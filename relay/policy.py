@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from relay.errors import AuthRequired, Invalid, PowTooLow, Rejection, Restricted
+import orjson
+
+from relay.errors import AuthRequired, Blocked, Invalid, PowTooLow, Rejection, Restricted
 from relay.event import Event, is_hex64
 from relay.filters import Filter
 
@@ -29,8 +31,11 @@ class WriteContext:
 WritePolicy = Callable[[Event, WriteContext], Rejection | None]
 
 AUTH_KIND = 22242
-# NIP-42: DMs and gift wraps are served only to an authenticated party they name.
-PRIVATE_KINDS = frozenset((4, 1059, 1060))
+REPOST_KINDS = frozenset((6, 16))  # NIP-18: a repost, a generic repost
+# NIP-42: DMs and gift wraps are served only to an authenticated party they name; the
+# ephemeral gift wrap (NIP-59 kind 21059) is never stored, so this rule is all that decides
+# who receives it live: its authenticated recipient (or its one-time signer), nobody else.
+PRIVATE_KINDS = frozenset((4, 1059, 1060, 21059))
 AUTH_MAX_SKEW = 600  # seconds an AUTH event's created_at may differ from now
 
 
@@ -110,6 +115,27 @@ def protected_by_author(event: Event, ctx: WriteContext) -> Rejection | None:
     return None
 
 
+def no_embedded_protected_repost(event: Event, ctx: WriteContext) -> Rejection | None:
+    """NIP-70 (2026-05): a repost (NIP-18 kind 6 or 16) of a protected event must not embed
+    it, and relays SHOULD reject one that does: its ``content`` would republish, under the
+    reposter's signature, what the author allowed on chosen relays only. The content is
+    parsed only when it looks like a JSON object (it is bounded by max_content_length); one
+    that does not parse embeds nothing."""
+    if event.kind not in REPOST_KINDS:
+        return None
+    content = event.content.lstrip()
+    if not content.startswith("{"):
+        return None
+    try:
+        embedded = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    tags = embedded.get("tags") if isinstance(embedded, dict) else None
+    if isinstance(tags, list) and any(tag == ["-"] for tag in tags):
+        return Blocked("a repost must not embed a protected event (NIP-70): leave the content empty")
+    return None
+
+
 def auth_to_write(event: Event, ctx: WriteContext) -> Rejection | None:
     if not ctx.authed:
         return AuthRequired("this relay accepts events only from authenticated clients")
@@ -140,6 +166,7 @@ def build_write_policies(rules: WriteRules) -> list[WritePolicy]:
     if rules.auth_required_to_write:
         policies.append(auth_to_write)
     policies.append(protected_by_author)
+    policies.append(no_embedded_protected_repost)
     return policies
 
 

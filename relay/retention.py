@@ -23,7 +23,6 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from relay.config import RetentionSettings
 from relay.errors import Blocked, Rejection
@@ -47,14 +46,6 @@ async def purge_old_events(store: Store, max_age: dict[int, int], now: int, batc
     return total
 
 
-def nip11_retention(max_age: dict[int, int]) -> list[dict[str, Any]]:
-    """NIP-11 ``retention``: one entry per distinct age, listing its kinds."""
-    by_age: dict[int, list[int]] = {}
-    for kind, age in max_age.items():
-        by_age.setdefault(age, []).append(kind)
-    return [{"kinds": sorted(kinds), "time": age} for age, kinds in sorted(by_age.items())]
-
-
 class StorageQuota:
     """Per-author stored bytes, cached, checked before an event goes to the writer."""
 
@@ -66,20 +57,24 @@ class StorageQuota:
         self._member_limit = settings.member_max_bytes_per_pubkey  # a plug-in's members may get it
         self._monotonic = monotonic
         self._usage: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # A plug-in whose allowances are quotas of their own (a tier's) though [retention]
+        # sets none: set by the composition root when any plug-in gives allowances.
+        self.plugin_quotas = False
 
     @property
     def enabled(self) -> bool:
-        return bool(self._limit or self._member_limit)
+        return bool(self._limit or self._member_limit or self.plugin_quotas)
 
-    async def check(self, event: Event, allowance: int | None) -> Rejection | None:
+    async def check(self, event: Event, allowance: int | None, refusal: Rejection | None = None) -> Rejection | None:
         """``allowance``: the bytes a plug-in lets this author store instead of the default
-        (0: no limit; None: the default, ``max_bytes_per_pubkey``)."""
+        (0: no limit; None: the default, ``max_bytes_per_pubkey``); ``refusal``: the plug-in's
+        reply past it (a plan names the plan that stores more)."""
         limit = self._limit if allowance is None else allowance
         if not limit:
             return None
         used = await self._used(event.pubkey)
         if used + len(event.raw) > limit:
-            return Blocked("storage quota reached")
+            return refusal if refusal is not None else Blocked("storage quota reached")
         return None
 
     def stored(self, event: Event) -> None:

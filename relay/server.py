@@ -119,6 +119,7 @@ class Relay:
         self.heavy_reads = HeavyReads(limits.max_heavy_reads, limits.max_heavy_reads_per_ip)
         self.page_reads = HeavyReads(limits.max_page_reads, limits.max_page_reads_per_ip)
         self.quota = StorageQuota(self.store, settings.retention)
+        self.quota.plugin_quotas = bool(self.hooks.storage_allowances)  # a plug-in's plans set quotas of their own
         self.vanished = VanishedAuthors(self.store)  # NIP-62
         write_policies = build_write_policies(
             WriteRules(
@@ -159,6 +160,7 @@ class Relay:
             management=self.management,
             hooks=self.hooks,
             fan_out=self.fan_out,
+            may_reach_anyone=self.may_reach_anyone,
             spawn=self.spawn,
         )
         self.router = HttpRouter()
@@ -198,6 +200,14 @@ class Relay:
         for event in events:
             self.index.publish(event)
         self.bus.publish(events)
+
+    def may_reach_anyone(self, event: Event) -> bool:
+        """Whether an accepted ephemeral event could reach a live subscriber: one here whose
+        filters match and who may see it (NIP-42 private kinds, NIP-86 bans), or any on other
+        processes or nodes, which this node cannot see (then always True)."""
+        if self.bus.reaches_other_nodes:
+            return True
+        return any(subscriber.can_see(event) for subscriber, _ in self.index.matching(event))
 
     def fan_out(self, event: Event) -> None:
         """Hand an accepted ephemeral event to live subscriptions here and on other nodes."""
@@ -432,7 +442,7 @@ class Relay:
         state = self.management.state
         info = {**self._info_base, **{k: v for k, v in state.relay.items() if k in ("name", "description", "icon")}}
         self._info_json = orjson.dumps(info)
-        self._info_html = nip11.render_html(info).encode()
+        self._info_html = nip11.render_html(info, nip11.retention_lines(self.settings.retention.max_age())).encode()
         self._info_state = state
 
     async def _management_route(self, request: HttpRequest) -> HttpResponse | None:

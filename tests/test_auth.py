@@ -342,3 +342,29 @@ async def test_protected_event_from_someone_else_is_restricted(relay: Relay, ali
         assert await client.auth(bob, relay.url) == (True, "")
         event = signed(alice, 1, "members only", [["-"]])
         assert await client.publish(event) == (False, "restricted: this event may only be published by its author")
+
+
+@pytest.mark.parametrize("kind", [6, 16])
+async def test_repost_embedding_a_protected_event_is_refused(relay: Relay, alice: bytes, bob: bytes, kind: int) -> None:
+    """NIP-70 (2026-05): a repost of a protected event must not embed it; the relay rejects
+    one that does, even from an authenticated reposter, and takes the empty-content form."""
+    async with NostrClient(relay.url) as client:
+        assert await client.auth(alice, relay.url) == (True, "")
+        protected = signed(alice, 1, "members only", [["-"]])
+        public = signed(alice, 1, "for everyone")
+        assert await client.publish(protected) == (True, "")
+        assert await client.publish(public) == (True, "")
+        assert await client.auth(bob, relay.url) == (True, "")
+
+        def repost(of: Event, content: str) -> Event:
+            return signed(bob, kind, content, [["e", of.id], ["p", of.pubkey], ["k", "1"]])
+
+        embedding = repost(protected, orjson.dumps(protected.to_dict()).decode())
+        ok, message = await client.publish(embedding)
+        assert not ok and message.startswith("blocked:") and "NIP-70" in message, message
+        assert await client.req("gone", {"ids": [embedding.id]}) == []
+        # The forms the NIP allows: an empty repost of the protected event, and any
+        # repost of an unprotected one.
+        assert await client.publish(repost(protected, "")) == (True, "")
+        assert await client.publish(repost(public, orjson.dumps(public.to_dict()).decode())) == (True, "")
+        assert await client.publish(repost(public, "not json {")) == (True, "")

@@ -23,7 +23,7 @@ from relay.filters import Filter
 from relay.policy import ReadScope, read_scope
 from relay.search import DEFAULT_SEARCH_KINDS, parse_search
 from relay.server import Relay
-from relay.store import postgres, sqlite
+from relay.store import postgres_sql, sqlite
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 from tests.test_management import nip86
@@ -121,12 +121,12 @@ A, B, C, D = "a" * 64, "b" * 64, "c" * 64, "d" * 64
 
 def store_sql(f: Filter, scope: ReadScope | None) -> list[str]:
     """Every statement (with its parameters) the two stores build for ``f`` under ``scope``."""
-    p_select, p_count = postgres._Params(), postgres._Params()
+    p_select, p_count = postgres_sql.Params(), postgres_sql.Params()
     return [
         repr(sqlite._filter_select(f, 1000, "e.raw", scope)),
         repr(sqlite._filter_where(f, 1000, scope=scope)),
-        postgres._filter_select(f, 1000, p_select, "e.raw", scope) + repr(p_select.values),
-        postgres._filter_count(f, 1000, p_count, scope) + repr(p_count.values),
+        postgres_sql.filter_select(f, 1000, p_select, "e.raw", scope) + repr(p_select.values),
+        postgres_sql.filter_count(f, 1000, p_count, scope) + repr(p_count.values),
     ]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from lightning.settings import TierSettings
 from relay.config import ConfigError, Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
@@ -32,7 +33,7 @@ def test_example_config_loads() -> None:
     assert settings.payments.enabled and settings.payments.backend == "fake"
 
 
-DICT_VALUED = ("payments.credit.kind_prices_msat", "retention.kinds")  # keys whose value is a table
+DICT_VALUED = ("payments.credit.kind_prices_msat", "retention.kinds", "payments.tiers")  # keys whose value is a table
 
 
 def test_example_config_documents_every_key() -> None:
@@ -55,6 +56,16 @@ def test_example_config_documents_every_key() -> None:
             present.add(stripped[2:].split(" = ", 1)[0].strip())
     missing = {k for k in _keys(Settings) if k not in present and k.rsplit(".", 1)[-1] not in present}
     assert not missing, f"config.example.toml does not document: {sorted(missing)}"
+    # Every tier key is shown by one of the demo's tiers.
+    shown = {key for tier in data["payments"]["tiers"].values() for key in tier}
+    assert not set(TierSettings.model_fields) - shown, sorted(set(TierSettings.model_fields) - shown)
+
+
+def test_example_config_sells_two_tiers() -> None:
+    settings = load_settings(EXAMPLE)
+    tiers = settings.payments.tiers
+    assert (tiers["supporter"].price_sats, tiers["supporter"].period_days) == (2000, 30)
+    assert (tiers["pro"].price_sats, tiers["pro"].period_days) == (20000, 365)
 
 
 def test_wrong_value_names_the_key(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from relay.server import Relay
 from tests.lightning.payment_stack import ledger_of, nip98_header
 from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS, DOCS_IMG, make_run_relay
 from tests.nostr_client import NostrClient, signed
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (run `make chromium`)")
 
@@ -304,6 +306,121 @@ async def test_moderation_wraps_long_strings_and_shows_bidi_overrides_inert(
                     assert first < last, drawn  # "g" drawn left of the last "e": not reversed
                 reasons = queue.locator("tbody td").nth(4)
                 await expect(reasons).to_contain_text("\u27e8U+202E\u27e9gpj.exe")  # the override, visible
+                assert errors == [], errors
+            finally:
+                await browser.close()
+
+
+READABLE_PX = 10  # the smallest chart label a phone should show, in CSS pixels
+
+
+def chart_font_px(svg: str, rendered_width: float) -> float:
+    """The smallest label of ``svg`` as drawn ``rendered_width`` CSS pixels wide."""
+    drawn_width = float(re.search(r'<svg[^>]* width="(\d+)"', svg).group(1))  # type: ignore[union-attr]
+    smallest = min(float(size) for size in re.findall(r'font-size="(\d+(?:\.\d+)?)"', svg))
+    return smallest * rendered_width / drawn_width
+
+
+@pytest.mark.parametrize("width", [1000, 390])
+async def test_console_on_a_phone_readable_charts_a_tab_bar_that_says_it_scrolls_and_paged_members(
+    tmp_path: Path, width: int
+) -> None:
+    """Issue 22, the console at 390 px (and 1000 px): every chart's labels at least
+    ``READABLE_PX``; a tab bar wider than the screen shows arrows that scroll it (none when
+    every tab fits); a long member list comes a page at a time, the next page from its top."""
+    from playwright.async_api import async_playwright, expect
+
+    from lightning.console import PAGE_ROWS
+
+    operator = crypto.generate_secret()
+    members = 2 * PAGE_ROWS + 10
+    async with run_relay(tmp_path, crypto.public_key(operator).hex()) as relay, httpx.AsyncClient() as http:
+        base = f"http://127.0.0.1:{relay.port}"
+        for i in range(members):
+            await ledger_of(relay).update_account(f"{i + 1:064x}", int(time.time()), allowed=True)
+        for plan in ("admission", "subscription"):  # figures for the revenue charts
+            payer = crypto.public_key(crypto.generate_secret()).hex()
+            issued = await http.post(base + "/api/invoice", json={"pubkey": payer, "plan": plan})
+            assert (await http.post(f"{base}/api/fake/pay/{issued.json()['payment_hash']}")).json()["simulated"]
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": width, "height": 900})
+                errors, _ = watch(page, base)
+                await stand_in_signer(page, operator)
+                await page.goto(base + "/admin", wait_until="load")
+                await page.click("#sign-in-button")
+                await expect(page.locator("#console")).to_be_visible(timeout=10_000)
+
+                # The tab bar: on a phone, arrows say (and do) that it scrolls.
+                tabs, more, back = page.locator("#tabs"), page.locator("#tabs-next"), page.locator("#tabs-prev")
+                overflowing = await tabs.evaluate("t => t.scrollWidth > t.clientWidth + 1")
+                assert overflowing == (width < 640)
+                if overflowing:
+                    await expect(more).to_be_visible()
+                    await expect(back).to_be_hidden()
+                    await expect(page.locator("#tab-invoices")).not_to_be_in_viewport(ratio=0.9)
+                    for _ in range(10):
+                        if not await more.is_visible():
+                            break
+                        before = await tabs.evaluate("t => t.scrollLeft")
+                        await more.click()
+
+                        last = [before]
+
+                        async def scrolled_and_still(last: list[float] = last) -> bool:  # smooth scrolling ended
+                            now = float(await tabs.evaluate("t => t.scrollLeft"))
+                            done = now > last[0] and now == last[-1]
+                            last.append(now)
+                            return done
+
+                        await eventually(scrolled_and_still, interval=0.15, what="the tab bar scrolling on")
+                    await expect(more).to_be_hidden()
+                    await expect(back).to_be_visible()
+                    await expect(page.locator("#tab-invoices")).to_be_in_viewport(ratio=0.9)
+                else:
+                    await expect(more).to_be_hidden()
+                    await expect(back).to_be_hidden()
+
+                # Charts: readable labels, whichever drawing the screen picked.
+                for name in ("overview", "revenue"):
+                    await page.click(f"#tab-{name}")
+                    await expect(page.locator(f"#panel[data-panel={name}]")).to_be_visible()
+                    doc = await signed_get(http, f"{base}/admin/api/panel/{name}", operator)
+                    charts = [b for b in doc["blocks"] if b["type"] == "chart"]
+                    shown = page.locator("#panel .block[data-block=chart] img")
+                    await expect(shown).to_have_count(len(charts))
+                    for index, block in enumerate(charts):
+                        image = shown.nth(index)
+                        await expect(image).to_have_js_property("complete", True)
+                        narrow = await image.evaluate(  # the <picture>'s phone drawing, or the wide one
+                            "img => img.previousElementSibling?.srcset === img.currentSrc"
+                        )
+                        svg = block["narrow"] if narrow else block["svg"]
+                        rendered = (await image.bounding_box() or {"width": 0})["width"]
+                        assert chart_font_px(svg, rendered) >= READABLE_PX, (name, index, narrow, rendered)
+                    assert await page.evaluate("document.documentElement.scrollWidth") <= width
+
+                # Members: a page at a time; "Next" shows the next rows from the table's top.
+                await page.click("#tab-members")
+                rows = page.locator("#panel .block[data-block=table] tbody tr")
+                await expect(rows).to_have_count(PAGE_ROWS)
+                first = await rows.first.locator("td").nth(1).inner_text()
+                pager = page.locator("#panel .pager")
+                await expect(pager.locator("[data-page=previous]")).to_be_disabled()
+                await pager.locator("[data-page=next]").click()
+                second = f"accounts {PAGE_ROWS + 1}\u2013{2 * PAGE_ROWS}"
+                await expect(pager.locator(".pager-label")).to_have_text(second)
+                await expect(rows).to_have_count(PAGE_ROWS)
+                assert await rows.first.locator("td").nth(1).inner_text() != first
+                await expect(rows.first).to_be_in_viewport()
+                await pager.locator("[data-page=next]").click()
+                await expect(rows).to_have_count(members + 2 - 2 * PAGE_ROWS)  # and the two payers
+                await expect(pager.locator("[data-page=next]")).to_be_disabled()
+                await pager.locator("[data-page=previous]").click()
+                await expect(rows).to_have_count(PAGE_ROWS)
+                assert await page.evaluate("document.documentElement.scrollWidth") <= width
+                await page.screenshot(path=str(tmp_path / f"console-members-{width}.png"), full_page=True)
                 assert errors == [], errors
             finally:
                 await browser.close()

@@ -135,7 +135,7 @@ async def test_eose_follows_stored_events_then_live_events_match(
     async with NostrClient(relay.url) as reader:
         await reader.send(["REQ", "feed", {"authors": [stored.pubkey]}])
         assert await reader.recv() == ["EVENT", "feed", stored.to_dict()]
-        assert await reader.recv() == ["EOSE", "feed"]
+        assert await reader.recv() == ["EOSE", "feed", ["finish"]]  # NIP-67: the one match was sent
         other = signed(bob, 1, "not for feed")
         live = signed(alice, 1, "live")
         await publish_all(client, [other, live])

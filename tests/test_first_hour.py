@@ -18,6 +18,7 @@ import pytest
 from lightning.settings import REQUIRED_SECRETS
 from relay import crypto
 from relay.config import ConfigError, load_settings
+from relay.redaction import MASK
 from tests.conftest import RelayFactory, RelayProcess, free_port
 from tests.lightning.test_cli import satsrelay_json, write_config
 from tests.nostr_client import NostrClient, signed
@@ -85,7 +86,7 @@ def test_postgres_login_failure_is_one_line_without_the_password(tmp_path: Path)
     result = satsrelay("export", "--config", str(cfg))
     assert result.returncode == 1
     line = one_line_error(result)
-    assert "cannot connect to PostgreSQL postgresql://nobody-here:***@" in line and "hunter2" not in line
+    assert f"cannot connect to PostgreSQL postgresql://nobody-here:{MASK}@" in line and "hunter2" not in line
     assert 'role "nobody-here" does not exist' in line
     cfg.write_text(f'[storage]\nurl = "postgresql://postgres:hunter2@127.0.0.1:{free_port()}/x"\n')
     result = satsrelay("export", "--config", str(cfg))

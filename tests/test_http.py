@@ -25,7 +25,7 @@ async def test_nip11_document_is_served_for_nostr_json_accept(relay: Relay) -> N
     assert resp.headers["access-control-allow-origin"] == "*"
     doc = resp.json()
     assert doc["name"] == "satsrelay"
-    assert doc["supported_nips"] == [1, 9, 11, 13, 22, 40, 42, 45, 50, 62, 70, 77, 86]
+    assert doc["supported_nips"] == [1, 9, 11, 13, 22, 40, 42, 45, 50, 59, 62, 67, 70, 77, 86]
     assert isinstance(doc["version"], str)
 
 
@@ -38,7 +38,8 @@ async def test_nip11_limitation_tells_the_configured_limits(relay_factory: Relay
     async with relay_factory(limits=limits, auth=auth, relay=info) as relay, httpx.AsyncClient() as http:
         doc = (await http.get(http_url(relay), headers=NIP11)).json()
     assert doc["name"] == "test relay" and doc["pubkey"] == "ab" * 32 and doc["contact"] == "mailto:x@y"
-    assert doc["limitation"] == limits | {
+    # max_filters is enforced (tests/test_limits.py) but NIP-11 no longer has the field (2025-04).
+    assert doc["limitation"] == {k: v for k, v in limits.items() if k != "max_filters"} | {
         "max_subid_length": 64, "auth_required": True, "restricted_writes": True, "payment_required": False,
         "max_negentropy_sessions": 4, "max_negentropy_items": 500_000}
 

@@ -55,7 +55,10 @@ async def test_events_past_their_kinds_age_are_purged_others_kept(
         await eventually(purged, 10.0, interval=0.2, what="old events to be purged")
         async with httpx.AsyncClient() as http:
             doc = (await http.get(relay.url.replace("ws", "http"), headers={"Accept": "application/nostr+json"})).json()
-        assert doc["retention"] == [{"kinds": [7], "time": DAY}, {"kinds": [1], "time": 30 * DAY}]
+            page = (await http.get(relay.url.replace("ws", "http"), headers={"Accept": "text/html"})).text
+        # NIP-11 dropped `retention` (2026-02): the policy is stated on the relay's page instead.
+        assert "retention" not in doc
+        assert "kind 7: kept 1 day<" in page and "kind 1: kept 30 days<" in page
 
 
 async def test_purge_runs_in_batches_and_writes_proceed_meanwhile(

@@ -10,6 +10,7 @@ can carry a URL, and LNbits puts its invoice key in a websocket URL).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,28 @@ def as_msat(value: object) -> int:
         if digits.isascii() and digits.isdigit():  # isdigit() alone takes "²", which int() refuses
             return int(digits)
     raise BackendError(f"not an amount: {str(value)[:40]!r}")
+
+
+def as_unix_time(value: object, *, millis: bool = False) -> int | None:
+    """A wallet's payment time as unix seconds: an int or numeric string (seconds, or
+    milliseconds with ``millis``) or an ISO 8601 text (UTC when it names no zone); None
+    when absent or unreadable: the time only dates a receipt, it never decides a credit."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int):
+        seconds = value // 1000 if millis else value
+        return seconds if seconds > 0 else None
+    if isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        return int(moment.timestamp())
+    return None
 
 
 def require(body: Any, key: str, label: str) -> Any:

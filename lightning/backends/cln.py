@@ -41,7 +41,7 @@ from lightning.backend import (
     check_description_hash,
     fit_memo,
 )
-from lightning.backends import as_msat, long_poll_timeout, request_json, require
+from lightning.backends import as_msat, as_unix_time, long_poll_timeout, request_json, require
 
 _STATES = {"unpaid": PaymentState.PENDING, "paid": PaymentState.PAID, "expired": PaymentState.FAILED}
 # CLN takes a description of any length, but BOLT11 caps a ``d`` tag at 639 bytes and
@@ -123,10 +123,11 @@ class ClnBackend:
         if not isinstance(invoice, dict) or invoice.get("payment_hash") != payment_hash:
             raise BackendError("cln listinvoices: reply is not the asked invoice")
         state = _STATES.get(str(invoice.get("status")), PaymentState.PENDING)
-        received = None
+        received = paid_at = None
         if state is PaymentState.PAID:
             received = as_msat(invoice.get("amount_received_msat", invoice.get("msatoshi_received", 0)))
-        return InvoiceStatus(payment_hash, state, received)
+            paid_at = as_unix_time(invoice.get("paid_at"))
+        return InvoiceStatus(payment_hash, state, received, paid_at=paid_at)
 
     async def check(self) -> None:
         """An unknown hash is answered "unknown" only past the credential check."""

@@ -175,9 +175,11 @@ class FakeBackend:
         row = await asyncio.to_thread(self._row, payment_hash)
         if row is None:
             return InvoiceStatus(payment_hash, PaymentState.UNKNOWN)
-        expires_at, paid_msat, preimage = row
+        expires_at, paid_msat, preimage, paid_at = row
         if paid_msat is not None:
-            return InvoiceStatus(payment_hash, PaymentState.PAID, amount_received_msat=paid_msat, preimage=preimage)
+            return InvoiceStatus(
+                payment_hash, PaymentState.PAID, amount_received_msat=paid_msat, preimage=preimage, paid_at=paid_at
+            )
         if expires_at <= time.time():
             return InvoiceStatus(payment_hash, PaymentState.FAILED)
         return InvoiceStatus(payment_hash, PaymentState.PENDING)
@@ -209,15 +211,19 @@ class FakeBackend:
         if self._outage:
             raise BackendError("fake wallet unreachable (simulated outage)")
 
-    def _row(self, payment_hash: str) -> tuple[int, int | None, str] | None:
+    def _row(self, payment_hash: str) -> tuple[int, int | None, str, int | None] | None:
         conn = _connect(self._config.state_file)
         try:
             row = conn.execute(
-                "SELECT expires_at, paid_msat, preimage FROM fake_invoices WHERE payment_hash = ?", (payment_hash,)
+                "SELECT expires_at, paid_msat, preimage, paid_at FROM fake_invoices WHERE payment_hash = ?",
+                (payment_hash,),
             ).fetchone()
         finally:
             conn.close()
-        return None if row is None else (int(row[0]), None if row[1] is None else int(row[1]), str(row[2]))
+        if row is None:
+            return None
+        paid_msat, paid_at = (None if v is None else int(v) for v in (row[1], row[3]))
+        return int(row[0]), paid_msat, str(row[2]), paid_at
 
     def _auto_settle(self) -> None:
         delay = self._config.auto_settle_seconds

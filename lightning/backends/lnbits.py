@@ -37,7 +37,7 @@ from lightning.backend import (
     description_hash,
     fit_memo,
 )
-from lightning.backends import as_msat, request_json, require, scrub
+from lightning.backends import as_msat, as_unix_time, request_json, require, scrub
 
 MAX_MEMO = 639
 
@@ -127,7 +127,9 @@ class LnbitsBackend:
         preimage = reply.body.get("preimage") or details.get("preimage")
         if not (isinstance(preimage, str) and len(preimage) == 64) or set(preimage) == {"0"}:
             preimage = None  # LNbits shows 64 zeros until it knows the preimage
-        return InvoiceStatus(payment_hash, state, received, preimage=preimage)
+        # LNbits 1.x has no "paid at": a paid payment's last update is its settlement.
+        paid_at = as_unix_time(details.get("updated_at")) if state is PaymentState.PAID else None
+        return InvoiceStatus(payment_hash, state, received, preimage=preimage, paid_at=paid_at)
 
     async def check(self) -> None:
         """``GET /api/v1/wallet`` answers a valid invoice key with the wallet's name and

@@ -32,7 +32,7 @@ from lightning.backend import (
     description_hash,
     fit_memo,
 )
-from lightning.backends import as_msat, long_poll_timeout, request_json, require, scrub
+from lightning.backends import as_msat, as_unix_time, long_poll_timeout, request_json, require, scrub
 
 MAX_MEMO = 639  # BOLT11's cap on a ``d`` tag; LND refuses longer memos
 
@@ -192,4 +192,5 @@ def _status(payment_hash: str, invoice: Any, label: str) -> InvoiceStatus:
     if state is PaymentState.PAID and isinstance(invoice.get("r_preimage"), str):
         with contextlib.suppress(BackendError):
             preimage = _hash_hex(invoice["r_preimage"], label)
-    return InvoiceStatus(payment_hash, state, received, preimage=preimage)
+    paid_at = as_unix_time(invoice.get("settle_date")) if state is PaymentState.PAID else None
+    return InvoiceStatus(payment_hash, state, received, preimage=preimage, paid_at=paid_at)

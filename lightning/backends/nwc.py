@@ -42,6 +42,7 @@ from lightning.backend import (
     description_hash,
     fit_memo,
 )
+from lightning.backends import as_unix_time
 from relay import crypto
 from relay.errors import Invalid
 from relay.event import is_hex64, parse_event, sign_event, verify_signature
@@ -190,7 +191,8 @@ class NwcBackend:
         preimage = result.get("preimage") if state is PaymentState.PAID else None
         if not (isinstance(preimage, str) and len(preimage) == 64):
             preimage = None
-        return InvoiceStatus(payment_hash, state, received, preimage=preimage)
+        paid_at = as_unix_time(result.get("settled_at")) if state is PaymentState.PAID else None
+        return InvoiceStatus(payment_hash, state, received, preimage=preimage, paid_at=paid_at)
 
     async def check(self) -> None:
         """An unknown hash is answered "unknown" only past the credential check."""

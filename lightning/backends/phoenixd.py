@@ -42,7 +42,7 @@ from lightning.backend import (
     description_hash,
     fit_memo,
 )
-from lightning.backends import request_json, require, scrub
+from lightning.backends import as_unix_time, request_json, require, scrub
 
 MAX_DESCRIPTION = 128  # phoenixd's Api.kt: longer descriptions are a 400
 
@@ -128,6 +128,7 @@ class PhoenixdBackend:
             sent,
             fee_msat=fees,
             preimage=preimage if isinstance(preimage, str) and len(preimage) == 64 else None,
+            paid_at=as_unix_time(body.get("completedAt"), millis=True),  # phoenixd counts in ms
         )
 
     async def check(self) -> None:

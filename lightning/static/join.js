@@ -23,7 +23,15 @@
     $("acct-link").href = "/account/" + acct.pubkey;
   }
 
+  // A phone shows one step at a time: bring the step that just appeared to the top.
+  function bringIntoView(section) {
+    if (!window.matchMedia("(max-width: 480px)").matches) return;  // join.css's phone layout
+    const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    section.scrollIntoView({ block: "start", behavior: still ? "auto" : "smooth" });
+  }
+
   function setStatus(state, text) {
+    const wasPaid = $("status").dataset.state === "paid";
     $("status").dataset.state = state;
     $("status").textContent = text;
     // An expired invoice must not look payable: grey it out and disable what pays it.
@@ -32,8 +40,17 @@
     $("copy").disabled = expired;
     $("simulate").disabled = expired;
     $("expired-note").hidden = !expired;
-    if (expired) $("wallet-link").removeAttribute("href");
-    $("step-next").hidden = state !== "paid";
+    if (expired) {
+      $("wallet-link").removeAttribute("href");
+      $("open-wallet").removeAttribute("href");
+      $("open-wallet").setAttribute("aria-disabled", "true");
+    }
+    // Paid: the QR, the wallet button and the copy button have done their job; the next
+    // step takes their place.
+    const paid = state === "paid";
+    $("invoice").hidden = paid;
+    $("step-next").hidden = !paid;
+    if (paid && !wasPaid) bringIntoView($("step-next"));
     $("remind-row").hidden = !(state === "paid" && window.nostr && document.body.dataset.reminders === "1");
   }
 
@@ -97,13 +114,17 @@
       current = doc.payment_hash;
       lastPubkey = doc.pubkey;
       $("qr").src = doc.qr;
+      // BOLT-21 style URI: the phone hands it to whichever wallet app claims lightning:.
       $("wallet-link").href = "lightning:" + doc.bolt11;
+      $("open-wallet").href = "lightning:" + doc.bolt11;
+      $("open-wallet").removeAttribute("aria-disabled");
       $("bolt11").value = doc.bolt11;
       $("amount").textContent = sats(doc.amount_msat);
       setStatus("pending", "waiting for payment");
       $("simulate").hidden = !demo;
       $("copy-note").textContent = "";
       $("step-pay").hidden = false;
+      bringIntoView($("step-pay"));
       clearInterval(pollTimer);
       pollTimer = setInterval(poll, 1000);  // the server asks the wallet at most every 2 s
       poll();

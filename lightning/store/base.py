@@ -152,6 +152,7 @@ class Invoice:
     # unpaid: its share of the pending pool is counted by this. "" for the relay's own
     # (renewals, the CLI); erased when the invoice is paid or marked expired.
     source: str = ""
+    role: str = ""  # a tier's invoice: the NIP-43 role (tier) settlement gives the account
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,8 @@ class Account:
     banned: bool = False
     allowed: bool = False  # operator allow-list: writes free of charge
     updated_at: int = 0
+    role: str = ""  # the NIP-43 role (a tier, ``lightning.plans.Tier``) whose limits apply; "" none
+    comped: bool = False  # the operator gave the role without payment (NIP-86 ``assignrole``)
 
     def admitted(self, now: int) -> bool:
         return self.admitted_until > now
@@ -170,9 +173,9 @@ class Account:
 # Column order both stores use for the ledger tables, so one mapping reads either.
 INVOICE_COLUMNS = (
     "payment_hash, pubkey, plan, amount_msat, bolt11, created_at, expires_at, admit_seconds, "
-    "admit_forever, credit_msat, state, paid_at, paid_msat, fee_msat, description, source"
+    "admit_forever, credit_msat, state, paid_at, paid_msat, fee_msat, description, source, role"
 )
-ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at"
+ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at, role, comped"
 
 
 def invoice_from_row(row: Sequence[Any]) -> Invoice:
@@ -194,6 +197,7 @@ def invoice_from_row(row: Sequence[Any]) -> Invoice:
         fee_msat=row[13],
         description=row[14],
         source=row[15],
+        role=row[16],
     )
 
 
@@ -206,6 +210,8 @@ def account_from_row(row: Sequence[Any]) -> Account:
         banned=bool(row[3]),
         allowed=bool(row[4]),
         updated_at=row[5],
+        role=row[6],
+        comped=bool(row[7]),
     )
 
 
@@ -302,6 +308,21 @@ def admitted_until_after_grant(current: int, now: int, admit_seconds: int, admit
     if admit_seconds > 0:
         return min(FOREVER, max(now, current) + admit_seconds)
     return current
+
+
+@dataclass(frozen=True, slots=True)
+class RoleDefinition:
+    """A NIP-43 role (kind 33534) made by the operator through NIP-86 ``createrole``; the
+    tiers of the config file are roles too, but live in the config, not here."""
+
+    id: str  # the event's ``d`` tag
+    label: str = ""
+    description: str = ""
+    color: int | None = None  # a hue, 0-360
+    order: int | None = None  # for client display only (NIP-43)
+
+
+ROLE_COLUMNS = "id, label, description, color, ord"
 
 
 ChargeRefusal = Callable[[Event], Rejection]
@@ -456,8 +477,26 @@ class LedgerStore(Protocol):
         credit_delta_msat: int = 0,
         banned: bool | None = None,
         allowed: bool | None = None,
+        role: str | None = None,
+        comped: bool | None = None,
     ) -> Account:
-        """Operator changes (grant/revoke/ban/allow); creates the account when missing."""
+        """Operator changes (grant/revoke/ban/allow, assign a role); creates the account
+        when missing."""
+        ...
+
+    # --- NIP-43 roles made through NIP-86 (createrole, editrole, deleterole) -----------
+
+    async def list_roles(self) -> list[RoleDefinition]:
+        """By id."""
+        ...
+
+    async def save_role(self, role: RoleDefinition, *, create: bool, now: int) -> bool:
+        """``create``: add it, False when the id exists; else change it, False when absent."""
+        ...
+
+    async def delete_role(self, role_id: str, now: int) -> bool:
+        """Remove it and take it from every account that holds it (not comped any more);
+        False when there was none."""
         ...
 
 

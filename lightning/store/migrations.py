@@ -14,7 +14,7 @@ Step (old core step that made it): 1 (1) invoices, accounts; 2 (3) invoices.fee_
 3 (4) invoices.description; 4 (6) invites; 5 (7) reminder_optins, reminders_sent; 6 (8)
 nwc_links, renewal_attempts; 7 (12) the console's indexes, pruned_invoices; 8 (14)
 invoices.source; 9 (new) account_changes, the counter the core's store_changes kept as
-its ``accounts`` row.
+its ``accounts`` row; 10 (new) accounts.role and comped, invoices.role, roles (tiers as NIP-43 roles).
 Never edit a released step: add a new one.
 """
 
@@ -165,6 +165,26 @@ SQLITE_STEPS: tuple[Migration, ...] = (
         (
             "CREATE TABLE account_changes (id INTEGER PRIMARY KEY CHECK (id = 1), counter INTEGER NOT NULL)",
             "INSERT INTO account_changes (id, counter) VALUES (1, 0)",
+        ),
+    ),
+    # Tiers as NIP-43 roles (issue 20): the role an account holds (a tier's limits apply
+    # to it), whether the operator gave it without payment, the role a tier's invoice
+    # grants on settlement, and the roles made through NIP-86 ``createrole``.
+    Migration(
+        10,
+        "accounts.role, accounts.comped, invoices.role, roles",
+        (
+            "ALTER TABLE accounts ADD COLUMN role TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE accounts ADD COLUMN comped INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE invoices ADD COLUMN role TEXT NOT NULL DEFAULT ''",
+            """CREATE TABLE roles (
+                id TEXT PRIMARY KEY,
+                label TEXT NOT NULL,
+                description TEXT NOT NULL,
+                color INTEGER,
+                ord INTEGER,
+                updated_at INTEGER NOT NULL
+            )""",
         ),
     ),
 )
@@ -321,6 +341,23 @@ POSTGRES_STEPS: tuple[Migration, ...] = (
         (
             "CREATE TABLE account_changes (id integer PRIMARY KEY CHECK (id = 1), counter bigint NOT NULL)",
             "INSERT INTO account_changes (id, counter) VALUES (1, 0)",
+        ),
+    ),
+    Migration(
+        10,
+        "accounts.role, accounts.comped, invoices.role, roles",
+        (
+            "ALTER TABLE accounts ADD COLUMN role text NOT NULL DEFAULT ''",
+            "ALTER TABLE accounts ADD COLUMN comped boolean NOT NULL DEFAULT false",
+            "ALTER TABLE invoices ADD COLUMN role text NOT NULL DEFAULT ''",
+            """CREATE TABLE roles (
+                id text PRIMARY KEY,
+                label text NOT NULL,
+                description text NOT NULL,
+                color integer,
+                ord integer,
+                updated_at bigint NOT NULL
+            )""",
         ),
     ),
 )

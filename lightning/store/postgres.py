@@ -25,6 +25,7 @@ from lightning.store.base import (
     INVITE_COLUMNS,
     INVOICE_COLUMNS,
     RENEWAL_COLUMNS,
+    ROLE_COLUMNS,
     Account,
     ChargeRefusal,
     Invite,
@@ -35,6 +36,7 @@ from lightning.store.base import (
     NwcLink,
     RenewalAttempt,
     RevenueRow,
+    RoleDefinition,
     account_from_row,
     admitted_until_after_grant,
     charge_of,
@@ -175,7 +177,7 @@ class PostgresLedger:
                         return False
             await conn.execute(
                 f"INSERT INTO invoices ({INVOICE_COLUMNS})"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
                 inv.payment_hash,
                 inv.pubkey,
                 inv.plan,
@@ -192,6 +194,7 @@ class PostgresLedger:
                 inv.fee_msat,
                 inv.description,
                 inv.source,
+                inv.role,
             )
         return True
 
@@ -277,7 +280,7 @@ class PostgresLedger:
             row = await conn.fetchrow(
                 "UPDATE invoices SET state = 'paid', paid_at = $1, paid_msat = $2, fee_msat = $4, source = ''"
                 " WHERE payment_hash = $3 AND state <> 'paid'"
-                " RETURNING pubkey, admit_seconds, admit_forever, credit_msat",
+                " RETURNING pubkey, admit_seconds, admit_forever, credit_msat, role",
                 now,
                 paid_msat,
                 payment_hash,
@@ -285,8 +288,8 @@ class PostgresLedger:
             )
             if row is None:
                 return False
-            pubkey, admit_seconds, admit_forever, credit_msat = row
-            await _apply_grant(conn, pubkey, now, admit_seconds, admit_forever, credit_msat)
+            pubkey, admit_seconds, admit_forever, credit_msat, role = row
+            await _apply_grant(conn, pubkey, now, admit_seconds, admit_forever, credit_msat, role)
             return True
 
     async def expire_invoices(self, now: int) -> int:
@@ -393,14 +396,19 @@ class PostgresLedger:
         credit_delta_msat: int = 0,
         banned: bool | None = None,
         allowed: bool | None = None,
+        role: str | None = None,
+        comped: bool | None = None,
     ) -> Account:
         async with self._db.transaction() as conn:
             row = await conn.fetchrow(
-                f"INSERT INTO accounts AS a (pubkey, admitted_until, credit_msat, banned, allowed, updated_at)"
-                f" VALUES ($1, coalesce($2::bigint, 0), $3::bigint, coalesce($4, false), coalesce($5, false), $6)"
+                f"INSERT INTO accounts AS a"
+                f" (pubkey, admitted_until, credit_msat, banned, allowed, updated_at, role, comped)"
+                f" VALUES ($1, coalesce($2::bigint, 0), $3::bigint, coalesce($4, false), coalesce($5, false), $6,"
+                f" coalesce($7::text, ''), coalesce($8, false))"
                 f" ON CONFLICT (pubkey) DO UPDATE SET"
                 f" admitted_until = coalesce($2, a.admitted_until), credit_msat = a.credit_msat + $3,"
-                f" banned = coalesce($4, a.banned), allowed = coalesce($5, a.allowed), updated_at = $6"
+                f" banned = coalesce($4, a.banned), allowed = coalesce($5, a.allowed), updated_at = $6,"
+                f" role = coalesce($7::text, a.role), comped = coalesce($8, a.comped)"
                 f" RETURNING {ACCOUNT_COLUMNS}",
                 pubkey,
                 admitted_until,
@@ -408,9 +416,43 @@ class PostgresLedger:
                 banned,
                 allowed,
                 now,
+                role,
+                comped,
             )
             await conn.execute(_BUMP_ACCOUNT_CHANGES)
         return account_from_row(row)
+
+    async def list_roles(self) -> list[RoleDefinition]:
+        rows = await self._db.fetch(f"SELECT {ROLE_COLUMNS} FROM roles ORDER BY id")
+        return [RoleDefinition(*row) for row in rows]
+
+    async def save_role(self, role: RoleDefinition, *, create: bool, now: int) -> bool:
+        values = (role.id, role.label, role.description, role.color, role.order, now)
+        async with self._db.transaction() as conn:
+            if create:
+                status: str = await conn.execute(
+                    "INSERT INTO roles (id, label, description, color, ord, updated_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                    *values,
+                )
+            else:
+                status = await conn.execute(
+                    "UPDATE roles SET label = $2, description = $3, color = $4, ord = $5, updated_at = $6"
+                    " WHERE id = $1",
+                    *values,
+                )
+        return status.split()[-1] == "1"
+
+    async def delete_role(self, role_id: str, now: int) -> bool:
+        async with self._db.transaction() as conn:
+            status: str = await conn.execute("DELETE FROM roles WHERE id = $1", role_id)
+            if status.split()[-1] != "1":
+                return False
+            await conn.execute(
+                "UPDATE accounts SET role = '', comped = false, updated_at = $1 WHERE role = $2", now, role_id
+            )
+            await conn.execute(_BUMP_ACCOUNT_CHANGES)
+        return True
 
     async def account_changes(self) -> int:
         value = await self._db.fetchval("SELECT counter FROM account_changes WHERE id = 1")
@@ -508,7 +550,7 @@ class PostgresLedger:
             f"SELECT {columns}, EXISTS (SELECT 1 FROM reminders_sent s WHERE s.pubkey = a.pubkey"
             " AND s.reason = 'credit') FROM reminder_optins o JOIN accounts a ON a.pubkey = o.pubkey ORDER BY a.pubkey"
         )
-        return [(account_from_row(tuple(row)[:6]), bool(row[6])) for row in rows]
+        return [(account_from_row(tuple(row)[:8]), bool(row[8])) for row in rows]
 
     async def claim_reminder(self, pubkey: str, reason: str, term_end: int, now: int) -> bool:
         async with self._db.acquire() as conn:
@@ -610,7 +652,7 @@ async def _evict_one(conn: Any, source: str, held: int, now: int) -> bool:
 
 
 async def _apply_grant(
-    conn: Any, pubkey: str, now: int, admit_seconds: int, admit_forever: bool, credit_msat: int
+    conn: Any, pubkey: str, now: int, admit_seconds: int, admit_forever: bool, credit_msat: int, role: str = ""
 ) -> None:
     """An invoice's or invite's grant. The account row is locked first (created if new),
     then the grant computed by the shared rule: a concurrent charge or operator change of
@@ -623,10 +665,12 @@ async def _apply_grant(
         now,
     )
     await conn.execute(
-        "UPDATE accounts SET admitted_until = $2, credit_msat = credit_msat + $3, updated_at = $4 WHERE pubkey = $1",
+        "UPDATE accounts SET admitted_until = $2, credit_msat = credit_msat + $3, updated_at = $4,"
+        " role = CASE WHEN $5::text <> '' THEN $5::text ELSE role END WHERE pubkey = $1",
         pubkey,
         admitted_until_after_grant(current, now, admit_seconds, admit_forever),
         credit_msat,
         now,
+        role,
     )
     await conn.execute(_BUMP_ACCOUNT_CHANGES)

@@ -27,6 +27,7 @@ from lightning.store.base import (
     INVITE_COLUMNS,
     INVOICE_COLUMNS,
     RENEWAL_COLUMNS,
+    ROLE_COLUMNS,
     Account,
     ChargeRefusal,
     Invite,
@@ -37,6 +38,7 @@ from lightning.store.base import (
     NwcLink,
     RenewalAttempt,
     RevenueRow,
+    RoleDefinition,
     account_from_row,
     admitted_until_after_grant,
     charge_of,
@@ -252,11 +254,25 @@ class SqliteLedger:
         credit_delta_msat: int = 0,
         banned: bool | None = None,
         allowed: bool | None = None,
+        role: str | None = None,
+        comped: bool | None = None,
     ) -> Account:
         account: Account = await self._db.write(
-            _update_account, pubkey, now, admitted_until, credit_delta_msat, banned, allowed
+            _update_account, pubkey, now, admitted_until, credit_delta_msat, banned, allowed, role, comped
         )
         return account
+
+    async def list_roles(self) -> list[RoleDefinition]:
+        rows = await self._db.read(f"SELECT {ROLE_COLUMNS} FROM roles ORDER BY id", ())
+        return [RoleDefinition(*row) for row in rows]
+
+    async def save_role(self, role: RoleDefinition, *, create: bool, now: int) -> bool:
+        saved: bool = await self._db.write(_save_role, role, create, now)
+        return saved
+
+    async def delete_role(self, role_id: str, now: int) -> bool:
+        deleted: bool = await self._db.write(_delete_role, role_id, now)
+        return deleted
 
     async def add_invites(self, invites: Sequence[Invite]) -> None:
         await self._db.write(_insert_invites, list(invites))
@@ -298,7 +314,7 @@ class SqliteLedger:
             " AND s.reason = 'credit') FROM reminder_optins o JOIN accounts a ON a.pubkey = o.pubkey ORDER BY a.pubkey",
             (),
         )
-        return [(account_from_row(row[:6]), bool(row[6])) for row in rows]
+        return [(account_from_row(row[:8]), bool(row[8])) for row in rows]
 
     async def claim_reminder(self, pubkey: str, reason: str, term_end: int, now: int) -> bool:
         claimed: bool = await self._db.write(_claim_reminder, pubkey, reason, term_end, now)
@@ -351,7 +367,7 @@ def _bump_account_changes(conn: sqlite3.Connection) -> None:
 
 def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
     conn.execute(
-        f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ({_marks(16)})",
+        f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ({_marks(17)})",
         (
             inv.payment_hash,
             inv.pubkey,
@@ -369,6 +385,7 @@ def _insert_invoice(conn: sqlite3.Connection, inv: Invoice) -> None:
             inv.fee_msat,
             inv.description,
             inv.source,
+            inv.role,
         ),
     )
 
@@ -457,14 +474,22 @@ def _charge_credit(conn: sqlite3.Connection, pubkey: str, amount_msat: int, now:
 
 
 def _apply_grant(
-    conn: sqlite3.Connection, pubkey: str, now: int, admit_seconds: int, admit_forever: bool, credit_msat: int
+    conn: sqlite3.Connection,
+    pubkey: str,
+    now: int,
+    admit_seconds: int,
+    admit_forever: bool,
+    credit_msat: int,
+    role: str = "",
 ) -> None:
-    """An invoice's or invite's grant, applied to the account (created when missing)."""
+    """An invoice's or invite's grant, applied to the account (created when missing); a
+    tier's invoice also gives its role (``role`` "": the account's role stays)."""
     conn.execute("INSERT OR IGNORE INTO accounts (pubkey, updated_at) VALUES (?, ?)", (pubkey, now))
     (current,) = conn.execute("SELECT admitted_until FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
     conn.execute(
-        "UPDATE accounts SET admitted_until = ?, credit_msat = credit_msat + ?, updated_at = ? WHERE pubkey = ?",
-        (admitted_until_after_grant(current, now, admit_seconds, admit_forever), credit_msat, now, pubkey),
+        "UPDATE accounts SET admitted_until = ?, credit_msat = credit_msat + ?, updated_at = ?,"
+        " role = CASE WHEN ? != '' THEN ? ELSE role END WHERE pubkey = ?",
+        (admitted_until_after_grant(current, now, admit_seconds, admit_forever), credit_msat, now, role, role, pubkey),
     )
     _bump_account_changes(conn)
 
@@ -474,13 +499,13 @@ def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int,
     serialises callers, across processes too), and only that caller applies the grant."""
     row = conn.execute(
         "UPDATE invoices SET state = 'paid', paid_at = ?, paid_msat = ?, fee_msat = ?, source = ''"
-        " WHERE payment_hash = ? AND state != 'paid' RETURNING pubkey, admit_seconds, admit_forever, credit_msat",
+        " WHERE payment_hash = ? AND state != 'paid' RETURNING pubkey, admit_seconds, admit_forever, credit_msat, role",
         (now, paid_msat, fee_msat, payment_hash),
     ).fetchone()
     if row is None:
         return False
-    pubkey, admit_seconds, admit_forever, credit_msat = row
-    _apply_grant(conn, pubkey, now, admit_seconds, bool(admit_forever), credit_msat)
+    pubkey, admit_seconds, admit_forever, credit_msat, role = row
+    _apply_grant(conn, pubkey, now, admit_seconds, bool(admit_forever), credit_msat, role)
     return True
 
 
@@ -498,14 +523,24 @@ def _update_account(
     credit_delta_msat: int,
     banned: bool | None,
     allowed: bool | None,
+    role: str | None = None,
+    comped: bool | None = None,
 ) -> Account:
     conn.execute("INSERT OR IGNORE INTO accounts (pubkey, updated_at) VALUES (?, ?)", (pubkey, now))
     sets = ["credit_msat = credit_msat + ?", "updated_at = ?"]
     params: list[Any] = [credit_delta_msat, now]
-    for column, value in (("admitted_until", admitted_until), ("banned", banned), ("allowed", allowed)):
+    for column, value in (
+        ("admitted_until", admitted_until),
+        ("banned", banned),
+        ("allowed", allowed),
+        ("comped", comped),
+    ):
         if value is not None:
             sets.append(f"{column} = ?")
             params.append(int(value))
+    if role is not None:
+        sets.append("role = ?")
+        params.append(role)
     params.append(pubkey)
     conn.execute(f"UPDATE accounts SET {', '.join(sets)} WHERE pubkey = ?", params)
     _bump_account_changes(conn)
@@ -616,3 +651,30 @@ def _record_renewal(
         " WHERE pubkey = ? AND period_end = ?",
         (state, detail, now, int(tried), pubkey, period_end),
     )
+
+
+def _save_role(conn: sqlite3.Connection, role: RoleDefinition, create: bool, now: int) -> bool:
+    values = (role.label, role.description, role.color, role.order, now, role.id)
+    if create:
+        return (
+            conn.execute(
+                "INSERT OR IGNORE INTO roles (label, description, color, ord, updated_at, id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                values,
+            ).rowcount
+            == 1
+        )
+    return (
+        conn.execute(
+            "UPDATE roles SET label = ?, description = ?, color = ?, ord = ?, updated_at = ? WHERE id = ?", values
+        ).rowcount
+        == 1
+    )
+
+
+def _delete_role(conn: sqlite3.Connection, role_id: str, now: int) -> bool:
+    if conn.execute("DELETE FROM roles WHERE id = ?", (role_id,)).rowcount != 1:
+        return False
+    conn.execute("UPDATE accounts SET role = '', comped = 0, updated_at = ? WHERE role = ?", (now, role_id))
+    _bump_account_changes(conn)
+    return True

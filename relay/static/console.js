@@ -221,6 +221,23 @@
       return tab;
     });
     $("tabs").replaceChildren(...tabs);
+    tabOverflow();
+  }
+
+  // A phone shows three or four of the tabs: arrows (and a fade on the cut edge) say that
+  // the bar scrolls, and which way; they scroll it too. Hidden when every tab fits.
+  function tabOverflow() {
+    const tabs = $("tabs");
+    const before = tabs.scrollLeft > 1;
+    const after = tabs.scrollLeft + tabs.clientWidth < tabs.scrollWidth - 1;
+    show($("tabs-prev"), before);
+    show($("tabs-next"), after);
+    $("tabs-bar").dataset.more = [before ? "before" : "", after ? "after" : ""].join(" ").trim();
+  }
+
+  function scrollTabs(direction) {
+    const tabs = $("tabs");
+    tabs.scrollBy({ left: direction * tabs.clientWidth * 0.7, behavior: "smooth" });
   }
 
   async function openPanel(name, query) {
@@ -229,6 +246,7 @@
     state.query = query || {};
     for (const tab of $("tabs").children) {
       tab.setAttribute("aria-selected", String(tab.dataset.panel === name));
+      if (tab.dataset.panel === name) tab.scrollIntoView({ block: "nearest", inline: "nearest" });
     }
     if (window.location.hash !== `#${name}`) window.history.replaceState(null, "", `#${name}`);
     say($("notice"), "");
@@ -293,6 +311,7 @@
       case "table": return renderTable(block);
       case "form": return renderForm(block);
       case "text": return el("p", { class: "block text", "data-block": "text", dir: "auto", text: block.text });
+      case "pager": return renderPager(block);
       default:
         return el("p", {
           class: "block message error", "data-block": String(block.type),
@@ -320,10 +339,36 @@
   function renderChart(block, blobs) {
     const section = blockSection("chart", block.title);
     // An SVG inside <img> is inert (no script, no external loads), whatever it contains.
-    const url = URL.createObjectURL(new Blob([block.svg || ""], { type: "image/svg+xml" }));
-    blobs.push(url);
-    section.append(el("img", { src: url, alt: block.title || "chart", class: "chart-image" }));
+    const blobUrl = (svg) => {
+      const url = URL.createObjectURL(new Blob([svg || ""], { type: "image/svg+xml" }));
+      blobs.push(url);
+      return url;
+    };
+    const image = el("img", { src: blobUrl(block.svg), alt: block.title || "chart", class: "chart-image" });
+    if (block.narrow) {
+      // The chart drawn for a phone's width: the wide one scaled down to 366 px had 5.6 px labels.
+      const narrow = el("source", { media: "(max-width: 640px)", srcset: blobUrl(block.narrow) });
+      section.append(el("picture", {}, [narrow, image]));
+    } else {
+      section.append(image);
+    }
     return section;
+  }
+
+  function renderPager(block) {
+    const nav = el("nav", { class: "block pager", "data-block": "pager", "aria-label": "Pages" });
+    const go = (query) => async () => {
+      await openPanel(state.current, query);
+      // The new page starts at its first row, not where the buttons were.
+      const table = $("panel").querySelector("[data-block=table]");
+      if (table) table.scrollIntoView({ block: "start" });
+    };
+    const previous = el("button", { type: "button", class: "quiet", "data-page": "previous", text: "\u2039 Previous", disabled: !block.previous });
+    const following = el("button", { type: "button", class: "quiet", "data-page": "next", text: "Next \u203A", disabled: !block.next });
+    if (block.previous) previous.addEventListener("click", go(block.previous));
+    if (block.next) following.addEventListener("click", go(block.next));
+    nav.append(previous, el("span", { class: "pager-label", text: block.label || "" }), following);
+    return nav;
   }
 
   const HEX64 = /^[0-9a-f]{64}$/;
@@ -428,5 +473,9 @@
   document.addEventListener("DOMContentLoaded", () => {
     $("sign-in-button").addEventListener("click", signIn);
     $("sign-out").addEventListener("click", signOut);
+    $("tabs").addEventListener("scroll", tabOverflow, { passive: true });
+    window.addEventListener("resize", tabOverflow);
+    $("tabs-prev").addEventListener("click", () => scrollTabs(-1));
+    $("tabs-next").addEventListener("click", () => scrollTabs(1));
   });
 })();

@@ -311,6 +311,14 @@ class Store(Protocol):
         kinds and bans, ``relay.policy.ReadScope``), so COUNT agrees with REQ."""
         ...
 
+    async def count_registers(
+        self, f: Filter, now: int, scope: ReadScope | None, offset: int
+    ) -> list[tuple[int, bytes]]:
+        """NIP-45 HyperLogLog's material for the events ``count([f])`` counts (same scope):
+        per distinct pubkey byte at ``offset`` (the register), the smallest 7 bytes after it
+        (``relay.hyperloglog``). At most 256 rows, aggregated by the database."""
+        ...
+
     async def sync_items(
         self, f: Filter, now: int, scope: ReadScope | None, max_items: int
     ) -> list[tuple[int, bytes]]:

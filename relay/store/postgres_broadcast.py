@@ -107,6 +107,8 @@ class _RecentIds:
 
 
 class PostgresBroadcast:
+    reaches_other_nodes = True
+
     def __init__(self, dsn: str, schema: str | None = None, *, reconnect_max: float = RECONNECT_MAX) -> None:
         self._dsn = dsn
         self._schema = schema

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from relay.store.database import BatchHook
 
 Address = tuple[str, int, str]  # (pubkey hex, kind, d) of a replaceable/addressable event
+GIFT_WRAP_KIND = 1059  # NIP-59: signed by a one-time key; its ``p`` tag names the recipient
 
 
 def address_of(ev: Event) -> Address | None:
@@ -70,16 +71,32 @@ def newer(created_at: int, event_id: str, cur_created_at: int, cur_id: str) -> b
     return created_at > cur_created_at or (created_at == cur_created_at and event_id < cur_id)
 
 
-def deletion_removes(target_pubkey: str, target_kind: int, deleter: str) -> bool:
+def gift_wrap_recipients(kind: int, tags: list[list[str]]) -> frozenset[str]:
+    """The pubkeys a gift wrap ``p``-tags (well-formed hex only); none for other kinds."""
+    if kind != GIFT_WRAP_KIND:
+        return frozenset()
+    return frozenset(t[1] for t in tags if len(t) > 1 and t[0] == "p" and is_hex64(t[1]))
+
+
+def deletion_removes(
+    target_pubkey: str, target_kind: int, deleter: str, recipients: frozenset[str] = frozenset()
+) -> bool:
     """NIP-09: an ``e``-tag deletion removes only its author's own events, and never a
-    kind-5 (deleting a deletion has no effect)."""
-    return target_pubkey == deleter and target_kind != 5
+    kind-5 (deleting a deletion has no effect). NIP-59/17: a gift wrap's signer is a
+    one-time key nobody holds afterwards, so the wrap's ``p``-tagged recipient
+    (``recipients``) may delete it too."""
+    if target_kind == 5:
+        return False
+    return target_pubkey == deleter or (target_kind == GIFT_WRAP_KIND and deleter in recipients)
 
 
 def tombstone_applies(ev: Event, tombstoned_by: set[str] | frozenset[str]) -> bool:
-    """An event whose id its own author deleted earlier is refused when sent again; a
-    kind 5 ignores tombstones (NIP-09: deleting a deletion has no effect)."""
-    return ev.kind != 5 and ev.pubkey in tombstoned_by
+    """An event whose id its own author deleted earlier is refused when sent again, and so
+    is a gift wrap its recipient deleted; a kind 5 ignores tombstones (NIP-09: deleting a
+    deletion has no effect)."""
+    if ev.kind == 5 or not tombstoned_by:
+        return False
+    return ev.pubkey in tombstoned_by or not tombstoned_by.isdisjoint(gift_wrap_recipients(ev.kind, ev.tags))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,16 +109,21 @@ class Present:
     kind: int
     created_at: int
     address: Address | None
+    recipients: frozenset[str] = frozenset()  # a gift wrap's p-tagged keys (gift_wrap_recipients)
 
 
 def simple_batch(batch: Sequence[WriteRequest]) -> bool:
     """True when every rule the batch needs is "duplicate id" or "tombstoned id": regular
     kinds only (no replaceable/addressable versions, no kind-5 deletions), no attachments
-    for plug-ins' write hooks, no id twice. A store may take a cheaper path for such a batch."""
+    for plug-ins' write hooks, no id twice, and no gift wrap (its tombstone may be its
+    recipient's, which the cheaper path's "this id by this author" check does not see). A
+    store may take a cheaper path for such a batch."""
     seen: set[str] = set()
     for req in batch:
         ev = req.event
         if req.attachments or ev.kind == 5 or ev.kind_class is not KindClass.REGULAR or ev.id in seen:
+            return False
+        if ev.kind == GIFT_WRAP_KIND:
             return False
         seen.add(ev.id)
     return True
@@ -173,7 +195,7 @@ class BatchPlan:
                 return refusal
         if cur is not None:
             self._remove(cur.id)
-        entry = Present(ev.id, ev.pubkey, ev.kind, ev.created_at, address)
+        entry = Present(ev.id, ev.pubkey, ev.kind, ev.created_at, address, gift_wrap_recipients(ev.kind, ev.tags))
         self.present[ev.id] = entry
         self.inserts[ev.id] = (index, req)
         if address is not None:
@@ -207,13 +229,14 @@ class BatchPlan:
             self.current[entry.address] = None
 
     def _delete(self, ev: Event) -> None:
-        """NIP-09: the author's own events named by ``e`` (never a kind 5), and every
-        version of an ``a`` address up to the request's created_at; tombstones kept."""
+        """NIP-09: the author's own events named by ``e`` (never a kind 5) and gift wraps
+        addressed to the author, and every version of an ``a`` address up to the request's
+        created_at; tombstones kept."""
         for target in e_tag_targets(ev):
             self.tomb_ids.setdefault(target, set()).add(ev.pubkey)
             self.new_tomb_ids.add((target, ev.pubkey))
             hit = self.present.get(target)
-            if hit is not None and deletion_removes(hit.pubkey, hit.kind, ev.pubkey):
+            if hit is not None and deletion_removes(hit.pubkey, hit.kind, ev.pubkey, hit.recipients):
                 self._remove(target)
         for address in a_tag_addresses(ev):
             until = max(self.tomb_addresses.get(address, ev.created_at), ev.created_at)

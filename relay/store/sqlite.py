@@ -73,10 +73,12 @@ from relay.store.base import (
 from relay.store.database import COMPONENT_VERSIONS, SqliteWriteHook
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
 from relay.store.rules import (
+    GIFT_WRAP_KIND,
     a_tag_addresses,
     address_of,
     deletion_removes,
     e_tag_targets,
+    gift_wrap_recipients,
     newer,
 )
 
@@ -791,12 +793,15 @@ class SqliteStore:
             kind = ev.kind
             # NIP-09: deleting a deletion has no effect, so kind 5 ignores tombstones.
             if kind != 5:
+                # The author's own deletion, or (a gift wrap) its recipient's: rules.tombstone_applies.
+                deleters = [pk, *(bytes.fromhex(p) for p in gift_wrap_recipients(kind, ev.tags))]
                 if tombstones is not None:
-                    deleted = (eid, pk) in tombstones
+                    deleted = any((eid, by) in tombstones for by in deleters)
                 else:
-                    deleted = (
-                        conn.execute("SELECT 1 FROM deleted_ids WHERE id = ? AND pubkey = ?", (eid, pk)).fetchone()
+                    deleted = any(
+                        conn.execute("SELECT 1 FROM deleted_ids WHERE id = ? AND pubkey = ?", (eid, by)).fetchone()
                         is not None
+                        for by in deleters
                     )
                 if deleted:
                     outcomes.append(WriteOutcome.DELETED)
@@ -923,6 +928,15 @@ class SqliteStore:
             rows = await self._read(f"SELECT e.rid FROM events e WHERE {where}", params, heavy=True)
             seen.update(row[0] for row in rows)
         return len(seen)
+
+    async def count_registers(
+        self, f: Filter, now: int, scope: ReadScope | None, offset: int
+    ) -> list[tuple[int, bytes]]:
+        # substr() of a BLOB is bytes (1-based), and min() of BLOBs compares them memcmp-wise.
+        where, params = _filter_where(f, now, scope=scope)
+        sql = f"SELECT substr(e.pubkey, ?, 1), min(substr(e.pubkey, ?, 7)) FROM events e WHERE {where} GROUP BY 1"
+        rows = await self._read(sql, [offset + 1, offset + 2, *params], heavy=True)
+        return [(row[0][0], bytes(row[1])) for row in rows]
 
     async def sync_items(
         self, f: Filter, now: int, scope: ReadScope | None, max_items: int
@@ -1176,7 +1190,13 @@ def _apply_deletion(conn: sqlite3.Connection, ev: Event, pk: bytes) -> None:
         tid = bytes.fromhex(target)
         conn.execute("INSERT OR IGNORE INTO deleted_ids (id, pubkey) VALUES (?, ?)", (tid, pk))
         row = conn.execute("SELECT rid, raw, pubkey, kind FROM events WHERE id = ?", (tid,)).fetchone()
-        if row is not None and deletion_removes(row[2].hex(), row[3], ev.pubkey):
+        if row is None:
+            continue
+        # A gift wrap's recipient may delete it: its p tags are read from the stored JSON.
+        recipients: frozenset[str] = frozenset()
+        if row[3] == GIFT_WRAP_KIND:
+            recipients = gift_wrap_recipients(row[3], orjson.loads(row[1])["tags"])
+        if deletion_removes(row[2].hex(), row[3], ev.pubkey, recipients):
             _delete_event(conn, row[0], row[1])
     for _, kind, d_tag in a_tag_addresses(ev):
         conn.execute(

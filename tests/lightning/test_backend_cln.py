@@ -36,6 +36,9 @@ from lightning.backends.fake import make_bolt11
 RUNE = "tU-RLjMiDpY2U0o3W1oFowar36RFGpWloPbW9-RuZdo9MyZpZD0wMjRiOWExZmE4ZTAwNmYxZTM5MzdmNjVmNjZjNDA4ZTZk"
 
 
+PAID_AT = 1767225601
+
+
 class FakeCln:
     """clnrest: ``POST /v1/<method>`` with the method's JSON parameters and a ``Rune``."""
 
@@ -54,7 +57,9 @@ class FakeCln:
 
     async def pay(self, payment_hash: str, amount_msat: int) -> None:
         invoice = next(i for i in self.invoices if i["payment_hash"] == payment_hash)
-        await self._bump(invoice, status="paid", amount_received_msat=amount_msat, pay_index=self.next_pay_index)
+        await self._bump(
+            invoice, status="paid", amount_received_msat=amount_msat, pay_index=self.next_pay_index, paid_at=PAID_AT
+        )
         self.next_pay_index += 1
 
     async def expire(self, payment_hash: str) -> None:
@@ -216,6 +221,7 @@ async def test_lookup_pending_paid_expired_unknown(cln: tuple[FakeCln, ClnBacken
     await fake.pay(invoice.payment_hash, 5_123)
     paid = await backend.lookup_invoice(invoice.payment_hash)
     assert (paid.state, paid.amount_received_msat) == (PaymentState.PAID, 5_123)
+    assert paid.paid_at == PAID_AT  # when it was paid, for NIP-57 receipts
     other = await backend.create_invoice(1_000, "m", 1)
     fake.invoices[-1]["status"] = "expired"
     assert (await backend.lookup_invoice(other.payment_hash)).state is PaymentState.FAILED

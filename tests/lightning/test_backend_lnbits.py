@@ -84,7 +84,9 @@ async def test_paid_invoice_is_pushed_then_looked_up_paid(lnbits: LnbitsServer, 
                 got = await asyncio.wait_for(pushed.get(), 0.2)
                 break
         assert got == probe
+        before = int(time.time())
         lnbits.pay(invoice.bolt11)
+        after = int(time.time())
         async with asyncio.timeout(10):
             while (got := await pushed.get()) == probe:
                 pass
@@ -92,6 +94,7 @@ async def test_paid_invoice_is_pushed_then_looked_up_paid(lnbits: LnbitsServer, 
     status = await backend.lookup_invoice(invoice.payment_hash)
     assert status.state is PaymentState.PAID
     assert status.amount_received_msat == 21_000
+    assert status.paid_at is not None and before <= status.paid_at <= after  # for NIP-57 receipts
 
 
 async def test_forged_push_is_only_a_hint_lookup_still_says_pending(

@@ -34,6 +34,9 @@ from lightning.backends.lnd import LndBackend, LndConfig
 MACAROON = "0201036c6e6402f801" + "ab" * 40
 
 
+SETTLE_DATE = "1767225600"  # LND's int64s are JSON strings
+
+
 class FakeLnd:
     """Invoices in a dict; ``settle`` marks one paid and feeds the subscribe stream."""
 
@@ -47,7 +50,9 @@ class FakeLnd:
     def settle(self, payment_hash: str, paid_msat: int) -> None:
         self.settle_count += 1
         invoice = self.invoices[payment_hash]
-        invoice.update(state="SETTLED", amt_paid_msat=str(paid_msat), settle_index=str(self.settle_count))
+        invoice.update(
+            state="SETTLED", amt_paid_msat=str(paid_msat), settle_index=str(self.settle_count), settle_date=SETTLE_DATE
+        )
         self.stream.put_nowait(orjson.dumps({"result": invoice}) + b"\n")
 
     async def _lines(self) -> AsyncIterator[bytes]:
@@ -125,6 +130,7 @@ async def test_lookup_pending_paid_and_unknown(lnd: tuple[FakeLnd, LndBackend]) 
     fake.settle(invoice.payment_hash, 10_000)
     paid = await backend.lookup_invoice(invoice.payment_hash)
     assert (paid.state, paid.amount_received_msat) == (PaymentState.PAID, 10_000)
+    assert paid.paid_at == int(SETTLE_DATE)  # when it was paid, for NIP-57 receipts
     assert (await backend.lookup_invoice("00" * 32)).state is PaymentState.UNKNOWN
     fake.legacy_not_found = True
     assert (await backend.lookup_invoice("00" * 32)).state is PaymentState.UNKNOWN

@@ -22,6 +22,7 @@ from lightning.backends.nwc import NwcBackend, NwcConfig, NwcConnection
 from relay import crypto
 from relay.event import parse_event, sign_event, verify_signature
 from tests.conftest import RelayFactory
+from tests.nostr_client import NostrClient
 
 
 class FakeWalletService:
@@ -175,6 +176,7 @@ async def test_create_lookup_and_push_in_the_negotiated_scheme(
             assert await first == invoice.payment_hash
         paid = await backend.lookup_invoice(invoice.payment_hash)
         assert (paid.state, paid.amount_received_msat) == (PaymentState.PAID, 21_000)
+        assert paid.paid_at == wallet.invoices[invoice.payment_hash]["settled_at"]  # for NIP-57 receipts
         assert wallet.seen == [("make_invoice", scheme), ("lookup_invoice", scheme), ("lookup_invoice", scheme)]
         await stream.aclose()
 
@@ -199,17 +201,23 @@ async def test_unknown_hash_is_unknown_and_wallet_errors_are_backend_errors(rela
 
 
 async def test_silent_wallet_times_out_with_backend_error(relay_factory: RelayFactory) -> None:
+    """A wallet that listens for requests but never answers: the request times out. One
+    that is not even connected: the relay says at once that nobody listened (NIP-01 mute)."""
     async with relay_factory() as relay:
         nobody = crypto.public_key(crypto.generate_secret()).hex()
         secret = crypto.generate_secret().hex()
         uri = f"nostr+walletconnect://{nobody}?relay={relay.url}&secret={secret}"
         backend = NwcBackend(NwcConfig(uri, request_timeout_seconds=0.5))
         try:
-            with pytest.raises(BackendError, match="no answer") as caught:
+            with pytest.raises(BackendError, match="mute: nobody was listening") as absent:
                 await backend.lookup_invoice("00" * 32)
+            async with NostrClient(relay.url) as silent:
+                assert await silent.req("requests", {"kinds": [23194], "#p": [nobody]}) == []
+                with pytest.raises(BackendError, match="no answer") as caught:
+                    await backend.lookup_invoice("00" * 32)
         finally:
             await backend.close()
-        assert secret not in str(caught.value)
+        assert secret not in str(caught.value) and secret not in str(absent.value)
 
 
 async def test_relay_going_away_ends_settlements_with_backend_error(relay_factory: RelayFactory) -> None:

@@ -43,6 +43,9 @@ def _authorized(value: str | None) -> bool:
     return value == "Basic " + base64.b64encode(f":{PASSWORD}".encode()).decode()
 
 
+COMPLETED_MS = 1767225602345
+
+
 class FakePhoenixd:
     def __init__(self) -> None:
         self.incoming: dict[str, dict[str, Any]] = {}
@@ -108,7 +111,8 @@ class FakePhoenixd:
         """The payer sends ``sats``; phoenixd keeps ``fee_msat`` (on-the-fly liquidity) and
         reports the rest, truncated to whole sats, as ``receivedSat``."""
         received_sat = (sats * 1000 - fee_msat) // 1000
-        self.incoming[payment_hash].update(isPaid=True, receivedSat=received_sat, fees=fee_msat)
+        paid = {"isPaid": True, "receivedSat": received_sat, "fees": fee_msat, "completedAt": COMPLETED_MS}
+        self.incoming[payment_hash].update(paid)
         message = {"type": "payment_received", "timestamp": 1, "amountSat": received_sat, "paymentHash": payment_hash}
         for ws in list(self.sockets):
             await ws.send(orjson.dumps(message).decode())
@@ -156,6 +160,7 @@ async def test_lookup_pending_paid_unknown(phoenixd: tuple[FakePhoenixd, Phoenix
     await fake.pay(invoice.payment_hash, 3)
     paid = await backend.lookup_invoice(invoice.payment_hash)
     assert (paid.state, paid.amount_received_msat) == (PaymentState.PAID, 3_000)
+    assert paid.paid_at == COMPLETED_MS // 1000  # phoenixd counts milliseconds
     assert (await backend.lookup_invoice("00" * 32)).state is PaymentState.UNKNOWN
 
 

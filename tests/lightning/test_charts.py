@@ -3,11 +3,12 @@ escaped, a readable empty case, and a year of days in a small document."""
 
 from __future__ import annotations
 
+import itertools
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from lightning.charts import MAX_PLAN_ROWS, daily_bars, nice_axis, plan_bars
+from lightning.charts import MAX_PLAN_ROWS, NARROW, WIDTH, daily_bars, day_label, nice_axis, plan_bars
 
 SVG = "{http://www.w3.org/2000/svg}"
 DAY0 = 19_700  # 2023-12-09
@@ -119,3 +120,22 @@ def test_plan_bars_with_nothing_paid() -> None:
 )
 def test_value_axis_steps_are_round(peak: float, axis: tuple[float, float]) -> None:
     assert nice_axis(peak) == axis
+
+
+@pytest.mark.parametrize("width", [WIDTH, NARROW])
+@pytest.mark.parametrize("days", [7, 30, 365])
+def test_each_width_names_first_and_last_day_without_overlapping_dates(width: int, days: int) -> None:
+    """The phone drawing (NARROW) as well as the desk one: first and last day named, dates
+    far enough apart never to overlap, everything inside the drawing, the plan chart too."""
+    root = parse(daily_bars("Sats per day", DAY0, [float(i % 5) for i in range(days)], width=width))
+    assert root.get("width") == str(width)
+    dates = [t for t in root.iter(f"{SVG}text") if (t.text or "").startswith("20")]
+    assert dates[0].text == "2023-12-09" and dates[-1].text == day_label(DAY0 + days - 1)
+    xs = [float(t.get("x", "")) for t in dates]
+    # A date is ~62 units wide; the last one is anchored at its end: 93 apart never overlap.
+    assert all(b - a >= 93 for a, b in itertools.pairwise(xs)), xs
+    assert all(0 <= x <= width for x in xs)
+    plans = parse(plan_bars("Sats per plan", [("subscription", 500), ("a-very-long-plan-name", 42)], width=width))
+    assert plans.get("width") == str(width)
+    for rect in plans.iter(f"{SVG}rect"):
+        assert float(rect.get("x", "0")) + float(rect.get("width", "0")) <= width

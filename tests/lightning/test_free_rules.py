@@ -243,3 +243,32 @@ async def test_the_inbox_allowance_holds_across_relays_on_one_store_and_restarts
     async with relay_factory(storage=storage, payments=payments) as restarted, NostrClient(restarted.url) as client:
         ok, message = await client.publish(signed(bob, tags=to_alice, content="after a restart"))
         assert not ok and message.startswith("rate-limited: "), message
+
+
+async def test_a_paying_members_reports_are_free_and_outside_the_strangers_allowance(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    """NIP-56 reports: strangers file them free within their hourly allowance; a member who
+    pays per event (credit plan) was charged for each. Now a member's report is free, and
+    does not use up an allowance meant for strangers; other events are charged as before."""
+    payments = {
+        **PAID,
+        "inbox_events_per_hour": 2,
+        "credit": {"enabled": True, "default_price_msat": 1000},
+    }
+    async with relay_factory(payments=payments) as relay, NostrClient(relay.url) as client:
+        await grant(relay, alice, credit_delta_msat=5000)
+        target = signed(alice, kind=1, content="a note to report")
+        assert (await client.publish(target))[0]  # charged: 1000 msat
+        for i in range(3):  # past the strangers' allowance of 2
+            report = signed(alice, kind=1984, content=f"spam {i}", tags=[["e", target.id, "spam"], ["p", pk(alice)]])
+            assert await client.publish(report) == (True, "")
+        account = await ledger_of(relay).get_account(pk(alice))
+        assert account is not None and account.credit_msat == 4000  # the note only
+        # A stranger still has the allowance: two free reports, then a refusal.
+        results = [
+            await client.publish(signed(bob, kind=1984, content=f"r{i}", tags=[["e", target.id, "spam"]]))
+            for i in range(3)
+        ]
+        assert [ok for ok, _ in results] == [True, True, False]
+        assert results[2][1].startswith("rate-limited: free reports are used up")

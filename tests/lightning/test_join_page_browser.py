@@ -8,6 +8,7 @@ Screenshots go to the test's temp folder, or to docs/img/ (for the README) when
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import time
@@ -154,6 +155,77 @@ async def test_join_page_pays_and_the_event_is_then_accepted(alice: bytes, tmp_p
 
             ok, message = await client.publish(sign_event(alice, 1, "after", [], created_at=int(time.time())))
             assert ok, message
+
+
+async def _one_line(locator: Any, width: int) -> None:
+    """A relay address shown on one line (never broken inside its host), inside the page."""
+    box = await locator.bounding_box()
+    assert box is not None
+    line = float((await locator.evaluate("el => getComputedStyle(el).lineHeight")).removesuffix("px"))
+    assert box["height"] < 1.5 * line, (await locator.inner_text(), box, line)
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width + 1, box
+
+
+@pytest.mark.parametrize("width", [1000, 390])
+async def test_join_page_on_a_phone_opens_the_wallet_and_puts_the_next_step_in_place(
+    alice: bytes, tmp_path: Path, width: int
+) -> None:
+    """Issue 22, the join page on a phone: an "Open in wallet" button (lightning: URI) beside
+    the QR, the QR in the wallets' upper-case form, the invoice scrolled into view on a
+    narrow screen, the QR and copy button replaced by the next step once paid, and the
+    relay address never broken inside its host."""
+    import segno
+    from playwright.async_api import async_playwright, expect
+
+    long_url = "wss://relay.sats-and-notes.example.com"
+    pubkey = crypto.public_key(alice).hex()
+    async with make_run_relay(tmp_path, relay={"public_url": long_url}) as relay:
+        base = f"http://127.0.0.1:{relay.port}"
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": width, "height": 800})
+                await page.goto(f"{base}/join?pubkey={pubkey}", wait_until="load")
+                address = page.locator("main > section code.relay-url").first
+                assert await address.inner_text() == long_url
+                await _one_line(address, width)
+
+                await page.click("#get-invoice")
+                await page.wait_for_selector("#step-pay:not([hidden])")
+                bolt11 = await page.input_value("#bolt11")
+                wallet = page.locator("#open-wallet")
+                await expect(wallet).to_be_visible()
+                assert await wallet.get_attribute("href") == "lightning:" + bolt11
+                qr, button = await page.locator("#qr").bounding_box(), await wallet.bounding_box()
+                assert qr is not None and button is not None
+                if width >= 640:  # beside the QR on a wide screen, below it on a phone
+                    assert button["x"] >= qr["x"] + qr["width"] and button["y"] < qr["y"] + qr["height"]
+                else:
+                    # The invoice was brought into view: the form above it fills a phone's screen.
+                    await expect(page.locator("#step-pay h2")).to_be_in_viewport()
+                    await expect(wallet).to_be_in_viewport()
+                    assert await page.evaluate("() => window.scrollY") > 0
+                # The QR: upper case, so the denser alphanumeric mode, a smaller symbol.
+                svg = await page.request.get(base + (await page.locator("#qr").get_attribute("src") or ""))
+                upper = segno.make(f"LIGHTNING:{bolt11.upper()}", error="m")
+                assert upper.mode == "alphanumeric"
+                assert upper.version < segno.make(f"lightning:{bolt11}", error="m").version
+                drawn = io.BytesIO()
+                upper.save(drawn, kind="svg", scale=5, border=2, xmldecl=False, title="Lightning invoice")
+                assert await svg.body() == drawn.getvalue()
+                await _no_sideways_scroll(page, width)
+
+                await page.click("#simulate")
+                await expect(page.locator("#status")).to_have_text("paid", timeout=10_000)
+                # Paid: the QR, the wallet and copy buttons are gone; the next step is in their place.
+                for done in ("#qr", "#open-wallet", "#copy", "#bolt11"):
+                    await expect(page.locator(done)).to_be_hidden()
+                await expect(page.locator("#step-next")).to_be_in_viewport()
+                await _one_line(page.locator("#next-relay-url"), width)
+                await _no_sideways_scroll(page, width)
+                await page.screenshot(path=str(tmp_path / f"join-phone-paid-{width}.png"), full_page=True)
+            finally:
+                await browser.close()
 
 
 async def test_expired_invoice_is_greyed_out_and_cannot_be_copied_or_simulated(alice: bytes, tmp_path: Path) -> None:

@@ -60,12 +60,13 @@ async def test_nwc_check(relay_factory: RelayFactory) -> None:
         await backend.check()
         assert wallet.invoices == {}
     async with relay_factory() as relay:
-        # a connection no wallet serves (a wrong or revoked URI): nobody answers
+        # a connection no wallet serves (a wrong or revoked URI): nobody listens, and the relay
+        # says so at once (NIP-01 mute: an ephemeral request no subscriber could receive)
         nobody = crypto.public_key(crypto.generate_secret()).hex()
         uri = f"nostr+walletconnect://{nobody}?relay={relay.url}&secret={crypto.generate_secret().hex()}"
         stranger = NwcBackend(NwcConfig(uri, request_timeout_seconds=0.5))
         try:
-            with pytest.raises(BackendError, match="no answer"):
+            with pytest.raises(BackendError, match="mute: nobody was listening"):
                 await stranger.check()
         finally:
             await stranger.close()

@@ -15,6 +15,7 @@ import stat
 import statistics
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -445,6 +446,59 @@ async def test_receipt_missing_after_a_stop_is_signed_at_the_next_start(
             found = await receipts(relay, me, zapper_pub)
             assert len(found) == 1 and ["bolt11", answer["pr"]] in found[0]["tags"]
             assert receipt_problem(parse_event(found[0]), {me}) is None
+
+
+async def test_zap_paid_while_the_relay_was_down_is_receipted_at_the_payments_time(
+    relay_factory: RelayFactory, tmp_path: Path, lnbits: LnbitsServer
+) -> None:
+    """NIP-57: the receipt's created_at SHOULD be the invoice's paid_at. A zap invoice is
+    paid at LNbits while the relay is stopped; the relay, started seconds later, credits it
+    in its start-up reconciliation and dates the receipt when LNbits settled the payment,
+    not when it noticed."""
+    zapper = crypto.generate_secret()
+    zapper_pub = crypto.public_key(zapper).hex()
+    port = free_port()
+    same = {"server": {"port": port}, "relay": {"public_url": f"ws://127.0.0.1:{port}"}}
+    payments = {
+        "enabled": True,
+        "backend": "lnbits",
+        "lnbits": {"url": lnbits.url, "invoice_key": lnbits.wallet_a.inkey},
+        "admission": ADMISSION,
+    }
+    async with relay_factory(payments=payments, **same) as relay, httpx.AsyncClient(base_url=http_base(relay)) as web:
+        me = (await nip11(relay))["self"]
+        request = _request(zapper, [["p", me], ["amount", "21000"], ["relays", relay.url]])
+        answer = (await web.get("/lnurlp/relay/callback", params={"amount": "21000", "nostr": request})).json()
+    before = int(time.time())
+    paid = await asyncio.to_thread(lnbits.pay, answer["pr"])  # nobody is listening
+    assert paid.get("status") == "success", paid
+    after = int(time.time())
+
+    async def seconds_later() -> bool:  # the restart must fall in a later second than the payment
+        return int(time.time()) >= after + 2
+
+    await eventually(seconds_later)
+    restarted = int(time.time())
+    async with relay_factory(payments=payments, **same) as relay:
+
+        async def receipt_stored() -> bool:
+            return bool(await receipts(relay, me, zapper_pub))
+
+        await eventually(receipt_stored)
+        [receipt] = await receipts(relay, me, zapper_pub)
+    assert before <= receipt["created_at"] <= after < restarted, (before, receipt["created_at"], after, restarted)
+    async with httpx.AsyncClient() as web:  # exactly the time LNbits recorded for the settlement
+        details = (
+            await web.get(
+                f"{lnbits.url}/api/v1/payments/{bolt11.decode(answer['pr']).payment_hash}",
+                headers={"X-Api-Key": lnbits.wallet_a.inkey},
+            )
+        ).json()["details"]
+    settled = datetime.fromisoformat(details["updated_at"])
+    if settled.tzinfo is None:  # LNbits stores UTC
+        settled = settled.replace(tzinfo=UTC)
+    assert receipt["created_at"] == int(settled.timestamp())
+    assert receipt_problem(parse_event(receipt), {me}) is None
 
 
 def test_receipts_go_only_to_public_addresses() -> None:
