@@ -420,6 +420,8 @@ class CommitStream:
     """``relay.broadcast.Broadcast`` for a worker: the writer's commit stream in, this
     worker's ephemeral events out."""
 
+    reaches_other_nodes = True  # the other workers' subscribers
+
     def __init__(self, link: WriterLink) -> None:
         self._link = link
 
