@@ -119,7 +119,12 @@ def build_writer_service(
 
     Each enabled plug-in is built here as in a worker, and nothing more: its hooks (gates,
     routes, services) serve in the workers, but building it registers its write hooks on
-    this store (``relay.store.database``), which must run where the batches commit."""
+    this store (``relay.store.database``), which must run where the batches commit. What a
+    write hook does to its plug-in's memory happens in this process, not in the worker
+    whose gate admitted the event: the payments hook's refusal drops a stale balance from
+    this process's cache, so a worker's cache keeps it until ``account_cache_seconds`` or
+    the next grant (each event meanwhile is refused at commit, "credit ran out", instead
+    of by the gate: the same refusal, one round trip later)."""
     from relay.store.sqlite import SqliteStore
     from relay.store.writer_process import WriterService
 

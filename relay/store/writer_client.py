@@ -9,7 +9,7 @@ and the commit stream. Three faces of it plug into the relay's seams:
 - ``CommitStream`` replaces the local broadcast: every event the writer stores reaches this
   worker's subscribers in commit order, once, whichever worker accepted it, and an
   ephemeral event accepted here goes to the other workers through the writer;
-- ``SqliteStore`` (``remote_writes``) sends its writes through ``call`` and keeps only its
+- ``SqliteStore`` (given the link) sends its writes through ``call`` and keeps only its
   readers in this process (WAL: several processes read one file).
 
 **The writer process going away** (killed, restarted by the supervisor): every request in
@@ -257,7 +257,9 @@ class WriterLink(asyncio.Protocol):
                 self._seen_ids.append(event.id)
                 if self._deliver is not None:
                     self._emit(event)
-            if raws:
+            if len(raws) == CATCH_UP_LIMIT:
+                log.warning("caught up only the first %d events committed before the writer restarted", len(raws))
+            elif raws:
                 log.info("caught up %d events the writer committed before it restarted", len(raws))
             held, self._held = self._held or [], None
             for payload in held:
