@@ -114,6 +114,19 @@ async def storage(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str
     if request.param == "sqlite":
         yield {}
         return
+    async for section in _postgres_schema():
+        yield section
+
+
+@pytest.fixture
+async def pg_storage() -> AsyncIterator[dict[str, str]]:
+    """``storage``'s PostgreSQL half alone, for what only PostgreSQL does (several nodes on
+    one database)."""
+    async for section in _postgres_schema():
+        yield section
+
+
+async def _postgres_schema() -> AsyncIterator[dict[str, str]]:
     dsn = os.environ.get("SATSRELAY_TEST_POSTGRES")
     if not dsn:
         pytest.skip("SATSRELAY_TEST_POSTGRES is unset (e.g. postgresql://postgres@127.0.0.1:5432/test)")

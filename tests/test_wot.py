@@ -154,9 +154,8 @@ async def _refused(c: NostrClient, secret: bytes) -> bool:
 
 
 @pytest.mark.postgres
-async def test_two_relays_on_one_postgresql_agree(tmp_path: Path, storage: dict[str, str]) -> None:
-    if "schema_name" not in storage:
-        pytest.skip("two nodes share a database on PostgreSQL")
+async def test_two_relays_on_one_postgresql_agree(tmp_path: Path, pg_storage: dict[str, str]) -> None:
+    storage = pg_storage
     r, a = crypto.generate_secret(), crypto.generate_secret()
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
