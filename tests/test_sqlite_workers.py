@@ -404,6 +404,25 @@ async def test_sigterm_during_ingest_answers_every_event_in_flight_through_the_w
     assert answered <= await stored_ids(again.url, authors)
 
 
+async def test_sigterm_while_a_worker_is_being_restarted_stops_the_writer_too(relay_process: MakeRelay) -> None:
+    """A stop that lands during a crashed worker's restart back-off still stops the other
+    worker and then the writer process, and the supervisor exits 0."""
+    supervisor = start_workers(relay_process)
+    writer, (crashed, survivor) = await serving(supervisor)
+    os.kill(crashed, signal.SIGKILL)
+
+    async def reaped() -> bool:
+        return not await asyncio.to_thread(os.path.exists, f"/proc/{crashed}")  # gone, not a zombie
+
+    await eventually(reaped, WAIT, what="the supervisor to reap the killed worker")
+    assert supervisor.proc is not None
+    supervisor.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(supervisor.proc.wait, WAIT) == 0, supervisor.stderr_text()
+    for pid in (survivor, writer):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 async def test_an_address_gets_its_connection_cap_once_across_sqlite_workers(relay_process: MakeRelay) -> None:
     """The per-address limits live in the supervisor's shared segment on SQLite as on
     PostgreSQL (``relay.shared_limits``): 3 connections for the address in all, not 3 per
