@@ -41,8 +41,9 @@ tests/node/node_modules/.package-lock.json: tests/node/package-lock.json
 
 test-deps: $(BIN)/satsrelay $(LNBITS_VENV)/.installed chromium deploy-tools tests/node/node_modules/.package-lock.json
 
+# `make run WORKERS=auto` (or a number): serve --workers, one process per core on SQLite too
 run: $(BIN)/satsrelay
-	$(BIN)/satsrelay serve --config config.example.toml
+	$(BIN)/satsrelay serve --config config.example.toml $(if $(WORKERS),--workers $(WORKERS))
 
 # The PostgreSQL half (tests marked postgres) runs against $$SATSRELAY_TEST_POSTGRES, else
 # against postgresql://postgres@127.0.0.1:5432/test when that answers; otherwise it is skipped

@@ -1,8 +1,9 @@
 """``python -m bench [scenario ...] [flags]``: start a relay (or use ``--url``), run the
 chosen scenarios, print one JSON document on stdout (progress goes to stderr).
 
-Scenarios: verify_ceiling subindex ingest query fanout idle (the default), and for PostgreSQL
-(issue 5, need --store-url): workers stores crossnode; issue 12: reconcile (NIP-77) and search
+Scenarios: verify_ceiling subindex ingest query fanout idle (the default); workers (issue 5,
+19: --workers 1 against 2, alternating, SQLite or --store-url); for PostgreSQL (issue 5, need
+--store-url): stores crossnode; issue 12: reconcile (NIP-77) and search
 (NIP-50), on SQLite or, with --store-url, PostgreSQL.
 ``soak`` (issue 8; never by default): honest and abusive clients against the relay's real
 limits for ``--minutes``. ``bystander`` (issue 17; never by default): each free, expensive
@@ -291,13 +292,32 @@ class Bench:
         return await run_search(a.store_url, a.search_events, a.search_serial, a.seed, log)
 
     async def workers(self) -> dict[str, Any]:
-        """issue 5: ingest with serve --workers 2 against 1 (needs --store-url: SQLite refuses workers)."""
-        if not self.args.store_url:
-            return {"skipped": "--workers needs PostgreSQL: give --store-url postgresql://..."}
-        one = await self.ingest(self.relay_options(workers=1), "workers1")
-        two = await self.ingest(self.relay_options(workers=2), "workers2")
-        return {"workers_1": one, "workers_2": two,
-                "ratio_2_to_1": round(two["events_per_second"] / max(1, one["events_per_second"]), 2)}
+        """issue 5 / 19: ingest with serve --workers 1 and --workers 2, alternating, three
+        rounds each (a shared machine's noise moves runs in a row together), on SQLite (the
+        writer process of relay.workers) or on --store-url."""
+        runs: dict[str, list[dict[str, Any]]] = {"workers_1": [], "workers_2": []}
+        for round_ in range(3):
+            for n in (1, 2):
+                runs[f"workers_{n}"].append(await self.ingest(self.relay_options(workers=n), f"workers{n}-{round_}"))
+
+        def median(key: str, pick: Callable[[dict[str, Any]], float]) -> float:
+            values = sorted(pick(r) for r in runs[key])
+            return values[len(values) // 2]
+
+        out: dict[str, Any] = {"store": self.args.store_url or "sqlite", **runs}
+        for key in runs:
+            out[f"{key}_median"] = {
+                "events_per_second": median(key, lambda r: float(r["events_per_second"])),
+                "p99_ms": median(key, lambda r: float(r["ok_latency"]["p99_ms"])),
+            }
+            if all("fraction_of_verify_ceiling" in r for r in runs[key]):  # with verify_ceiling run first
+                out[f"{key}_median"]["fraction_of_verify_ceiling"] = median(
+                    key, lambda r: float(r["fraction_of_verify_ceiling"])
+                )
+        out["ratio_2_to_1"] = round(
+            out["workers_2_median"]["events_per_second"] / max(1.0, out["workers_1_median"]["events_per_second"]), 2
+        )
+        return out
 
     async def stores(self) -> dict[str, Any]:
         """issue 5: ingest and query on SQLite and on PostgreSQL (--store-url), same load."""

@@ -253,7 +253,15 @@ class RelayProcess:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            await asyncio.sleep(0.3 if self.options.workers > 1 else 0.05)  # let every worker bind
+            # Every worker listening before the load starts: the first one to bind answers the
+            # probe, and a fixed 0.3 s was not enough for SQLite's (they start once the writer
+            # process has opened the file): the kernel then gave all 8 load connections to one
+            # worker, and --workers 2 measured below --workers 1.
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if listening_sockets(self.port) >= self.options.workers:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)
             if self.options.profile_dir is not None:
                 self.profiler = self._spawn_profiler(self.proc.pid)
             return
@@ -289,6 +297,18 @@ class RelayProcess:
             with contextlib.suppress(Exception):
                 await self.pg.drop()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def listening_sockets(port: int) -> int:
+    """TCP sockets listening on ``port`` on this machine (one per SO_REUSEPORT worker)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    count += 1
+    return count
 
 
 BENCH_METRICS_TOKEN = "bench-metrics"  # [server] metrics_token of the relays bench starts

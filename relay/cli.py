@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import orjson
 
-from relay.config import ConfigError, Settings, load_settings, public_url_mismatch
+from relay.config import ConfigError, Settings, load_settings, public_url_mismatch, resolve_workers
 from relay.discovery import PluginError, discover_plugins
 from relay.errors import Invalid, Rejection
 from relay.event import Event, KindClass, parse_event, verify_signature
@@ -45,7 +45,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "port", None) is not None:
         server["port"] = args.port
     if getattr(args, "workers", None) is not None:
-        server["workers"] = args.workers
+        server["workers"] = resolve_workers(args.workers)
     settings = load_settings(args.config)
     if server:
         merged = settings.server.model_copy(update=server)
@@ -73,6 +73,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     mismatch = public_url_mismatch(settings)
     if mismatch:
         log.warning("%s", mismatch)
+    if args.writer_fd is not None:  # the SQLite writer process of --workers (relay.workers)
+        from relay.workers import serve_writer
+
+        return _run_async(serve_writer(settings, socket.socket(fileno=args.writer_fd)))
     if settings.server.workers > 1:
         from relay.workers import run_workers
 
@@ -85,13 +89,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     metrics_sock = socket.socket(fileno=args.metrics_fd) if args.metrics_fd is not None else None
 
     async def serve() -> None:
-        await run(build_relay(settings), metrics_sock)
+        await run(build_relay(settings, writer_address=args.writer_address), metrics_sock)
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
             _event_loop_runner()(serve())
     except ListenError as exc:
         return _fail(str(exc))
+    return 0
+
+
+def _run_async(main: Coroutine[Any, Any, None]) -> int:
+    """Run a process's loop (a store it cannot open: ``main`` says so in one line)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        _event_loop_runner()(main)
     return 0
 
 
@@ -109,6 +120,16 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     except ImportError:
         return asyncio.run
     return uvloop.run
+
+
+def _workers_count(value: str) -> int | str:
+    """``--workers``: a number, or "auto" (``relay.config.ServerSettings`` resolves it)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'must be a number or "auto", not {value!r}') from None
 
 
 # --- import ----------------------------------------------------------------------------
@@ -441,8 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the relay", parents=[common])
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, help="processes sharing the port (needs PostgreSQL)")
-    serve.add_argument("--metrics-fd", type=int, default=None, help=argparse.SUPPRESS)  # from --workers' supervisor
+    serve.add_argument(
+        "--workers", type=_workers_count, help='processes sharing the port; "auto": one per core (server.workers)'
+    )
+    # from --workers' supervisor (relay.workers)
+    serve.add_argument("--metrics-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--writer-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--writer-address", default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     imp = sub.add_parser("import", help="import events from JSONL (file or stdin)", parents=[common])

@@ -7,6 +7,7 @@ Unknown keys are refused, so a typo in the file stops start-up instead of being 
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,11 +50,20 @@ class RelayInfo(_Section):
     key_file: str | None = Field(None, description="default relay.key beside the SQLite database (or data/)")
 
 
+def resolve_workers(value: object) -> object:
+    """``workers = "auto"``: as many as the cores this process may run on."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return value
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(7777, ge=0, le=65535)
     compression: bool = Field(False, description="permessage-deflate; costs ~40 KiB RSS per connection")
-    workers: int = Field(1, ge=1, description="processes sharing the port; needs PostgreSQL")
+    workers: int = Field(
+        1, ge=1, description='processes sharing the port; "auto": one per core (SQLite adds a writer process)'
+    )
     reuse_port: bool = Field(False, description="SO_REUSEPORT; set for each worker by --workers")
     shutdown_grace_seconds: float = Field(5.0, ge=0)
     real_ip_header: str | None = Field(None, description="e.g. X-Forwarded-For, only behind a trusted proxy")
@@ -61,6 +71,11 @@ class ServerSettings(_Section):
     metrics_token: SecretStr | None = Field(
         None, description="serve /metrics on the public port too, to `Authorization: Bearer <token>`"
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: object) -> object:
+        return resolve_workers(value)
 
     @field_validator("metrics_listen")
     @classmethod

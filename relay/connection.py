@@ -57,7 +57,7 @@ from relay.policy import (
 )
 from relay.retention import StorageQuota
 from relay.store.base import PAGE_BYTES, Store, WriteOutcome, WriteRequest
-from relay.store.writer import GroupCommitWriter
+from relay.store.writer import EventWriter
 from relay.subscriptions import SubscriptionIndex
 from relay.throttled_log import ThrottledLog
 from relay.transport import INBOX_PAUSE, WebSocketLink
@@ -108,7 +108,7 @@ class ConnectionDeps:
     metrics: RelayMetrics
     index: SubscriptionIndex
     verifier: SignatureVerifier
-    writer: GroupCommitWriter
+    writer: EventWriter
     store: Store
     ips: IpTable
     authors: BucketTable  # per-pubkey event rate, shared by every connection

@@ -44,7 +44,7 @@ from relay.policy import WriteRules, build_write_policies
 from relay.redaction import redact_url
 from relay.retention import StorageQuota, purge_old_events
 from relay.store.base import Store, WriteOutcome, WriteRequest
-from relay.store.writer import GroupCommitWriter
+from relay.store.writer import EventWriter, GroupCommitWriter
 from relay.subscriptions import SubscriptionIndex
 from relay.transport import (
     METRICS_IN_USE_HINT,
@@ -82,8 +82,13 @@ class Relay:
         identity: RelayIdentity,
         hooks: Hooks | None = None,
         metrics: RelayMetrics | None = None,
+        writer: EventWriter | None = None,
     ) -> None:
-        """``identity``: the relay's own key (NIP-11 ``self``, its profile, zap receipts)."""
+        """``identity``: the relay's own key (NIP-11 ``self``, its profile, zap receipts).
+        ``writer``: the stage that commits events, when the store's writer is not this
+        process's (``--workers`` on SQLite: ``relay.store.writer_client.RemoteWriter``, whose
+        commits reach the subscribers through ``broadcast``); by default a
+        ``GroupCommitWriter`` over ``store``."""
         self.settings = settings
         self.identity = identity
         self.store = store
@@ -92,7 +97,7 @@ class Relay:
         self.metrics = metrics or RelayMetrics()
         self.index = SubscriptionIndex()
         self.verifier = SignatureVerifier()
-        self.writer = GroupCommitWriter(
+        self.writer: EventWriter = writer or GroupCommitWriter(
             self.store, batch_max=settings.storage.batch_max, on_committed=self._on_committed
         )
         self.metrics.watch_writer(lambda: self.writer.stats)

@@ -536,19 +536,6 @@ async def test_workers_share_the_port_fan_out_across_processes_and_stop_on_sigte
             os.kill(pid, 0)
 
 
-async def test_workers_with_sqlite_refused_saying_why(tmp_path: Path) -> None:
-    config = tmp_path / "sqlite.toml"
-    config.write_text(f'[storage]\nurl = "sqlite:///{tmp_path}/relay.db"\n[server]\nport = 0\n')
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay.cli", "serve", "--config", str(config), "--workers", "2",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
-    assert proc.returncode not in (0, None)
-    message = err.decode()
-    assert "--workers 2" in message and "postgresql://" in message and "SQLite" in message, message
-
-
 async def test_sigterm_while_a_crashed_worker_is_being_restarted_still_stops_everything(
     start_node: Callable[..., RelayProcess],
 ) -> None:

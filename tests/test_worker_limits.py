@@ -3,8 +3,8 @@ item 10): the kernel spreads one client's connections over the workers (SO_REUSE
 before, each worker kept its own buckets and counts, so one address got every limit N times
 over (2,996 events accepted in 10 s with two workers against 1,501 with one).
 
-Real ``satsrelay serve --workers 2`` processes on PostgreSQL (skipped with the reason when
-``SATSRELAY_TEST_POSTGRES`` is unset). The rate tests check that their connections really
+Real ``satsrelay serve --workers 2`` processes on PostgreSQL and on SQLite (its workers and
+their writer process, issue 19). The rate tests check that their connections really
 reached both workers, so a limit that held only because the kernel sent everything to one
 worker cannot pass; the connection-cap test makes twelve attempts, which old main refuses
 down to the cap only if all twelve reach one worker (2 in 2,048).
@@ -33,6 +33,15 @@ MakeRelay = Callable[..., RelayProcess]
 pg_dsn = test_nodes.pg_dsn  # the PostgreSQL fixtures of the node tests: a fresh schema each
 pg_schema = test_nodes.pg_schema
 
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def workers_store(request: pytest.FixtureRequest) -> dict[str, str]:
+    """``relay_process`` storage arguments: the test's SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return {}
+    dsn, schema = request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_schema")
+    return {"storage_url": dsn, "storage_toml": f'schema_name = "{schema}"'}
+
 RELAXED = (  # limits these tests do not aim at, out of the way
     "events_per_second = 10000\nevents_burst = 10000\n"
     "pubkey_events_per_second = 10000\npubkey_events_burst = 10000\n"
@@ -40,14 +49,21 @@ RELAXED = (  # limits these tests do not aim at, out of the way
 
 
 def start_workers(
-    relay_process: MakeRelay, pg_dsn: str, pg_schema: str, limits: str, extra_toml: str = "", workers: int = 2
+    relay_process: MakeRelay, store: dict[str, str], limits: str, extra_toml: str = "", workers: int = 2
 ) -> RelayProcess:
     return relay_process(
-        storage_url=pg_dsn,
-        storage_toml=f'schema_name = "{pg_schema}"',
-        extra_toml="[limits]\n" + RELAXED + limits + extra_toml,
-        args=["--workers", str(workers)],
+        **store, extra_toml="[limits]\n" + RELAXED + limits + extra_toml, args=["--workers", str(workers)]
     )
+
+
+def worker_pids(supervisor_pid: int) -> list[int]:
+    """The supervisor's children that serve clients (SQLite's writer process does not)."""
+    out = []
+    for pid in test_nodes._children(supervisor_pid):
+        with contextlib.suppress(OSError):
+            if b"--writer-fd" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+    return out
 
 
 async def all_workers_listening(supervisor: RelayProcess, workers: int = 2) -> list[int]:
@@ -56,13 +72,13 @@ async def all_workers_listening(supervisor: RelayProcess, workers: int = 2) -> l
     pid = supervisor.proc.pid
 
     async def listening() -> bool:
-        children = test_nodes._children(pid)
+        children = worker_pids(pid)
         owners = test_nodes._socket_owners(children)
         sockets = test_nodes._tcp_sockets(supervisor.port)
         return len(children) == workers and {owners.get(i) for i, _, state in sockets if state == "0A"} >= set(children)
 
     await eventually(listening, WAIT, what=f"{workers} worker processes listening on the port")
-    return test_nodes._children(pid)
+    return worker_pids(pid)
 
 
 async def publish_batch(client: NostrClient, events: list[dict[str, object]]) -> list[tuple[bool, str]]:
@@ -77,13 +93,13 @@ async def publish_batch(client: NostrClient, events: list[dict[str, object]]) ->
 
 
 async def test_one_address_reconnecting_gets_the_relays_event_rate_not_one_per_worker(
-    relay_process: MakeRelay, pg_dsn: str, pg_schema: str, alice: bytes
+    relay_process: MakeRelay, workers_store: dict[str, str], alice: bytes
 ) -> None:
     """A new connection per batch, so the kernel spreads them over both workers: what is
     accepted stays within one bucket's burst plus its rate (old main: about twice that)."""
     rate, burst, seconds = 20.0, 20, 4.0
     supervisor = start_workers(
-        relay_process, pg_dsn, pg_schema, f"ip_events_per_second = {rate}\nip_events_burst = {burst}\n"
+        relay_process, workers_store, f"ip_events_per_second = {rate}\nip_events_burst = {burst}\n"
     )
     workers = await all_workers_listening(supervisor)
     accepted = refused = 0
@@ -106,13 +122,13 @@ async def test_one_address_reconnecting_gets_the_relays_event_rate_not_one_per_w
 
 
 async def test_connection_cap_per_address_holds_across_workers_and_a_crashed_workers_places_return(
-    relay_process: MakeRelay, pg_dsn: str, pg_schema: str
+    relay_process: MakeRelay, workers_store: dict[str, str]
 ) -> None:
     """``max_connections_per_ip`` counts the address's connections on every worker (old
     main: that many on each). A worker killed with its connections open has them counted
     no more once the supervisor restarts it."""
     cap = 3
-    supervisor = start_workers(relay_process, pg_dsn, pg_schema, f"max_connections_per_ip = {cap}\n")
+    supervisor = start_workers(relay_process, workers_store, f"max_connections_per_ip = {cap}\n")
     workers = await all_workers_listening(supervisor)
     async with contextlib.AsyncExitStack() as stack:
         held: list[NostrClient] = []
@@ -135,7 +151,7 @@ async def test_connection_cap_per_address_holds_across_workers_and_a_crashed_wor
         os.kill(victim, signal.SIGKILL)
 
         async def replaced() -> bool:
-            children = test_nodes._children(supervisor.proc.pid) if supervisor.proc is not None else []
+            children = worker_pids(supervisor.proc.pid) if supervisor.proc is not None else []
             return victim not in children and len(children) == 2
 
         await eventually(replaced, WAIT, what="the supervisor to restart the killed worker")
@@ -159,7 +175,7 @@ async def test_connection_cap_per_address_holds_across_workers_and_a_crashed_wor
 
 
 async def test_nip43_claims_are_limited_per_address_across_workers(
-    relay_process: MakeRelay, pg_dsn: str, pg_schema: str, alice: bytes, tmp_path: Path
+    relay_process: MakeRelay, workers_store: dict[str, str], alice: bytes, tmp_path: Path
 ) -> None:
     """Six join requests a minute per address (each is a write transaction), whichever
     worker answers; old main let six through on each."""
@@ -167,7 +183,7 @@ async def test_nip43_claims_are_limited_per_address_across_workers(
         '[payments]\nenabled = true\nbackend = "fake"\n'
         f'[payments.fake]\nstate_file = "{tmp_path / "fake-wallet.db"}"\n'
     )
-    supervisor = start_workers(relay_process, pg_dsn, pg_schema, "", payments)
+    supervisor = start_workers(relay_process, workers_store, "", payments)
     workers = await all_workers_listening(supervisor)
     answers: list[str] = []
     served_by: set[int] = set()

@@ -20,9 +20,7 @@ def open_store(settings: StorageSettings, *, search_kinds: frozenset[int] | None
     if url.startswith("sqlite:"):
         from relay.store.sqlite import SqliteStore
 
-        return SqliteStore.from_url(
-            url, synchronous=settings.synchronous, read_connections=settings.read_connections, search_kinds=kinds
-        )
+        return SqliteStore.from_settings(settings, search_kinds=kinds)
     if url.startswith(("postgresql://", "postgres://")):
         from relay.store.postgres import PostgresStore
 

@@ -13,6 +13,12 @@ store offers it three general things, and knows nothing of what the plug-in keep
      lock, and costs one thread hop however many statements it runs (the reason the
      writer is a plain ``sqlite3`` connection: ``relay.store.sqlite``); ``read(sql,
      params)`` is one statement on one of the store's readers (WAL: the last commit).
+     Under ``serve --workers N`` the writer thread is in the writer process
+     (``relay.store.writer_process``): ``fn`` is sent there by reference and its
+     arguments by value (pickle), so it must be a module-level function, and the
+     arguments, the result and the attachments of write requests plain values or
+     module-level classes. The plug-in is also built in the writer process (never
+     started), which is how its write hooks are registered where the batches commit.
    - ``PostgresDatabase``: ``transaction()`` and ``acquire()`` hand out a connection of
      the store's asyncpg pool (in a transaction, or not), ``fetch``/``fetchval``/``execute``
      run one statement; ``scope`` names the schema, for advisory lock keys.

@@ -19,6 +19,18 @@ Two kinds of connection, because reads and writes have opposite needs:
   Expensive reads (COUNT, NIP-77 item sets, NIP-50 ranking) may hold at most half the
   readers, so REQ pages always find one (issue 17: a NEG-OPEN flood held every reader).
 
+**Several processes** (``serve --workers N``): the writer connection lives in one writer
+process (``relay.store.writer_process``) and each worker's store has a ``link`` to it. A
+worker's store opens only its readers (WAL: readers in any process see the last commit);
+every write it would run on its own writer thread (``_transact``: vanish, retention, NIP-86
+state, NIP-98 replay counts, plug-ins' writes and migrations) runs on the writer process's
+thread instead, and its events reach the writer process's group commit through the link
+(``relay.store.writer_client.RemoteWriter``). The reason is the lock: the worker's own
+write connections would meet the writer's batches at the file lock, where SQLite's busy
+handler polls with growing sleeps (up to 100 ms) and rarely catches the gap between two
+back-to-back batches, so a write could wait out ``busy_timeout`` and fail with
+SQLITE_BUSY under ingest. One writer thread for the file queues them instead.
+
 ``synchronous="FULL"`` fsyncs the WAL at every commit, so an OK sent after a commit
 survives power loss; ``"NORMAL"`` survives a process crash but may lose the last commits on
 power loss, for a faster commit. Measured on the 2-core dev VM: a commit costs ~0.13 ms
@@ -33,8 +45,9 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar
 
@@ -70,7 +83,9 @@ from relay.store.rules import (
 )
 
 if TYPE_CHECKING:
+    from relay.config import StorageSettings
     from relay.policy import ReadScope
+    from relay.store.writer_client import WriterLink
 
 log = logging.getLogger(__name__)
 
@@ -523,7 +538,11 @@ class SqliteStore:
         synchronous: str = "FULL",
         read_connections: int = 2,
         search_kinds: frozenset[int] = DEFAULT_SEARCH_KINDS,
+        link: WriterLink | None = None,
     ) -> None:
+        """``link``: a ``--workers`` worker's link to the writer process, which then owns the
+        file's write connection: every write of this store is sent there (the module
+        docstring, "Several processes"), and only the readers open here."""
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}")
         if read_connections < 1:
@@ -542,6 +561,7 @@ class SqliteStore:
         self._all_readers: list[aiosqlite.Connection] = []
         self._checkpointer: WalCheckpointer | None = None
         self._hooks: dict[str, SqliteWriteHook] = {}
+        self._link = link
         self.database = SqlitePluginDatabase(self)  # plug-ins' tables (relay.store.database)
 
     @classmethod
@@ -552,12 +572,26 @@ class SqliteStore:
         synchronous: str = "FULL",
         read_connections: int = 2,
         search_kinds: frozenset[int] = DEFAULT_SEARCH_KINDS,
+        link: WriterLink | None = None,
     ) -> SqliteStore:
         return cls(
             sqlite_path_from_url(url),
             synchronous=synchronous,
             read_connections=read_connections,
             search_kinds=search_kinds,
+            link=link,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: StorageSettings, *, search_kinds: frozenset[int], link: WriterLink | None = None
+    ) -> SqliteStore:
+        return cls.from_url(
+            settings.url,
+            synchronous=settings.synchronous,
+            read_connections=settings.read_connections,
+            search_kinds=search_kinds,
+            link=link,
         )
 
     # --- life cycle ---------------------------------------------------------------------
@@ -570,8 +604,12 @@ class SqliteStore:
             if not self._lock.acquire(exclusive=False):
                 self._lock = None
                 raise StoreUnavailable(f"{self.path} is being restored from a backup; try again when it is done")
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-            await self._write(self._open_writer)
+            if self._link is not None:
+                # The writer process has opened (and migrated) the file once it answers.
+                await self._link.start()
+            else:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+                await self._write(self._open_writer)
         except (OSError, sqlite3.Error) as exc:
             await self.close()  # no writer thread may outlive a failed open
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -585,6 +623,9 @@ class SqliteStore:
             await conn.execute("PRAGMA cache_size = -32000")
             self._all_readers.append(conn)
             self._idle.append(conn)
+        if self._link is not None:
+            await self._link.follow(self)  # checkpoints are the writer process's
+            return
         self._checkpointer = WalCheckpointer(
             self.path, self.synchronous, interval=_CHECKPOINT_INTERVAL, restart_frames=_RESTART_FRAMES
         )
@@ -619,6 +660,8 @@ class SqliteStore:
                 await self._write(self._close_writer)
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._link is not None:
+            await self._link.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -654,6 +697,24 @@ class SqliteStore:
             finally:
                 idle.append(conn)
 
+    async def _transact(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(conn, *args, **kwargs)`` as one write transaction: on this store's writer
+        thread, or in the writer process when the store has a link (``fn`` is then sent by
+        reference: a module-level function, with arguments pickle can carry)."""
+        if self._link is not None:
+            return await self._link.call("transact", fn, args, kwargs)
+        return await self._write(self._transaction, partial(fn, **kwargs) if kwargs else fn, *args)
+
+    async def _transact_here(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await self._transact(fn, *args, **kwargs)
+
+    def writer_calls(self) -> dict[str, Callable[..., Awaitable[Any]]]:
+        """What the writer process runs for its workers' stores (their ``_transact`` and the
+        plug-ins' migrations): the ``calls`` of ``relay.store.writer_process.WriterService``."""
+        if self._link is not None:
+            raise RuntimeError("a store with a writer link writes nothing itself")
+        return {"transact": self._transact_here, "migrate": self.database.migrate}
+
     def _conn(self) -> sqlite3.Connection:
         if self._writer is None:
             raise RuntimeError("store is not open")
@@ -682,6 +743,8 @@ class SqliteStore:
                 raise ValueError("ephemeral events are never stored")
         if not batch:
             return []
+        if self._link is not None:
+            raise RuntimeError("a --workers worker's events go to the writer process (RemoteWriter)")
         hooks = tuple(self._hooks.values())
         if not hooks and any(req.attachments for req in batch):
             # Attachments nobody interprets would store, say, a priced event for free.
@@ -770,7 +833,7 @@ class SqliteStore:
         return outcomes
 
     async def purge_expired(self, now: int) -> int:
-        purged: int = await self._write(self._transaction, _purge_expired, now)
+        purged: int = await self._transact(_purge_expired, now)
         return purged
 
     # --- events: reads ------------------------------------------------------------------
@@ -897,7 +960,7 @@ class SqliteStore:
     # --- retention, quotas, NIP-62, NIP-86 -------------------------------------------------
 
     async def purge_older(self, kind: int, before: int, limit: int) -> int:
-        purged: int = await self._write(self._transaction, _purge_older, kind, before, limit)
+        purged: int = await self._transact(_purge_older, kind, before, limit)
         return purged
 
     async def stored_bytes(self, pubkey: str) -> int:
@@ -916,7 +979,7 @@ class SqliteStore:
         return int(count[0][0]) * int(size[0][0]) + wal
 
     async def vanish(self, pubkey: str, until: int, now: int) -> int:
-        deleted: int = await self._write(self._transaction, _vanish, pubkey, until)
+        deleted: int = await self._transact(_vanish, pubkey, until)
         return deleted
 
     async def list_vanished(self) -> dict[str, int]:
@@ -932,7 +995,7 @@ class SqliteStore:
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     async def apply_management(self, changes: Sequence[tuple[str, str, str | None]]) -> None:
-        await self._write(self._transaction, _apply_management, list(changes))
+        await self._transact(_apply_management, list(changes))
 
     async def management_changes(self) -> int:
         rows = await self._read("SELECT counter FROM store_changes WHERE topic = 'management'", ())
@@ -942,10 +1005,30 @@ class SqliteStore:
         # BEGIN IMMEDIATE takes the file's write lock first: processes sharing the file
         # (``--workers``, a restart overlapping the old process) count one after another.
         try:
-            await self._write(self._transaction, _take_uses, list(uses), now)
+            await self._transact(_take_uses, list(uses), now)
         except _AtLimit as at_limit:
             return at_limit.key
         return None
+
+
+    # --- the commit log a --workers worker catches up from (relay.store.writer_client) ----
+    # Positions are rids: the writer gives each stored event max(rid) + 1 under the write
+    # lock, in commit order, so "after rid r" is "committed after the event at r".
+
+    async def position_of(self, event_ids: Sequence[str]) -> int | None:
+        for event_id in event_ids:
+            rows = await self._read("SELECT rid FROM events WHERE id = ?", (bytes.fromhex(event_id),))
+            if rows:
+                return int(rows[0][0])
+        return None
+
+    async def newest_position(self) -> int:
+        rows = await self._read("SELECT coalesce(max(rid), 0) FROM events", ())
+        return int(rows[0][0])
+
+    async def committed_after(self, position: int, limit: int) -> list[bytes]:
+        rows = await self._read("SELECT raw FROM events WHERE rid > ? ORDER BY rid LIMIT ?", (position, limit))
+        return [bytes(row[0]) for row in rows]
 
 
 class SqlitePluginDatabase:
@@ -962,7 +1045,7 @@ class SqlitePluginDatabase:
     async def write(
         self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        result: T = await self._store._write(self._store._transaction, lambda conn: fn(conn, *args, **kwargs))
+        result: T = await self._store._transact(fn, *args, **kwargs)
         return result
 
     async def read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
@@ -975,6 +1058,9 @@ class SqlitePluginDatabase:
         adopt: Callable[[sqlite3.Connection], int] | None = None,
     ) -> int:
         store = self._store
+        if store._link is not None:
+            remote: int = await store._link.call("migrate", component, steps, adopt)
+            return remote
         version: int = await store._write(lambda: apply_component_migrations(store._conn(), component, steps, adopt))
         return version
 

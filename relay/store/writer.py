@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from relay.errors import Rejection, ServerError
 from relay.event import Event, KindClass
@@ -67,6 +68,25 @@ class WriterStats:
     commit_seconds: float = 0.0  # total time inside write_batch
     last_commit_seconds: float = 0.0
     queued: int = 0
+
+
+class EventWriter(Protocol):
+    """What the write path needs of the stage that commits events: ``GroupCommitWriter``
+    in a relay that owns its store's writer, ``relay.store.writer_client.RemoteWriter`` in a
+    ``--workers`` worker on SQLite, whose events the writer process commits."""
+
+    @property
+    def stats(self) -> WriterStats: ...
+
+    def start(self) -> None: ...
+
+    async def submit(self, req: WriteRequest) -> WriteOutcome:
+        """The event's outcome once it is committed (``GroupCommitWriter.submit``)."""
+        ...
+
+    async def close(self) -> None:
+        """Refuse new work and finish what was submitted."""
+        ...
 
 
 def _wall_clock() -> int:
@@ -140,6 +160,11 @@ class GroupCommitWriter:
         neither stored nor charged: ``relay.store.database``). If the caller is cancelled
         (its client went away) the event is still written: it was already accepted.
         """
+        return await self.enqueue(req)
+
+    def enqueue(self, req: WriteRequest) -> asyncio.Future[WriteOutcome]:
+        """``submit`` without a coroutine: the future of the event's outcome. The writer
+        process queues every worker's events this way, a future each, no task each."""
         if self._closing:
             raise RuntimeError("writer is closed")
         if req.event.kind_class is KindClass.EPHEMERAL:
@@ -148,7 +173,7 @@ class GroupCommitWriter:
         fut: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
         self._queue.append((req, fut))
         self._wakeup.set()
-        return await fut
+        return fut
 
     async def close(self) -> None:
         """Refuse new work, write everything already queued, then stop."""
