@@ -153,19 +153,26 @@ async def bystander_main(job: Job, ready: Ready) -> dict[str, Any]:
             await asyncio.sleep(0.1)
 
     async def invoices() -> None:
+        """An honest payer: one invoice every 3 s, the join page and the zap callback in
+        turn (within the relay's 10 a minute per address: faster, and the bystander would
+        be throttled for its own pace, not for the attacker's)."""
         zapper = crypto.generate_secret()
         transport = httpx.AsyncHTTPTransport(local_address=BYSTANDER)
         async with httpx.AsyncClient(base_url=http_base(job.url), transport=transport, timeout=10) as web:
+            n = 0
+            await asyncio.sleep(1.0)  # once the flood is under way
             while time.monotonic() < end:
-                who = pubkey(crypto.generate_secret())
                 with contextlib.suppress(httpx.HTTPError):
-                    r = await web.post("/api/invoice", json={"pubkey": who, "plan": "admission"})
-                    outcome[f"join_invoice_{'ok' if r.status_code == 200 else r.status_code}"] += 1
-                request = zap_request(zapper, job.relay_self, job.url)
-                with contextlib.suppress(httpx.HTTPError):
-                    r = await web.get("/lnurlp/relay/callback", params={"amount": "21000", "nostr": request})
-                    outcome[f"zap_invoice_{'ok' if r.status_code == 200 else r.status_code}"] += 1
-                await asyncio.sleep(1.0)
+                    if n % 2 == 0:
+                        who = pubkey(crypto.generate_secret())
+                        r = await web.post("/api/invoice", json={"pubkey": who, "plan": "admission"})
+                        outcome[f"join_invoice_{'ok' if r.status_code == 200 else r.status_code}"] += 1
+                    else:
+                        request = zap_request(zapper, job.relay_self, job.url)
+                        r = await web.get("/lnurlp/relay/callback", params={"amount": "21000", "nostr": request})
+                        outcome[f"zap_invoice_{'ok' if r.status_code == 200 else r.status_code}"] += 1
+                n += 1
+                await asyncio.sleep(3.0)
 
     async def connects() -> None:
         transport = httpx.AsyncHTTPTransport(local_address=BYSTANDER)

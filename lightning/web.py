@@ -531,9 +531,10 @@ class JoinWeb:
                 self._budget.retry_after,
             )
         try:
-            issued = await self._ledger.issue_or_reuse(
-                pubkey, plan, int(self._clock()), amount, memo=self._memo(plan), source=source
-            )
+            async with self._budget.turn(source):
+                issued = await self._ledger.issue_or_reuse(
+                    pubkey, plan, int(self._clock()), amount, memo=self._memo(plan), source=source
+                )
         except UnknownPlan as exc:
             return _error(HTTPStatus.BAD_REQUEST, str(exc))
         except TooManyPending as exc:

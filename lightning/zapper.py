@@ -162,9 +162,10 @@ class Zapper:
             return HTTPStatus.TOO_MANY_REQUESTS, lnurl.error("too many invoices from your address; wait a minute")
         grant = zap_grant(self._plans, amount)
         try:
-            invoice = await self._ledger.issue_grant(
-                zap.event.pubkey, grant, int(self._clock()), memo="zap", hashed_description=zap.raw, source=source
-            )
+            async with self._budget.turn(source):
+                invoice = await self._ledger.issue_grant(
+                    zap.event.pubkey, grant, int(self._clock()), memo="zap", hashed_description=zap.raw, source=source
+                )
         except TooManyPending as exc:
             status = HTTPStatus.TOO_MANY_REQUESTS if exc.per_pubkey else HTTPStatus.SERVICE_UNAVAILABLE
             return status, lnurl.error(str(exc))
