@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import ipaddress
 import os
 import shutil
 import signal
@@ -33,14 +31,13 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from relay import crypto
 from relay.server import Relay
+from tests.certificates import self_signed as make_certificate
 from tests.conftest import RelayFactory, free_port
 from tests.nostr_client import NostrClient, signed
 from tests.waiting import eventually
@@ -56,30 +53,10 @@ pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx not inst
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
     """A certificate for relay.example.com (and 127.0.0.1, for the plain HTTP checks)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(HOST), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    return make_certificate(
+        directory, name=x509.NameAttribute(NameOID.COMMON_NAME, HOST), dns_names=(HOST,),
+        files=("fullchain.pem", "privkey.pem"),
     )
-    cert_path, key_path = directory / "fullchain.pem", directory / "privkey.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
 
 
 def site_config(https_port: int, http_port: int, relay_port: int, cert: Path, key: Path) -> str:
