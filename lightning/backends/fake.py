@@ -85,7 +85,18 @@ def _connect(path: Path) -> sqlite3.Connection:
     # database must leave no wallet file (or data/ directory) behind.
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=10, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
+    # Turning a new file to WAL needs the file alone and SQLite does not wait for it (no
+    # busy handler): two first uses at once (an invoice and the watcher's round) got
+    # "database is locked" in a test run. Retry briefly; on a WAL file it is a no-op.
+    for attempt in range(100):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError:
+            if attempt == 99:
+                conn.close()
+                raise
+            time.sleep(0.02)
     conn.execute(_SCHEMA)
     return conn
 
