@@ -35,10 +35,10 @@ from typing import Any
 
 import orjson
 
-from relay.event import parse_event, sign_event
-from relay.filters import Filter
-from relay.management_view import ManagementView
-from relay.policy import ReadScope, read_scope
+from relay.nostr.event import parse_event, sign_event
+from relay.nostr.filters import Filter
+from relay.nostr.policy import ReadScope, read_scope
+from relay.ops.management_view import ManagementView
 from relay.store.base import Store, WriteRequest
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SqliteStore

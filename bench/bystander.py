@@ -41,9 +41,9 @@ from bench.latency import summary_ms
 from bench.loadproc import Ready, WorkerGroup
 from bench.relayproc import RelayOptions, RelayProcess, cpu_seconds, rss_kib
 from bench.soak import Conn, _grant, pubkey
-from relay import crypto
-from relay.event import sign_event
-from relay.negentropy import ItemSet, Negentropy
+from relay.nostr import crypto
+from relay.nostr.event import sign_event
+from relay.nostr.negentropy import ItemSet, Negentropy
 
 ATTACKS = [
     "baseline",

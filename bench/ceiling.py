@@ -1,5 +1,5 @@
 """The machine's Schnorr-verification ceiling: BIP-340 verifications per second on one
-core through ``relay.crypto.verify_schnorr``, the call the relay makes per event.
+core through ``relay.nostr.crypto.verify_schnorr``, the call the relay makes per event.
 
 Every accepted event costs one verification, so a relay on one core can never ingest
 faster than this; ingest is reported as a fraction of it.
@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from bench.events import read_events
-from relay.crypto import verify_schnorr
+from relay.nostr.crypto import verify_schnorr
 
 
 def measure_ceiling(events_file: Path, count: int, rounds: int = 3) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import orjson
 from secp256k1 import ffi, lib
 
-from relay.crypto import public_key
-from relay.event import compute_id
+from relay.nostr.crypto import public_key
+from relay.nostr.event import compute_id
 
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 BASE_CREATED_AT = 1_700_000_000  # fixed so cached sets stay identical; NIP-22 lower bound is off by default

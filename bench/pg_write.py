@@ -26,8 +26,8 @@ import asyncpg
 
 from lightning.store import open_ledger
 from lightning.store.base import Charge
-from relay.errors import Rejection, Restricted
-from relay.event import Event, sign_event
+from relay.nostr.errors import Rejection, Restricted
+from relay.nostr.event import Event, sign_event
 from relay.store.base import WriteOutcome, WriteRequest
 from relay.store.postgres import PostgresStore
 

@@ -52,8 +52,8 @@ from bench.latency import summary_ms
 from bench.loadproc import Ready, WorkerGroup
 from bench.relayproc import REPO, SATSRELAY, RelayOptions, RelayProcess, cpu_seconds, machine_busy_seconds, rss_kib
 from bench.wsclient import RawWebSocket, client_frame
-from relay.crypto import public_key
-from relay.event import sign_event
+from relay.nostr.crypto import public_key
+from relay.nostr.event import sign_event
 
 HONEST_IP = {"publishers": "127.0.0.2", "subscribers": "127.0.0.3", "prober": "127.0.0.4"}
 ATTACK_IP = {

@@ -1,6 +1,6 @@
 """Cost of matching one published event against N live subscriptions, as N grows.
 
-In-process and pure (relay/subscriptions.py has no I/O): N subscriptions with realistic
+In-process and pure (relay/session/subscriptions.py has no I/O): N subscriptions with realistic
 filters (an author's feed, mentions of a pubkey, a hashtag, a kind) of which a handful
 match each published event. ``indexed`` is ``SubscriptionIndex.matching``; ``full_scan``
 runs ``Filter.matches`` over every subscription, what a relay without the index does.
@@ -13,9 +13,9 @@ import random
 import time
 from typing import Any
 
-from relay.event import Event, sign_event
-from relay.filters import Filter
-from relay.subscriptions import SubscriptionIndex
+from relay.nostr.event import Event, sign_event
+from relay.nostr.filters import Filter
+from relay.session.subscriptions import SubscriptionIndex
 
 SIZES = (100, 1_000, 10_000, 100_000)
 EVENTS = 200

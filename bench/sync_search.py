@@ -31,8 +31,8 @@ from websockets.asyncio.client import connect
 from bench.latency import summary_ms
 from bench.relayproc import RelayOptions, RelayProcess
 from relay.config import StorageSettings
-from relay.event import compute_id, parse_event
-from relay.negentropy import ItemSet, Negentropy
+from relay.nostr.event import compute_id, parse_event
+from relay.nostr.negentropy import ItemSet, Negentropy
 from relay.store import open_store
 from relay.store.base import WriteRequest
 

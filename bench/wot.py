@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import StorageSettings
-from relay.event import sign_event
-from relay.policy import WriteContext
+from relay.nostr.event import sign_event
+from relay.nostr.policy import WriteContext
 from relay.store import open_store
 from relay.store.base import WriteRequest
 from wot.graph import GraphRules, TrustGraph
@@ -151,7 +151,7 @@ def membership_check(members: dict[str, int], keys: list[str]) -> dict[str, floa
 async def store_backed(authors: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     secrets = [rng.randbytes(32) for _ in range(authors)]
-    from relay import crypto
+    from relay.nostr import crypto
 
     keys = [crypto.public_key(s).hex() for s in secrets]
     now = int(time.time())

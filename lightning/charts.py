@@ -1,7 +1,7 @@
 """The revenue page's charts, drawn on the server as complete SVG documents.
 
 Pure: figures in, SVG text out; no I/O, no clock, no dependency. The console shows each
-through an ``<img>`` (relay/console_blocks.py), so a chart needs no script and runs none.
+through an ``<img>`` (relay/ops/console_blocks.py), so a chart needs no script and runs none.
 Every piece of text (plan names come from invoices, whatever a future plan is called) is
 XML-escaped, and characters XML 1.0 cannot hold at all are dropped: an unparsable SVG
 would show as a broken image, not as markup.

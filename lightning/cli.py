@@ -439,7 +439,7 @@ async def _reminders_set(args: argparse.Namespace, settings: Settings, store: Le
 async def _renewal_connect(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
     from lightning.backend import BackendError
     from lightning.renewal import UriSeal, check_uri
-    from relay.identity import load_identity
+    from relay.store.identity import load_identity
 
     try:
         pubkey = _pubkey(args.pubkey)

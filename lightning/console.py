@@ -1,8 +1,8 @@
 """The payments pages of the operator console (issue 11 item 3): revenue, members, invoices.
 
-The console (relay/console.py) checks NIP-98 and ``[admin] pubkeys`` before it calls a
+The console (relay/ops/console.py) checks NIP-98 and ``[admin] pubkeys`` before it calls a
 panel's ``render`` with the page's query parameters; each render answers a document in the
-console's page language (relay/console_blocks.py). Figures are aggregated by the store in
+console's page language (relay/ops/console_blocks.py). Figures are aggregated by the store in
 SQL, never by loading every invoice, and every list is paged (``PAGE_ROWS`` a page). Query
 parameters are the operator's typing: an unknown or garbled value falls back to the
 default, and a search that is not a pubkey or payment hash says so in a line of text.
@@ -36,8 +36,8 @@ from typing import Any
 from lightning.charts import DAY, NARROW, WIDTH, daily_bars, plan_bars
 from lightning.pubkeys import npub_encode, parse_pubkey
 from lightning.store.base import FOREVER, Account, Invoice, InvoiceState, LedgerStore, MemberStatus, member_status
-from relay import console_blocks as blocks
-from relay.hooks import ConsolePanel
+from relay.ops import console_blocks as blocks
+from relay.plugins.hooks import ConsolePanel
 
 PERIODS = (7, 30, 365)
 DEFAULT_DAYS = 30

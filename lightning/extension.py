@@ -1,4 +1,4 @@
-"""``PaymentsExtension``: the lightning package as the relay sees it (its ``relay.hooks.PluginHooks``).
+"""``PaymentsExtension``: the lightning package as the relay sees it (its ``relay.plugins.hooks.PluginHooks``).
 
 It wires the pieces together: a wallet backend chosen by ``payments.backend``, the
 ledger (issue + verified settlement), the watcher (push + polling + reconciliation), the
@@ -35,14 +35,14 @@ from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
 from lightning.zapper import Publish, Zapper
 from relay.config import ConfigError
-from relay.errors import Rejection, Restricted
-from relay.event import Event
-from relay.filters import Filter
-from relay.hooks import Admit, Allowance, Answered, ConsolePanel, ManagementMethod, PluginHooks, Refuse, Verdict
-from relay.http import HttpRequest, HttpResponse, http_url
-from relay.identity import RelayIdentity
-from relay.policy import WriteContext
+from relay.net.http import HttpRequest, HttpResponse, http_url
+from relay.nostr.errors import Rejection, Restricted
+from relay.nostr.event import Event
+from relay.nostr.filters import Filter
+from relay.nostr.policy import WriteContext
+from relay.plugins.hooks import Admit, Allowance, Answered, ConsolePanel, ManagementMethod, PluginHooks, Refuse, Verdict
 from relay.store.base import Store
+from relay.store.identity import RelayIdentity
 
 if TYPE_CHECKING:
     from lightning.backends.fake import FakeBackend
@@ -373,7 +373,7 @@ class PaymentsExtension:
         return None
 
     def hooks(self) -> PluginHooks:
-        """The relay's hook lists, filled (``relay.hooks``). Order 50: after free tiers
+        """The relay's hook lists, filled (``relay.plugins.hooks``). Order 50: after free tiers
         (a web of trust, order 10), whose members then write free; a refusal here that
         is not ``restricted:`` (a ban, a rate) is final."""
         return PluginHooks(

@@ -20,13 +20,13 @@ from lightning.plans import Plans, Tier
 from lightning.settings import PaymentSettings
 from lightning.store.base import Account, LedgerStore
 from lightning.zap_receipts import ZAP_RECEIPT_KIND, receipt_problem
-from relay.errors import Blocked, RateLimited, Restricted
-from relay.event import Event
-from relay.limits import BucketTable, address_group
-from relay.management import REPORT_KIND
-from relay.policy import WriteContext
+from relay.net.limits import BucketTable, address_group
+from relay.nostr.errors import Blocked, RateLimited, Restricted
+from relay.nostr.event import Event
+from relay.nostr.management import REPORT_KIND
+from relay.nostr.policy import WriteContext
+from relay.ops.vanish import VANISH_KIND
 from relay.store.base import Store, UseLimit
-from relay.vanish import VANISH_KIND
 
 MAX_P_TAGS_CHECKED = 10  # an inbox event names a few recipients; do not look up hundreds
 CACHE_ENTRIES = 50_000

@@ -18,8 +18,8 @@ import secrets
 import orjson
 
 from lightning import nip44
-from relay import crypto
-from relay.event import Event, compute_id, sign_event
+from relay.nostr import crypto
+from relay.nostr.event import Event, compute_id, sign_event
 
 CHAT_KIND = 14
 SEAL_KIND = 13

@@ -23,8 +23,8 @@ import bolt11
 from lightning.backend import BackendError, InvoiceStatus, PaymentState, WalletBackend
 from lightning.plans import Grant, Plans
 from lightning.store.base import Invoice, InvoiceState, LedgerStore
-from relay.heavy_reads import HeavyReads
-from relay.limits import BucketTable, address_group
+from relay.net.limits import BucketTable, address_group
+from relay.session.heavy_reads import HeavyReads
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class RequestBudget:
     Issue 17 found one bucket per route, keyed on the raw address: both routes doubled an
     attacker's rate, and one IPv6 host had 2^64 addresses to pick from. Keys are the
     connection caps' address groups (IPv4 address, IPv6 ``/ipv6_prefix``); the buckets live
-    in a ``relay.limits.BucketTable``. The group (``source``) also goes on the invoice, so
+    in a ``relay.net.limits.BucketTable``. The group (``source``) also goes on the invoice, so
     its share of the pending pool is counted by the store (``PendingCaps.per_source``)."""
 
     def __init__(
@@ -224,7 +224,7 @@ class Ledger:
         """A new invoice for a grant computed by the caller (a zap's, ``lightning.zap``),
         within the caps (the per-pubkey one unless ``capped_per_pubkey`` is false); with
         ``hashed_description`` it commits to it (BOLT11 ``h``) and keeps it. ``source`` is
-        the requester's address group (``relay.limits.address_group``), "" for the relay's
+        the requester's address group (``relay.net.limits.address_group``), "" for the relay's
         own invoices (renewals), which no share limits and no eviction touches. The shares
         are checked here before the wallet is asked, and again with the insert, where a full
         pool evicts (``PendingCaps``). Raises like ``issue_or_reuse``."""

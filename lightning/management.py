@@ -1,5 +1,5 @@
 """The payments plug-in's NIP-86 methods (issue 11 item 1), answered by the relay behind
-its NIP-98 admin check (relay/management_view.py):
+its NIP-98 admin check (relay/ops/management_view.py):
 
 - ``payments.grant``    ``[pubkey, {"days", "forever", "credit_sats", "allow"}]`` -> the account
 - ``payments.revoke``   ``[pubkey]`` or ``[pubkey, {"credit": true}]`` -> the account, and a
@@ -31,7 +31,7 @@ from lightning.plans import Tier
 from lightning.pubkeys import parse_pubkey
 from lightning.store.base import LedgerStore, RoleDefinition
 from lightning.web import account_json
-from relay.hooks import Changed, ManagementMethod
+from relay.plugins.hooks import Changed, ManagementMethod
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

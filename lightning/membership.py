@@ -1,6 +1,6 @@
 """NIP-43 membership: invite codes, join and leave requests, the member list.
 
-All of it is signed by the relay's own key (``relay.identity``, NIP-11 ``self``):
+All of it is signed by the relay's own key (``relay.store.identity``, NIP-11 ``self``):
 
 - **Join request** (kind 28934, ``claim`` tag): redeems a single-use invite code made by
   ``satsrelay invites create`` (or handed to a member, below). The code's grant (what
@@ -42,12 +42,12 @@ from lightning.gate import AccountCache
 from lightning.plans import DAY, Plans
 from lightning.settings import MembershipSettings
 from lightning.store.base import Invite, InviteOutcome, LedgerStore, RoleDefinition
-from relay.errors import AuthRequired, RateLimited, Restricted
-from relay.event import Event, sign_event
-from relay.filters import Filter
-from relay.identity import RelayIdentity
-from relay.limits import BucketTable, address_group
+from relay.net.limits import BucketTable, address_group
+from relay.nostr.errors import AuthRequired, RateLimited, Restricted
+from relay.nostr.event import Event, sign_event
+from relay.nostr.filters import Filter
 from relay.store.base import Store
+from relay.store.identity import RelayIdentity
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Prometheus counters for payments, registered on the relay's own registry.
 
-The relay keeps one ``CollectorRegistry`` per instance (``relay.metrics``), so several
+The relay keeps one ``CollectorRegistry`` per instance (``relay.ops.metrics``), so several
 relays (and their payment extensions) can live in one test process; these counters go on
 the same ``/metrics`` page.
 """

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from relay.config import Settings
-    from relay.hooks import PluginHooks
-    from relay.plugins import PluginHost, SettingsLoader
+    from relay.plugins.hooks import PluginHooks
+    from relay.plugins.protocol import PluginHost, SettingsLoader
     from relay.store.base import Store
 
 

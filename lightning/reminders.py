@@ -28,9 +28,9 @@ from lightning.giftwrap import gift_wrap
 from lightning.plans import DAY, Plans
 from lightning.settings import ReminderSettings
 from lightning.store.base import FOREVER, Account, LedgerStore
-from relay.event import Event
-from relay.identity import RelayIdentity
-from relay.periodic import run_every
+from relay.nostr.event import Event
+from relay.ops.periodic import run_every
+from relay.store.identity import RelayIdentity
 
 log = logging.getLogger(__name__)
 

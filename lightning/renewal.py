@@ -41,9 +41,9 @@ from lightning.ledger import Confirmation, ConfirmResult, Ledger
 from lightning.plans import DAY, Plans, UnknownPlan
 from lightning.settings import RenewalSettings
 from lightning.store.base import FOREVER, InvoiceState, LedgerStore, NwcLink, RenewalAttempt
-from relay.event import Event
-from relay.identity import RelayIdentity
-from relay.periodic import run_every
+from relay.nostr.event import Event
+from relay.ops.periodic import run_every
+from relay.store.identity import RelayIdentity
 
 log = logging.getLogger(__name__)
 

@@ -47,9 +47,9 @@ from lightning.plans import PlanOffer, Plans, UnknownPlan
 from lightning.pubkeys import npub_encode, parse_pubkey
 from lightning.renewal import Renewals
 from lightning.store.base import FOREVER, Account, Invoice, InvoiceState
-from relay import nip98
-from relay.http import HttpRequest, HttpResponse, http_url
-from relay.limits import TokenBucket
+from relay.net.http import HttpRequest, HttpResponse, http_url
+from relay.net.limits import TokenBucket
+from relay.nostr import nip98
 
 log = logging.getLogger(__name__)
 

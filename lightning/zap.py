@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from lightning.plans import Grant, Plans
-from relay.errors import Invalid
-from relay.event import Event, is_hex64, parse_event, sign_event, verify_signature
+from relay.nostr.errors import Invalid
+from relay.nostr.event import Event, is_hex64, parse_event, sign_event, verify_signature
 
 ZAP_REQUEST_KIND = 9734
 ZAP_RECEIPT_KIND = 9735

@@ -55,11 +55,11 @@ from lightning.zap import (
     receipt_time,
     zap_grant,
 )
-from relay.event import Event
-from relay.filters import Filter
-from relay.http import HttpRequest, HttpResponse
-from relay.identity import RelayIdentity
+from relay.net.http import HttpRequest, HttpResponse
+from relay.nostr.event import Event
+from relay.nostr.filters import Filter
 from relay.store.base import Store
+from relay.store.identity import RelayIdentity
 
 log = logging.getLogger(__name__)
 

@@ -17,17 +17,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from relay.broadcast import Broadcast, LocalBroadcast
 from relay.config import Settings
 from relay.discovery import discover_plugins
-from relay.event import Event
-from relay.hooks import Hooks, PluginHooks
-from relay.identity import load_identity
-from relay.metrics import RelayMetrics
-from relay.plugins import Plugin, PluginHost
-from relay.server import Relay
+from relay.nostr.event import Event
+from relay.ops.metrics import RelayMetrics
+from relay.plugins.hooks import Hooks, PluginHooks
+from relay.plugins.protocol import Plugin, PluginHost
+from relay.session.server import Relay
 from relay.store import open_store
 from relay.store.base import Store, WriteOutcome
+from relay.store.broadcast import Broadcast, LocalBroadcast
+from relay.store.identity import load_identity
 from relay.store.writer import EventWriter
 
 if TYPE_CHECKING:

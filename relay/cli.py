@@ -24,11 +24,11 @@ import orjson
 
 from relay.config import ConfigError, Settings, load_settings, public_url_mismatch, resolve_workers
 from relay.discovery import PluginError, discover_plugins
-from relay.errors import Invalid, Rejection
-from relay.event import Event, KindClass, parse_event, verify_signature
-from relay.filters import Filter, parse_filter
-from relay.management import ManagementState
-from relay.policy import ReadScope
+from relay.nostr.errors import Invalid, Rejection
+from relay.nostr.event import Event, KindClass, parse_event, verify_signature
+from relay.nostr.filters import Filter, parse_filter
+from relay.nostr.management import ManagementState
+from relay.nostr.policy import ReadScope
 from relay.store import open_store
 from relay.store.base import Store, StoreUnavailable, WriteOutcome, WriteRequest
 
@@ -82,8 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         return run_workers(settings, args.config)
     from relay.app import build_relay
-    from relay.server import run
-    from relay.transport import ListenError
+    from relay.net.transport import ListenError
+    from relay.session.server import run
 
     # --workers' supervisor hands each worker the metrics socket it bound once (relay.workers)
     metrics_sock = socket.socket(fileno=args.metrics_fd) if args.metrics_fd is not None else None
@@ -347,8 +347,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 # --- sync ------------------------------------------------------------------------------
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    """Reconcile the local store with another relay (``relay.peer_sync``)."""
-    from relay.peer_sync import SyncError, sync_with_peer
+    """Reconcile the local store with another relay (``relay.ops.peer_sync``)."""
+    from relay.ops.peer_sync import SyncError, sync_with_peer
 
     settings = _settings(args)
     _setup_logging(settings.log_level)
@@ -427,7 +427,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         f"backed up {db} to {args.file}: {result.events:,} events, "
         f"{result.bytes / 2**20:.1f} MiB in {result.seconds:.1f} s"
     )
-    from relay.identity import key_backup_note
+    from relay.store.identity import key_backup_note
 
     print(key_backup_note(settings))
     return 0

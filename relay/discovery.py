@@ -1,6 +1,6 @@
 """Finding installed plug-ins by entry point, before any setting is read.
 
-Kept apart from ``relay.plugins`` (what a plug-in is) so that ``relay.config``, which
+Kept apart from ``relay.plugins.protocol`` (what a plug-in is) so that ``relay.config``, which
 needs each plug-in's section and model to validate a config file, imports nothing that
 imports it back.
 """

@@ -16,7 +16,7 @@ each parses, verifies and answers its own connections, so the cores share that w
   restarts it like a worker, and the workers reconnect (``relay.store.writer_client``).
 
 Limits hold for the relay, not per worker: the supervisor creates one shared segment
-(``relay.shared_limits``) and hands it to every worker it starts (its descriptor inherited,
+(``relay.net.shared_limits``) and hands it to every worker it starts (its descriptor inherited,
 its number and the worker's index in the environment), and the workers' rate buckets and
 per-address connection counts live in it. Before, the kernel spreading one client's
 connections over N workers gave it N times every per-address limit.
@@ -38,8 +38,8 @@ from pathlib import Path
 from types import FrameType
 
 from relay.config import Settings
-from relay.shared_limits import SharedLimits
-from relay.transport import METRICS_IN_USE_HINT, ListenError, bind_listening_socket
+from relay.net.shared_limits import SharedLimits
+from relay.net.transport import METRICS_IN_USE_HINT, ListenError, bind_listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ PLUGIN_BUCKETS = 65_536
 
 def shared_limits_for(settings: Settings) -> SharedLimits:
     """A segment for ``settings.server.workers`` workers. Buckets: twice the slots of every
-    table together (the headroom ``relay.shared_limits`` counts on for eviction). Connection
+    table together (the headroom ``relay.net.shared_limits`` counts on for eviction). Connection
     counts: four slots per connection the workers can hold (``max_connections`` each), since
     every counted address group holds at least one. 100,000-entry tables and 10,000
     connections per worker take ~10 MB with 2 workers, ~12 MB with 4."""
@@ -94,10 +94,10 @@ def bind_writer_socket() -> tuple[socket.socket, str]:
 def run_workers(settings: Settings, config: Path | None) -> int:
     n = settings.server.workers
     sqlite = settings.storage.url.startswith("sqlite:")
-    from relay.identity import load_identity
+    from relay.store.identity import load_identity
 
     # The relay's key, made here once when new: workers starting together would each make
-    # their own (a worker writes a new key only after its store opened: relay.identity).
+    # their own (a worker writes a new key only after its store opened: relay.store.identity).
     load_identity(settings)
     env = {
         **os.environ,
@@ -111,7 +111,7 @@ def run_workers(settings: Settings, config: Path | None) -> int:
         serve += ["--config", str(config)]
     cmd = list(serve)
     # The metrics address is bound once, here, and every worker accepts on that socket: no
-    # SO_REUSEPORT, so no other relay on the host can join it (relay.server).
+    # SO_REUSEPORT, so no other relay on the host can join it (relay.session.server).
     metrics_sock: socket.socket | None = None
     address = settings.server.metrics_address()
     if address is not None:
@@ -243,7 +243,7 @@ async def serve_writer(settings: Settings, sock: socket.socket) -> None:
     then it serves the workers until they have drained and gone, commits what is queued,
     and closes the store."""
     from relay.app import build_writer_service
-    from relay.redaction import redact_url
+    from relay.nostr.redaction import redact_url
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from relay import crypto
 from relay.app import build_relay
 from relay.config import Settings, load_settings
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.session.server import Relay
 from tests.nostr_client import NostrClient
 
 RelayFactory = Callable[..., contextlib.AbstractAsyncContextManager[Relay]]

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-from relay.event import Event, sign_event
+from relay.nostr.event import Event, sign_event
 
 TIMEOUT = 10.0
 

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from relay import crypto
-from relay.event import Event, sign_event
-from relay.filters import parse_filter
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import Event, sign_event
+from relay.nostr.filters import parse_filter
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 

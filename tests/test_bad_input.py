@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from relay import crypto
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.session.server import Relay
 from relay.store.sqlite import sqlite_path_from_url
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
@@ -386,7 +386,7 @@ async def test_largest_accepted_values_are_answered_on_every_store(store_relay: 
 
 
 async def test_nul_in_content_is_stored_losslessly_on_every_store(store_relay: Relay, alice: bytes) -> None:
-    """The decision for U+0000 (relay.event._check_tags): valid JSON in content, so kept,
+    """The decision for U+0000 (relay.nostr.event._check_tags): valid JSON in content, so kept,
     byte for byte, on both stores; only tags refuse it."""
     note = signed(alice, 1, "before\u0000after \u0001 \u001f")
     async with NostrClient(store_relay.url) as client:

@@ -1,5 +1,5 @@
 """NIP-86 bans hide stored events inside the store's query, before each filter's limit
-(``relay.policy.ReadScope``), on SQLite and PostgreSQL, over real WebSockets.
+(``relay.nostr.policy.ReadScope``), on SQLite and PostgreSQL, over real WebSockets.
 
 The scene every test starts from: a spammer floods the relay with the 60 newest kind-1
 events over 10 older ones by a regular author, then the operator bans the spammer. Hidden
@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from relay import crypto
-from relay.event import Event
-from relay.filters import Filter
-from relay.policy import ReadScope, read_scope
-from relay.search import DEFAULT_SEARCH_KINDS, parse_search
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import Event
+from relay.nostr.filters import Filter
+from relay.nostr.policy import ReadScope, read_scope
+from relay.nostr.search import DEFAULT_SEARCH_KINDS, parse_search
+from relay.session.server import Relay
 from relay.store import postgres_sql, sqlite
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed

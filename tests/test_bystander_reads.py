@@ -22,11 +22,11 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from relay import crypto
-from relay.event import Event, sign_event
-from relay.heavy_reads import HeavyReads
-from relay.negentropy import ItemSet, Negentropy
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import Event, sign_event
+from relay.nostr.negentropy import ItemSet, Negentropy
+from relay.session.heavy_reads import HeavyReads
+from relay.session.server import Relay
 from relay.store.base import WriteRequest
 from tests.conftest import RelayFactory
 from tests.waiting import eventually

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from relay import crypto
+from relay.nostr import crypto
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import nip98_header
 from tests.nostr_client import NostrClient, signed

@@ -1,4 +1,4 @@
-"""The operator console's HTTP side (relay/console.py) over real HTTP: the page and its
+"""The operator console's HTTP side (relay/ops/console.py) over real HTTP: the page and its
 security headers, NIP-98 admin sign-in, and the relay's own panels (overview, moderation,
 settings) as an operator's browser fetches them. The browser itself: test_console_browser.py."""
 
@@ -18,14 +18,14 @@ import orjson
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from relay import crypto
 from relay.app import build_relay
 from relay.config import Settings, load_settings
-from relay.console import EventRate, rate_chart
-from relay.hooks import ConsolePanel, PluginHooks
-from relay.plugins import PluginHost
-from relay.redaction import MASK, redact_url
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.redaction import MASK, redact_url
+from relay.ops.console import EventRate, rate_chart
+from relay.plugins.hooks import ConsolePanel, PluginHooks
+from relay.plugins.protocol import PluginHost
+from relay.session.server import Relay
 from relay.store.base import Store
 from tests.conftest import RelayFactory, listening_socket
 from tests.lightning.payment_stack import nip98_header
@@ -335,7 +335,7 @@ def _panels() -> list[ConsolePanel]:
 
 
 class _PanelsPlugin:
-    """A plug-in that only adds console pages (relay.hooks: one list filled)."""
+    """A plug-in that only adds console pages (relay.plugins.hooks: one list filled)."""
 
     section = "panels"
     settings_model = _Section
@@ -381,13 +381,13 @@ async def test_extension_panels_follow_the_relays_and_a_failing_one_is_logged_no
         assert echo["blocks"] == [{"type": "text", "text": "hello there"}]
 
         caplog.clear()
-        with caplog.at_level(logging.ERROR, logger="relay.console"):
+        with caplog.at_level(logging.ERROR, logger="relay.ops.console"):
             failed = await get_signed(http, relay, "/admin/api/panel/broken", alice)
         assert failed.status_code == 500
         assert failed.json() == {"error": "the Broken panel failed; see the relay's log"}
         assert "0xdeadbeef" not in failed.text and "Traceback" not in failed.text
         assert_console_headers(failed)
-        (record,) = [r for r in caplog.records if r.name == "relay.console"]
+        (record,) = [r for r in caplog.records if r.name == "relay.ops.console"]
         assert "'broken'" in record.getMessage() and record.exc_info is not None
         assert "0xdeadbeef" in str(record.exc_info[1])
         # The console still answers afterwards.

@@ -21,9 +21,9 @@ import httpx
 import orjson
 import pytest
 
-from relay import crypto
-from relay.event import sign_event
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import sign_event
+from relay.session.server import Relay
 from tests.lightning.payment_stack import ledger_of, nip98_header
 from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS, DOCS_IMG, make_run_relay
 from tests.nostr_client import NostrClient, signed

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay import messages
-from relay.errors import Invalid, Unsupported
-from relay.event import KindClass, compute_id, kind_class, serialize_for_id, sign_event
-from relay.filters import Filter, parse_filter
-from relay.limits import IpTable, TokenBucket
-from relay.policy import check_auth_event, leading_zero_bits
+from relay.net.limits import IpTable, TokenBucket
+from relay.nostr import messages
+from relay.nostr.errors import Invalid, Unsupported
+from relay.nostr.event import KindClass, compute_id, kind_class, serialize_for_id, sign_event
+from relay.nostr.filters import Filter, parse_filter
+from relay.nostr.policy import check_auth_event, leading_zero_bits
 
 # every code point except lone surrogates, which are not valid in UTF-8 text
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)

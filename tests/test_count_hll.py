@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from relay import crypto, hyperloglog
-from relay.event import Event
+from relay.nostr import crypto, hyperloglog
+from relay.nostr.event import Event
 from tests.conftest import RelayFactory
 from tests.node_tools import ensure_installed, run_script
 from tests.nostr_client import NostrClient, signed

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from relay.server import Relay
+from relay.session.server import Relay
 from tests.nostr_client import NostrClient, signed
 
 DELETED = (False, "blocked: this event was deleted by its author")

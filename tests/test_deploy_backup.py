@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from relay.config import load_settings
-from relay.identity import key_file_path, load_identity
+from relay.store.identity import key_file_path, load_identity
 from tests.nostr_client import signed
 from tests.test_cli import config_for, jsonl, satsrelay
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from lightning.settings import REQUIRED_SECRETS, PaymentSettings
-from relay import crypto
 from relay.config import ConfigError, load_settings
+from relay.nostr import crypto
 
 REPO = Path(__file__).resolve().parent.parent
 RELAY = REPO / "deploy" / "relay.toml"

@@ -35,8 +35,8 @@ from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from relay import crypto
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.session.server import Relay
 from tests.certificates import self_signed as make_certificate
 from tests.conftest import RelayFactory, free_port
 from tests.nostr_client import NostrClient, signed

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from relay import crypto
 from relay.app import build_relay
-from relay.identity import key_file_path
+from relay.nostr import crypto
+from relay.store.identity import key_file_path
 from tests.conftest import RelayProcess, free_port, listening_socket, relay_settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from websockets.exceptions import ConnectionClosed
 
-from relay import crypto
-from relay.event import Event
+from relay.nostr import crypto
+from relay.nostr.event import Event
 from tests.conftest import RelayProcess
 from tests.nostr_client import NostrClient, signed
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay import crypto
+from relay.nostr import crypto
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 

@@ -1,5 +1,5 @@
 """EVENT over a real WebSocket: acceptance, duplicates, every shape check with its exact
-NIP-01 reply, and the canonical id computed independently of relay/event.py."""
+NIP-01 reply, and the canonical id computed independently of relay/nostr/event.py."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from relay import crypto
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.session.server import Relay
 from tests.nostr_client import NostrClient, signed
 
 
 def independent_event(secret: bytes, kind: int, content: str, tags: list[list[str]], created_at: int) -> dict[str, Any]:
-    """An event whose id comes from Python's json module + hashlib, not from relay.event."""
+    """An event whose id comes from Python's json module + hashlib, not from relay.nostr.event."""
     pubkey = crypto.public_key(secret).hex()
     canonical = json.dumps([0, pubkey, created_at, kind, tags, content], ensure_ascii=False, separators=(",", ":"))
     id_ = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -64,7 +64,7 @@ CANONICAL_CONTENTS = {
 @pytest.mark.parametrize("content", list(CANONICAL_CONTENTS.values()), ids=list(CANONICAL_CONTENTS))
 async def test_canonical_id_matches_independent_serialization(client: NostrClient, alice: bytes, content: str) -> None:
     # U+0000 stays in content (stored losslessly) but is refused in tags, where PostgreSQL
-    # text cannot hold it (relay.event._check_tags; tests/test_bad_input.py).
+    # text cannot hold it (relay.nostr.event._check_tags; tests/test_bad_input.py).
     tag_text = content.replace("\x00", "")
     tags = [["t", tag_text], ["e", "0" * 64, "", tag_text]]
     obj = independent_event(alice, 1, content, tags, int(time.time()))

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from relay import crypto
-from relay.event import Event
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import Event
+from relay.session.server import Relay
 from tests.nostr_client import NostrClient, signed
 
 

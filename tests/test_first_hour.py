@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from lightning.settings import REQUIRED_SECRETS
-from relay import crypto
 from relay.config import ConfigError, load_settings
-from relay.redaction import MASK
+from relay.nostr import crypto
+from relay.nostr.redaction import MASK
 from tests.conftest import RelayFactory, RelayProcess, free_port
 from tests.lightning.test_cli import satsrelay_json, write_config
 from tests.nostr_client import NostrClient, signed

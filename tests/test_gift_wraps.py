@@ -5,9 +5,9 @@ never stored."""
 
 from __future__ import annotations
 
-from relay import crypto
-from relay.event import Event
-from relay.filters import Filter
+from relay.nostr import crypto
+from relay.nostr.event import Event
+from relay.nostr.filters import Filter
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from relay.server import Relay
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 

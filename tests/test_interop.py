@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from relay.server import Relay
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 

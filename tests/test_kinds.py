@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from relay.server import Relay
+from relay.session.server import Relay
 from tests.nostr_client import NostrClient, signed
 
 

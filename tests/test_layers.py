@@ -5,7 +5,8 @@ counted (module level, ``TYPE_CHECKING`` blocks and function bodies alike).
 - no import cycle among relay's modules;
 - the Nostr rules (pure: events, filters, messages, policies, NIP-98, negentropy, search,
   limits, redaction, the hook types) import no I/O library and only each other;
-- the event store imports nothing of the sessions, operations or plug-in seams above it.
+- every import points down the layers (nostr, net, store, plugins, ops, session, the
+  application); settings (``relay.config``) are values the store and everything above may read.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ RELAY = Path(__file__).resolve().parent.parent / "relay"
 PLUGIN_PACKAGES = ("lightning", "wot")
 IO_LIBRARIES = ("asyncio", "aiosqlite", "asyncpg", "sqlite3", "socket", "websockets", "httpx", "h11", "subprocess")
 
-# Layer 1: Nostr rules and other pure values (no sockets, files, clocks or databases).
-PURE = {
-    "relay.errors", "relay.event", "relay.crypto", "relay.filters", "relay.messages", "relay.negentropy",
-    "relay.search", "relay.nip98", "relay.policy", "relay.redaction", "relay.console_blocks",
-    "relay.management", "relay.http",
-}
-# What the event store (layer 4) may import besides itself and the pure layer: the settings
-# types it is opened with, and the fan-out seam its PostgreSQL transport implements.
-STORE_MAY_IMPORT = {"relay.config", "relay.broadcast", "relay.throttled_log", "relay.limits", "relay.shared_limits"}
+# The layers, bottom up: each package may import its own layer and the ones below, never above.
+LAYERS = ("relay.nostr", "relay.net", "relay.store", "relay.plugins", "relay.ops", "relay.session", "relay")
+# Settings are values every layer from the store up is opened with; they import only discovery.
+SETTINGS = {"relay.config", "relay.discovery"}
+# Pure values (no sockets, files, clocks or databases): the Nostr rules, and the HTTP and
+# console-block value types that live beside the shell and the console that use them.
+PURE_OUTSIDE_NOSTR = {"relay.net.http", "relay.ops.console_blocks"}
 
 
 def module_name(path: Path) -> str:
@@ -54,6 +53,15 @@ def relay_imports(path: Path, own: str) -> set[str]:
 
 
 GRAPH = {name: relay_imports(path, name) for name, path in MODULES.items()}
+PURE = {n for n in MODULES if n.startswith("relay.nostr")} | PURE_OUTSIDE_NOSTR
+
+
+def layer(name: str) -> int:
+    """The index in LAYERS of the package holding ``name`` (top-level modules: the application)."""
+    if name in LAYERS:
+        return LAYERS.index(name)
+    package = name.rsplit(".", 1)[0] if name.count(".") > 1 else "relay"
+    return LAYERS.index(package)
 
 
 def test_the_core_names_no_plugin_package() -> None:
@@ -91,7 +99,14 @@ def test_the_pure_layer_does_no_io_and_imports_only_itself() -> None:
         assert upward == [], f"{name} (pure) imports {upward}"
 
 
-def test_the_event_store_imports_nothing_above_it() -> None:
-    for name in sorted(n for n in GRAPH if n.startswith("relay.store")):
-        upward = sorted(m for m in GRAPH[name] if not m.startswith("relay.store") and m not in PURE | STORE_MAY_IMPORT)
-        assert upward == [], f"{name} imports {upward}"
+def test_every_import_points_down_the_layers() -> None:
+    upward = {
+        name: sorted(m for m in GRAPH[name] if layer(m) > layer(name) and not (m in SETTINGS and layer(name) >= 2))
+        for name in GRAPH
+    }
+    assert {k: v for k, v in upward.items() if v} == {}
+
+
+def test_the_layers_are_the_packages() -> None:
+    """Every module of relay/ sits in one of the layer packages (or is the application)."""
+    assert {LAYERS[layer(name)] for name in MODULES} == set(LAYERS)

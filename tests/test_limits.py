@@ -16,9 +16,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from relay import crypto
-from relay.limits import BucketTable, IpTable, TokenBucket, address_group
-from relay.shared_limits import SharedLimits
+from relay.net.limits import BucketTable, IpTable, TokenBucket, address_group
+from relay.net.shared_limits import SharedLimits
+from relay.nostr import crypto
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 

@@ -26,7 +26,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from relay import crypto
+from relay.nostr import crypto
 from tests.conftest import RelayFactory, RelayProcess, free_port
 from tests.waiting import eventually
 
@@ -304,7 +304,7 @@ def test_connection_slots_stay_fair_and_consistent_under_random_churn() -> None:
     holding at least two more than the newcomer's."""
     import random
 
-    from relay.transport import ConnectionSlots
+    from relay.net.transport import ConnectionSlots
 
     rng = random.Random(17)
     slots = ConnectionSlots(40, 3, 64)

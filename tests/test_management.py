@@ -1,4 +1,4 @@
-"""NIP-86 management: the pure method dispatch (relay/management.py) and its state in both
+"""NIP-86 management: the pure method dispatch (relay/nostr/management.py) and its state in both
 stores, surviving a restart and seen by a second node through the change counter."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from relay import crypto
-from relay.event import sign_event
-from relay.management import ManagementState, Outcome, dispatch, supported_methods
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import sign_event
+from relay.nostr.management import ManagementState, Outcome, dispatch, supported_methods
+from relay.session.server import Relay
 from relay.store.base import Store
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SqliteStore

@@ -1,4 +1,4 @@
-"""relay/negentropy.py without I/O: wire encodings from the spec, reconciliation finding
+"""relay/nostr/negentropy.py without I/O: wire encodings from the spec, reconciliation finding
 exactly the symmetric difference (with and without a frame size limit), and malformed
 messages failing with NegentropyError only."""
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.negentropy import (
+from relay.nostr.negentropy import (
     INFINITY,
     Bound,
     ItemBudget,

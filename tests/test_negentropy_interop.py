@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.event import Event
-from relay.negentropy import ItemSet, Negentropy
-from relay.server import Relay
+from relay.nostr.event import Event
+from relay.nostr.negentropy import ItemSet, Negentropy
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.node_tools import NODE_DIR, ensure_installed
 from tests.nostr_client import NostrClient, signed
@@ -173,7 +173,7 @@ async def test_bad_negentropy_messages_get_neg_err(relay: Relay, client: NostrCl
 async def test_private_kinds_follow_the_req_visibility_rule(
     relay_factory: RelayFactory, storage: dict[str, str], alice: bytes, bob: bytes
 ) -> None:
-    from relay import crypto
+    from relay.nostr import crypto
 
     bob_pk = crypto.public_key(bob).hex()
     dm = signed(alice, 4, "secret", [["p", bob_pk]])

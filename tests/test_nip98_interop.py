@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from relay import crypto
+from relay.nostr import crypto
 from tests import node_tools
 from tests.conftest import RelayFactory
 

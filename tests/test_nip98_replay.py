@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from relay import crypto
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of, nip98_header
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from relay import crypto
+from relay.nostr import crypto
 from tests.conftest import RelayProcess, free_port
 from tests.nostr_client import NostrClient, signed
 from tests.waiting import eventually

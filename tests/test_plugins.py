@@ -1,4 +1,4 @@
-"""Several plug-ins through the core's hook lists (issue 18, ``relay.hooks``): two enabled
+"""Several plug-ins through the core's hook lists (issue 18, ``relay.plugins.hooks``): two enabled
 at once compose over real WebSockets, in their documented order, and a relay whose payments
 plug-in is not installed starts and serves as a free relay.
 
@@ -23,16 +23,16 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from lightning.plugin import PLUGIN as PAYMENTS
-from relay import crypto
 from relay.app import build_relay
 from relay.config import load_settings
-from relay.errors import Blocked, Restricted
-from relay.event import Event, sign_event
-from relay.hooks import Admit, HookError, Hooks, PluginHooks, Refuse, Verdict
-from relay.http import HttpRequest, HttpResponse, response
-from relay.plugins import PluginHost
-from relay.policy import WriteContext
-from relay.server import Relay
+from relay.net.http import HttpRequest, HttpResponse, response
+from relay.nostr import crypto
+from relay.nostr.errors import Blocked, Restricted
+from relay.nostr.event import Event, sign_event
+from relay.nostr.policy import WriteContext
+from relay.plugins.hooks import Admit, HookError, Hooks, PluginHooks, Refuse, Verdict
+from relay.plugins.protocol import PluginHost
+from relay.session.server import Relay
 from relay.store.base import Store
 from tests.conftest import listening_socket
 from tests.nostr_client import NostrClient

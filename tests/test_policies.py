@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay import crypto
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 from tests.waiting import eventually

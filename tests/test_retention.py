@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from relay import crypto
 from relay.config import ConfigError, load_settings, parse_duration
-from relay.retention import purge_old_events
+from relay.nostr import crypto
+from relay.ops.retention import purge_old_events
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient, signed

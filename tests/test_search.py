@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from relay.server import Relay
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 
@@ -173,11 +173,11 @@ async def test_changing_indexed_kinds_rebuilds_the_index_at_start(
         assert await search_index_size(relay) == 1
 
 
-# --- the pure part (relay/search.py) --------------------------------------------------
+# --- the pure part (relay/nostr/search.py) --------------------------------------------------
 
 
 def test_words_are_case_folded_alphanumeric_runs() -> None:
-    from relay.search import MAX_WORD_CHARS, words
+    from relay.nostr.search import MAX_WORD_CHARS, words
 
     got = words("Crème-brûlée, STRAẞE foo_bar x1 日本語!")
     assert got == ["crème", "brûlée", "strasse", "foo", "bar", "x1", "日本語"]
@@ -187,8 +187,8 @@ def test_words_are_case_folded_alphanumeric_runs() -> None:
 def test_parse_search_terms_extensions_and_limits() -> None:
     import pytest
 
-    from relay.errors import Invalid
-    from relay.search import parse_search
+    from relay.nostr.errors import Invalid
+    from relay.nostr.search import parse_search
 
     q = parse_search("Apple include:spam  pie apple language:en", frozenset({1}))
     assert q.terms == ("apple", "pie") and q.kinds == frozenset({1})
@@ -199,7 +199,7 @@ def test_parse_search_terms_extensions_and_limits() -> None:
 
 
 def test_searchable_text_of_profiles_and_articles() -> None:
-    from relay.search import searchable_text, tsvector_literal
+    from relay.nostr.search import searchable_text, tsvector_literal
 
     assert searchable_text(0, '{"name": "Ann", "about": "hi", "picture": "https://x"}', []) == "Ann\nhi"
     assert searchable_text(0, "not json", []) == "not json"

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from relay.server import Relay
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient
 

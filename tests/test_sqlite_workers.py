@@ -26,11 +26,11 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from relay import crypto
 from relay.cli import _settings as cli_settings
 from relay.cli import build_parser
 from relay.config import load_settings
-from relay.event import Event
+from relay.nostr import crypto
+from relay.nostr.event import Event
 from tests.conftest import RelayProcess
 from tests.nostr_client import NostrClient, signed
 from tests.test_nodes import WAIT, _children, _socket_owners, _tcp_sockets, serving_pid
@@ -425,7 +425,7 @@ async def test_sigterm_while_a_worker_is_being_restarted_stops_the_writer_too(re
 
 async def test_an_address_gets_its_connection_cap_once_across_sqlite_workers(relay_process: MakeRelay) -> None:
     """The per-address limits live in the supervisor's shared segment on SQLite as on
-    PostgreSQL (``relay.shared_limits``): 3 connections for the address in all, not 3 per
+    PostgreSQL (``relay.net.shared_limits``): 3 connections for the address in all, not 3 per
     worker (tests/test_worker_limits.py proves the rate limits on PostgreSQL). Twelve
     attempts: a per-worker cap would pass only if the kernel sent all twelve to one worker
     (2 in 4,096)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay import crypto
+from relay.nostr import crypto
 from tests.conftest import RelayFactory
 from tests.lnbits_server import LnbitsServer, lnbits_python
 from tests.nostr_client import NostrClient, signed

@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 import pytest
 
-from relay import crypto
 from relay.config import StorageSettings
-from relay.event import Event, sign_event
-from relay.filters import Filter
-from relay.peer_sync import _check
+from relay.nostr import crypto
+from relay.nostr.event import Event, sign_event
+from relay.nostr.filters import Filter
+from relay.ops.peer_sync import _check
 from relay.store import open_store
 from relay.store.base import WriteRequest
 from tests.conftest import RelayProcess

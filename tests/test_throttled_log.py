@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from relay.throttled_log import ThrottledLog
+from relay.net.throttled_log import ThrottledLog
 
 
 def test_lines_past_the_burst_are_counted_and_reported_by_the_next_line(caplog: pytest.LogCaptureFixture) -> None:

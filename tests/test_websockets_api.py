@@ -1,6 +1,6 @@
 """The part of websockets the network shell relies on: its documented sans-I/O API.
 
-relay/transport.py drives ``websockets.server.ServerProtocol`` itself and uses nothing
+relay/net/transport.py drives ``websockets.server.ServerProtocol`` itself and uses nothing
 else of websockets but the frame types and the permessage-deflate extension. If a release
 renames or changes any of these, this test fails and names what moved; pyproject.toml pins
 the range this was written against (websockets >=16,<18).
@@ -65,7 +65,7 @@ def handshake(server: ServerProtocol, client: ClientProtocol) -> None:
 
 def test_sans_io_round_trip_as_the_shell_drives_it() -> None:
     """Handshake, a fragmented text message, a reply, a ping, the closing handshake: the
-    sequence of calls relay/transport.py makes, without a socket."""
+    sequence of calls relay/net/transport.py makes, without a socket."""
     server = ServerProtocol(extensions=[ServerPerMessageDeflateFactory()], max_size=1000)
     client = ClientProtocol(parse_uri("ws://relay/"), extensions=[ClientPerMessageDeflateFactory()])
     client.send_request(client.connect())

@@ -19,12 +19,12 @@ import pytest
 
 from lightning.backends.fake import mark_paid
 from lightning.plugin import PLUGIN as PAYMENTS
-from relay import crypto
 from relay.app import build_relay
 from relay.config import load_settings
-from relay.event import Event, sign_event
-from relay.plugins import Plugin
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import Event, sign_event
+from relay.plugins.protocol import Plugin
+from relay.session.server import Relay
 from tests.conftest import listening_socket
 from tests.nostr_client import NostrClient
 from tests.waiting import eventually

@@ -1,6 +1,6 @@
 """A free tier by web of trust (issue 21): people the operator's circle follows write free.
 
-A plug-in beside payments, on the core's hook lists (``relay.hooks``), found through the
+A plug-in beside payments, on the core's hook lists (``relay.plugins.hooks``), found through the
 ``satsrelay.extensions`` entry point ``wot.plugin:PLUGIN``:
 
 - ``wot.graph``: the trusted set, pure: who is within ``max_hops`` of the roots through

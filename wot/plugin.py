@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from relay.config import Settings
-    from relay.hooks import PluginHooks
-    from relay.plugins import PluginHost, SettingsLoader
+    from relay.plugins.hooks import PluginHooks
+    from relay.plugins.protocol import PluginHost, SettingsLoader
     from relay.store.base import Store
 
 
@@ -28,7 +28,7 @@ class WotPlugin:
     def build(
         self, settings: Settings, store: Store, registry: CollectorRegistry, host: PluginHost
     ) -> PluginHooks | None:
-        from relay.http import http_url
+        from relay.net.http import http_url
         from wot.tier import WotTier
 
         conf = settings.section(self.section)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from relay.event import is_hex64
+from relay.nostr.event import is_hex64
 
 
 def _hex_key(value: str) -> str:

@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from relay.event import is_hex64
-from relay.filters import Filter
+from relay.nostr.event import is_hex64
+from relay.nostr.filters import Filter
 from relay.store.base import Store
 from relay.store.database import database_of
 from relay.store.migrations import Migration

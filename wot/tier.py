@@ -27,13 +27,13 @@ from typing import Any
 
 import orjson
 
-from relay import console_blocks as ui
-from relay.errors import RateLimited, Restricted
-from relay.event import Event, is_hex64
-from relay.filters import Filter
-from relay.hooks import Admit, ConsolePanel, PluginHooks, Refuse, Verdict
-from relay.http import HttpRequest, HttpResponse, response
-from relay.policy import WriteContext
+from relay.net.http import HttpRequest, HttpResponse, response
+from relay.nostr.errors import RateLimited, Restricted
+from relay.nostr.event import Event, is_hex64
+from relay.nostr.filters import Filter
+from relay.nostr.policy import WriteContext
+from relay.ops import console_blocks as ui
+from relay.plugins.hooks import Admit, ConsolePanel, PluginHooks, Refuse, Verdict
 from relay.store.base import Store
 from wot.graph import GraphRules, TrustGraph
 from wot.settings import WotSettings
@@ -55,7 +55,7 @@ POLL_LIMIT = 20_000  # more changed lists than this in one look: a full computat
 RECENT_REFUSALS = 50
 NEXT_HOP_SAMPLE = 2_000
 # The id's place in an event's compact raw JSON ({"id":"<64 hex>",...}), the layout the
-# stores return byte for byte (relay/event.py).
+# stores return byte for byte (relay/nostr/event.py).
 _ID = slice(7, 71)  # last-hop members whose lists the console reads for "one more hop"
 
 

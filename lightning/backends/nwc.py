@@ -43,9 +43,9 @@ from lightning.backend import (
     fit_memo,
 )
 from lightning.backends import as_unix_time
-from relay import crypto
-from relay.errors import Invalid
-from relay.event import is_hex64, parse_event, sign_event, verify_signature
+from relay.nostr import crypto
+from relay.nostr.errors import Invalid
+from relay.nostr.event import is_hex64, parse_event, sign_event, verify_signature
 
 log = logging.getLogger(__name__)
 

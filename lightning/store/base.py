@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from relay.errors import Rejection
-from relay.event import Event
+from relay.nostr.errors import Rejection
+from relay.nostr.event import Event
 
 COMPONENT = "payments"  # the ledger's version line (relay.store.database)
 
@@ -148,7 +148,7 @@ class Invoice:
     paid_msat: int | None = None
     fee_msat: int | None = None  # what the wallet kept of the payment (the operator's cost)
     description: str | None = None  # what the BOLT11 ``h`` tag commits to (a NIP-57 zap request)
-    # The address group (``relay.limits.address_group``) that asked for it, while it is
+    # The address group (``relay.net.limits.address_group``) that asked for it, while it is
     # unpaid: its share of the pending pool is counted by this. "" for the relay's own
     # (renewals, the CLI); erased when the invoice is paid or marked expired.
     source: str = ""

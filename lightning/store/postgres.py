@@ -47,7 +47,7 @@ from lightning.store.base import (
     member_status_conditions,
 )
 from lightning.store.migrations import POSTGRES_STEPS, postgres_adopt
-from relay.errors import Rejection
+from relay.nostr.errors import Rejection
 from relay.store.base import WriteRequest
 from relay.store.database import BatchHook, PostgresDatabase
 

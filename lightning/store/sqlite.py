@@ -49,7 +49,7 @@ from lightning.store.base import (
     member_status_conditions,
 )
 from lightning.store.migrations import SQLITE_STEPS, sqlite_adopt
-from relay.errors import Rejection
+from relay.nostr.errors import Rejection
 from relay.store.base import WriteRequest
 from relay.store.database import SqliteDatabase
 

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 def open_store(settings: StorageSettings, *, search_kinds: frozenset[int] | None = None) -> Store:
     """The Store the URL names; backends are imported only when chosen. ``search_kinds``:
-    the kinds indexed for NIP-50 (default ``relay.search.DEFAULT_SEARCH_KINDS``)."""
-    from relay.search import DEFAULT_SEARCH_KINDS
+    the kinds indexed for NIP-50 (default ``relay.nostr.search.DEFAULT_SEARCH_KINDS``)."""
+    from relay.nostr.search import DEFAULT_SEARCH_KINDS
 
     kinds = DEFAULT_SEARCH_KINDS if search_kinds is None else search_kinds
     url = settings.url

@@ -37,12 +37,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from relay.errors import Rejection
-from relay.event import Event
-from relay.filters import Filter
+from relay.nostr.errors import Rejection
+from relay.nostr.event import Event
+from relay.nostr.filters import Filter
 
 if TYPE_CHECKING:
-    from relay.policy import ReadScope
+    from relay.nostr.policy import ReadScope
 
 
 # Stored answers (issue 8, item 2): a REQ's answer is read from the store in pages of about
@@ -279,10 +279,10 @@ class Store(Protocol):
         """Raw JSON of matching events: each filter contributes at most its ``limit`` newest;
         the union is de-duplicated and ordered newest first, ties by lowest id. A filter
         with a NIP-50 ``search`` contributes its ``limit`` best matches, best first
-        (``relay.search``); with other filters, each search filter's answer in its own
+        (``relay.nostr.search``); with other filters, each search filter's answer in its own
         order, then the other filters' union newest first. With a ``scope``, only events
         its rules let that connection read are candidates (NIP-42 private kinds, NIP-86
-        bans: ``relay.policy.ReadScope``), so a ``limit`` counts visible events only
+        bans: ``relay.nostr.policy.ReadScope``), so a ``limit`` counts visible events only
         (issue 8: hidden DMs used to fill it and an authenticated ``{"kinds":[4],
         "limit":10}`` could come back empty; issue 11: a banned spammer's newest events
         emptied the global feed). Same SQL conditions as ``count``; the bans are read from
@@ -308,7 +308,7 @@ class Store(Protocol):
     async def count(self, filters: Sequence[Filter], now: int, scope: ReadScope | None = None) -> int:
         """Distinct events matching any filter (NIP-45); ``limit`` is ignored. With a
         ``scope``, only events its rules let that connection read are counted (private
-        kinds and bans, ``relay.policy.ReadScope``), so COUNT agrees with REQ."""
+        kinds and bans, ``relay.nostr.policy.ReadScope``), so COUNT agrees with REQ."""
         ...
 
     async def count_registers(
@@ -316,7 +316,7 @@ class Store(Protocol):
     ) -> list[tuple[int, bytes]]:
         """NIP-45 HyperLogLog's material for the events ``count([f])`` counts (same scope):
         per distinct pubkey byte at ``offset`` (the register), the smallest 7 bytes after it
-        (``relay.hyperloglog``). At most 256 rows, aggregated by the database."""
+        (``relay.nostr.hyperloglog``). At most 256 rows, aggregated by the database."""
         ...
 
     async def sync_items(
@@ -366,7 +366,7 @@ class Store(Protocol):
         ...
 
     async def list_management(self) -> list[tuple[str, str, str]]:
-        """NIP-86 state rows (topic, key, value); relay/management.py reads them."""
+        """NIP-86 state rows (topic, key, value); relay/nostr/management.py reads them."""
         ...
 
     async def apply_management(self, changes: Sequence[tuple[str, str, str | None]]) -> None:

@@ -63,7 +63,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from relay.errors import Rejection
+    from relay.nostr.errors import Rejection
     from relay.store.base import Store, WriteRequest
     from relay.store.migrations import Migration
 

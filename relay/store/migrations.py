@@ -132,7 +132,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     # empty so the core's numbers, recorded by every database, keep their meaning.
     Migration(3, "retired: a plug-in's table, now on its own line", ()),
     Migration(4, "retired: a plug-in's table, now on its own line", ()),
-    # NIP-50 search (relay/search.py): the words of each event of an indexed kind, under
+    # NIP-50 search (relay/nostr/search.py): the words of each event of an indexed kind, under
     # the event's rid, in an FTS5 table. Words arrive already cut and case-folded, joined
     # by spaces; unicode61 with diacritics kept only splits them back. A regular (not
     # contentless) table: SQLite 3.40 cannot delete from a contentless one without being
@@ -170,7 +170,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     # NIP-86 management state (issue 11 item 1): (topic, key) -> value rows, e.g.
-    # ("ban_pubkey", <hex>, <reason>); relay/management.py says what each topic means.
+    # ("ban_pubkey", <hex>, <reason>); relay/nostr/management.py says what each topic means.
     Migration(
         11,
         "management: NIP-86 bans, allows, kinds, blocked IPs, relay info overrides",

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import asyncpg
 import orjson
 
-from relay.errors import Rejection
-from relay.event import Event, KindClass, is_hex64
-from relay.filters import Filter
-from relay.redaction import redact_url
-from relay.search import DEFAULT_SEARCH_KINDS, document_words, tsvector_literal
+from relay.nostr.errors import Rejection
+from relay.nostr.event import Event, KindClass, is_hex64
+from relay.nostr.filters import Filter
+from relay.nostr.redaction import redact_url
+from relay.nostr.search import DEFAULT_SEARCH_KINDS, document_words, tsvector_literal
 from relay.store.base import (
     PAGE_BYTES,
     USES_PRUNED_PER_CALL,
@@ -66,7 +66,7 @@ from relay.store.rules import (
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from relay.policy import ReadScope
+    from relay.nostr.policy import ReadScope
 
 CLOSE_SECONDS = 10.0  # a graceful pool close at shutdown, then its connections are terminated
 # pg_advisory_xact_lock(classid, objid) namespace for author buckets (docs/postgres-store.md).

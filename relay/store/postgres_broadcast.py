@@ -1,8 +1,8 @@
-"""Live events across PostgreSQL nodes: LISTEN/NOTIFY (``relay.broadcast.Broadcast``).
+"""Live events across PostgreSQL nodes: LISTEN/NOTIFY (``relay.store.broadcast.Broadcast``).
 
 It lives with the PostgreSQL store because it is that store's transport: it reads the
 events table for announced ids and catch-up, and the store NOTIFYs what it inserts. With
-one process (SQLite) fan-out is local only (``relay.broadcast.LocalBroadcast``). With PostgreSQL,
+one process (SQLite) fan-out is local only (``relay.store.broadcast.LocalBroadcast``). With PostgreSQL,
 every node NOTIFYs the events it accepted and LISTENs for the others', so a subscriber on
 any node sees events published on any node — an existing engine, no home-made broker.
 
@@ -48,9 +48,9 @@ from typing import Any
 
 import orjson
 
-from relay.broadcast import Deliver
-from relay.errors import Invalid
-from relay.event import Event, KindClass, is_hex64, parse_event
+from relay.nostr.errors import Invalid
+from relay.nostr.event import Event, KindClass, is_hex64, parse_event
+from relay.store.broadcast import Deliver
 
 log = logging.getLogger(__name__)
 

@@ -142,11 +142,11 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     # Steps 3, 4, 6, 7, 8, 12 and 14 (and part of 1 and 9): see the SQLite list.
     Migration(3, "retired: a plug-in's table, now on its own line", ()),
     Migration(4, "retired: a plug-in's table, now on its own line", ()),
-    # NIP-50 search (relay/search.py): a tsvector column on events, set only for the
+    # NIP-50 search (relay/nostr/search.py): a tsvector column on events, set only for the
     # indexed kinds (NULL otherwise, and then in no index entry: the GIN index is partial),
     # written by the same INSERT as the event, so it commits in the event's transaction and
     # leaves with the row on deletion, replacement or expiry. Its lexemes are the words of
-    # relay/search.py given as a tsvector literal (no parser, no dictionary), so both
+    # relay/nostr/search.py given as a tsvector literal (no parser, no dictionary), so both
     # stores match the same words. ``search_state`` records which kinds the column covers
     # (a change of ``[search] kinds`` rebuilds it at start-up).
     # write_regular_batch gains the searches argument (one literal or NULL per event).

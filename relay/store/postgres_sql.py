@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from relay.event import is_hex64
-from relay.filters import Filter
-from relay.search import RANK_CANDIDATES
+from relay.nostr.event import is_hex64
+from relay.nostr.filters import Filter
+from relay.nostr.search import RANK_CANDIDATES
 
 if TYPE_CHECKING:
-    from relay.policy import ReadScope
+    from relay.nostr.policy import ReadScope
 
 # Most rows a filter's per-author/per-kind index probes may read (probes x limit), beyond
 # which the plain WHERE is left to the planner; a single probe is always taken (see
@@ -130,7 +130,7 @@ def _search_select(f: Filter, now: int, p: Params, columns: str, scope: ReadScop
     the words occur), then newest, then lowest id; LIMIT after ranking. The partial GIN
     index ``events_search`` finds the candidates, the other conditions are checked on
     them, and only the ``RANK_CANDIDATES`` most recently stored are ranked
-    (``relay.search``): ``ts_rank`` reads each candidate's vector."""
+    (``relay.nostr.search``): ``ts_rank`` reads each candidate's vector."""
     assert f.search is not None
     where = _event_conditions(f, now, p)
     where.extend(f"e.seq IN ({_tag_subquery(name, values, f, p)})" for name, values in f.tags)

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from relay.errors import Rejection
-from relay.event import Event, KindClass, is_hex64, kind_class, parse_address
+from relay.nostr.errors import Rejection
+from relay.nostr.event import Event, KindClass, is_hex64, kind_class, parse_address
 from relay.store.base import WriteOutcome, WriteRequest
 
 if TYPE_CHECKING:

@@ -54,10 +54,10 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar
 import aiosqlite
 import orjson
 
-from relay.errors import Rejection
-from relay.event import Event, KindClass, index_tags, is_hex64, kind_class
-from relay.filters import Filter
-from relay.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, fts5_body
+from relay.nostr.errors import Rejection
+from relay.nostr.event import Event, KindClass, index_tags, is_hex64, kind_class
+from relay.nostr.filters import Filter
+from relay.nostr.search import DEFAULT_SEARCH_KINDS, RANK_CANDIDATES, document_words, fts5_body
 from relay.store.backup import StoreLock
 from relay.store.base import (
     PAGE_BYTES,
@@ -84,7 +84,7 @@ from relay.store.rules import (
 
 if TYPE_CHECKING:
     from relay.config import StorageSettings
-    from relay.policy import ReadScope
+    from relay.nostr.policy import ReadScope
     from relay.store.writer_client import WriterLink
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ def _search_select(f: Filter, now: int, columns: str, scope: ReadScope | None) -
     after ranking. The full-text index drives the search, most recently stored match
     first (FTS5 walks its doclists in rowid order, both ways, at no cost); every other
     condition is checked on the event row found through it; only the first
-    ``RANK_CANDIDATES`` that pass are ranked (``relay.search``), and only the ``limit``
+    ``RANK_CANDIDATES`` that pass are ranked (``relay.nostr.search``), and only the ``limit``
     winners are read again for ``columns``."""
     assert f.search is not None
     where, rest = _filter_where(f, now, search_joined=True, scope=scope)

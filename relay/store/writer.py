@@ -12,7 +12,7 @@ duplicates, superseded or deleted ones) for live fan-out. It runs on the event l
 must not block; its exceptions are logged and never stop the writer.
 
 **One event never fails its neighbours.** The parser refuses every value a store cannot
-hold (``relay.event``), but should a batch fail anyway, it is split in halves and each
+hold (``relay.nostr.event``), but should a batch fail anyway, it is split in halves and each
 half committed on its own, recursively, in batch order, until the failing events stand
 alone: only they get ``error:``, every other event gets its real outcome (issue 8: five
 unstorable events had failed 100 of 1,000 bystanders' events). Committing the halves in
@@ -33,10 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from relay.errors import Rejection, ServerError
-from relay.event import Event, KindClass
+from relay.net.throttled_log import ThrottledLog
+from relay.nostr.errors import Rejection, ServerError
+from relay.nostr.event import Event, KindClass
 from relay.store.base import Store, WriteOutcome, WriteRequest
-from relay.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import relay.store.writer_frames as frames
-from relay.errors import ServerError
-from relay.event import Event, KindClass, event_from_own_raw
+from relay.nostr.errors import ServerError
+from relay.nostr.event import Event, KindClass, event_from_own_raw
 from relay.store.base import WriteOutcome, WriteRequest
 from relay.store.writer import STORE_FAILED, WriterStats
 
@@ -419,7 +419,7 @@ class RemoteWriter:
 
 
 class CommitStream:
-    """``relay.broadcast.Broadcast`` for a worker: the writer's commit stream in, this
+    """``relay.store.broadcast.Broadcast`` for a worker: the writer's commit stream in, this
     worker's ephemeral events out."""
 
     reaches_other_nodes = True  # the other workers' subscribers

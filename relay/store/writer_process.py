@@ -39,8 +39,8 @@ from functools import partial
 from typing import Any, cast
 
 import relay.store.writer_frames as frames
-from relay.errors import ServerError
-from relay.event import Event, event_from_own_raw
+from relay.nostr.errors import ServerError
+from relay.nostr.event import Event, event_from_own_raw
 from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.writer import STORE_FAILED, GroupCommitWriter
 

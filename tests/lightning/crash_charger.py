@@ -17,8 +17,8 @@ import sys
 
 from lightning.store import open_ledger
 from lightning.store.base import Charge
-from relay.errors import Restricted
-from relay.event import sign_event
+from relay.nostr.errors import Restricted
+from relay.nostr.event import sign_event
 from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.sqlite import SqliteStore
 from relay.store.writer import GroupCommitWriter

@@ -21,11 +21,11 @@ import orjson
 from lightning.backends.fake import FakeBackend
 from lightning.extension import PaymentsExtension, build_backend
 from lightning.store.base import LedgerStore
-from relay import crypto
 from relay.config import Settings, load_settings
-from relay.event import Event, sign_event
-from relay.policy import WriteContext
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import Event, sign_event
+from relay.nostr.policy import WriteContext
+from relay.session.server import Relay
 from relay.store.sqlite import SqliteStore
 from tests.conftest import _merge
 

@@ -19,8 +19,8 @@ from lightning import nip04, nip44
 from lightning.backend import BackendError, PaymentState, bolt11_description_hash
 from lightning.backends.fake import make_bolt11
 from lightning.backends.nwc import NwcBackend, NwcConfig, NwcConnection
-from relay import crypto
-from relay.event import parse_event, sign_event, verify_signature
+from relay.nostr import crypto
+from relay.nostr.event import parse_event, sign_event, verify_signature
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient
 

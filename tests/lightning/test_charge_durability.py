@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from lightning.store import open_ledger
-from relay import crypto
-from relay.event import is_hex64
-from relay.filters import Filter
+from relay.nostr import crypto
+from relay.nostr.event import is_hex64
+from relay.nostr.filters import Filter
 from relay.store.base import Store
 from relay.store.sqlite import SqliteStore
 from tests.lightning.crash_charger import AUTHORS, PRICE_MSAT, secret_of

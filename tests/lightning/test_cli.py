@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from lightning.pubkeys import npub_encode
-from relay import crypto
-from relay.event import sign_event
+from relay.nostr import crypto
+from relay.nostr.event import sign_event
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import payment_stack
 from tests.nostr_client import NostrClient

@@ -24,7 +24,7 @@ from lightning.console import PAGE_ROWS
 from lightning.extension import PaymentsExtension, build_backend
 from lightning.pubkeys import npub_encode
 from lightning.store.base import Invoice, LedgerStore
-from relay import crypto
+from relay.nostr import crypto
 from relay.store.base import Store
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import nip98_header, payment_settings, pubkey_of

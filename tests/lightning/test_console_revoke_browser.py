@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from relay import crypto
+from relay.nostr import crypto
 from tests.lightning.payment_stack import ledger_of
 from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.nostr_client import NostrClient, signed

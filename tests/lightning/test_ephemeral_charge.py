@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from relay import crypto
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient, signed

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay import crypto
-from relay.filters import Filter
+from relay.nostr import crypto
+from relay.nostr.filters import Filter
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient, signed

@@ -17,9 +17,9 @@ import orjson
 from bolt11.models.tags import TagChar
 
 from lightning.backends.fake import FAKE_NODE_KEY
-from relay import crypto
-from relay.event import Event
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import Event
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient, signed

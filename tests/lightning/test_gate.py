@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lightning.store.base import FOREVER, Charge
-from relay import crypto
-from relay.errors import Blocked, Restricted
+from relay.nostr import crypto
+from relay.nostr.errors import Blocked, Restricted
 from relay.store.base import WriteOutcome, WriteRequest
 from tests.lightning.payment_stack import note, payment_stack, pubkey_of
 

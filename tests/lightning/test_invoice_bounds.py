@@ -21,8 +21,8 @@ from lightning.backend import CreatedInvoice, InvoiceStatus, WalletBackend
 from lightning.ledger import Ledger, PendingCaps
 from lightning.store.base import Invoice, InvoiceState
 from lightning.watcher import PollSchedule, Watcher
-from relay import crypto
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of, payment_stack
 from tests.lnbits_server import LnbitsServer

@@ -22,9 +22,9 @@ from lightning.backend import InvoiceStatus
 from lightning.backends.fake import FakeBackend, mark_paid
 from lightning.extension import PaymentsExtension
 from lightning.web import STATUS_CHECK_INTERVAL, STATUS_CHECK_WAIT
-from relay import crypto
-from relay.event import sign_event
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import sign_event
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient
 

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from lightning.pubkeys import bech32_encode, npub_encode
-from relay import crypto
 from relay.app import build_relay
 from relay.config import load_settings
-from relay.event import sign_event
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import sign_event
+from relay.session.server import Relay
 from tests.conftest import RelayFactory, free_port
 from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient

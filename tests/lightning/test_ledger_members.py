@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from lightning.store.base import FOREVER, Invite, InviteOutcome, LedgerStore
-from relay import crypto
+from relay.nostr import crypto
 
 NOW = 1_700_000_000
 ALICE_PK = crypto.public_key((1).to_bytes(32, "big")).hex()

@@ -8,10 +8,10 @@ import asyncio
 import dataclasses
 
 from lightning.store.base import FOREVER, Account, Charge, Invoice, InvoiceState, LedgerStore
-from relay import crypto
-from relay.errors import Rejection, Restricted
-from relay.event import Event, sign_event
-from relay.filters import Filter
+from relay.nostr import crypto
+from relay.nostr.errors import Rejection, Restricted
+from relay.nostr.event import Event, sign_event
+from relay.nostr.filters import Filter
 from relay.store.base import Store, WriteOutcome, WriteRequest
 
 NOW = 1_700_000_000

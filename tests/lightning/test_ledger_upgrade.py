@@ -25,9 +25,9 @@ import pytest
 from lightning.store import open_ledger
 from lightning.store.base import Charge, Invite, InviteOutcome, Invoice, InvoiceState, LedgerStore
 from lightning.store.migrations import POSTGRES_STEPS, SQLITE_STEPS
-from relay.errors import Restricted
-from relay.event import sign_event
-from relay.filters import Filter
+from relay.nostr.errors import Restricted
+from relay.nostr.event import sign_event
+from relay.nostr.filters import Filter
 from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration
 from relay.store.postgres_migrations import POSTGRES_MIGRATIONS

@@ -33,9 +33,9 @@ import orjson
 import pytest
 
 from lightning.extension import PaymentsExtension
-from relay import crypto
-from relay.event import Event, sign_event
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import Event, sign_event
+from relay.session.server import Relay
 from tests.conftest import RelayFactory, RelayProcess
 from tests.lightning.payment_stack import nip98_header
 from tests.lnbits_server import LnbitsServer

@@ -19,11 +19,11 @@ import pytest
 
 from lightning.pubkeys import npub_encode
 from lightning.store.base import FOREVER
-from relay import crypto
 from relay.discovery import PluginError
-from relay.hooks import Changed, ManagementMethod
-from relay.management_view import ManagementView
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.ops.management_view import ManagementView
+from relay.plugins.hooks import Changed, ManagementMethod
+from relay.session.server import Relay
 from relay.store.sqlite import SqliteStore
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of, nip98_header
@@ -335,7 +335,7 @@ async def test_a_failing_extension_method_is_logged_once_and_answered_as_an_erro
             outcome = await view.handle(orjson.dumps({"method": method, "params": params}))
             return outcome.response
 
-        with caplog.at_level(logging.INFO, logger="relay.management_view"):
+        with caplog.at_level(logging.INFO, logger="relay.ops.management_view"):
             answer = await ask("x.broken", [])
             assert answer == {"result": None, "error": "x.broken: internal error (the relay's log has the details)"}
             failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -359,9 +359,9 @@ async def test_changes_are_logged_with_the_admins_pubkey_and_reads_are_not(
     relay_factory: RelayFactory, operator: bytes, alice: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with paid_relay(relay_factory, operator) as admin:
-        with caplog.at_level(logging.INFO, logger="relay.management_view"):
+        with caplog.at_level(logging.INFO, logger="relay.ops.management_view"):
             await admin.call("payments.grant", pubkey_of(alice), {"days": 2})
             await admin.call("payments.account", pubkey_of(alice))
             await admin.call("payments.invoices")
-        lines = [r.getMessage() for r in caplog.records if r.name == "relay.management_view"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "relay.ops.management_view"]
         assert len(lines) == 1 and "payments.grant" in lines[0] and pubkey_of(operator) in lines[0], lines

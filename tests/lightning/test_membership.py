@@ -13,9 +13,9 @@ import httpx
 from lightning.membership import make_invites
 from lightning.plans import Plans
 from lightning.store.base import FOREVER
-from relay import crypto
-from relay.event import parse_event
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import parse_event
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of
 from tests.lightning.test_cli import satsrelay

@@ -12,7 +12,7 @@ import nostr_sdk
 import pytest
 
 from lightning import nip04, nip44
-from relay import crypto
+from relay.nostr import crypto
 
 VECTORS_FILE = Path(__file__).with_name("nip44_vectors.json")
 # The checksum NIP-44 publishes for the vector file.

@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 
-from relay import crypto, nip98
 from relay.config import ServerSettings
-from relay.event import sign_event
-from relay.server import Relay
+from relay.nostr import crypto, nip98
+from relay.nostr.event import sign_event
+from relay.session.server import Relay
 from tests.conftest import RelayFactory, free_port
 from tests.lightning.payment_stack import ledger_of, nip98_header
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from relay import crypto
-from relay.event import sign_event
+from relay.nostr import crypto
+from relay.nostr.event import sign_event
 from tests.conftest import RelayFactory
 from tests.lightning.test_cli import satsrelay, satsrelay_json, write_config
 from tests.nostr_client import NostrClient

@@ -14,8 +14,8 @@ import pytest
 
 from lightning.reminders import Reminders
 from lightning.store.base import FOREVER
-from relay import crypto
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.session.server import Relay
 from tests import node_tools
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of, nip98_header

@@ -17,8 +17,8 @@ from lightning.backends.fake import mark_paid
 from lightning.ledger import decode_bolt11
 from lightning.renewal import UriSeal
 from lightning.store.base import InvoiceState
-from relay import crypto
-from relay.identity import RelayIdentity
+from relay.nostr import crypto
+from relay.store.identity import RelayIdentity
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of
 from tests.lightning.test_backend_nwc import FakeWalletService
@@ -69,7 +69,7 @@ class PayingWallet(FakeWalletService):
     async def _serve_one(self, raw: Any) -> None:
         import orjson
 
-        from relay.event import parse_event
+        from relay.nostr.event import parse_event
 
         message = orjson.loads(raw)
         if message[0] != "EVENT":

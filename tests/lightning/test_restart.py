@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from lightning.backends.fake import mark_paid
-from relay import crypto
+from relay.nostr import crypto
 from tests.conftest import RelayProcess
 from tests.lightning.payment_stack import nip98_header
 

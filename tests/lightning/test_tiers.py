@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay import crypto
+from relay.nostr import crypto
 from tests import node_tools
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of

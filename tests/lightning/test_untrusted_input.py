@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightning.zap_receipts import receipt_problem
-from relay import crypto, nip98
+from relay.nostr import crypto, nip98
 from tests.nostr_client import signed
 
 ZAPPER = crypto.generate_secret()

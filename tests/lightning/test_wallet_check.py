@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from lightning.extension import PaymentsExtension
-from relay import crypto
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.session.server import Relay
 from tests.conftest import RelayFactory, free_port
 from tests.lnbits_server import LnbitsServer
 from tests.test_console import panel

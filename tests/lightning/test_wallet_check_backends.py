@@ -14,7 +14,7 @@ from lightning.backends.cln import ClnBackend, ClnConfig
 from lightning.backends.lnd import LndBackend, LndConfig
 from lightning.backends.nwc import NwcBackend, NwcConfig
 from lightning.backends.phoenixd import PhoenixdBackend, PhoenixdConfig
-from relay import crypto
+from relay.nostr import crypto
 from tests.conftest import RelayFactory
 from tests.lightning.test_backend_cln import FakeCln, serve_https
 from tests.lightning.test_backend_lnd import MACAROON, FakeLnd

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 
 from lightning.pubkeys import npub_encode
-from relay import crypto
-from relay.event import sign_event
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import sign_event
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of, nip98_header
 from tests.nostr_client import NostrClient

@@ -29,12 +29,12 @@ from lightning.plans import Plans
 from lightning.settings import PaymentSettings
 from lightning.zap import ZapRequestError, parse_zap_request, receipt_event, zap_grant
 from lightning.zap_receipts import receipt_problem
-from relay import crypto
 from relay.app import build_relay
 from relay.config import ConfigError
-from relay.event import parse_event, sign_event
-from relay.policy import WriteContext
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import parse_event, sign_event
+from relay.nostr.policy import WriteContext
+from relay.session.server import Relay
 from tests import node_tools
 from tests.conftest import RelayFactory, free_port, relay_settings
 from tests.lightning import zap_client
@@ -374,12 +374,12 @@ async def _wait_for_push(relay: Relay, web: httpx.AsyncClient, lnbits: LnbitsSer
 
 async def test_many_processes_starting_at_once_share_one_key(tmp_path: Path) -> None:
     """``--workers``: every process reads the same complete key, whoever created it."""
-    from relay.identity import load_identity
+    from relay.store.identity import load_identity
 
     key_file = str(tmp_path / "keys" / "relay.key")
     settings = relay_settings(tmp_path, relay={"key_file": key_file})
     script = (
-        "from relay.identity import load_identity; from relay.config import load_settings;"
+        "from relay.store.identity import load_identity; from relay.config import load_settings;"
         f"print(load_identity(load_settings(None, relay={{'key_file': {key_file!r}}})).pubkey)"
     )
     procs = [

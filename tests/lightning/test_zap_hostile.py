@@ -28,9 +28,9 @@ import orjson
 import pytest
 
 from lightning.zap import public_address
-from relay import crypto
-from relay.event import sign_event
-from relay.server import Relay
+from relay.nostr import crypto
+from relay.nostr.event import sign_event
+from relay.session.server import Relay
 from tests.conftest import RelayFactory
 from tests.lightning.payment_stack import ledger_of
 from tests.waiting import eventually

@@ -12,7 +12,7 @@ import asyncio
 import os
 import sys
 
-from relay.event import sign_event
+from relay.nostr.event import sign_event
 from relay.store.base import Store, WriteRequest
 from relay.store.sqlite import SqliteStore
 from relay.store.writer import GroupCommitWriter

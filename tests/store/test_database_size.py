@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from relay.event import sign_event
+from relay.nostr.event import sign_event
 from relay.store.base import Store, WriteRequest
 
 NOW = 1_700_000_000

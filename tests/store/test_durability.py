@@ -20,8 +20,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from relay.event import is_hex64
-from relay.filters import Filter
+from relay.nostr.event import is_hex64
+from relay.nostr.filters import Filter
 from relay.store.base import Store
 from relay.store.sqlite import SqliteStore
 

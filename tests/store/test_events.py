@@ -9,9 +9,9 @@ import contextlib
 
 import orjson
 
-from relay.errors import Rejection
-from relay.event import Event, sign_event
-from relay.filters import Filter
+from relay.nostr.errors import Rejection
+from relay.nostr.event import Event, sign_event
+from relay.nostr.filters import Filter
 from relay.store.base import Store, WriteOutcome, WriteRequest
 
 NOW = 1_700_000_000

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from relay.errors import Rejection, Restricted
-from relay.event import Event, sign_event
-from relay.filters import Filter
+from relay.nostr.errors import Rejection, Restricted
+from relay.nostr.event import Event, sign_event
+from relay.nostr.filters import Filter
 from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.database import BatchHook, Database, database_of
 from relay.store.migrations import Migration

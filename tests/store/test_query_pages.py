@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.event import Event, sign_event
-from relay.filters import Filter
+from relay.nostr.event import Event, sign_event
+from relay.nostr.filters import Filter
 from relay.store.base import FAST_ROWS, Store, WriteRequest
 
 NOW = 10_000

@@ -7,7 +7,7 @@ in Python) applied before each filter's limit: DMs a connection may not read and
 NIP-86 banned pubkeys or ids (rows of the store's ``management`` table) never use it up.
 
 NIP-50 ``search`` filters are checked against ``model_search_match``, a brute-force
-matcher written here from relay/search.py's stated semantics (words = runs of
+matcher written here from relay/nostr/search.py's stated semantics (words = runs of
 ``str.isalnum`` characters, case-folded; every query word must occur; ``key:value``
 words ignored; indexed kinds only), not from its code. Relevance order is the store's
 own (bm25 / ts_rank), so for search filters the test checks the result *set*: exactly
@@ -23,10 +23,10 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.event import Event, KindClass, sign_event
-from relay.filters import Filter
-from relay.policy import ReadScope, read_scope
-from relay.search import DEFAULT_SEARCH_KINDS, parse_search
+from relay.nostr.event import Event, KindClass, sign_event
+from relay.nostr.filters import Filter
+from relay.nostr.policy import ReadScope, read_scope
+from relay.nostr.search import DEFAULT_SEARCH_KINDS, parse_search
 from relay.store.base import WriteRequest
 from tests.store.conftest import StoreFactory
 

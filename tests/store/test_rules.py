@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay import crypto
-from relay.errors import Rejection, Restricted
-from relay.event import Event, sign_event
+from relay.nostr import crypto
+from relay.nostr.errors import Rejection, Restricted
+from relay.nostr.event import Event, sign_event
 from relay.store.base import WriteOutcome, WriteRequest
 from relay.store.database import BatchHook
 from relay.store.rules import (

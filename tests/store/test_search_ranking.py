@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import orjson
 
-from relay.event import sign_event
-from relay.filters import parse_filter
-from relay.search import RANK_CANDIDATES
+from relay.nostr.event import sign_event
+from relay.nostr.filters import parse_filter
+from relay.nostr.search import RANK_CANDIDATES
 from relay.store.base import WriteRequest
 from tests.store.conftest import StoreFactory
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.event import sign_event
-from relay.filters import Filter
+from relay.nostr.event import sign_event
+from relay.nostr.filters import Filter
 from relay.store.base import WriteRequest
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
 from relay.store.sqlite import (

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from relay import crypto
-from relay.errors import Invalid, Rejection
-from relay.event import Event, KindClass, compute_id, parse_event, sign_event
-from relay.filters import Filter, parse_filter
+from relay.nostr import crypto
+from relay.nostr.errors import Invalid, Rejection
+from relay.nostr.event import Event, KindClass, compute_id, parse_event, sign_event
+from relay.nostr.filters import Filter, parse_filter
 from relay.store.base import Store, WriteOutcome, WriteRequest
 
 pytestmark = pytest.mark.postgres

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from relay.errors import Rejection, ServerError
-from relay.event import Event, sign_event
-from relay.filters import Filter
+from relay.nostr.errors import Rejection, ServerError
+from relay.nostr.event import Event, sign_event
+from relay.nostr.filters import Filter
 from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.writer import GroupCommitWriter
 
