@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         return run_workers(settings, args.config)
     from relay.app import build_relay
-    from relay.net.transport import ListenError
+    from relay.net.listen import ListenError
     from relay.session.server import run
 
     # --workers' supervisor hands each worker the metrics socket it bound once (relay.workers)
@@ -399,7 +399,7 @@ def _sqlite_db(settings: Settings, command: str) -> Path | None:
             "(README: Backups)"
         )
         return None
-    from relay.store.sqlite import sqlite_path_from_url
+    from relay.store.sqlite_schema import sqlite_path_from_url
 
     return sqlite_path_from_url(url)
 

@@ -38,8 +38,8 @@ from pathlib import Path
 from types import FrameType
 
 from relay.config import Settings
+from relay.net.listen import METRICS_IN_USE_HINT, ListenError, bind_listening_socket
 from relay.net.shared_limits import SharedLimits
-from relay.net.transport import METRICS_IN_USE_HINT, ListenError, bind_listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ RESTART_DELAY_MAX = 30.0
 STARTUP_SECONDS = 10.0
 GIVE_UP_AFTER = 5
 POLL_SECONDS = 0.2
-# Bucket slots for the plug-ins' tables (invoice requests, NIP-43 claims: 10,000 each), on
+# Bucket slots for the plug-ins' tables (per-address requests and claims: 10,000 each), on
 # top of the relay's two tables of ``rate_table_size``.
 PLUGIN_BUCKETS = 65_536
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from relay.nostr import crypto
 from relay.session.server import Relay
-from relay.store.sqlite import sqlite_path_from_url
+from relay.store.sqlite_schema import sqlite_path_from_url
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 from tests.store.test_storable_property import event_objects, filter_objects

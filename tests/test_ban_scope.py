@@ -23,7 +23,7 @@ from relay.nostr.filters import Filter
 from relay.nostr.policy import ReadScope, read_scope
 from relay.nostr.search import DEFAULT_SEARCH_KINDS, parse_search
 from relay.session.server import Relay
-from relay.store import postgres_sql, sqlite
+from relay.store import postgres_sql, sqlite_sql
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient, signed
 from tests.test_management import nip86
@@ -123,8 +123,8 @@ def store_sql(f: Filter, scope: ReadScope | None) -> list[str]:
     """Every statement (with its parameters) the two stores build for ``f`` under ``scope``."""
     p_select, p_count = postgres_sql.Params(), postgres_sql.Params()
     return [
-        repr(sqlite._filter_select(f, 1000, "e.raw", scope)),
-        repr(sqlite._filter_where(f, 1000, scope=scope)),
+        repr(sqlite_sql.filter_select(f, 1000, "e.raw", scope)),
+        repr(sqlite_sql.filter_where(f, 1000, scope=scope)),
         postgres_sql.filter_select(f, 1000, p_select, "e.raw", scope) + repr(p_select.values),
         postgres_sql.filter_count(f, 1000, p_count, scope) + repr(p_count.values),
     ]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from relay.config import load_settings
-from relay.store.sqlite import sqlite_path_from_url
+from relay.store.sqlite_schema import sqlite_path_from_url
 from tests.conftest import free_port
 from tests.nostr_client import NostrClient, signed
 from tests.waiting import eventually

@@ -304,7 +304,7 @@ def test_connection_slots_stay_fair_and_consistent_under_random_churn() -> None:
     holding at least two more than the newcomer's."""
     import random
 
-    from relay.net.transport import ConnectionSlots
+    from relay.net.slots import ConnectionSlots
 
     rng = random.Random(17)
     slots = ConnectionSlots(40, 3, 64)

@@ -38,7 +38,7 @@ class HttpHeaders:
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
     method: str
-    target: str  # path and query as sent, e.g. "/api/invoice/ab12?x=1"
+    target: str  # path and query as sent, e.g. "/api/thing/ab12?x=1"
     headers: HttpHeaders
     body: bytes
     client_ip: str

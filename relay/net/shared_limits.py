@@ -3,7 +3,7 @@
 SO_REUSEPORT spreads one client's connections over the workers, so state that each worker
 kept for itself let one address through N times over (issue 17, item 10: one address
 reconnecting in a loop got 2,996 events accepted in 10 s with two workers, 1,501 with one;
-an invoice route gave 20 a minute instead of 10). The supervisor therefore creates one
+a plug-in's route allowing 10 a minute gave 20). The supervisor therefore creates one
 ``SharedLimits`` segment and hands its descriptor to every worker it starts; each worker's
 ``relay.net.limits.BucketTable`` and ``IpTable`` keep their state in it, so a limit holds for the
 relay as a whole. One process alone (no ``--workers``) never creates a segment and keeps the

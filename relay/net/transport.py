@@ -2,7 +2,7 @@
 and on ``Upgrade: websocket`` websockets' sans-I/O ``ServerProtocol`` driven by it.
 
 Why our own shell rather than websockets' asyncio server: plain HTTP needs request bodies
-and keep-alive (NIP-86, invoice creation as POST), which websockets' ``process_request``
+and keep-alive (NIP-86, plug-ins' POST forms), which websockets' ``process_request``
 cannot give; and a callback-driven connection holds no task, no keep-alive timer and no
 receive queue of its own while idle (idle RSS per connection is a measured target).
 
@@ -25,10 +25,7 @@ bound (``relay.net.outbox``). Only the documented sans-I/O API of websockets is 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,8 +41,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from relay.net.http import HttpHeaders, HttpRequest, HttpResponse, HttpRouter, response
-from relay.net.limits import address_group
 from relay.net.outbox import Outbox
+from relay.net.slots import ConnectionSlots
 from relay.net.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -112,118 +109,6 @@ class ShellOptions:
     outgoing_queue_bytes: int
     compression: bool
     real_ip_header: str | None
-
-
-class ConnectionSlots:
-    """Every open connection of one listener, by address group (issue 17 item 11): the
-    listener's share of the process's descriptors (``relay.net.descriptors``), HTTP and
-    WebSocket alike, taken in ``connection_made`` before a byte is parsed.
-
-    - ``capacity``: connections held at most, still in HTTP or upgraded (max_connections,
-      lowered to what the open-file limit allows). Connections in HTTP used not to count:
-      10,025 descriptors were open while 5,000 were counted.
-    - ``http_per_group``: connections one group may hold before (or without) an upgrade
-      (issue 8's "rates survive reconnects", for the HTTP phase): without it one address
-      held thousands of idle keep-alive or half-sent requests for the header timeout each.
-      Upgraded connections leave this count for the WebSocket one (``IpTable``). None
-      behind a proxy, where every connection comes from the proxy's address.
-    - Full, a newcomer from a group holding fewer than the largest holder minus one takes a
-      connection from that holder (an idle HTTP one first, else its WebSocket silent
-      longest): a few dozen addresses filling the relay up to their caps cannot keep
-      anyone else out, and a group holding one connection is never the one closed while
-      another holds two. A newcomer from the largest group is refused (503).
-
-    The largest holder is found in O(1): groups are bucketed by how many they hold.
-    """
-
-    def __init__(self, capacity: int, http_per_group: int | None, ipv6_prefix: int) -> None:
-        self.capacity = capacity
-        self._http_cap = http_per_group
-        self._prefix = ipv6_prefix
-        self._groups: dict[str, dict[RelayProtocol, None]] = {}  # oldest first
-        self._group_of: dict[RelayProtocol, str] = {}
-        self._in_http: dict[str, int] = {}
-        self._http_members: set[RelayProtocol] = set()
-        self._by_size: dict[int, set[str]] = {}
-        self._largest = 0
-        self.total = 0
-        self.evicted = 0
-
-    def admit(self, conn: RelayProtocol, ip: str) -> str | None:
-        """Count ``conn`` (an HTTP connection from ``ip``), or say why not: "per-ip-limit"
-        (its group's HTTP share is taken: 429), "global-limit" (full, and its group holds
-        as many as anyone: 503)."""
-        key = address_group(ip, self._prefix)
-        if self._http_cap is not None and self._in_http.get(key, 0) >= self._http_cap:
-            return "per-ip-limit"
-        if self.total >= self.capacity:
-            held = len(self._groups.get(key, ()))
-            if self._largest <= held + 1:
-                return "global-limit"
-            victim = self._victim(next(iter(self._by_size[self._largest])))
-            self.release(victim)
-            self.evicted += 1
-            victim.evict()
-        members = self._groups.setdefault(key, {})
-        members[conn] = None
-        self._resize(key, len(members) - 1, len(members))
-        self._group_of[conn] = key
-        self._http_members.add(conn)
-        self._in_http[key] = self._in_http.get(key, 0) + 1
-        self.total += 1
-        return None
-
-    def leave_http(self, conn: RelayProtocol) -> None:
-        """``conn`` became a WebSocket: still held, no longer in its group's HTTP share."""
-        if conn in self._http_members:
-            self._http_members.discard(conn)
-            self._drop_http(self._group_of[conn])
-
-    def release(self, conn: RelayProtocol) -> None:
-        key = self._group_of.pop(conn, None)
-        if key is None:
-            return  # never admitted, or evicted already
-        if conn in self._http_members:
-            self._http_members.discard(conn)
-            self._drop_http(key)
-        members = self._groups[key]
-        del members[conn]
-        self._resize(key, len(members) + 1, len(members))
-        if not members:
-            del self._groups[key]
-        self.total -= 1
-
-    def _drop_http(self, key: str) -> None:
-        left = self._in_http[key] - 1
-        if left:
-            self._in_http[key] = left
-        else:
-            del self._in_http[key]
-
-    def _resize(self, key: str, old: int, new: int) -> None:
-        if old:
-            bucket = self._by_size[old]
-            bucket.discard(key)
-            if not bucket:
-                del self._by_size[old]
-        if new:
-            self._by_size.setdefault(new, set()).add(key)
-        if new > self._largest:
-            self._largest = new
-        elif old == self._largest and old not in self._by_size:
-            self._largest = old - 1  # the group that shrank is now the (or a) largest
-
-    def _victim(self, key: str) -> RelayProtocol:
-        """The connection of group ``key`` whose loss costs least: an HTTP connection with
-        no request being served (the oldest), else the WebSocket silent longest."""
-        quietest: RelayProtocol | None = None
-        for conn in self._groups[key]:
-            if conn in self._http_members:
-                if conn.idle_http:
-                    return conn
-            elif quietest is None or conn.last_seen < quietest.last_seen:
-                quietest = conn
-        return quietest if quietest is not None else next(iter(self._groups[key]))
 
 
 class ShellHooks(Protocol):
@@ -767,57 +652,6 @@ def create_factory(
         return RelayProtocol(hooks, options, extensions, sessions, on_slow_drop, slots, on_refused)
 
     return factory
-
-
-class ListenError(Exception):
-    """A listening address could not be bound: the operator's to fix (another process on
-    it, a port below 1024 without privilege, an address this machine does not have). The
-    message is the one line ``satsrelay serve`` exits with."""
-
-
-# Errors from bind() that name a mistake in the configuration or the machine's state,
-# not a fault of the relay.
-_LISTEN_ERRNOS = frozenset((errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL))
-
-
-def listen_error(host: str, port: int, exc: OSError, *, setting: str, hint: str) -> ListenError | None:
-    """The one-line ListenError for a failed bind of ``host:port`` (configured by
-    ``setting``), or None when ``exc`` is not the operator's to fix."""
-    if exc.errno not in _LISTEN_ERRNOS:
-        return None
-    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-    more = f" ({hint})" if exc.errno == errno.EADDRINUSE else ""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return ListenError(f"cannot listen on {where}{setting}: {reason}{more}")
-
-
-METRICS_IN_USE_HINT = "another relay's metrics? give each relay its own server.metrics_listen, or empty for none"
-
-
-def bind_listening_socket(host: str, port: int, *, setting: str, hint: str) -> socket.socket:
-    """One listening TCP socket on ``host:port`` WITHOUT SO_REUSEPORT: a process that binds
-    it and hands it to its children (``--workers``) is then the only one serving that
-    address; any other process's bind fails instead of silently joining the kernel's load
-    balancing. ``ListenError`` when the address is taken."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        # SO_REUSEADDR as asyncio sets it: a restart may bind while old connections sit in
-        # TIME_WAIT; on Linux it never lets two listeners share a port.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        error = listen_error(host, port, exc, setting=setting, hint=hint)
-        if error is None:
-            raise
-        raise error from None
-    return sock
 
 
 def _reason(status: int) -> bytes:

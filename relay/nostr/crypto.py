@@ -32,7 +32,7 @@ def verify_schnorr(msg32: bytes, pubkey32: bytes, sig64: bytes) -> bool:
 
 
 def public_key(secret32: bytes) -> bytes:
-    """The 32-byte x-only public key of a secret key (used by clients, tests, NWC)."""
+    """The 32-byte x-only public key of a secret key (used by clients, tests, plug-ins)."""
     keypair = ffi.new("secp256k1_keypair *")
     if not lib.secp256k1_keypair_create(_CTX, keypair, secret32):
         raise ValueError("invalid secret key")

@@ -170,7 +170,7 @@ def unstorable_text(value: str) -> str | None:
       filter value failed only on PostgreSQL.
     - a lone surrogate (U+D800..U+DFFF): not encodable as UTF-8, so neither store nor
       orjson can take it. orjson never decodes one from the wire, but ``parse_event`` and
-      ``parse_filter`` also take Python objects (the NWC client, the CLI, tests).
+      ``parse_filter`` also take Python objects (plug-ins' clients, the CLI, tests).
     """
     if "\x00" in value:
         return "must not contain U+0000"
@@ -290,7 +290,7 @@ def verify_signature(event: Event) -> bool:
 def sign_event(
     secret: bytes, kind: int, content: str = "", tags: list[list[str]] | None = None, created_at: int = 0
 ) -> Event:
-    """Build and sign an event: for tests, benchmarks, and the relay's own messages (NWC)."""
+    """Build and sign an event: for tests, benchmarks, and the relay's own messages."""
     tags = tags if tags is not None else []
     pubkey = crypto.public_key(secret).hex()
     id_ = compute_id(pubkey, created_at, kind, tags, content)

@@ -69,8 +69,8 @@ STATIC_FILES = {
     "console.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
-# A config key whose name has one of these words holds a secret (invoice_key, metrics_token,
-# rune, macaroon_hex, nwc uri, password); ``*_file``/``*_path`` keys name where a secret is
+# A config key whose name has one of these words holds a secret (a wallet's API key, rune or
+# macaroon, a connection URI, metrics_token, password); ``*_file``/``*_path`` keys name where a secret is
 # kept, not the secret, and stay readable.
 SAMPLE_SECONDS = 1.0  # the accepted-events counter is read this often
 RATE_WINDOW = 5.0  # events/s is measured over about this many seconds

@@ -1,7 +1,7 @@
 """The operator console's page language: what a panel returns, what console.js draws.
 
 A panel (``relay.plugins.hooks.ConsolePanel``: the relay's own overview, moderation and
-settings, the payments extension's revenue, members and invoices) answers a JSON document;
+settings, and each plug-in's own pages) answers a JSON document;
 the browser script renders it with DOM calls (``textContent``, never ``innerHTML``), so
 nothing a client wrote (a report's reason, a plan name, a relay description) can become
 markup. The script knows these block types and nothing about payments or moderation, so an

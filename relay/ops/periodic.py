@@ -1,6 +1,6 @@
 """Background rounds: do one thing every N seconds for as long as the relay runs.
 
-Several stages poll (other nodes' NIP-62 requests and NIP-86 changes, reminders, renewals):
+Several stages poll (other nodes' NIP-62 requests and NIP-86 changes, plug-ins' jobs):
 each round may fail (the store or a wallet is briefly away), and a failed round must be
 logged and followed by the next one, never end the loop silently (STYLE.md: a background
 task that dies is logged and restarted or stops the relay).

@@ -33,18 +33,9 @@ from relay.net.descriptors import (
 )
 from relay.net.http import HttpRequest, HttpResponse, HttpRouter, http_url, not_found, response
 from relay.net.limits import BucketTable, IpTable, LogThrottle
-from relay.net.transport import (
-    METRICS_IN_USE_HINT,
-    ConnectionSlots,
-    MessageSink,
-    RelayProtocol,
-    ShellOptions,
-    WebSocketLink,
-    bind_listening_socket,
-    create_factory,
-    keepalive_sweep,
-    listen_error,
-)
+from relay.net.listen import METRICS_IN_USE_HINT, bind_listening_socket, listen_error
+from relay.net.slots import ConnectionSlots
+from relay.net.transport import MessageSink, RelayProtocol, ShellOptions, WebSocketLink, create_factory, keepalive_sweep
 from relay.nostr.event import Event
 from relay.nostr.filters import Filter
 from relay.nostr.messages import FilterLimits

@@ -48,10 +48,15 @@ from relay.store.base import (
     answer_pages,
     answerable,
 )
-from relay.store.database import COMPONENT_VERSIONS, BatchHook, PostgresWriteHook
-from relay.store.migrations import Migration, pending
+from relay.store.database import BatchHook, PostgresWriteHook
+from relay.store.migrations import Migration
 from relay.store.postgres_broadcast import notify_payload
-from relay.store.postgres_migrations import LOCK_CLASS_MIGRATE, apply_migrations, quote_ident
+from relay.store.postgres_migrations import (
+    LOCK_CLASS_MIGRATE,
+    apply_component_migrations,
+    apply_migrations,
+    quote_ident,
+)
 from relay.store.postgres_sql import Params, filter_count, filter_select
 from relay.store.rules import (
     GIFT_WRAP_KIND,
@@ -745,38 +750,6 @@ class PostgresStore:
             except _Rollback:
                 pass
         return at_limit
-
-
-async def apply_component_migrations(
-    conn: Any,
-    scope: str,
-    component: str,
-    steps: Sequence[Migration],
-    adopt: Callable[[Any], Awaitable[int]] | None = None,
-) -> int:
-    """A plug-in's version line (``relay.store.database``): its pending steps and its new
-    version in one transaction, under the lock the core's migrations take for this schema,
-    so of several nodes starting together one migrates and the others find it done."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_CLASS_MIGRATE, scope)
-        await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {COMPONENT_VERSIONS} (component text PRIMARY KEY, version integer NOT NULL)"
-        )
-        row = await conn.fetchrow(f"SELECT version FROM {COMPONENT_VERSIONS} WHERE component = $1", component)
-        current = int(row[0]) if row is not None else (await adopt(conn) if adopt is not None else 0)
-        todo = pending(steps, current)
-        for step in todo:
-            for statement in step.statements:
-                await conn.execute(statement)
-        version = todo[-1].version if todo else current
-        if row is None or todo:
-            await conn.execute(
-                f"INSERT INTO {COMPONENT_VERSIONS} (component, version) VALUES ($1, $2)"
-                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                component,
-                version,
-            )
-    return version
 
 
 class PostgresPluginDatabase:

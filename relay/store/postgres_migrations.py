@@ -25,8 +25,10 @@ Layout choices (figures from ``bench/pg_tags.py``, 1M events, see ``relay.store.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from relay.store.database import COMPONENT_VERSIONS
 from relay.store.migrations import Migration, pending
 
 # pg_advisory_xact_lock(classid, objid) namespace for "migrating this schema".
@@ -279,3 +281,35 @@ async def apply_migrations(
                 await conn.execute(statement)
             await conn.execute("INSERT INTO schema_version (version, applied_at) VALUES ($1, now())", step.version)
         return steps[-1].version if steps else int(current)
+
+
+async def apply_component_migrations(
+    conn: Any,
+    scope: str,
+    component: str,
+    steps: Sequence[Migration],
+    adopt: Callable[[Any], Awaitable[int]] | None = None,
+) -> int:
+    """A plug-in's version line (``relay.store.database``): its pending steps and its new
+    version in one transaction, under the lock the core's migrations take for this schema,
+    so of several nodes starting together one migrates and the others find it done."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_CLASS_MIGRATE, scope)
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {COMPONENT_VERSIONS} (component text PRIMARY KEY, version integer NOT NULL)"
+        )
+        row = await conn.fetchrow(f"SELECT version FROM {COMPONENT_VERSIONS} WHERE component = $1", component)
+        current = int(row[0]) if row is not None else (await adopt(conn) if adopt is not None else 0)
+        todo = pending(steps, current)
+        for step in todo:
+            for statement in step.statements:
+                await conn.execute(statement)
+        version = todo[-1].version if todo else current
+        if row is None or todo:
+            await conn.execute(
+                f"INSERT INTO {COMPONENT_VERSIONS} (component, version) VALUES ($1, $2)"
+                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                component,
+                version,
+            )
+    return version

@@ -33,7 +33,7 @@ from relay.store.migrations import SQLITE_MIGRATIONS, Migration
 from relay.store.postgres_migrations import POSTGRES_MIGRATIONS
 from relay.store.postgres_migrations import apply_migrations as apply_postgres_migrations
 from relay.store.sqlite import SqliteStore
-from relay.store.sqlite import apply_migrations as apply_sqlite_migrations
+from relay.store.sqlite_schema import apply_migrations as apply_sqlite_migrations
 from tests.store.conftest import _drop_schema, _postgres_class
 
 NOW = 1_700_000_000

@@ -13,14 +13,10 @@ from relay.nostr.event import sign_event
 from relay.nostr.filters import Filter
 from relay.store.base import WriteRequest
 from relay.store.migrations import SQLITE_MIGRATIONS, Migration, pending
-from relay.store.sqlite import (
-    SqliteStore,
-    WalCheckpointer,
-    _filter_select,
-    _filter_where,
-    apply_migrations,
-    sqlite_path_from_url,
-)
+from relay.store.sqlite import SqliteStore
+from relay.store.sqlite_checkpoint import WalCheckpointer
+from relay.store.sqlite_schema import apply_migrations, sqlite_path_from_url
+from relay.store.sqlite_sql import filter_select, filter_where
 
 NOW = 1_700_000_000
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +120,7 @@ async def test_every_filter_shape_is_an_index_search(tmp_path: Path, shape: str)
     await store.close()
     conn = sqlite3.connect(tmp_path / "plan.db")
     f = SHAPES[shape]
-    for sql, params in (_filter_select(f, NOW, "e.raw"), _filter_where(f, NOW)):
+    for sql, params in (filter_select(f, NOW, "e.raw"), filter_where(f, NOW)):
         if not sql.startswith("SELECT"):
             sql = f"SELECT COUNT(*) FROM events e WHERE {sql}"
         plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
