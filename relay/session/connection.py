@@ -17,17 +17,16 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config import Settings
-from relay.net.limits import BucketTable, IpTable, TokenBucket, address_group
+from relay.net.limits import IpTable, TokenBucket, address_group
 from relay.net.throttled_log import ThrottledLog
 from relay.net.transport import INBOX_PAUSE, WebSocketLink
 from relay.nostr import hyperloglog, messages
-from relay.nostr.errors import AuthRequired, Invalid, RateLimited, Rejection, ServerError
-from relay.nostr.event import Event, KindClass, parse_event
+from relay.nostr.errors import Invalid, RateLimited, Rejection, ServerError
+from relay.nostr.event import Event, parse_event
 from relay.nostr.filters import Filter, answer_is_whole
 from relay.nostr.messages import (
     AuthMessage,
@@ -42,28 +41,20 @@ from relay.nostr.messages import (
     NegOpenMessage,
     ReqMessage,
 )
-from relay.nostr.negentropy import ItemBudget, ItemSet, Negentropy, NegentropyError
+from relay.nostr.negentropy import ItemSet, Negentropy, NegentropyError
 from relay.nostr.policy import (
     ReadScope,
     WriteContext,
-    WritePolicy,
     check_auth_event,
-    check_private_read,
-    check_write,
     may_see,
-    read_scope,
 )
-from relay.ops import vanish
-from relay.ops.management_view import ManagementView
 from relay.ops.metrics import RelayMetrics
-from relay.ops.retention import StorageQuota
-from relay.ops.vanish import VanishedAuthors
-from relay.plugins.hooks import Answered, Hooks, Refuse
-from relay.session.heavy_reads import HeavyReads
+from relay.plugins.hooks import Answered
+from relay.session.read_path import ReadPath
 from relay.session.subscriptions import SubscriptionIndex
 from relay.session.verifier import SignatureVerifier
-from relay.store.base import PAGE_BYTES, Store, WriteOutcome, WriteRequest
-from relay.store.writer import EventWriter
+from relay.session.write_path import Admission, WritePath
+from relay.store.base import PAGE_BYTES
 
 log = logging.getLogger(__name__)
 # Client input never reaches these (the parser refuses what a store cannot hold, and the
@@ -74,14 +65,7 @@ _store_fault_log = ThrottledLog(log, per_second=0.2, burst=3)
 _ID_IN_FRAME = re.compile(rb'"id"\s*:\s*"([0-9a-f]{64})"')
 MAX_IN_FLIGHT = 1000  # EVENTs of one connection awaiting verification or commit
 SHUTTING_DOWN = "relay is shutting down, try again later"
-MUTED = "mute: nobody was listening to this ephemeral event, so it was ignored"
 
-_OUTCOME_REPLY = {
-    WriteOutcome.STORED: (True, ""),
-    WriteOutcome.DUPLICATE: (True, "duplicate: already have this event"),
-    WriteOutcome.SUPERSEDED: (False, "duplicate: a newer version of this replaceable event is stored"),
-    WriteOutcome.DELETED: (False, "blocked: this event was deleted by its author"),
-}
 
 
 # NIP-77: item sets at least this large are reconciled on a worker thread, so a
@@ -100,30 +84,39 @@ class _SyncSession:
     items: int
 
 
+@dataclass(frozen=True, slots=True)
+class SessionRules:
+    """The settings a connection reads, as plain values (the relay builds them once)."""
+
+    ipv6_prefix: int  # fair shares are kept per address group: IPv4 address, IPv6 prefix
+    events_per_second: float
+    events_burst: int
+    outgoing_queue_bytes: int
+    max_message_length: int
+    max_subscriptions: int
+    auth_enabled: bool  # NIP-42: send a challenge on connect
+    public_url: str  # NIP-42 AUTH names this relay
+    neg_enabled: bool  # NIP-77
+    neg_max_sessions: int
+    neg_max_items: int
+    neg_frame_size_limit: int
+    neg_opens_per_second: float
+
+
 @dataclass(slots=True)
 class ConnectionDeps:
-    """Everything a connection uses of the relay, handed to it by the server (no import of
-    the server, no reaching into it)."""
+    """What every connection shares, handed to it by the relay (no import of the server, no
+    reaching into it): its two paths (``write``: an EVENT's stages; ``read``: scope, pages,
+    counts), the rules it reads, and the live side (index, metrics, address limits)."""
 
-    settings: Settings
+    rules: SessionRules
+    write: WritePath
+    read: ReadPath
+    verifier: SignatureVerifier  # NIP-42 AUTH events
     metrics: RelayMetrics
     index: SubscriptionIndex
-    verifier: SignatureVerifier
-    writer: EventWriter
-    store: Store
     ips: IpTable
-    authors: BucketTable  # per-pubkey event rate, shared by every connection
-    sync_budget: ItemBudget  # NIP-77: items held by open reconciliations, relay-wide and per address group
-    heavy_reads: HeavyReads  # turns at COUNT, NIP-77 item sets and NIP-50 searches, fair between groups
-    page_reads: HeavyReads  # turns at reading and queueing one page of a REQ's stored answer, likewise
     filter_limits: FilterLimits
-    write_policies: Sequence[WritePolicy]
-    vanished: VanishedAuthors  # NIP-62 requests: applied here, refreshed from the store
-    quota: StorageQuota  # [retention] bytes per author
-    management: ManagementView  # NIP-86 state: bans hide stored events too
-    hooks: Hooks  # the plug-ins' write gates, read sources and storage allowances, in order
-    fan_out: Callable[[Event], None]  # an accepted ephemeral event to live subscribers, here and beyond
-    may_reach_anyone: Callable[[Event], bool]  # could an ephemeral event reach a subscriber?
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
     closing: bool = False  # set by the server's stop(): no new EVENT/REQ/COUNT
 
@@ -136,17 +129,17 @@ class Connection:
         self.link = link
         self.ip = ip
         # What its fair shares are kept under (IPv4 address, IPv6 /64): heavy reads, NIP-77 items.
-        self.group = address_group(ip, deps.settings.limits.ipv6_prefix)
+        self.group = address_group(ip, deps.rules.ipv6_prefix)
         self.subs: dict[str, tuple[Filter, ...]] = {}
         # subscriptions whose stored query is running: live events wait here (NIP-01 order)
         self._pending_live: dict[str, list[Event]] = {}
         self.authed: frozenset[str] = frozenset()
         self.challenge = secrets.token_hex(16)
-        limits = deps.settings.limits
-        self._bucket = TokenBucket(limits.events_per_second, limits.events_burst)
-        self._out_limit = limits.outgoing_queue_bytes
+        rules = deps.rules
+        self._bucket = TokenBucket(rules.events_per_second, rules.events_burst)
+        self._out_limit = rules.outgoing_queue_bytes
         # stored answers are read in pages of at most a quarter of the bound
-        self._page_bytes = min(PAGE_BYTES, limits.outgoing_queue_bytes // 4)
+        self._page_bytes = min(PAGE_BYTES, rules.outgoing_queue_bytes // 4)
         self._pending_bytes = 0  # raw bytes of live events waiting in _pending_live
         self._in_flight = 0
         # messages waiting while a REQ/COUNT/AUTH runs, and the task running them
@@ -155,8 +148,7 @@ class Connection:
         self._gone: asyncio.Future[None] | None = None
         self.closed = False
         self._negs: dict[str, _SyncSession] = {}  # NIP-77, by NEG-OPEN id
-        sync = deps.settings.negentropy
-        self._neg_opens = TokenBucket(sync.opens_per_second, 2 * sync.max_sessions)
+        self._neg_opens = TokenBucket(rules.neg_opens_per_second, 2 * rules.neg_max_sessions)
 
     # --- output ------------------------------------------------------------------
 
@@ -167,7 +159,7 @@ class Connection:
     # --- fan-out (Subscriber protocol) ------------------------------------------------
 
     def can_see(self, event: Event) -> bool:
-        return may_see(event, self.authed) and not self.deps.management.hides_event(event)
+        return may_see(event, self.authed) and not self.deps.read.hides(event)
 
     def send_live(self, sub_id: str, event: Event) -> None:
         pending = self._pending_live.get(sub_id)
@@ -184,7 +176,7 @@ class Connection:
     # --- input -------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.deps.settings.auth.enabled:
+        if self.deps.rules.auth_enabled:
             self.send(messages.auth_challenge(self.challenge))
 
     def receive(self, frame: bytes) -> None:
@@ -231,7 +223,7 @@ class Connection:
     def _dispatch(self, frame: bytes) -> Coroutine[Any, Any, None] | None:
         """Handle a message now (EVENT, CLOSE, bad input) or return the coroutine that
         handles it (REQ, COUNT, AUTH wait for the store or the verifier)."""
-        max_len = self.deps.settings.limits.max_message_length
+        max_len = self.deps.rules.max_message_length
         if len(frame) > max_len:
             self._too_long(frame, max_len)
             return None
@@ -301,63 +293,20 @@ class Connection:
             self._reject(event_id, exc)
             return
         ctx = WriteContext(int(time.time()), self.authed, self.ip)
-        rejection = check_write(self.deps.write_policies, event, ctx)
+        rejection = self.deps.write.check(event, ctx)
         if rejection is not None:
             self._reject(event.id, rejection)
             return
         self._in_flight += 1
-        self.deps.spawn(self._verify_admit_store(event, ctx))
+        self.deps.spawn(self._admit(Admission(event, ctx)))
 
-    async def _verify_admit_store(self, event: Event, ctx: WriteContext) -> None:
-        """The EVENT's stages after the cheap policies: verify, per-author rate, NIP-62,
-        the plug-ins' gates, the storage quota, the writer (OK after commit); ephemeral
-        events are fanned out instead of stored."""
+    async def _admit(self, admission: Admission) -> None:
+        """The EVENT's stages after the cheap policies (``relay.session.write_path``): verify,
+        per-author rate, NIP-62, the plug-ins' gates, ephemeral fan-out, the storage quota,
+        the writer (OK after commit)."""
+        event = admission.event
         try:
-            if not await self.deps.verifier.verify(event):
-                self._reject(event.id, Invalid("signature is invalid"))
-                return
-            # Per author, whatever the connection or address, and only once the signature
-            # proves the author sent it: a forger must not drain someone else's bucket.
-            if not self.deps.authors.take(event.pubkey, time.monotonic()):
-                self._reject(event.id, RateLimited("slow down: too many events from this author"))
-                return
-            if event.kind == vanish.VANISH_KIND:  # NIP-62: free, whatever the payment status
-                await self._vanish(event, ctx)
-                return
-            verdict = await self.deps.hooks.judge(event, ctx)
-            if isinstance(verdict, Refuse):
-                self._reject(event.id, verdict.rejection)
-                return
-            if event.kind_class is KindClass.EPHEMERAL:
-                if not self.deps.may_reach_anyone(event):
-                    # NIP-01 ``mute:``: valid and admitted, but nobody could receive it, so it
-                    # was ignored; nothing was delivered, so nothing is taken.
-                    self._reply_ok(event, (False, MUTED))
-                    return
-                # Never stored, so no store write hook takes what the gates attached (a
-                # price): the plug-ins take it now, before the event is fanned out (issue 8).
-                refused = await self.deps.hooks.take_unstored(event, verdict.attachments, ctx.now)
-                if refused is not None:
-                    self._reject(event.id, refused)
-                    return
-                self.deps.fan_out(event)
-                self._reply_ok(event, (True, ""))
-                return
-            if self.deps.quota.enabled:
-                allowance = await self.deps.hooks.storage_allowance(event.pubkey, ctx.now)
-                if allowance is None:
-                    refused = await self.deps.quota.check(event, None)
-                else:
-                    refused = await self.deps.quota.check(event, allowance.bytes, allowance.refusal)
-                if refused is not None:
-                    self._reject(event.id, refused)
-                    return
-            # A write hook that refuses the event in its transaction (the charge its gate
-            # attached could not be taken) raises its Rejection here: nothing was stored.
-            outcome = await self.deps.writer.submit(WriteRequest(event, attachments=verdict.attachments))
-            if outcome is WriteOutcome.STORED:
-                self.deps.quota.stored(event)
-            self._reply_ok(event, _OUTCOME_REPLY[outcome])
+            reply = await self.deps.write.run(admission)
         except Answered as answer:
             self._reply_ok(event, (answer.accepted, answer.message))
         except Rejection as exc:
@@ -365,16 +314,10 @@ class Connection:
         except Exception as exc:
             _store_fault_log.error("storing event %s failed", event.id, exc_info=exc)
             self._reject(event.id, ServerError("could not store the event, try again"))
+        else:
+            self._reply_ok(event, reply)
         finally:
             self._in_flight -= 1
-
-    async def _vanish(self, event: Event, ctx: WriteContext) -> None:
-        rejection = vanish.check_request(event, self.deps.settings.relay.public_url)
-        if rejection is not None:
-            self._reject(event.id, rejection)
-            return
-        await self.deps.vanished.vanish(event, ctx.now)
-        self._reply_ok(event, (True, ""))
 
     def _reply_ok(self, event: Event, reply: tuple[bool, str]) -> None:
         """The event's OK, true or false, counted by outcome."""
@@ -388,33 +331,24 @@ class Connection:
     # --- REQ / CLOSE / COUNT -----------------------------------------------------------
 
     def _read_rejection(self, filters: tuple[Filter, ...]) -> Rejection | None:
-        if self.deps.settings.auth.required_to_read and not self.authed:
-            return AuthRequired("this relay serves only authenticated clients")
-        for f in filters:
-            rejection = check_private_read(f, self.authed)
-            if rejection is not None:
-                return rejection
-        return None
+        return self.deps.read.rejection(filters, self.authed)
 
     def _read_scope(self) -> ReadScope:
-        """What this connection may read now: its NIP-42 identities and the node's NIP-86
-        bans, for the store to apply before each filter's limit."""
-        management = self.deps.management
-        return read_scope(self.authed, management.banned_pubkeys, management.banned_ids)
+        return self.deps.read.scope(self.authed)
 
     async def _on_req(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
         if self.deps.closing:
             self.send(messages.closed(sub_id, str(ServerError(SHUTTING_DOWN))))
             return
-        if sub_id not in self.subs and len(self.subs) >= self.deps.settings.limits.max_subscriptions:
-            limit = self.deps.settings.limits.max_subscriptions
+        if sub_id not in self.subs and len(self.subs) >= self.deps.rules.max_subscriptions:
+            limit = self.deps.rules.max_subscriptions
             self.send(messages.closed(sub_id, f"blocked: at most {limit} open subscriptions per connection"))
             return
         rejection = self._read_rejection(filters)
         made: list[bytes] = []
-        if rejection is None and self.deps.hooks.req_sources:
+        if rejection is None:
             try:
-                made = await self.deps.hooks.req_events(filters, self.authed)
+                made = await self.deps.read.made(filters, self.authed)
             except Rejection as exc:
                 rejection = exc
         if rejection is not None:
@@ -440,11 +374,11 @@ class Connection:
         sent: set[bytes] = set()
         try:
             if wanted:
-                pages = self.deps.store.query_pages(wanted, int(time.time()), scope, page_bytes=self._page_bytes)
+                pages = self.deps.read.pages(wanted, scope, self._page_bytes)
                 async with contextlib.aclosing(pages):
                     search = any(f.search is not None for f in wanted)
                     while True:
-                        async with self._page_turn(search):
+                        async with self.deps.read.page_turn(self.group, search):
                             page = await anext(pages, None)
                             if page is None:
                                 break
@@ -475,23 +409,6 @@ class Connection:
             if event.id.encode() not in sent:
                 self.send(messages.event(sub_id, event.raw))
         self.deps.metrics.query_seconds.observe(time.perf_counter() - started)
-
-    @contextlib.asynccontextmanager
-    async def _page_turn(self, search: bool) -> AsyncIterator[None]:
-        """This address group's turn to read one page of a stored answer and queue its
-        events (issue 17): the reading and framing of pages is the event loop's work, and
-        twenty connections of one address each draining ``{"limit":5000}`` held a
-        bystander's ``REQ {"limit":1}`` for 4 s on old main; a group reads at most
-        ``max_page_reads_per_ip`` pages at once, turns round robin over the groups. A
-        NIP-50 search ranks its matches while reading its first page, an expensive read, so
-        that page first takes a heavy turn (always heavy before page, never the other way,
-        so no two waits can hold each other up)."""
-        if not search:
-            async with self.deps.page_reads.turn(self.group):
-                yield
-            return
-        async with self.deps.heavy_reads.turn(self.group), self.deps.page_reads.turn(self.group):
-            yield
 
     async def _room(self) -> None:
         """Wait until what is queued for this client has left (the transport accepts writes
@@ -525,14 +442,9 @@ class Connection:
             n = 0
             hll: bytes | None = None
             if wanted:
-                now, scope = int(time.time()), self._read_scope()
                 # NIP-45 HyperLogLog for the NIP's common filters (reactions, followers, ...).
                 offset = hyperloglog.offset_for(wanted) if len(wanted) == len(filters) else None
-                async with self.deps.heavy_reads.turn(self.group):
-                    n = await self.deps.store.count(wanted, now, scope)
-                    if offset is not None:
-                        minima = await self.deps.store.count_registers(wanted[0], now, scope, offset)
-                        hll = hyperloglog.registers(minima)
+                n, hll = await self.deps.read.count(self.group, wanted, self._read_scope(), offset)
         except Exception as exc:
             _store_fault_log.error("count failed", exc_info=exc)
             self.send(messages.closed(sub_id, "error: could not run the count"))
@@ -548,7 +460,7 @@ class Connection:
         except Invalid as exc:
             self._reject(event_id, exc)
             return
-        rejection = check_auth_event(event, self.challenge, self.deps.settings.relay.public_url, int(time.time()))
+        rejection = check_auth_event(event, self.challenge, self.deps.rules.public_url, int(time.time()))
         if rejection is None and not await self.deps.verifier.verify(event):
             rejection = Invalid("signature is invalid")
         if rejection is not None:
@@ -568,15 +480,15 @@ class Connection:
         turn (``HeavyReads``) and reserves those items *before* the store reads anything
         (issue 17: the store used to read the whole set and only then ask the budget)."""
         sub_id = msg.sub_id
-        cfg = self.deps.settings.negentropy
+        rules = self.deps.rules
         self._end_neg(sub_id)  # NIP-77: a NEG-OPEN on an open id replaces it
         reason: str | None = None
-        if not cfg.enabled:
+        if not rules.neg_enabled:
             reason = "blocked: negentropy sync is disabled on this relay"
         elif self.deps.closing:
             reason = str(ServerError(SHUTTING_DOWN))
-        elif len(self._negs) >= cfg.max_sessions:
-            reason = f"blocked: at most {cfg.max_sessions} open reconciliations per connection"
+        elif len(self._negs) >= rules.neg_max_sessions:
+            reason = f"blocked: at most {rules.neg_max_sessions} open reconciliations per connection"
         elif not self._neg_opens.take(time.monotonic()):
             reason = "rate-limited: too many NEG-OPEN, slow down"
         else:
@@ -585,10 +497,10 @@ class Connection:
         if reason is not None:
             self.send(messages.neg_err(sub_id, reason))
             return
-        budget = self.deps.sync_budget
+        budget = self.deps.read.sync_budget
         # The most this set can hold once accepted: a larger one is refused below.
-        reserved = cfg.max_items if msg.filter.limit is None else min(msg.filter.limit, cfg.max_items)
-        async with self.deps.heavy_reads.turn(self.group):
+        reserved = rules.neg_max_items if msg.filter.limit is None else min(msg.filter.limit, rules.neg_max_items)
+        async with self.deps.read.heavy_reads.turn(self.group):
             if not budget.take(self.group, reserved):
                 if budget.held(self.group) + reserved > budget.per_group:
                     reason = "blocked: reconciliations from your address hold too many events, close some first"
@@ -597,7 +509,7 @@ class Connection:
                 self.send(messages.neg_err(sub_id, reason))
                 return
             try:
-                items = await self._load_items(sub_id, msg.filter, cfg.max_items)
+                items = await self._load_items(sub_id, msg.filter, rules.neg_max_items)
             except BaseException:
                 budget.give_back(self.group, reserved)
                 raise
@@ -605,13 +517,13 @@ class Connection:
             budget.give_back(self.group, reserved)
             return
         budget.give_back(self.group, reserved - len(items))
-        self._negs[sub_id] = _SyncSession(Negentropy(items, cfg.frame_size_limit), len(items))
+        self._negs[sub_id] = _SyncSession(Negentropy(items, rules.neg_frame_size_limit), len(items))
         await self._on_neg_msg(sub_id, msg.message)
 
     async def _load_items(self, sub_id: str, f: Filter, max_items: int) -> ItemSet | None:
         """The relay's item set for ``f``, or None once a NEG-ERR says why not."""
         try:
-            rows = await self.deps.store.sync_items(f, int(time.time()), self._read_scope(), max_items)
+            rows = await self.deps.read.sync_items(f, self._read_scope(), max_items)
         except Exception:
             log.exception("negentropy item query failed")
             self.send(messages.neg_err(sub_id, "error: could not read the events to reconcile"))
@@ -643,7 +555,7 @@ class Connection:
     def _end_neg(self, sub_id: str) -> None:
         session = self._negs.pop(sub_id, None)
         if session is not None:
-            self.deps.sync_budget.give_back(self.group, session.items)
+            self.deps.read.sync_budget.give_back(self.group, session.items)
 
     def _end_all_negs(self) -> None:
         for sub_id in list(self._negs):

@@ -49,10 +49,12 @@ from relay.ops.retention import StorageQuota, purge_old_events
 from relay.ops.vanish import VanishedAuthors
 from relay.plugins.hooks import Hooks
 from relay.session import nip11
-from relay.session.connection import Connection, ConnectionDeps
+from relay.session.connection import Connection, ConnectionDeps, SessionRules
 from relay.session.heavy_reads import HeavyReads
+from relay.session.read_path import ReadPath
 from relay.session.subscriptions import SubscriptionIndex
 from relay.session.verifier import SignatureVerifier
+from relay.session.write_path import write_path
 from relay.store.base import Store, WriteOutcome, WriteRequest
 from relay.store.broadcast import Broadcast
 from relay.store.identity import RelayIdentity, profile_content, profile_event, save_new_key
@@ -132,15 +134,48 @@ class Relay:
         # NIP-86 bans, kinds, blocked IPs, and the plug-ins' namespaced methods
         self.management = ManagementView(self.store, self.hooks.management_methods)
         write_policies.append(self.management.policy)
+        neg = settings.negentropy
         self.deps = ConnectionDeps(
-            settings=settings,
+            rules=SessionRules(
+                ipv6_prefix=limits.ipv6_prefix,
+                events_per_second=limits.events_per_second,
+                events_burst=limits.events_burst,
+                outgoing_queue_bytes=limits.outgoing_queue_bytes,
+                max_message_length=limits.max_message_length,
+                max_subscriptions=limits.max_subscriptions,
+                auth_enabled=settings.auth.enabled,
+                public_url=settings.relay.public_url,
+                neg_enabled=neg.enabled,
+                neg_max_sessions=neg.max_sessions,
+                neg_max_items=neg.max_items,
+                neg_frame_size_limit=neg.frame_size_limit,
+                neg_opens_per_second=neg.opens_per_second,
+            ),
+            write=write_path(
+                policies=write_policies,
+                verifier=self.verifier,
+                authors=self.authors,
+                vanished=self.vanished,
+                public_url=settings.relay.public_url,
+                hooks=self.hooks,
+                fan_out=self.fan_out,
+                may_reach_anyone=self.may_reach_anyone,
+                quota=self.quota,
+                writer=self.writer,
+            ),
+            read=ReadPath(
+                store=self.store,
+                management=self.management,
+                hooks=self.hooks,
+                heavy_reads=self.heavy_reads,
+                page_reads=self.page_reads,
+                sync_budget=self.sync_budget,
+                auth_required_to_read=settings.auth.required_to_read,
+            ),
+            verifier=self.verifier,
             metrics=self.metrics,
             index=self.index,
-            verifier=self.verifier,
-            writer=self.writer,
-            store=self.store,
             ips=self.ips,
-            authors=self.authors,
             filter_limits=FilterLimits(
                 limits.max_filters,
                 limits.max_limit,
@@ -148,16 +183,6 @@ class Relay:
                 settings.search.indexed_kinds(),
                 settings.negentropy.max_items,
             ),
-            sync_budget=self.sync_budget,
-            heavy_reads=self.heavy_reads,
-            page_reads=self.page_reads,
-            write_policies=write_policies,
-            vanished=self.vanished,
-            quota=self.quota,
-            management=self.management,
-            hooks=self.hooks,
-            fan_out=self.fan_out,
-            may_reach_anyone=self.may_reach_anyone,
             spawn=self.spawn,
         )
         self.router = HttpRouter()

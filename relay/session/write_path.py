@@ -1,0 +1,226 @@
+"""The path of one EVENT after its cheap checks: a short list of named stages, built once by
+the relay (``relay.session.server``) from the collaborators each stage needs, and run in
+order for every event a connection admits.
+
+Why stages rather than one method: each stage owns one rule and only the parts it needs (the
+verifier, the plug-ins' gates, the quota, the writer), so a stage can be read, tested or
+reordered alone, and a connection holds the path, not the relay's settings and store.
+
+A stage returns ``None`` to hand the event on, or the OK it ends with (``(True, "")``,
+``(False, "mute: ...")``); it raises a ``Rejection`` to refuse the event. The last stage
+always answers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from relay.net.limits import BucketTable
+from relay.nostr.errors import Invalid, RateLimited, Rejection
+from relay.nostr.event import Event, KindClass
+from relay.nostr.policy import WriteContext, WritePolicy, check_write
+from relay.ops import vanish
+from relay.ops.retention import StorageQuota
+from relay.ops.vanish import VanishedAuthors
+from relay.plugins.hooks import Hooks, Refuse
+from relay.session.verifier import SignatureVerifier
+from relay.store.base import WriteOutcome, WriteRequest
+from relay.store.writer import EventWriter
+
+Reply = tuple[bool, str]
+
+MUTED = "mute: nobody was listening to this ephemeral event, so it was ignored"
+
+_OUTCOME_REPLY: dict[WriteOutcome, Reply] = {
+    WriteOutcome.STORED: (True, ""),
+    WriteOutcome.DUPLICATE: (True, "duplicate: already have this event"),
+    WriteOutcome.SUPERSEDED: (False, "duplicate: a newer version of this replaceable event is stored"),
+    WriteOutcome.DELETED: (False, "blocked: this event was deleted by its author"),
+}
+
+
+@dataclass(slots=True)
+class Admission:
+    """One EVENT on its way through the stages, with what the gates attached to it (a price
+    a plug-in's store write hook takes in the event's own transaction)."""
+
+    event: Event
+    ctx: WriteContext
+    attachments: tuple[object, ...] = ()
+
+
+class Stage(Protocol):
+    name: str
+
+    async def run(self, a: Admission) -> Reply | None: ...
+
+
+@dataclass(slots=True)
+class Verify:
+    """BIP-340 signature on the verifier's threads (the GIL released)."""
+
+    verifier: SignatureVerifier
+    name: str = "verify"
+
+    async def run(self, a: Admission) -> Reply | None:
+        if not await self.verifier.verify(a.event):
+            raise Invalid("signature is invalid")
+        return None
+
+
+@dataclass(slots=True)
+class AuthorRate:
+    """Per author, whatever the connection or address, and only once the signature proves
+    the author sent it: a forger must not drain someone else's bucket."""
+
+    authors: BucketTable
+    name: str = "author rate"
+
+    async def run(self, a: Admission) -> Reply | None:
+        if not self.authors.take(a.event.pubkey, time.monotonic()):
+            raise RateLimited("slow down: too many events from this author")
+        return None
+
+
+@dataclass(slots=True)
+class Vanish:
+    """NIP-62 requests are applied here, free whatever the plug-ins would ask."""
+
+    vanished: VanishedAuthors
+    public_url: str
+    name: str = "vanish"
+
+    async def run(self, a: Admission) -> Reply | None:
+        if a.event.kind != vanish.VANISH_KIND:
+            return None
+        rejection = vanish.check_request(a.event, self.public_url)
+        if rejection is not None:
+            raise rejection
+        await self.vanished.vanish(a.event, a.ctx.now)
+        return (True, "")
+
+
+@dataclass(slots=True)
+class Gates:
+    """The plug-ins' write gates in their documented order (``relay.plugins.hooks``)."""
+
+    hooks: Hooks
+    name: str = "gates"
+
+    async def run(self, a: Admission) -> Reply | None:
+        verdict = await self.hooks.judge(a.event, a.ctx)
+        if isinstance(verdict, Refuse):
+            raise verdict.rejection
+        a.attachments = verdict.attachments
+        return None
+
+
+@dataclass(slots=True)
+class Ephemeral:
+    """Ephemeral events are fanned out, never stored: NIP-01 ``mute:`` when nobody could
+    receive one (nothing delivered, nothing taken), else the plug-ins take what their gates
+    attached now, since no store write hook will (issue 8)."""
+
+    hooks: Hooks
+    fan_out: Callable[[Event], None]
+    may_reach_anyone: Callable[[Event], bool]
+    name: str = "ephemeral"
+
+    async def run(self, a: Admission) -> Reply | None:
+        if a.event.kind_class is not KindClass.EPHEMERAL:
+            return None
+        if not self.may_reach_anyone(a.event):
+            return (False, MUTED)
+        refused = await self.hooks.take_unstored(a.event, a.attachments, a.ctx.now)
+        if refused is not None:
+            raise refused
+        self.fan_out(a.event)
+        return (True, "")
+
+
+@dataclass(slots=True)
+class Quota:
+    """``[retention]`` bytes per author, or what a plug-in allows this author instead."""
+
+    quota: StorageQuota
+    hooks: Hooks
+    name: str = "quota"
+
+    async def run(self, a: Admission) -> Reply | None:
+        if not self.quota.enabled:
+            return None
+        allowance = await self.hooks.storage_allowance(a.event.pubkey, a.ctx.now)
+        if allowance is None:
+            refused = await self.quota.check(a.event, None)
+        else:
+            refused = await self.quota.check(a.event, allowance.bytes, allowance.refusal)
+        if refused is not None:
+            raise refused
+        return None
+
+
+@dataclass(slots=True)
+class Write:
+    """The group-commit writer: the OK waits for the commit. A plug-in's write hook that
+    refuses the event inside the transaction raises its Rejection here: nothing was stored."""
+
+    writer: EventWriter
+    quota: StorageQuota
+    name: str = "write"
+
+    async def run(self, a: Admission) -> Reply | None:
+        outcome = await self.writer.submit(WriteRequest(a.event, attachments=a.attachments))
+        if outcome is WriteOutcome.STORED:
+            self.quota.stored(a.event)
+        return _OUTCOME_REPLY[outcome]
+
+
+class WritePath:
+    """The cheap policies (run before an EVENT costs a task) and the stages after them."""
+
+    def __init__(self, policies: Sequence[WritePolicy], stages: Sequence[Stage]) -> None:
+        self.policies = tuple(policies)
+        self.stages = tuple(stages)
+
+    def check(self, event: Event, ctx: WriteContext) -> Rejection | None:
+        """Size, time window, PoW, expiration, kinds, NIP-70, bans: no I/O, no await."""
+        return check_write(self.policies, event, ctx)
+
+    async def run(self, a: Admission) -> Reply:
+        for stage in self.stages:
+            reply = await stage.run(a)
+            if reply is not None:
+                return reply
+        raise AssertionError("the write path ended without an answer")  # Write always answers
+
+
+def write_path(
+    *,
+    policies: Sequence[WritePolicy],
+    verifier: SignatureVerifier,
+    authors: BucketTable,
+    vanished: VanishedAuthors,
+    public_url: str,
+    hooks: Hooks,
+    fan_out: Callable[[Event], None],
+    may_reach_anyone: Callable[[Event], bool],
+    quota: StorageQuota,
+    writer: EventWriter,
+) -> WritePath:
+    """The stages in ARCHITECTURE's order: verify, per-author rate, NIP-62, plug-in gates,
+    ephemeral fan-out, quota, write."""
+    return WritePath(
+        policies,
+        [
+            Verify(verifier),
+            AuthorRate(authors),
+            Vanish(vanished, public_url),
+            Gates(hooks),
+            Ephemeral(hooks, fan_out, may_reach_anyone),
+            Quota(quota, hooks),
+            Write(writer, quota),
+        ],
+    )
