@@ -167,7 +167,8 @@ def test_start_up_warns_when_public_url_names_another_port(tmp_path: Path) -> No
     port = free_port()
     cfg = tmp_path / "warn.toml"
     cfg.write_text(
-        f'log_level = "INFO"\n[server]\nport = {port}\n[relay]\npublic_url = "ws://127.0.0.1:7777"\n'
+        # metrics_listen empty: another relay on this machine may hold the default 9477
+        f'log_level = "INFO"\n[server]\nport = {port}\nmetrics_listen = ""\n[relay]\npublic_url = "ws://127.0.0.1:7777"\n'
         f'[storage]\nurl = "sqlite:///{tmp_path}/r.db"\n'
     )
     proc = RelayProcess(cfg, port)
