@@ -4,7 +4,7 @@ own pages (overview, moderation, settings); plug-ins add more (``ConsolePanel``)
 Routes (``Console.handle`` answers None for any other path):
 
 - ``GET /admin``: the page, a static shell; ``/admin/console.js``, ``/admin/console.css``
-  and ``/admin/favicon.svg`` (``relay/static/``). The script signs in with the operator's
+  and ``/admin/favicon.svg`` (``relay/ops/static/``). The script signs in with the operator's
   NIP-07 browser extension and draws each panel from its JSON document
   (``relay.ops.console_blocks``) with DOM calls only;
 - ``GET /admin/api/panels``: the tabs, ``[{"name", "title"}, ...]``, the relay's first;
@@ -166,7 +166,7 @@ class Console:
                 log.warning("console: a plug-in's panel %r is ignored: the name is taken", panel.name)
                 continue
             self.panels[panel.name] = panel
-        static = resources.files("relay") / "static"
+        static = resources.files("relay.ops") / "static"
         self._shell = (static / "console.html").read_bytes()
         self._static = {name: (static / name).read_bytes() for name in STATIC_FILES}
 
