@@ -347,7 +347,9 @@ class Connection:
                 if allowance is None:
                     refused = await self.deps.quota.check(event, None)
                 else:
-                    refused = await self.deps.quota.check(event, allowance.bytes, allowance.refusal)
+                    refused = await self.deps.quota.check(
+                        event, allowance.bytes, allowance.refusal, allowance.authors
+                    )
                 if refused is not None:
                     self._reject(event.id, refused)
                     return

@@ -19,7 +19,8 @@ never names a plug-in: each enabled plug-in hands the composition root one
   out; a taker may refuse it with a ``Rejection``.
 - ``req_sources``: events made for a REQ on the fly (NIP-43 invite codes), never stored.
 - ``storage_allowances``: a larger storage quota for a pubkey (bytes; 0 = no limit), or
-  an ``Allowance`` whose ``refusal`` is the reply past it (a plan naming its next plan).
+  an ``Allowance`` whose ``refusal`` is the reply past it (a plan naming its next plan)
+  and whose ``authors`` share it (several keys, one quota).
 - ``http_routes``, ``management_methods`` (NIP-86, ``<section>.<verb>``),
   ``console_panels``, ``nip11_fields``, ``profile_fields`` (the relay's kind-0 profile:
   a ``lud16`` makes it zappable), ``services`` (started after the store, stopped before
@@ -84,10 +85,13 @@ a ``Rejection`` to close the REQ."""
 @dataclass(frozen=True, slots=True)
 class Allowance:
     """A plug-in's storage quota for one pubkey: ``bytes`` (0: no limit) and the reply once
-    it is used up (None: the relay's own ``storage quota reached``)."""
+    it is used up (None: the relay's own ``storage quota reached``). ``authors``: the keys
+    whose stored bytes count against it together (one quota shared by several keys); empty:
+    the event's author alone."""
 
     bytes: int
     refusal: Rejection | None = None
+    authors: tuple[str, ...] = ()
 
 
 StorageAllowance = Callable[[str, int], Awaitable["int | Allowance | None"]]

@@ -26,7 +26,7 @@ from relay.event import sign_event
 from relay.server import Relay
 from tests.conftest import RelayFactory, free_port
 from tests.lightning.payment_stack import ledger_of
-from tests.nostr_client import NostrClient
+from tests.nostr_client import NostrClient, signed
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -379,5 +379,63 @@ async def test_account_page_hands_over_a_wallet_connection_encrypted_to_the_rela
                 await page.click("#nwc-forget")
                 await expect(page.locator("#nwc-state")).to_have_text("no wallet connected", timeout=10_000)
                 assert await ledger_of(relay).nwc_links() == []
+            finally:
+                await browser.close()
+
+
+async def test_account_page_links_a_second_key_signed_by_both_and_unlinks_it(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    """One plan, several keys, as a member does it with one NIP-07 extension holding two
+    keys (a stand-in whose active key the test switches, as the member does in theirs): sign
+    the consent with the key to link, switch back, link; the linked key then writes; the
+    member unlinks it from the same page."""
+    from playwright.async_api import async_playwright, expect
+
+    keys = [alice, bob]
+    owner, linked = (crypto.public_key(k).hex() for k in keys)
+    payments: dict[str, Any] = {"enabled": True, "backend": "fake", "account_cache_seconds": 0}
+    async with relay_factory(payments=payments) as relay:
+        now = int(time.time())
+        await ledger_of(relay).update_account(owner, now, admitted_until=now + 86400)
+        active = {"key": 0}
+
+        def sign(template: dict[str, Any]) -> dict[str, Any]:
+            secret = keys[active["key"]]
+            kind, content, tags, at = template["kind"], template["content"], template["tags"], template["created_at"]
+            return sign_event(secret, kind, content, tags, at).to_dict()
+
+        async def get_public_key() -> str:
+            return crypto.public_key(keys[active["key"]]).hex()
+
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 900})
+                await page.expose_function("standInSign", sign)
+                await page.expose_function("standInKey", get_public_key)
+                stand_in = "window.nostr = { signEvent: (t) => window.standInSign(t), getPublicKey: window.standInKey }"
+                await page.add_init_script(stand_in)
+                await page.goto(f"http://127.0.0.1:{relay.port}/account/{owner}", wait_until="load")
+                assert "up to 3 other keys" in await page.inner_text("#acct-links")
+                await page.click("#sign-in")
+                await expect(page.locator("#links")).to_be_visible(timeout=10_000)
+                await expect(page.locator("#acct-links")).to_have_text("0 of 3 linked")
+                active["key"] = 1  # the member switches the extension to the key to link
+                await page.click("#link-consent")
+                await expect(page.locator("#link-state")).to_contain_text("consent signed by " + linked)
+                await page.click("#link-confirm")  # still the other key: the page says so
+                await expect(page.locator("#link-state")).to_contain_text("switch your extension back")
+                active["key"] = 0
+                await page.click("#link-confirm")
+                await expect(page.locator("#link-state")).to_have_text("linked " + linked, timeout=10_000)
+                await expect(page.locator("#acct-links")).to_have_text("1 of 3 linked")
+                assert [k.pubkey for k in await ledger_of(relay).linked_keys(owner)] == [linked]
+                async with NostrClient(relay.url) as client:
+                    ok, message = await client.publish(signed(bob, 1, "written under the member's plan"))
+                    assert ok, message
+                await page.click("#link-list button")
+                await expect(page.locator("#link-state")).to_have_text("unlinked", timeout=10_000)
+                assert await ledger_of(relay).linked_keys(owner) == []
             finally:
                 await browser.close()
