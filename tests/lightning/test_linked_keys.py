@@ -291,3 +291,28 @@ async def test_links_work_on_every_node(
                 return not (await writes(on_a, bob, f"unlinked {time.monotonic_ns()}"))[0]
 
             await eventually(bob_refused_on_a, 3, what="the unlink made on node b to reach node a")
+
+
+async def test_a_signer_with_two_keys_on_one_connection_writes_with_both_under_one_plan(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    """NIP-42 multi-user AUTH with a paid relay that wants authenticated writers: a client
+    holding a member's key and a key linked to that plan authenticates both on one
+    connection, and each writes (NIP-70 protected events need their own author's AUTH);
+    an unlinked third key authenticated there too is still asked to pay."""
+    carol = crypto.generate_secret()
+    payments = {**PAID, "tiers": {"pro": TIERS["pro"]}}
+    async with relay_factory(payments=payments, auth={"required_to_write": True}) as relay:
+        now = int(time.time())
+        await ledger_of(relay).update_account(pk(alice), now, admitted_until=now + 86400, role="pro")
+        assert (await link(relay, alice, bob)).status_code == 200
+        async with NostrClient(relay.url) as client:
+            ok, message = await client.publish(signed(alice, 1, "not yet authenticated"))
+            assert not ok and message.startswith("auth-required:"), message
+            for secret in (alice, bob, carol):
+                assert await client.auth(secret, relay.url) == (True, "")
+            for secret in (alice, bob):
+                ok, message = await client.publish(signed(secret, 1, "protected", [["-"]]))
+                assert ok, message
+            ok, message = await client.publish(signed(carol, 1, "protected", [["-"]]))
+            assert not ok and message.startswith("restricted: writing here needs a payment"), message
