@@ -26,6 +26,7 @@ from lightning.management import PaymentMethods
 from lightning.membership import REQUEST_KINDS, Membership
 from lightning.metrics import MeteredWallet, PaymentMetrics
 from lightning.plans import Plans, UnknownPlan
+from lightning.prompts import RenewalPrompts
 from lightning.reminders import Reminders
 from lightning.renewal import Renewals
 from lightning.settings import REQUIRED_SECRETS, PaymentSettings
@@ -235,6 +236,17 @@ class PaymentsExtension:
                 allow=frozenset(p.allow_pubkeys),
                 clock=clock,
             )
+        self.prompts: RenewalPrompts | None = None  # NOTIFY near and at the end of a plan
+        if self.reminders is not None and p.reminders.notify:
+            self.prompts = RenewalPrompts(
+                accounts=self.accounts,
+                store=self.store,
+                plans=self.plans,
+                days_before=max(p.reminders.days_before),
+                relay_name=settings.relay.name,
+                join_link=self.payments_url,
+                zap_address=self.zapper.address if self.zapper is not None else None,
+            )
         self.renewals: Renewals | None = None
         if identity is not None and publish is not None and p.renewal.enabled:
             self.renewals = Renewals(
@@ -406,6 +418,7 @@ class PaymentsExtension:
             write_gates=(self.judge,),
             unstored_takers=(self.take_unstored,),
             req_sources=(self.req_events,) if self.membership is not None else (),
+            session_notices=(self.prompts.prompt,) if self.prompts is not None else (),
             # Asked per event only where a member's quota differs from the relay's default.
             storage_allowances=(self.storage_allowance,) if self._quota_differs() else (),
             http_routes=(self.handle_http,),

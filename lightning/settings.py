@@ -164,6 +164,11 @@ class ReminderSettings(_Section):
         None, ge=1, description="remind when prepaid credit falls under this; default the minimum top-up"
     )
     check_interval_seconds: float = Field(600.0, gt=0, description="how often terms and balances are looked at")
+    notify: bool = Field(
+        True,
+        description="also prompt them in their client (a NOTIFY, nips PR #901) from the first of days_before"
+        " to as long after the plan (and its grace) ended, once per connection and day",
+    )
 
     @field_validator("days_before")
     @classmethod

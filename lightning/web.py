@@ -43,7 +43,7 @@ import segno
 
 from lightning.backend import BackendError
 from lightning.ledger import Ledger, RequestBudget, TooManyPending
-from lightning.plans import PlanOffer, Plans, UnknownPlan
+from lightning.plans import DAY, PlanOffer, Plans, UnknownPlan
 from lightning.pubkeys import npub_encode, parse_pubkey
 from lightning.renewal import Renewals
 from lightning.store.base import FOREVER, Account, Invoice, InvoiceState, plan_account
@@ -275,7 +275,7 @@ class JoinWeb:
         offers = self._plans.offers()
         rows = "".join(
             f"<li><strong>{esc(o.title)}</strong>: {esc(self._price_text(o))} <span class=muted>"
-            f"({esc(o.description)})</span></li>"
+            f"({esc(o.description)}{esc(self._plan_terms(o.name))})</span></li>"
             for o in offers
         )
         choices = "".join(
@@ -307,6 +307,17 @@ class JoinWeb:
             demo_flag="1" if self._info.demo else "0",
             reminders_flag="1" if self._reminders else "0",
         )
+
+    def _plan_terms(self, plan: str) -> str:
+        """"; N-day grace; links K other keys": what a plan gives beyond its price."""
+        tier = self._plans.tier(plan)
+        terms = []
+        if tier is not None and tier.grace_seconds:
+            terms.append(f"{tier.grace_seconds / DAY:g}-day grace")
+        keys = self._plans.keys_to_link(tier.name if tier is not None else "")
+        if keys:
+            terms.append(f"links up to {keys} other key{'s' if keys != 1 else ''}")
+        return "".join(f"; {t}" for t in terms)
 
     def _price_text(self, offer: PlanOffer) -> str:
         if offer.amount_msat is None:
@@ -368,6 +379,7 @@ class JoinWeb:
         until = account.admitted_until if account is not None else 0
         grace = tier.grace_seconds if tier is not None else 0
         return {
+            "tier_label": tier.label if tier is not None else None,
             "grace_until": until + grace if grace and 0 < until < FOREVER else None,
             "linked_keys_max": self._plans.keys_to_link(account.role if account is not None else ""),
             "plan_pubkey": plan_key,
@@ -505,7 +517,7 @@ class JoinWeb:
             return f"{listed} ({len(keys)} of {most})"
         if most == 0:
             return "none (this plan links no other keys)"
-        return f"up to {most} other keys may write under this plan (listed to its owner)"
+        return f"up to {most} other key{'s' if most != 1 else ''} may write under this plan (listed to its owner)"
 
     def _wallet_vars(self) -> dict[str, str]:
         renewals = self._renewals

@@ -72,6 +72,10 @@ _store_fault_log = ThrottledLog(log, per_second=0.2, burst=3)
 
 _ID_IN_FRAME = re.compile(rb'"id"\s*:\s*"([0-9a-f]{64})"')
 MAX_IN_FLIGHT = 1000  # EVENTs of one connection awaiting verification or commit
+# NOTIFY: pubkeys of one connection the plug-ins are asked about in a day (a client relaying
+# many authors' events is asked about its first few only).
+NOTICE_PUBKEYS = 16
+DAY = 86400
 SHUTTING_DOWN = "relay is shutting down, try again later"
 MUTED = "mute: nobody was listening to this ephemeral event, so it was ignored"
 
@@ -156,6 +160,8 @@ class Connection:
         self._negs: dict[str, _SyncSession] = {}  # NIP-77, by NEG-OPEN id
         sync = deps.settings.negentropy
         self._neg_opens = TokenBucket(sync.opens_per_second, 2 * sync.max_sessions)
+        self._notified_day = -1  # the day (unix time // DAY) a NOTIFY was sent on this connection
+        self._notice_asked: dict[str, int] = {}  # pubkey -> the day the plug-ins were asked about it
 
     # --- output ------------------------------------------------------------------
 
@@ -315,6 +321,7 @@ class Connection:
             if not await self.deps.verifier.verify(event):
                 self._reject(event.id, Invalid("signature is invalid"))
                 return
+            self._offer_notice(event.pubkey)
             # Per author, whatever the connection or address, and only once the signature
             # proves the author sent it: a forger must not drain someone else's bucket.
             if not self.deps.authors.take(event.pubkey, time.monotonic()):
@@ -557,6 +564,38 @@ class Connection:
             return
         self.authed = self.authed | {event.pubkey}
         self.send(messages.ok(event.id, True, ""))
+        self._offer_notice(event.pubkey)
+
+    # --- NOTIFY (nips PR #901) ----------------------------------------------------------
+
+    def _offer_notice(self, pubkey: str) -> None:
+        """Ask the plug-ins whether the user of ``pubkey`` (authenticated here, or the
+        signer of an event sent here) should be told something, once a day per pubkey, in a
+        task of its own (an EVENT's OK does not wait for it). At most one NOTIFY goes out
+        per connection and day: the PR asks relays to interrupt users rarely."""
+        if not self.deps.hooks.session_notices or self.closed:
+            return
+        now = int(time.time())
+        day = now // DAY
+        if self._notified_day == day or self._notice_asked.get(pubkey) == day:
+            return
+        if len(self._notice_asked) >= NOTICE_PUBKEYS:
+            self._notice_asked = {k: d for k, d in self._notice_asked.items() if d == day}
+            if len(self._notice_asked) >= NOTICE_PUBKEYS:
+                return
+        self._notice_asked[pubkey] = day
+        self.deps.spawn(self._notice(pubkey, now, day))
+
+    async def _notice(self, pubkey: str, now: int, day: int) -> None:
+        try:
+            text = await self.deps.hooks.session_notice(pubkey, now)
+        except Exception as exc:
+            _store_fault_log.error("a session notice for %s failed", pubkey, exc_info=exc)
+            return
+        if text is None or self.closed or self._notified_day == day:
+            return
+        self._notified_day = day
+        self.send(messages.notify(text))
 
     # --- NEG-OPEN / NEG-MSG / NEG-CLOSE (NIP-77) ------------------------------------------
 

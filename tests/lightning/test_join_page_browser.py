@@ -439,3 +439,47 @@ async def test_account_page_links_a_second_key_signed_by_both_and_unlinks_it(
                 assert await ledger_of(relay).linked_keys(owner) == []
             finally:
                 await browser.close()
+
+
+async def test_join_page_shows_a_tier_its_renewal_date_grace_and_linked_keys_once_paid(
+    alice: bytes, tmp_path: Path
+) -> None:
+    """``make run``'s page sells the demo's Supporter tier: its offer names its grace and
+    how many keys it links; once paid, the account part shows the tier, the date to renew
+    by, the end of the grace and the linked keys, as the account page does."""
+    from playwright.async_api import async_playwright, expect
+
+    pubkey = crypto.public_key(alice).hex()
+    async with make_run_relay(tmp_path) as relay:
+        base = f"http://127.0.0.1:{relay.port}"
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 1000})
+                await page.goto(base + "/join", wait_until="load")
+                offers = await page.inner_text("main")
+                supporter = "Supporter: 2,000 sats (posts, replies and reactions; 3-day grace; links up to 1 other key)"
+                assert supporter in offers, offers
+                assert "Pro: 20,000 sats (everything, a year; 7-day grace; links up to 3 other keys)" in offers
+                await page.check("input[name=plan][value=supporter]")
+                await page.fill("#pubkey", pubkey)
+                await page.click("#get-invoice")
+                await page.wait_for_selector("#step-pay:not([hidden])")
+                await page.click("#simulate")
+                await expect(page.locator("#status")).to_have_text("paid", timeout=10_000)
+                account = await ledger_of(relay).get_account(pubkey)
+                assert account is not None and account.role == "supporter"
+                ends = account.admitted_until
+                day = lambda t: time.strftime("%Y-%m-%d", time.gmtime(t))  # noqa: E731
+                assert await page.inner_text("#acct-tier") == "Supporter"
+                assert await page.inner_text("#acct-renew") == day(ends)
+                assert await page.inner_text("#acct-grace") == "writes go on until " + day(ends + 3 * 86400)
+                assert (await page.inner_text("#acct-links")).startswith("up to 1 other key may write under this plan")
+                await page.goto(f"{base}/account/{pubkey}", wait_until="load")
+                tier = await page.inner_text("#acct-tier")
+                assert tier == (f"Supporter (2000 sats for 30 days), renew by {day(ends)}"
+                                f" (writes go on until {day(ends + 3 * 86400)})")
+                links = await page.inner_text("#acct-links")
+                assert links == "up to 1 other key may write under this plan (listed to its owner)", links
+            finally:
+                await browser.close()
