@@ -106,6 +106,9 @@ async def invoices(
 
 
 async def account_view(store: LedgerStore, pubkey: str, now: int) -> dict[str, Any]:
-    """The account (``account_json``) with its invoices, newest first."""
-    doc = account_json(pubkey, await store.get_account(pubkey), now)
+    """The account (``account_json``, with the keys linked to its plan and the plan it is
+    linked to) with its invoices, newest first."""
+    own, linked_to = await store.account_and_owner(pubkey)
+    links = [k.pubkey for k in await store.linked_keys(pubkey)]
+    doc = account_json(pubkey, own, now, linked_keys=links, linked_to=linked_to)
     return {**doc, "invoices": [invoice_view(i) for i in await invoices(store, now, pubkey=pubkey)]}

@@ -21,15 +21,17 @@ from lightning.backend import WalletBackend
 from lightning.console import PaymentsConsole
 from lightning.gate import AccountCache, Gate, InboxAllowance
 from lightning.ledger import Confirmation, ConfirmResult, Ledger, PendingCaps, RequestBudget
+from lightning.links import KeyLinks
 from lightning.management import PaymentMethods
 from lightning.membership import REQUEST_KINDS, Membership
 from lightning.metrics import MeteredWallet, PaymentMetrics
 from lightning.plans import Plans, UnknownPlan
+from lightning.prompts import RenewalPrompts
 from lightning.reminders import Reminders
 from lightning.renewal import Renewals
 from lightning.settings import REQUIRED_SECRETS, PaymentSettings
 from lightning.store import open_ledger
-from lightning.store.base import Charge, Invoice, RoleDefinition, charge_of
+from lightning.store.base import Invoice, RoleDefinition, charge_of, payer_of
 from lightning.wallet_health import WalletHealth
 from lightning.watcher import PollSchedule, Watcher
 from lightning.web import JoinWeb, PageInfo
@@ -234,6 +236,17 @@ class PaymentsExtension:
                 allow=frozenset(p.allow_pubkeys),
                 clock=clock,
             )
+        self.prompts: RenewalPrompts | None = None  # NOTIFY near and at the end of a plan
+        if self.reminders is not None and p.reminders.notify:
+            self.prompts = RenewalPrompts(
+                accounts=self.accounts,
+                store=self.store,
+                plans=self.plans,
+                days_before=max(p.reminders.days_before),
+                relay_name=settings.relay.name,
+                join_link=self.payments_url,
+                zap_address=self.zapper.address if self.zapper is not None else None,
+            )
         self.renewals: Renewals | None = None
         if identity is not None and publish is not None and p.renewal.enabled:
             self.renewals = Renewals(
@@ -259,6 +272,16 @@ class PaymentsExtension:
             on_roles_change=self._on_roles_changed,
         )
         self.console = PaymentsConsole(self.store, clock)  # operator console pages
+        self.key_links = KeyLinks(  # one plan, several keys
+            self.store,
+            store,
+            self.plans,
+            settings.relay.public_url,
+            is_member=self.gate.is_member,
+            banned=self._banned,
+            changed=self._on_account_changed,
+            clock=clock,
+        )
         fake = self._fake_backend()
         self.web = JoinWeb(
             PageInfo(settings.relay.name, settings.relay.description, settings.relay.public_url, demo=fake is not None),
@@ -301,6 +324,12 @@ class PaymentsExtension:
             roles=self.roles,
         )
 
+    async def _banned(self, pubkey: str) -> bool:
+        if pubkey in payment_settings(self.settings).ban_pubkeys:
+            return True
+        account = await self.store.get_account(pubkey)
+        return account is not None and account.banned
+
     async def roles(self) -> list[RoleDefinition]:
         """Every NIP-43 role: the tiers (their limits are the config's), then those made
         through NIP-86 ``createrole``."""
@@ -308,9 +337,12 @@ class PaymentsExtension:
         return [*tiers, *await self.store.list_roles()]
 
     async def _on_leave(self, pubkey: str, now: int) -> None:
-        """A member who leaves is forgotten: no more reminders, no wallet connection."""
+        """A member who leaves is forgotten: no more reminders, no wallet connection, no
+        keys linked to its plan (nor this key to another's)."""
         await self.store.set_reminders(pubkey, False, now)
         await self.store.forget_nwc_link(pubkey)
+        if await self.store.unlink_all(pubkey, now):
+            self.accounts.invalidate_all()
 
     def _fake_backend(self) -> FakeBackend | None:
         from lightning.backends.fake import FakeBackend
@@ -357,18 +389,21 @@ class PaymentsExtension:
         if self.membership is not None and event.kind in REQUEST_KINDS:
             # NIP-43 join/leave requests are addressed to the relay: answered, never stored.
             raise Answered(*await self.membership.answer(event, ctx.ip))
-        price = await self.gate.admit(event, ctx)
-        if price <= 0:
+        charge = await self.gate.admit(event, ctx)
+        if charge.msat <= 0:
             return ()
-        # Debited by the ledger's write hook in the event's transaction; an ephemeral event,
-        # never stored, by ``take_unstored`` once the relay knows someone can receive it.
-        return (Charge(price),)
+        # Debited by the ledger's write hook in the event's transaction (from the plan's
+        # account for a linked key); an ephemeral event, never stored, by ``take_unstored``
+        # once the relay knows someone can receive it.
+        return (charge,)
 
     async def take_unstored(self, event: Event, attachments: tuple[object, ...], now: int) -> Rejection | None:
         """An ephemeral event's price, in its own ledger transaction, before the relay fans
         it out (issue 8); not taken at all when nobody could receive it (NIP-01 ``mute:``)."""
         price = charge_of(attachments)
-        if price > 0 and not await self.store.charge_credit(event.pubkey, price, now):
+        payer = payer_of(attachments, event.pubkey)
+        if price > 0 and not await self.store.charge_credit(payer, price, now):
+            self.accounts.invalidate(payer)
             return self.gate.insufficient_credit(event)
         return None
 
@@ -383,6 +418,7 @@ class PaymentsExtension:
             write_gates=(self.judge,),
             unstored_takers=(self.take_unstored,),
             req_sources=(self.req_events,) if self.membership is not None else (),
+            session_notices=(self.prompts.prompt,) if self.prompts is not None else (),
             # Asked per event only where a member's quota differs from the relay's default.
             storage_allowances=(self.storage_allowance,) if self._quota_differs() else (),
             http_routes=(self.handle_http,),
@@ -414,14 +450,18 @@ class PaymentsExtension:
 
     async def storage_allowance(self, pubkey: str, now: int) -> Allowance | None:
         """Members in good standing get ``retention.member_max_bytes_per_pubkey``, or their
-        tier's ``max_bytes_stored`` (the reply past it names the tier and the next one)."""
+        tier's ``max_bytes_stored`` (the reply past it names the tier and the next one),
+        for the bytes of every key of their plan together."""
         if not await self.gate.is_member(pubkey, now):
             return None
         account = await self.accounts.get(pubkey)
+        # One plan, several keys: the plan's quota holds the bytes of all its keys together.
+        plan = account.pubkey if account is not None else pubkey
+        keys = await self.accounts.plan_keys(plan)
         tier = self.plans.tier(account.role) if account is not None and not account.allowed else None
         if tier is not None and tier.max_bytes_stored is not None:
-            return Allowance(tier.max_bytes_stored, self.gate.storage_refusal(tier, pubkey))
-        return Allowance(self.settings.retention.member_max_bytes_per_pubkey)
+            return Allowance(tier.max_bytes_stored, self.gate.storage_refusal(tier, plan), authors=keys)
+        return Allowance(self.settings.retention.member_max_bytes_per_pubkey, authors=keys)
 
     def profile(self) -> Mapping[str, Any]:
         """The relay's kind-0 profile carries the address zaps reach (NIP-57)."""
@@ -437,7 +477,7 @@ class PaymentsExtension:
             response = await self.zapper.handle(request)
             if response is not None:
                 return response
-        return await self.web.handle(request)
+        return await self.key_links.handle(request) or await self.web.handle(request)
 
     def describe(self) -> str:
         return f"payments ({payment_settings(self.settings).backend})"

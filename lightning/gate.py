@@ -16,9 +16,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from lightning.plans import Plans, Tier
+from lightning.plans import Plans, Tier, msat_text
 from lightning.settings import PaymentSettings
-from lightning.store.base import Account, LedgerStore
+from lightning.store.base import Account, Charge, LedgerStore, plan_account
 from lightning.zap_receipts import ZAP_RECEIPT_KIND, receipt_problem
 from relay.net.limits import BucketTable, address_group
 from relay.nostr.errors import Blocked, RateLimited, Restricted
@@ -35,52 +35,97 @@ INBOX_ENTRIES = 100_000  # refused senders (and address groups) remembered in me
 REFUSAL_MEMORY_SECONDS = 10  # how long a refused key is refused without asking the store again
 HOUR = 3600
 DAY = 86400
+FREE = Charge(0)
 
 
 @dataclass(frozen=True, slots=True)
 class _Cached:
-    account: Account | None
+    account: Account | None  # the key's own
+    owner: str | None  # the key whose plan it is linked to
     fetched_at: float
 
 
 class AccountCache:
-    """Bounded LRU of accounts (or their absence) with a time-to-live."""
+    """Bounded LRU of accounts (or their absence) and links to plans, with a time-to-live.
 
-    def __init__(self, store: LedgerStore, ttl: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+    ``get`` answers with the account a key writes as (``plan_account``): a key linked to
+    another's plan finds the plan's account, looked up (and cached) under the owner's key,
+    so a payment that drops the owner's entry reaches every linked key at once."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        ttl: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
         self._ttl = ttl
         self._monotonic = monotonic
+        self._clock = clock
         self._entries: OrderedDict[str, _Cached] = OrderedDict()
+        self._keys: OrderedDict[str, tuple[tuple[str, ...], float]] = OrderedDict()  # owner -> its plan's keys
         self._changes_checked = float("-inf")
         self._changes: int | None = None
 
     async def get(self, pubkey: str) -> Account | None:
+        """The account ``pubkey`` writes as: its own, or its plan's (whose ``pubkey`` is
+        then the owner's: the key the plan's quotas and charges are counted under)."""
+        entry = await self._entry(pubkey)
+        if entry.owner is None:
+            return entry.account
+        plan = await self._entry(entry.owner)
+        return plan_account(entry.account, plan.account, int(self._clock()))
+
+    async def plan_keys(self, owner: str) -> tuple[str, ...]:
+        """Every key of ``owner``'s plan: the owner, then the keys linked to it."""
+        await self._check_changes()
+        now = self._monotonic()
+        cached = self._keys.get(owner)
+        if cached is not None and now - cached[1] < self._ttl:
+            self._keys.move_to_end(owner)
+            return cached[0]
+        keys = (owner, *(link.pubkey for link in await self._store.linked_keys(owner)))
+        self._keys[owner] = (keys, now)
+        self._keys.move_to_end(owner)
+        while len(self._keys) > CACHE_ENTRIES:
+            self._keys.popitem(last=False)
+        return keys
+
+    async def _check_changes(self) -> None:
         now = self._monotonic()
         if now - self._changes_checked >= CHANGES_POLL_SECONDS:
-            # A grant/revoke/ban by the CLI or another node bumps the ledger's counter: one
-            # primary-key read per interval makes it take effect at once, not after the TTL.
+            # A grant/revoke/ban/link by the CLI or another node bumps the ledger's counter:
+            # one primary-key read per interval makes it take effect at once, not after the TTL.
             self._changes_checked = now
             changes = await self._store.account_changes()
             if changes != self._changes:
                 self._changes = changes
-                self._entries.clear()
+                self.invalidate_all()
+
+    async def _entry(self, pubkey: str) -> _Cached:
+        await self._check_changes()
+        now = self._monotonic()
         cached = self._entries.get(pubkey)
         if cached is not None and now - cached.fetched_at < self._ttl:
             self._entries.move_to_end(pubkey)
-            return cached.account
-        account = await self._store.get_account(pubkey)
-        self._entries[pubkey] = _Cached(account, now)
+            return cached
+        account, owner = await self._store.account_and_owner(pubkey)
+        entry = _Cached(account, owner, now)
+        self._entries[pubkey] = entry
         self._entries.move_to_end(pubkey)
         while len(self._entries) > CACHE_ENTRIES:
             self._entries.popitem(last=False)
-        return account
+        return entry
 
     def invalidate(self, pubkey: str) -> None:
         self._entries.pop(pubkey, None)
+        self._keys.pop(pubkey, None)
 
     def invalidate_all(self) -> None:
         """A change that touched many accounts at once (a role deleted from its holders)."""
         self._entries.clear()
+        self._keys.clear()
 
 
 class InboxAllowance:
@@ -141,6 +186,10 @@ class Gate:
     plan, a kind priced 0 -> free for a paying account, otherwise charged when the balance
     covers it; an inbox event to a member, or anyone's report -> free within the sender's
     allowance; anything else -> ``restricted: ...; pay at <url>``.
+
+    A key linked to a member's plan is judged as that plan (``AccountCache.get``), and the
+    plan's limits and charges are counted under the member's key (README "One plan,
+    several keys").
     """
 
     def __init__(
@@ -190,68 +239,85 @@ class Gate:
             if tier.events_per_second is not None
         }
 
-    async def admit(self, event: Event, ctx: WriteContext) -> int:
-        """The charge in msat, or raise ``Blocked`` (banned) / ``Restricted`` (unpaid)."""
+    async def admit(self, event: Event, ctx: WriteContext) -> Charge:
+        """What the event costs (``Charge.msat`` 0: free) and whose account pays (a key
+        linked to another's plan: the plan's), or raise ``Blocked`` (banned) /
+        ``Restricted`` (unpaid) / ``RateLimited``."""
         pubkey = event.pubkey
         if event.kind == VANISH_KIND:  # NIP-62: paid relays MUST honour it whatever the status
-            return 0
+            return FREE
         if pubkey in self._ban:
             raise Blocked("this pubkey is banned from this relay")
         if pubkey in self._allow:
-            return 0
+            return FREE
         account = await self._accounts.get(pubkey)
+        # The key the plan is kept under: the event's author, or the owner of the plan it is
+        # linked to (README "One plan, several keys"); its quotas count the plan's events.
+        plan = account.pubkey if account is not None else pubkey
         if account is not None:
-            if account.banned:
+            if account.banned or plan in self._ban:
                 raise Blocked("this pubkey is banned from this relay")
-            if account.allowed:
-                return 0
+            if account.allowed or plan in self._allow:
+                return FREE
             if self.in_standing(account, ctx.now):
                 tier = self._plans.tier(account.role)
                 if tier is not None and event.kind not in self._free_kinds:
-                    await self._tier_limits(event, tier, ctx)
-                return 0
+                    await self._tier_limits(event, tier, plan, ctx)
+                return FREE
         if event.kind in self._free_kinds:
-            return 0
+            return FREE
         if event.kind == ZAP_RECEIPT_KIND and self._genuine_receipt(event):
-            return 0
+            return FREE
         if event.kind == REPORT_KIND and account is not None and account.credit_msat > 0 and self._small(event):
             # A paying member's NIP-56 report is free and outside the strangers' allowance
             # (issue 22: the credit plan charged for it, while strangers filed theirs free):
             # reports feed the operators' moderation queue, and the member has paid already.
-            return 0
+            return FREE
         price = self._plans.price_msat(event.kind) if self._credit else None
         if price is not None and account is not None and account.credit_msat > 0 and account.credit_msat >= price:
             # A kind priced 0 is free for an account that holds paid credit, not for everyone:
             # free-for-all kinds are exactly ``free_kinds``.
-            return price
+            return Charge(price, plan if plan != pubkey else "")
         if self._free_p_tags and self._inbox_eligible(event) and await self._p_tags_member(event, ctx.now):
             if await self._inbox.take(pubkey, ctx.ip, ctx.now):
-                return 0
+                return FREE
             raise RateLimited(
                 "free messages to members of this relay are used up for now; "
-                f"pay to write without limits at {self._payments_url}"
+                f"pay to write without limits at {self.join_link(pubkey)}"
             )
         if event.kind == REPORT_KIND and self._small(event):
             # NIP-56 reports feed the operators' moderation queue (NIP-86): anyone may file
             # one, within the same hourly per-sender and per-IP allowance and size bounds
             # as inbox messages.
             if await self._inbox.take(pubkey, ctx.ip, ctx.now):
-                return 0
-            raise RateLimited(f"free reports are used up for now; pay to write without limits at {self._payments_url}")
+                return FREE
+            raise RateLimited(
+                f"free reports are used up for now; pay to write without limits at {self.join_link(pubkey)}"
+            )
+        raise self.unpaid(pubkey, account, price)
+
+    def unpaid(self, pubkey: str, account: Account | None, price: int | None = None) -> Restricted:
+        """The one-line refusal of a key that may not write (README "Payments"): what is
+        wrong and what to do. Credit too low for this kind: its price and the top-up link; a
+        plan that ended: its date (and grace) and the renewal link, for the plan's key; never
+        paid: the cheapest price, the zap address and the join link."""
         if price is not None and account is not None and account.credit_msat > 0:
-            raise Restricted(f"not enough credit for this event ({price} msat); pay at {self._payments_url}")
-        join = self.join_link(pubkey)
+            left = msat_text(account.credit_msat)
+            return Restricted(
+                f"not enough credit for this event ({msat_text(price)}, {left} left); "
+                f"pay at {self.join_link(account.pubkey)}"
+            )
         if account is not None and account.admitted_until > 0:
             ended = time.strftime("%Y-%m-%d", time.gmtime(account.admitted_until))
             tier = self._plans.tier(account.role)
             what = f"your {tier.label} plan" if tier is not None else "your paid period"
             if tier is not None and tier.grace_seconds:
                 ended += f" (and its {tier.grace_seconds // DAY}-day grace)"
-            raise Restricted(f"{what} ended on {ended}; renew at {join}")
-        cheapest = "" if self._zap_hint is not None else self._cheapest()  # the zap hint names its price
-        if self._zap_hint is not None:
-            raise Restricted(f"writing here needs a payment{cheapest}; {self._zap_hint} or pay at {join}")
-        raise Restricted(f"writing here needs a payment{cheapest}; pay at {self._payments_url}")
+            return Restricted(f"{what} ended on {ended}; renew at {self.join_link(account.pubkey)}")
+        join = self.join_link(pubkey)
+        if self._zap_hint is not None:  # the zap hint names the cheapest price
+            return Restricted(f"writing here needs a payment; {self._zap_hint} or pay at {join}")
+        return Restricted(f"writing here needs a payment{self._cheapest()}; pay at {join}")
 
     def join_link(self, pubkey: str) -> str:
         """The join page with the pubkey filled in (the unpaid and renewal replies name it)."""
@@ -274,32 +340,33 @@ class Gate:
         tier = self._plans.tier(account.role)
         return tier is not None and tier.grace_seconds > 0 and account.admitted(now - tier.grace_seconds)
 
-    async def _tier_limits(self, event: Event, tier: Tier, ctx: WriteContext) -> None:
-        """A member's tier limits, each one rule; the refusal names the tier and the next
-        tier that gives more of what ran out (README "Tiers")."""
+    async def _tier_limits(self, event: Event, tier: Tier, plan: str, ctx: WriteContext) -> None:
+        """A member's tier limits, each one rule, counted for the plan (``plan``: the key
+        it is kept under), not per key; the refusal names the tier and the next tier that
+        gives more of what ran out (README "Tiers")."""
         if tier.kinds is not None and event.kind not in tier.kinds:
             raise Restricted(
                 f"kind {event.kind} is not part of the {tier.label} tier"
-                + self._upgrade_hint(tier, "kinds", event.pubkey, event.kind)
+                + self._upgrade_hint(tier, "kinds", plan, event.kind)
             )
         size = len(event.raw)
         if tier.max_event_bytes is not None and size > tier.max_event_bytes:
             raise Restricted(
                 f"this event is {size} bytes, over the {tier.label} tier's {tier.max_event_bytes}"
-                + self._upgrade_hint(tier, "max_event_bytes", event.pubkey)
+                + self._upgrade_hint(tier, "max_event_bytes", plan)
             )
         rate = self._tier_rates.get(tier.name)
-        if rate is not None and not rate.take(event.pubkey, time.monotonic()):
+        if rate is not None and not rate.take(plan, time.monotonic()):
             raise RateLimited(
                 f"the {tier.label} tier allows {tier.events_per_second:g} events per second"
-                + self._upgrade_hint(tier, "events_per_second", event.pubkey)
+                + self._upgrade_hint(tier, "events_per_second", plan)
             )
         if tier.events_per_day is not None and self._events is not None:
-            key = f"tier-day:{event.pubkey}"
+            key = f"tier-day:{plan}"
             if await self._events.take_uses([UseLimit(key, tier.events_per_day, ctx.now + DAY)], ctx.now) is not None:
                 raise Restricted(
                     f"the {tier.label} tier allows {tier.events_per_day} events a day, used up for now"
-                    + self._upgrade_hint(tier, "events_per_day", event.pubkey)
+                    + self._upgrade_hint(tier, "events_per_day", plan)
                 )
 
     def _upgrade_hint(self, tier: Tier, limit: str, pubkey: str, kind: int | None = None) -> str:
@@ -318,7 +385,7 @@ class Gate:
     def credit_ran_out(self, event: Event) -> Restricted:
         """The reply when the ledger refused the charge at commit (the cached credit was
         stale). Pure: the ledger's write hook may call it on the store's writer thread."""
-        return Restricted(f"credit ran out; pay at {self._payments_url}")
+        return Restricted(f"credit ran out; pay at {self.join_link(event.pubkey)}")
 
     def insufficient_credit(self, event: Event) -> Restricted:
         """``credit_ran_out``, with the stale cache entry dropped (on the event loop)."""
@@ -334,9 +401,9 @@ class Gate:
         if pubkey in self._allow:
             return True
         account = await self._accounts.get(pubkey)
-        if account is None or account.banned:
+        if account is None or account.banned or account.pubkey in self._ban:
             return False
-        if account.allowed or self.in_standing(account, now):
+        if account.allowed or account.pubkey in self._allow or self.in_standing(account, now):
             return True
         return self._credit and account.credit_msat >= max(1, self._plans.credit_min_msat)
 

@@ -50,10 +50,11 @@ class Tier:
     max_event_bytes: int | None = None
     kinds: frozenset[int] | None = None
     free_inbox: bool = True
+    linked_keys: int | None = None  # other keys a member may link; None: ``Plans.linked_keys``
 
     def offer_text(self) -> str:
         term = "for good" if self.period_seconds == 0 else f"for {_days(self.period_seconds)}"
-        return f"{_msat_text(self.amount_msat)} {term}"
+        return f"{msat_text(self.amount_msat)} {term}"
 
 
 def _better(limit: float | None, than: float | None) -> bool:
@@ -87,6 +88,7 @@ class Plans:
     default_price_msat: int
     kind_prices_msat: dict[int, int]
     tiers: tuple[Tier, ...] = ()  # by order, then name
+    linked_keys: int = 3  # keys a member of a plan that is no tier (or sets none) may link
 
     @classmethod
     def from_settings(cls, settings: PaymentSettings) -> Plans:
@@ -120,12 +122,14 @@ class Plans:
                             max_event_bytes=t.max_event_bytes,
                             kinds=frozenset(t.kinds) if t.kinds is not None else None,
                             free_inbox=t.free_inbox,
+                            linked_keys=t.linked_keys,
                         )
                         for name, t in settings.tiers.items()
                     ),
                     key=lambda tier: (tier.order, tier.name),
                 )
             ),
+            linked_keys=settings.linked_keys,
         )
 
     def tier(self, name: str) -> Tier | None:
@@ -134,6 +138,14 @@ class Plans:
             if tier.name == name:
                 return tier
         return None
+
+    def keys_to_link(self, role: str) -> int:
+        """How many other keys a member holding ``role`` may link to the plan (README "One
+        plan, several keys"): its tier's ``linked_keys``, else ``[payments] linked_keys``."""
+        tier = self.tier(role)
+        if tier is not None and tier.linked_keys is not None:
+            return tier.linked_keys
+        return self.linked_keys
 
     def upgrade(self, tier: Tier, limit: str, event_kind: int | None = None) -> Tier | None:
         """The first tier after ``tier`` (in display order) that gives more of ``limit`` (a
@@ -213,7 +225,7 @@ class Plans:
                 PlanOffer(
                     "credit",
                     "Prepaid credit",
-                    f"each event costs {_msat_text(self.default_price_msat)}"
+                    f"each event costs {msat_text(self.default_price_msat)}"
                     + (" (some kinds differ)" if self.kind_prices_msat else ""),
                     None,
                 )
@@ -262,7 +274,7 @@ def _days(seconds: int) -> str:
     return f"{seconds // 3600} hours" if seconds >= 3600 else f"{seconds} seconds"
 
 
-def _msat_text(msat: int) -> str:
+def msat_text(msat: int) -> str:
     if msat == 0:
         return "nothing"
     if msat % 1000 == 0:

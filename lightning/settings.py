@@ -79,6 +79,9 @@ class TierSettings(_Section):
     max_event_bytes: int | None = Field(None, ge=1, description="largest event (raw JSON)")
     kinds: list[int] | None = Field(None, description="the kinds a member may write; default every kind")
     free_inbox: bool = Field(True, description="strangers may write to members' inboxes free (free_if_p_tags_member)")
+    linked_keys: int | None = Field(
+        None, ge=0, le=100, description="other keys a member may link to the plan; default [payments] linked_keys"
+    )
 
 
 class FakeBackendSettings(_Section):
@@ -161,6 +164,11 @@ class ReminderSettings(_Section):
         None, ge=1, description="remind when prepaid credit falls under this; default the minimum top-up"
     )
     check_interval_seconds: float = Field(600.0, gt=0, description="how often terms and balances are looked at")
+    notify: bool = Field(
+        True,
+        description="also prompt them in their client (a NOTIFY, nips PR #901) from the first of days_before"
+        " to as long after the plan (and its grace) ended, once per connection and day",
+    )
 
     @field_validator("days_before")
     @classmethod
@@ -243,6 +251,9 @@ class PaymentSettings(_Section):
     )
     inbox_max_tags: int = Field(40, ge=1, description="tags of a free inbox event or report")
     allow_pubkeys: list[str] = Field(default_factory=list, description="write free of charge")
+    linked_keys: int = Field(
+        3, ge=0, le=100, description="other keys a member may link to their plan (a tier's own wins); 0 = none"
+    )
     ban_pubkeys: list[str] = Field(default_factory=list, description="never write")
 
     fake: FakeBackendSettings = FakeBackendSettings()

@@ -43,10 +43,10 @@ import segno
 
 from lightning.backend import BackendError
 from lightning.ledger import Ledger, RequestBudget, TooManyPending
-from lightning.plans import PlanOffer, Plans, UnknownPlan
+from lightning.plans import DAY, PlanOffer, Plans, UnknownPlan
 from lightning.pubkeys import npub_encode, parse_pubkey
 from lightning.renewal import Renewals
-from lightning.store.base import FOREVER, Account, Invoice, InvoiceState
+from lightning.store.base import FOREVER, Account, Invoice, InvoiceState, plan_account
 from relay.net.http import HttpRequest, HttpResponse, http_url
 from relay.net.limits import TokenBucket
 from relay.nostr import nip98
@@ -100,10 +100,23 @@ def _html(body: str) -> HttpResponse:
     return _response(HTTPStatus.OK, body.encode(), "text/html; charset=utf-8", [("Content-Security-Policy", CSP)])
 
 
-def account_json(pubkey: str, account: Account | None, now: int) -> dict[str, Any]:
-    """The account as the API and the CLI show it."""
+def account_json(
+    pubkey: str,
+    account: Account | None,
+    now: int,
+    *,
+    linked_keys: list[str] | None = None,
+    linked_to: str | None = None,
+) -> dict[str, Any]:
+    """The account as the API and the CLI show it; ``linked_keys``: the keys linked to its
+    plan, ``linked_to``: the plan's key when this key is linked to another's plan."""
     account = account or Account(pubkey)
     until = account.admitted_until
+    extra: dict[str, Any] = {}
+    if linked_keys is not None:
+        extra["linked_keys"] = linked_keys
+    if linked_to is not None:
+        extra["linked_to"] = linked_to
     return {
         "pubkey": pubkey,
         "npub": npub_encode(pubkey),
@@ -114,6 +127,7 @@ def account_json(pubkey: str, account: Account | None, now: int) -> dict[str, An
         "allowed": account.allowed,
         "tier": account.role or None,  # the NIP-43 role whose limits apply (a tier)
         "comped": account.comped,
+        **extra,
     }
 
 
@@ -261,7 +275,7 @@ class JoinWeb:
         offers = self._plans.offers()
         rows = "".join(
             f"<li><strong>{esc(o.title)}</strong>: {esc(self._price_text(o))} <span class=muted>"
-            f"({esc(o.description)})</span></li>"
+            f"({esc(o.description)}{esc(self._plan_terms(o.name))})</span></li>"
             for o in offers
         )
         choices = "".join(
@@ -293,6 +307,17 @@ class JoinWeb:
             demo_flag="1" if self._info.demo else "0",
             reminders_flag="1" if self._reminders else "0",
         )
+
+    def _plan_terms(self, plan: str) -> str:
+        """"; N-day grace; links K other keys": what a plan gives beyond its price."""
+        tier = self._plans.tier(plan)
+        terms = []
+        if tier is not None and tier.grace_seconds:
+            terms.append(f"{tier.grace_seconds / DAY:g}-day grace")
+        keys = self._plans.keys_to_link(tier.name if tier is not None else "")
+        if keys:
+            terms.append(f"links up to {keys} other key{'s' if keys != 1 else ''}")
+        return "".join(f"; {t}" for t in terms)
 
     def _price_text(self, offer: PlanOffer) -> str:
         if offer.amount_msat is None:
@@ -330,11 +355,35 @@ class JoinWeb:
             if signer != pubkey:
                 return _error(HTTPStatus.FORBIDDEN, "only the account's owner sees its balance")
             owner = True
-        account = await self._ledger.store.get_account(pubkey)
-        doc = account_json(pubkey, account, now) if owner else public_account_json(pubkey, account, now)
+        store = self._ledger.store
+        own, linked_to = await store.account_and_owner(pubkey)
+        # A key linked to a member's plan writes as that plan: its view is the plan's
+        # (README "One plan, several keys"); only the key's own signed view says whose.
+        plan = await store.get_account(linked_to) if linked_to is not None else None
+        account = plan_account(own, plan, now)
+        plan_key = account.pubkey if account is not None else pubkey
+        if owner:
+            links = [k.pubkey for k in await store.linked_keys(pubkey)]
+            doc = account_json(pubkey, account, now, linked_keys=links, linked_to=linked_to)
+        else:
+            doc = public_account_json(pubkey, account, now)
+        doc.update(self.plan_fields(account, plan_key))
         if "application/json" in request.headers.get("Accept", ""):
             return _json(HTTPStatus.OK, doc)
         return _html(self._render_account(doc))
+
+    def plan_fields(self, account: Account | None, plan_key: str) -> dict[str, Any]:
+        """What the pages show of a plan beside the account: when its grace ends (writes go
+        on until then), how many other keys it may link, and the key it is kept under."""
+        tier = self._plans.tier(account.role) if account is not None else None
+        until = account.admitted_until if account is not None else 0
+        grace = tier.grace_seconds if tier is not None else 0
+        return {
+            "tier_label": tier.label if tier is not None else None,
+            "grace_until": until + grace if grace and 0 < until < FOREVER else None,
+            "linked_keys_max": self._plans.keys_to_link(account.role if account is not None else ""),
+            "plan_pubkey": plan_key,
+        }
 
     def _owner(self, pubkey: str, request: HttpRequest, now: int) -> HttpResponse | None:
         """None when the request is NIP-98 signed by ``pubkey`` for this exact URL and
@@ -435,28 +484,40 @@ class JoinWeb:
     def _render_account(self, doc: dict[str, Any]) -> str:
         """The owner's view (``credit_msat`` present) or the public one."""
         esc = html.escape
-        if "credit_msat" not in doc:
-            return self._account_template.substitute(
-                name=esc(self._info.name),
-                pubkey=esc(doc["pubkey"]),
-                npub=esc(doc["npub"]),
-                admitted=esc(self._admitted_text(doc)),
-                tier=esc(self._tier_text(doc)),
-                credit="shown to its owner only (NIP-98 signed request)",
-                state="may write" if doc["may_write"] else "may not write",
-                **self._wallet_vars(),
-            )
-        state = "banned" if doc["banned"] else ("allowed by the operator" if doc["allowed"] else "normal")
+        owner = "credit_msat" in doc
+        if owner:
+            state = "banned" if doc["banned"] else ("allowed by the operator" if doc["allowed"] else "normal")
+            credit = esc(_sats(doc["credit_msat"]))
+        else:
+            state = "may write" if doc["may_write"] else "may not write"
+            credit = "shown to its owner only (NIP-98 signed request)"
         return self._account_template.substitute(
             name=esc(self._info.name),
             pubkey=esc(doc["pubkey"]),
             npub=esc(doc["npub"]),
             admitted=esc(self._admitted_text(doc)),
             tier=esc(self._tier_text(doc)),
-            credit=esc(_sats(doc["credit_msat"])),
+            credit=credit,
             state=esc(state),
+            links=esc(self._links_text(doc)),
+            links_max=str(doc["linked_keys_max"]),
             **self._wallet_vars(),
         )
+
+    @staticmethod
+    def _links_text(doc: dict[str, Any]) -> str:
+        """The plan's linked keys (README "One plan, several keys"): the list to its owner,
+        how many may be linked to anyone."""
+        most = doc["linked_keys_max"]
+        if doc.get("linked_to"):
+            return f"this key writes under the plan of {npub_encode(doc['linked_to'])}"
+        if "linked_keys" in doc:
+            keys = doc["linked_keys"]
+            listed = ", ".join(npub_encode(k) for k in keys) if keys else "none yet"
+            return f"{listed} ({len(keys)} of {most})"
+        if most == 0:
+            return "none (this plan links no other keys)"
+        return f"up to {most} other key{'s' if most != 1 else ''} may write under this plan (listed to its owner)"
 
     def _wallet_vars(self) -> dict[str, str]:
         renewals = self._renewals
@@ -568,7 +629,10 @@ class JoinWeb:
             doc["state"] = InvoiceState.EXPIRED.value  # the watcher marks it on its next round
         # Anyone can create an invoice in any pubkey's name and poll it: the public view only.
         account = await self._ledger.store.get_account(invoice.pubkey)
-        doc["account"] = public_account_json(invoice.pubkey, account, now)
+        doc["account"] = {
+            **public_account_json(invoice.pubkey, account, now),
+            **self.plan_fields(account, invoice.pubkey),
+        }
         return _json(HTTPStatus.OK, doc)
 
     async def _check(self, payment_hash: str) -> bool:

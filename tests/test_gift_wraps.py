@@ -92,3 +92,48 @@ async def test_ephemeral_gift_wrap_reaches_only_its_authenticated_recipient(
         ok, message = await sender.publish(wrap_for(alice, kind=21059, content="nobody home"))
         assert not ok and message.startswith("mute:"), message
         await other.expect_silence(0.2)
+
+
+async def test_a_key_authenticated_second_on_a_connection_reads_its_own_gift_wraps(
+    relay_factory: RelayFactory, storage: dict[str, str], alice: bytes, bob: bytes
+) -> None:
+    """NIP-42 lets a client authenticate several pubkeys on one connection (one signer app,
+    several keys): every one counts. The key authenticated second gets its stored wraps
+    (REQ, COUNT), its live wraps (stored and ephemeral) and writes its own protected events
+    on the same connection, beside the first key's; a third key's wraps stay hidden."""
+    carol = crypto.generate_secret()
+    alice_pk, bob_pk = crypto.public_key(alice).hex(), crypto.public_key(bob).hex()
+    async with (
+        relay_factory(storage=storage) as relay,
+        NostrClient(relay.url) as sender,
+        NostrClient(relay.url) as both,
+    ):
+        to_alice, to_bob, to_carol = wrap_for(alice), wrap_for(bob), wrap_for(carol)
+        for event in (to_alice, to_bob, to_carol):
+            assert await sender.publish(event) == (True, "")
+        assert (await both.auth(alice, relay.url))[0]
+        assert [e["id"] for e in await both.req("first", {"kinds": [1059]})] == [to_alice.id]
+        assert (await both.auth(bob, relay.url))[0]  # the second key on the same connection
+
+        assert [e["id"] for e in await both.req("bob", {"kinds": [1059], "#p": [bob_pk]})] == [to_bob.id]
+        assert {e["id"] for e in await both.req("all", {"kinds": [1059]})} == {to_alice.id, to_bob.id}
+        assert await both.count("n", {"kinds": [1059]}) == 2
+        assert await both.count("nb", {"kinds": [1059], "#p": [bob_pk]}) == 1
+        assert [e["id"] for e in await both.req("byid", {"ids": [to_bob.id, to_carol.id]})] == [to_bob.id]
+
+        # Live: a wrap to the second key arrives (stored and ephemeral); one to carol does not.
+        for sub in ("first", "bob", "all", "byid"):
+            await both.send(["CLOSE", sub])
+        assert await both.req("live", {"kinds": [1059, 21059], "limit": 0}) == []
+        for event in (wrap_for(carol), wrap_for(bob, content="later"), wrap_for(bob, kind=21059)):
+            ok, message = await sender.publish(event)
+            assert ok, message
+            if event.tags[0][1] == bob_pk:
+                assert await both.recv_where(lambda m: m[0] == "EVENT" and m[1] == "live") == [
+                    "EVENT", "live", event.to_dict()]
+        await both.expect_silence(0.2)
+
+        # Writes for each: NIP-70 protected events of both keys, on the one connection.
+        for secret, pubkey in ((alice, alice_pk), (bob, bob_pk)):
+            protected = signed(secret, 1, f"mine, {pubkey[:8]}", [["-"]])
+            assert await both.publish(protected) == (True, "")

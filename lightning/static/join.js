@@ -21,6 +21,16 @@
     // The status route shows the public view (anyone may poll an invoice): no balance.
     $("acct-write").textContent = acct.may_write ? "yes" : "no";
     $("acct-link").href = "/account/" + acct.pubkey;
+    // Tier, renewal date, grace and linked keys (issue 20): what the member pays again, by
+    // when, how long writes go on after it, and how many other keys may share the plan.
+    const day = (t) => new Date(t * 1000).toISOString().slice(0, 10);
+    $("acct-tier").textContent = acct.tier_label || acct.tier || "none";
+    $("acct-renew").textContent = typeof acct.admitted_until === "number" ? day(acct.admitted_until) : "-";
+    $("acct-grace").textContent = acct.grace_until ? "writes go on until " + day(acct.grace_until) : "none";
+    $("acct-links").textContent = acct.linked_keys_max > 0
+      ? "up to " + acct.linked_keys_max + (acct.linked_keys_max === 1 ? " other key" : " other keys")
+        + " may write under this plan: link them on the account page"
+      : "none";
   }
 
   // A phone shows one step at a time: bring the step that just appeared to the top.

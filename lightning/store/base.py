@@ -289,14 +289,64 @@ class InvoiceFunnel:
 @dataclass(frozen=True, slots=True)
 class Charge:
     """What an event costs, attached to its ``WriteRequest`` by the payments gate; the
-    ledger's write hook debits it in the event's own transaction."""
+    ledger's write hook debits it in the event's own transaction. ``payer``: the account
+    that pays, when it is not the event's author (a key linked to another's plan)."""
 
     msat: int
+    payer: str = ""
 
 
 def charge_of(attachments: tuple[object, ...]) -> int:
     """The price in msat among a write request's attachments (0: none)."""
     return sum(a.msat for a in attachments if isinstance(a, Charge))
+
+
+def payer_of(attachments: tuple[object, ...], author: str) -> str:
+    """The account a write request's charge is debited from: its ``Charge``'s payer, else
+    the event's author."""
+    for a in attachments:
+        if isinstance(a, Charge) and a.payer:
+            return a.payer
+    return author
+
+
+# --- one plan, several keys (issue 20 item 4) -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedKey:
+    """A key linked to another key's plan (its ``owner``): it writes as the owner's account
+    does, and the plan's quotas count its events with the owner's."""
+
+    pubkey: str
+    owner: str
+    linked_at: int
+
+
+class LinkOutcome(enum.Enum):
+    """What ``LedgerStore.link_key`` came to; every refusal is a rule the member can read."""
+
+    LINKED = "linked"
+    ALREADY = "already"  # linked to this owner before: nothing changes
+    FULL = "full"  # the plan has as many linked keys as it allows
+    TAKEN = "taken"  # the key is linked to another plan: unlink it there first
+    OWNER_IS_LINKED = "owner-is-linked"  # the owner is itself a linked key: no chains
+    KEY_HAS_LINKS = "key-has-links"  # the key has keys linked to its own plan: no chains
+
+
+LINKED_COLUMNS = "pubkey, owner, linked_at"
+
+
+def plan_account(own: Account | None, plan: Account | None, now: int) -> Account | None:
+    """The account a key writes as: its own, or the plan of the key it is linked to
+    (``plan``, None when it is linked to none). A ban is per key and the key's own standing
+    wins while it lasts (it paid, or was given something, for itself); otherwise a linked
+    key writes as its plan, whose ``pubkey`` is then the owner's."""
+    if plan is None or own is None:
+        return own if plan is None else plan
+    if own.banned or own.allowed or own.comped or own.admitted(now) or own.credit_msat > 0:
+        return own
+    return plan
 
 
 def admitted_until_after_grant(current: int, now: int, admit_seconds: int, admit_forever: bool) -> int:
@@ -422,6 +472,32 @@ class LedgerStore(Protocol):
         ...
 
     async def get_account(self, pubkey: str) -> Account | None: ...
+
+    async def account_and_owner(self, pubkey: str) -> tuple[Account | None, str | None]:
+        """The key's own account and the owner of the plan it is linked to (None: none), in
+        one read: what the write gate's cache needs for a key it has not seen."""
+        ...
+
+    # --- one plan, several keys -----------------------------------------------------
+
+    async def link_key(self, owner: str, pubkey: str, limit: int, now: int) -> LinkOutcome:
+        """Link ``pubkey`` to ``owner``'s plan unless the plan has ``limit`` linked keys
+        already (counted and inserted in one transaction, serialised across nodes), the key
+        is linked elsewhere, or a link would make a chain. Creates the owner's account when
+        missing; bumps the account change counter."""
+        ...
+
+    async def unlink_key(self, owner: str, pubkey: str, now: int) -> bool:
+        """End the link of ``pubkey`` to ``owner``'s plan; False when there was none."""
+        ...
+
+    async def unlink_all(self, pubkey: str, now: int) -> int:
+        """End every link of ``pubkey``, as a linked key or as an owner (it left the relay)."""
+        ...
+
+    async def linked_keys(self, owner: str) -> list[LinkedKey]:
+        """The keys linked to ``owner``'s plan, oldest link first."""
+        ...
 
     async def list_accounts(self) -> list[Account]: ...
 

@@ -14,7 +14,8 @@ Step (old core step that made it): 1 (1) invoices, accounts; 2 (3) invoices.fee_
 3 (4) invoices.description; 4 (6) invites; 5 (7) reminder_optins, reminders_sent; 6 (8)
 nwc_links, renewal_attempts; 7 (12) the console's indexes, pruned_invoices; 8 (14)
 invoices.source; 9 (new) account_changes, the counter the core's store_changes kept as
-its ``accounts`` row; 10 (new) accounts.role and comped, invoices.role, roles (tiers as NIP-43 roles).
+its ``accounts`` row; 10 (new) accounts.role and comped, invoices.role, roles (tiers as NIP-43 roles);
+11 (new) linked_keys (one plan, several keys).
 Never edit a released step: add a new one.
 """
 
@@ -185,6 +186,21 @@ SQLITE_STEPS: tuple[Migration, ...] = (
                 ord INTEGER,
                 updated_at INTEGER NOT NULL
             )""",
+        ),
+    ),
+    # One plan, several keys (issue 20 item 4): a key linked to another key's plan writes
+    # as that account; one row per linked key (a key joins one plan at most), found by
+    # its owner for the plan's count and its quotas.
+    Migration(
+        11,
+        "linked_keys: keys that write under another key's plan",
+        (
+            """CREATE TABLE linked_keys (
+                pubkey TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                linked_at INTEGER NOT NULL
+            )""",
+            "CREATE INDEX linked_keys_owner ON linked_keys (owner, linked_at)",
         ),
     ),
 )
@@ -358,6 +374,18 @@ POSTGRES_STEPS: tuple[Migration, ...] = (
                 ord integer,
                 updated_at bigint NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        11,
+        "linked_keys: keys that write under another key's plan",
+        (
+            """CREATE TABLE linked_keys (
+                pubkey text PRIMARY KEY,
+                owner text NOT NULL,
+                linked_at bigint NOT NULL
+            )""",
+            "CREATE INDEX linked_keys_owner ON linked_keys (owner, linked_at)",
         ),
     ),
 )

@@ -24,6 +24,7 @@ from lightning.store.base import (
     FOREVER,
     INVITE_COLUMNS,
     INVOICE_COLUMNS,
+    LINKED_COLUMNS,
     RENEWAL_COLUMNS,
     ROLE_COLUMNS,
     Account,
@@ -32,6 +33,8 @@ from lightning.store.base import (
     InviteOutcome,
     Invoice,
     InvoiceFunnel,
+    LinkedKey,
+    LinkOutcome,
     MemberStatus,
     NwcLink,
     RenewalAttempt,
@@ -45,6 +48,7 @@ from lightning.store.base import (
     invite_refusal,
     invoice_from_row,
     member_status_conditions,
+    payer_of,
 )
 from lightning.store.migrations import POSTGRES_STEPS, postgres_adopt
 from relay.nostr.errors import Rejection
@@ -53,6 +57,8 @@ from relay.store.database import BatchHook, PostgresDatabase
 
 # pg_advisory_xact_lock(classid, objid) for "count pending invoices, then insert" (caps).
 LOCK_CLASS_INVOICES = 0x53520003
+# ... and for "check a key's links and count the plan's, then link" (one plan, several keys).
+LOCK_CLASS_LINKS = 0x53520004
 
 _BUMP_ACCOUNT_CHANGES = "UPDATE account_changes SET counter = counter + 1 WHERE id = 1"
 
@@ -81,10 +87,11 @@ class _ChargeBatch:
         price = charge_of(request.attachments)
         if price <= 0:
             return None
-        pubkey = request.event.pubkey
+        pubkey = payer_of(request.attachments, request.event.pubkey)  # a linked key's plan pays
         balance = self._credits.get(pubkey)
         if balance is None or balance < price:  # no account is no credit
-            self._refused(pubkey)
+            for stale in {request.event.pubkey, pubkey}:
+                self._refused(stale)
             return self._refusal(request.event)
         self._credits[pubkey] = balance - price
         self._charged[request.event.id] = (pubkey, price)
@@ -122,7 +129,9 @@ class PostgresLedger:
     def charge_events(self, refusal: ChargeRefusal, refused: Callable[[str], None]) -> None:
         async def charge_hook(conn: Any, requests: Sequence[WriteRequest], now: int) -> BatchHook:
             credits: dict[str, int] = {}
-            charged = sorted({r.event.pubkey for r in requests if charge_of(r.attachments) > 0})
+            charged = sorted(
+                {payer_of(r.attachments, r.event.pubkey) for r in requests if charge_of(r.attachments) > 0}
+            )
             if charged:
                 # Row locks in pubkey order: two nodes charging the same authors cannot deadlock.
                 for row in await conn.fetch(
@@ -302,6 +311,58 @@ class PostgresLedger:
     async def get_account(self, pubkey: str) -> Account | None:
         rows = await self._db.fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = $1", pubkey)
         return account_from_row(rows[0]) if rows else None
+
+    async def account_and_owner(self, pubkey: str) -> tuple[Account | None, str | None]:
+        rows = await self._db.fetch(
+            f"SELECT (SELECT owner FROM linked_keys WHERE pubkey = $1), {ACCOUNT_COLUMNS}"
+            " FROM (SELECT 1) one LEFT JOIN accounts ON pubkey = $1",
+            pubkey,
+        )
+        owner, *columns = tuple(rows[0])
+        return (account_from_row(columns) if columns[0] is not None else None), owner
+
+    async def link_key(self, owner: str, pubkey: str, limit: int, now: int) -> LinkOutcome:
+        """One advisory lock for every node around the checks and the insert (per schema):
+        two links racing for a plan's last place (or to chain two plans) are taken in turn."""
+        async with self._db.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_CLASS_LINKS, self._db.scope)
+            mine = await conn.fetchval("SELECT owner FROM linked_keys WHERE pubkey = $1", pubkey)
+            if mine is not None:
+                return LinkOutcome.ALREADY if mine == owner else LinkOutcome.TAKEN
+            if await conn.fetchval("SELECT 1 FROM linked_keys WHERE pubkey = $1", owner):
+                return LinkOutcome.OWNER_IS_LINKED
+            if await conn.fetchval("SELECT 1 FROM linked_keys WHERE owner = $1 LIMIT 1", pubkey):
+                return LinkOutcome.KEY_HAS_LINKS
+            if await conn.fetchval("SELECT count(*) FROM linked_keys WHERE owner = $1", owner) >= limit:
+                return LinkOutcome.FULL
+            await conn.execute(
+                f"INSERT INTO linked_keys ({LINKED_COLUMNS}) VALUES ($1, $2, $3)", pubkey, owner, now
+            )
+            await conn.execute(
+                "INSERT INTO accounts (pubkey, updated_at) VALUES ($1, $2) ON CONFLICT (pubkey) DO NOTHING", owner, now
+            )
+            await conn.execute(_BUMP_ACCOUNT_CHANGES)
+        return LinkOutcome.LINKED
+
+    async def unlink_key(self, owner: str, pubkey: str, now: int) -> bool:
+        return await self._unlink("pubkey = $1 AND owner = $2", pubkey, owner) > 0
+
+    async def unlink_all(self, pubkey: str, now: int) -> int:
+        return await self._unlink("pubkey = $1 OR owner = $1", pubkey)
+
+    async def _unlink(self, where: str, *params: str) -> int:
+        async with self._db.transaction() as conn:
+            status: str = await conn.execute(f"DELETE FROM linked_keys WHERE {where}", *params)
+            gone = int(status.split()[-1])
+            if gone:
+                await conn.execute(_BUMP_ACCOUNT_CHANGES)
+        return gone
+
+    async def linked_keys(self, owner: str) -> list[LinkedKey]:
+        rows = await self._db.fetch(
+            f"SELECT {LINKED_COLUMNS} FROM linked_keys WHERE owner = $1 ORDER BY linked_at, pubkey", owner
+        )
+        return [LinkedKey(*tuple(row)) for row in rows]
 
     async def list_accounts(self) -> list[Account]:
         rows = await self._db.fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY pubkey")

@@ -26,6 +26,7 @@ from lightning.store.base import (
     FOREVER,
     INVITE_COLUMNS,
     INVOICE_COLUMNS,
+    LINKED_COLUMNS,
     RENEWAL_COLUMNS,
     ROLE_COLUMNS,
     Account,
@@ -34,6 +35,8 @@ from lightning.store.base import (
     InviteOutcome,
     Invoice,
     InvoiceFunnel,
+    LinkedKey,
+    LinkOutcome,
     MemberStatus,
     NwcLink,
     RenewalAttempt,
@@ -47,6 +50,7 @@ from lightning.store.base import (
     invite_refusal,
     invoice_from_row,
     member_status_conditions,
+    payer_of,
 )
 from lightning.store.migrations import SQLITE_STEPS, sqlite_adopt
 from relay.nostr.errors import Rejection
@@ -74,10 +78,12 @@ class SqliteLedger:
             # On the writer thread, inside the batch's transaction: the debit commits with
             # the event or not at all (issue 8: a charge and its event, one transaction).
             price = charge_of(req.attachments)
-            if price <= 0 or _charge_credit(conn, req.event.pubkey, price, now):
+            payer = payer_of(req.attachments, req.event.pubkey)  # a linked key's plan pays
+            if price <= 0 or _charge_credit(conn, payer, price, now):
                 return None
             if self._loop is not None:  # the cache lives on the event loop, not this thread
-                self._loop.call_soon_threadsafe(refused, req.event.pubkey)
+                for pubkey in {req.event.pubkey, payer}:
+                    self._loop.call_soon_threadsafe(refused, pubkey)
             return refusal(req.event)
 
         self._db.add_write_hook(COMPONENT, charge_hook)
@@ -167,6 +173,33 @@ class SqliteLedger:
     async def get_account(self, pubkey: str) -> Account | None:
         rows = await self._db.read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pubkey = ?", (pubkey,))
         return account_from_row(rows[0]) if rows else None
+
+    async def account_and_owner(self, pubkey: str) -> tuple[Account | None, str | None]:
+        rows = await self._db.read(
+            f"SELECT (SELECT owner FROM linked_keys WHERE pubkey = :pk), {ACCOUNT_COLUMNS}"
+            " FROM (SELECT 1) LEFT JOIN accounts ON pubkey = :pk",
+            {"pk": pubkey},
+        )
+        owner, *columns = rows[0]
+        return (account_from_row(columns) if columns[0] is not None else None), owner
+
+    async def link_key(self, owner: str, pubkey: str, limit: int, now: int) -> LinkOutcome:
+        outcome: LinkOutcome = await self._db.write(_link_key, owner, pubkey, limit, now)
+        return outcome
+
+    async def unlink_key(self, owner: str, pubkey: str, now: int) -> bool:
+        unlinked: int = await self._db.write(_unlink, "pubkey = ? AND owner = ?", (pubkey, owner))
+        return unlinked > 0
+
+    async def unlink_all(self, pubkey: str, now: int) -> int:
+        unlinked: int = await self._db.write(_unlink, "pubkey = ? OR owner = ?", (pubkey, pubkey))
+        return unlinked
+
+    async def linked_keys(self, owner: str) -> list[LinkedKey]:
+        rows = await self._db.read(
+            f"SELECT {LINKED_COLUMNS} FROM linked_keys WHERE owner = ? ORDER BY linked_at, pubkey", (owner,)
+        )
+        return [LinkedKey(*row) for row in rows]
 
     async def account_changes(self) -> int:
         rows = await self._db.read("SELECT counter FROM account_changes WHERE id = 1", ())
@@ -678,3 +711,29 @@ def _delete_role(conn: sqlite3.Connection, role_id: str, now: int) -> bool:
     conn.execute("UPDATE accounts SET role = '', comped = 0, updated_at = ? WHERE role = ?", (now, role_id))
     _bump_account_changes(conn)
     return True
+
+
+def _link_key(conn: sqlite3.Connection, owner: str, pubkey: str, limit: int, now: int) -> LinkOutcome:
+    """Checked and inserted under the write lock (BEGIN IMMEDIATE): two links racing for the
+    plan's last place, on any process of this file, cannot both get it."""
+    mine = conn.execute("SELECT owner FROM linked_keys WHERE pubkey = ?", (pubkey,)).fetchone()
+    if mine is not None:
+        return LinkOutcome.ALREADY if mine[0] == owner else LinkOutcome.TAKEN
+    if conn.execute("SELECT 1 FROM linked_keys WHERE pubkey = ?", (owner,)).fetchone() is not None:
+        return LinkOutcome.OWNER_IS_LINKED
+    if conn.execute("SELECT 1 FROM linked_keys WHERE owner = ? LIMIT 1", (pubkey,)).fetchone() is not None:
+        return LinkOutcome.KEY_HAS_LINKS
+    (count,) = conn.execute("SELECT count(*) FROM linked_keys WHERE owner = ?", (owner,)).fetchone()
+    if count >= limit:
+        return LinkOutcome.FULL
+    conn.execute(f"INSERT INTO linked_keys ({LINKED_COLUMNS}) VALUES (?, ?, ?)", (pubkey, owner, now))
+    conn.execute("INSERT OR IGNORE INTO accounts (pubkey, updated_at) VALUES (?, ?)", (owner, now))
+    _bump_account_changes(conn)
+    return LinkOutcome.LINKED
+
+
+def _unlink(conn: sqlite3.Connection, where: str, params: tuple[str, ...]) -> int:
+    gone = conn.execute(f"DELETE FROM linked_keys WHERE {where}", params).rowcount
+    if gone:
+        _bump_account_changes(conn)
+    return int(gone)

@@ -221,6 +221,13 @@ def notice(message: str) -> bytes:
     return orjson.dumps(["NOTICE", message])
 
 
+def notify(message: str) -> bytes:
+    """``["NOTIFY", <message>]`` (nips PR #901, drafted as NIP-88 "NOTIFY Request"): a
+    message a client shows its user as is, e.g. a renewal prompt; unlike NOTICE it is meant
+    for the person, not the developer. Relays should send it rarely and keep its text stable."""
+    return orjson.dumps(["NOTIFY", message])
+
+
 def auth_challenge(challenge: str) -> bytes:
     return orjson.dumps(["AUTH", challenge])
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from relay.config import RetentionSettings
 from relay.nostr.errors import Blocked, Rejection
@@ -65,14 +65,24 @@ class StorageQuota:
     def enabled(self) -> bool:
         return bool(self._limit or self._member_limit or self.plugin_quotas)
 
-    async def check(self, event: Event, allowance: int | None, refusal: Rejection | None = None) -> Rejection | None:
+    async def check(
+        self,
+        event: Event,
+        allowance: int | None,
+        refusal: Rejection | None = None,
+        authors: Sequence[str] = (),
+    ) -> Rejection | None:
         """``allowance``: the bytes a plug-in lets this author store instead of the default
         (0: no limit; None: the default, ``max_bytes_per_pubkey``); ``refusal``: the plug-in's
-        reply past it (a plan names the plan that stores more)."""
+        reply past it (a plan names the plan that stores more); ``authors``: the keys whose
+        bytes count against the allowance together with the event's author (one quota for
+        several keys), each figure cached and refreshed on its own."""
         limit = self._limit if allowance is None else allowance
         if not limit:
             return None
-        used = await self._used(event.pubkey)
+        used = 0
+        for author in {event.pubkey, *authors}:
+            used += await self._used(author)
         if used + len(event.raw) > limit:
             return refusal if refusal is not None else Blocked("storage quota reached")
         return None

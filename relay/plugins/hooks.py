@@ -18,8 +18,13 @@ never names a plug-in: each enabled plug-in hands the composition root one
   knows someone can receive it (NIP-01 ``mute:`` takes nothing) and before it is fanned
   out; a taker may refuse it with a ``Rejection``.
 - ``req_sources``: events made for a REQ on the fly (NIP-43 invite codes), never stored.
+- ``session_notices``: a message for the person behind a pubkey seen on a connection (it
+  authenticated, or sent an event it signed), which the connection sends as a ``NOTIFY``
+  (nips PR #901): their plan ends soon, say. The connection asks once a day per pubkey
+  and sends at most one a day; the first message any plug-in gives is the one sent.
 - ``storage_allowances``: a larger storage quota for a pubkey (bytes; 0 = no limit), or
-  an ``Allowance`` whose ``refusal`` is the reply past it (a plan naming its next plan).
+  an ``Allowance`` whose ``refusal`` is the reply past it (a plan naming its next plan)
+  and whose ``authors`` share it (several keys, one quota).
 - ``http_routes``, ``management_methods`` (NIP-86, ``<section>.<verb>``),
   ``console_panels``, ``nip11_fields``, ``profile_fields`` (the relay's kind-0 profile:
   a ``lud16`` makes it zappable), ``services`` (started after the store, stopped before
@@ -81,13 +86,21 @@ stored; None when taken (or nothing of it was this plug-in's), a ``Rejection`` t
 ReqSource = Callable[[tuple[Filter, ...], frozenset[str]], Awaitable[list[bytes]]]
 """Events made for this REQ on the fly, sent before the stored ones and never stored; raise
 a ``Rejection`` to close the REQ."""
+SessionNotice = Callable[[str, int], Awaitable[str | None]]
+"""``(pubkey, now)``: what to tell the user of ``pubkey`` on this connection, sent as one
+``NOTIFY`` (a line or two a client shows as is); None: nothing to say."""
+
+
 @dataclass(frozen=True, slots=True)
 class Allowance:
     """A plug-in's storage quota for one pubkey: ``bytes`` (0: no limit) and the reply once
-    it is used up (None: the relay's own ``storage quota reached``)."""
+    it is used up (None: the relay's own ``storage quota reached``). ``authors``: the keys
+    whose stored bytes count against it together (one quota shared by several keys); empty:
+    the event's author alone."""
 
     bytes: int
     refusal: Rejection | None = None
+    authors: tuple[str, ...] = ()
 
 
 StorageAllowance = Callable[[str, int], Awaitable["int | Allowance | None"]]
@@ -144,6 +157,7 @@ class PluginHooks:
     write_gates: Sequence[WriteGate] = ()
     unstored_takers: Sequence[UnstoredTaker] = ()
     req_sources: Sequence[ReqSource] = ()
+    session_notices: Sequence[SessionNotice] = ()
     storage_allowances: Sequence[StorageAllowance] = ()
     http_routes: Sequence[HttpRoute] = ()
     management_methods: Mapping[str, ManagementMethod] = field(default_factory=dict)
@@ -188,6 +202,7 @@ class Hooks:
         self.write_gates = tuple(g for p in ps for g in p.write_gates)
         self.unstored_takers = tuple(t for p in ps for t in p.unstored_takers)
         self.req_sources = tuple(s for p in ps for s in p.req_sources)
+        self.session_notices = tuple(n for p in ps for n in p.session_notices)
         self.storage_allowances = tuple(a for p in ps for a in p.storage_allowances)
         self.http_routes = tuple(r for p in ps for r in p.http_routes)
         self.console_panels = tuple(c for p in ps for c in p.console_panels)
@@ -246,6 +261,14 @@ class Hooks:
         for source in self.req_sources:
             made.extend(await source(filters, authed))
         return made
+
+    async def session_notice(self, pubkey: str, now: int) -> str | None:
+        """The first plug-in's message for ``pubkey`` on a connection (None: none has one)."""
+        for notice in self.session_notices:
+            text = await notice(pubkey, now)
+            if text is not None:
+                return text
+        return None
 
     async def storage_allowance(self, pubkey: str, now: int) -> Allowance | None:
         """The largest allowance any plug-in gives (0, no limit, is the largest)."""

@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,10 @@ _store_fault_log = ThrottledLog(log, per_second=0.2, burst=3)
 
 _ID_IN_FRAME = re.compile(rb'"id"\s*:\s*"([0-9a-f]{64})"')
 MAX_IN_FLIGHT = 1000  # EVENTs of one connection awaiting verification or commit
+# NOTIFY: pubkeys of one connection the plug-ins are asked about in a day (a client relaying
+# many authors' events is asked about its first few only).
+NOTICE_PUBKEYS = 16
+DAY = 86400
 SHUTTING_DOWN = "relay is shutting down, try again later"
 
 
@@ -118,6 +122,8 @@ class ConnectionDeps:
     ips: IpTable
     filter_limits: FilterLimits
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
+    # NOTIFY: the plug-ins' message for the person behind a pubkey, None when none offers one
+    session_notice: Callable[[str, int], Awaitable[str | None]] | None = None
     closing: bool = False  # set by the server's stop(): no new EVENT/REQ/COUNT
 
 
@@ -149,6 +155,8 @@ class Connection:
         self.closed = False
         self._negs: dict[str, _SyncSession] = {}  # NIP-77, by NEG-OPEN id
         self._neg_opens = TokenBucket(rules.neg_opens_per_second, 2 * rules.neg_max_sessions)
+        self._notified_day = -1  # the day (unix time // DAY) a NOTIFY was sent on this connection
+        self._notice_asked: dict[str, int] = {}  # pubkey -> the day the plug-ins were asked about it
 
     # --- output ------------------------------------------------------------------
 
@@ -298,7 +306,7 @@ class Connection:
             self._reject(event.id, rejection)
             return
         self._in_flight += 1
-        self.deps.spawn(self._admit(Admission(event, ctx)))
+        self.deps.spawn(self._admit(Admission(event, ctx, on_verified=self._offer_notice)))
 
     async def _admit(self, admission: Admission) -> None:
         """The EVENT's stages after the cheap policies (``relay.session.write_path``): verify,
@@ -468,6 +476,41 @@ class Connection:
             return
         self.authed = self.authed | {event.pubkey}
         self.send(messages.ok(event.id, True, ""))
+        self._offer_notice(event.pubkey)
+
+    # --- NOTIFY (nips PR #901) ----------------------------------------------------------
+
+    def _offer_notice(self, pubkey: str) -> None:
+        """Ask the plug-ins whether the user of ``pubkey`` (authenticated here, or the
+        signer of an event sent here) should be told something, once a day per pubkey, in a
+        task of its own (an EVENT's OK does not wait for it). At most one NOTIFY goes out
+        per connection and day: the PR asks relays to interrupt users rarely."""
+        if self.deps.session_notice is None or self.closed:
+            return
+        now = int(time.time())
+        day = now // DAY
+        if self._notified_day == day or self._notice_asked.get(pubkey) == day:
+            return
+        if len(self._notice_asked) >= NOTICE_PUBKEYS:
+            self._notice_asked = {k: d for k, d in self._notice_asked.items() if d == day}
+            if len(self._notice_asked) >= NOTICE_PUBKEYS:
+                return
+        self._notice_asked[pubkey] = day
+        self.deps.spawn(self._notice(pubkey, now, day))
+
+    async def _notice(self, pubkey: str, now: int, day: int) -> None:
+        ask = self.deps.session_notice
+        if ask is None:
+            return
+        try:
+            text = await ask(pubkey, now)
+        except Exception as exc:
+            _store_fault_log.error("a session notice for %s failed", pubkey, exc_info=exc)
+            return
+        if text is None or self.closed or self._notified_day == day:
+            return
+        self._notified_day = day
+        self.send(messages.notify(text))
 
     # --- NEG-OPEN / NEG-MSG / NEG-CLOSE (NIP-77) ------------------------------------------
 

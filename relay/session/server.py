@@ -184,6 +184,7 @@ class Relay:
                 settings.negentropy.max_items,
             ),
             spawn=self.spawn,
+            session_notice=self.hooks.session_notice if self.hooks.session_notices else None,
         )
         self.router = HttpRouter()
         self.connections: set[Connection] = set()

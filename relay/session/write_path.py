@@ -50,6 +50,8 @@ class Admission:
     event: Event
     ctx: WriteContext
     attachments: tuple[object, ...] = ()
+    # told the author once the signature holds (the connection offers its NOTIFY then)
+    on_verified: Callable[[str], None] | None = None
 
 
 class Stage(Protocol):
@@ -68,6 +70,8 @@ class Verify:
     async def run(self, a: Admission) -> Reply | None:
         if not await self.verifier.verify(a.event):
             raise Invalid("signature is invalid")
+        if a.on_verified is not None:
+            a.on_verified(a.event.pubkey)
         return None
 
 
@@ -156,7 +160,7 @@ class Quota:
         if allowance is None:
             refused = await self.quota.check(a.event, None)
         else:
-            refused = await self.quota.check(a.event, allowance.bytes, allowance.refusal)
+            refused = await self.quota.check(a.event, allowance.bytes, allowance.refusal, allowance.authors)
         if refused is not None:
             raise refused
         return None

@@ -17,15 +17,20 @@ from tests.lightning.payment_stack import note, payment_stack, pubkey_of
 
 async def test_unpaid_pubkey_is_restricted_with_the_join_url(tmp_path: Path) -> None:
     async with payment_stack(tmp_path) as s:
+        secret = crypto.generate_secret()
         with pytest.raises(Restricted) as err:
-            await s.ext.admit(note(crypto.generate_secret()), s.ctx())
-        assert str(err.value).startswith("restricted: ")
-        assert str(err.value).endswith("; pay at https://relay.example.com/join")
+            await s.ext.admit(note(secret), s.ctx())
+        # One line: what is wrong (unpaid, the cheapest price) and what to do (the join
+        # link with the key filled in).
+        assert str(err.value) == (
+            "restricted: writing here needs a payment (from 1000 sats); "
+            f"pay at https://relay.example.com/join?pubkey={pubkey_of(secret)}"
+        )
 
 
 async def test_configured_payments_url_is_used(tmp_path: Path) -> None:
     async with payment_stack(tmp_path, payments_url="https://pay.example.com/x") as s:
-        with pytest.raises(Restricted, match=r"pay at https://pay\.example\.com/x$"):
+        with pytest.raises(Restricted, match=r"pay at https://pay\.example\.com/x\?pubkey=[0-9a-f]{64}$"):
             await s.ext.admit(note(crypto.generate_secret()), s.ctx())
 
 

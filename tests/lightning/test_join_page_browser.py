@@ -26,7 +26,7 @@ from relay.nostr.event import sign_event
 from relay.session.server import Relay
 from tests.conftest import RelayFactory, free_port
 from tests.lightning.payment_stack import ledger_of
-from tests.nostr_client import NostrClient
+from tests.nostr_client import NostrClient, signed
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -379,5 +379,107 @@ async def test_account_page_hands_over_a_wallet_connection_encrypted_to_the_rela
                 await page.click("#nwc-forget")
                 await expect(page.locator("#nwc-state")).to_have_text("no wallet connected", timeout=10_000)
                 assert await ledger_of(relay).nwc_links() == []
+            finally:
+                await browser.close()
+
+
+async def test_account_page_links_a_second_key_signed_by_both_and_unlinks_it(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    """One plan, several keys, as a member does it with one NIP-07 extension holding two
+    keys (a stand-in whose active key the test switches, as the member does in theirs): sign
+    the consent with the key to link, switch back, link; the linked key then writes; the
+    member unlinks it from the same page."""
+    from playwright.async_api import async_playwright, expect
+
+    keys = [alice, bob]
+    owner, linked = (crypto.public_key(k).hex() for k in keys)
+    payments: dict[str, Any] = {"enabled": True, "backend": "fake", "account_cache_seconds": 0}
+    async with relay_factory(payments=payments) as relay:
+        now = int(time.time())
+        await ledger_of(relay).update_account(owner, now, admitted_until=now + 86400)
+        active = {"key": 0}
+
+        def sign(template: dict[str, Any]) -> dict[str, Any]:
+            secret = keys[active["key"]]
+            kind, content, tags, at = template["kind"], template["content"], template["tags"], template["created_at"]
+            return sign_event(secret, kind, content, tags, at).to_dict()
+
+        async def get_public_key() -> str:
+            return crypto.public_key(keys[active["key"]]).hex()
+
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 900})
+                await page.expose_function("standInSign", sign)
+                await page.expose_function("standInKey", get_public_key)
+                stand_in = "window.nostr = { signEvent: (t) => window.standInSign(t), getPublicKey: window.standInKey }"
+                await page.add_init_script(stand_in)
+                await page.goto(f"http://127.0.0.1:{relay.port}/account/{owner}", wait_until="load")
+                assert "up to 3 other keys" in await page.inner_text("#acct-links")
+                await page.click("#sign-in")
+                await expect(page.locator("#links")).to_be_visible(timeout=10_000)
+                await expect(page.locator("#acct-links")).to_have_text("0 of 3 linked")
+                active["key"] = 1  # the member switches the extension to the key to link
+                await page.click("#link-consent")
+                await expect(page.locator("#link-state")).to_contain_text("consent signed by " + linked)
+                await page.click("#link-confirm")  # still the other key: the page says so
+                await expect(page.locator("#link-state")).to_contain_text("switch your extension back")
+                active["key"] = 0
+                await page.click("#link-confirm")
+                await expect(page.locator("#link-state")).to_have_text("linked " + linked, timeout=10_000)
+                await expect(page.locator("#acct-links")).to_have_text("1 of 3 linked")
+                assert [k.pubkey for k in await ledger_of(relay).linked_keys(owner)] == [linked]
+                async with NostrClient(relay.url) as client:
+                    ok, message = await client.publish(signed(bob, 1, "written under the member's plan"))
+                    assert ok, message
+                await page.click("#link-list button")
+                await expect(page.locator("#link-state")).to_have_text("unlinked", timeout=10_000)
+                assert await ledger_of(relay).linked_keys(owner) == []
+            finally:
+                await browser.close()
+
+
+async def test_join_page_shows_a_tier_its_renewal_date_grace_and_linked_keys_once_paid(
+    alice: bytes, tmp_path: Path
+) -> None:
+    """``make run``'s page sells the demo's Supporter tier: its offer names its grace and
+    how many keys it links; once paid, the account part shows the tier, the date to renew
+    by, the end of the grace and the linked keys, as the account page does."""
+    from playwright.async_api import async_playwright, expect
+
+    pubkey = crypto.public_key(alice).hex()
+    async with make_run_relay(tmp_path) as relay:
+        base = f"http://127.0.0.1:{relay.port}"
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 1000})
+                await page.goto(base + "/join", wait_until="load")
+                offers = await page.inner_text("main")
+                supporter = "Supporter: 2,000 sats (posts, replies and reactions; 3-day grace; links up to 1 other key)"
+                assert supporter in offers, offers
+                assert "Pro: 20,000 sats (everything, a year; 7-day grace; links up to 3 other keys)" in offers
+                await page.check("input[name=plan][value=supporter]")
+                await page.fill("#pubkey", pubkey)
+                await page.click("#get-invoice")
+                await page.wait_for_selector("#step-pay:not([hidden])")
+                await page.click("#simulate")
+                await expect(page.locator("#status")).to_have_text("paid", timeout=10_000)
+                account = await ledger_of(relay).get_account(pubkey)
+                assert account is not None and account.role == "supporter"
+                ends = account.admitted_until
+                day = lambda t: time.strftime("%Y-%m-%d", time.gmtime(t))  # noqa: E731
+                assert await page.inner_text("#acct-tier") == "Supporter"
+                assert await page.inner_text("#acct-renew") == day(ends)
+                assert await page.inner_text("#acct-grace") == "writes go on until " + day(ends + 3 * 86400)
+                assert (await page.inner_text("#acct-links")).startswith("up to 1 other key may write under this plan")
+                await page.goto(f"{base}/account/{pubkey}", wait_until="load")
+                tier = await page.inner_text("#acct-tier")
+                assert tier == (f"Supporter (2000 sats for 30 days), renew by {day(ends)}"
+                                f" (writes go on until {day(ends + 3 * 86400)})")
+                links = await page.inner_text("#acct-links")
+                assert links == "up to 1 other key may write under this plan (listed to its owner)", links
             finally:
                 await browser.close()

@@ -241,7 +241,8 @@ async def test_account_and_invoices_show_a_paid_invoice(
         assert await admin.call("payments.invoices", {"limit": 1}) == everything[:1]
         assert await admin.call("payments.account", "f" * 64) == {
             "pubkey": "f" * 64, "npub": npub_encode("f" * 64), "admitted": False, "admitted_until": None,
-            "credit_msat": 0, "banned": False, "allowed": False, "tier": None, "comped": False, "invoices": [],
+            "credit_msat": 0, "banned": False, "allowed": False, "tier": None, "comped": False, "linked_keys": [],
+            "invoices": [],
         }
 
 
