@@ -27,6 +27,7 @@ from relay.discovery import PluginError, discover_plugins
 from relay.errors import Invalid, Rejection
 from relay.event import Event, KindClass, parse_event, verify_signature
 from relay.filters import Filter, parse_filter
+from relay.journal import formatter_for
 from relay.management import ManagementState
 from relay.policy import ReadScope
 from relay.store import open_store
@@ -55,7 +56,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _setup_logging(level: str) -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter_for(sys.stderr, os.environ))  # under systemd: priorities for journald
+    logging.basicConfig(level=numeric, handlers=[handler])
     # websockets logs every connection opened and closed at INFO: a line per client is noise
     # on a busy relay (ours are: start-up, dropped slow client, rejected connection).
     logging.getLogger("websockets").setLevel(max(numeric, logging.WARNING))
