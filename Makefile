@@ -24,14 +24,15 @@ $(LNBITS_VENV)/.installed:
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
 
-# Debian's nginx, systemd and Prometheus for the deploy tests (tests/test_deploy_*.py,
-# tests/test_monitoring.py): nginx is run unprivileged in front of the relay with its own
-# config in a temp folder, systemd-analyze verifies deploy/satsrelay.service, promtool checks
-# the alert rules and the dashboard's queries. (On a machine booted with systemd, Debian's
-# packages also start their own nginx and Prometheus services; the tests use neither:
-# `systemctl disable --now nginx prometheus`.)
+# Debian's nginx, Caddy, systemd and Prometheus for the deploy tests (tests/test_deploy_*.py,
+# tests/test_monitoring.py): nginx and Caddy are each run unprivileged in front of the relay
+# with their own config in a temp folder (Caddy with its internal CA: no ACME), systemd-analyze
+# verifies deploy/satsrelay.service, promtool checks the alert rules and the dashboard's
+# queries. (On a machine booted with systemd, Debian's packages also start their own nginx,
+# Caddy and Prometheus services; the tests use none: `systemctl disable --now nginx caddy prometheus`.)
 deploy-tools:
 	@command -v nginx >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q nginx)
+	@command -v caddy >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q caddy)
 	@command -v systemd-analyze >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q systemd)
 	@command -v promtool >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q --no-install-recommends prometheus)
 

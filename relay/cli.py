@@ -24,6 +24,7 @@ import orjson
 
 from relay.config import ConfigError, Settings, load_settings, public_url_mismatch, resolve_workers
 from relay.discovery import PluginError, discover_plugins
+from relay.journal import formatter_for
 from relay.nostr.errors import Invalid, Rejection
 from relay.nostr.event import Event, KindClass, parse_event, verify_signature
 from relay.nostr.filters import Filter, parse_filter
@@ -55,7 +56,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _setup_logging(level: str) -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter_for(sys.stderr, os.environ))  # under systemd: priorities for journald
+    logging.basicConfig(level=numeric, handlers=[handler])
     # websockets logs every connection opened and closed at INFO: a line per client is noise
     # on a busy relay (ours are: start-up, dropped slow client, rejected connection).
     logging.getLogger("websockets").setLevel(max(numeric, logging.WARNING))

@@ -69,3 +69,28 @@ def test_each_wallet_example_validates_with_its_secret_filled_in(
     for path_key in ("tls_cert_path", "ca_cert_path"):  # certificates the unit can read (not /home)
         value = getattr(wallet, path_key, None)
         assert value is None or value.startswith("/etc/satsrelay/"), value
+
+
+def seconds(duration: str) -> float:
+    """An nginx or Caddy duration: 90, 90s, 5m, 1h (and Caddy's 1h30m)."""
+    units = {"h": 3600, "m": 60, "s": 1, "": 1}
+    parts = re.findall(r"(\d+)([hms]?)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return float(sum(int(n) * units[u] for n, u in parts))
+
+
+def test_the_proxies_keep_a_quiet_websocket_open_past_the_relays_pings() -> None:
+    """A subscriber that only listens sends nothing for minutes; the relay pings it every
+    ping_interval_seconds and the client's pong is all that crosses the proxy. nginx cuts an
+    upstream connection that reads or writes nothing for proxy_read_timeout /
+    proxy_send_timeout (60 s by default: the ping interval itself, a race), so both are set,
+    longer than the interval; Caddy sets no such timeout on a proxied WebSocket unless its
+    file names one, which must then be longer too."""
+    ping = load_settings(RELAY).server.ping_interval_seconds
+    nginx = (REPO / "deploy" / "nginx" / "satsrelay.conf").read_text()
+    for directive in ("proxy_read_timeout", "proxy_send_timeout"):
+        [value] = re.findall(rf"^\s*{directive}\s+(\S+);", nginx, re.MULTILINE)
+        assert seconds(value) > 2 * ping, (directive, value, ping)
+    caddy = (REPO / "deploy" / "caddy" / "Caddyfile").read_text()
+    for value in re.findall(r"^\s*(?:read_timeout|write_timeout|stream_timeout|idle_timeout)\s+(\S+)", caddy, re.M):
+        assert seconds(value) > 2 * ping, (value, ping)

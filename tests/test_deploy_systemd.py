@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -18,13 +19,14 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from relay.config import load_settings
 from relay.store.sqlite_schema import sqlite_path_from_url
-from tests.conftest import free_port
+from tests.conftest import RelayProcess, free_port
 from tests.nostr_client import NostrClient, signed
 from tests.waiting import eventually
 
@@ -160,3 +162,31 @@ async def test_the_units_command_serves_and_stops_on_its_kill_signal_in_time(tmp
     assert "satsrelay.db" in made and "relay.key" in made, made
     for name in made:  # UMask=0077: nothing the relay wrote is readable by other users
         assert stat.S_IMODE((state / name).stat().st_mode) & 0o077 == 0, name
+
+
+def test_under_systemd_each_log_line_carries_its_priority_for_journald(
+    relay_process: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """systemd connects the unit's stderr to journald and names that stream in
+    $JOURNAL_STREAM; journald files a line as info unless it starts with ``<N>``. So a
+    warning (here: a wallet URL nobody listens on) must carry ``<4>``, or `journalctl -u
+    satsrelay -p warning` (README: Logs) shows nothing; and no timestamp, journald adds its
+    own. The same relay with its stderr elsewhere (a terminal, a file) keeps the plain lines."""
+    port = free_port()
+    journal = tmp_path / f"relay-{port}.log"  # RelayProcess's stderr file, made first to name it
+    journal.touch()
+    info = journal.stat()
+    wallet = f'[payments]\nenabled = true\nbackend = "lnbits"\n[payments.lnbits]\nurl = "http://127.0.0.1:{free_port()}"\n'
+    env = {"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}", "SATSRELAY_PAYMENTS__LNBITS__INVOICE_KEY": "0" * 32}
+    relay = relay_process(wallet, env=env, port=port)
+    relay.terminate()
+    lines = relay.stderr_text().splitlines()
+    assert lines and all(re.match(r"<[2-7]>[A-Z]+ [a-z_.]+: ", line) for line in lines), lines
+    warning = "<4>WARNING lightning.wallet_health: the lnbits wallet does not answer"
+    assert any(line.startswith(warning) for line in lines), lines
+    assert any(line.startswith("<6>INFO relay.session.server: satsrelay listening on") for line in lines), lines
+
+    elsewhere = relay_process(wallet, env={**env, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino + 1}"})
+    elsewhere.terminate()
+    plain = elsewhere.stderr_text().splitlines()
+    assert plain and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ", line) for line in plain), plain

@@ -5,6 +5,7 @@ the dashboard's queries, and fires two of the alerts on made-up series."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -225,3 +226,38 @@ async def test_a_failing_wallet_shows_in_the_metrics(relay_factory: RelayFactory
         ext.backend.set_outage(False)
         assert await ext.health.check()
         assert (await scrape())["satsrelay_wallet_up[]"] == 1.0
+
+
+def debians_prometheus_yml() -> Path:
+    """Debian's /etc/prometheus/prometheus.yml as the package installed it (dpkg's checksum of
+    the conffile), the file the README's Monitoring commands edit."""
+    path = Path("/etc/prometheus/prometheus.yml")
+    status = Path("/var/lib/dpkg/status").read_text()
+    recorded = re.search(rf"^ {re.escape(str(path))} ([0-9a-f]{{32}})$", status, re.MULTILINE)
+    assert recorded, "Debian's prometheus package is not installed (run `make deploy-tools`)"
+    actual = hashlib.md5(path.read_bytes()).hexdigest()
+    assert actual == recorded[1], f"{path} is not the file Debian installed: this test edits a copy of that one"
+    return path
+
+
+@needs_promtool
+def test_the_readmes_monitoring_commands_make_a_config_promtool_accepts(tmp_path: Path) -> None:
+    """The README's lines that install the rules and edit prometheus.yml, run as written on a
+    copy of Debian's file (/etc/prometheus/ moved to a temp folder, no sudo: tests run as
+    root or as the file's owner): promtool then finds the satsrelay job and the 12 rules."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```sh\n(sudo apt-get install -y prometheus\n.*?)```", readme, re.DOTALL)
+    assert block, "README: the Monitoring commands"
+    lines = block[1].splitlines()
+    assert lines[0] == "sudo apt-get install -y prometheus" and lines[-1].startswith("promtool check config ")
+    etc = tmp_path / "etc-prometheus"
+    etc.mkdir()
+    shutil.copy(debians_prometheus_yml(), etc / "prometheus.yml")
+    for line in lines[1:]:
+        command = re.sub(r"\s+#\s.*$", "", line).replace("sudo ", "").replace("/etc/prometheus/", f"{etc}/")
+        command = command.split(" && systemctl reload")[0]  # no Prometheus service to reload here
+        done = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{line}\n{done.stdout}{done.stderr}"
+    assert "SUCCESS: 1 rule files found" in done.stdout and "12 rules found" in done.stdout, done.stdout
+    config = (etc / "prometheus.yml").read_text()
+    assert re.search(r"^  - job_name: satsrelay\n(    .*\n)*      - targets: \[\"127\.0\.0\.1:9477\"\]", config, re.M)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import subprocess
@@ -230,3 +231,21 @@ async def test_status_lines_carry_their_reason_phrase(relay: Relay) -> None:
             await asyncio.wait_for(reader.readexactly(length), 5)
     finally:
         writer.close()
+
+
+async def test_a_client_still_sending_a_refused_body_reads_its_413(relay_factory: RelayFactory) -> None:
+    """The relay answers 413 on the Content-Length alone, while the client is still sending
+    megabytes; it then reads and drops the rest for a moment before closing (a lingering
+    close): closing with unread data sends a TCP reset, which took the answer with it (a
+    client read ECONNRESET; Caddy in front told its client 502)."""
+    async with relay_factory(server={"max_request_body_bytes": 100}) as relay:
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            size = 4 << 20
+            writer.write(f"POST / HTTP/1.1\r\nHost: relay\r\nContent-Length: {size}\r\n\r\n".encode())
+            writer.write(b"x" * size)  # what a client sends before it looks for an answer
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                await asyncio.wait_for(writer.drain(), 5)
+            status, headers, body = await read_response(reader)
+            assert status == 413 and headers["connection"] == "close" and body == b"request body too large\n"
+            writer.close()

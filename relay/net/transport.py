@@ -53,6 +53,7 @@ _slow_client_log = ThrottledLog(log)
 MAX_HEADER_BYTES = 16 * 1024  # request line + headers (h11 answers 431 past it)
 INBOX_PAUSE = 64  # client messages waiting behind a running REQ before we stop reading
 CLOSE_TIMEOUT = 5.0  # seconds a closing handshake may take before the socket is cut
+LINGER_SECONDS = 2.0  # after a 413, how long the rest of the refused body is read and dropped
 TOO_MANY_CONNECTIONS = (
     b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nRetry-After: 10\r\n"
     b"Connection: close\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
@@ -168,6 +169,7 @@ class RelayProtocol(asyncio.Protocol):
         self._body_size = 0
         self._timer: asyncio.TimerHandle | None = None
         self._handling = False
+        self._lingering = False  # answered 413: what still arrives is dropped (_linger)
         # WebSocket phase
         self._ws: ServerProtocol | None = None
         self._sink: MessageSink | None = None
@@ -221,6 +223,8 @@ class RelayProtocol(asyncio.Protocol):
             self.pinged = False
             ws.receive_data(data)
             self._ws_events()
+            return
+        if self._lingering:
             return
         if self._http is not None:
             try:
@@ -319,7 +323,7 @@ class RelayProtocol(asyncio.Protocol):
                 length = _content_length(event)
                 if length is not None and length > self._options.max_body_bytes:
                     self._send_simple(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"request body too large\n")
-                    self._close_after_write()
+                    self._linger()
                     return
                 if _wants_websocket(event):
                     continue  # h11 pauses after the (empty) end of message: see PAUSED
@@ -330,7 +334,7 @@ class RelayProtocol(asyncio.Protocol):
                 self._body_size += len(event.data)
                 if self._body_size > self._options.max_body_bytes:
                     self._send_simple(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"request body too large\n")
-                    self._close_after_write()
+                    self._linger()
                     return
                 self._body.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -420,6 +424,21 @@ class RelayProtocol(asyncio.Protocol):
         self._cancel_timer()
         if self._transport is not None:
             self._transport.close()  # asyncio flushes the write buffer first
+
+    def _linger(self) -> None:
+        """Close after the answer, but read and drop what the client still sends for up to
+        LINGER_SECONDS first (a lingering close, as nginx and Apache do): closing a socket
+        with unread data in it sends a TCP reset, which can destroy the answer before the
+        peer read it. Through Caddy, a body far over the limit got its client a 502 instead
+        of this 413 (tests/test_deploy_proxy.py)."""
+        self._lingering = True
+        self._cancel_timer()
+        if self._transport is None:
+            return
+        if self._transport.can_write_eof():
+            self._transport.write_eof()  # sent once the answer is flushed
+        self._transport_resume()
+        self._timer = self._loop.call_later(LINGER_SECONDS, self._close_after_write)
 
     def _transport_pause(self) -> None:
         if self._transport is not None and not self._reading_paused:
