@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,9 +38,10 @@ LIMITS = {"events_per_second": 10000, "events_burst": 10000, "ip_events_per_seco
 
 @contextlib.asynccontextmanager
 async def wot_relay(
-    tmp_path: Path, storage: dict[str, str], plugins: list[Plugin], **sections: Any
+    tmp_path: Path, storage: dict[str, str], plugins: list[Plugin], sock: socket.socket | None = None, **sections: Any
 ) -> AsyncIterator[Relay]:
-    sock = listening_socket()
+    """A relay with ``plugins`` only (none: a free relay), on ``sock`` or a free port."""
+    sock = sock or listening_socket()
     port = sock.getsockname()[1]
     settings = load_settings(
         None,

@@ -9,6 +9,10 @@ since it reads the same store):
   NIP-85 assertions of the provider, and the NIP-86 ban counter; a changed list of a
   member whose list counts updates the graph incrementally (``wot.graph``); a ban, or a
   change seen before the graph is built, starts a full computation;
+- with ``sources``: the lists a new member brings into the graph are synced in from the
+  sources before the store is read (``wot.sources``), and, with what is left of the
+  refresh's budget, the lists that already count are asked again in turn; whatever
+  arrived is applied like a list stored here (another node sees it in its own store);
 - every ``full_refresh_seconds``: a full computation (lists stored with a clock far behind,
   which the "since" window misses, are picked up here);
 - each change is saved (``wot.store``). At start the saved result serves at once, and the
@@ -21,7 +25,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -37,6 +41,7 @@ from relay.policy import WriteContext
 from relay.store.base import Store
 from wot.graph import GraphRules, TrustGraph
 from wot.settings import WotSettings
+from wot.sources import Rotation, SourceRelays
 from wot.store import (
     ASSERTION_KIND,
     CONTACTS_KIND,
@@ -53,10 +58,10 @@ log = logging.getLogger(__name__)
 LATE_SECONDS = 300  # a contact list stamped up to this far behind the last look is still seen
 POLL_LIMIT = 20_000  # more changed lists than this in one look: a full computation instead
 RECENT_REFUSALS = 50
-NEXT_HOP_SAMPLE = 2_000
+NEXT_HOP_SAMPLE = 2_000  # last-hop members whose lists the console reads for "one more hop"
 # The id's place in an event's compact raw JSON ({"id":"<64 hex>",...}), the layout the
 # stores return byte for byte (relay/event.py).
-_ID = slice(7, 71)  # last-hop members whose lists the console reads for "one more hop"
+_ID = slice(7, 71)
 
 
 class WotTier:
@@ -76,6 +81,10 @@ class WotTier:
         self.computed_at = 0
         self.full_runs = 0
         self.refusals: collections.deque[tuple[int, str]] = collections.deque(maxlen=RECENT_REFUSALS)
+        self.sources = (
+            SourceRelays(settings.sources, settings.source_authors_per_refresh, store) if settings.sources else None
+        )
+        self._list_turn = Rotation()  # counted authors' lists, re-asked of the sources in turn
         self._hour: dict[str, tuple[int, int]] = {}  # pubkey -> (hour, events admitted in it)
         self._saved: dict[str, int] = {}
         self._since = 0
@@ -178,20 +187,21 @@ class WotTier:
             [time.strftime("%H:%M:%S", time.gmtime(t)), p] for t, p in reversed(self.refusals)
         ]
         nearest = await self.next_hop()
-        return ui.document(
-            "Web of trust",
-            [
-                ui.stats(items, "Trusted set"),
-                ui.table("Recent refusals (strangers)", ["time (UTC)", "pubkey"], refusals, empty="none yet"),
-                ui.table(
-                    f"Would be admitted at {self.settings.max_hops + 1} hops",
-                    ["pubkey", "followers in the trusted set"],
-                    [[p, str(n)] for p, n in nearest],
-                    empty="none (or the graph is still being computed)",
-                ),
-            ],
-            refresh=30,
-        )
+        blocks = [
+            ui.stats(items, "Trusted set"),
+            ui.table("Recent refusals (strangers)", ["time (UTC)", "pubkey"], refusals, empty="none yet"),
+            ui.table(
+                f"Would be admitted at {self.settings.max_hops + 1} hops",
+                ["pubkey", "followers in the trusted set"],
+                [[p, str(n)] for p, n in nearest],
+                empty="none (or the graph is still being computed)",
+            ),
+        ]
+        if self.sources is not None:
+            sources = self.sources
+            rows = [[url, sources.state(url)] for url in sources.urls]
+            blocks.append(ui.table(f"Sources ({sources.received} events fetched)", ["relay", "state"], rows))
+        return ui.document("Web of trust", blocks, refresh=30)
 
     def _saved_hops(self) -> list[int]:
         per = [0] * (self.settings.max_hops + 1)
@@ -247,6 +257,8 @@ class WotTier:
 
     async def refresh(self, now: int) -> None:
         """One look (see the module docstring)."""
+        if self.sources is not None:
+            self.sources.new_round()
         ban_changes = await self.store.management_changes()
         bans_moved = self._ban_changes is not None and ban_changes != self._ban_changes
         self._ban_changes = ban_changes
@@ -260,8 +272,8 @@ class WotTier:
         await self.poll(now)
 
     async def compute(self, now: int) -> None:
-        """A full computation from the stored lists; the gate keeps the old set until the
-        new one is whole."""
+        """A full computation from the stored lists (those the sources hold brought in
+        first, hop by hop); the gate keeps the old set until the new one is whole."""
         since = now - LATE_SECONDS
         graph = TrustGraph(self.rules, await banned_pubkeys(self.store))
         await self._load_pending(graph, now)
@@ -277,13 +289,36 @@ class WotTier:
         log.info("web of trust: %d members (per hop %s)", len(members), graph.hop_counts())
 
     async def _load_pending(self, graph: TrustGraph, now: int) -> set[str]:
+        """Give the graph the lists it waits for, a hop at a time: the sources' copies are
+        synced into the store first (within this refresh's budget), then the store is read."""
         changed: set[str] = set()
         while graph.pending:
-            changed |= graph.provide(await contact_lists(self.store, sorted(graph.pending), now))
+            authors = sorted(graph.pending)
+            if self.sources is not None:
+                await self.sources.contact_lists(authors)
+            changed |= graph.provide(await contact_lists(self.store, authors, now))
         return changed
 
+    async def _ask_sources(self) -> tuple[set[str], bool]:
+        """This refresh's questions to the sources about what is already known: the lists
+        that count, in turn (a member may have changed its follows elsewhere). Returns the
+        authors whose lists arrived and whether any assertion did."""
+        sources = self.sources
+        if sources is None:
+            return set(), False
+        graph = self.graph
+        if graph is not None:
+            counted: Collection[str] = graph.lists.keys()
+        else:  # serving the saved set: the members whose lists would count
+            counted = [p for p, h in self.members.items() if 0 <= h < self.settings.max_hops]
+        order = self._list_turn.order(counted)
+        arrived, asked = await sources.contact_lists(order)
+        self._list_turn.asked(order, asked)
+        return arrived, False
+
     async def poll(self, now: int) -> None:
-        """Lists (and assertions) stored since the last look, from any node."""
+        """Lists (and assertions) stored since the last look, from any node, and those the
+        sources had that this store lacked."""
         since = self._since
         kinds = [Filter(kinds=frozenset({CONTACTS_KIND}), since=since, limit=POLL_LIMIT)]
         if self.settings.provider:
@@ -314,14 +349,15 @@ class WotTier:
             # Serving the saved set: on the first look, a list stamped after the saved look
             # is news (the graph is then computed); one stamped before it was applied before
             # the restart, or is one the schedule's full computation picks up. On later
-            # looks every list not seen before is news.
+            # looks every list not seen before is news; so is a list a source had.
             first, self._first_look = self._first_look, False
+            fetched, ranks_arrived = await self._ask_sources()
             news = [
                 a for a in lists
                 if 0 <= self.members.get(a, -1) < self.settings.max_hops
                 and (not first or stamped[a] > self._looked_at)
             ]
-            if news or assertions:
+            if news or assertions or fetched or ranks_arrived:
                 await self.compute(now)
             else:
                 self._advance(now)
@@ -329,6 +365,18 @@ class WotTier:
         changed: set[str] = set()
         for author, follows in lists.items():
             changed |= graph.set_list(author, follows)  # a non-member's list changes nothing
+        # New members' lists first (the sources' copies included), then the sources are
+        # asked again about the lists already counted, with what is left of the budget.
+        changed |= await self._load_pending(graph, now)
+        fetched, ranks_arrived = await self._ask_sources()
+        assertions = assertions or ranks_arrived
+        if fetched:
+            # Lists a source had that this store lacked: read back whatever their stamp
+            # (a list the source received late is older than the window above).
+            stored = await contact_lists(self.store, sorted(fetched), now)
+            for author, follows in stored.items():
+                if author in graph.lists and graph.lists[author] != follows:
+                    changed |= graph.set_list(author, follows)
         changed |= await self._load_pending(graph, now)
         if assertions:
             provided = await provider_trusted(self.store, self.settings.provider, self.settings.min_rank, now)
