@@ -1,6 +1,7 @@
 """Where the web of trust learns who to trust besides this relay's own store, over real
 WebSockets: contact lists fetched from ``[wot] sources`` (a second satsrelay on 127.0.0.1
-holding them) with the relay's own sync, bounded, a failing source logged once.
+holding them) with the relay's own sync, bounded, a failing source logged once; and NIP-85
+trust from a provider's kind 30382 ranks, stored here or fetched from a source.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ import logging
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from relay import crypto
-from relay.event import Event
+from relay.event import Event, sign_event
 from relay.server import Relay
 from tests.conftest import listening_socket
 from tests.nostr_client import NostrClient
@@ -28,6 +30,22 @@ def tier(relay: Relay) -> WotTier:
     owner = relay.hooks.owner("wot")
     assert isinstance(owner, WotTier)
     return owner
+
+
+def rank(provider: bytes, subject: bytes, value: str, at: int | None = None) -> Event:
+    """NIP-85: the provider's assertion about a user (kind 30382, ``d`` = its pubkey)."""
+    tags = [["d", pub(subject)], ["rank", value]]
+    return sign_event(provider, 30382, "", tags, at or int(time.time()))
+
+
+async def refused(c: NostrClient, secret: bytes) -> bool:
+    ok, message = await c.publish(note(secret))
+    return not ok and message.startswith("restricted: free for people followed")
+
+
+async def trusted(http: httpx.AsyncClient, secret: bytes) -> bool:
+    doc: dict[str, Any] = (await http.get(f"/wot/{pub(secret)}")).json()
+    return bool(doc["trusted"])
 
 
 def http_of(relay: Relay) -> httpx.AsyncClient:
@@ -174,3 +192,60 @@ async def test_a_failing_source_is_logged_once_and_the_others_still_count(
                 await eventually(lambda: accepted(c, d), 10, interval=0.3, what="D admitted from the source back")
             again = [rec.getMessage() for rec in caplog.records if "answers again" in rec.getMessage()]
             assert again == [f"web of trust: source {dead} answers again"]
+
+
+# --- NIP-85: trust from a provider's ranks ---------------------------------------------------
+
+
+async def test_a_pubkey_the_provider_ranks_at_min_rank_or_above_writes_free(
+    tmp_path: Path, storage: dict[str, str]
+) -> None:
+    r, provider, member, x, y, z, odd, w = (crypto.generate_secret() for _ in range(8))
+    wot = wot_section(r, provider=pub(provider), min_rank=50)
+    async with (
+        wot_relay(tmp_path, storage, [WOT], wot=wot) as relay,
+        NostrClient(relay.url) as c,
+        http_of(relay) as http,
+    ):
+        assert await c.publish(contacts(r, member)) == (True, "")
+        await eventually(lambda: trusted(http, member), 10, interval=0.3, what="the member trusted")
+        # The provider publishes its ranks here (its kind 30382 is admitted; it is no member);
+        # a member's own "rank" of W is no provider's.
+        ranks = (rank(provider, x, "80"), rank(provider, y, "49"), rank(provider, z, "50"), rank(provider, odd, "high"))
+        for event in ranks:
+            assert await c.publish(event) == (True, ""), event.tags
+        assert await c.publish(rank(member, w, "99")) == (True, "")
+        await eventually(lambda: accepted(c, x), 10, interval=0.3, what="X (rank 80) admitted")
+        assert await accepted(c, z)  # exactly min_rank
+        for secret in (y, odd, w):
+            assert await refused(c, secret)
+        assert (await http.get(f"/wot/{pub(x)}")).json()["by"] == "provider"
+        # The provider's own notes are not free: only its assertions are.
+        assert await refused(c, provider)
+        # The provider lowers X's rank: X falls back to the unpaid rules.
+        assert await c.publish(rank(provider, x, "10", at=int(time.time()) + 1)) == (True, "")
+        await eventually(lambda: refused(c, x), 10, interval=0.3, what="X refused once ranked low")
+
+
+async def test_the_providers_ranks_are_fetched_from_a_source_for_pubkeys_that_ask(tmp_path: Path) -> None:
+    r, provider, x, y, v = (crypto.generate_secret() for _ in range(5))
+    (tmp_path / "source").mkdir()
+    (tmp_path / "main").mkdir()
+    async with wot_relay(tmp_path / "source", {}, []) as source:
+        await publish_all(source.url, rank(provider, x, "80"), rank(provider, y, "20"), rank(provider, v, "90"))
+        wot = wot_section(r, provider=pub(provider), sources=[source.url])
+        async with wot_relay(tmp_path / "main", {}, [WOT], wot=wot) as relay, NostrClient(relay.url) as c:
+            # X's first write is refused (nothing here ranks it), and X is asked about: it
+            # writes free within refresh_seconds.
+            assert await refused(c, x)
+            await eventually(lambda: accepted(c, x), 10, interval=0.3, what="X admitted by its fetched rank")
+            # Y asks too; its rank comes over and is too low.
+            assert await refused(c, y)
+
+            async def y_rank_here() -> bool:
+                return bool(await c.req("y", {"kinds": [30382], "authors": [pub(provider)], "#d": [pub(y)]}))
+
+            await eventually(y_rank_here, 10, interval=0.3, what="Y's rank fetched")
+            assert await refused(c, y)
+            # Bounded: V never asked to write, so its rank stayed on the source.
+            assert await c.req("v", {"kinds": [30382], "#d": [pub(v)]}) == []

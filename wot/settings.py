@@ -36,11 +36,12 @@ class WotSettings(BaseModel):
     # A full recomputation on this schedule (also after a ban); a restart keeps the schedule.
     full_refresh_seconds: float = Field(3600.0, gt=0)
     # Relays (ws:// or wss://) whose contact lists count too: the lists the graph needs are
-    # brought into this relay's store with its own sync (NIP-77, else paged REQ). Empty:
-    # this relay's store only.
+    # brought into this relay's store with its own sync (NIP-77, else paged REQ), and so are
+    # the provider's NIP-85 assertions about pubkeys that asked to write. Empty: this
+    # relay's store only.
     sources: list[str] = []
-    # At most this many authors' lists asked of each source per refresh; the rest in turn
-    # on the next refreshes.
+    # At most this many authors' lists (and as many assertion subjects) asked of each source
+    # per refresh; the rest in turn on the next refreshes.
     source_authors_per_refresh: int = Field(5000, ge=1)
     # NIP-85 trusted assertions: a kind 30382 from ``provider`` whose ``rank`` tag is at
     # least ``min_rank`` trusts its subject (the ``d`` tag). Empty: not used.

@@ -4,10 +4,11 @@ it, paged REQ otherwise), so the graph counts follows published elsewhere.
 
 Bounded three ways, since a source is someone else's relay holding millions of events:
 - only what the graph reads: kind 3 of the authors whose lists count at the hop being
-  computed; never a source's whole store;
-- per refresh, at most ``source_authors_per_refresh`` authors are asked of each source;
-  the others wait for the next refresh, taken in turn (``Rotation``), so a graph of any
-  size is covered at a bounded cost per refresh;
+  computed, and kind 30382 of the configured NIP-85 provider about pubkeys that asked to
+  write or that it already ranks; never a source's whole store;
+- per refresh, at most ``source_authors_per_refresh`` authors (and as many subjects) are
+  asked of each source; the others wait for the next refresh, taken in turn (``Rotation``),
+  so a graph of any size is covered at a bounded cost per refresh;
 - a source that fails (unreachable, refusing, speaking nonsense) is logged once, one
   WARNING line with the reason and no traceback, and once more when it answers again;
   meanwhile the graph uses what the store holds, and the other sources are still asked.
@@ -26,7 +27,7 @@ from collections.abc import Callable, Collection, Sequence
 from relay.filters import Filter
 from relay.peer_sync import sync_with_peer
 from relay.store.base import Store
-from wot.store import CONTACTS_KIND
+from wot.store import ASSERTION_KIND, CONTACTS_KIND
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class SourceRelays:
         self.received = 0  # events stored from the sources since start
         self.rounds = 0
         self._lists_left = per_refresh
+        self._subjects_left = per_refresh
 
     def state(self, url: str) -> str:
         """For the console: how the last sync with ``url`` went."""
@@ -73,9 +75,9 @@ class SourceRelays:
         return f"answers ({method})" if method else "not asked yet"
 
     def new_round(self) -> None:
-        """A refresh starts: the budget is whole again."""
+        """A refresh starts: each kind of question gets its budget again."""
         self.rounds += 1
-        self._lists_left = self.per_refresh
+        self._lists_left = self._subjects_left = self.per_refresh
 
     async def contact_lists(self, authors: Sequence[str]) -> tuple[set[str], int]:
         """Bring the kind-3 lists of the first of ``authors`` this refresh's budget allows
@@ -85,6 +87,16 @@ class SourceRelays:
         self._lists_left -= len(asked)
         kinds = frozenset({CONTACTS_KIND})
         arrived = await self._sync(asked, lambda chunk: Filter(authors=chunk, kinds=kinds))
+        return arrived, len(asked)
+
+    async def assertions(self, provider: str, subjects: Sequence[str]) -> tuple[set[str], int]:
+        """The same for ``provider``'s NIP-85 assertions (kind 30382, ``d`` = the subject)."""
+        asked = list(subjects[: self._subjects_left])
+        self._subjects_left -= len(asked)
+        authors, kinds = frozenset({provider}), frozenset({ASSERTION_KIND})
+        arrived = await self._sync(
+            asked, lambda chunk: Filter(authors=authors, kinds=kinds, tags=(("d", chunk),))
+        )
         return arrived, len(asked)
 
     async def _sync(self, keys: Sequence[str], make: Callable[[frozenset[str]], Filter]) -> set[str]:

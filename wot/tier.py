@@ -11,8 +11,9 @@ since it reads the same store):
   change seen before the graph is built, starts a full computation;
 - with ``sources``: the lists a new member brings into the graph are synced in from the
   sources before the store is read (``wot.sources``), and, with what is left of the
-  refresh's budget, the lists that already count are asked again in turn; whatever
-  arrived is applied like a list stored here (another node sees it in its own store);
+  refresh's budget, the lists that already count are asked again in turn, and the
+  provider's ranks of the strangers refused since the last look; whatever arrived is
+  applied like a list stored here (another node sees it in its own store);
 - every ``full_refresh_seconds``: a full computation (lists stored with a clock far behind,
   which the "since" window misses, are picked up here);
 - each change is saved (``wot.store``). At start the saved result serves at once, and the
@@ -85,6 +86,11 @@ class WotTier:
             SourceRelays(settings.sources, settings.source_authors_per_refresh, store) if settings.sources else None
         )
         self._list_turn = Rotation()  # counted authors' lists, re-asked of the sources in turn
+        self._rank_turn = Rotation()  # provider-ranked members, re-asked in turn
+        # Strangers refused since the last refresh, whose NIP-85 rank the sources are asked
+        # for (bounded: a flood of strangers costs one budget per refresh).
+        self._unranked: dict[str, None] = {}
+        self._ask_ranks = bool(settings.sources and settings.provider)
         self._hour: dict[str, tuple[int, int]] = {}  # pubkey -> (hour, events admitted in it)
         self._saved: dict[str, int] = {}
         self._since = 0
@@ -123,7 +129,9 @@ class WotTier:
 
     async def judge(self, event: Event, ctx: WriteContext) -> Verdict:
         if event.pubkey not in self.members:
-            self.refusals.append((ctx.now, event.pubkey))
+            if event.kind == ASSERTION_KIND and event.pubkey == self.settings.provider:
+                return Admit()  # NIP-85: the provider the operator named publishes its ranks here
+            self._refused(event.pubkey, ctx.now)
             return Refuse(Restricted(self.hint(event.pubkey)))
         kinds = self.settings.kinds
         if kinds and event.kind not in kinds:
@@ -137,6 +145,12 @@ class WotTier:
                 return Refuse(RateLimited(f"the web-of-trust free tier allows {limit} events per hour"))
             self._hour[event.pubkey] = (hour, used + 1)
         return Admit()
+
+    def _refused(self, pubkey: str, now: int) -> None:
+        self.refusals.append((now, pubkey))
+        unranked = self._unranked
+        if self._ask_ranks and len(unranked) < self.settings.source_authors_per_refresh:
+            unranked[pubkey] = None
 
     def hint(self, pubkey: str) -> str:
         return f"free for people followed by this relay's web of trust ({self.page_url}/{pubkey})"
@@ -301,8 +315,10 @@ class WotTier:
 
     async def _ask_sources(self) -> tuple[set[str], bool]:
         """This refresh's questions to the sources about what is already known: the lists
-        that count, in turn (a member may have changed its follows elsewhere). Returns the
-        authors whose lists arrived and whether any assertion did."""
+        that count, in turn (a member may have changed its follows elsewhere), and the
+        provider's ranks of the strangers refused since the last look and, in turn, of the
+        pubkeys it already ranks. Returns the authors whose lists arrived and whether any
+        assertion did."""
         sources = self.sources
         if sources is None:
             return set(), False
@@ -314,7 +330,15 @@ class WotTier:
         order = self._list_turn.order(counted)
         arrived, asked = await sources.contact_lists(order)
         self._list_turn.asked(order, asked)
-        return arrived, False
+        provider = self.settings.provider
+        if not provider:
+            return arrived, False
+        strangers = list(self._unranked)
+        self._unranked.clear()
+        ranked = self._rank_turn.order(self.provider_set - set(strangers))
+        rated, asked = await sources.assertions(provider, strangers + ranked)
+        self._rank_turn.asked(ranked, max(0, asked - len(strangers)))
+        return arrived, bool(rated)
 
     async def poll(self, now: int) -> None:
         """Lists (and assertions) stored since the last look, from any node, and those the
