@@ -224,3 +224,53 @@ async def test_a_banned_members_follows_no_longer_count(tmp_path: Path) -> None:
             return not ok and message.startswith("restricted: free for people followed")
 
         await eventually(b_refused, 10, interval=0.3, what="B refused once A is banned")
+
+
+async def test_the_console_shows_the_set_per_hop_recent_refusals_and_who_one_more_hop_admits(
+    tmp_path: Path, storage: dict[str, str]
+) -> None:
+    """Over HTTP, as the operator's browser asks (NIP-98 admin sign-in), the figures match
+    the graph set up here: min_followers = 2, so hop 2 and "one more hop" count followers."""
+    from tests.test_console import panel, tables, tiles
+
+    r, a, a2, b, b2, b3, c_, d, x, provider, stranger, admin = (crypto.generate_secret() for _ in range(12))
+    wot = wot_section(r, min_followers=2, provider=pub(provider))
+    async with (
+        wot_relay(tmp_path, storage, [WOT], wot=wot, admin={"pubkeys": [pub(admin)]}) as relay,
+        NostrClient(relay.url) as c,
+        httpx.AsyncClient(base_url=relay.url.replace("ws://", "http://")) as web,
+    ):
+
+        async def trusted(*secrets: bytes) -> bool:
+            return all([(await web.get(f"/wot/{pub(s)}")).json()["trusted"] for s in secrets])
+
+        # Hop 1: A, A2. Hop 2: B and B3 (each followed by A and A2); B2 has one follower.
+        assert await c.publish(contacts(r, a, a2)) == (True, "")
+        await eventually(lambda: trusted(a, a2), 10, interval=0.3, what="hop 1")
+        assert await c.publish(contacts(a, b, b2, b3)) == (True, "")
+        assert await c.publish(contacts(a2, b, b3)) == (True, "")
+        await eventually(lambda: trusted(b, b3), 10, interval=0.3, what="hop 2")
+        # The last hop's lists: at 3 hops C would have 2 followers (B, B3) and B2 too (A and
+        # B); D only 1 (B).
+        assert await c.publish(contacts(b, c_, d, b2)) == (True, "")
+        assert await c.publish(contacts(b3, c_)) == (True, "")
+        # NIP-85: the provider ranks X.
+        assert await c.publish(sign_event(provider, 30382, "", [["d", pub(x)], ["rank", "90"]], int(time.time())))
+        await eventually(lambda: trusted(x), 10, interval=0.3, what="X by rank")
+        # A stranger is refused twice (the members above never were: they were asked about
+        # over /wot, not by writing before they were in).
+        for _ in range(2):
+            ok, _ = await c.publish(note(stranger))
+            assert not ok
+        assert not await trusted(b2, c_, d)
+        async with httpx.AsyncClient() as http:
+            doc = await panel(http, relay, "wot", admin)
+    figures = tiles(doc)
+    assert [figures[f"hop {h}"] for h in range(3)] == ["1", "2", "2"]
+    assert figures["by provider rank"] == "1"
+    by_title = tables(doc)
+    refusals = by_title["Recent refusals (outside the web of trust)"]
+    assert [row[1:] for row in refusals["rows"]] == [[pub(stranger), "2"]]
+    nearest = by_title["Would be admitted at 3 hops"]
+    assert nearest["rows"] == sorted([[pub(b2), "2"], [pub(c_), "2"]])
+

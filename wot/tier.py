@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 LATE_SECONDS = 300  # a contact list stamped up to this far behind the last look is still seen
 POLL_LIMIT = 20_000  # more changed lists than this in one look: a full computation instead
-RECENT_REFUSALS = 50
+RECENT_REFUSALS = 50  # distinct strangers the console lists
 NEXT_HOP_SAMPLE = 2_000  # last-hop members whose lists the console reads for "one more hop"
 # The id's place in an event's compact raw JSON ({"id":"<64 hex>",...}), the layout the
 # stores return byte for byte (relay/event.py).
@@ -81,7 +81,8 @@ class WotTier:
         self.provider_set: frozenset[str] = frozenset()
         self.computed_at = 0
         self.full_runs = 0
-        self.refusals: collections.deque[tuple[int, str]] = collections.deque(maxlen=RECENT_REFUSALS)
+        # stranger -> (last refused at, times): the console's recent refusals, most recent last
+        self.refusals: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
         self.sources = (
             SourceRelays(settings.sources, settings.source_authors_per_refresh, store) if settings.sources else None
         )
@@ -147,7 +148,11 @@ class WotTier:
         return Admit()
 
     def _refused(self, pubkey: str, now: int) -> None:
-        self.refusals.append((now, pubkey))
+        refusals = self.refusals
+        times = refusals.pop(pubkey, (0, 0))[1]
+        refusals[pubkey] = (now, times + 1)
+        if len(refusals) > RECENT_REFUSALS:
+            refusals.popitem(last=False)
         unranked = self._unranked
         if self._ask_ranks and len(unranked) < self.settings.source_authors_per_refresh:
             unranked[pubkey] = None
@@ -198,12 +203,19 @@ class WotTier:
         items.append(("by provider rank", str(sum(1 for h in self.members.values() if h == PROVIDER_HOP))))
         items.append(("computed", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.computed_at)) + " UTC"))
         refusals = [
-            [time.strftime("%H:%M:%S", time.gmtime(t)), p] for t, p in reversed(self.refusals)
+            [time.strftime("%H:%M:%S", time.gmtime(t)), p, str(n)] for p, (t, n) in reversed(self.refusals.items())
         ]
         nearest = await self.next_hop()
         blocks = [
             ui.stats(items, "Trusted set"),
-            ui.table("Recent refusals (strangers)", ["time (UTC)", "pubkey"], refusals, empty="none yet"),
+            # With payments on, a paying member is refused here first and then admitted by
+            # its plan: the title says whose refusal this is.
+            ui.table(
+                "Recent refusals (outside the web of trust)",
+                ["last (UTC)", "pubkey", "events"],
+                refusals,
+                empty="none yet",
+            ),
             ui.table(
                 f"Would be admitted at {self.settings.max_hops + 1} hops",
                 ["pubkey", "followers in the trusted set"],
@@ -225,19 +237,25 @@ class WotTier:
         return per
 
     async def next_hop(self, most: int = 20) -> list[tuple[str, int]]:
-        """Accounts the lists of last-hop members follow most, not yet members: who one more
-        hop would admit. Reads at most ``NEXT_HOP_SAMPLE`` lists (the most followed last-hop
-        members), so the page stays cheap at any graph size."""
+        """Who one more hop would admit, most followed first: pubkeys, not yet members, that
+        the last hop's lists follow, with ``min_followers`` followers among all members
+        (the counted lists' follows plus the last hop's). Reads at most
+        ``NEXT_HOP_SAMPLE`` lists from the store (the most followed last-hop members), so
+        the page stays cheap at any graph size."""
         graph = self.graph
         if graph is None:
             return []
         last = [p for p, h in graph.hops.items() if h == self.settings.max_hops]
-        last.sort(key=lambda p: -sum(graph.counts.get(p, ())))
+        last.sort(key=lambda p: (-sum(graph.counts.get(p, ())), p))
         lists = await contact_lists(self.store, last[:NEXT_HOP_SAMPLE], int(time.time()))
         tally: collections.Counter[str] = collections.Counter()
         for follows in lists.values():
             tally.update(p for p in follows if p not in self.members and p not in graph.banned)
-        return tally.most_common(most)
+        need = self.settings.min_followers
+        found = [(p, n + sum(graph.counts.get(p, ()))) for p, n in tally.items()]
+        found = [(p, n) for p, n in found if n >= need]
+        found.sort(key=lambda x: (-x[1], x[0]))
+        return found[:most]
 
     # --- the refresher (Service) ---------------------------------------------------------
 
