@@ -7,11 +7,12 @@ update agrees with the rules' plain statement on random graphs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from relay.config import load_settings
 from relay.event import Event, sign_event
 from relay.plugins import Plugin
 from relay.server import Relay
-from tests.conftest import listening_socket
+from tests.conftest import RelayProcess, listening_socket
 from tests.nostr_client import NostrClient
 from tests.waiting import eventually
 from wot.graph import GraphRules, TrustGraph, reference_hops
@@ -121,8 +122,9 @@ async def test_followed_people_write_free_strangers_pay_and_unfollowed_fall_back
         assert await c.publish(contacts(r, at=int(time.time()) + 1)) == (True, "")
 
         async def refused(secret: bytes) -> bool:
+            """Back to the unpaid rules: both ways in, the payment reply included."""
             ok, message = await c.publish(note(secret))
-            return not ok and message.startswith("restricted: free for people followed")
+            return not ok and message.startswith("restricted: free for people followed") and "/join?pubkey=" in message
 
         await eventually(lambda: refused(a), 10, interval=0.3, what="A refused once unfollowed")
         await eventually(lambda: refused(b), 10, interval=0.3, what="B refused once A is out")
@@ -274,3 +276,46 @@ async def test_the_console_shows_the_set_per_hop_recent_refusals_and_who_one_mor
     nearest = by_title["Would be admitted at 3 hops"]
     assert nearest["rows"] == sorted([[pub(b2), "2"], [pub(c_), "2"]])
 
+
+async def test_sqlite_workers_agree_and_a_restart_serves_the_saved_set_without_computing(
+    relay_process: Callable[..., RelayProcess],
+) -> None:
+    """``serve --workers 2`` on SQLite: each worker runs its own refresher on the one file
+    (saved through the writer process), so a list published through one worker admits its
+    follow on the other; after a restart both serve the saved set, with no full computation
+    (each one logs "web of trust: N members")."""
+    from tests.test_sqlite_workers import clients_on_each_worker, serving, start_workers
+
+    r, a, b = (crypto.generate_secret() for _ in range(3))
+    toml = (
+        f'[wot]\nenabled = true\nroots = ["{pub(r)}"]\nmax_hops = 2\nmin_followers = 1\n'
+        "refresh_seconds = 1\nfull_refresh_seconds = 3600\n"
+    )
+    supervisor = start_workers(relay_process, toml)
+    _, workers = await serving(supervisor)
+    async with contextlib.AsyncExitStack() as stack:
+        by_worker = await clients_on_each_worker(stack, supervisor, workers, 1)
+        one, two = (by_worker[pid][0] for pid in workers)
+        assert await one.publish(contacts(r, a)) == (True, "")
+        for c in (two, one):
+            await eventually(lambda c=c: accepted(c, a), 10, interval=0.3, what="A admitted on each worker")
+        assert await two.publish(contacts(a, b)) == (True, "")
+        for c in (one, two):
+            await eventually(lambda c=c: accepted(c, b), 10, interval=0.3, what="B admitted on each worker")
+    assert supervisor.terminate() == 0
+    log = supervisor.stderr_text()
+    assert "refreshing the trusted set failed" not in log, log
+    computed = log.count(" members (per hop ")
+    assert computed >= 2  # one full computation per worker at least
+
+    supervisor.start()
+    _, workers = await serving(supervisor)
+    async with contextlib.AsyncExitStack() as stack:
+        by_worker = await clients_on_each_worker(stack, supervisor, workers, 1)
+        for pid in workers:
+            c = by_worker[pid][0]
+            assert await accepted(c, b) and await accepted(c, a)
+        await asyncio.sleep(2.5)  # two refreshes: they poll, they do not compute
+    assert supervisor.terminate() == 0
+    log = supervisor.stderr_text()
+    assert log.count(" members (per hop ") == computed, log

@@ -90,13 +90,7 @@ class WotTable:
         facts = list(state.items())
         db = database_of(self._store)
         if db.dialect == "sqlite":
-
-            def write(conn: sqlite3.Connection) -> None:
-                conn.executemany(_UPSERT.format("?", "?"), rows)
-                conn.executemany(_DELETE.format("?"), gone)
-                conn.executemany(_STATE.format("?", "?"), facts)
-
-            await db.write(write)
+            await db.write(_save_sqlite, rows, gone, facts)
             return
         async with db.transaction() as conn:
             if rows:
@@ -104,6 +98,16 @@ class WotTable:
             if gone:
                 await conn.executemany(_DELETE.format("$1"), gone)
             await conn.executemany(_STATE.format("$1", "$2"), facts)
+
+
+def _save_sqlite(
+    conn: sqlite3.Connection, rows: list[tuple[str, int]], gone: list[tuple[str]], facts: list[tuple[str, str]]
+) -> None:
+    """Module-level: under ``serve --workers N`` it runs in the writer process, sent there
+    by reference with its arguments pickled (``relay.store.database``)."""
+    conn.executemany(_UPSERT.format("?", "?"), rows)
+    conn.executemany(_DELETE.format("?"), gone)
+    conn.executemany(_STATE.format("?", "?"), facts)
 
 
 def followed(raw: bytes) -> tuple[str, str, int, frozenset[str]]:
