@@ -194,6 +194,36 @@ async def test_a_failing_source_is_logged_once_and_the_others_still_count(
             assert again == [f"web of trust: source {dead} answers again"]
 
 
+@pytest.mark.postgres
+async def test_two_nodes_with_sources_agree_on_a_list_stamped_long_ago(
+    tmp_path: Path, pg_storage: dict[str, str]
+) -> None:
+    """Two nodes on one PostgreSQL ask the same source. A's new list is stamped an hour ago
+    (it reached the source late), outside the "since" window of every look, and it is in the
+    shared store before a node's sync asks for it (in the field: the other node synced it
+    first; here, so the order is certain, it is also published through node one): the sync
+    then brings nothing, yet both nodes count it within refresh_seconds, not an hour later."""
+    r, a, b = (crypto.generate_secret() for _ in range(3))
+    for folder in ("source", "one", "two"):
+        (tmp_path / folder).mkdir()
+    async with wot_relay(tmp_path / "source", {}, []) as source:
+        await publish_all(source.url, contacts(r, a))
+        wot = wot_section(r, sources=[source.url])
+        async with (
+            wot_relay(tmp_path / "one", pg_storage, [WOT], wot=wot) as one,
+            wot_relay(tmp_path / "two", pg_storage, [WOT], wot=wot) as two,
+            NostrClient(one.url) as c1,
+            NostrClient(two.url) as c2,
+        ):
+            for c in (c1, c2):
+                await eventually(lambda c=c: accepted(c, a), 10, interval=0.3, what="A admitted on each node")
+            late = contacts(a, b, at=int(time.time()) - 3600)
+            assert await c1.publish(late) == (True, "")
+            await publish_all(source.url, late)
+            for c in (c1, c2):
+                await eventually(lambda c=c: accepted(c, b), 10, interval=0.3, what="B admitted on each node")
+
+
 # --- NIP-85: trust from a provider's ranks ---------------------------------------------------
 
 

@@ -119,16 +119,35 @@ def followed(raw: bytes) -> tuple[str, str, int, frozenset[str]]:
     return doc["id"], sys.intern(doc["pubkey"]), doc["created_at"], follows
 
 
-async def contact_lists(store: Store, authors: Sequence[str], now: int) -> dict[str, frozenset[str]]:
+async def contact_lists(
+    store: Store, authors: Sequence[str], now: int, ids: dict[str, str] | None = None
+) -> dict[str, frozenset[str]]:
     """Each author's stored contact list; an empty set for one that has none (so the graph
-    never asks for it again)."""
+    never asks for it again). ``ids``, when given, gets each found list's event id."""
     found: dict[str, frozenset[str]] = {a: frozenset() for a in authors}
     for start in range(0, len(authors), AUTHORS_PER_QUERY):
         chunk = frozenset(authors[start : start + AUTHORS_PER_QUERY])
         for raw in await store.query([Filter(authors=chunk, kinds=frozenset({CONTACTS_KIND}))], now):
-            _, author, _, follows = followed(raw)
+            event_id, author, _, follows = followed(raw)
             found[author] = follows
+            if ids is not None:
+                ids[author] = event_id
     return found
+
+
+async def lists_changed(store: Store, authors: Sequence[str], ids: Mapping[str, str], now: int) -> set[str]:
+    """The authors, a chunk at a time, of a chunk whose stored contact lists are not all the
+    ones in ``ids`` (author -> the id last read): one index-only query per chunk
+    (``sync_items``: ids, no JSON), whatever the lists' stamps."""
+    changed: set[str] = set()
+    kinds = frozenset({CONTACTS_KIND})
+    for start in range(0, len(authors), AUTHORS_PER_QUERY):
+        chunk = authors[start : start + AUTHORS_PER_QUERY]
+        held = {ids.get(a) for a in chunk}
+        items = await store.sync_items(Filter(authors=frozenset(chunk), kinds=kinds), now, None, len(chunk))
+        if any(event_id.hex() not in held for _, event_id in items):
+            changed.update(chunk)
+    return changed
 
 
 def ranked(raws: Iterable[bytes], min_rank: int) -> frozenset[str]:

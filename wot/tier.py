@@ -13,7 +13,8 @@ since it reads the same store):
   sources before the store is read (``wot.sources``), and, with what is left of the
   refresh's budget, the lists that already count are asked again in turn, and the
   provider's ranks of the strangers refused since the last look; whatever arrived is
-  applied like a list stored here (another node sees it in its own store);
+  applied like a list stored here, and so is a list of those that another node fetched
+  first (its id differs from the one the graph holds: ``lists_changed``);
 - every ``full_refresh_seconds``: a full computation (lists stored with a clock far behind,
   which the "since" window misses, are picked up here);
 - each change is saved (``wot.store``). At start the saved result serves at once, and the
@@ -51,6 +52,7 @@ from wot.store import (
     banned_pubkeys,
     contact_lists,
     followed,
+    lists_changed,
     provider_trusted,
 )
 
@@ -87,6 +89,9 @@ class WotTier:
             SourceRelays(settings.sources, settings.source_authors_per_refresh, store) if settings.sources else None
         )
         self._list_turn = Rotation()  # counted authors' lists, re-asked of the sources in turn
+        # With sources: author -> id of the list the graph holds, to see a list another node
+        # fetched (its stamp may be too old for the "since" window) in this store.
+        self._list_ids: dict[str, str] = {}
         self._rank_turn = Rotation()  # provider-ranked members, re-asked in turn
         # Strangers refused since the last refresh, whose NIP-85 rank the sources are asked
         # for (bounded: a flood of strangers costs one budget per refresh).
@@ -308,19 +313,20 @@ class WotTier:
         first, hop by hop); the gate keeps the old set until the new one is whole."""
         since = now - LATE_SECONDS
         graph = TrustGraph(self.rules, await banned_pubkeys(self.store))
-        await self._load_pending(graph, now)
+        ids: dict[str, str] = {}
+        await self._load_pending(graph, now, ids)
         provided = await provider_trusted(self.store, self.settings.provider, self.settings.min_rank, now)
         self.provider_set = provided - graph.banned
         members = {p: PROVIDER_HOP for p in self.provider_set}
         members.update(graph.hops)
-        self.graph, self.members = graph, members
+        self.graph, self.members, self._list_ids = graph, members, ids
         # Lists the computation read are not applied again by the next look.
         self.computed_at, self._since, self._seen, self._looked_at = now, since, {}, now
         self.full_runs += 1
         await self._save(None)
         log.info("web of trust: %d members (per hop %s)", len(members), graph.hop_counts())
 
-    async def _load_pending(self, graph: TrustGraph, now: int) -> set[str]:
+    async def _load_pending(self, graph: TrustGraph, now: int, ids: dict[str, str]) -> set[str]:
         """Give the graph the lists it waits for, a hop at a time: the sources' copies are
         synced into the store first (within this refresh's budget), then the store is read."""
         changed: set[str] = set()
@@ -328,15 +334,19 @@ class WotTier:
             authors = sorted(graph.pending)
             if self.sources is not None:
                 await self.sources.contact_lists(authors)
-            changed |= graph.provide(await contact_lists(self.store, authors, now))
+            changed |= graph.provide(await contact_lists(self.store, authors, now, self._track(ids)))
         return changed
 
-    async def _ask_sources(self) -> tuple[set[str], bool]:
+    def _track(self, ids: dict[str, str]) -> dict[str, str] | None:
+        """``ids`` to be filled where there are sources (``lists_changed``), else None."""
+        return ids if self.sources is not None else None
+
+    async def _ask_sources(self, now: int) -> tuple[set[str], bool]:
         """This refresh's questions to the sources about what is already known: the lists
         that count, in turn (a member may have changed its follows elsewhere), and the
         provider's ranks of the strangers refused since the last look and, in turn, of the
-        pubkeys it already ranks. Returns the authors whose lists arrived and whether any
-        assertion did."""
+        pubkeys it already ranks. Returns the authors whose lists arrived (here, or in the
+        store from another node's sync) and whether any assertion did."""
         sources = self.sources
         if sources is None:
             return set(), False
@@ -348,6 +358,10 @@ class WotTier:
         order = self._list_turn.order(counted)
         arrived, asked = await sources.contact_lists(order)
         self._list_turn.asked(order, asked)
+        if graph is not None:
+            # Another node on this database may have fetched a list first (this sync then
+            # found nothing to bring), stamped too long ago for the "since" window.
+            arrived |= await lists_changed(self.store, order[:asked], self._list_ids, now)
         provider = self.settings.provider
         if not provider:
             return arrived, False
@@ -370,6 +384,7 @@ class WotTier:
         raws = await self.store.query(kinds, now)
         lists: dict[str, frozenset[str]] = {}
         stamped: dict[str, int] = {}
+        list_ids: dict[str, str] = {}
         assertions = False
         contacts = 0
         for raw in raws:
@@ -383,6 +398,7 @@ class WotTier:
             contacts += 1
             lists[author] = follows
             stamped[author] = created_at
+            list_ids[author] = event_id
         if contacts >= POLL_LIMIT:
             await self.compute(now)
             return
@@ -393,7 +409,7 @@ class WotTier:
             # the restart, or is one the schedule's full computation picks up. On later
             # looks every list not seen before is news; so is a list a source had.
             first, self._first_look = self._first_look, False
-            fetched, ranks_arrived = await self._ask_sources()
+            fetched, ranks_arrived = await self._ask_sources(now)
             news = [
                 a for a in lists
                 if 0 <= self.members.get(a, -1) < self.settings.max_hops
@@ -405,21 +421,24 @@ class WotTier:
                 self._advance(now)
             return
         changed: set[str] = set()
+        ids = self._list_ids
         for author, follows in lists.items():
             changed |= graph.set_list(author, follows)  # a non-member's list changes nothing
+            if self.sources is not None and author in graph.lists:
+                ids[author] = list_ids[author]
         # New members' lists first (the sources' copies included), then the sources are
         # asked again about the lists already counted, with what is left of the budget.
-        changed |= await self._load_pending(graph, now)
-        fetched, ranks_arrived = await self._ask_sources()
+        changed |= await self._load_pending(graph, now, ids)
+        fetched, ranks_arrived = await self._ask_sources(now)
         assertions = assertions or ranks_arrived
         if fetched:
             # Lists a source had that this store lacked: read back whatever their stamp
             # (a list the source received late is older than the window above).
-            stored = await contact_lists(self.store, sorted(fetched), now)
+            stored = await contact_lists(self.store, sorted(fetched), now, self._track(ids))
             for author, follows in stored.items():
                 if author in graph.lists and graph.lists[author] != follows:
                     changed |= graph.set_list(author, follows)
-        changed |= await self._load_pending(graph, now)
+        changed |= await self._load_pending(graph, now, ids)
         if assertions:
             provided = await provider_trusted(self.store, self.settings.provider, self.settings.min_rank, now)
             provided -= graph.banned
