@@ -7,10 +7,12 @@ update agrees with the rules' plain statement on random graphs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from relay.nostr import crypto
 from relay.nostr.event import Event, sign_event
 from relay.plugins.protocol import Plugin
 from relay.session.server import Relay
-from tests.conftest import listening_socket
+from tests.conftest import RelayProcess, listening_socket
 from tests.nostr_client import NostrClient
 from tests.waiting import eventually
 from wot.graph import GraphRules, TrustGraph, reference_hops
@@ -37,9 +39,10 @@ LIMITS = {"events_per_second": 10000, "events_burst": 10000, "ip_events_per_seco
 
 @contextlib.asynccontextmanager
 async def wot_relay(
-    tmp_path: Path, storage: dict[str, str], plugins: list[Plugin], **sections: Any
+    tmp_path: Path, storage: dict[str, str], plugins: list[Plugin], sock: socket.socket | None = None, **sections: Any
 ) -> AsyncIterator[Relay]:
-    sock = listening_socket()
+    """A relay with ``plugins`` only (none: a free relay), on ``sock`` or a free port."""
+    sock = sock or listening_socket()
     port = sock.getsockname()[1]
     settings = load_settings(
         None,
@@ -119,8 +122,9 @@ async def test_followed_people_write_free_strangers_pay_and_unfollowed_fall_back
         assert await c.publish(contacts(r, at=int(time.time()) + 1)) == (True, "")
 
         async def refused(secret: bytes) -> bool:
+            """Back to the unpaid rules: both ways in, the payment reply included."""
             ok, message = await c.publish(note(secret))
-            return not ok and message.startswith("restricted: free for people followed")
+            return not ok and message.startswith("restricted: free for people followed") and "/join?pubkey=" in message
 
         await eventually(lambda: refused(a), 10, interval=0.3, what="A refused once unfollowed")
         await eventually(lambda: refused(b), 10, interval=0.3, what="B refused once A is out")
@@ -222,3 +226,96 @@ async def test_a_banned_members_follows_no_longer_count(tmp_path: Path) -> None:
             return not ok and message.startswith("restricted: free for people followed")
 
         await eventually(b_refused, 10, interval=0.3, what="B refused once A is banned")
+
+
+async def test_the_console_shows_the_set_per_hop_recent_refusals_and_who_one_more_hop_admits(
+    tmp_path: Path, storage: dict[str, str]
+) -> None:
+    """Over HTTP, as the operator's browser asks (NIP-98 admin sign-in), the figures match
+    the graph set up here: min_followers = 2, so hop 2 and "one more hop" count followers."""
+    from tests.test_console import panel, tables, tiles
+
+    r, a, a2, b, b2, b3, c_, d, x, provider, stranger, admin = (crypto.generate_secret() for _ in range(12))
+    wot = wot_section(r, min_followers=2, provider=pub(provider))
+    async with (
+        wot_relay(tmp_path, storage, [WOT], wot=wot, admin={"pubkeys": [pub(admin)]}) as relay,
+        NostrClient(relay.url) as c,
+        httpx.AsyncClient(base_url=relay.url.replace("ws://", "http://")) as web,
+    ):
+
+        async def trusted(*secrets: bytes) -> bool:
+            return all([(await web.get(f"/wot/{pub(s)}")).json()["trusted"] for s in secrets])
+
+        # Hop 1: A, A2. Hop 2: B and B3 (each followed by A and A2); B2 has one follower.
+        assert await c.publish(contacts(r, a, a2)) == (True, "")
+        await eventually(lambda: trusted(a, a2), 10, interval=0.3, what="hop 1")
+        assert await c.publish(contacts(a, b, b2, b3)) == (True, "")
+        assert await c.publish(contacts(a2, b, b3)) == (True, "")
+        await eventually(lambda: trusted(b, b3), 10, interval=0.3, what="hop 2")
+        # The last hop's lists: at 3 hops C would have 2 followers (B, B3) and B2 too (A and
+        # B); D only 1 (B).
+        assert await c.publish(contacts(b, c_, d, b2)) == (True, "")
+        assert await c.publish(contacts(b3, c_)) == (True, "")
+        # NIP-85: the provider ranks X.
+        assert await c.publish(sign_event(provider, 30382, "", [["d", pub(x)], ["rank", "90"]], int(time.time())))
+        await eventually(lambda: trusted(x), 10, interval=0.3, what="X by rank")
+        # A stranger is refused twice (the members above never were: they were asked about
+        # over /wot, not by writing before they were in).
+        for _ in range(2):
+            ok, _ = await c.publish(note(stranger))
+            assert not ok
+        assert not await trusted(b2, c_, d)
+        async with httpx.AsyncClient() as http:
+            doc = await panel(http, relay, "wot", admin)
+    figures = tiles(doc)
+    assert [figures[f"hop {h}"] for h in range(3)] == ["1", "2", "2"]
+    assert figures["by provider rank"] == "1"
+    by_title = tables(doc)
+    refusals = by_title["Recent refusals (outside the web of trust)"]
+    assert [row[1:] for row in refusals["rows"]] == [[pub(stranger), "2"]]
+    nearest = by_title["Would be admitted at 3 hops"]
+    assert nearest["rows"] == sorted([[pub(b2), "2"], [pub(c_), "2"]])
+
+
+async def test_sqlite_workers_agree_and_a_restart_serves_the_saved_set_without_computing(
+    relay_process: Callable[..., RelayProcess],
+) -> None:
+    """``serve --workers 2`` on SQLite: each worker runs its own refresher on the one file
+    (saved through the writer process), so a list published through one worker admits its
+    follow on the other; after a restart both serve the saved set, with no full computation
+    (each one logs "web of trust: N members")."""
+    from tests.test_sqlite_workers import clients_on_each_worker, serving, start_workers
+
+    r, a, b = (crypto.generate_secret() for _ in range(3))
+    toml = (
+        f'[wot]\nenabled = true\nroots = ["{pub(r)}"]\nmax_hops = 2\nmin_followers = 1\n'
+        "refresh_seconds = 1\nfull_refresh_seconds = 3600\n"
+    )
+    supervisor = start_workers(relay_process, toml)
+    _, workers = await serving(supervisor)
+    async with contextlib.AsyncExitStack() as stack:
+        by_worker = await clients_on_each_worker(stack, supervisor, workers, 1)
+        one, two = (by_worker[pid][0] for pid in workers)
+        assert await one.publish(contacts(r, a)) == (True, "")
+        for c in (two, one):
+            await eventually(lambda c=c: accepted(c, a), 10, interval=0.3, what="A admitted on each worker")
+        assert await two.publish(contacts(a, b)) == (True, "")
+        for c in (one, two):
+            await eventually(lambda c=c: accepted(c, b), 10, interval=0.3, what="B admitted on each worker")
+    assert supervisor.terminate() == 0
+    log = supervisor.stderr_text()
+    assert "refreshing the trusted set failed" not in log, log
+    computed = log.count(" members (per hop ")
+    assert computed >= 2  # one full computation per worker at least
+
+    supervisor.start()
+    _, workers = await serving(supervisor)
+    async with contextlib.AsyncExitStack() as stack:
+        by_worker = await clients_on_each_worker(stack, supervisor, workers, 1)
+        for pid in workers:
+            c = by_worker[pid][0]
+            assert await accepted(c, b) and await accepted(c, a)
+        await asyncio.sleep(2.5)  # two refreshes: they poll, they do not compute
+    assert supervisor.terminate() == 0
+    log = supervisor.stderr_text()
+    assert log.count(" members (per hop ") == computed, log

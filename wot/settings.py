@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from relay.nostr.event import is_hex64
@@ -33,6 +35,14 @@ class WotSettings(BaseModel):
     refresh_seconds: float = Field(30.0, gt=0)
     # A full recomputation on this schedule (also after a ban); a restart keeps the schedule.
     full_refresh_seconds: float = Field(3600.0, gt=0)
+    # Relays (ws:// or wss://) whose contact lists count too: the lists the graph needs are
+    # brought into this relay's store with its own sync (NIP-77, else paged REQ), and so are
+    # the provider's NIP-85 assertions about pubkeys that asked to write. Empty: this
+    # relay's store only.
+    sources: list[str] = []
+    # At most this many authors' lists (and as many assertion subjects) asked of each source
+    # per refresh; the rest in turn on the next refreshes.
+    source_authors_per_refresh: int = Field(5000, ge=1)
     # NIP-85 trusted assertions: a kind 30382 from ``provider`` whose ``rank`` tag is at
     # least ``min_rank`` trusts its subject (the ``d`` tag). Empty: not used.
     provider: str = ""
@@ -46,6 +56,19 @@ class WotSettings(BaseModel):
     @classmethod
     def _roots(cls, value: list[str]) -> list[str]:
         return [_hex_key(v) for v in value]
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        out: list[str] = []
+        for url in value:
+            url = url.strip()
+            parts = urlsplit(url)
+            if parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise ValueError(f"{url!r} is not a relay URL (ws://host or wss://host)")
+            if url not in out:
+                out.append(url)
+        return out
 
     @field_validator("provider")
     @classmethod

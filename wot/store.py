@@ -90,13 +90,7 @@ class WotTable:
         facts = list(state.items())
         db = database_of(self._store)
         if db.dialect == "sqlite":
-
-            def write(conn: sqlite3.Connection) -> None:
-                conn.executemany(_UPSERT.format("?", "?"), rows)
-                conn.executemany(_DELETE.format("?"), gone)
-                conn.executemany(_STATE.format("?", "?"), facts)
-
-            await db.write(write)
+            await db.write(_save_sqlite, rows, gone, facts)
             return
         async with db.transaction() as conn:
             if rows:
@@ -104,6 +98,16 @@ class WotTable:
             if gone:
                 await conn.executemany(_DELETE.format("$1"), gone)
             await conn.executemany(_STATE.format("$1", "$2"), facts)
+
+
+def _save_sqlite(
+    conn: sqlite3.Connection, rows: list[tuple[str, int]], gone: list[tuple[str]], facts: list[tuple[str, str]]
+) -> None:
+    """Module-level: under ``serve --workers N`` it runs in the writer process, sent there
+    by reference with its arguments pickled (``relay.store.database``)."""
+    conn.executemany(_UPSERT.format("?", "?"), rows)
+    conn.executemany(_DELETE.format("?"), gone)
+    conn.executemany(_STATE.format("?", "?"), facts)
 
 
 def followed(raw: bytes) -> tuple[str, str, int, frozenset[str]]:
@@ -115,16 +119,35 @@ def followed(raw: bytes) -> tuple[str, str, int, frozenset[str]]:
     return doc["id"], sys.intern(doc["pubkey"]), doc["created_at"], follows
 
 
-async def contact_lists(store: Store, authors: Sequence[str], now: int) -> dict[str, frozenset[str]]:
+async def contact_lists(
+    store: Store, authors: Sequence[str], now: int, ids: dict[str, str] | None = None
+) -> dict[str, frozenset[str]]:
     """Each author's stored contact list; an empty set for one that has none (so the graph
-    never asks for it again)."""
+    never asks for it again). ``ids``, when given, gets each found list's event id."""
     found: dict[str, frozenset[str]] = {a: frozenset() for a in authors}
     for start in range(0, len(authors), AUTHORS_PER_QUERY):
         chunk = frozenset(authors[start : start + AUTHORS_PER_QUERY])
         for raw in await store.query([Filter(authors=chunk, kinds=frozenset({CONTACTS_KIND}))], now):
-            _, author, _, follows = followed(raw)
+            event_id, author, _, follows = followed(raw)
             found[author] = follows
+            if ids is not None:
+                ids[author] = event_id
     return found
+
+
+async def lists_changed(store: Store, authors: Sequence[str], ids: Mapping[str, str], now: int) -> set[str]:
+    """The authors, a chunk at a time, of a chunk whose stored contact lists are not all the
+    ones in ``ids`` (author -> the id last read): one index-only query per chunk
+    (``sync_items``: ids, no JSON), whatever the lists' stamps."""
+    changed: set[str] = set()
+    kinds = frozenset({CONTACTS_KIND})
+    for start in range(0, len(authors), AUTHORS_PER_QUERY):
+        chunk = authors[start : start + AUTHORS_PER_QUERY]
+        held = {ids.get(a) for a in chunk}
+        items = await store.sync_items(Filter(authors=frozenset(chunk), kinds=kinds), now, None, len(chunk))
+        if any(event_id.hex() not in held for _, event_id in items):
+            changed.update(chunk)
+    return changed
 
 
 def ranked(raws: Iterable[bytes], min_rank: int) -> frozenset[str]:

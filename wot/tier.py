@@ -9,6 +9,12 @@ since it reads the same store):
   NIP-85 assertions of the provider, and the NIP-86 ban counter; a changed list of a
   member whose list counts updates the graph incrementally (``wot.graph``); a ban, or a
   change seen before the graph is built, starts a full computation;
+- with ``sources``: the lists a new member brings into the graph are synced in from the
+  sources before the store is read (``wot.sources``), and, with what is left of the
+  refresh's budget, the lists that already count are asked again in turn, and the
+  provider's ranks of the strangers refused since the last look; whatever arrived is
+  applied like a list stored here, and so is a list of those that another node fetched
+  first (its id differs from the one the graph holds: ``lists_changed``);
 - every ``full_refresh_seconds``: a full computation (lists stored with a clock far behind,
   which the "since" window misses, are picked up here);
 - each change is saved (``wot.store``). At start the saved result serves at once, and the
@@ -21,7 +27,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -37,6 +43,7 @@ from relay.plugins.hooks import Admit, ConsolePanel, PluginHooks, Refuse, Verdic
 from relay.store.base import Store
 from wot.graph import GraphRules, TrustGraph
 from wot.settings import WotSettings
+from wot.sources import Rotation, SourceRelays
 from wot.store import (
     ASSERTION_KIND,
     CONTACTS_KIND,
@@ -45,6 +52,7 @@ from wot.store import (
     banned_pubkeys,
     contact_lists,
     followed,
+    lists_changed,
     provider_trusted,
 )
 
@@ -52,11 +60,11 @@ log = logging.getLogger(__name__)
 
 LATE_SECONDS = 300  # a contact list stamped up to this far behind the last look is still seen
 POLL_LIMIT = 20_000  # more changed lists than this in one look: a full computation instead
-RECENT_REFUSALS = 50
-NEXT_HOP_SAMPLE = 2_000
+RECENT_REFUSALS = 50  # distinct strangers the console lists
+NEXT_HOP_SAMPLE = 2_000  # last-hop members whose lists the console reads for "one more hop"
 # The id's place in an event's compact raw JSON ({"id":"<64 hex>",...}), the layout the
 # stores return byte for byte (relay/nostr/event.py).
-_ID = slice(7, 71)  # last-hop members whose lists the console reads for "one more hop"
+_ID = slice(7, 71)
 
 
 class WotTier:
@@ -75,7 +83,20 @@ class WotTier:
         self.provider_set: frozenset[str] = frozenset()
         self.computed_at = 0
         self.full_runs = 0
-        self.refusals: collections.deque[tuple[int, str]] = collections.deque(maxlen=RECENT_REFUSALS)
+        # stranger -> (last refused at, times): the console's recent refusals, most recent last
+        self.refusals: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
+        self.sources = (
+            SourceRelays(settings.sources, settings.source_authors_per_refresh, store) if settings.sources else None
+        )
+        self._list_turn = Rotation()  # counted authors' lists, re-asked of the sources in turn
+        # With sources: author -> id of the list the graph holds, to see a list another node
+        # fetched (its stamp may be too old for the "since" window) in this store.
+        self._list_ids: dict[str, str] = {}
+        self._rank_turn = Rotation()  # provider-ranked members, re-asked in turn
+        # Strangers refused since the last refresh, whose NIP-85 rank the sources are asked
+        # for (bounded: a flood of strangers costs one budget per refresh).
+        self._unranked: dict[str, None] = {}
+        self._ask_ranks = bool(settings.sources and settings.provider)
         self._hour: dict[str, tuple[int, int]] = {}  # pubkey -> (hour, events admitted in it)
         self._saved: dict[str, int] = {}
         self._since = 0
@@ -114,7 +135,9 @@ class WotTier:
 
     async def judge(self, event: Event, ctx: WriteContext) -> Verdict:
         if event.pubkey not in self.members:
-            self.refusals.append((ctx.now, event.pubkey))
+            if event.kind == ASSERTION_KIND and event.pubkey == self.settings.provider:
+                return Admit()  # NIP-85: the provider the operator named publishes its ranks here
+            self._refused(event.pubkey, ctx.now)
             return Refuse(Restricted(self.hint(event.pubkey)))
         kinds = self.settings.kinds
         if kinds and event.kind not in kinds:
@@ -128,6 +151,16 @@ class WotTier:
                 return Refuse(RateLimited(f"the web-of-trust free tier allows {limit} events per hour"))
             self._hour[event.pubkey] = (hour, used + 1)
         return Admit()
+
+    def _refused(self, pubkey: str, now: int) -> None:
+        refusals = self.refusals
+        times = refusals.pop(pubkey, (0, 0))[1]
+        refusals[pubkey] = (now, times + 1)
+        if len(refusals) > RECENT_REFUSALS:
+            refusals.popitem(last=False)
+        unranked = self._unranked
+        if self._ask_ranks and len(unranked) < self.settings.source_authors_per_refresh:
+            unranked[pubkey] = None
 
     def hint(self, pubkey: str) -> str:
         return f"free for people followed by this relay's web of trust ({self.page_url}/{pubkey})"
@@ -175,23 +208,31 @@ class WotTier:
         items.append(("by provider rank", str(sum(1 for h in self.members.values() if h == PROVIDER_HOP))))
         items.append(("computed", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.computed_at)) + " UTC"))
         refusals = [
-            [time.strftime("%H:%M:%S", time.gmtime(t)), p] for t, p in reversed(self.refusals)
+            [time.strftime("%H:%M:%S", time.gmtime(t)), p, str(n)] for p, (t, n) in reversed(self.refusals.items())
         ]
         nearest = await self.next_hop()
-        return ui.document(
-            "Web of trust",
-            [
-                ui.stats(items, "Trusted set"),
-                ui.table("Recent refusals (strangers)", ["time (UTC)", "pubkey"], refusals, empty="none yet"),
-                ui.table(
-                    f"Would be admitted at {self.settings.max_hops + 1} hops",
-                    ["pubkey", "followers in the trusted set"],
-                    [[p, str(n)] for p, n in nearest],
-                    empty="none (or the graph is still being computed)",
-                ),
-            ],
-            refresh=30,
-        )
+        blocks = [
+            ui.stats(items, "Trusted set"),
+            # With payments on, a paying member is refused here first and then admitted by
+            # its plan: the title says whose refusal this is.
+            ui.table(
+                "Recent refusals (outside the web of trust)",
+                ["last (UTC)", "pubkey", "events"],
+                refusals,
+                empty="none yet",
+            ),
+            ui.table(
+                f"Would be admitted at {self.settings.max_hops + 1} hops",
+                ["pubkey", "followers in the trusted set"],
+                [[p, str(n)] for p, n in nearest],
+                empty="none (or the graph is still being computed)",
+            ),
+        ]
+        if self.sources is not None:
+            sources = self.sources
+            rows = [[url, sources.state(url)] for url in sources.urls]
+            blocks.append(ui.table(f"Sources ({sources.received} events fetched)", ["relay", "state"], rows))
+        return ui.document("Web of trust", blocks, refresh=30)
 
     def _saved_hops(self) -> list[int]:
         per = [0] * (self.settings.max_hops + 1)
@@ -201,19 +242,25 @@ class WotTier:
         return per
 
     async def next_hop(self, most: int = 20) -> list[tuple[str, int]]:
-        """Accounts the lists of last-hop members follow most, not yet members: who one more
-        hop would admit. Reads at most ``NEXT_HOP_SAMPLE`` lists (the most followed last-hop
-        members), so the page stays cheap at any graph size."""
+        """Who one more hop would admit, most followed first: pubkeys, not yet members, that
+        the last hop's lists follow, with ``min_followers`` followers among all members
+        (the counted lists' follows plus the last hop's). Reads at most
+        ``NEXT_HOP_SAMPLE`` lists from the store (the most followed last-hop members), so
+        the page stays cheap at any graph size."""
         graph = self.graph
         if graph is None:
             return []
         last = [p for p, h in graph.hops.items() if h == self.settings.max_hops]
-        last.sort(key=lambda p: -sum(graph.counts.get(p, ())))
+        last.sort(key=lambda p: (-sum(graph.counts.get(p, ())), p))
         lists = await contact_lists(self.store, last[:NEXT_HOP_SAMPLE], int(time.time()))
         tally: collections.Counter[str] = collections.Counter()
         for follows in lists.values():
             tally.update(p for p in follows if p not in self.members and p not in graph.banned)
-        return tally.most_common(most)
+        need = self.settings.min_followers
+        found = [(p, n + sum(graph.counts.get(p, ()))) for p, n in tally.items()]
+        found = [(p, n) for p, n in found if n >= need]
+        found.sort(key=lambda x: (-x[1], x[0]))
+        return found[:most]
 
     # --- the refresher (Service) ---------------------------------------------------------
 
@@ -247,6 +294,8 @@ class WotTier:
 
     async def refresh(self, now: int) -> None:
         """One look (see the module docstring)."""
+        if self.sources is not None:
+            self.sources.new_round()
         ban_changes = await self.store.management_changes()
         bans_moved = self._ban_changes is not None and ban_changes != self._ban_changes
         self._ban_changes = ban_changes
@@ -260,30 +309,72 @@ class WotTier:
         await self.poll(now)
 
     async def compute(self, now: int) -> None:
-        """A full computation from the stored lists; the gate keeps the old set until the
-        new one is whole."""
+        """A full computation from the stored lists (those the sources hold brought in
+        first, hop by hop); the gate keeps the old set until the new one is whole."""
         since = now - LATE_SECONDS
         graph = TrustGraph(self.rules, await banned_pubkeys(self.store))
-        await self._load_pending(graph, now)
+        ids: dict[str, str] = {}
+        await self._load_pending(graph, now, ids)
         provided = await provider_trusted(self.store, self.settings.provider, self.settings.min_rank, now)
         self.provider_set = provided - graph.banned
         members = {p: PROVIDER_HOP for p in self.provider_set}
         members.update(graph.hops)
-        self.graph, self.members = graph, members
+        self.graph, self.members, self._list_ids = graph, members, ids
         # Lists the computation read are not applied again by the next look.
         self.computed_at, self._since, self._seen, self._looked_at = now, since, {}, now
         self.full_runs += 1
         await self._save(None)
         log.info("web of trust: %d members (per hop %s)", len(members), graph.hop_counts())
 
-    async def _load_pending(self, graph: TrustGraph, now: int) -> set[str]:
+    async def _load_pending(self, graph: TrustGraph, now: int, ids: dict[str, str]) -> set[str]:
+        """Give the graph the lists it waits for, a hop at a time: the sources' copies are
+        synced into the store first (within this refresh's budget), then the store is read."""
         changed: set[str] = set()
         while graph.pending:
-            changed |= graph.provide(await contact_lists(self.store, sorted(graph.pending), now))
+            authors = sorted(graph.pending)
+            if self.sources is not None:
+                await self.sources.contact_lists(authors)
+            changed |= graph.provide(await contact_lists(self.store, authors, now, self._track(ids)))
         return changed
 
+    def _track(self, ids: dict[str, str]) -> dict[str, str] | None:
+        """``ids`` to be filled where there are sources (``lists_changed``), else None."""
+        return ids if self.sources is not None else None
+
+    async def _ask_sources(self, now: int) -> tuple[set[str], bool]:
+        """This refresh's questions to the sources about what is already known: the lists
+        that count, in turn (a member may have changed its follows elsewhere), and the
+        provider's ranks of the strangers refused since the last look and, in turn, of the
+        pubkeys it already ranks. Returns the authors whose lists arrived (here, or in the
+        store from another node's sync) and whether any assertion did."""
+        sources = self.sources
+        if sources is None:
+            return set(), False
+        graph = self.graph
+        if graph is not None:
+            counted: Collection[str] = graph.lists.keys()
+        else:  # serving the saved set: the members whose lists would count
+            counted = [p for p, h in self.members.items() if 0 <= h < self.settings.max_hops]
+        order = self._list_turn.order(counted)
+        arrived, asked = await sources.contact_lists(order)
+        self._list_turn.asked(order, asked)
+        if graph is not None:
+            # Another node on this database may have fetched a list first (this sync then
+            # found nothing to bring), stamped too long ago for the "since" window.
+            arrived |= await lists_changed(self.store, order[:asked], self._list_ids, now)
+        provider = self.settings.provider
+        if not provider:
+            return arrived, False
+        strangers = list(self._unranked)
+        self._unranked.clear()
+        ranked = self._rank_turn.order(self.provider_set - set(strangers))
+        rated, asked = await sources.assertions(provider, strangers + ranked)
+        self._rank_turn.asked(ranked, max(0, asked - len(strangers)))
+        return arrived, bool(rated)
+
     async def poll(self, now: int) -> None:
-        """Lists (and assertions) stored since the last look, from any node."""
+        """Lists (and assertions) stored since the last look, from any node, and those the
+        sources had that this store lacked."""
         since = self._since
         kinds = [Filter(kinds=frozenset({CONTACTS_KIND}), since=since, limit=POLL_LIMIT)]
         if self.settings.provider:
@@ -293,6 +384,7 @@ class WotTier:
         raws = await self.store.query(kinds, now)
         lists: dict[str, frozenset[str]] = {}
         stamped: dict[str, int] = {}
+        list_ids: dict[str, str] = {}
         assertions = False
         contacts = 0
         for raw in raws:
@@ -306,6 +398,7 @@ class WotTier:
             contacts += 1
             lists[author] = follows
             stamped[author] = created_at
+            list_ids[author] = event_id
         if contacts >= POLL_LIMIT:
             await self.compute(now)
             return
@@ -314,22 +407,38 @@ class WotTier:
             # Serving the saved set: on the first look, a list stamped after the saved look
             # is news (the graph is then computed); one stamped before it was applied before
             # the restart, or is one the schedule's full computation picks up. On later
-            # looks every list not seen before is news.
+            # looks every list not seen before is news; so is a list a source had.
             first, self._first_look = self._first_look, False
+            fetched, ranks_arrived = await self._ask_sources(now)
             news = [
                 a for a in lists
                 if 0 <= self.members.get(a, -1) < self.settings.max_hops
                 and (not first or stamped[a] > self._looked_at)
             ]
-            if news or assertions:
+            if news or assertions or fetched or ranks_arrived:
                 await self.compute(now)
             else:
                 self._advance(now)
             return
         changed: set[str] = set()
+        ids = self._list_ids
         for author, follows in lists.items():
             changed |= graph.set_list(author, follows)  # a non-member's list changes nothing
-        changed |= await self._load_pending(graph, now)
+            if self.sources is not None and author in graph.lists:
+                ids[author] = list_ids[author]
+        # New members' lists first (the sources' copies included), then the sources are
+        # asked again about the lists already counted, with what is left of the budget.
+        changed |= await self._load_pending(graph, now, ids)
+        fetched, ranks_arrived = await self._ask_sources(now)
+        assertions = assertions or ranks_arrived
+        if fetched:
+            # Lists a source had that this store lacked: read back whatever their stamp
+            # (a list the source received late is older than the window above).
+            stored = await contact_lists(self.store, sorted(fetched), now, self._track(ids))
+            for author, follows in stored.items():
+                if author in graph.lists and graph.lists[author] != follows:
+                    changed |= graph.set_list(author, follows)
+        changed |= await self._load_pending(graph, now, ids)
         if assertions:
             provided = await provider_trusted(self.store, self.settings.provider, self.settings.min_rank, now)
             provided -= graph.banned
