@@ -418,7 +418,7 @@ class PaymentsExtension:
         if not await self.gate.is_member(pubkey, now):
             return None
         account = await self.accounts.get(pubkey)
-        tier = self.plans.tier(account.role) if account is not None and not account.allowed else None
+        tier = self.plans.tier(account.role_at(now)) if account is not None and not account.allowed else None
         if tier is not None and tier.max_bytes_stored is not None:
             return Allowance(tier.max_bytes_stored, self.gate.storage_refusal(tier, pubkey))
         return Allowance(self.settings.retention.member_max_bytes_per_pubkey)

@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from lightning.billing import FOREVER as FOREVER  # admitted_until for "admitted for good"
+from lightning.billing import NO_TERMS, Holding, Terms
 from relay.errors import Rejection
 from relay.event import Event
 
 COMPONENT = "payments"  # the ledger's version line (relay.store.database)
-
-FOREVER = 2**62  # admitted_until value for "admitted for good"
 
 
 class InviteOutcome(enum.Enum):
@@ -74,7 +74,7 @@ class RenewalAttempt:
     pubkey: str
     period_end: int
     payment_hash: str
-    state: str  # "paying", "paid", "failed"
+    state: str  # "paying", "invoice" (left for the member to pay), "paid", "failed", "cancelled"
     tries: int
     detail: str
     created_at: int
@@ -165,9 +165,27 @@ class Account:
     updated_at: int = 0
     role: str = ""  # the NIP-43 role (a tier, ``lightning.plans.Tier``) whose limits apply; "" none
     comped: bool = False  # the operator gave the role without payment (NIP-86 ``assignrole``)
+    # A change paid for and scheduled (a downgrade at the period end, ``lightning.billing``):
+    # ``role`` until ``switch_at``, then ``next_role`` until ``admitted_until``; 0: none.
+    next_role: str = ""
+    switch_at: int = 0
 
     def admitted(self, now: int) -> bool:
         return self.admitted_until > now
+
+    @property
+    def holding(self) -> Holding:
+        """The account's time as the billing rule sees it."""
+        return Holding(self.role, self.admitted_until, self.next_role, self.switch_at, self.comped)
+
+    def role_at(self, now: int) -> str:
+        """The role whose limits apply at ``now``: ``next_role`` once ``switch_at`` passed."""
+        return self.holding.role_at(now)
+
+    @property
+    def last_role(self) -> str:
+        """The role held when the paid time ends: what renewal buys, whose grace follows."""
+        return self.holding.last_role
 
 
 # Column order both stores use for the ledger tables, so one mapping reads either.
@@ -175,7 +193,8 @@ INVOICE_COLUMNS = (
     "payment_hash, pubkey, plan, amount_msat, bolt11, created_at, expires_at, admit_seconds, "
     "admit_forever, credit_msat, state, paid_at, paid_msat, fee_msat, description, source, role"
 )
-ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at, role, comped"
+ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at, role, comped, next_role, switch_at"
+ACCOUNT_WIDTH = len(ACCOUNT_COLUMNS.split(","))  # a row's account part, when more columns follow
 
 
 def invoice_from_row(row: Sequence[Any]) -> Invoice:
@@ -212,6 +231,8 @@ def account_from_row(row: Sequence[Any]) -> Account:
         updated_at=row[5],
         role=row[6],
         comped=bool(row[7]),
+        next_role=row[8],
+        switch_at=row[9],
     )
 
 
@@ -297,17 +318,6 @@ class Charge:
 def charge_of(attachments: tuple[object, ...]) -> int:
     """The price in msat among a write request's attachments (0: none)."""
     return sum(a.msat for a in attachments if isinstance(a, Charge))
-
-
-def admitted_until_after_grant(current: int, now: int, admit_seconds: int, admit_forever: bool) -> int:
-    """What a paid invoice's admission grant makes of an account's ``admitted_until``:
-    for good, or ``admit_seconds`` more counted from the later of now and the current end
-    (paying early extends, paying late starts afresh), capped at FOREVER."""
-    if admit_forever:
-        return FOREVER
-    if admit_seconds > 0:
-        return min(FOREVER, max(now, current) + admit_seconds)
-    return current
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,12 +413,16 @@ class LedgerStore(Protocol):
         ledger grows for ever: callers that show or scan it say how much they need)."""
         ...
 
-    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0) -> bool:
+    async def settle_invoice(
+        self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0, *, terms: Terms = NO_TERMS
+    ) -> bool:
         """Mark a pending (or locally expired) invoice paid and apply its grant to the
         account, in one transaction, exactly once: True only for the call that did it,
         even when several nodes race on the same payment hash. The caller has already
         checked the amount against the invoice. ``paid_msat`` is what the payer sent;
-        ``fee_msat`` what the wallet kept of it (recorded, never charged to the payer)."""
+        ``fee_msat`` what the wallet kept of it (recorded, never charged to the payer).
+        The time granted follows ``lightning.billing.after_payment`` with ``terms`` (the
+        relay's tiers: renewal, grace, upgrade, downgrade)."""
         ...
 
     async def expire_invoices(self, now: int) -> int:
@@ -481,7 +495,8 @@ class LedgerStore(Protocol):
         comped: bool | None = None,
     ) -> Account:
         """Operator changes (grant/revoke/ban/allow, assign a role); creates the account
-        when missing."""
+        when missing. Setting ``admitted_until`` or ``role`` drops a scheduled change
+        (``next_role``): the operator's word is the whole new state."""
         ...
 
     # --- NIP-43 roles made through NIP-86 (createrole, editrole, deleterole) -----------
@@ -506,10 +521,10 @@ class LedgerStore(Protocol):
         """Store new invite codes (all or none)."""
         ...
 
-    async def redeem_invite(self, code_hash: str, pubkey: str, now: int) -> InviteOutcome:
+    async def redeem_invite(self, code_hash: str, pubkey: str, now: int, *, terms: Terms = NO_TERMS) -> InviteOutcome:
         """Use the code for ``pubkey`` and apply its grant to the account, in one
         transaction, exactly once: of two claims racing for one code (on any node) one
-        gets ``REDEEMED``, the other ``INVALID``."""
+        gets ``REDEEMED``, the other ``INVALID``. Its time follows ``settle_invoice``'s rule."""
         ...
 
     async def list_invites(self) -> list[Invite]:
@@ -571,6 +586,14 @@ class LedgerStore(Protocol):
         self, pubkey: str, period_end: int, state: str, detail: str, now: int, *, tried: bool
     ) -> None:
         """Note what happened (``tried``: one more payment request was sent)."""
+        ...
+
+    async def rebind_renewal(
+        self, pubkey: str, period_end: int, old_hash: str, new_hash: str, state: str, detail: str, now: int
+    ) -> bool:
+        """Bind the renewal to a new invoice (the next try of its schedule, or the invoice
+        left for the member to pay), only while it is still bound to ``old_hash``: of two
+        nodes starting the next try, one rebinds, the other's invoice is never shown."""
         ...
 
     async def list_renewals(self, pubkey: str) -> list[RenewalAttempt]:

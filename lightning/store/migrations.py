@@ -14,7 +14,8 @@ Step (old core step that made it): 1 (1) invoices, accounts; 2 (3) invoices.fee_
 3 (4) invoices.description; 4 (6) invites; 5 (7) reminder_optins, reminders_sent; 6 (8)
 nwc_links, renewal_attempts; 7 (12) the console's indexes, pruned_invoices; 8 (14)
 invoices.source; 9 (new) account_changes, the counter the core's store_changes kept as
-its ``accounts`` row; 10 (new) accounts.role and comped, invoices.role, roles (tiers as NIP-43 roles).
+its ``accounts`` row; 10 (new) accounts.role and comped, invoices.role, roles (tiers as NIP-43 roles);
+11 (new) accounts.next_role and switch_at (a downgrade scheduled for the period end).
 Never edit a released step: add a new one.
 """
 
@@ -185,6 +186,16 @@ SQLITE_STEPS: tuple[Migration, ...] = (
                 ord INTEGER,
                 updated_at INTEGER NOT NULL
             )""",
+        ),
+    ),
+    # Downgrades apply at the period end (issue 20 item 3, lightning.billing): the tier the
+    # account moves to then, and when.
+    Migration(
+        11,
+        "accounts.next_role, accounts.switch_at",
+        (
+            "ALTER TABLE accounts ADD COLUMN next_role TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE accounts ADD COLUMN switch_at INTEGER NOT NULL DEFAULT 0",
         ),
     ),
 )
@@ -358,6 +369,14 @@ POSTGRES_STEPS: tuple[Migration, ...] = (
                 ord integer,
                 updated_at bigint NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        11,
+        "accounts.next_role, accounts.switch_at",
+        (
+            "ALTER TABLE accounts ADD COLUMN next_role text NOT NULL DEFAULT ''",
+            "ALTER TABLE accounts ADD COLUMN switch_at bigint NOT NULL DEFAULT 0",
         ),
     ),
 )
