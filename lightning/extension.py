@@ -258,7 +258,7 @@ class PaymentsExtension:
             tiers=self.plans.tiers,
             on_roles_change=self._on_roles_changed,
         )
-        self.console = PaymentsConsole(self.store, clock)  # operator console pages
+        self.console = PaymentsConsole(self.store, clock, tiers=self.plans.tiers)  # operator console pages
         fake = self._fake_backend()
         self.web = JoinWeb(
             PageInfo(settings.relay.name, settings.relay.description, settings.relay.public_url, demo=fake is not None),

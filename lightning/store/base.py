@@ -18,7 +18,7 @@ store, so its price is taken by ``charge_credit`` in its own transaction.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -274,6 +274,64 @@ def member_status_conditions(now: str, soon: str) -> dict[MemberStatus, str]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class TierCount:
+    """Accounts of one role (a tier's name; "" the single plans) at a moment, for the
+    console's Members and Revenue pages (``LedgerStore.tier_counts``). Banned accounts
+    count nowhere."""
+
+    role: str
+    members: int = 0  # hold it now by payment: in their period, under ``Account.role_at(now)``
+    comped: int = 0  # given it by the operator (NIP-86 ``assignrole``)
+    in_grace: int = 0  # period ended, within the grace of the tier held last; writes go on
+    renewing: int = 0  # period ends within the "soon" window: a renewal is due
+    joining: int = 0  # a downgrade paid for moves them here at their period end
+
+
+ROLE_NOW_SQL = "(CASE WHEN switch_at > 0 AND switch_at <= {now} THEN next_role ELSE role END)"  # Account.role_at
+LAST_ROLE_SQL = "(CASE WHEN switch_at > 0 THEN next_role ELSE role END)"  # Account.last_role
+
+
+def grace_sql(graces: Sequence[tuple[str, str]]) -> str:
+    """The grace of the tier held last, in seconds, from ``(role, seconds)`` placeholder pairs."""
+    if not graces:
+        return "0"
+    return f"(CASE {LAST_ROLE_SQL} " + " ".join(f"WHEN {r} THEN {g}" for r, g in graces) + " ELSE 0 END)"
+
+
+def in_grace_sql(now: str, graces: Sequence[tuple[str, str]]) -> str:
+    """SQL twin of the payments gate's grace (``Gate.in_standing`` past the end): the period
+    ended, its tier's grace has not; neither banned nor comped (a comp has no end)."""
+    return (
+        f"(NOT banned AND NOT comped AND admitted_until > 0 AND admitted_until <= {now}"
+        f" AND admitted_until + {grace_sql(graces)} > {now})"
+    )
+
+
+def tier_counts_sql(now: str, soon: str, graces: Sequence[tuple[str, str]]) -> str:
+    """One statement for ``LedgerStore.tier_counts``: rows of (what, role, count)."""
+    role_now = ROLE_NOW_SQL.format(now=now)
+    return " UNION ALL ".join(
+        (
+            f"SELECT 'members', {role_now}, count(*) FROM accounts"
+            f" WHERE NOT banned AND NOT comped AND admitted_until > {now} GROUP BY 2",
+            "SELECT 'comped', role, count(*) FROM accounts WHERE NOT banned AND comped GROUP BY 2",
+            f"SELECT 'in_grace', {LAST_ROLE_SQL}, count(*) FROM accounts WHERE {in_grace_sql(now, graces)} GROUP BY 2",
+            f"SELECT 'renewing', {LAST_ROLE_SQL}, count(*) FROM accounts WHERE NOT banned AND NOT comped"
+            f" AND admitted_until > {now} AND admitted_until <= {soon} GROUP BY 2",
+            f"SELECT 'joining', next_role, count(*) FROM accounts WHERE NOT banned AND switch_at > {now} GROUP BY 2",
+        )
+    )
+
+
+def tier_counts_from_rows(rows: Sequence[Sequence[Any]]) -> list[TierCount]:
+    """``TierCount`` per role from ``tier_counts_sql``'s rows, by role."""
+    found: dict[str, dict[str, int]] = {}
+    for what, role, count in rows:
+        found.setdefault(role, {})[what] = int(count)
+    return [TierCount(role, **counts) for role, counts in sorted(found.items())]
+
+
 def hex_prefix_range(prefix: str) -> tuple[str, str]:
     """``[low, high)`` holding exactly the lowercase-hex strings that start with ``prefix``,
     for an index range scan on a text column: every hex digit sorts below ``g`` in the C
@@ -469,6 +527,16 @@ class LedgerStore(Protocol):
         """At most ``limit`` accounts in ``status`` (None: any) whose pubkey starts with
         ``pubkey_prefix`` (lowercase hex; 64 characters: that one), those expiring soonest
         first for ``EXPIRING``, else those admitted longest (for good first)."""
+        ...
+
+    async def tier_counts(self, now: int, soon: int, graces: Mapping[str, int]) -> list[TierCount]:
+        """Accounts per role (``TierCount``), by role; ``graces``: each tier's grace in
+        seconds (the config's), ``soon`` the end of the renewal window."""
+        ...
+
+    async def find_in_grace(self, now: int, graces: Mapping[str, int], limit: int = 100) -> list[Account]:
+        """At most ``limit`` accounts in the grace of the tier they held last (as
+        ``TierCount.in_grace``), those whose grace ends soonest first."""
         ...
 
     async def find_invoices(self, *, pubkey_prefix: str = "", hash_prefix: str = "", limit: int = 100) -> list[Invoice]:

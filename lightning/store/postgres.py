@@ -14,7 +14,7 @@ in memory while the store decides the batch, and writes the debits before the co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lightning.billing import NO_TERMS, Holding, Terms, after_payment
@@ -39,13 +39,18 @@ from lightning.store.base import (
     RenewalAttempt,
     RevenueRow,
     RoleDefinition,
+    TierCount,
     account_from_row,
     charge_of,
+    grace_sql,
     hex_prefix_range,
+    in_grace_sql,
     invite_from_row,
     invite_refusal,
     invoice_from_row,
     member_status_conditions,
+    tier_counts_from_rows,
+    tier_counts_sql,
 )
 from lightning.store.migrations import POSTGRES_STEPS, postgres_adopt
 from relay.errors import Rejection
@@ -67,6 +72,13 @@ class _Params:
     def add(self, value: Any, cast: str = "") -> str:
         self.values.append(value)
         return f"${len(self.values)}{cast}"
+
+
+def _grace_params(p: _Params, graces: Mapping[str, int]) -> list[tuple[str, str]]:
+    """Placeholders for ``grace_sql``: the tiers with a grace."""
+    return [
+        (p.add(role, "::text"), p.add(seconds, "::bigint")) for role, seconds in sorted(graces.items()) if seconds > 0
+    ]
 
 
 class _ChargeBatch:
@@ -371,6 +383,23 @@ class PostgresLedger:
         rows = await self._db.fetch(
             f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {' AND '.join(where)}"
             f" ORDER BY admitted_until {order}, pubkey {order} LIMIT {p.add(limit)}",
+            *p.values,
+        )
+        return [account_from_row(row) for row in rows]
+
+    async def tier_counts(self, now: int, soon: int, graces: Mapping[str, int]) -> list[TierCount]:
+        p = _Params()
+        now_mark, soon_mark = p.add(now, "::bigint"), p.add(soon, "::bigint")
+        rows = await self._db.fetch(tier_counts_sql(now_mark, soon_mark, _grace_params(p, graces)), *p.values)
+        return tier_counts_from_rows([tuple(row) for row in rows])
+
+    async def find_in_grace(self, now: int, graces: Mapping[str, int], limit: int = 100) -> list[Account]:
+        p = _Params()
+        now_mark = p.add(now, "::bigint")
+        pairs = _grace_params(p, graces)
+        rows = await self._db.fetch(
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {in_grace_sql(now_mark, pairs)}"
+            f" ORDER BY admitted_until + {grace_sql(pairs)}, pubkey LIMIT {p.add(limit)}",
             *p.values,
         )
         return [account_from_row(row) for row in rows]

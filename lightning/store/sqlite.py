@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lightning.billing import NO_TERMS, Holding, Terms, after_payment
@@ -41,18 +41,34 @@ from lightning.store.base import (
     RenewalAttempt,
     RevenueRow,
     RoleDefinition,
+    TierCount,
     account_from_row,
     charge_of,
+    grace_sql,
     hex_prefix_range,
+    in_grace_sql,
     invite_from_row,
     invite_refusal,
     invoice_from_row,
     member_status_conditions,
+    tier_counts_from_rows,
+    tier_counts_sql,
 )
 from lightning.store.migrations import SQLITE_STEPS, sqlite_adopt
 from relay.errors import Rejection
 from relay.store.base import WriteRequest
 from relay.store.database import SqliteDatabase
+
+
+def _grace_params(graces: Mapping[str, int]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Named parameters for ``grace_sql``: the tiers with a grace."""
+    params: dict[str, Any] = {}
+    pairs = []
+    for i, (role, seconds) in enumerate(sorted(graces.items())):
+        if seconds > 0:
+            params[f"r{i}"], params[f"g{i}"] = role, seconds
+            pairs.append((f":r{i}", f":g{i}"))
+    return params, pairs
 
 
 def _marks(n: int) -> str:
@@ -231,6 +247,20 @@ class SqliteLedger:
             f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {' AND '.join(where)}"
             f" ORDER BY admitted_until {order}, pubkey {order} LIMIT :limit",
             params,
+        )
+        return [account_from_row(row) for row in rows]
+
+    async def tier_counts(self, now: int, soon: int, graces: Mapping[str, int]) -> list[TierCount]:
+        params, pairs = _grace_params(graces)
+        rows = await self._db.read(tier_counts_sql(":now", ":soon", pairs), {**params, "now": now, "soon": soon})
+        return tier_counts_from_rows(rows)
+
+    async def find_in_grace(self, now: int, graces: Mapping[str, int], limit: int = 100) -> list[Account]:
+        params, pairs = _grace_params(graces)
+        rows = await self._db.read(
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {in_grace_sql(':now', pairs)}"
+            f" ORDER BY admitted_until + {grace_sql(pairs)}, pubkey LIMIT :limit",
+            {**params, "now": now, "limit": limit},
         )
         return [account_from_row(row) for row in rows]
 
