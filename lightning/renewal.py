@@ -257,9 +257,9 @@ class Renewals:
             return
         now = int(self._clock())
         account = await self._store.get_account(pubkey)
-        if account is None or account.admitted_until != period_end:
-            # Another payment (the join page, a zap, an earlier try that was paid late) or
-            # the operator moved the period: this renewal asks for nothing more.
+        if account is None or account.banned or account.admitted_until != period_end:
+            # Another payment (the join page, a zap, an earlier try that was paid late), the
+            # operator moved the period or banned the key: this renewal asks for nothing more.
             await self._store.record_renewal(
                 pubkey, period_end, "cancelled", "the period was renewed or changed otherwise", now, tried=False
             )
