@@ -134,4 +134,12 @@ class WalletBackend(Protocol):
         watcher reconnects."""
         ...
 
+    def notifications_live(self) -> bool:
+        """True while ``settlements`` is being read and the wallet has promised to report
+        every payment it receives on it (NIP-47 ``payment_received`` notifications, as its
+        info event says). The watcher then leaves young invoices to the stream and polls
+        them only at the old invoices' pace; polling is the fallback whenever this is
+        false (stream down, not read, or a wallet without such a promise)."""
+        ...
+
     async def close(self) -> None: ...

@@ -25,6 +25,12 @@ Definitions, as the pages state them:
 - **Member status** (``lightning.store.base.MemberStatus``): active = admitted for good or for
   more than 7 days more; expiring = admission ends within 7 days; expired = was admitted,
   has ended; credit only = never admitted for a time (or revoked) but holds credit.
+- **Tiers** (with ``[payments.tiers]``; ``lightning.store.base.TierCount``): members = hold
+  the tier now by payment (a downgrade paid for counts at its period end); comped = given
+  it by the operator; in grace = their period ended, the grace of the tier they held last
+  has not (they still write); renewing = their period ends within 7 days; moving here = a
+  downgrade paid for brings them at their period end. Revenue per tier = what payers sent
+  for the tier's invoices paid in the period (renewals, upgrades and downgrades alike).
 """
 
 from __future__ import annotations
@@ -34,8 +40,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lightning.charts import DAY, NARROW, WIDTH, daily_bars, plan_bars
+from lightning.plans import Tier
 from lightning.pubkeys import npub_encode, parse_pubkey
-from lightning.store.base import FOREVER, Account, Invoice, InvoiceState, LedgerStore, MemberStatus, member_status
+from lightning.store.base import (
+    FOREVER,
+    Account,
+    Invoice,
+    InvoiceState,
+    LedgerStore,
+    MemberStatus,
+    TierCount,
+    member_status,
+)
 from relay.ops import console_blocks as blocks
 from relay.plugins.hooks import ConsolePanel
 
@@ -134,12 +150,33 @@ class Search:
         self.problem = f"{shown!r} is not a {what}: type an npub, 64 hex characters, or at least {MIN_PREFIX} of them"
 
 
-class PaymentsConsole:
-    """The three pages over one store; ``clock`` is the relay's (tests move it)."""
+def short_npub(pubkey: str) -> str:
+    """Shortened as clients show it, to recognise; the hex beside it is whole, to copy and act on."""
+    npub = npub_encode(pubkey)
+    return f"{npub[:12]}\u2026{npub[-6:]}"
 
-    def __init__(self, store: LedgerStore, clock: Callable[[], float] = time.time) -> None:
+
+class PaymentsConsole:
+    """The three pages over one store; ``clock`` is the relay's (tests move it);
+    ``tiers`` the config's, whose figures the Members and Revenue pages add."""
+
+    def __init__(
+        self, store: LedgerStore, clock: Callable[[], float] = time.time, *, tiers: Sequence[Tier] = ()
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.tiers = tuple(tiers)
+        self._graces = {tier.name: tier.grace_seconds for tier in self.tiers}
+        self._labels = {tier.name: tier.label for tier in self.tiers}
+
+    def _label(self, role: str) -> str:
+        if not role:
+            return "no tier (single plans)"
+        return self._labels.get(role, f"{role} (role)")
+
+    async def _tier_counts(self, now: int) -> dict[str, TierCount]:
+        counts = await self.store.tier_counts(now, now + EXPIRING_SECONDS, self._graces)
+        return {count.role: count for count in counts}
 
     def panels(self) -> Sequence[ConsolePanel]:
         return (
@@ -155,11 +192,13 @@ class PaymentsConsole:
         since = first_day * DAY
         per_day = [0] * days
         per_plan: dict[str, int] = {}
+        invoices_per_plan: dict[str, int] = {}
         received = fees = paid = 0
         for row in await self.store.revenue_by_day(since):
             if 0 <= row.day - first_day < days:  # paid_at in the future (a clock step) is left out
                 per_day[row.day - first_day] += row.paid_msat
             per_plan[row.plan] = per_plan.get(row.plan, 0) + row.paid_msat
+            invoices_per_plan[row.plan] = invoices_per_plan.get(row.plan, 0) + row.invoices
             received += row.paid_msat
             fees += row.fee_msat
             paid += row.invoices
@@ -176,6 +215,26 @@ class PaymentsConsole:
             sats_per_plan = [(k, v / 1000) for k, v in per_plan.items()]
             return plan_bars(f"Sats per plan, last {days} days", sats_per_plan, empty=nothing, width=width)
 
+        tier_blocks: list[dict[str, Any]] = []
+        if self.tiers:
+            counts = await self._tier_counts(now)
+            tier_blocks.append(
+                blocks.table(
+                    f"Revenue per tier, last {days} days",
+                    ["tier", "price", "sats received", "paid invoices", "members now", "in grace"],
+                    [
+                        [
+                            tier.label,
+                            tier.offer_text(),
+                            sats(per_plan.get(tier.name, 0)),
+                            f"{invoices_per_plan.get(tier.name, 0):,}",
+                            f"{counts.get(tier.name, TierCount(tier.name)).members:,}",
+                            f"{counts.get(tier.name, TierCount(tier.name)).in_grace:,}",
+                        ]
+                        for tier in self.tiers
+                    ],
+                )
+            )
         return blocks.document(
             "Revenue",
             [
@@ -194,6 +253,7 @@ class PaymentsConsole:
                 ),
                 blocks.chart("Sats per day", per_day_chart(WIDTH), per_day_chart(NARROW)),
                 blocks.chart("Sats per plan", per_plan_chart(WIDTH), per_plan_chart(NARROW)),
+                *tier_blocks,
                 blocks.stats(
                     [
                         ("Created", f"{funnel.created:,}"),
@@ -246,7 +306,7 @@ class PaymentsConsole:
         found.append(
             blocks.table(
                 "Accounts",
-                ["npub", "pubkey (hex)", "status", "admitted until (UTC)", "credit (sats)", "flags"],
+                ["npub", "pubkey (hex)", "status", "admitted until (UTC)", "credit (sats)", "flags", "tier"],
                 [self._account_row(a, now, soon) for a in shown],
                 actions=[
                     # Kept credit still pays for events (credit plan): the first stops writing.
@@ -270,21 +330,98 @@ class PaymentsConsole:
             )
         )
         found += paged(params, ("q", "status"), page, len(shown), len(accounts) > page * PAGE_ROWS, "accounts")
+        if self.tiers:  # below the accounts: the pager scrolls to the page's first table
+            found += await self._tier_blocks(now)
         return blocks.document("Members", found)
 
-    @staticmethod
-    def _account_row(account: Account, now: int, soon: int) -> list[str]:
+    def _account_row(self, account: Account, now: int, soon: int) -> list[str]:
         flags = ", ".join(f for f, on in (("banned", account.banned), ("allowed", account.allowed)) if on)
-        npub = npub_encode(account.pubkey)
         return [
-            # Shortened as clients show it, to recognise; the hex beside it is whole, to copy and act on.
-            f"{npub[:12]}\u2026{npub[-6:]}",
+            short_npub(account.pubkey),
             account.pubkey,
             member_status(account, now, soon).value,
             utc(account.admitted_until),
             sats(account.credit_msat),
             flags,
+            self._tier_cell(account, now),
         ]
+
+    def _tier_cell(self, account: Account, now: int) -> str:
+        role = account.role_at(now)
+        if not role and not account.switch_at:
+            return ""
+        cell = self._label(role) + (" (comped)" if account.comped else "")
+        if account.switch_at > now:
+            cell += f", then {self._label(account.next_role)} from {utc(account.switch_at)}"
+        return cell
+
+    async def _tier_blocks(self, now: int) -> list[dict[str, Any]]:
+        """Members per tier, those in grace, and the renewals due within 7 days."""
+        counts = await self._tier_counts(now)
+        roles = [tier.name for tier in self.tiers]
+        roles += sorted(role for role in counts if role and role not in self._labels)  # comped non-tier roles
+        roles += [""] if "" in counts else []
+        per_tier = blocks.table(
+            "Members per tier (renewing: period ends within 7 days)",
+            ["tier", "members", "comped", "in grace", "renewing", "moving here at period end"],
+            [
+                [
+                    self._label(role),
+                    *(
+                        f"{getattr(counts.get(role, TierCount(role)), what):,}"
+                        for what in ("members", "comped", "in_grace", "renewing", "joining")
+                    ),
+                ]
+                for role in roles
+            ],
+        )
+        in_grace = await self.store.find_in_grace(now, self._graces, limit=PAGE_ROWS)
+        grace_total = sum(count.in_grace for count in counts.values())
+        grace_rows = []
+        for account in in_grace:
+            tier = self._labels.get(account.last_role, account.last_role)
+            ends = account.admitted_until + self._graces.get(account.last_role, 0)
+            ended = utc(account.admitted_until)
+            grace_rows.append([short_npub(account.pubkey), account.pubkey, tier, ended, utc(ends)])
+        out = [
+            per_tier,
+            blocks.table(
+                "Members in grace: their period ended, they still write until their grace ends",
+                ["npub", "pubkey (hex)", "tier", "period ended (UTC)", "grace ends (UTC)"],
+                grace_rows,
+                empty="nobody is in grace",
+            ),
+        ]
+        if grace_total > len(grace_rows):
+            out.append(blocks.text(f"The {len(grace_rows)} whose grace ends soonest of {grace_total:,} in grace."))
+        soon = now + EXPIRING_SECONDS
+        due = [
+            a
+            for a in await self.store.find_accounts(now, soon, status=MemberStatus.EXPIRING, limit=PAGE_ROWS)
+            if not a.banned and not a.comped
+        ]
+        wallets = {link.pubkey for link in await self.store.nwc_links()} if due else set()
+        out.append(
+            blocks.table(
+                "Upcoming renewals: periods ending within 7 days, soonest first",
+                ["npub", "pubkey (hex)", "renews", "period ends (UTC)", "auto-renewal"],
+                [
+                    [
+                        short_npub(a.pubkey),
+                        a.pubkey,
+                        self._label(a.last_role) if a.last_role else "subscription",
+                        utc(a.admitted_until),
+                        "wallet connected (NWC)" if a.pubkey in wallets else "-",
+                    ]
+                    for a in due
+                ],
+                empty="no period ends within 7 days",
+            )
+        )
+        renewing = sum(count.renewing for count in counts.values())
+        if renewing > len(due):
+            out.append(blocks.text(f"The {len(due)} soonest of {renewing:,} renewals due within 7 days."))
+        return out
 
     async def invoices(self, params: Mapping[str, str]) -> dict[str, Any]:
         now = int(self.clock())

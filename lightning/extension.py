@@ -271,7 +271,7 @@ class PaymentsExtension:
             tiers=self.plans.tiers,
             on_roles_change=self._on_roles_changed,
         )
-        self.console = PaymentsConsole(self.store, clock)  # operator console pages
+        self.console = PaymentsConsole(self.store, clock, tiers=self.plans.tiers)  # operator console pages
         self.key_links = KeyLinks(  # one plan, several keys
             self.store,
             store,
@@ -458,7 +458,7 @@ class PaymentsExtension:
         # One plan, several keys: the plan's quota holds the bytes of all its keys together.
         plan = account.pubkey if account is not None else pubkey
         keys = await self.accounts.plan_keys(plan)
-        tier = self.plans.tier(account.role) if account is not None and not account.allowed else None
+        tier = self.plans.tier(account.role_at(now)) if account is not None and not account.allowed else None
         if tier is not None and tier.max_bytes_stored is not None:
             return Allowance(tier.max_bytes_stored, self.gate.storage_refusal(tier, plan), authors=keys)
         return Allowance(self.settings.retention.member_max_bytes_per_pubkey, authors=keys)

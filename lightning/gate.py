@@ -260,7 +260,7 @@ class Gate:
             if account.allowed or plan in self._allow:
                 return FREE
             if self.in_standing(account, ctx.now):
-                tier = self._plans.tier(account.role)
+                tier = self._plans.tier(account.role_at(ctx.now))
                 if tier is not None and event.kind not in self._free_kinds:
                     await self._tier_limits(event, tier, plan, ctx)
                 return FREE
@@ -309,7 +309,7 @@ class Gate:
             )
         if account is not None and account.admitted_until > 0:
             ended = time.strftime("%Y-%m-%d", time.gmtime(account.admitted_until))
-            tier = self._plans.tier(account.role)
+            tier = self._plans.tier(account.last_role)
             what = f"your {tier.label} plan" if tier is not None else "your paid period"
             if tier is not None and tier.grace_seconds:
                 ended += f" (and its {tier.grace_seconds // DAY}-day grace)"
@@ -337,7 +337,7 @@ class Gate:
         out; then the unpaid rules apply)."""
         if account.comped or account.admitted(now):
             return True
-        tier = self._plans.tier(account.role)
+        tier = self._plans.tier(account.last_role)  # the grace of the tier held at the end
         return tier is not None and tier.grace_seconds > 0 and account.admitted(now - tier.grace_seconds)
 
     async def _tier_limits(self, event: Event, tier: Tier, plan: str, ctx: WriteContext) -> None:
@@ -424,17 +424,17 @@ class Gate:
             and len(event.content.encode()) <= self._inbox_max_bytes
         )
 
-    async def _inbox_included(self, pubkey: str) -> bool:
+    async def _inbox_included(self, pubkey: str, now: int) -> bool:
         """Whether the member's tier includes free inbox traffic (``free_inbox``)."""
         account = await self._accounts.get(pubkey)
-        tier = self._plans.tier(account.role) if account is not None else None
+        tier = self._plans.tier(account.role_at(now)) if account is not None else None
         return tier is None or tier.free_inbox
 
     async def _p_tags_member(self, event: Event, now: int) -> bool:
         checked = 0
         for tag in event.tags:
             if len(tag) > 1 and tag[0] == "p" and len(tag[1]) == 64:
-                if await self.is_member(tag[1], now) and await self._inbox_included(tag[1]):
+                if await self.is_member(tag[1], now) and await self._inbox_included(tag[1], now):
                     return True
                 checked += 1
                 if checked >= MAX_P_TAGS_CHECKED:

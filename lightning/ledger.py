@@ -175,6 +175,7 @@ class Ledger:
         self.store = store
         self.backend = backend
         self.plans = plans
+        self.terms = plans.terms()  # what settlement's time rule reads (lightning.billing)
         self.expiry_seconds = expiry_seconds
         self.caps = caps or PendingCaps()
 
@@ -220,6 +221,7 @@ class Ledger:
         hashed_description: str | None = None,
         capped_per_pubkey: bool = True,
         source: str = "",
+        expiry_seconds: int | None = None,
     ) -> Invoice:
         """A new invoice for a grant computed by the caller (a zap's, ``lightning.zap``),
         within the caps (the per-pubkey one unless ``capped_per_pubkey`` is false); with
@@ -227,14 +229,17 @@ class Ledger:
         the requester's address group (``relay.net.limits.address_group``), "" for the relay's
         own invoices (renewals), which no share limits and no eviction touches. The shares
         are checked here before the wallet is asked, and again with the insert, where a full
-        pool evicts (``PendingCaps``). Raises like ``issue_or_reuse``."""
+        pool evicts (``PendingCaps``). ``expiry_seconds``: the invoice's life, when not the
+        relay's usual (a renewal left for the member to pay lives days). Raises like
+        ``issue_or_reuse``."""
+        expiry = self.expiry_seconds if expiry_seconds is None else expiry_seconds
         per_pubkey = self.caps.per_pubkey if capped_per_pubkey else None
         mine, held, _total = await self.store.pending_invoice_counts(pubkey, now, source)
         self._check_shares(mine, held, per_pubkey, source)
         created = await self.backend.create_invoice(
             grant.amount_msat,
             memo or f"{grant.plan} for {pubkey[:12]}",
-            self.expiry_seconds,
+            expiry,
             hashed_description=hashed_description,
         )
         try:
@@ -251,7 +256,7 @@ class Ledger:
             bolt11=created.bolt11,
             created_at=now,
             # Trust the wallet's expiry unless it is nonsense (some report 0 or the past).
-            expires_at=created.expires_at if created.expires_at > now else now + self.expiry_seconds,
+            expires_at=created.expires_at if created.expires_at > now else now + expiry,
             admit_seconds=grant.admit_seconds,
             admit_forever=grant.admit_forever,
             credit_msat=grant.credit_msat,
@@ -308,7 +313,7 @@ class Ledger:
             log.warning("not crediting invoice %s: %s", payment_hash, problem)
             return ConfirmResult(Confirmation.REJECTED, invoice)
         paid = status.amount_received_msat if status.amount_received_msat is not None else invoice.amount_msat
-        if await self.store.settle_invoice(payment_hash, paid, now, status.fee_msat):
+        if await self.store.settle_invoice(payment_hash, paid, now, status.fee_msat, terms=self.terms):
             log.info("invoice %s paid: %d msat, %s for %s", payment_hash, paid, invoice.plan, invoice.pubkey)
             return ConfirmResult(Confirmation.CREDITED, invoice, status.fee_msat, status.preimage, status.paid_at)
         return ConfirmResult(Confirmation.ALREADY_PAID, invoice)

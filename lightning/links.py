@@ -175,7 +175,7 @@ class KeyLinks:
         if not await self._is_member(owner, now):
             return _error(HTTPStatus.FORBIDDEN, "this key has no plan here to share: pay first, then link keys")
         account = await self._store.get_account(owner)
-        role = account.role if account is not None else ""
+        role = account.role_at(now) if account is not None else ""
         limit = self._plans.keys_to_link(role)
         outcome = await self._store.link_key(owner, key, limit, now)
         if outcome is LinkOutcome.FULL:

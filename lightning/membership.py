@@ -219,7 +219,7 @@ class Membership:
             return True, ALREADY_MEMBER  # the code stays unused for someone else
         if not self._take_claim(ip):
             return False, "rate-limited: too many join requests from this address; try again in a minute"
-        outcome = await self._store.redeem_invite(code_hash(code), pubkey, now)
+        outcome = await self._store.redeem_invite(code_hash(code), pubkey, now, terms=self._plans.terms())
         if outcome is InviteOutcome.REDEEMED:
             self._accounts.invalidate(pubkey)
             self._dirty.set()
@@ -380,7 +380,7 @@ class Membership:
         tags = []
         for pubkey in sorted(out):
             account = await self._accounts.get(pubkey)
-            role = account.role if account is not None else ""
+            role = account.role_at(now) if account is not None else ""
             tags.append(["member", pubkey, role] if role else ["member", pubkey])
         return tags
 

@@ -98,6 +98,9 @@ class MeteredWallet:
             self._errors.labels("check").inc()
             raise
 
+    def notifications_live(self) -> bool:
+        return self.inner.notifications_live()
+
     async def settlements(self) -> AsyncIterator[str]:
         try:
             async for payment_hash in self.inner.settlements():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lightning.billing import PlanTerms, Terms
 from lightning.settings import PaymentSettings
 
 DAY = 86400
@@ -131,6 +132,20 @@ class Plans:
             ),
             linked_keys=settings.linked_keys,
         )
+
+    def terms(self) -> Terms:
+        """The price list the settlement rule reads (``lightning.billing``): each tier by
+        rank (display order), and "" for the single plans' time when it is sold per period
+        (the subscription plan, else admission with a term), ranked below every tier."""
+        plans = {
+            tier.name: PlanTerms(rank, tier.amount_msat, tier.period_seconds, tier.grace_seconds)
+            for rank, tier in enumerate(self.tiers)
+        }
+        if self.subscription_msat is not None:
+            plans[""] = PlanTerms(-1, self.subscription_msat, self.subscription_period_seconds)
+        elif self.admission_msat is not None and self.admission_term_seconds:
+            plans[""] = PlanTerms(-1, self.admission_msat, self.admission_term_seconds)
+        return Terms(plans)
 
     def tier(self, name: str) -> Tier | None:
         """The tier of that name (an account's role); None for "" or a role that is no tier."""

@@ -56,7 +56,7 @@ class RenewalPrompts:
         until = account.admitted_until
         if until <= 0 or until >= FOREVER:
             return None
-        tier = self._plans.tier(account.role)
+        tier = self._plans.tier(account.last_role)
         grace = tier.grace_seconds if tier is not None else 0
         if not until - self._window <= now < until + grace + self._window:
             return None
@@ -66,7 +66,7 @@ class RenewalPrompts:
 
     def text(self, account: Account, now: int) -> str:
         until = account.admitted_until
-        tier = self._plans.tier(account.role)
+        tier = self._plans.tier(account.last_role)
         name = self._relay_name
         what = f"Your {tier.label} plan on {name}" if tier is not None else f"Your access to {name}"
         grace = tier.grace_seconds if tier is not None else 0
@@ -81,7 +81,7 @@ class RenewalPrompts:
     def _how_to_renew(self, account: Account) -> str:
         sep = "&" if "?" in self._join_link else "?"
         link = f"{self._join_link}{sep}pubkey={account.pubkey}"
-        tier = self._plans.tier(account.role)
+        tier = self._plans.tier(account.last_role)
         if tier is not None:
             return f"Renew ({tier.offer_text()}) at {link}"
         price = self._plans.subscription_msat or self._plans.admission_msat

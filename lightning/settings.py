@@ -8,6 +8,7 @@ object never shows them.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Literal
 
@@ -186,9 +187,23 @@ class RenewalSettings(_Section):
     days_before: float = Field(3.0, gt=0, description="renew this many days before the period ends")
     check_interval_seconds: float = Field(600.0, gt=0, description="how often periods are looked at")
     retry_seconds: float = Field(300.0, gt=0, description="ask the wallet again after this, while the invoice lives")
+    retry_schedule_hours: list[float] = Field(
+        default_factory=lambda: [0.0, 6.0, 24.0],
+        description="a fresh invoice is offered to the wallet this many hours after the renewal started",
+    )
+    fallback_invoice_hours: float = Field(
+        72.0, gt=0, description="after the last try: an invoice left for the member to pay, living this long"
+    )
     allow_private_relays: bool = Field(
         False, description="also dial wallet relays on loopback/private addresses (tests, LAN setups)"
     )
+
+    @field_validator("retry_schedule_hours")
+    @classmethod
+    def _schedule(cls, value: list[float]) -> list[float]:
+        if not value or value[0] != 0 or any(later <= earlier for earlier, later in itertools.pairwise(value)):
+            raise ValueError("start at 0 and grow: e.g. [0, 6, 24]")
+        return value
 
 
 class PaymentSettings(_Section):

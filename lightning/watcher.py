@@ -6,7 +6,11 @@ and settles exactly once, so running them together, or on several nodes, is harm
 - *push*: the backend's settlement stream, for speed (admission within about a second of
   payment); reconnects with backoff when the stream drops.
 - *poll rounds* every ``poll_interval``: a missed or forged push, or a wallet without push,
-  only delays a credit. Which invoices are asked about is scheduled so the cost does not
+  only delays a credit. While the wallet promises a notification for every payment and the
+  stream is live (``WalletBackend.notifications_live``: NIP-47 ``payment_received``), the
+  rounds leave young and watched invoices to it and ask about each at most every
+  ``old_interval`` (the join page's status route still asks on a payer's behalf); the
+  moment the stream drops they poll as before. Which invoices are asked about is scheduled so the cost does not
   grow with rows an attacker creates (issue 8): invoices someone is watching (the join
   page is polling their status) and young ones are due every round, older ones every
   ``old_interval``; invoices already past their expiry wait for the next reconciliation;
@@ -80,6 +84,7 @@ class Watcher:
         self._watched: OrderedDict[str, float] = OrderedDict()  # payment hash -> clock() last asked
         self._last_reconcile = 0.0
         self.stream_connects = 0  # how many times the push stream was (re)opened
+        self.notified = False  # the last round left young invoices to wallet notifications
 
     async def start(self) -> None:
         """Reconcile once before returning (so a restart credits what was paid meanwhile),
@@ -137,6 +142,13 @@ class Watcher:
         ``max_lookups`` of them. Returns how many were credited."""
         s = self._schedule
         now = self._clock()
+        notified = self._ledger.backend.notifications_live()
+        if notified != self.notified:
+            self.notified = notified
+            log.info(
+                "wallet payment notifications %s",
+                "live: young invoices are left to them" if notified else "not live: polling young invoices",
+            )
         pending = await self._ledger.store.list_invoices(pending_only=True)
         self._on_pending(len(pending))
         live = {invoice.payment_hash for invoice in pending}
@@ -148,8 +160,13 @@ class Watcher:
             if invoice.expires_at <= now and not watched:
                 continue  # its last look is the next reconciliation's
             young = now - invoice.created_at < s.young_seconds
-            last = self._last_lookup.get(invoice.payment_hash, 0.0)
-            interval = s.poll_interval if watched or young else s.old_interval
+            if notified:
+                # the stream reports its payment: the first look is old_interval after it was made
+                last = self._last_lookup.get(invoice.payment_hash, float(invoice.created_at))
+                interval = s.old_interval
+            else:
+                last = self._last_lookup.get(invoice.payment_hash, 0.0)
+                interval = s.poll_interval if watched or young else s.old_interval
             if now - last >= interval * 0.95:  # rounds are not exactly poll_interval apart
                 due.append((0 if watched else 1 if young else 2, last, invoice))
         due.sort(key=lambda item: (item[0], item[1]))

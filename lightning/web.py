@@ -125,10 +125,19 @@ def account_json(
         "credit_msat": account.credit_msat,
         "banned": account.banned,
         "allowed": account.allowed,
-        "tier": account.role or None,  # the NIP-43 role whose limits apply (a tier)
+        "tier": account.role_at(now) or None,  # the NIP-43 role whose limits apply (a tier)
         "comped": account.comped,
         **extra,
+        **_scheduled(account, now),
     }
+
+
+def _scheduled(account: Account, now: int) -> dict[str, Any]:
+    """A change paid for and not yet come (a downgrade at the period end): to which tier
+    ("" the single plans), and when."""
+    if account.switch_at > now:
+        return {"next_tier": account.next_role, "tier_changes_at": account.switch_at}
+    return {}
 
 
 def may_write(account: Account, now: int) -> bool:
@@ -147,9 +156,10 @@ def public_account_json(pubkey: str, account: Account | None, now: int) -> dict[
         "pubkey": pubkey,
         "npub": npub_encode(pubkey),
         "may_write": may_write(account, now),
-        "tier": account.role or None,  # public anyway: the NIP-43 member list names it
+        "tier": account.role_at(now) or None,  # public anyway: the NIP-43 member list names it
         "admitted": account.admitted(now),
         "admitted_until": None if until == 0 else ("forever" if until >= FOREVER else until),
+        **_scheduled(account, now),
     }
 
 
@@ -539,6 +549,14 @@ class JoinWeb:
         until = doc["admitted_until"]
         if doc.get("comped"):
             return text + ", given by the operator"
+        changes_at = doc.get("tier_changes_at")
+        if isinstance(changes_at, int):  # a downgrade waits for the period end
+            following = self._plans.tier(doc.get("next_tier") or "")
+            day = time.strftime("%Y-%m-%d", time.gmtime(changes_at))
+            if following is None:
+                return text + f" until {day}, then the single plan until {self._admitted_day(until)}"
+            text += f" until {day}, then {following.label} ({following.offer_text()})"
+            tier = following
         if isinstance(until, int) and tier.period_seconds:
             renew = time.strftime("%Y-%m-%d", time.gmtime(until))
             text += f", renew by {renew}"
@@ -546,6 +564,10 @@ class JoinWeb:
                 grace = time.strftime("%Y-%m-%d", time.gmtime(until + tier.grace_seconds))
                 text += f" (writes go on until {grace})"
         return text
+
+    @staticmethod
+    def _admitted_day(until: object) -> str:
+        return time.strftime("%Y-%m-%d", time.gmtime(until)) if isinstance(until, int) else "for good"
 
     @staticmethod
     def _admitted_text(doc: dict[str, Any]) -> str:

@@ -403,7 +403,8 @@ async def test_console_on_a_phone_readable_charts_a_tab_bar_that_says_it_scrolls
 
                 # Members: a page at a time; "Next" shows the next rows from the table's top.
                 await page.click("#tab-members")
-                rows = page.locator("#panel .block[data-block=table] tbody tr")
+                # the accounts, the page's first table (the demo's tiers add theirs below it)
+                rows = page.locator("#panel .block[data-block=table]").first.locator("tbody tr")
                 await expect(rows).to_have_count(PAGE_ROWS)
                 first = await rows.first.locator("td").nth(1).inner_text()
                 pager = page.locator("#panel .pager")

@@ -164,6 +164,10 @@ class ClnBackend:
             raise BackendError("cln wait: reply has no updated index")
         return value
 
+    def notifications_live(self) -> bool:
+        """Not relied on yet: polling stays as the safety net beside clnrest's wait stream."""
+        return False
+
     async def close(self) -> None:
         if self._own_client:
             await self._client.aclose()

@@ -217,6 +217,10 @@ class FakeBackend:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._config.watch_interval_seconds)
 
+    def notifications_live(self) -> bool:
+        """The demo wallet's file watch is a hint for speed; polling stays its safety net."""
+        return False
+
     async def close(self) -> None:
         self.drop_streams()
 

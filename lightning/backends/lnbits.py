@@ -161,6 +161,11 @@ class LnbitsBackend:
             raise BackendError(f"lnbits push stream: {type(exc).__name__}: {scrub(str(exc), self._secrets)}") from None
         raise BackendError("lnbits push stream: closed by the server")
 
+    def notifications_live(self) -> bool:
+        """LNbits' websocket is unauthenticated (anyone can forge a message on it) and not
+        promised complete: polling stays."""
+        return False
+
     async def close(self) -> None:
         """Nothing to release: the HTTP client belongs to the relay."""
 

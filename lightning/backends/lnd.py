@@ -160,6 +160,10 @@ class LndBackend:
             self._settle_index = max(self._settle_index, int(index))
         return _hash_hex(invoice["r_hash"], label)
 
+    def notifications_live(self) -> bool:
+        """Not relied on yet: polling stays as the safety net beside LND's invoice stream."""
+        return False
+
     async def close(self) -> None:
         if self._own_client:
             await self._client.aclose()

@@ -10,17 +10,29 @@ and wait for EOSE so no response can arrive before the subscription exists.
 
 Requests (23194) are matched to responses by the response's ``e`` tag. Every event from
 the relay is signature-checked and must come from the wallet's key before it is decrypted
-(NIP-44: validate the outer signature first). Notifications are hints like any push; the
-watcher confirms with ``lookup_invoice``. When the socket drops, pending requests and
+(NIP-44: validate the outer signature first). When the socket drops, pending requests and
 ``settlements`` iterators fail with ``BackendError`` and the next call reconnects.
+
+Notifications instead of polling (issue 20 item 6): a wallet whose info event lists
+``payment_received`` in its ``notifications`` tag promises one notification per payment
+received, so while ``settlements`` is read on a live connection ``notifications_live`` is
+true and the watcher stops polling young invoices (each poll is a request and a response
+through the wallet's relay); when the connection drops, or the wallet makes no such
+promise, the watcher polls as before. A notification is as authenticated as a response
+(signed by the wallet's key, encrypted to ours), and one whose preimage hashes to its
+payment hash proves the payment: it answers the watcher's confirming ``lookup_invoice``
+for that hash, so a payment costs no request at all. Any other notification is a hint,
+confirmed by asking the wallet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +65,7 @@ INFO_KIND, REQUEST_KIND, RESPONSE_KIND = 13194, 23194, 23195
 NOTIFY_NIP04_KIND, NOTIFY_NIP44_KIND = 23196, 23197
 _SUB = "nwc"
 MAX_MEMO = 639  # BOLT11's cap on a ``d`` tag
+MAX_NOTIFIED = 1000  # proven payments kept until the watcher's lookup takes them
 _STATES = {
     "settled": PaymentState.PAID,
     "pending": PaymentState.PENDING,
@@ -119,6 +132,7 @@ class _Session:
     ws: ClientConnection
     nip44_key: bytes | None  # None: the wallet speaks NIP-04 only
     relay_url: str
+    notifies: bool = False  # the info event promises ``payment_received`` notifications
     pending: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     listeners: set[asyncio.Queue[str | BackendError]] = field(default_factory=set)
     reader: asyncio.Task[None] | None = None
@@ -145,6 +159,8 @@ class NwcBackend:
         self._wallet_x = bytes.fromhex(self._conn.wallet_pubkey)
         self._session: _Session | None = None
         self._lock = asyncio.Lock()
+        # payment hash -> the status a notification proved (its preimage hashes to it)
+        self._notified: OrderedDict[str, InvoiceStatus] = OrderedDict()
 
     # -- the WalletBackend seam -------------------------------------------------------
 
@@ -174,6 +190,9 @@ class NwcBackend:
         )
 
     async def lookup_invoice(self, payment_hash: str) -> InvoiceStatus:
+        proven = self._notified.pop(payment_hash, None)
+        if proven is not None:
+            return proven  # a notification with the preimage already answered it
         reply = await self._request("lookup_invoice", {"payment_hash": payment_hash})
         error = reply.get("error")
         if isinstance(error, dict) and error.get("code") == "NOT_FOUND":
@@ -197,6 +216,10 @@ class NwcBackend:
     async def check(self) -> None:
         """An unknown hash is answered "unknown" only past the credential check."""
         await self.lookup_invoice(PROBE_PAYMENT_HASH)
+
+    def notifications_live(self) -> bool:
+        session = self._session
+        return session is not None and not session.dead and session.notifies and bool(session.listeners)
 
     async def settlements(self) -> AsyncIterator[str]:
         session = await self._live_session()
@@ -291,6 +314,8 @@ class NwcBackend:
             info = await self._fetch_info(ws, relay_url)
             offered = " ".join(t[1] for t in info.tags if len(t) > 1 and t[0] == "encryption") if info else ""
             use_nip44 = "nip44_v2" in offered.split()
+            notifications = " ".join(t[1] for t in info.tags if len(t) > 1 and t[0] == "notifications") if info else ""
+            notifies = "payment_received" in notifications.split()
             key = nip44.conversation_key(self._conn.secret, self._wallet_x) if use_nip44 else None
             notify_kind = NOTIFY_NIP44_KIND if use_nip44 else NOTIFY_NIP04_KIND
             since = int(time.time()) - 60
@@ -301,9 +326,14 @@ class NwcBackend:
         except BaseException:
             await ws.close()
             raise
-        session = _Session(ws, key, relay_url)
+        session = _Session(ws, key, relay_url, notifies)
         session.reader = asyncio.create_task(self._read(session), name="nwc-reader")
-        log.info("nwc: connected to %s (%s)", relay_url, "nip44_v2" if use_nip44 else "nip04")
+        log.info(
+            "nwc: connected to %s (%s, %s)",
+            relay_url,
+            "nip44_v2" if use_nip44 else "nip04",
+            "payment notifications" if notifies else "no payment notifications: polling",
+        )
         return session
 
     async def _fetch_info(self, ws: ClientConnection, relay_url: str) -> Any:
@@ -416,8 +446,28 @@ class NwcBackend:
             if payload.get("notification_type") == "payment_received" and isinstance(notification, dict):
                 payment_hash = notification.get("payment_hash")
                 if isinstance(payment_hash, str):
+                    self._remember_proof(payment_hash, notification)
                     for queue in session.listeners:
                         queue.put_nowait(payment_hash)
+
+    def _remember_proof(self, payment_hash: str, notification: dict[str, Any]) -> None:
+        """Keep a ``payment_received`` whose preimage proves the payment (SHA-256 of the
+        preimage is the payment hash) as that invoice's status, for the watcher's
+        confirming lookup; the amount and date are the wallet's, as a lookup's would be."""
+        preimage, amount = notification.get("preimage"), notification.get("amount")
+        if notification.get("state", "settled") != "settled" or not isinstance(amount, int):
+            return
+        if not (isinstance(preimage, str) and is_hex64(preimage)):
+            return
+        if hashlib.sha256(bytes.fromhex(preimage)).hexdigest() != payment_hash.lower():
+            return
+        paid_at = as_unix_time(notification.get("settled_at"))
+        self._notified[payment_hash] = InvoiceStatus(
+            payment_hash, PaymentState.PAID, amount, preimage=preimage.lower(), paid_at=paid_at
+        )
+        self._notified.move_to_end(payment_hash)
+        while len(self._notified) > MAX_NOTIFIED:
+            self._notified.popitem(last=False)
 
     def _decrypt(self, session: _Session, content: str) -> dict[str, Any] | None:
         """NIP-04 payloads carry ``?iv=``; NIP-44 ones are plain base64 (NIP-47 allows either

@@ -149,6 +149,10 @@ class PhoenixdBackend:
             raise BackendError(f"phoenixd push stream: {type(exc).__name__}: {reason}") from None
         raise BackendError("phoenixd push stream: closed by phoenixd")
 
+    def notifications_live(self) -> bool:
+        """Not relied on yet: polling stays as the safety net beside phoenixd's websocket."""
+        return False
+
     async def close(self) -> None:
         """Nothing to release: the HTTP client belongs to the relay."""
 

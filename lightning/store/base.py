@@ -18,16 +18,16 @@ store, so its price is taken by ``charge_credit`` in its own transaction.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from lightning.billing import FOREVER as FOREVER  # admitted_until for "admitted for good"
+from lightning.billing import NO_TERMS, Holding, Terms
 from relay.nostr.errors import Rejection
 from relay.nostr.event import Event
 
 COMPONENT = "payments"  # the ledger's version line (relay.store.database)
-
-FOREVER = 2**62  # admitted_until value for "admitted for good"
 
 
 class InviteOutcome(enum.Enum):
@@ -74,7 +74,7 @@ class RenewalAttempt:
     pubkey: str
     period_end: int
     payment_hash: str
-    state: str  # "paying", "paid", "failed"
+    state: str  # "paying", "invoice" (left for the member to pay), "paid", "failed", "cancelled"
     tries: int
     detail: str
     created_at: int
@@ -165,9 +165,27 @@ class Account:
     updated_at: int = 0
     role: str = ""  # the NIP-43 role (a tier, ``lightning.plans.Tier``) whose limits apply; "" none
     comped: bool = False  # the operator gave the role without payment (NIP-86 ``assignrole``)
+    # A change paid for and scheduled (a downgrade at the period end, ``lightning.billing``):
+    # ``role`` until ``switch_at``, then ``next_role`` until ``admitted_until``; 0: none.
+    next_role: str = ""
+    switch_at: int = 0
 
     def admitted(self, now: int) -> bool:
         return self.admitted_until > now
+
+    @property
+    def holding(self) -> Holding:
+        """The account's time as the billing rule sees it."""
+        return Holding(self.role, self.admitted_until, self.next_role, self.switch_at, self.comped)
+
+    def role_at(self, now: int) -> str:
+        """The role whose limits apply at ``now``: ``next_role`` once ``switch_at`` passed."""
+        return self.holding.role_at(now)
+
+    @property
+    def last_role(self) -> str:
+        """The role held when the paid time ends: what renewal buys, whose grace follows."""
+        return self.holding.last_role
 
 
 # Column order both stores use for the ledger tables, so one mapping reads either.
@@ -175,7 +193,8 @@ INVOICE_COLUMNS = (
     "payment_hash, pubkey, plan, amount_msat, bolt11, created_at, expires_at, admit_seconds, "
     "admit_forever, credit_msat, state, paid_at, paid_msat, fee_msat, description, source, role"
 )
-ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at, role, comped"
+ACCOUNT_COLUMNS = "pubkey, admitted_until, credit_msat, banned, allowed, updated_at, role, comped, next_role, switch_at"
+ACCOUNT_WIDTH = len(ACCOUNT_COLUMNS.split(","))  # a row's account part, when more columns follow
 
 
 def invoice_from_row(row: Sequence[Any]) -> Invoice:
@@ -212,6 +231,8 @@ def account_from_row(row: Sequence[Any]) -> Account:
         updated_at=row[5],
         role=row[6],
         comped=bool(row[7]),
+        next_role=row[8],
+        switch_at=row[9],
     )
 
 
@@ -251,6 +272,64 @@ def member_status_conditions(now: str, soon: str) -> dict[MemberStatus, str]:
         MemberStatus.CREDIT_ONLY: "(admitted_until <= 0 AND credit_msat > 0)",
         MemberStatus.NONE: "(admitted_until <= 0 AND credit_msat <= 0)",
     }
+
+
+@dataclass(frozen=True, slots=True)
+class TierCount:
+    """Accounts of one role (a tier's name; "" the single plans) at a moment, for the
+    console's Members and Revenue pages (``LedgerStore.tier_counts``). Banned accounts
+    count nowhere."""
+
+    role: str
+    members: int = 0  # hold it now by payment: in their period, under ``Account.role_at(now)``
+    comped: int = 0  # given it by the operator (NIP-86 ``assignrole``)
+    in_grace: int = 0  # period ended, within the grace of the tier held last; writes go on
+    renewing: int = 0  # period ends within the "soon" window: a renewal is due
+    joining: int = 0  # a downgrade paid for moves them here at their period end
+
+
+ROLE_NOW_SQL = "(CASE WHEN switch_at > 0 AND switch_at <= {now} THEN next_role ELSE role END)"  # Account.role_at
+LAST_ROLE_SQL = "(CASE WHEN switch_at > 0 THEN next_role ELSE role END)"  # Account.last_role
+
+
+def grace_sql(graces: Sequence[tuple[str, str]]) -> str:
+    """The grace of the tier held last, in seconds, from ``(role, seconds)`` placeholder pairs."""
+    if not graces:
+        return "0"
+    return f"(CASE {LAST_ROLE_SQL} " + " ".join(f"WHEN {r} THEN {g}" for r, g in graces) + " ELSE 0 END)"
+
+
+def in_grace_sql(now: str, graces: Sequence[tuple[str, str]]) -> str:
+    """SQL twin of the payments gate's grace (``Gate.in_standing`` past the end): the period
+    ended, its tier's grace has not; neither banned nor comped (a comp has no end)."""
+    return (
+        f"(NOT banned AND NOT comped AND admitted_until > 0 AND admitted_until <= {now}"
+        f" AND admitted_until + {grace_sql(graces)} > {now})"
+    )
+
+
+def tier_counts_sql(now: str, soon: str, graces: Sequence[tuple[str, str]]) -> str:
+    """One statement for ``LedgerStore.tier_counts``: rows of (what, role, count)."""
+    role_now = ROLE_NOW_SQL.format(now=now)
+    return " UNION ALL ".join(
+        (
+            f"SELECT 'members', {role_now}, count(*) FROM accounts"
+            f" WHERE NOT banned AND NOT comped AND admitted_until > {now} GROUP BY 2",
+            "SELECT 'comped', role, count(*) FROM accounts WHERE NOT banned AND comped GROUP BY 2",
+            f"SELECT 'in_grace', {LAST_ROLE_SQL}, count(*) FROM accounts WHERE {in_grace_sql(now, graces)} GROUP BY 2",
+            f"SELECT 'renewing', {LAST_ROLE_SQL}, count(*) FROM accounts WHERE NOT banned AND NOT comped"
+            f" AND admitted_until > {now} AND admitted_until <= {soon} GROUP BY 2",
+            f"SELECT 'joining', next_role, count(*) FROM accounts WHERE NOT banned AND switch_at > {now} GROUP BY 2",
+        )
+    )
+
+
+def tier_counts_from_rows(rows: Sequence[Sequence[Any]]) -> list[TierCount]:
+    """``TierCount`` per role from ``tier_counts_sql``'s rows, by role."""
+    found: dict[str, dict[str, int]] = {}
+    for what, role, count in rows:
+        found.setdefault(role, {})[what] = int(count)
+    return [TierCount(role, **counts) for role, counts in sorted(found.items())]
 
 
 def hex_prefix_range(prefix: str) -> tuple[str, str]:
@@ -349,17 +428,6 @@ def plan_account(own: Account | None, plan: Account | None, now: int) -> Account
     return plan
 
 
-def admitted_until_after_grant(current: int, now: int, admit_seconds: int, admit_forever: bool) -> int:
-    """What a paid invoice's admission grant makes of an account's ``admitted_until``:
-    for good, or ``admit_seconds`` more counted from the later of now and the current end
-    (paying early extends, paying late starts afresh), capped at FOREVER."""
-    if admit_forever:
-        return FOREVER
-    if admit_seconds > 0:
-        return min(FOREVER, max(now, current) + admit_seconds)
-    return current
-
-
 @dataclass(frozen=True, slots=True)
 class RoleDefinition:
     """A NIP-43 role (kind 33534) made by the operator through NIP-86 ``createrole``; the
@@ -453,12 +521,16 @@ class LedgerStore(Protocol):
         ledger grows for ever: callers that show or scan it say how much they need)."""
         ...
 
-    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0) -> bool:
+    async def settle_invoice(
+        self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0, *, terms: Terms = NO_TERMS
+    ) -> bool:
         """Mark a pending (or locally expired) invoice paid and apply its grant to the
         account, in one transaction, exactly once: True only for the call that did it,
         even when several nodes race on the same payment hash. The caller has already
         checked the amount against the invoice. ``paid_msat`` is what the payer sent;
-        ``fee_msat`` what the wallet kept of it (recorded, never charged to the payer)."""
+        ``fee_msat`` what the wallet kept of it (recorded, never charged to the payer).
+        The time granted follows ``lightning.billing.after_payment`` with ``terms`` (the
+        relay's tiers: renewal, grace, upgrade, downgrade)."""
         ...
 
     async def expire_invoices(self, now: int) -> int:
@@ -533,6 +605,16 @@ class LedgerStore(Protocol):
         first for ``EXPIRING``, else those admitted longest (for good first)."""
         ...
 
+    async def tier_counts(self, now: int, soon: int, graces: Mapping[str, int]) -> list[TierCount]:
+        """Accounts per role (``TierCount``), by role; ``graces``: each tier's grace in
+        seconds (the config's), ``soon`` the end of the renewal window."""
+        ...
+
+    async def find_in_grace(self, now: int, graces: Mapping[str, int], limit: int = 100) -> list[Account]:
+        """At most ``limit`` accounts in the grace of the tier they held last (as
+        ``TierCount.in_grace``), those whose grace ends soonest first."""
+        ...
+
     async def find_invoices(self, *, pubkey_prefix: str = "", hash_prefix: str = "", limit: int = 100) -> list[Invoice]:
         """At most ``limit`` invoices, newest first, whose pubkey starts with
         ``pubkey_prefix`` or whose payment hash starts with ``hash_prefix`` (lowercase hex;
@@ -557,7 +639,8 @@ class LedgerStore(Protocol):
         comped: bool | None = None,
     ) -> Account:
         """Operator changes (grant/revoke/ban/allow, assign a role); creates the account
-        when missing."""
+        when missing. Setting ``admitted_until`` or ``role`` drops a scheduled change
+        (``next_role``): the operator's word is the whole new state."""
         ...
 
     # --- NIP-43 roles made through NIP-86 (createrole, editrole, deleterole) -----------
@@ -582,10 +665,10 @@ class LedgerStore(Protocol):
         """Store new invite codes (all or none)."""
         ...
 
-    async def redeem_invite(self, code_hash: str, pubkey: str, now: int) -> InviteOutcome:
+    async def redeem_invite(self, code_hash: str, pubkey: str, now: int, *, terms: Terms = NO_TERMS) -> InviteOutcome:
         """Use the code for ``pubkey`` and apply its grant to the account, in one
         transaction, exactly once: of two claims racing for one code (on any node) one
-        gets ``REDEEMED``, the other ``INVALID``."""
+        gets ``REDEEMED``, the other ``INVALID``. Its time follows ``settle_invoice``'s rule."""
         ...
 
     async def list_invites(self) -> list[Invite]:
@@ -647,6 +730,14 @@ class LedgerStore(Protocol):
         self, pubkey: str, period_end: int, state: str, detail: str, now: int, *, tried: bool
     ) -> None:
         """Note what happened (``tried``: one more payment request was sent)."""
+        ...
+
+    async def rebind_renewal(
+        self, pubkey: str, period_end: int, old_hash: str, new_hash: str, state: str, detail: str, now: int
+    ) -> bool:
+        """Bind the renewal to a new invoice (the next try of its schedule, or the invoice
+        left for the member to pay), only while it is still bound to ``old_hash``: of two
+        nodes starting the next try, one rebinds, the other's invoice is never shown."""
         ...
 
     async def list_renewals(self, pubkey: str) -> list[RenewalAttempt]:

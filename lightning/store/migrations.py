@@ -15,7 +15,8 @@ Step (old core step that made it): 1 (1) invoices, accounts; 2 (3) invoices.fee_
 nwc_links, renewal_attempts; 7 (12) the console's indexes, pruned_invoices; 8 (14)
 invoices.source; 9 (new) account_changes, the counter the core's store_changes kept as
 its ``accounts`` row; 10 (new) accounts.role and comped, invoices.role, roles (tiers as NIP-43 roles);
-11 (new) linked_keys (one plan, several keys).
+11 (new) linked_keys (one plan, several keys); 12 (new) accounts.next_role and switch_at (a
+downgrade scheduled for the period end).
 Never edit a released step: add a new one.
 """
 
@@ -203,6 +204,16 @@ SQLITE_STEPS: tuple[Migration, ...] = (
             "CREATE INDEX linked_keys_owner ON linked_keys (owner, linked_at)",
         ),
     ),
+    # Downgrades apply at the period end (issue 20 item 3, lightning.billing): the tier the
+    # account moves to then, and when.
+    Migration(
+        12,
+        "accounts.next_role, accounts.switch_at",
+        (
+            "ALTER TABLE accounts ADD COLUMN next_role TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE accounts ADD COLUMN switch_at INTEGER NOT NULL DEFAULT 0",
+        ),
+    ),
 )
 
 
@@ -386,6 +397,14 @@ POSTGRES_STEPS: tuple[Migration, ...] = (
                 linked_at bigint NOT NULL
             )""",
             "CREATE INDEX linked_keys_owner ON linked_keys (owner, linked_at)",
+        ),
+    ),
+    Migration(
+        12,
+        "accounts.next_role, accounts.switch_at",
+        (
+            "ALTER TABLE accounts ADD COLUMN next_role text NOT NULL DEFAULT ''",
+            "ALTER TABLE accounts ADD COLUMN switch_at bigint NOT NULL DEFAULT 0",
         ),
     ),
 )

@@ -14,11 +14,13 @@ in memory while the store decides the batch, and writes the debits before the co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lightning.billing import NO_TERMS, Holding, Terms, after_payment
 from lightning.store.base import (
     ACCOUNT_COLUMNS,
+    ACCOUNT_WIDTH,
     COMPONENT,
     DAY_SECONDS,
     FOREVER,
@@ -40,15 +42,19 @@ from lightning.store.base import (
     RenewalAttempt,
     RevenueRow,
     RoleDefinition,
+    TierCount,
     account_from_row,
-    admitted_until_after_grant,
     charge_of,
+    grace_sql,
     hex_prefix_range,
+    in_grace_sql,
     invite_from_row,
     invite_refusal,
     invoice_from_row,
     member_status_conditions,
     payer_of,
+    tier_counts_from_rows,
+    tier_counts_sql,
 )
 from lightning.store.migrations import POSTGRES_STEPS, postgres_adopt
 from relay.nostr.errors import Rejection
@@ -72,6 +78,13 @@ class _Params:
     def add(self, value: Any, cast: str = "") -> str:
         self.values.append(value)
         return f"${len(self.values)}{cast}"
+
+
+def _grace_params(p: _Params, graces: Mapping[str, int]) -> list[tuple[str, str]]:
+    """Placeholders for ``grace_sql``: the tiers with a grace."""
+    return [
+        (p.add(role, "::text"), p.add(seconds, "::bigint")) for role, seconds in sorted(graces.items()) if seconds > 0
+    ]
 
 
 class _ChargeBatch:
@@ -281,7 +294,9 @@ class PostgresLedger:
         )
         return [invoice_from_row(row) for row in rows]
 
-    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0) -> bool:
+    async def settle_invoice(
+        self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0, *, terms: Terms = NO_TERMS
+    ) -> bool:
         """Exactly once across nodes: the conditional UPDATE changes the row for one caller
         only (a concurrent one waits for its commit, re-checks ``state`` and matches
         nothing), and only that caller applies the grant, in the same transaction."""
@@ -298,7 +313,7 @@ class PostgresLedger:
             if row is None:
                 return False
             pubkey, admit_seconds, admit_forever, credit_msat, role = row
-            await _apply_grant(conn, pubkey, now, admit_seconds, admit_forever, credit_msat, role)
+            await _apply_grant(conn, pubkey, now, admit_seconds, admit_forever, credit_msat, terms, role)
             return True
 
     async def expire_invoices(self, now: int) -> int:
@@ -433,6 +448,23 @@ class PostgresLedger:
         )
         return [account_from_row(row) for row in rows]
 
+    async def tier_counts(self, now: int, soon: int, graces: Mapping[str, int]) -> list[TierCount]:
+        p = _Params()
+        now_mark, soon_mark = p.add(now, "::bigint"), p.add(soon, "::bigint")
+        rows = await self._db.fetch(tier_counts_sql(now_mark, soon_mark, _grace_params(p, graces)), *p.values)
+        return tier_counts_from_rows([tuple(row) for row in rows])
+
+    async def find_in_grace(self, now: int, graces: Mapping[str, int], limit: int = 100) -> list[Account]:
+        p = _Params()
+        now_mark = p.add(now, "::bigint")
+        pairs = _grace_params(p, graces)
+        rows = await self._db.fetch(
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {in_grace_sql(now_mark, pairs)}"
+            f" ORDER BY admitted_until + {grace_sql(pairs)}, pubkey LIMIT {p.add(limit)}",
+            *p.values,
+        )
+        return [account_from_row(row) for row in rows]
+
     async def find_invoices(self, *, pubkey_prefix: str = "", hash_prefix: str = "", limit: int = 100) -> list[Invoice]:
         p = _Params()
         either: list[str] = []
@@ -469,7 +501,10 @@ class PostgresLedger:
                 f" ON CONFLICT (pubkey) DO UPDATE SET"
                 f" admitted_until = coalesce($2, a.admitted_until), credit_msat = a.credit_msat + $3,"
                 f" banned = coalesce($4, a.banned), allowed = coalesce($5, a.allowed), updated_at = $6,"
-                f" role = coalesce($7::text, a.role), comped = coalesce($8, a.comped)"
+                f" role = coalesce($7::text, a.role), comped = coalesce($8, a.comped),"
+                # the operator's word is the whole new state: a scheduled change is dropped
+                f" next_role = CASE WHEN $2::bigint IS NULL AND $7::text IS NULL THEN a.next_role ELSE '' END,"
+                f" switch_at = CASE WHEN $2::bigint IS NULL AND $7::text IS NULL THEN a.switch_at ELSE 0 END"
                 f" RETURNING {ACCOUNT_COLUMNS}",
                 pubkey,
                 admitted_until,
@@ -540,7 +575,7 @@ class PostgresLedger:
                 ],
             )
 
-    async def redeem_invite(self, code_hash: str, pubkey: str, now: int) -> InviteOutcome:
+    async def redeem_invite(self, code_hash: str, pubkey: str, now: int, *, terms: Terms = NO_TERMS) -> InviteOutcome:
         """Exactly once across nodes: a concurrent claim of the same code waits for this
         transaction, re-checks ``redeemed_by`` and matches nothing."""
         async with self._db.transaction() as conn:
@@ -557,7 +592,7 @@ class PostgresLedger:
                     "SELECT expires_at, redeemed_by FROM invites WHERE code_hash = $1", code_hash
                 )
                 return invite_refusal(None if found is None else tuple(found), pubkey, now)
-            await _apply_grant(conn, pubkey, now, row[0], row[1], row[2])
+            await _apply_grant(conn, pubkey, now, row[0], row[1], row[2], terms)
             return InviteOutcome.REDEEMED
 
     async def list_invites(self) -> list[Invite]:
@@ -584,7 +619,8 @@ class PostgresLedger:
     async def end_membership(self, pubkey: str, now: int) -> bool:
         async with self._db.acquire() as conn:
             status: str = await conn.execute(
-                "UPDATE accounts SET admitted_until = 0, credit_msat = 0, allowed = false, updated_at = $2"
+                "UPDATE accounts SET admitted_until = 0, credit_msat = 0, allowed = false, updated_at = $2,"
+                " next_role = '', switch_at = 0"
                 " WHERE pubkey = $1 AND (admitted_until > $2 OR credit_msat > 0 OR allowed)",
                 pubkey,
                 now,
@@ -611,7 +647,7 @@ class PostgresLedger:
             f"SELECT {columns}, EXISTS (SELECT 1 FROM reminders_sent s WHERE s.pubkey = a.pubkey"
             " AND s.reason = 'credit') FROM reminder_optins o JOIN accounts a ON a.pubkey = o.pubkey ORDER BY a.pubkey"
         )
-        return [(account_from_row(tuple(row)[:8]), bool(row[8])) for row in rows]
+        return [(account_from_row(tuple(row)[:ACCOUNT_WIDTH]), bool(row[ACCOUNT_WIDTH])) for row in rows]
 
     async def claim_reminder(self, pubkey: str, reason: str, term_end: int, now: int) -> bool:
         async with self._db.acquire() as conn:
@@ -683,6 +719,23 @@ class PostgresLedger:
                 int(tried),
             )
 
+    async def rebind_renewal(
+        self, pubkey: str, period_end: int, old_hash: str, new_hash: str, state: str, detail: str, now: int
+    ) -> bool:
+        async with self._db.acquire() as conn:
+            status: str = await conn.execute(
+                "UPDATE renewal_attempts SET payment_hash = $4, state = $5, detail = $6, updated_at = $7"
+                " WHERE pubkey = $1 AND period_end = $2 AND payment_hash = $3",
+                pubkey,
+                period_end,
+                old_hash,
+                new_hash,
+                state,
+                detail,
+                now,
+            )
+        return status != "UPDATE 0"
+
     async def list_renewals(self, pubkey: str) -> list[RenewalAttempt]:
         rows = await self._db.fetch(
             f"SELECT {RENEWAL_COLUMNS} FROM renewal_attempts WHERE pubkey = $1 ORDER BY period_end DESC", pubkey
@@ -713,25 +766,37 @@ async def _evict_one(conn: Any, source: str, held: int, now: int) -> bool:
 
 
 async def _apply_grant(
-    conn: Any, pubkey: str, now: int, admit_seconds: int, admit_forever: bool, credit_msat: int, role: str = ""
+    conn: Any,
+    pubkey: str,
+    now: int,
+    admit_seconds: int,
+    admit_forever: bool,
+    credit_msat: int,
+    terms: Terms,
+    role: str = "",
 ) -> None:
     """An invoice's or invite's grant. The account row is locked first (created if new),
-    then the grant computed by the shared rule: a concurrent charge or operator change of
-    this account waits for us."""
-    current = await conn.fetchval(
+    then its time computed by the shared rule (``lightning.billing.after_payment``): a
+    concurrent charge or operator change of this account waits for us."""
+    current = await conn.fetchrow(
         "INSERT INTO accounts AS a (pubkey, updated_at) VALUES ($1, $2)"
         " ON CONFLICT (pubkey) DO UPDATE SET updated_at = a.updated_at"
-        " RETURNING admitted_until",
+        " RETURNING role, admitted_until, next_role, switch_at, comped",
         pubkey,
         now,
     )
+    before = Holding(current[0], current[1], current[2], current[3], current[4])
+    held = after_payment(before, role, admit_seconds, admit_forever, now, terms)
     await conn.execute(
         "UPDATE accounts SET admitted_until = $2, credit_msat = credit_msat + $3, updated_at = $4,"
-        " role = CASE WHEN $5::text <> '' THEN $5::text ELSE role END WHERE pubkey = $1",
+        " role = $5, next_role = $6, switch_at = $7, comped = $8 WHERE pubkey = $1",
         pubkey,
-        admitted_until_after_grant(current, now, admit_seconds, admit_forever),
+        held.until,
         credit_msat,
         now,
-        role,
+        held.role,
+        held.next_role,
+        held.switch_at,
+        held.comped,
     )
     await conn.execute(_BUMP_ACCOUNT_CHANGES)

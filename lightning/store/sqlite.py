@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lightning.billing import NO_TERMS, Holding, Terms, after_payment
 from lightning.store.base import (
     ACCOUNT_COLUMNS,
+    ACCOUNT_WIDTH,
     COMPONENT,
     DAY_SECONDS,
     FOREVER,
@@ -42,20 +44,35 @@ from lightning.store.base import (
     RenewalAttempt,
     RevenueRow,
     RoleDefinition,
+    TierCount,
     account_from_row,
-    admitted_until_after_grant,
     charge_of,
+    grace_sql,
     hex_prefix_range,
+    in_grace_sql,
     invite_from_row,
     invite_refusal,
     invoice_from_row,
     member_status_conditions,
     payer_of,
+    tier_counts_from_rows,
+    tier_counts_sql,
 )
 from lightning.store.migrations import SQLITE_STEPS, sqlite_adopt
 from relay.nostr.errors import Rejection
 from relay.store.base import WriteRequest
 from relay.store.database import SqliteDatabase
+
+
+def _grace_params(graces: Mapping[str, int]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Named parameters for ``grace_sql``: the tiers with a grace."""
+    params: dict[str, Any] = {}
+    pairs = []
+    for i, (role, seconds) in enumerate(sorted(graces.items())):
+        if seconds > 0:
+            params[f"r{i}"], params[f"g{i}"] = role, seconds
+            pairs.append((f":r{i}", f":g{i}"))
+    return params, pairs
 
 
 def _marks(n: int) -> str:
@@ -162,8 +179,10 @@ class SqliteLedger:
         )
         return [invoice_from_row(row) for row in rows]
 
-    async def settle_invoice(self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0) -> bool:
-        settled: bool = await self._db.write(_settle_invoice, payment_hash, paid_msat, now, fee_msat)
+    async def settle_invoice(
+        self, payment_hash: str, paid_msat: int, now: int, fee_msat: int = 0, *, terms: Terms = NO_TERMS
+    ) -> bool:
+        settled: bool = await self._db.write(_settle_invoice, payment_hash, paid_msat, now, fee_msat, terms)
         return settled
 
     async def expire_invoices(self, now: int) -> int:
@@ -264,6 +283,20 @@ class SqliteLedger:
         )
         return [account_from_row(row) for row in rows]
 
+    async def tier_counts(self, now: int, soon: int, graces: Mapping[str, int]) -> list[TierCount]:
+        params, pairs = _grace_params(graces)
+        rows = await self._db.read(tier_counts_sql(":now", ":soon", pairs), {**params, "now": now, "soon": soon})
+        return tier_counts_from_rows(rows)
+
+    async def find_in_grace(self, now: int, graces: Mapping[str, int], limit: int = 100) -> list[Account]:
+        params, pairs = _grace_params(graces)
+        rows = await self._db.read(
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {in_grace_sql(':now', pairs)}"
+            f" ORDER BY admitted_until + {grace_sql(pairs)}, pubkey LIMIT :limit",
+            {**params, "now": now, "limit": limit},
+        )
+        return [account_from_row(row) for row in rows]
+
     async def find_invoices(self, *, pubkey_prefix: str = "", hash_prefix: str = "", limit: int = 100) -> list[Invoice]:
         either: list[str] = []
         params: list[Any] = []
@@ -310,8 +343,8 @@ class SqliteLedger:
     async def add_invites(self, invites: Sequence[Invite]) -> None:
         await self._db.write(_insert_invites, list(invites))
 
-    async def redeem_invite(self, code_hash: str, pubkey: str, now: int) -> InviteOutcome:
-        outcome: InviteOutcome = await self._db.write(_redeem_invite, code_hash, pubkey, now)
+    async def redeem_invite(self, code_hash: str, pubkey: str, now: int, *, terms: Terms = NO_TERMS) -> InviteOutcome:
+        outcome: InviteOutcome = await self._db.write(_redeem_invite, code_hash, pubkey, now, terms)
         return outcome
 
     async def list_invites(self) -> list[Invite]:
@@ -347,7 +380,7 @@ class SqliteLedger:
             " AND s.reason = 'credit') FROM reminder_optins o JOIN accounts a ON a.pubkey = o.pubkey ORDER BY a.pubkey",
             (),
         )
-        return [(account_from_row(row[:8]), bool(row[8])) for row in rows]
+        return [(account_from_row(row[:ACCOUNT_WIDTH]), bool(row[ACCOUNT_WIDTH])) for row in rows]
 
     async def claim_reminder(self, pubkey: str, reason: str, term_end: int, now: int) -> bool:
         claimed: bool = await self._db.write(_claim_reminder, pubkey, reason, term_end, now)
@@ -383,6 +416,14 @@ class SqliteLedger:
         self, pubkey: str, period_end: int, state: str, detail: str, now: int, *, tried: bool
     ) -> None:
         await self._db.write(_record_renewal, pubkey, period_end, state, detail, now, tried)
+
+    async def rebind_renewal(
+        self, pubkey: str, period_end: int, old_hash: str, new_hash: str, state: str, detail: str, now: int
+    ) -> bool:
+        rebound: bool = await self._db.write(
+            _rebind_renewal, pubkey, period_end, old_hash, new_hash, state, detail, now
+        )
+        return rebound
 
     async def list_renewals(self, pubkey: str) -> list[RenewalAttempt]:
         rows = await self._db.read(
@@ -513,21 +554,29 @@ def _apply_grant(
     admit_seconds: int,
     admit_forever: bool,
     credit_msat: int,
+    terms: Terms,
     role: str = "",
 ) -> None:
-    """An invoice's or invite's grant, applied to the account (created when missing); a
-    tier's invoice also gives its role (``role`` "": the account's role stays)."""
+    """An invoice's or invite's grant, applied to the account (created when missing); its
+    time follows the shared rule (``lightning.billing.after_payment``), a tier's invoice
+    naming its ``role`` ("" for the single plans)."""
     conn.execute("INSERT OR IGNORE INTO accounts (pubkey, updated_at) VALUES (?, ?)", (pubkey, now))
-    (current,) = conn.execute("SELECT admitted_until FROM accounts WHERE pubkey = ?", (pubkey,)).fetchone()
+    current = conn.execute(
+        "SELECT role, admitted_until, next_role, switch_at, comped FROM accounts WHERE pubkey = ?", (pubkey,)
+    ).fetchone()
+    before = Holding(current[0], current[1], current[2], current[3], bool(current[4]))
+    held = after_payment(before, role, admit_seconds, admit_forever, now, terms)
     conn.execute(
         "UPDATE accounts SET admitted_until = ?, credit_msat = credit_msat + ?, updated_at = ?,"
-        " role = CASE WHEN ? != '' THEN ? ELSE role END WHERE pubkey = ?",
-        (admitted_until_after_grant(current, now, admit_seconds, admit_forever), credit_msat, now, role, role, pubkey),
+        " role = ?, next_role = ?, switch_at = ?, comped = ? WHERE pubkey = ?",
+        (held.until, credit_msat, now, held.role, held.next_role, held.switch_at, int(held.comped), pubkey),
     )
     _bump_account_changes(conn)
 
 
-def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int, now: int, fee_msat: int) -> bool:
+def _settle_invoice(
+    conn: sqlite3.Connection, payment_hash: str, paid_msat: int, now: int, fee_msat: int, terms: Terms
+) -> bool:
     """Exactly once: the conditional UPDATE changes a row for one caller only (the write lock
     serialises callers, across processes too), and only that caller applies the grant."""
     row = conn.execute(
@@ -538,7 +587,7 @@ def _settle_invoice(conn: sqlite3.Connection, payment_hash: str, paid_msat: int,
     if row is None:
         return False
     pubkey, admit_seconds, admit_forever, credit_msat, role = row
-    _apply_grant(conn, pubkey, now, admit_seconds, bool(admit_forever), credit_msat, role)
+    _apply_grant(conn, pubkey, now, admit_seconds, bool(admit_forever), credit_msat, terms, role)
     return True
 
 
@@ -574,6 +623,8 @@ def _update_account(
     if role is not None:
         sets.append("role = ?")
         params.append(role)
+    if role is not None or admitted_until is not None:
+        sets.append("next_role = '', switch_at = 0")  # the operator's word is the whole new state
     params.append(pubkey)
     conn.execute(f"UPDATE accounts SET {', '.join(sets)} WHERE pubkey = ?", params)
     _bump_account_changes(conn)
@@ -602,7 +653,7 @@ def _insert_invites(conn: sqlite3.Connection, invites: list[Invite]) -> None:
     )
 
 
-def _redeem_invite(conn: sqlite3.Connection, code_hash: str, pubkey: str, now: int) -> InviteOutcome:
+def _redeem_invite(conn: sqlite3.Connection, code_hash: str, pubkey: str, now: int, terms: Terms) -> InviteOutcome:
     """Exactly once: the conditional UPDATE matches for one caller only (the write lock
     serialises callers), and only that caller applies the grant."""
     row = conn.execute(
@@ -613,7 +664,7 @@ def _redeem_invite(conn: sqlite3.Connection, code_hash: str, pubkey: str, now: i
     if row is None:
         found = conn.execute("SELECT expires_at, redeemed_by FROM invites WHERE code_hash = ?", (code_hash,)).fetchone()
         return invite_refusal(found, pubkey, now)
-    _apply_grant(conn, pubkey, now, row[0], bool(row[1]), row[2])
+    _apply_grant(conn, pubkey, now, row[0], bool(row[1]), row[2], terms)
     return InviteOutcome.REDEEMED
 
 
@@ -624,8 +675,8 @@ def _revoke_invite(conn: sqlite3.Connection, code_hash: str) -> bool:
 def _end_membership(conn: sqlite3.Connection, pubkey: str, now: int) -> bool:
     return (
         conn.execute(
-            "UPDATE accounts SET admitted_until = 0, credit_msat = 0, allowed = 0, updated_at = ?"
-            " WHERE pubkey = ? AND (admitted_until > ? OR credit_msat > 0 OR allowed = 1)",
+            "UPDATE accounts SET admitted_until = 0, credit_msat = 0, allowed = 0, updated_at = ?, next_role = '',"
+            " switch_at = 0 WHERE pubkey = ? AND (admitted_until > ? OR credit_msat > 0 OR allowed = 1)",
             (now, pubkey, now),
         ).rowcount
         > 0
@@ -683,6 +734,26 @@ def _record_renewal(
         "UPDATE renewal_attempts SET state = ?, detail = ?, updated_at = ?, tries = tries + ?"
         " WHERE pubkey = ? AND period_end = ?",
         (state, detail, now, int(tried), pubkey, period_end),
+    )
+
+
+def _rebind_renewal(
+    conn: sqlite3.Connection,
+    pubkey: str,
+    period_end: int,
+    old_hash: str,
+    new_hash: str,
+    state: str,
+    detail: str,
+    now: int,
+) -> bool:
+    return (
+        conn.execute(
+            "UPDATE renewal_attempts SET payment_hash = ?, state = ?, detail = ?, updated_at = ?"
+            " WHERE pubkey = ? AND period_end = ? AND payment_hash = ?",
+            (new_hash, state, detail, now, pubkey, period_end, old_hash),
+        ).rowcount
+        == 1
     )
 
 

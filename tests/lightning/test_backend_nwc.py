@@ -19,20 +19,32 @@ from lightning import nip04, nip44
 from lightning.backend import BackendError, PaymentState, bolt11_description_hash
 from lightning.backends.fake import make_bolt11
 from lightning.backends.nwc import NwcBackend, NwcConfig, NwcConnection
+from lightning.ledger import Ledger, decode_bolt11
+from lightning.plans import Plans
+from lightning.settings import PaymentSettings
+from lightning.store.base import InvoiceState, LedgerStore
+from lightning.watcher import PollSchedule, Watcher
 from relay.nostr import crypto
 from relay.nostr.event import parse_event, sign_event, verify_signature
 from tests.conftest import RelayFactory
 from tests.nostr_client import NostrClient
+from tests.waiting import eventually
 
 
 class FakeWalletService:
-    """The wallet side of NIP-47: publishes its info event, answers make_invoice and
-    lookup_invoice, and on ``pay`` sends payment_received notifications in every scheme
-    it supports (23197 NIP-44, 23196 NIP-04)."""
+    """The wallet side of NIP-47: publishes its info event (``notifications`` tag naming
+    ``payment_received`` when it sends them), answers make_invoice and lookup_invoice for
+    invoices whose payment hash is the SHA-256 of a preimage it keeps, and on ``pay``
+    sends payment_received notifications in every scheme it supports (23197 NIP-44, 23196
+    NIP-04), carrying the invoice with its preimage as the NIP's example does (without it
+    when ``proves`` is false)."""
 
-    def __init__(self, relay_url: str, encryption: str | None) -> None:
+    def __init__(self, relay_url: str, encryption: str | None, *, notifications: bool = True) -> None:
         self.relay_url = relay_url
         self.encryption = encryption  # None: an old wallet whose info has no encryption tag
+        self.notifications = notifications
+        self.proves = True
+        self._preimages: dict[str, str] = {}
         self.secret = crypto.generate_secret()
         self.pubkey = crypto.public_key(self.secret).hex()
         self.client_secret = crypto.generate_secret()
@@ -53,10 +65,11 @@ class FakeWalletService:
 
     async def start(self) -> None:
         self._ws = ws = await connect(self.relay_url)
-        tags = [["notifications", "payment_received"]]
+        tags = [["notifications", "payment_received"]] if self.notifications else []
         if self.encryption:
             tags.append(["encryption", self.encryption])
-        info = sign_event(self.secret, 13194, "make_invoice lookup_invoice notifications", tags, int(time.time()))
+        methods = "make_invoice lookup_invoice" + (" notifications" if self.notifications else "")
+        info = sign_event(self.secret, 13194, methods, tags, int(time.time()))
         await ws.send(orjson.dumps(["EVENT", info.to_dict()]).decode())
         while (reply := orjson.loads(await ws.recv()))[0] != "OK":  # skip the NIP-42 AUTH challenge
             pass
@@ -92,14 +105,14 @@ class FakeWalletService:
             code, self.fail_next = self.fail_next, None
             return {"result_type": method, "error": {"code": code, "message": "wallet says no"}, "result": None}
         if method == "make_invoice":
-            payment_hash = hashlib.sha256(os.urandom(32)).hexdigest()
-            bolt11 = f"lnbc{params['amount'] // 1000}n1fakenwc"
-            if "description_hash" in params:
-                hashed = params["description_hash"] if self.honours_description_hash else None
-                memo = params.get("description", "")
-                bolt11 = make_bolt11(
-                    payment_hash, params["amount"], memo, int(time.time()), 600, description_hash_hex=hashed
-                )
+            preimage = os.urandom(32)
+            payment_hash = hashlib.sha256(preimage).hexdigest()
+            self._preimages[payment_hash] = preimage.hex()
+            hashed = params.get("description_hash") if self.honours_description_hash else None
+            memo = params.get("description", "")
+            bolt11 = make_bolt11(
+                payment_hash, params["amount"], memo, int(time.time()), params["expiry"], description_hash_hex=hashed
+            )
             invoice = {
                 "type": "incoming",
                 "state": "pending",
@@ -120,8 +133,11 @@ class FakeWalletService:
 
     async def pay(self, payment_hash: str) -> None:
         invoice = self.invoices[payment_hash]
-        invoice.update(state="settled", settled_at=int(time.time()), preimage="00" * 32)
-        note = {"notification_type": "payment_received", "notification": invoice}
+        invoice.update(state="settled", settled_at=int(time.time()), preimage=self._preimages[payment_hash])
+        if not self.notifications:
+            return
+        shown = invoice if self.proves else {k: v for k, v in invoice.items() if k != "preimage"}
+        note = {"notification_type": "payment_received", "notification": shown}
         if "nip44_v2" in self.schemes:
             await self._send(23197, note, "nip44_v2", [])
         if "nip04" in self.schemes:
@@ -144,8 +160,10 @@ class FakeWalletService:
 
 
 @contextlib.asynccontextmanager
-async def _wallet(relay_url: str, encryption: str | None) -> AsyncIterator[tuple[FakeWalletService, NwcBackend]]:
-    wallet = FakeWalletService(relay_url, encryption)
+async def _wallet(
+    relay_url: str, encryption: str | None, *, notifications: bool = True
+) -> AsyncIterator[tuple[FakeWalletService, NwcBackend]]:
+    wallet = FakeWalletService(relay_url, encryption, notifications=notifications)
     await wallet.start()
     backend = NwcBackend(NwcConfig(wallet.uri(), request_timeout_seconds=5))
     try:
@@ -165,7 +183,8 @@ async def test_create_lookup_and_push_in_the_negotiated_scheme(
     async with relay_factory() as relay, _wallet(relay.url, encryption) as (wallet, backend):
         invoice = await backend.create_invoice(21_000, "via nwc", 600)
         assert invoice.payment_hash in wallet.invoices
-        assert (invoice.amount_msat, invoice.bolt11) == (21_000, "lnbc21n1fakenwc")
+        assert invoice.amount_msat == 21_000
+        assert decode_bolt11(invoice.bolt11) == (invoice.payment_hash, 21_000)
         pending = await backend.lookup_invoice(invoice.payment_hash)
         assert pending.state is PaymentState.PENDING
         stream = backend.settlements()
@@ -177,7 +196,9 @@ async def test_create_lookup_and_push_in_the_negotiated_scheme(
         paid = await backend.lookup_invoice(invoice.payment_hash)
         assert (paid.state, paid.amount_received_msat) == (PaymentState.PAID, 21_000)
         assert paid.paid_at == wallet.invoices[invoice.payment_hash]["settled_at"]  # for NIP-57 receipts
-        assert wallet.seen == [("make_invoice", scheme), ("lookup_invoice", scheme), ("lookup_invoice", scheme)]
+        assert paid.preimage == wallet.invoices[invoice.payment_hash]["preimage"]
+        # The notification's preimage proved the payment: that lookup asked the wallet nothing.
+        assert wallet.seen == [("make_invoice", scheme), ("lookup_invoice", scheme)]
         await stream.aclose()
 
 
@@ -227,12 +248,17 @@ async def test_relay_going_away_ends_settlements_with_backend_error(relay_factor
         backend = NwcBackend(NwcConfig(wallet.uri(), request_timeout_seconds=5))
         stream = backend.settlements()
         waiting = asyncio.ensure_future(anext(stream))
-        await asyncio.sleep(0.2)
-    # The relay has stopped: the stream must say so, not hang.
+
+        async def live() -> bool:
+            return backend.notifications_live()
+
+        await eventually(live, 5, what="the notification stream")
+    # The relay has stopped: the stream must say so, not hang, and polling takes over.
     try:
         async with asyncio.timeout(10):
             with pytest.raises(BackendError, match="nwc: relay connection"):
                 await waiting
+        assert not backend.notifications_live()
         with pytest.raises(BackendError, match="no relay usable"):
             await backend.lookup_invoice("00" * 32)  # reconnecting fails cleanly too
     finally:
@@ -261,3 +287,88 @@ def test_connection_uri_parsing() -> None:
         with pytest.raises(BackendError) as caught:
             NwcConnection.parse(uri)
         assert secret not in str(caught.value)
+
+
+PAYER = "ab" * 32
+
+
+@contextlib.asynccontextmanager
+async def _watching(
+    ledger: LedgerStore, backend: NwcBackend, *, push: bool = True
+) -> AsyncIterator[tuple[Ledger, Watcher]]:
+    """The relay's ledger and watcher over the NWC wallet. Its own poll loop sleeps for an
+    hour: the test runs the rounds, each one finding every young invoice due (interval 0)."""
+    plans = Plans.from_settings(PaymentSettings())  # admission, 1,000 sats
+    books = Ledger(ledger, backend, plans, 600)
+    schedule = PollSchedule(poll_interval=0.0, old_interval=300)
+    watcher = Watcher(books, poll_interval=3600, push=push, schedule=schedule)
+    await watcher.start()
+    try:
+        yield books, watcher
+    finally:
+        await watcher.stop()
+
+
+def lookups(wallet: FakeWalletService) -> int:
+    return [method for method, _ in wallet.seen].count("lookup_invoice")
+
+
+@pytest.mark.parametrize("proves", [True, False])
+async def test_payment_received_notifications_replace_polling_while_the_stream_lives(
+    relay_factory: RelayFactory, ledger: LedgerStore, proves: bool
+) -> None:
+    """NIP-47 ``payment_received`` (kind 23197 here, NIP-44): with the wallet's promise in its
+    info event and the stream read, poll rounds ask nothing about a young invoice, and the
+    notification credits it; one carrying the preimage costs no request at all, one without
+    is a hint confirmed by one lookup."""
+    async with relay_factory() as relay, _wallet(relay.url, "nip44_v2") as (wallet, backend):
+        wallet.proves = proves
+        async with _watching(ledger, backend) as (books, watcher):
+            invoice = await books.issue(PAYER, "admission", int(time.time()))
+
+            async def live() -> bool:
+                return backend.notifications_live()
+
+            await eventually(live, 5, what="the wallet's notification stream")
+            for _ in range(3):
+                assert await watcher.poll_due() == 0
+            assert watcher.notified and lookups(wallet) == 0  # young invoices are left to the stream
+            await wallet.pay(invoice.payment_hash)
+
+            async def credited() -> bool:
+                found = await ledger.get_invoice(invoice.payment_hash)
+                return found is not None and found.state is InvoiceState.PAID
+
+            await eventually(credited, 5, what="the notified payment's credit")
+            account = await ledger.get_account(PAYER)
+            assert account is not None and account.admitted(int(time.time()))
+            assert lookups(wallet) == (0 if proves else 1)
+
+
+async def test_a_wallet_without_notifications_is_polled(relay_factory: RelayFactory, ledger: LedgerStore) -> None:
+    async with (
+        relay_factory() as relay,
+        _wallet(relay.url, "nip44_v2", notifications=False) as (wallet, backend),
+        _watching(ledger, backend) as (books, watcher),
+    ):
+        invoice = await books.issue(PAYER, "admission", int(time.time()))
+        assert await watcher.poll_due() == 0
+        assert not backend.notifications_live() and not watcher.notified
+        assert lookups(wallet) == 1  # polled: the wallet promised nothing
+        await wallet.pay(invoice.payment_hash)  # and it sends nothing
+        assert await watcher.poll_due() == 1
+        assert lookups(wallet) == 2
+
+
+async def test_notifications_not_read_leave_polling_on(relay_factory: RelayFactory, ledger: LedgerStore) -> None:
+    """``[payments] push = false``: nobody reads the stream, so nothing is left to it."""
+    async with (
+        relay_factory() as relay,
+        _wallet(relay.url, "nip44_v2") as (wallet, backend),
+        _watching(ledger, backend, push=False) as (books, watcher),
+    ):
+        invoice = await books.issue(PAYER, "admission", int(time.time()))
+        assert await watcher.poll_due() == 0
+        assert not backend.notifications_live() and lookups(wallet) == 1
+        await wallet.pay(invoice.payment_hash)
+        assert await watcher.poll_due() == 1

@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 from lightning.backends.fake import FakeBackend
-from lightning.console import PAGE_ROWS
+from lightning.console import PAGE_ROWS, utc
 from lightning.extension import PaymentsExtension, build_backend
 from lightning.pubkeys import npub_encode
-from lightning.store.base import Invoice, LedgerStore
+from lightning.store.base import Invoice, LedgerStore, NwcLink
 from relay.nostr import crypto
 from relay.store.base import Store
 from tests.conftest import RelayFactory
@@ -387,3 +387,77 @@ async def test_pages_through_the_running_relays_console_with_nip98(
         # Only admins: another key's signature is refused before any payments figure is read.
         assert (await get("/admin/api/panel/revenue", secret=alice)).status_code == 403
         assert (await http.get(base + "/admin/api/panel/members")).status_code == 401
+
+
+TIERS = {
+    "supporter": {"label": "Supporter", "order": 1, "price_sats": 2000, "period_days": 30, "grace_days": 3},
+    "pro": {"label": "Pro", "order": 2, "price_sats": 20000, "period_days": 365, "grace_days": 7},
+}
+
+
+def short(pubkey: str) -> str:
+    npub = npub_encode(pubkey)
+    return npub[:12] + "\u2026" + npub[-6:]
+
+
+@pytest.fixture
+async def tiered(store: Store, tmp_path: Path) -> AsyncIterator[Console]:  # noqa: F811
+    """Tiers beside the subscription plan, each pubkey in another situation at NOW."""
+    plans = {"subscription": PLANS["subscription"], "admission": {"enabled": False}, "tiers": TIERS}
+    settings = payment_settings(tmp_path, **plans)
+    wallet = build_backend(settings, None)  # type: ignore[arg-type]  # the fake wallet needs no HTTP
+    assert isinstance(wallet, FakeBackend)
+    ext = PaymentsExtension(settings, store, wallet, clock=lambda: NOW)
+    await ext.store.open()
+    c = Console(ext, ext.store, wallet, {})
+    try:
+        await c.buy(ALICE, "supporter", NOW - 10 * DAY)  # a supporter for 20 more days
+        await c.buy(BOB, "supporter", NOW - 28 * DAY)  # renewal due in 2 days, from his wallet
+        await c.ext.store.set_nwc_link(NwcLink(BOB, "sealed", 5_000_000, NOW - DAY))
+        await c.buy(CAROL, "supporter", NOW - 31 * DAY)  # ended yesterday: in grace 2 more days
+        await c.buy(DAVE, "supporter", NOW - 40 * DAY)  # lapsed 7 days after its 3-day grace
+        await c.buy(ERIN, "pro", NOW - 100 * DAY)
+        await c.buy(ERIN, "supporter", NOW - 50 * DAY)  # a downgrade, at the end of pro's year
+        await c.ext.store.update_account(FRANK, NOW - DAY, role="pro", comped=True)
+        await c.buy(GINA, "subscription", NOW - 5 * DAY)  # the single plan, no tier
+        yield c
+    finally:
+        await wallet.close()
+
+
+async def test_members_page_shows_members_per_tier_grace_and_upcoming_renewals(tiered: Console) -> None:
+    doc = await tiered.render("members")
+    accounts, per_tier, grace, renewals = blocks_of(doc, "table")  # the accounts first: the pager scrolls there
+    assert per_tier["columns"] == ["tier", "members", "comped", "in grace", "renewing", "moving here at period end"]
+    assert per_tier["rows"] == [
+        ["Supporter", "2", "0", "1", "1", "1"],  # alice and bob; carol in grace; bob due; erin coming
+        ["Pro", "1", "1", "0", "0", "0"],  # erin (until her year ends), frank comped
+        ["no tier (single plans)", "1", "0", "0", "0", "0"],  # gina's subscription
+    ]
+    ended = NOW - 31 * DAY + 30 * DAY
+    assert grace["rows"] == [[short(CAROL), CAROL, "Supporter", utc(ended), utc(ended + 3 * DAY)]]
+    assert renewals["rows"] == [[short(BOB), BOB, "Supporter", utc(NOW + 2 * DAY), "wallet connected (NWC)"]]
+    rows = {row[1]: row for row in accounts["rows"]}
+    assert accounts["columns"][-1] == "tier"
+    erin_switch = NOW - 100 * DAY + 365 * DAY
+    assert rows[ERIN][-1] == f"Pro, then Supporter from {utc(erin_switch)}"
+    assert rows[FRANK][-1] == "Pro (comped)"
+    assert rows[GINA][-1] == "" and rows[DAVE][-1] == "Supporter"
+
+
+async def test_revenue_page_shows_revenue_per_tier(tiered: Console) -> None:
+    month = blocks_of(await tiered.render("revenue"), "table")
+    assert [t["title"] for t in month] == ["Revenue per tier, last 30 days"]
+    assert month[0]["columns"] == ["tier", "price", "sats received", "paid invoices", "members now", "in grace"]
+    assert month[0]["rows"] == [
+        ["Supporter", "2000 sats for 30 days", "4,000", "2", "2", "1"],  # alice and bob paid in these 30 days
+        ["Pro", "20000 sats for 365 days", "0", "0", "1", "0"],
+    ]
+    (year,) = blocks_of(await tiered.render("revenue", days="365"), "table")
+    assert year["rows"][0][2:4] == ["10,000", "5"]  # carol, dave and erin's downgrade too
+    assert year["rows"][1][2:4] == ["20,000", "1"]
+
+
+async def test_pages_without_tiers_show_no_tier_tables(sales: Console) -> None:
+    assert [t["title"] for t in blocks_of(await sales.render("members"), "table")] == ["Accounts"]
+    assert blocks_of(await sales.render("revenue"), "table") == []

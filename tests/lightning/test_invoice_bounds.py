@@ -52,6 +52,9 @@ class CountingWallet:
     def settlements(self) -> AsyncIterator[str]:
         return self.inner.settlements()
 
+    def notifications_live(self) -> bool:
+        return self.inner.notifications_live()
+
     async def close(self) -> None:
         await self.inner.close()
 

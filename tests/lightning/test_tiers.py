@@ -237,3 +237,27 @@ async def test_an_expired_tier_names_its_end_date_and_grace_keeps_writes(
         async with NostrClient(relay.url) as client:
             ok, message = await client.publish(signed(bob, 1, "comped"))
             assert ok, message
+
+
+async def test_a_downgrade_paid_on_the_join_page_waits_for_the_period_end(
+    relay_factory: RelayFactory, alice: bytes
+) -> None:
+    """Pro, then supporter bought through /api/invoice and paid: the account page names
+    both and when the change comes, and the member keeps pro's limits until then."""
+    async with relay_factory(payments=PAID) as relay, httpx.AsyncClient() as web:
+        base = relay.url.replace("ws://", "http://")
+        for plan in ("pro", "supporter"):
+            issued = (await web.post(base + "/api/invoice", json={"pubkey": pk(alice), "plan": plan})).json()
+            assert (await web.post(f"{base}/api/fake/pay/{issued['payment_hash']}")).json()["simulated"]
+        doc = (await web.get(f"{base}/account/{pk(alice)}", headers={"Accept": "application/json"})).json()
+        assert (doc["tier"], doc["next_tier"]) == ("pro", "supporter")
+        changes_at, until = doc["tier_changes_at"], doc["admitted_until"]
+        assert until - changes_at == 30 * 86400 and changes_at - int(time.time()) > 364 * 86400
+        page = (await web.get(f"{base}/account/{pk(alice)}")).text
+        day = time.strftime("%Y-%m-%d", time.gmtime(changes_at))
+        renew = time.strftime("%Y-%m-%d", time.gmtime(until))
+        shown = f"Pro (20000 sats for 365 days) until {day}, then Supporter (2000 sats for 30 days), renew by {renew}"
+        assert shown in page
+        async with NostrClient(relay.url) as client:  # still pro: a kind outside the supporter tier's
+            ok, message = await client.publish(signed(alice, 30023, "an article", [["d", "a"]]))
+            assert ok, message
