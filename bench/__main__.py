@@ -1,5 +1,7 @@
 """``python -m bench [scenario ...] [flags]``: start a relay (or use ``--url``), run the
-chosen scenarios, print one JSON document on stdout (progress goes to stderr).
+chosen scenarios, print one JSON document on stdout (progress goes to stderr): the full
+report, or with ``--json`` the figures document (``bench.figures``: per suite its named
+figures with units and what the relay served, the verify ceiling, the git commit).
 
 Scenarios: verify_ceiling subindex ingest query fanout idle (the default); workers (issue 5,
 19: --workers 1 against 2, alternating, SQLite or --store-url); for PostgreSQL (issue 5, need
@@ -16,6 +18,8 @@ import argparse
 import asyncio
 import os
 import platform
+import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -28,16 +32,18 @@ from bench.bystander import ATTACKS, run_bystander
 from bench.ceiling import measure_ceiling
 from bench.events import EventSetSpec, author_pubkeys, ensure_event_set, p_target_pubkeys
 from bench.fanout import run_fanout
+from bench.figures import figures_document
 from bench.idle import run_idle
+from bench.idle_alloc import run_idle_alloc
 from bench.ingest import run_ingest
 from bench.profile import summarise_profile
 from bench.query import filter_shapes, run_query
-from bench.relayproc import PROFILE_RATE, RelayOptions, RelayProcess
+from bench.relayproc import PROFILE_RATE, REPO, RelayOptions, RelayProcess
 from bench.soak import SOAK_LIMITS, SOAK_SECTIONS, run_soak
-from bench.subindex import run_subindex
+from bench.subindex import SIZES, run_subindex
 from bench.sync_search import run_reconcile, run_search
 
-DEFAULT_SCENARIOS = ["verify_ceiling", "subindex", "ingest", "query", "fanout", "idle"]
+DEFAULT_SCENARIOS = ["verify_ceiling", "subindex", "ingest", "query", "fanout", "idle", "idle_alloc"]
 ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "workers", "stores", "crossnode", "reconcile", "search", "soak", "bystander"]
 
 
@@ -64,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relay-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for started relays, e.g. SATSRELAY_STORAGE__SYNCHRONOUS=NORMAL (repeatable)")
     p.add_argument("--quick", action="store_true", help="small sizes: the default scenarios in under two minutes")
+    p.add_argument("--json", action="store_true",
+                   help="print the figures document (per suite: named figures with units, what the relay served; "
+                   "the verify ceiling, always measured; the git commit) instead of the full report")
+    p.add_argument("--report", type=Path, metavar="FILE", help="also write the full report to FILE")
+    g = p.add_argument_group("subindex")
+    g.add_argument("--subindex-sizes", type=int, nargs="+", default=list(SIZES), metavar="N",
+                   help="live subscriptions to match against (default: %(default)s)")
     g = p.add_argument_group("ingest")
     g.add_argument("--ingest-events", type=int, default=60_000)
     g.add_argument("--ingest-processes", type=int, default=2)
@@ -172,7 +185,7 @@ class Bench:
         return measure_ceiling(path, min(self.args.ceiling_signatures, spec.count))
 
     async def subindex(self) -> dict[str, Any]:
-        return run_subindex()
+        return run_subindex(tuple(sorted(self.args.subindex_sizes)))
 
     async def ingest(self, options: RelayOptions | None = None, label: str = "ingest") -> dict[str, Any]:
         a = self.args
@@ -282,6 +295,14 @@ class Bench:
             key = "as_configured" if a.url else "compression_on" if compression else "compression_off"
             out[key] = await self.with_relay(f"idle-{key}", body, self.relay_options(compression=compression))
         return out
+
+    async def idle_alloc(self) -> dict[str, Any]:
+        """Bytes and blocks each idle connection keeps allocated (tracemalloc), by the line
+        that allocated them: a figure the machine's load does not move."""
+        a = self.args
+        if a.url:
+            return {"skipped": "tracemalloc needs the relay in the bench's own process (no --url)"}
+        return await run_idle_alloc(connections=a.idle_connections, processes=a.idle_processes)
 
     async def reconcile(self) -> dict[str, Any]:
         a = self.args
@@ -406,12 +427,33 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.quick:
         apply_quick(args)
+    if args.json and args.scenarios and "verify_ceiling" not in args.scenarios:
+        args.scenarios.insert(0, "verify_ceiling")  # every figures document carries the machine's yardstick
     report = asyncio.run(Bench(args).run())
-    sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    report["commit"] = git_commit()
+    if args.report is not None:
+        args.report.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    out = report
+    if args.json:
+        out = figures_document(report, commit=report["commit"], command=shlex.join(["python", "-m", "bench", *argv]))
+    sys.stdout.buffer.write(orjson.dumps(out, option=orjson.OPT_INDENT_2) + b"\n")
     return 0
+
+
+def git_commit() -> dict[str, Any]:
+    """The commit the measured code is at, and whether the tree had changes on top of it."""
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True, check=True).stdout
+
+    try:
+        return {"sha": git("rev-parse", "HEAD").strip(),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"sha": "unknown", "dirty": None}
 
 
 if __name__ == "__main__":

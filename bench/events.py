@@ -2,7 +2,7 @@
 
 Signing costs about as much as verifying, so a load client that signs while it sends
 measures its own signing. Sets are signed in a process pool and cached on disk under
-``bench/.cache`` keyed by their shape, count and seed; the second run loads them in a
+``bench/.cache`` (or ``$SATSRELAY_BENCH_CACHE``) keyed by their shape, count and seed; the second run loads them in a
 second. Keys derive from the seed, so a set's authors (and the tag targets a query asks
 for) are known without reading the file.
 """
@@ -24,7 +24,8 @@ from secp256k1 import ffi, lib
 from relay.nostr.crypto import public_key
 from relay.nostr.event import compute_id
 
-CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+# SATSRELAY_BENCH_CACHE: elsewhere, e.g. a test's temp folder (tests/test_bench_smoke.py).
+CACHE_DIR = Path(os.environ.get("SATSRELAY_BENCH_CACHE") or Path(__file__).resolve().parent / ".cache")
 BASE_CREATED_AT = 1_700_000_000  # fixed so cached sets stay identical; NIP-22 lower bound is off by default
 
 

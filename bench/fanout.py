@@ -98,12 +98,14 @@ async def run_fanout(
     jobs = [SubscriberJob(url, n, count, seconds + 30) for n in per if n]
     group = WorkerGroup(subscriber_worker, jobs)
     oks = 0
+    oks_true = 0
     ok_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_publisher_message(payload: bytes, now: float) -> None:
-        nonlocal oks
+        nonlocal oks, oks_true
         if payload.startswith(b'["OK"'):
             oks += 1
+            oks_true += payload[73:78] == b"true,"
             if oks == count and not ok_done.done():
                 ok_done.set_result(None)
 
@@ -145,6 +147,7 @@ async def run_fanout(
     out: dict[str, Any] = {
         "subscribers": subscribers,
         "events_published": count,
+        "publisher_ok_true": oks_true,
         "publish_rate_per_second": rate,
         "deliveries": len(delays),
         "deliveries_expected": expected,

@@ -29,30 +29,39 @@ class IdleJob:
     compression: bool
 
 
-async def _open(url: str, compression: bool) -> ClientConnection:
+async def _open(url: str, compression: bool) -> tuple[ClientConnection, bool]:
+    """A connection holding one live subscription, and whether its REQ got its EOSE
+    (rather than CLOSED)."""
     ws = await connect(url, compression="deflate" if compression else None, ping_interval=None, max_size=None,
                        open_timeout=60)
     await ws.send(orjson.dumps(["REQ", "i", {"authors": [os.urandom(32).hex()], "limit": 1}]).decode())
     while True:
         msg = orjson.loads(await asyncio.wait_for(ws.recv(), 60))
         if msg[0] in ("EOSE", "CLOSED"):
-            return ws
+            return ws, msg[0] == "EOSE"
 
 
-async def idle_worker(job: IdleJob, ready: Ready) -> int:
-    conns: list[ClientConnection] = []
+@dataclass(frozen=True, slots=True)
+class IdleResult:
+    negotiated: int  # connections that agreed on permessage-deflate
+    eose: int  # connections whose REQ got its EOSE
+
+
+async def idle_worker(job: IdleJob, ready: Ready) -> IdleResult:
+    opened: list[tuple[ClientConnection, bool]] = []
     for start in range(0, job.connections, 50):  # in waves: a 2,000-connection SYN burst only measures the backlog
-        conns.extend(await asyncio.gather(*(_open(job.url, job.compression)
-                                            for _ in range(start, min(job.connections, start + 50)))))
+        opened.extend(await asyncio.gather(*(_open(job.url, job.compression)
+                                             for _ in range(start, min(job.connections, start + 50)))))
+    conns = [ws for ws, _ in opened]
     negotiated = sum(1 for ws in conns if ws.response is not None
                      and "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", ""))
     await ready()
     await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
-    return negotiated
+    return IdleResult(negotiated, sum(1 for _, eose in opened if eose))
 
 
 async def run_idle(url: str, relay_pid: int, *, connections: int, processes: int, compression: bool) -> dict[str, Any]:
-    warm = await _open(url, compression)
+    warm, _ = await _open(url, compression)
     await warm.close()
     await asyncio.sleep(1.0)
     baseline = rss_kib(relay_pid)
@@ -65,13 +74,14 @@ async def run_idle(url: str, relay_pid: int, *, connections: int, processes: int
         await asyncio.sleep(2.0)  # let the relay settle (freed buffers, finished tasks)
         loaded = rss_kib(relay_pid)
         group.go()
-        negotiated = sum(await group.results(120))
+        results: list[IdleResult] = await group.results(120)
     finally:
         group.kill()
     return {
         "connections": connections,
+        "eose_received": sum(r.eose for r in results),
         "compression_offered": compression,
-        "compression_negotiated": negotiated,
+        "compression_negotiated": sum(r.negotiated for r in results),
         "open_seconds": round(opened_in, 2),
         "rss_baseline_kib": baseline,
         "rss_with_connections_kib": loaded,

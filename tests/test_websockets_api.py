@@ -96,6 +96,28 @@ def test_sans_io_round_trip_as_the_shell_drives_it() -> None:
     assert server.close_expected()
 
 
+def test_handshake_headers_can_be_dropped_after_accept() -> None:
+    """The shell clears the handshake request's headers once ``accept`` has read them:
+    websockets' parser keeps that request for the connection's life (idle memory), and the
+    connection must work on without them."""
+    server = ServerProtocol()
+    client = ClientProtocol(parse_uri("ws://relay/"))
+    client.send_request(client.connect())
+    server.receive_data(b"".join(client.data_to_send()))
+    [request] = server.events_received()
+    assert isinstance(request, Request) and "Sec-WebSocket-Key" in request.headers
+    server.send_response(server.accept(request))
+    request.headers.clear()
+    assert len(request.headers) == 0 and list(request.headers.raw_items()) == []
+    client.receive_data(b"".join(server.data_to_send()))
+    assert [type(e) for e in client.events_received()] == [Response]
+
+    client.send_text(b'["REQ","s",{}]')
+    server.receive_data(b"".join(client.data_to_send()))
+    [frame] = server.events_received()
+    assert isinstance(frame, Frame) and frame.data == b'["REQ","s",{}]'
+
+
 def test_oversize_message_fails_with_1009() -> None:
     server = ServerProtocol(max_size=10)
     client = ClientProtocol(parse_uri("ws://relay/"))

@@ -20,6 +20,7 @@ in this process, as before.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -51,16 +52,17 @@ def address_group(ip: str, ipv6_prefix: int = 64) -> str:
     """The key an address is limited under: IPv4 as is (an IPv4-mapped IPv6 address as
     its IPv4), IPv6 as its ``/ipv6_prefix`` network. Anything that is not an address (a
     proxy header's odd value, "unknown") is its own group, cut to 64 characters so such
-    keys stay small."""
+    keys stay small. The key is interned: every connection from one group (its slot, its
+    session, the tables) shares one string instead of holding a fresh copy each."""
     try:
         addr = ipaddress.ip_address(ip.strip().split("%", 1)[0])
     except ValueError:
-        return ip[:64]
+        return sys.intern(ip[:64])
     if isinstance(addr, ipaddress.IPv6Address):
         if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.IPv6Network((addr, ipv6_prefix), strict=False))
-    return str(addr)
+            return sys.intern(str(addr.ipv4_mapped))
+        return sys.intern(str(ipaddress.IPv6Network((addr, ipv6_prefix), strict=False)))
+    return sys.intern(str(addr))
 
 
 class BucketTable:
