@@ -146,10 +146,33 @@ class RelayProtocol(asyncio.Protocol):
     first use: an idle connection's size is a measured target (``bench idle_alloc``)."""
 
     __slots__ = (
-        "_body", "_body_size", "_drain_waiters", "_extensions", "_flush_scheduled", "_fragments", "_handling", "_lingering",
-        "_hooks", "_http", "_loop", "_lost", "_on_refused", "_on_slow_drop", "_options", "_outbox",
-        "_reading_paused", "_request", "_sessions", "_sink", "_slots", "_timer", "_transport", "_ws", "ip",
-        "last_seen", "pinged",
+        "_body",
+        "_body_size",
+        "_drain_waiters",
+        "_extensions",
+        "_flush_scheduled",
+        "_fragments",
+        "_handling",
+        "_hooks",
+        "_http",
+        "_lingering",
+        "_loop",
+        "_lost",
+        "_on_refused",
+        "_on_slow_drop",
+        "_options",
+        "_outbox",
+        "_reading_paused",
+        "_request",
+        "_sessions",
+        "_sink",
+        "_slots",
+        "_timer",
+        "_transport",
+        "_ws",
+        "ip",
+        "last_seen",
+        "pinged",
     )
 
     def __init__(
