@@ -68,6 +68,22 @@ def test_example_config_sells_two_tiers() -> None:
     assert (tiers["pro"].price_sats, tiers["pro"].period_days) == (20000, 365)
 
 
+def test_readme_tiers_example_loads_as_two_tiers(tmp_path: Path) -> None:
+    """README's Tiers section is the worked example an operator copies: its TOML loads as
+    it is (beside a payments table) and sells the two tiers it describes."""
+    readme = (EXAMPLE.parent / "README.md").read_text()
+    section = readme.split("### Tiers: plans with their own limits", 1)[1].split("\n### ", 1)[0]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "tiers.toml"
+    config.write_text('[payments]\nenabled = true\nbackend = "fake"\n\n' + block)
+    tiers = load_settings(config).payments.tiers
+    assert list(tiers) == ["supporter", "pro"]
+    supporter, pro = tiers["supporter"], tiers["pro"]
+    assert (supporter.price_sats, supporter.period_days, supporter.grace_days) == (2000, 30, 3)
+    assert (supporter.events_per_day, supporter.max_bytes_stored, supporter.linked_keys) == (2000, 50_000_000, 1)
+    assert (pro.price_sats, pro.period_days, pro.grace_days, pro.order) == (20000, 365, 7, 2)
+
+
 def test_wrong_value_names_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[limits]\nmax_limit = \"lots\"\n")

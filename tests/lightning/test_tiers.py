@@ -7,6 +7,7 @@ next one, on SQLite and PostgreSQL, while a member on the larger tier writes on.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
@@ -143,6 +144,71 @@ async def test_tiers_are_nip43_roles_and_nip86_assigns_them(
         assert info["fees"]["admission"][0]["amount"] == 1_000_000  # the single plan is still sold beside them
 
 
+async def test_editrole_and_deleterole_change_the_published_roles_and_the_member_list(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    """A role made by NIP-86 (nostr-tools signs each call) is edited, deleted and made
+    again: nostr-tools reads each state of its kind 33534, verified; deleting it takes it
+    from its comped member (off the 13534 list, refused again), and making it again
+    publishes it anew (newer than the NIP-09 deletion of its address)."""
+    why = node_tools.ensure_installed()
+    if why is not None:
+        pytest.skip(why)
+    payments = {**PAID, "membership": {"list_members": True, "list_refresh_seconds": 0.2}}
+    async with relay_factory(admin={"pubkeys": [pk(alice)]}, payments=payments) as relay:
+        me = relay.identity.pubkey
+        http = relay.url.replace("ws://", "http://")
+        address = {"kinds": [33534], "authors": [me], "#d": ["moderator"]}
+
+        async def moderator_tags() -> list[list[str]] | None:
+            events = await read_verified(relay.url, address)
+            assert len(events) <= 1, events
+            return events[0]["tags"] if events else None
+
+        async def member_tags() -> list[list[str]]:
+            lists = await read_verified(relay.url, {"kinds": [13534], "authors": [me]})
+            return [t for t in lists[0]["tags"] if t[0] == "member"] if lists else []
+
+        assert await nip86(alice, http, "createrole", ["moderator", "Moderator", "keeps order", 200, 5]) == {
+            "result": True
+        }
+        await eventually(lambda: _is_not_none(moderator_tags()), 10, what="the created role's kind 33534")
+        async with NostrClient(relay.url) as client:
+            assert await nip86(alice, http, "assignrole", [pk(bob), "moderator"]) == {"result": True}
+            assert (await client.publish(signed(bob, 10010, "", [["r", relay.settings.relay.public_url]])))[0]
+            await eventually(
+                lambda: _equals(member_tags(), [["member", pk(bob), "moderator"]]), 10, what="bob listed as moderator"
+            )
+
+            assert await nip86(alice, http, "editrole", ["moderator", "Steward", "", 30, 6]) == {"result": True}
+            edited = [["-"], ["d", "moderator"], ["label", "Steward"], ["color", "30"], ["order", "6"]]
+            await eventually(lambda: _equals(moderator_tags(), edited), 10, what="the edited role's kind 33534")
+            missing = await nip86(alice, http, "editrole", ["nobody", "Nobody"])
+            assert missing["error"].endswith("no role 'nobody' (createrole makes one)"), missing
+
+            assert await nip86(alice, http, "deleterole", ["moderator"]) == {"result": True}
+            await eventually(lambda: _equals(moderator_tags(), None), 10, what="the deleted role withdrawn")
+            await eventually(lambda: _equals(member_tags(), []), 10, what="bob off the list with the role")
+            ok, message = await client.publish(signed(bob, 1, "after the role went"))
+            assert not ok and message.startswith("restricted: writing here needs a payment"), message
+            roles = (await nip86(alice, http, "payments.roles", []))["result"]
+            assert {r["id"] for r in roles} == {"supporter", "pro"}
+
+            again = ["moderator", "Moderator", "back again", 200, 5]
+            assert await nip86(alice, http, "createrole", again) == {"result": True}
+            made_again = [["-"], ["d", "moderator"], ["label", "Moderator"], ["description", "back again"],
+                          ["color", "200"], ["order", "5"]]
+            await eventually(lambda: _equals(moderator_tags(), made_again), 10, what="the role made again")
+
+
+async def _is_not_none(value: Awaitable[object]) -> bool:
+    return await value is not None
+
+
+async def _equals(value: Awaitable[object], want: object) -> bool:
+    return await value == want
+
+
 async def test_a_smaller_tier_is_refused_past_its_limits_naming_the_next_tier(
     relay_factory: RelayFactory, storage: dict[str, str], alice: bytes, bob: bytes
 ) -> None:
@@ -182,6 +248,8 @@ async def test_a_smaller_tier_is_refused_past_its_limits_naming_the_next_tier(
             ok, message = await client.publish(signed(dave, 1, "w" * 1200))
             assert not ok and message.startswith("restricted: this event is "), message
             assert "over the Supporter tier's 1000" in message and upgrade in message
+            ok, message = await client.publish(signed(bob, 1, "w" * 1200))
+            assert ok, message
             ok, message = await client.publish(signed(dave, 30023, "an article", [["d", "a"]]))
             assert not ok and message.startswith("restricted: kind 30023 is not part of the Supporter tier"), message
             ok, message = await client.publish(signed(bob, 30023, "an article", [["d", "a"]]))
