@@ -1,10 +1,10 @@
 """Operator changes to payment accounts and the views of them, written once for both front
-ends: the CLI (``satsrelay accounts grant/revoke/show``, ``invoices list``, lightning/cli.py)
-and the NIP-86 methods (``payments.grant`` ..., lightning/management.py).
+ends: the CLI (``satsrelay accounts grant/revoke/unlink/show``, ``invoices list``,
+lightning/cli.py) and the NIP-86 methods (``payments.grant`` ..., lightning/management.py).
 
 Every rule an operator can break raises ``ValueError`` with a message naming it; the CLI
-prints it, NIP-86 answers it as the ``error``. Changes go through ``LedgerStore.update_account``,
-which bumps the store's account change counter: every relay process sharing the database
+prints it, NIP-86 answers it as the ``error``. Changes go through ``LedgerStore.update_account``
+(``unlink_key`` for links), which bumps the store's account change counter: every relay process sharing the database
 drops its cached account state within ``gate.CHANGES_POLL_SECONDS``.
 """
 
@@ -70,6 +70,36 @@ async def revoke(store: LedgerStore, pubkey: str, now: int, *, credit: bool = Fa
     current = await store.get_account(pubkey)
     delta = -current.credit_msat if (credit and current is not None) else 0
     return await store.update_account(pubkey, now, admitted_until=0, allowed=False, credit_delta_msat=delta)
+
+
+async def unlink(store: LedgerStore, key: str, now: int) -> dict[str, Any]:
+    """End ``key``'s link to the plan it is linked to (README "One plan, several keys"):
+    the operator's side of what either key may do with a signed ``DELETE``, for a member
+    who lost a key or a key the operator wants off a plan without banning it. The key
+    writes under its own account again; the plan keeps its other keys. What is left:
+    ``{"pubkey", "unlinked_from", "linked_keys"}`` (the plan's keys still linked)."""
+    _, owner = await store.account_and_owner(key)
+    if owner is None:
+        own_links = [k.pubkey for k in await store.linked_keys(key)]
+        if own_links:
+            raise ValueError(
+                f"{key} is the key of a plan, not a linked key: unlink its linked keys instead "
+                f"({', '.join(own_links)})"
+            )
+        raise ValueError(f"{key} is not linked to any plan")
+    if not await store.unlink_key(owner, key, now):
+        raise ValueError(f"{key} is no longer linked to {owner}'s plan (unlinked meanwhile)")
+    remaining = [k.pubkey for k in await store.linked_keys(owner)]
+    return {"pubkey": key, "unlinked_from": owner, "linked_keys": remaining}
+
+
+def unlink_summary(doc: dict[str, Any]) -> str:
+    """``unlink``'s answer in the operator's words."""
+    left = len(doc["linked_keys"])
+    return (
+        f"unlinked {doc['pubkey']} from the plan of {doc['unlinked_from']}; "
+        f"{left} other key{'' if left == 1 else 's'} still linked to it"
+    )
 
 
 def revoke_summary(account: Account, *, credit_pays: bool) -> str:

@@ -1,4 +1,5 @@
-"""Operator commands: ``satsrelay accounts ...``, ``invoices list``, ``pay-fake``.
+"""Operator commands: ``satsrelay accounts ...`` (list, show, grant, revoke, unlink, ban),
+``invoices list``, ``pay-fake``.
 
 ``relay.cli`` calls ``add_commands`` with its sub-parser set, the shared ``--config``
 parent parser and its settings loader. Every command prints a readable table, or JSON
@@ -59,6 +60,12 @@ def add_commands(
     p.add_argument("pubkey", help="hex or npub")
     p.add_argument("--credit", action="store_true", help="also set the credit to zero")
     p.set_defaults(func=_runner(load, _accounts_revoke))
+    p = acc.add_parser(
+        "unlink", help="take a linked key off the plan it is linked to (it writes as itself again)",
+        parents=[common, output],
+    )
+    p.add_argument("pubkey", help="the linked key, hex or npub")
+    p.set_defaults(func=_runner(load, _accounts_unlink))
     p = acc.add_parser("ban", help="refuse every write from a pubkey", parents=[common, output])
     p.add_argument("pubkey", help="hex or npub")
     p.add_argument("--undo", action="store_true", help="lift the ban")
@@ -218,6 +225,16 @@ async def _accounts_revoke(args: argparse.Namespace, settings: Settings, store: 
     credit_pays = payment_settings(settings).credit.enabled
     print(f"satsrelay: {accounts.revoke_summary(account, credit_pays=credit_pays)}", file=sys.stderr)
     return _show_account(args, pubkey, account, now)
+
+
+async def _accounts_unlink(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:
+    try:
+        pubkey = _pubkey(args.pubkey)
+        doc = await accounts.unlink(store, pubkey, int(time.time()))
+    except (_Abort, ValueError) as exc:
+        return _fail(str(exc))
+    _emit(args, doc, accounts.unlink_summary(doc))
+    return 0
 
 
 async def _accounts_ban(args: argparse.Namespace, settings: Settings, store: LedgerStore) -> int:

@@ -7,6 +7,9 @@ its NIP-98 admin check (relay/ops/management_view.py):
 - ``payments.account``  ``[pubkey]`` -> the account and its invoices, newest first
 - ``payments.invoices`` ``[]`` or ``[{"pubkey", "pending", "limit"}]`` -> invoices, newest first
 - ``payments.roles``    ``[]`` -> every role: the config's tiers and those made here
+- ``payments.unlinkkey`` ``[pubkey]`` -> ends the key's link to the plan it is linked to:
+  ``{"pubkey", "unlinked_from", "linked_keys"}`` (the plan's keys still linked) and a
+  ``summary``; the key writes under its own account again
 
 and NIP-86's own role methods (NIP-43 roles, kind 33534), under their NIP names:
 ``createrole`` / ``editrole`` ``[id, label, description, color, order]``, ``deleterole``
@@ -149,6 +152,7 @@ class PaymentMethods:
             "payments.account": self.account,
             "payments.invoices": self.invoices,
             "payments.roles": self.roles,
+            "payments.unlinkkey": self.unlink_key,
             "createrole": self.create_role,
             "editrole": self.edit_role,
             "deleterole": self.delete_role,
@@ -262,6 +266,15 @@ class PaymentMethods:
         self._on_change(pubkey)
         summary = accounts.revoke_summary(account, credit_pays=self._credit_pays)
         return Changed({**account_json(pubkey, account, now), "summary": summary})
+
+    async def unlink_key(self, params: list[Any]) -> Changed:
+        if len(params) != 1:
+            raise ValueError("params must be [pubkey]")
+        key = _first_pubkey(params)
+        doc = await accounts.unlink(self._store, key, int(self._clock()))
+        self._on_change(key)  # the key's cached plan here, and its owner's key list
+        self._on_change(doc["unlinked_from"])
+        return Changed({**doc, "summary": accounts.unlink_summary(doc)})
 
     async def account(self, params: list[Any]) -> dict[str, Any]:
         pubkey = _first_pubkey(params)

@@ -15,11 +15,13 @@ import httpx
 import pytest
 
 from lightning.pubkeys import npub_encode
+from lightning.store.base import LinkOutcome
 from relay.nostr import crypto
 from relay.nostr.event import sign_event
 from tests.conftest import RelayFactory
-from tests.lightning.payment_stack import payment_stack
+from tests.lightning.payment_stack import ledger_of, payment_stack
 from tests.nostr_client import NostrClient
+from tests.waiting import eventually
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -141,6 +143,53 @@ async def test_pay_fake_from_another_process_admits_on_the_running_relay(
                 await asyncio.sleep(0.1)
         ok, message = await client.publish(sign_event(alice, 1, "paid", [], created_at=int(time.time())))
         assert ok, message
+
+
+async def test_unlink_takes_a_linked_key_off_its_plan_on_the_running_relay(
+    relay_factory: RelayFactory, storage: dict[str, str], alice: bytes, bob: bytes, tmp_path: Path
+) -> None:
+    """``satsrelay accounts unlink <key>`` from another process, on the relay's database
+    (SQLite file or PostgreSQL schema): the running relay refuses the key once its account
+    cache hears of the change; the plan's own key, or a key linked nowhere, is refused in
+    one line with exit code 1."""
+    owner, key = crypto.public_key(alice).hex(), crypto.public_key(bob).hex()
+    config = tmp_path / "cli.toml"
+    url = storage.get("url", f"sqlite:///{tmp_path}/relay.db")
+    schema = f'schema_name = "{storage["schema_name"]}"\n' if "schema_name" in storage else ""
+    config.write_text(f'[storage]\nurl = "{url}"\n{schema}[payments]\nenabled = true\nbackend = "fake"\n')
+    payments = {"enabled": True, "backend": "fake"}
+    async with relay_factory(storage=storage, payments=payments) as relay, NostrClient(relay.url) as client:
+        now = int(time.time())
+        ledger = ledger_of(relay)
+        await ledger.update_account(owner, now, admitted_until=now + 86400)
+        assert await ledger.link_key(owner, key, 3, now) is LinkOutcome.LINKED
+
+        async def bob_writes(want: bool) -> bool:
+            event = sign_event(bob, 1, f"note {time.monotonic_ns()}", [], created_at=int(time.time()))
+            ok, message = await client.publish(event)
+            assert ok or message.startswith("restricted: writing here needs a payment"), message
+            return ok is want
+
+        await eventually(lambda: bob_writes(True), 5, what="the linked key writing as the plan")
+
+        code, _, err = await satsrelay(config, "accounts", "unlink", owner)
+        assert code == 1 and err == (
+            f"satsrelay: {owner} is the key of a plan, not a linked key: unlink its linked keys instead ({key})\n"
+        )
+        code, out, err = await satsrelay(config, "accounts", "unlink", npub_encode(key))
+        assert (code, err) == (0, ""), err
+        assert out == f"unlinked {key} from the plan of {owner}; 0 other keys still linked to it\n"
+        await eventually(lambda: bob_writes(False), 5, what="the running relay refusing the unlinked key")
+        code, _, err = await satsrelay(config, "accounts", "unlink", key)
+        assert code == 1 and err == f"satsrelay: {key} is not linked to any plan\n"
+        code, _, err = await satsrelay(config, "accounts", "unlink", "nope")
+        assert code == 1 and err == "satsrelay: not a hex pubkey or npub: 'nope'\n"
+        shown = await satsrelay_json(config, "accounts", "show", owner)
+        assert shown["linked_keys"] == [] and shown["admitted"] is True
+
+        assert await ledger.link_key(owner, key, 3, now) is LinkOutcome.LINKED
+        unlinked = await satsrelay_json(config, "accounts", "unlink", key)
+        assert unlinked == {"pubkey": key, "unlinked_from": owner, "linked_keys": []}
 
 
 def _run_into_closed_pipe(config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:

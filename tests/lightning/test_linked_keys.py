@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from lightning.pubkeys import npub_encode
 from relay.nostr import crypto
 from relay.nostr.event import sign_event
 from relay.session.server import Relay
@@ -211,6 +212,75 @@ async def test_either_key_unlinks_and_signatures_are_checked(
             ok, message = await writes(client, key, "after the unlink")
             assert not ok and message.startswith("restricted: writing here needs a payment"), message
         assert (await writes(client, alice, "the plan goes on"))[0]
+
+
+async def test_an_operator_unlinks_a_key_through_nip86(
+    relay_factory: RelayFactory, storage: dict[str, str], alice: bytes, bob: bytes
+) -> None:
+    """``payments.unlinkkey`` (listed by ``supportedmethods``, admins only): the key is off
+    the plan at once on this node, although its standing was cached for a minute; the
+    plan's other keys write on; the plan's own key, or a key linked nowhere, is a clear error."""
+    carol, operator = crypto.generate_secret(), crypto.generate_secret()
+    payments = {**PAID, "tiers": {"pro": TIERS["pro"]}, "account_cache_seconds": 60}
+    admin = {"pubkeys": [pk(operator)]}
+    async with (
+        relay_factory(storage=storage, payments=payments, admin=admin) as relay,
+        NostrClient(relay.url) as client,
+        httpx.AsyncClient() as web,
+    ):
+
+        async def rpc(method: str, params: list[Any], signer: bytes = operator) -> httpx.Response:
+            body = orjson.dumps({"method": method, "params": params})
+            headers = {
+                "Authorization": nip98_header(signer, base(relay), "POST", body=body),
+                "Content-Type": "application/nostr+json+rpc",
+            }
+            return await web.post(base(relay), content=body, headers=headers)
+
+        async def answer(method: str, params: list[Any]) -> dict[str, Any]:
+            res = await rpc(method, params)
+            assert res.status_code == 200, res.text
+            doc: dict[str, Any] = res.json()
+            return doc
+
+        now = int(time.time())
+        await ledger_of(relay).update_account(pk(alice), now, admitted_until=now + 86400, role="pro")
+        for key in (bob, carol):
+            assert (await link(relay, alice, key)).status_code == 200
+            assert (await writes(client, key, "linked"))[0]  # cached as the plan's, for a minute
+
+        assert "payments.unlinkkey" in (await answer("supportedmethods", []))["result"]
+        not_admin = await rpc("payments.unlinkkey", [pk(bob)], signer=alice)
+        assert not_admin.status_code == 401, not_admin.text
+        owner = await answer("payments.unlinkkey", [pk(alice)])
+        assert owner["result"] is None, owner
+        said, _, named = owner["error"].partition(" (")
+        plan_key = "is the key of a plan, not a linked key: unlink its linked keys instead"
+        assert said == f"payments.unlinkkey: {pk(alice)} {plan_key}", owner
+        assert sorted(named.removesuffix(")").split(", ")) == sorted([pk(bob), pk(carol)]), owner
+        for bad, why in (
+            ([], "params must be [pubkey]"),
+            ([pk(bob), pk(carol)], "params must be [pubkey]"),
+            (["nope"], "first param must be a pubkey (64 hex characters or npub)"),
+        ):
+            assert (await answer("payments.unlinkkey", bad))["error"] == f"payments.unlinkkey: {why}"
+
+        done = await answer("payments.unlinkkey", [npub_encode(pk(bob))])
+        assert done["result"] == {
+            "pubkey": pk(bob),
+            "unlinked_from": pk(alice),
+            "linked_keys": [pk(carol)],
+            "summary": f"unlinked {pk(bob)} from the plan of {pk(alice)}; 1 other key still linked to it",
+        }
+        ok, message = await writes(client, bob, "after the operator's unlink")
+        assert not ok and message.startswith("restricted: writing here needs a payment"), message
+        for key in (alice, carol):
+            assert (await writes(client, key, "the plan goes on"))[0]
+        again = await answer("payments.unlinkkey", [pk(bob)])
+        assert again["error"] == f"payments.unlinkkey: {pk(bob)} is not linked to any plan", again
+        links_url = f"{base(relay)}/account/{pk(alice)}/links"
+        links = (await web.get(links_url, headers={"Authorization": nip98_header(alice, links_url)})).json()
+        assert links["linked_keys"] == [pk(carol)]
 
 
 async def test_a_plan_shares_its_storage_quota_and_credit_between_its_keys(
