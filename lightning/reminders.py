@@ -14,7 +14,8 @@ node and every restart agrees. For each opted-in account, every ``check_interval
 The reminder is recorded (``LedgerStore.claim_reminder``, a unique key) *before* it is sent, so
 it goes out at most once across restarts and nodes; a crash between the two loses one
 reminder rather than sending two. Each message says how to renew: zap the relay's lightning
-address from any client, or the join link.
+address from any client, or the join link; a tier's, only the join link and the tier's price
+(a zap buys the single plans' time, which would follow the tier, not renew it).
 """
 
 from __future__ import annotations
@@ -121,8 +122,11 @@ class Reminders:
         await self._publish(gift_wrap(self._identity.secret, pubkey, text, now))
         log.info("reminder sent to %s", pubkey)
 
+    def _link(self, pubkey: str) -> str:
+        return self._payments_url + ("&" if "?" in self._payments_url else "?") + f"pubkey={pubkey}"
+
     def _how_to_renew(self, pubkey: str, sats: int | None) -> str:
-        link = self._payments_url + ("&" if "?" in self._payments_url else "?") + f"pubkey={pubkey}"
+        link = self._link(pubkey)
         if self._zap_address is not None and sats:
             return f"To renew, zap {self._zap_address} {sats:,} sats from your Nostr client, or pay at {link}"
         return f"To renew, pay at {link}"
@@ -133,11 +137,19 @@ class Reminders:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
         hours = max(1, left // 3600)
         span = f"{left // DAY} days" if left >= 2 * DAY else ("1 hour" if hours == 1 else f"{hours} hours")
-        price = self._plans.subscription_msat or self._plans.admission_msat
+        tier = self._plans.tier(account.last_role)
+        if tier is not None:
+            # A tier is renewed only by paying for it: a zap (or the subscription) buys the
+            # single plans' time, which follows the tier instead of renewing it (README "Tiers").
+            what = f"Your {tier.label} plan on {self._relay_name} ({self._relay_url})"
+            how = f"To renew it ({tier.offer_text()}), pay at {self._link(account.pubkey)}"
+        else:
+            price = self._plans.subscription_msat or self._plans.admission_msat
+            what = f"Your access to {self._relay_name} ({self._relay_url})"
+            how = self._how_to_renew(account.pubkey, price // 1000 if price else None)
         return (
-            f"Your access to {self._relay_name} ({self._relay_url}) ends on {when}, in about {span}. "
-            + self._how_to_renew(account.pubkey, price // 1000 if price else None)
-            + ". (You get this because you asked for reminders; this key does not read replies.)"
+            f"{what} ends on {when}, in about {span}. {how}"
+            ". (You get this because you asked for reminders; this key does not read replies.)"
         )
 
     def _credit_text(self, account: Account) -> str:

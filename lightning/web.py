@@ -307,6 +307,7 @@ class JoinWeb:
             else ""
         )
         return self._join_template.substitute(
+            plans_note=self._plans_note(offers),
             name=esc(self._info.name),
             description=esc(self._info.description),
             relay_url=esc(self._info.relay_url),
@@ -316,6 +317,20 @@ class JoinWeb:
             demo_banner=demo,
             demo_flag="1" if self._info.demo else "0",
             reminders_flag="1" if self._reminders else "0",
+        )
+
+    def _plans_note(self, offers: list[PlanOffer]) -> str:
+        """Beside tiers, the single plans buy time that follows a tier held, not the tier
+        (lightning/billing.py: they rank below every tier): said where the plan is chosen,
+        since a renewal link brings a tier member to this page with the first plan checked."""
+        single = [o.title for o in offers if o.name in ("admission", "subscription")]
+        if not self._plans.tiers or not single:
+            return ""
+        names = " and ".join(single)
+        are, their = ("are not tiers and do not", "their") if len(single) > 1 else ("is not a tier and does not", "its")
+        return (
+            f"<p class=muted id=plans-note>Renewing a tier? Choose that tier. {html.escape(names)} {are} "
+            f"renew a tier: bought while you hold one, {their} time begins when the tier ends.</p>"
         )
 
     def _plan_terms(self, plan: str) -> str:
@@ -377,23 +392,32 @@ class JoinWeb:
             doc = account_json(pubkey, account, now, linked_keys=links, linked_to=linked_to)
         else:
             doc = public_account_json(pubkey, account, now)
-        doc.update(self.plan_fields(account, plan_key))
+        doc.update(self.plan_fields(account, plan_key, now))
         if "application/json" in request.headers.get("Accept", ""):
             return _json(HTTPStatus.OK, doc)
         return _html(self._render_account(doc))
 
-    def plan_fields(self, account: Account | None, plan_key: str) -> dict[str, Any]:
-        """What the pages show of a plan beside the account: when its grace ends (writes go
-        on until then), how many other keys it may link, and the key it is kept under."""
-        tier = self._plans.tier(account.role) if account is not None else None
+    def plan_fields(self, account: Account | None, plan_key: str, now: int) -> dict[str, Any]:
+        """What the pages show of a plan beside the account: the tier in force now and, when
+        a change waits for its end (a lower tier, or a single plan bought under a tier),
+        the label of what follows (None: the single plans); when the grace ends (writes go
+        on until then: the grace of what is held at the end of the paid time, so a single
+        plan bought under a tier does not look like a renewed tier); how many other keys
+        it may link; and the key it is kept under."""
+        role = account.role_at(now) if account is not None else ""
+        tier = self._plans.tier(role)
+        last = self._plans.tier(account.last_role) if account is not None else None
         until = account.admitted_until if account is not None else 0
-        grace = tier.grace_seconds if tier is not None else 0
-        return {
+        grace = last.grace_seconds if last is not None else 0
+        fields: dict[str, Any] = {
             "tier_label": tier.label if tier is not None else None,
             "grace_until": until + grace if grace and 0 < until < FOREVER else None,
-            "linked_keys_max": self._plans.keys_to_link(account.role if account is not None else ""),
+            "linked_keys_max": self._plans.keys_to_link(role),
             "plan_pubkey": plan_key,
         }
+        if account is not None and account.switch_at > now:
+            fields["next_tier_label"] = last.label if last is not None else None
+        return fields
 
     def _owner(self, pubkey: str, request: HttpRequest, now: int) -> HttpResponse | None:
         """None when the request is NIP-98 signed by ``pubkey`` for this exact URL and
@@ -653,7 +677,7 @@ class JoinWeb:
         account = await self._ledger.store.get_account(invoice.pubkey)
         doc["account"] = {
             **public_account_json(invoice.pubkey, account, now),
-            **self.plan_fields(account, invoice.pubkey),
+            **self.plan_fields(account, invoice.pubkey, now),
         }
         return _json(HTTPStatus.OK, doc)
 

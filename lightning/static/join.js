@@ -24,7 +24,14 @@
     // Tier, renewal date, grace and linked keys (issue 20): what the member pays again, by
     // when, how long writes go on after it, and how many other keys may share the plan.
     const day = (t) => new Date(t * 1000).toISOString().slice(0, 10);
-    $("acct-tier").textContent = acct.tier_label || acct.tier || "none";
+    // A plan bought under a tier that ranks below it (a lower tier, or a single plan) does
+    // not renew the tier: it follows it, and the page says so rather than show the tier
+    // with the later date (README "Tiers").
+    let tier = acct.tier_label || acct.tier || "none";
+    if (acct.tier_changes_at) {
+      tier += " until " + day(acct.tier_changes_at) + ", then " + (acct.next_tier_label || "the single plan (no tier)");
+    }
+    $("acct-tier").textContent = tier;
     $("acct-renew").textContent = typeof acct.admitted_until === "number" ? day(acct.admitted_until) : "-";
     $("acct-grace").textContent = acct.grace_until ? "writes go on until " + day(acct.grace_until) : "none";
     $("acct-links").textContent = acct.linked_keys_max > 0

@@ -481,5 +481,21 @@ async def test_join_page_shows_a_tier_its_renewal_date_grace_and_linked_keys_onc
                                 f" (writes go on until {day(ends + 3 * 86400)})")
                 links = await page.inner_text("#acct-links")
                 assert links == "up to 1 other key may write under this plan (listed to its owner)", links
+
+                # The same member back on the page (a renewal link) buys the subscription:
+                # the page said it does not renew the tier, and the account box shows it
+                # following the tier, with no tier's grace after it.
+                await page.goto(f"{base}/join?pubkey={pubkey}", wait_until="load")
+                note = await page.inner_text("#plans-note")
+                assert note.startswith("Renewing a tier? Choose that tier. Admission and Subscription are not tiers")
+                await page.check("input[name=plan][value=subscription]")
+                await page.click("#get-invoice")
+                await page.wait_for_selector("#step-pay:not([hidden])")
+                await page.click("#simulate")
+                await expect(page.locator("#status")).to_have_text("paid", timeout=10_000)
+                then = f"Supporter until {day(ends)}, then the single plan (no tier)"
+                await expect(page.locator("#acct-tier")).to_have_text(then)
+                assert await page.inner_text("#acct-renew") == day(ends + 30 * 86400)
+                assert await page.inner_text("#acct-grace") == "none"
             finally:
                 await browser.close()

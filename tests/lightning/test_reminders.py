@@ -125,6 +125,34 @@ async def test_term_reminders_reach_only_opted_in_members_once_and_open_with_nos
         assert await wraps_for(relay, bob) == []
 
 
+async def test_a_tier_members_reminder_names_the_tier_and_its_price_not_a_zap(
+    relay_factory: RelayFactory, alice: bytes, nostr_tools: None
+) -> None:
+    """A zap buys the single plans' time, which would follow a tier rather than renew it
+    (README "Tiers"): a Supporter member is reminded of the tier, its price and the join
+    link, and not told to zap, although zaps and a subscription are on."""
+    tiers = {"supporter": {"label": "Supporter", "order": 1, "price_sats": 2000, "period_days": 30}}
+    async with relay_factory(payments={**PAID, "tiers": tiers}) as relay:
+        now = int(time.time())
+        until = now + 3 * 86400 - 3600  # "in about 2 days" whenever in the next hour it is sent
+        await ledger_of(relay).update_account(pk(alice), now, admitted_until=until, role="supporter")
+        assert (await opt_in(relay, alice)).json()["reminders"] is True
+
+        async def one_wrap() -> bool:
+            return len(await wraps_for(relay, alice)) == 1
+
+        await eventually(one_wrap, 10.0, what="the supporter's reminder")
+        text = (await open_wrap((await wraps_for(relay, alice))[0], alice))["content"]
+        name, url = relay.settings.relay.name, relay.settings.relay.public_url
+        join = relay.hooks.owner("payments").payments_url  # type: ignore[attr-defined]
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
+        assert text == (
+            f"Your Supporter plan on {name} ({url}) ends on {when}, in about 2 days. "
+            f"To renew it (2000 sats for 30 days), pay at {join}?pubkey={pk(alice)}. "
+            "(You get this because you asked for reminders; this key does not read replies.)"
+        ), text
+
+
 async def test_low_credit_reminds_once_per_dip_and_leaving_stops_reminders(
     relay_factory: RelayFactory, alice: bytes, nostr_tools: None
 ) -> None:

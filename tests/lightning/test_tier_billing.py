@@ -8,10 +8,12 @@ the test moves over weeks (the ledger and the gate take ``now``; nothing sleeps)
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from lightning.backends.fake import FakeBackend
 from lightning.billing import credit_seconds
 from lightning.extension import PaymentsExtension, build_backend
 from lightning.web import account_json
+from lightning.zap import zap_grant
 from relay.nostr import crypto
 from relay.nostr.errors import Restricted
 from relay.nostr.event import sign_event
@@ -68,9 +71,20 @@ class Billing:
         return account.role, account.admitted_until, account.next_role, account.switch_at
 
 
-@pytest.fixture
-async def billing(store: Store, tmp_path: Path) -> AsyncIterator[Billing]:  # noqa: F811
-    settings = payment_settings(tmp_path, account_cache_seconds=0, tiers=TIERS)
+    async def zap(self, secret: bytes, sats: int, at: int) -> None:
+        """A zap of ``sats`` from the key (what ``lightning.zap.zap_grant`` makes of it),
+        paid and settled at ``at``."""
+        self.clock[0] = at
+        grant = zap_grant(self.ext.plans, sats * 1000)
+        invoice = await self.ext.ledger.issue_grant(crypto.public_key(secret).hex(), grant, at)
+        assert await self.wallet.pay(invoice.payment_hash)
+        result = await self.ext.ledger.confirm(invoice.payment_hash, at)
+        assert result.outcome.value == "credited", result
+
+
+@contextlib.asynccontextmanager
+async def billing_on(store: Store, tmp_path: Path, **payments: Any) -> AsyncIterator[Billing]:  # noqa: F811
+    settings = payment_settings(tmp_path, account_cache_seconds=0, tiers=TIERS, **payments)
     wallet = build_backend(settings, None)  # type: ignore[arg-type]  # the demo wallet needs no HTTP
     assert isinstance(wallet, FakeBackend)
     clock = [float(T0)]
@@ -80,6 +94,12 @@ async def billing(store: Store, tmp_path: Path) -> AsyncIterator[Billing]:  # no
         yield Billing(ext, wallet, clock)
     finally:
         await wallet.close()
+
+
+@pytest.fixture
+async def billing(store: Store, tmp_path: Path) -> AsyncIterator[Billing]:  # noqa: F811
+    async with billing_on(store, tmp_path) as billing:
+        yield billing
 
 
 def day(moment: int) -> str:
@@ -144,3 +164,33 @@ async def test_a_downgrade_waits_for_the_period_end(billing: Billing) -> None:
     assert (await billing.verdict(alice, end + MONTH + 3 * DAY)).startswith(
         f"restricted: your Supporter plan ended on {day(end + MONTH)}"
     )
+
+
+async def test_a_zap_by_a_tier_member_follows_the_tier_and_does_not_renew_it(
+    store: Store, tmp_path: Path  # noqa: F811
+) -> None:
+    """README "Tiers": a zap buys the single plans' time (here the subscription's month),
+    which ranks below every tier. Before the tier's end it waits for that end, under the
+    relay's own limits then and with no grace; in the tier's grace it starts at once and
+    the tier is over. Either way the tier is not renewed."""
+    async with billing_on(store, tmp_path, subscription={"enabled": True, "fee_sats": 500}) as billing:
+        alice, bob = crypto.generate_secret(), crypto.generate_secret()
+        for secret in (alice, bob):
+            await billing.buy(secret, "supporter", T0)
+        end = T0 + MONTH
+        article = 30023  # not among the supporter tier's kinds; the relay itself allows it
+
+        await billing.zap(alice, 500, T0 + 10 * DAY)
+        assert await billing.held(alice) == ("supporter", end + MONTH, "", end)
+        assert (await billing.verdict(alice, end - 1, article)).startswith(
+            "restricted: kind 30023 is not part of the Supporter tier"
+        )  # the tier's limits until its end
+        assert await billing.verdict(alice, end, article) == "ok"  # then the single plan's time
+        assert await billing.verdict(alice, end + MONTH - 1, article) == "ok"
+        assert (await billing.verdict(alice, end + MONTH)).startswith(
+            f"restricted: your paid period ended on {day(end + MONTH)}; renew at"
+        )  # no tier, no grace
+
+        await billing.zap(bob, 500, end + DAY)  # in the supporter tier's grace
+        assert await billing.held(bob) == ("", end + DAY + MONTH, "", 0)
+        assert await billing.verdict(bob, end + DAY, article) == "ok"

@@ -329,3 +329,33 @@ async def test_a_downgrade_paid_on_the_join_page_waits_for_the_period_end(
         async with NostrClient(relay.url) as client:  # still pro: a kind outside the supporter tier's
             ok, message = await client.publish(signed(alice, 30023, "an article", [["d", "a"]]))
             assert ok, message
+
+
+async def test_a_single_plan_bought_under_a_tier_follows_it_and_the_pages_say_so(
+    relay_factory: RelayFactory, alice: bytes
+) -> None:
+    """README "Tiers": the subscription bought by a Supporter member does not renew the
+    tier. The join page says so where the plan is chosen; once paid, the account its
+    invoice status shows (the join page's account box) and ``/account`` name the tier
+    until its end, then the single plan, with no tier's grace after the single plan's month."""
+    tiers = {"supporter": {**TIERS["supporter"], "grace_days": 3}, "pro": TIERS["pro"]}
+    payments = {**PAID, "tiers": tiers, "subscription": {"enabled": True, "fee_sats": 500}}
+    async with relay_factory(payments=payments) as relay, httpx.AsyncClient() as web:
+        base = relay.url.replace("ws://", "http://")
+        join_page = (await web.get(base + "/join")).text
+        assert (
+            "Renewing a tier? Choose that tier. Admission and Subscription are not tiers and do not renew a tier: "
+            "bought while you hold one, their time begins when the tier ends." in join_page
+        )
+        for plan in ("supporter", "subscription"):
+            issued = (await web.post(base + "/api/invoice", json={"pubkey": pk(alice), "plan": plan})).json()
+            assert (await web.post(f"{base}/api/fake/pay/{issued['payment_hash']}")).json()["simulated"]
+        account = (await web.get(f"{base}/api/invoice/{issued['payment_hash']}")).json()["account"]
+        changes_at, until = account["tier_changes_at"], account["admitted_until"]
+        assert until - changes_at == 30 * 86400 and changes_at - int(time.time()) > 29 * 86400
+        assert (account["tier"], account["tier_label"]) == ("supporter", "Supporter")
+        assert (account["next_tier"], account["next_tier_label"]) == ("", None)
+        assert account["grace_until"] is None  # not the Supporter's 3 days after the subscription's month
+        page = (await web.get(f"{base}/account/{pk(alice)}")).text
+        day, end = (time.strftime("%Y-%m-%d", time.gmtime(t)) for t in (changes_at, until))
+        assert f"Supporter (2000 sats for 30 days) until {day}, then the single plan until {end}" in page
