@@ -52,7 +52,7 @@ async def subscriber_worker(job: SubscriberJob, ready: Ready) -> SubscriberResul
     def on_message(payload: bytes, now: float) -> None:
         nonlocal eosed, received
         if payload.startswith(b'["EVENT"'):
-            i = payload.find(b'{"id":"') + 7
+            i = payload.find(b'"id":"') + 6  # strfry sends keys sorted (content, created_at, id, ...)
             arrivals.setdefault(payload[i : i + 64], []).append(now)
             received += 1
             if received >= expected and not all_received.done():

@@ -94,7 +94,7 @@ class _Pipeline:
         tally = self.shared
         tally.latencies.append(now - sent)
         if payload[73:78] == b"true,":
-            if payload[78:90] == b'"duplicate:':
+            if payload[78:89] == b'"duplicate:':
                 tally.duplicates += 1
             else:
                 tally.accepted += 1
