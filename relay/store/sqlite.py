@@ -87,6 +87,8 @@ if TYPE_CHECKING:
     from relay.nostr.policy import ReadScope
     from relay.store.writer_client import WriterLink
 
+READER_MMAP_BYTES = 1 << 30  # per reader connection, at most this much of the file mapped
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -187,6 +189,11 @@ class SqliteStore:
             await conn.execute("PRAGMA busy_timeout = 5000")
             await conn.execute("PRAGMA query_only = ON")
             await conn.execute("PRAGMA cache_size = -32000")
+            # Readers map the file instead of copying pages in with read(): 2-8% more REQs/s
+            # with 8 in flight and 0-10% off an authors REQ's time to EOSE (bench query,
+            # 100k events, 3 runs each alternating). Address space only; the writer keeps
+            # plain I/O, so a failing disk is met by writes as an error, not a SIGBUS.
+            await conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
             self._all_readers.append(conn)
             self._idle.append(conn)
         if self._link is not None:
