@@ -22,10 +22,10 @@ import orjson
 import pytest
 
 from relay.nostr import crypto
-from relay.nostr.event import sign_event
 from relay.session.server import Relay
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, DOCS_IMG, stand_in_signer
 from tests.lightning.payment_stack import ledger_of, nip98_header
-from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS, DOCS_IMG, make_run_relay
+from tests.lightning.test_join_page_browser import make_run_relay
 from tests.nostr_client import NostrClient, signed
 from tests.waiting import eventually
 
@@ -35,23 +35,6 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium no
 def run_relay(tmp_path: Path, admin: str) -> contextlib.AbstractAsyncContextManager[Relay]:
     """The relay ``make run`` starts (config.example.toml, demo payments) with one operator."""
     return make_run_relay(tmp_path, admin={"pubkeys": [admin]})
-
-
-async def stand_in_signer(page: Any, secret: bytes) -> None:
-    """``window.nostr`` as a NIP-07 extension offers it, backed by ``secret``."""
-
-    def sign(template: dict[str, Any]) -> dict[str, Any]:
-        event = sign_event(secret, template["kind"], template["content"], template["tags"], template["created_at"])
-        return event.to_dict()
-
-    async def get_public_key() -> str:
-        return crypto.public_key(secret).hex()
-
-    await page.expose_function("standInSign", sign)
-    await page.expose_function("standInKey", get_public_key)
-    await page.add_init_script(
-        "window.nostr = { signEvent: (t) => window.standInSign(t), getPublicKey: () => window.standInKey() };"
-    )
 
 
 def watch(page: Any, base: str) -> tuple[list[str], list[str]]:

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from relay.nostr import crypto
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, stand_in_signer
 from tests.lightning.payment_stack import ledger_of
-from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.nostr_client import NostrClient, signed
-from tests.test_console_browser import run_relay, stand_in_signer, watch
+from tests.test_console_browser import run_relay, watch
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (run `make chromium`)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,20 +23,11 @@ from relay.config import load_settings
 from relay.nostr import crypto
 from relay.nostr.event import sign_event
 from relay.session.server import Relay
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, DOCS_IMG, stand_in_signer
 from tests.conftest import RelayFactory, free_port
 from tests.lightning.payment_stack import ledger_of
 from tests.nostr_client import NostrClient, signed
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 CONFIG_EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (run `make chromium`)")
@@ -298,21 +288,12 @@ async def test_after_paying_a_member_turns_on_reminders_with_the_browser_extensi
     async with relay_factory(payments=payments) as relay:
         base = f"http://127.0.0.1:{relay.port}"
 
-        def sign(template: dict[str, Any]) -> dict[str, Any]:
-            event = sign_event(alice, template["kind"], template["content"], template["tags"], template["created_at"])
-            return event.to_dict()
-
-        async def get_public_key() -> str:
-            return pubkey
 
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page(viewport={"width": 390, "height": 900})
-                await page.expose_function("standInSign", sign)
-                await page.expose_function("standInKey", get_public_key)
-                stand_in = "window.nostr = { signEvent: (t) => window.standInSign(t), getPublicKey: window.standInKey }"
-                await page.add_init_script(stand_in)
+                await stand_in_signer(page, alice)
                 await page.goto(base + "/join", wait_until="load")
                 await page.click("#nip07")
                 await expect(page.locator("#pubkey")).to_have_value(pubkey)
@@ -400,22 +381,11 @@ async def test_account_page_links_a_second_key_signed_by_both_and_unlinks_it(
         await ledger_of(relay).update_account(owner, now, admitted_until=now + 86400)
         active = {"key": 0}
 
-        def sign(template: dict[str, Any]) -> dict[str, Any]:
-            secret = keys[active["key"]]
-            kind, content, tags, at = template["kind"], template["content"], template["tags"], template["created_at"]
-            return sign_event(secret, kind, content, tags, at).to_dict()
-
-        async def get_public_key() -> str:
-            return crypto.public_key(keys[active["key"]]).hex()
-
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page(viewport={"width": 390, "height": 900})
-                await page.expose_function("standInSign", sign)
-                await page.expose_function("standInKey", get_public_key)
-                stand_in = "window.nostr = { signEvent: (t) => window.standInSign(t), getPublicKey: window.standInKey }"
-                await page.add_init_script(stand_in)
+                await stand_in_signer(page, lambda: keys[active["key"]])
                 await page.goto(f"http://127.0.0.1:{relay.port}/account/{owner}", wait_until="load")
                 assert "up to 3 other keys" in await page.inner_text("#acct-links")
                 await page.click("#sign-in")

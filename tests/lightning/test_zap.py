@@ -36,10 +36,10 @@ from relay.nostr.event import parse_event, sign_event
 from relay.nostr.policy import WriteContext
 from relay.session.server import Relay
 from tests import node_tools
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import RelayFactory, free_port, relay_settings
 from tests.lightning import zap_client
 from tests.lightning.payment_stack import ledger_of
-from tests.lightning.test_join_page_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.lnbits_server import LnbitsServer
 from tests.nostr_client import NostrClient
 from tests.waiting import eventually
