@@ -125,9 +125,10 @@ class KeyLinks:
             "linked_keys_max": self._plans.keys_to_link(account.role if account is not None else ""),
         }
 
-    async def _signer(self, request: HttpRequest, now: int, allowed: tuple[str, ...]) -> str | HttpResponse:
-        """The NIP-98 signer of this request (header; a POST's ``payload`` names its body),
-        one of ``allowed``, its signature used once; else the refusal (401/403/409)."""
+    async def _signer(self, request: HttpRequest, now: int, allowed: tuple[str, ...]) -> Event | HttpResponse:
+        """The NIP-98 event that signed this request (header; a POST's ``payload`` names its
+        body) by one of ``allowed``, else the refusal (401/403). Its single use is recorded by
+        the caller (``_first_use``) once the request is known to act."""
         header = request.headers.get("Authorization") or None
         if header is None:
             return _error(HTTPStatus.UNAUTHORIZED, "sign this request with NIP-98 (your browser extension)")
@@ -143,13 +144,14 @@ class KeyLinks:
             return _error(HTTPStatus.UNAUTHORIZED, f"NIP-98 authorization refused: {problem}")
         if event.pubkey not in allowed:
             return _error(HTTPStatus.FORBIDDEN, "sign with " + " or ".join(_role_names(len(allowed))))
-        if request.method != "GET" and not await self._first_use(event, now):
-            return _error(HTTPStatus.CONFLICT, "this signed request was used already: sign a new one")
-        return event.pubkey
+        return event
 
-    async def _first_use(self, event: Event, now: int) -> bool:
-        key, keep_until = nip98.single_use(event)
-        return await self._events.take_uses([UseLimit(key, 1, keep_until)], now) is None
+    async def _first_use(self, events: list[Event], now: int) -> bool:
+        """Record each signature's single use, in one store write; False if one was used.
+        Called only once the request is known to act: a refused stranger's signatures cost
+        the store no row (it has one writer, shared with every event)."""
+        uses = [UseLimit(key, 1, keep_until) for key, keep_until in map(nip98.single_use, events)]
+        return await self._events.take_uses(uses, now) is None
 
     async def _link(self, owner: str, key: str, request: HttpRequest, now: int) -> HttpResponse:
         if key == owner:
@@ -168,12 +170,12 @@ class KeyLinks:
         signer = await self._signer(request, now, (owner,))
         if isinstance(signer, HttpResponse):
             return signer
-        if not await self._first_use(consent, now):
-            return _error(HTTPStatus.CONFLICT, "this consent was used already: sign a new one")
         if await self._banned(key):
             return _error(HTTPStatus.FORBIDDEN, "this key is banned from this relay")
         if not await self._is_member(owner, now):
             return _error(HTTPStatus.FORBIDDEN, "this key has no plan here to share: pay first, then link keys")
+        if not await self._first_use([signer, consent], now):
+            return _error(HTTPStatus.CONFLICT, "a signature was used already: sign the request and the consent anew")
         account = await self._store.get_account(owner)
         role = account.role_at(now) if account is not None else ""
         limit = self._plans.keys_to_link(role)
@@ -204,6 +206,10 @@ class KeyLinks:
         signer = await self._signer(request, now, (owner, key))
         if isinstance(signer, HttpResponse):
             return signer
+        if key not in {k.pubkey for k in await self._store.linked_keys(owner)}:
+            return _error(HTTPStatus.NOT_FOUND, "this key is not linked to this plan")
+        if not await self._first_use([signer], now):
+            return _error(HTTPStatus.CONFLICT, "this signed request was used already: sign a new one")
         if not await self._store.unlink_key(owner, key, now):
             return _error(HTTPStatus.NOT_FOUND, "this key is not linked to this plan")
         self._changed(key)

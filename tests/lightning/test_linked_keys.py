@@ -386,3 +386,31 @@ async def test_a_signer_with_two_keys_on_one_connection_writes_with_both_under_o
                 assert ok, message
             ok, message = await client.publish(signed(carol, 1, "protected", [["-"]]))
             assert not ok and message.startswith("restricted: writing here needs a payment"), message
+
+
+async def test_a_refused_link_or_unlink_records_no_signature_use(
+    relay_factory: RelayFactory, alice: bytes, bob: bytes
+) -> None:
+    """A stranger's well-signed link and unlink requests are refused before the relay writes
+    anything: the single-use record of a signature is a row through the store's one writer,
+    so it is taken only once the request acts. The same signed request is refused for the
+    same reason when sent again (not as a replay), and goes through once it may act."""
+    carol = crypto.generate_secret()
+    async with relay_factory(payments=PAID) as relay, httpx.AsyncClient() as web:
+        url = link_url(relay, alice, bob)  # alice has no plan yet
+        body = orjson.dumps({"consent": consent(url, bob)})
+        headers = {"Authorization": nip98_header(alice, url, "POST", body=body)}
+        for _ in range(2):
+            refused = await web.post(url, content=body, headers=headers)
+            assert refused.status_code == 403 and "pay first" in refused.json()["error"], refused.text
+        unlink_url = link_url(relay, alice, carol)  # carol is linked to nothing
+        unlink_headers = {"Authorization": nip98_header(carol, unlink_url, "DELETE")}
+        for _ in range(2):
+            missing = await web.delete(unlink_url, headers=unlink_headers)
+            assert missing.status_code == 404 and "not linked" in missing.json()["error"], missing.text
+        now = int(time.time())
+        await ledger_of(relay).update_account(pk(alice), now, admitted_until=now + 86400, role="pro")
+        linked = await web.post(url, content=body, headers=headers)  # the very same signatures
+        assert linked.status_code == 200 and linked.json()["linked"] == pk(bob), linked.text
+        replay = await web.post(url, content=body, headers=headers)
+        assert replay.status_code == 409 and "used already" in replay.json()["error"], replay.text
