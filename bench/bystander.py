@@ -12,7 +12,7 @@ ordinary user does, and the suite reports what the bystander saw:
 - ``connect``: for the connection attacks, a fresh WebSocket and a NIP-11 GET every 200 ms.
 
 Attacks (``ATTACKS``): ``baseline`` (none), ``huge_req``, ``count_all``, ``neg_open``,
-``search``, ``invoices``, ``zap_callback``, ``nip86_badsig``, ``half_open_http``,
+``search``, ``invoices``, ``zap_callback``, ``nip86_badsig``, ``link_strangers``, ``half_open_http``,
 ``idle_conns``, ``slow_readers``. The relay runs with its documented defaults (no lifted
 limits), the demo's payments, an ``[admin]`` key (NIP-86 on) and ``--preload`` stored
 events, on SQLite or (``--store-url``) PostgreSQL, with ``--workers``.
@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import os
 import random
 import time
 from collections import Counter
@@ -54,6 +56,7 @@ ATTACKS = [
     "invoices",
     "zap_callback",
     "nip86_badsig",
+    "link_strangers",
     "half_open_http",
     "idle_conns",
     "slow_readers",
@@ -333,6 +336,28 @@ async def nip86_badsig(job: Job, tally: Counter[str], end: float) -> None:
     await _http_flood(job, tally, end, [ONE_GROUP] * 20, ask)
 
 
+async def link_strangers(job: Job, tally: Counter[str], end: float) -> None:
+    """Issue 20's key links asked by strangers with no plan: every request is well signed
+    (a fresh owner key's NIP-98 header and a fresh key's consent), so the relay verifies two
+    signatures and is refused only at the plan check (403), where nothing may be written."""
+
+    def nip98(secret: bytes, url: str, body: bytes | None) -> dict[str, Any]:
+        tags = [["u", url], ["method", "POST"], ["nonce", os.urandom(8).hex()]]
+        if body is not None:
+            tags.append(["payload", hashlib.sha256(body).hexdigest()])
+        return sign_event(secret, 27235, "", tags, int(time.time())).to_dict()
+
+    async def ask(web: httpx.AsyncClient) -> httpx.Response:
+        owner, key = crypto.generate_secret(), crypto.generate_secret()
+        path = f"/account/{pubkey(owner)}/links/{pubkey(key)}"
+        url = http_base(job.url) + path
+        body = orjson.dumps({"consent": nip98(key, url, None)})
+        header = "Nostr " + base64.b64encode(orjson.dumps(nip98(owner, url, body))).decode()
+        return await web.post(path, content=body, headers={"Authorization": header})
+
+    await _http_flood(job, tally, end, [ONE_GROUP] * 20, ask)
+
+
 async def half_open_http(job: Job, tally: Counter[str], end: float) -> None:
     """Connections that send half a request line and wait, from fifty addresses, up to what
     the relay lets each hold."""
@@ -398,6 +423,7 @@ ATTACK_BODIES: dict[str, Callable[[Job, Counter[str], float], Awaitable[None]]] 
     "invoices": invoices,
     "zap_callback": zap_callback,
     "nip86_badsig": nip86_badsig,
+    "link_strangers": link_strangers,
     "half_open_http": half_open_http,
     "idle_conns": idle_conns,
     "slow_readers": slow_readers,
