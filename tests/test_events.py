@@ -157,6 +157,18 @@ async def test_bad_signature_is_refused(client: NostrClient, alice: bytes, bob: 
     assert await client.req("s", {"ids": [event.id]}) == []
 
 
+async def test_an_author_verified_before_still_has_each_signature_checked(
+    client: NostrClient, alice: bytes, bob: bytes
+) -> None:
+    """The verifier remembers parsed keys (relay.nostr.crypto): that must not let a forged
+    event by a known author through."""
+    assert await client.publish(signed(alice, 1, "genuine")) == (True, "")
+    event = signed(alice, 1, "forged later")
+    obj = event.to_dict() | {"sig": signed(bob, 1, "forged later").sig}
+    assert await client.publish(obj) == (False, "invalid: signature is invalid")
+    assert await client.req("s", {"ids": [event.id]}) == []
+
+
 async def test_pubkey_off_the_curve_is_a_bad_signature(client: NostrClient) -> None:
     """An x coordinate with no curve point cannot verify (it must not crash the verifier)."""
     pubkey = "f" * 64  # > field size p: not a valid x-only key
