@@ -147,3 +147,43 @@ def test_a_failed_checkpoint_after_commit_does_not_fail_the_committed_batch(tmp_
     broken.close()  # any statement on it raises sqlite3.ProgrammingError
     checkpointer.after_commit(broken)  # must not raise
     assert checkpointer._rewind_due is False
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 127, 128, 129, 300])
+async def test_a_batch_of_any_size_stores_every_row(tmp_path: Path, size: int) -> None:
+    """The writer inserts a batch through multi-row VALUES statements of a power of two rows
+    each (``sqlite_writes._insert_values``): every event, tag row and search row of a
+    batch of any size is written once, with its own values and types."""
+    store = SqliteStore(tmp_path / "r.db")
+    await store.open()
+    try:
+        author = (7).to_bytes(32, "big")
+        events = [
+            sign_event(author, 1, f"word{i} common", [["t", f"topic{i}"], ["p", "ab" * 32]], 1_700_000_000 - i)
+            for i in range(size)
+        ]
+        outcomes = await store.write_batch([WriteRequest(e) for e in events], 1_700_000_000)
+        assert len(outcomes) == size
+        assert {o.name for o in outcomes} == {"STORED"}
+    finally:
+        await store.close()
+    conn = sqlite3.connect(tmp_path / "r.db")
+    rows = conn.execute(
+        "SELECT rid, hex(id), hex(pubkey), created_at, kind, raw, typeof(id), typeof(raw) FROM events ORDER BY rid"
+    ).fetchall()
+    assert [(r[1].lower(), r[2].lower(), r[3], r[4], r[5]) for r in rows] == [
+        (e.id, e.pubkey, e.created_at, 1, e.raw) for e in events
+    ]
+    assert [r[0] for r in rows] == list(range(1, size + 1))
+    assert {(r[6], r[7]) for r in rows} == {("blob", "blob")}
+    tags = conn.execute("SELECT name, value, created_at, rid FROM tags ORDER BY rid, name").fetchall()
+    assert tags == [
+        row
+        for i, e in enumerate(events, 1)
+        for row in (("p", "ab" * 32, e.created_at, i), ("t", f"topic{i - 1}", e.created_at, i))
+    ]
+    found = conn.execute("SELECT rowid FROM events_search WHERE events_search MATCH 'common' ORDER BY rowid").fetchall()
+    assert [r[0] for r in found] == list(range(1, size + 1))
+    last = conn.execute("SELECT rowid FROM events_search WHERE events_search MATCH ?", (f"word{size - 1}",))
+    assert last.fetchall() == [(size,)]
+    conn.close()
