@@ -12,10 +12,11 @@ connection comes from 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,6 +36,7 @@ EVENTS = 30_000
 ATTACKER = "198.51.100.7"
 BYSTANDER = "203.0.113.77"
 ATTACK_CONNECTIONS = 40
+REPO = Path(__file__).resolve().parent.parent
 MEASURE_SECONDS = 6.0
 GIVE_UP = 10.0  # a REQ unanswered this long counts as this long
 
@@ -65,79 +67,41 @@ async def recv_json(ws: ClientConnection, timeout: float) -> list[Any]:
 
 class Attack:
     """Many connections from one address, each sending one kind of expensive request as
-    often as the relay lets it; counts the answers it gets (so a test can tell the attack
-    really ran)."""
+    often as the relay lets it (``tests.flood``, in a process of its own); counts the
+    answers they get (so a test can tell the attack really ran)."""
 
-    def __init__(self, url: str, connections: int, send: Callable[[ClientConnection, int], Awaitable[None]]) -> None:
+    def __init__(self, url: str, connections: int, kind: str) -> None:
         self.url = url
         self.connections = connections
-        self.send = send
+        self.kind = kind
         self.answers: dict[str, int] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Attack:
-        for n in range(self.connections):
-            self._tasks.append(asyncio.create_task(self._one(n)))
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.flood", self.url, self.kind, str(self.connections), ATTACKER,
+            cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        self._reader = asyncio.create_task(self._read())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None and self._reader is not None
+        proc.stdin.close()  # the flood's signal to stop and print its last count
+        try:
+            await asyncio.wait_for(self._reader, 10)
+            await asyncio.wait_for(proc.wait(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
-    async def _one(self, n: int) -> None:
-        # A connection whose queue of requests is full is not read (back-pressure), so its
-        # close frame would wait: the attackers give up at once.
-        async with connect(self.url, additional_headers=as_address(ATTACKER), max_size=None, close_timeout=0.1) as ws:
-            reader = asyncio.create_task(self._read(ws))
-            try:
-                await self.send(ws, n)
-            finally:
-                reader.cancel()
-
-    async def _read(self, ws: ClientConnection) -> None:
-        # The verb is read off the frame's head, not parsed: these clients share the test's
-        # event loop with the relay and the bystander, and parsing a million events here
-        # would measure the attackers' clients rather than the relay.
-        async for frame in ws:
-            head = frame[:16] if isinstance(frame, str) else frame[:16].decode()
-            verb = head[2 : head.index('"', 2)]
-            self.answers[verb] = self.answers.get(verb, 0) + 1
-
-
-async def neg_open_flood(ws: ClientConnection, n: int) -> None:
-    """NEG-OPEN {} at the advertised pace: 4 sessions (re-opening an id replaces it), one
-    open per second after the burst of 2 x 4."""
-    first = Negentropy(ItemSet([])).initiate().hex()
-    for i in itertools.count():
-        await ws.send(orjson.dumps(["NEG-OPEN", f"s{i % 4}", {}, first]).decode())
-        await asyncio.sleep(0 if i < 7 else 1.0)
-
-
-async def count_flood(ws: ClientConnection, n: int) -> None:
-    """COUNT {} back to back (NIP-45 has no rate limit here): the relay answers one
-    connection's messages in order, so each connection always has one COUNT running."""
-    for i in itertools.count():
-        await ws.send(orjson.dumps(["COUNT", f"c{i}", {}]).decode())
-        await asyncio.sleep(0.01)
-
-
-async def search_flood(ws: ClientConnection, n: int) -> None:
-    """NIP-50 search of the word every event holds, back to back."""
-    for i in itertools.count():
-        await ws.send(orjson.dumps(["REQ", f"q{i}", {"search": "common", "limit": 10}]).decode())
-        await ws.send(orjson.dumps(["CLOSE", f"q{i}"]).decode())
-        await asyncio.sleep(0.01)
-
-
-async def huge_req_flood(ws: ClientConnection, n: int) -> None:
-    """``REQ {"limit":5000}`` (5,000 stored events each, read as fast as they come) back
-    to back: nothing expensive to find, but pages to read and frame on the event loop."""
-    for i in itertools.count():
-        await ws.send(orjson.dumps(["REQ", f"h{i % 4}", {"limit": 5000}]).decode())
-        await asyncio.sleep(0.05)
+    async def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        async for line in self._proc.stdout:
+            self.answers = orjson.loads(line)
 
 
 async def bystander_latencies(url: str, seconds: float) -> list[float]:
@@ -188,8 +152,8 @@ async def search_once(ws: ClientConnection, i: int) -> None:
 
 
 async def huge_req_once(ws: ClientConnection, i: int) -> None:
-    # Smaller than the flood's: the attackers' clients share this test's event loop, so a
-    # 5,000-event answer measures their parsing as much as the relay.
+    # Smaller than the flood's: a 5,000-event answer would measure this client's parsing
+    # (on the relay's event loop) as much as the relay.
     await ws.send(orjson.dumps(["REQ", f"n{i}", {"limit": 500}]).decode())
     while (msg := await recv_json(ws, GIVE_UP))[:2] != ["EOSE", f"n{i}"]:
         assert msg[:2] != ["CLOSED", f"n{i}"], msg
@@ -209,11 +173,11 @@ async def bystander_heavy_latencies(url: str, ask: Callable[[ClientConnection, i
     return out
 
 
-FLOODS = {
-    "neg-open": (neg_open_flood, "NEG-MSG", neg_open_once),
-    "count": (count_flood, "COUNT", count_once),
-    "search": (search_flood, "EOSE", search_once),
-    "huge-req": (huge_req_flood, "EOSE", huge_req_once),
+FLOODS = {  # the flood (tests.flood), the answer it gets, the bystander's own request of its kind
+    "neg-open": ("NEG-MSG", neg_open_once),
+    "count": ("COUNT", count_once),
+    "search": ("EOSE", search_once),
+    "huge-req": ("EOSE", huge_req_once),
 }
 
 
@@ -224,11 +188,11 @@ async def test_bystander_req_stays_fast_under_an_expensive_read_flood_from_one_a
     """Old main (30,000 events, 40 connections): the bystander's REQ waited 2-10 s on
     SQLite (COUNT and search: no EOSE within 10 s) and 10 s for NEG-OPEN on PostgreSQL;
     under huge REQs, before pages took turns, p50 0.4-1.3 s."""
-    send, answer, ask = FLOODS[flood]
+    answer, ask = FLOODS[flood]
     settings: dict[str, Any] = {"server": {"real_ip_header": "X-Forwarded-For"}, "storage": storage}
     async with relay_factory(**settings) as relay:
         await fill(relay, stored_events)
-        async with Attack(relay.url, ATTACK_CONNECTIONS, send) as attack:
+        async with Attack(relay.url, ATTACK_CONNECTIONS, flood) as attack:
 
             async def attack_is_answered() -> bool:
                 return attack.answers.get(answer, 0) >= ATTACK_CONNECTIONS // 4
