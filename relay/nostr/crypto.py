@@ -30,11 +30,20 @@ _PARSED_KEYS_MAX = 4096
 _parsed_keys: dict[bytes, object] = {}
 
 
+def _parse_key(pubkey32: bytes) -> object | None:
+    """The curve point of an x-only key, or None when it has none (or is not 32 bytes:
+    libsecp256k1 would read past a shorter buffer)."""
+    if len(pubkey32) != 32:
+        return None
+    xonly = ffi.new("secp256k1_xonly_pubkey *")
+    return xonly if lib.secp256k1_xonly_pubkey_parse(_CTX, xonly, pubkey32) else None
+
+
 def _parsed_key(pubkey32: bytes) -> object | None:
     xonly = _parsed_keys.get(pubkey32)
     if xonly is None:
-        xonly = ffi.new("secp256k1_xonly_pubkey *")
-        if not lib.secp256k1_xonly_pubkey_parse(_CTX, xonly, pubkey32):
+        xonly = _parse_key(pubkey32)
+        if xonly is None:
             return None
         if len(_parsed_keys) >= _PARSED_KEYS_MAX:
             _parsed_keys.clear()
@@ -47,21 +56,15 @@ def verify_schnorr(msg32: bytes, pubkey32: bytes, sig64: bytes) -> bool:
 
     An x-only key that is not on the curve is simply an invalid signature.
     """
-    if len(pubkey32) != 32:
-        return False
     xonly = _parsed_key(pubkey32)
-    if xonly is None:
-        return False
-    return bool(lib.secp256k1_schnorrsig_verify(_CTX, sig64, msg32, len(msg32), xonly))
+    return xonly is not None and bool(lib.secp256k1_schnorrsig_verify(_CTX, sig64, msg32, len(msg32), xonly))
 
 
 def verify_schnorr_fresh(msg32: bytes, pubkey32: bytes, sig64: bytes) -> bool:
     """``verify_schnorr`` without the parsed-key memo: libsecp256k1's whole cost of one
     signature, the ceiling the benchmark states ingest against."""
-    xonly = ffi.new("secp256k1_xonly_pubkey *")
-    if not lib.secp256k1_xonly_pubkey_parse(_CTX, xonly, pubkey32):
-        return False
-    return bool(lib.secp256k1_schnorrsig_verify(_CTX, sig64, msg32, len(msg32), xonly))
+    xonly = _parse_key(pubkey32)
+    return xonly is not None and bool(lib.secp256k1_schnorrsig_verify(_CTX, sig64, msg32, len(msg32), xonly))
 
 
 def public_key(secret32: bytes) -> bytes:

@@ -33,17 +33,22 @@ from relay.store.rules import (
     newer,
 )
 
-INSERT_EVENT = (
-    "INSERT INTO events (rid, id, pubkey, created_at, kind, d_tag, expiration, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-INSERT_TAG = "INSERT INTO tags (name, value, created_at, rid) VALUES (?, ?, ?, ?)"
-# NIP-50: an indexed event's words, under the event's rid (migration 5).
-INSERT_SEARCH = "INSERT INTO events_search (rowid, body) VALUES (?, ?)"
-# The same, for several rows at once (``_insert_values``).
 INSERT_EVENT_HEAD = "INSERT INTO events (rid, id, pubkey, created_at, kind, d_tag, expiration, raw) VALUES "
 INSERT_TAG_HEAD = "INSERT INTO tags (name, value, created_at, rid) VALUES "
+# NIP-50: an indexed event's words, under the event's rid (migration 5).
 INSERT_SEARCH_HEAD = "INSERT INTO events_search (rowid, body) VALUES "
 VALUES_ROWS_MAX = 128  # x 8 columns: far under SQLite's 32,766 parameters
+
+
+@functools.cache
+def _values_sql(head: str, width: int, rows: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return head + ", ".join([row] * rows)
+
+
+INSERT_EVENT = _values_sql(INSERT_EVENT_HEAD, 8, 1)
+INSERT_TAG = _values_sql(INSERT_TAG_HEAD, 4, 1)
+INSERT_SEARCH = _values_sql(INSERT_SEARCH_HEAD, 2, 1)
 
 
 def insert_rows(
@@ -77,12 +82,6 @@ def _insert_values(conn: sqlite3.Connection, head: str, width: int, rows: Sequen
         chunk = rows[done : done + size]
         conn.execute(_values_sql(head, width, size), [value for row in chunk for value in row])
         done += size
-
-
-@functools.cache
-def _values_sql(head: str, width: int, rows: int) -> str:
-    row = "(" + ", ".join("?" * width) + ")"
-    return head + ", ".join([row] * rows)
 
 
 def run_write_hooks(
