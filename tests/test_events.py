@@ -169,6 +169,29 @@ async def test_an_author_verified_before_still_has_each_signature_checked(
     assert await client.req("s", {"ids": [event.id]}) == []
 
 
+async def test_a_stream_of_new_keys_keeps_the_key_memo_bounded_and_costs_others_nothing(
+    relay: Relay, client: NostrClient, alice: bytes, bob: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stranger who signs every event with a new key fills the parsed-key memo
+    (relay.nostr.crypto): it is cleared when full, so it stays bounded, and a regular
+    author's events (valid or forged) are judged as before."""
+    monkeypatch.setattr(crypto, "_PARSED_KEYS_MAX", 16)
+    monkeypatch.setattr(crypto, "_parsed_keys", {})
+    assert await client.publish(signed(alice, 1, "before the stream")) == (True, "")
+    verified = 0
+    async with NostrClient(relay.url) as stranger:
+        for i in range(60):
+            ok, message = await stranger.publish(signed(crypto.generate_secret(), 1, f"new key {i}"))
+            assert ok or message.startswith("rate-limited:"), message
+            verified += ok
+            assert len(crypto._parsed_keys) <= 16
+    assert verified > 16  # more new keys than the memo holds were verified: it was cleared
+    for i in range(3):
+        assert await client.publish(signed(alice, 1, f"after the stream {i}")) == (True, "")
+    forged = signed(alice, 1, "forged after the stream").to_dict() | {"sig": signed(bob, 1, "x").sig}
+    assert await client.publish(forged) == (False, "invalid: signature is invalid")
+
+
 async def test_pubkey_off_the_curve_is_a_bad_signature(client: NostrClient) -> None:
     """An x coordinate with no curve point cannot verify (it must not crash the verifier)."""
     pubkey = "f" * 64  # > field size p: not a valid x-only key
